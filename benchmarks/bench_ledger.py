@@ -1,0 +1,163 @@
+"""Ledger benchmark: import N sha256 hashes end to end, then prove at that size.
+
+    .venv/bin/python benchmarks/bench_ledger.py [--entries 1000000]
+
+End to end means what `hashmesh import` does: read lines, normalise, validate,
+encode, hash, insert entries, tree nodes and the active index, sign and store
+a checkpoint, commit with synchronous=FULL. The import runs in a child process
+so its peak RSS is its own. Baselines measured in the same run: plain
+sqlite3.executemany of the same number of (int, 32-byte blob) rows, and raw
+hashlib.sha256 leaf hashing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def child_import(node_dir: str, list_path: str) -> None:
+    from node.ledger import Ledger
+    from node.ledger.hashlist import HashListReader
+
+    started = time.perf_counter()
+    with (
+        Ledger.open(Path(node_dir)) as ledger,
+        open(list_path, encoding="utf-8", newline="") as f,
+    ):
+        reader = HashListReader(fmt="lines", default_type="sha256", extra_labels=["src:bench"])
+        result = ledger.import_lines(reader.read(f))
+    elapsed = time.perf_counter() - started
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "count": result.append.count,
+                "seconds": elapsed,
+                "rss_mib": rss_kib / 1024,
+            }
+        )
+    )
+
+
+def baseline_executemany(n: int, path: Path) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (idx INTEGER PRIMARY KEY, h BLOB)")
+    rows = [(i, hashlib.sha256(i.to_bytes(8, "big")).digest()) for i in range(n)]
+    started = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", rows)
+    conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return n / elapsed
+
+
+def raw_leaf_rate(n: int) -> float:
+    sha = hashlib.sha256
+    datas = [
+        b'{"kind":"add","labels":[],"signal":{"type":"sha256","value":"%064x"},"v":1}' % i
+        for i in range(n)
+    ]
+    started = time.perf_counter()
+    for d in datas:
+        sha(b"\x00" + d).digest()
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--proofs", type=int, default=2000)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_import(*args.child)
+        return
+
+    from node.ledger import Ledger
+    from node.ledger.provision import init_node
+    from protocol.merkle import verify_consistency, verify_inclusion
+
+    n = args.entries
+    with tempfile.TemporaryDirectory(prefix="hashmesh-bench-") as tmp:
+        work = Path(tmp)
+        rng = random.Random(1)
+        list_path = work / "list.txt"
+        with list_path.open("w") as f:
+            for _ in range(n):
+                f.write(f"{rng.getrandbits(256):064x}\n")
+        node_dir = work / "node"
+        init_node(node_dir, "bench.example/hashmesh")
+
+        print(f"hashmesh ledger benchmark, {n:,} sha256 entries, python {sys.version.split()[0]}")
+        base_insert = baseline_executemany(n, work / "baseline.db")
+        base_hash = raw_leaf_rate(min(n, 1_000_000))
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(node_dir), str(list_path)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        rate = child["count"] / child["seconds"]
+        db_bytes = sum(p.stat().st_size for p in node_dir.glob("ledger.db*"))
+
+        with Ledger.open(node_dir, read_only=True) as ledger:
+            latest = ledger.latest_checkpoint()
+            size, root = latest.size, latest.root_hash
+            indexes = [rng.randrange(size) for _ in range(args.proofs)]
+            started = time.perf_counter()
+            proofs = [ledger.prove_inclusion(i) for i in indexes]
+            incl_ms = (time.perf_counter() - started) / len(indexes) * 1000
+            for i, p in zip(indexes, proofs, strict=True):
+                verify_inclusion(i, size, p.leaf_hash or b"", p.hashes, root)
+            olds = [rng.randrange(1, size) for _ in range(args.proofs)]
+            started = time.perf_counter()
+            cons = [ledger.prove_consistency(o) for o in olds]
+            cons_ms = (time.perf_counter() - started) / len(olds) * 1000
+            old_root = ledger.store.get_checkpoint(ledger.own_log.log_id, 0)
+            assert old_root is not None
+            verify_consistency(
+                0, size, old_root.root_hash, root, ledger.prove_consistency(0).hashes
+            )
+            assert len(cons) == len(olds)
+
+        print(
+            f"  import end to end:        {rate:>12,.0f} entries/s  ({child['seconds']:.2f} s, target >= 100,000)"
+        )
+        print(f"  peak RSS of the import:   {child['rss_mib']:>12,.0f} MiB        (target <= 300)")
+        print(
+            f"  baseline executemany:     {base_insert:>12,.0f} rows/s     (import is {rate / base_insert:.2f}x)"
+        )
+        print(
+            f"  baseline raw leaf hash:   {base_hash:>12,.0f} leaves/s   (import is {rate / base_hash:.2f}x)"
+        )
+        print(f"  inclusion proof at {size:,}: {incl_ms:>8.3f} ms each (target <= 1 ms)")
+        print(f"  consistency proof at {size:,}: {cons_ms:>6.3f} ms each (target <= 1 ms)")
+        print(
+            f"  bytes on disk per entry:  {db_bytes / size:>12,.0f}     ({db_bytes / 1e6:,.0f} MB for {size:,})"
+        )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()

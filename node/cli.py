@@ -1,0 +1,608 @@
+"""The ``hashmesh`` command line.
+
+Layer: node.cli, the composition root: it may import anything, nothing
+imports it. Every command opens the node, does one thing, and reports in one
+line per fact; errors are one ``error:`` line and exit status 1 (``--verbose``
+shows the traceback), usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from node.config import DEFAULT_LISTEN, resolve_node_dir
+from node.errors import ImportRejectedError, NodeError
+from node.ledger import Ledger
+from node.ledger.export import EXPORT_FORMATS, export_lines
+from node.ledger.hashlist import FORMATS, Format, HashListReader
+from node.ledger.provision import init_node
+from node.ledger.service import AppendResult, LogStatus
+from protocol.checkpoint import open_checkpoint
+from protocol.encoding import encode_b64
+from protocol.entry import AddEntry, RetractEntry, parse_entry
+from protocol.errors import ProtocolError
+from protocol.keys import NoteVerifier
+from protocol.signal import SIGNAL_TYPES, normalise_signal_value
+
+__all__ = ["build_parser", "main"]
+
+_DESCRIPTION = """\
+hashmesh: a node of a federated, signed, append-only hash ledger.
+
+Start with `hashmesh init --dir DIR --origin ORIGIN`. Every other command works
+on the node in --dir (or $HASHMESH_DIR, or ./.hashmesh).
+"""
+
+
+class _Out:
+    """Where commands write: stdout for results, stderr for reports."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.stdout)
+
+    def note(self, text: str) -> None:
+        print(text, file=self.stderr)
+
+    def json(self, value: Any) -> None:
+        print(json.dumps(value, indent=2, ensure_ascii=False), file=self.stdout)
+
+
+def _open(args: argparse.Namespace, *, read_only: bool = False) -> Ledger:
+    return Ledger.open(resolve_node_dir(args.dir), read_only=read_only)
+
+
+# -- commands ---------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, out: _Out) -> int:
+    result = init_node(resolve_node_dir(args.dir), args.origin, listen=args.listen)
+    out.print(f"created node {result.origin} in {result.node_dir}")
+    out.print(f"verifier key: {result.verifier_key}")
+    out.print(f"TLS SPKI fingerprint: sha256:{result.tls_fingerprint}")
+    out.print(f"listen address: {result.listen}")
+    return 0
+
+
+def _report_append(result: AppendResult, out: _Out, *, as_json: bool) -> None:
+    if as_json:
+        out.json(
+            {
+                "indexes": list(result.indexes),
+                "duplicates": [
+                    {"value": d.entry.value, "existing_index": d.existing_index}
+                    for d in result.duplicates
+                ],
+                "size": result.checkpoint.size,
+            }
+        )
+
+
+def cmd_add(args: argparse.Namespace, out: _Out) -> int:
+    value, changes = normalise_signal_value(args.type, args.value)
+    for change in changes:
+        out.note(f"note: {change}")
+    entry = AddEntry.create(
+        signal_type=args.type,
+        value=value,
+        labels=[label.strip().lower() for label in args.label],
+        note=args.note,
+        quality=args.quality,
+    )
+    with _open(args) as ledger:
+        result = ledger.append([entry])
+    _report_append(result, out, as_json=args.json)
+    if result.duplicates:
+        existing = result.duplicates[0].existing_index
+        out.note(f"{args.type} {value} is already listed as entry {existing}; nothing appended")
+        if not args.json:
+            out.print(str(existing))
+        return 0
+    if not args.json:
+        out.print(str(result.start))
+    return 0
+
+
+def _guess_format(path: str) -> Format:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".ndjson", ".jsonl"):
+        return "ndjson"
+    return "lines"
+
+
+class _Progress:
+    """A progress line on a terminal; silent when stderr is not one."""
+
+    def __init__(self, stream: TextIO, total_bytes: int | None) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.started = time.monotonic()
+        self.total_bytes = total_bytes
+
+    def __call__(self, lines: int) -> None:
+        if not self.enabled:
+            return
+        rate = lines / max(time.monotonic() - self.started, 1e-9)
+        self.stream.write(f"\r  {lines:,} lines read, {rate:,.0f} lines/s ")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def cmd_import(args: argparse.Namespace, out: _Out) -> int:
+    fmt: Format = args.format or _guess_format(args.file)
+    reader = HashListReader(fmt=fmt, default_type=args.type, extra_labels=args.label)
+    if args.file == "-":
+        stream: TextIO = open(  # noqa: SIM115 - closed below
+            sys.stdin.fileno(),
+            encoding="utf-8",
+            newline="",
+            closefd=False,
+            errors="strict",
+        )
+        total = None
+    else:
+        try:
+            stream = open(args.file, encoding="utf-8", newline="")  # noqa: SIM115
+            total = os.fstat(stream.fileno()).st_size
+        except OSError as e:
+            raise NodeError(f"cannot read {args.file}: {e.strerror or e}") from e
+    progress = _Progress(out.stderr, total)
+    started = time.monotonic()
+    try:
+        with _open(args) as ledger:
+            try:
+                result = ledger.import_lines(
+                    reader.read(stream),
+                    skip_invalid=args.skip_invalid,
+                    progress=progress,
+                )
+            except UnicodeDecodeError as e:
+                raise NodeError(
+                    f"{args.file} is not UTF-8 text (byte {e.start} of a line): "
+                    "nothing was imported"
+                ) from e
+            except ImportRejectedError as e:
+                progress.done()
+                _write_line_report(args, out, e.errors, skipped=False)
+                raise
+    finally:
+        stream.close()
+    progress.done()
+    elapsed = time.monotonic() - started
+    append = result.append
+    for change, count in sorted(reader.notes.items()):
+        out.note(f"normalised: {change} ({count:,} lines)")
+    if reader.ignored_columns:
+        out.note(f"ignored CSV columns: {', '.join(reader.ignored_columns)}")
+    if result.skipped:
+        _write_line_report(args, out, result.skipped, skipped=True)
+    first = f" (indexes {append.start}..{append.start + append.count - 1})" if append.count else ""
+    out.print(
+        f"imported {append.count:,} entries{first} from {result.lines_read:,} lines "
+        f"in {elapsed:.1f} s"
+    )
+    if append.duplicates:
+        out.print(f"skipped {len(append.duplicates):,} hashes already listed")
+    if result.skipped:
+        out.print(f"skipped {len(result.skipped):,} invalid lines (--skip-invalid)")
+    if reader.skipped_blank:
+        out.print(f"passed over {reader.skipped_blank:,} blank or comment lines")
+    out.print(f"log size {append.checkpoint.size:,}, checkpoint signed")
+    return 0
+
+
+def _write_line_report(
+    args: argparse.Namespace, out: _Out, errors: Sequence[Any], *, skipped: bool
+) -> None:
+    verb = "skipped" if skipped else "invalid"
+    lines = [f"{verb}: {e}" for e in errors]
+    if args.report:
+        Path(args.report).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        out.note(f"{len(lines):,} {verb} lines listed in {args.report}")
+        return
+    limit = len(lines) if skipped or args.all_errors else 20
+    for line in lines[:limit]:
+        out.note(line)
+    if len(lines) > limit:
+        out.note(f"... and {len(lines) - limit:,} more (use --report FILE to list all)")
+
+
+def cmd_retract(args: argparse.Namespace, out: _Out) -> int:
+    with _open(args) as ledger:
+        result = ledger.retract(args.index, args.reason)
+    out.print(str(result.start))
+    out.note(f"entry {args.index} retracted by entry {result.start}")
+    return 0
+
+
+def _status_json(status: LogStatus) -> dict[str, Any]:
+    return {
+        "origin": status.origin,
+        "own": status.is_own,
+        "size": status.size,
+        "root": encode_b64(status.root_hash),
+        "last_checkpoint_at": status.checkpoint_recorded_at,
+        "active_by_signal_type": status.by_signal_type,
+        "active_by_label": status.by_label,
+        "retracted": status.retracted,
+    }
+
+
+def cmd_status(args: argparse.Namespace, out: _Out) -> int:
+    with _open(args, read_only=True) as ledger:
+        status = ledger.status(args.origin)
+        origins = [log.origin for log in ledger.store.list_logs()]
+    if args.json:
+        doc = _status_json(status)
+        doc["logs_held"] = origins
+        out.json(doc)
+        return 0
+    out.print(f"origin:           {status.origin}{'' if status.is_own else ' (replicated)'}")
+    out.print(f"size:             {status.size:,} entries")
+    out.print(f"root:             {encode_b64(status.root_hash)}")
+    out.print(f"last checkpoint:  {status.checkpoint_recorded_at}")
+    listed = sum(status.by_signal_type.values())
+    out.print(f"listed hashes:    {listed:,}")
+    for name, count in status.by_signal_type.items():
+        out.print(f"  {name:<14}  {count:,}")
+    if status.by_label:
+        out.print("by label:")
+        for name, count in status.by_label.items():
+            out.print(f"  {name:<30}  {count:,}")
+    out.print(f"retracted:        {status.retracted:,}")
+    out.print(f"logs held:        {', '.join(origins)}")
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace, out: _Out) -> int:
+    with _open(args, read_only=True) as ledger:
+        record = ledger.latest_checkpoint(args.origin)
+    out.stdout.write(record.note)
+    return 0
+
+
+def cmd_vkey(args: argparse.Namespace, out: _Out) -> int:
+    with _open(args, read_only=True) as ledger:
+        out.print(ledger.own_log.verifier_key)
+    return 0
+
+
+def cmd_log(args: argparse.Namespace, out: _Out) -> int:
+    with _open(args, read_only=True) as ledger:
+        log = ledger.log_for(args.origin)
+        end = args.end if args.end is not None else args.start + args.limit
+        retracted = ledger.store.retracted_targets(log.log_id, args.start, end)
+        for index, data, _leaf in ledger.store.iter_entries(log.log_id, args.start, end):
+            entry = parse_entry(bytes(data))
+            if args.json:
+                out.print(bytes(data).decode("utf-8"))
+                continue
+            if isinstance(entry, AddEntry):
+                extra = f" q={entry.quality}" if entry.quality is not None else ""
+                labels = f" [{', '.join(entry.labels)}]" if entry.labels else ""
+                state = f"  (retracted by {retracted[index]})" if index in retracted else ""
+                out.print(
+                    f"{index:>8}  add      {entry.signal_type} {entry.value}{extra}{labels}{state}"
+                )
+            elif isinstance(entry, RetractEntry):
+                out.print(f"{index:>8}  retract  {entry.index}: {entry.reason}")
+    return 0
+
+
+def cmd_prove(args: argparse.Namespace, out: _Out) -> int:
+    with _open(args, read_only=True) as ledger:
+        if args.proof == "inclusion":
+            proof = ledger.prove_inclusion(args.index, args.size, origin=args.origin)
+            assert proof.leaf_hash is not None
+            doc: dict[str, Any] = {
+                "index": proof.index,
+                "size": proof.size,
+                "leaf_hash": proof.leaf_hash.hex(),
+                "hashes": [h.hex() for h in proof.hashes],
+            }
+        else:
+            proof = ledger.prove_consistency(args.old, args.new, origin=args.origin)
+            doc = {
+                "old_size": proof.old_size,
+                "new_size": proof.size,
+                "hashes": [h.hex() for h in proof.hashes],
+            }
+    if args.json:
+        out.print(json.dumps(doc))
+    else:
+        for key, value in doc.items():
+            if key != "hashes":
+                out.print(f"{key}: {value}")
+        out.print("hashes:")
+        for h in doc["hashes"]:
+            out.print(f"  {h}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, out: _Out) -> int:
+    if args.format == "bundle" and not args.out:
+        raise NodeError("--format bundle needs --out FILE")
+    with _open(args, read_only=True) as ledger:
+        lines = export_lines(ledger, args.format, origin=args.origin)
+        if args.out:
+            target = Path(args.out)
+            partial = target.with_name(target.name + ".partial")
+            count = 0
+            with partial.open("w", encoding="utf-8", newline="") as f:
+                for line in lines:
+                    f.write(line)
+                    count += 1
+            partial.replace(target)
+            out.note(f"wrote {args.format} export of {count:,} lines to {target}")
+        else:
+            for line in lines:
+                out.stdout.write(line)
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
+    problems: list[str] = []
+    with _open(args, read_only=True) as ledger:
+        integrity = ledger.store.integrity_check()
+        if integrity != ["ok"]:
+            problems.append("sqlite integrity_check: " + "; ".join(integrity[:5]))
+        for log in ledger.store.list_logs():
+            verifier = NoteVerifier.from_text(log.verifier_key)
+            count = 0
+            for record in ledger.store.iter_checkpoints(log.log_id):
+                count += 1
+                try:
+                    cp = open_checkpoint(record.note, verifier, origin=log.origin).checkpoint
+                except ProtocolError as e:
+                    problems.append(f"{log.origin}: checkpoint {record.size}: {e}")
+                    continue
+                if (cp.size, cp.root_hash) != (record.size, record.root_hash):
+                    problems.append(
+                        f"{log.origin}: checkpoint {record.size} row disagrees with its note"
+                    )
+            latest = ledger.store.latest_checkpoint(log.log_id)
+            size, root = ledger.recompute_root(log.origin)
+            if latest is None:
+                problems.append(f"{log.origin}: no checkpoint")
+            elif (size, root) != (latest.size, latest.root_hash):
+                problems.append(
+                    f"{log.origin}: {size} stored entries hash to {encode_b64(root)}, "
+                    f"latest checkpoint says size {latest.size} root {encode_b64(latest.root_hash)}"
+                )
+            out.note(f"{log.origin}: {size:,} entries, {count:,} checkpoints checked")
+    if problems:
+        for problem in problems:
+            out.print(f"PROBLEM: {problem}")
+        return 1
+    out.print("ok: database intact, every checkpoint verifies, roots recompute")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hashmesh``."""
+    # SUPPRESS: a subcommand's own default must not overwrite `--dir` given
+    # before the subcommand (argparse copies sub-parser defaults over it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="node directory (default: $HASHMESH_DIR or ./.hashmesh)",
+    )
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks on errors",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="hashmesh",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Separate actions from `common`'s: parents share action objects, so a
+    # default set here would leak into every subcommand.
+    parser.add_argument(
+        "--dir", metavar="DIR", help="node directory (default: $HASHMESH_DIR or ./.hashmesh)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str,
+        run: Callable[[argparse.Namespace, _Out], int],
+        help_text: str,
+        description: str | None = None,
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_text, description=description or help_text, parents=[common]
+        )
+        p.set_defaults(run=run)
+        return p
+
+    p = command(
+        "init",
+        cmd_init,
+        "create a new node (keys, TLS identity, config, empty ledger)",
+        "Create a node: an Ed25519 signing key (mode 0600), a TLS key and "
+        "self-signed certificate, a commented config.toml and an empty signed "
+        "ledger. Refuses to overwrite an existing node.",
+    )
+    p.add_argument(
+        "--origin",
+        required=True,
+        help="log identity, e.g. hotline.example.org/hashmesh",
+    )
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address for `hashmesh serve` (default {DEFAULT_LISTEN})",
+    )
+
+    types = ", ".join(SIGNAL_TYPES)
+    p = command("add", cmd_add, "append one hash; prints its index")
+    p.add_argument(
+        "--type",
+        required=True,
+        choices=sorted(SIGNAL_TYPES),
+        metavar="TYPE",
+        help=f"signal type: {types}",
+    )
+    p.add_argument("--value", required=True, help="the hash (hex; base64 for photodna)")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NS:VALUE",
+        help="label, e.g. iwf:category-a (repeatable)",
+    )
+    p.add_argument("--note", help="short free-text note stored with the entry")
+    p.add_argument("--quality", type=int, help="PDQ quality 0-100 (pdq only, required there)")
+    p.add_argument("--json", action="store_true", help="print a JSON result")
+
+    p = command(
+        "import",
+        cmd_import,
+        "append a hash list (lines, CSV or NDJSON) in one transaction",
+        "Validate a hash list and append it in one transaction with one new "
+        "checkpoint. Upper-case hex, CRLF, a byte order mark and stray spaces "
+        "are normalised and reported. Invalid lines are listed with line "
+        "number and field, and nothing is imported unless --skip-invalid. "
+        "CSV needs a header with a 'value' (or 'hash') column and optional "
+        "'type', 'labels' (separated by ';'), 'note', 'quality'. NDJSON lines "
+        "are objects with 'type', 'value', 'labels', 'note', 'quality'.",
+    )
+    p.add_argument("file", help="the hash list, or - for standard input")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="default: by extension (.csv, .ndjson/.jsonl, else lines)",
+    )
+    p.add_argument(
+        "--type",
+        choices=sorted(SIGNAL_TYPES),
+        metavar="TYPE",
+        help="signal type for lines that do not say (needed for sha256/pdq lists)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NS:VALUE",
+        help="label added to every entry (repeatable)",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="import the valid lines and list the skipped ones",
+    )
+    p.add_argument("--report", metavar="FILE", help="write the list of invalid/skipped lines here")
+    p.add_argument(
+        "--all-errors",
+        action="store_true",
+        help="print every invalid line, not the first 20",
+    )
+
+    p = command("retract", cmd_retract, "append a retraction of an earlier entry")
+    p.add_argument("index", type=_non_negative, help="index of the entry to retract")
+    p.add_argument("--reason", required=True, help="why (stored in the ledger, visible to peers)")
+
+    p = command("status", cmd_status, "show origin, size, root and counts")
+    p.add_argument("--origin", help="a replicated log instead of the own log")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("checkpoint", cmd_checkpoint, "print the latest signed checkpoint note")
+    p.add_argument("--origin", help="a replicated log instead of the own log")
+
+    command("vkey", cmd_vkey, "print this node's verifier key (C2SP signed-note form)")
+
+    p = command("log", cmd_log, "list entries [start, end)")
+    p.add_argument("--start", type=_non_negative, default=0, help="first index (default 0)")
+    p.add_argument("--end", type=_non_negative, help="stop before this index")
+    p.add_argument(
+        "--limit",
+        type=_non_negative,
+        default=100,
+        help="entries to list when --end is not given (default 100)",
+    )
+    p.add_argument("--origin", help="a replicated log instead of the own log")
+    p.add_argument("--json", action="store_true", help="print the exact entry bytes, one per line")
+
+    p = command("prove", cmd_prove, "print an inclusion or consistency proof")
+    proofs = p.add_subparsers(dest="proof", required=True, metavar="KIND")
+    q = proofs.add_parser(
+        "inclusion", help="entry INDEX is in the tree of --size", parents=[common]
+    )
+    q.add_argument("index", type=_non_negative)
+    q.add_argument("--size", type=_non_negative, help="tree size (default: latest checkpoint)")
+    q.add_argument("--origin", help="a replicated log instead of the own log")
+    q.add_argument("--json", action="store_true", help="print JSON (for python -m protocol)")
+    q = proofs.add_parser("consistency", help="tree NEW extends tree OLD", parents=[common])
+    q.add_argument("old", type=_non_negative, help="old tree size")
+    q.add_argument("new", type=_non_negative, help="new tree size")
+    q.add_argument("--origin", help="a replicated log instead of the own log")
+    q.add_argument("--json", action="store_true", help="print JSON (for python -m protocol)")
+
+    p = command(
+        "export",
+        cmd_export,
+        "export a log (ndjson, csv, leaves, or an audit bundle)",
+        "Export a log up to its latest checkpoint. ndjson/csv: decoded entries "
+        "with index and retraction state. leaves: base64 of each exact leaf. "
+        "bundle: verifier key, every checkpoint and every leaf, checked by "
+        "`python -m protocol verify-bundle FILE`.",
+    )
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--out", metavar="FILE", help="write here (default: standard output)")
+    p.add_argument("--origin", help="a replicated log instead of the own log")
+
+    command("fsck", cmd_fsck, "check the database, every signature and every root")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hashmesh`` command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = _Out(sys.stdout, sys.stderr)
+    try:
+        status: int = args.run(args, out)
+    except (NodeError, ProtocolError) as e:
+        if args.verbose:
+            raise
+        out.note(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        out.note("interrupted: nothing from the unfinished command was written")
+        return 130
+    return status

@@ -1,0 +1,100 @@
+"""Creating a node: keys, TLS identity, config and an empty signed ledger.
+
+Layer: node.ledger. Writes a new node directory.
+
+The directory is built under a temporary name beside its final place and
+renamed into place at the end, so an interrupted ``init`` never leaves a
+half-made node behind, and an existing node is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.config import (
+    CONFIG_FILE,
+    DEFAULT_LISTEN,
+    NodeConfig,
+    check_origin,
+    parse_listen,
+    render_config,
+)
+from node.errors import ConfigError, NodeExistsError
+from node.storage.ledger_store import LedgerStore
+from node.tls import write_node_identity
+from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.hashing import EMPTY_ROOT
+from protocol.keys import NoteSigner
+
+__all__ = ["InitResult", "init_node"]
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    """What ``init`` created."""
+
+    node_dir: Path
+    origin: str
+    verifier_key: str
+    tls_fingerprint: str
+    listen: str
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> InitResult:
+    """Create a new node in ``node_dir``.
+
+    Args:
+        node_dir: directory to create (it may exist if empty).
+        origin: the log's origin, e.g. ``hotline-a.example/hashmesh``.
+        listen: HOST:PORT for ``hashmesh serve``.
+
+    Returns:
+        The new node's identity.
+
+    Raises:
+        NodeExistsError: if ``node_dir`` already holds a node.
+        ConfigError: if the origin or listen address is invalid, or the
+            directory exists and is not empty.
+    """
+    check_origin(origin)
+    host, _port = parse_listen(listen)
+    if (node_dir / CONFIG_FILE).exists():
+        raise NodeExistsError(f"{node_dir} already holds a hashmesh node; not overwriting it")
+    if node_dir.exists() and (not node_dir.is_dir() or any(node_dir.iterdir())):
+        raise ConfigError(f"{node_dir} exists and is not an empty directory")
+    node_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{node_dir.name}.init-", dir=node_dir.parent))
+    try:
+        staged = NodeConfig(node_dir=staging, origin=origin, listen=listen)
+        signer = NoteSigner.generate(origin)
+        _write_private(staged.signing_key_path, signer.to_text() + "\n")
+        fingerprint = write_node_identity(
+            staged.tls_key_path, staged.tls_cert_path, common_name=origin, host=host
+        )
+        verifier_key = signer.verifier().to_text()
+        store = LedgerStore.open(staged.database_path)
+        try:
+            with store.transaction():
+                log = store.create_log(origin, verifier_key, is_own=True)
+                empty = Checkpoint(origin=origin, size=0, root_hash=EMPTY_ROOT)
+                store.put_checkpoint(log.log_id, 0, EMPTY_ROOT, sign_checkpoint(empty, signer))
+        finally:
+            store.close()
+        staged.config_path.write_text(render_config(staged), encoding="utf-8")
+        if node_dir.exists():
+            node_dir.rmdir()
+        staging.rename(node_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return InitResult(node_dir, origin, verifier_key, fingerprint, listen)

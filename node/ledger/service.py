@@ -1,0 +1,477 @@
+"""The ledger service: sequence entries, integrate them, sign checkpoints.
+
+Layer: node.ledger. Uses :mod:`node.storage` for I/O and :mod:`protocol` for
+every format and proof.
+
+Every write follows one path, :class:`_Integration`: open a ``BEGIN
+IMMEDIATE`` transaction, load the tree frontier, validate and sequence the
+entries, extend the tree (storing the new perfect-subtree nodes), sign a
+checkpoint over the new root, store it, commit. Either all of it is durable
+(``synchronous=FULL``) or none of it happened; a checkpoint is returned to the
+caller only after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.config import NodeConfig, load_config
+from node.errors import (
+    ConfigError,
+    ImportRejectedError,
+    LedgerError,
+    LineError,
+    RetractionError,
+    StorageError,
+)
+from node.ledger.hashlist import ParsedLine
+from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
+from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.entry import AddEntry, Entry, RetractEntry, parse_entry
+from protocol.errors import MalformedError
+from protocol.hashing import hash_leaves
+from protocol.keys import NoteSigner
+from protocol.tree import (
+    CompactRange,
+    NodeId,
+    compute_consistency_proof,
+    compute_inclusion_proof,
+)
+
+__all__ = [
+    "AppendResult",
+    "Duplicate",
+    "ImportResult",
+    "Ledger",
+    "LogStatus",
+    "Proof",
+    "load_signer",
+]
+
+IMPORT_BATCH = 20_000  # entries per executemany: bounds memory, amortises calls
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An add that was not appended because the hash is already listed."""
+
+    entry: AddEntry
+    existing_index: int
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What one write transaction appended."""
+
+    start: int
+    count: int
+    duplicates: tuple[Duplicate, ...]
+    checkpoint: CheckpointRecord
+
+    @property
+    def indexes(self) -> range:
+        """Indexes assigned to the appended entries."""
+        return range(self.start, self.start + self.count)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """Outcome of :meth:`Ledger.import_lines`."""
+
+    append: AppendResult
+    lines_read: int
+    skipped: tuple[LineError, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """An inclusion or consistency proof, in the shape the CLI prints."""
+
+    hashes: tuple[bytes, ...]
+    size: int
+    index: int | None = None
+    leaf_hash: bytes | None = None
+    old_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogStatus:
+    """Summary of one log for ``hashmesh status``."""
+
+    origin: str
+    is_own: bool
+    size: int
+    root_hash: bytes
+    checkpoint_recorded_at: str | None
+    by_signal_type: dict[str, int]
+    by_label: dict[str, int]
+    retracted: int
+    checkpoints: int = 0
+
+
+class _Integration:
+    """One write transaction's worth of sequencing, hashing and storing."""
+
+    def __init__(self, store: LedgerStore, log: LogRecord) -> None:
+        self.store = store
+        self.log = log
+        checkpoint = store.latest_checkpoint(log.log_id)
+        size = store.entry_count(log.log_id)
+        if checkpoint is not None and checkpoint.size != size:
+            raise StorageError(
+                f"log {log.origin} holds {size} entries but its latest checkpoint "
+                f"has size {checkpoint.size}; the database is damaged"
+            )
+        self.tree: CompactRange = store.load_compact_range(log.log_id, size)
+        self.start = size
+        self.duplicates: list[Duplicate] = []
+        # Retractions sequenced in this transaction, not yet visible in SQL.
+        self._retracted_here: set[int] = set()
+
+    @property
+    def next_index(self) -> int:
+        return self.tree.size
+
+    def append(self, entries: Sequence[Entry], lines: Sequence[int] | None = None) -> None:
+        """Sequence and store a batch; duplicates are recorded, not appended."""
+        accepted: list[Entry] = []
+        by_type: dict[str, list[str]] = {}
+        for entry in entries:
+            if isinstance(entry, AddEntry):
+                by_type.setdefault(entry.signal_type, []).append(entry.value)
+        listed: dict[tuple[str, str], int] = {}
+        for signal_type, values in by_type.items():
+            for value, idx in self.store.find_active(self.log.log_id, signal_type, values).items():
+                listed[(signal_type, value)] = idx
+        for position, entry in enumerate(entries):
+            index = self.next_index + len(accepted)
+            if isinstance(entry, AddEntry):
+                existing = listed.get(entry.identity)
+                if existing is not None:
+                    line = lines[position] if lines is not None else None
+                    self.duplicates.append(Duplicate(entry, existing, line))
+                    continue
+                listed[entry.identity] = index
+            elif isinstance(entry, RetractEntry):
+                self._check_retraction(entry, index, accepted)
+            accepted.append(entry)
+        if not accepted:
+            return
+        datas = [e.to_bytes() for e in accepted]
+        leaf_hashes = hash_leaves(datas)
+        start = self.next_index
+        runs = self.tree.extend(leaf_hashes, collect=True)
+        self.store.append_entries(self.log.log_id, start, datas, leaf_hashes, runs)
+        self.store.add_active(
+            self.log.log_id,
+            (
+                (e.signal_type, e.value, start + i, json.dumps(list(e.labels)))
+                for i, e in enumerate(accepted)
+                if isinstance(e, AddEntry)
+            ),
+        )
+        for i, e in enumerate(accepted):
+            if isinstance(e, RetractEntry):
+                target = self._target(e.index, accepted, start)
+                self.store.add_retraction(self.log.log_id, e.index, start + i, target.identity)
+
+    def _target(self, index: int, pending: Sequence[Entry], start: int) -> AddEntry:
+        if index >= start:
+            entry = pending[index - start]
+        else:
+            data = self.store.get_entry(self.log.log_id, index)
+            if data is None:
+                raise RetractionError(f"entry {index} does not exist")
+            entry = parse_entry(data)
+        if not isinstance(entry, AddEntry):
+            raise RetractionError(f"entry {index} is a {entry.kind}, not an add")
+        return entry
+
+    def _check_retraction(self, entry: RetractEntry, index: int, pending: Sequence[Entry]) -> None:
+        if entry.index >= index:
+            raise RetractionError(
+                f"entry {entry.index} does not exist (the log has {index} entries)"
+            )
+        self._target(entry.index, pending, self.next_index)
+        by = self.store.retracted_by(self.log.log_id, entry.index)
+        if by is not None or entry.index in self._retracted_here:
+            where = f" by entry {by}" if by is not None else " earlier in this batch"
+            raise RetractionError(f"entry {entry.index} is already retracted{where}")
+        self._retracted_here.add(entry.index)
+
+    def commit_checkpoint(self, signer: NoteSigner) -> CheckpointRecord:
+        """Sign the new tree head and store it (still inside the transaction)."""
+        root = self.tree.root()
+        checkpoint = Checkpoint(origin=self.log.origin, size=self.tree.size, root_hash=root)
+        note = sign_checkpoint(checkpoint, signer)
+        latest = self.store.latest_checkpoint(self.log.log_id)
+        if latest is not None and latest.size == self.tree.size:
+            return latest
+        self.store.put_checkpoint(self.log.log_id, self.tree.size, root, note)
+        record = self.store.get_checkpoint(self.log.log_id, self.tree.size)
+        assert record is not None
+        return record
+
+
+class Ledger:
+    """A node's ledger: its own log (writable) and the logs it replicates."""
+
+    def __init__(self, store: LedgerStore, config: NodeConfig, signer: NoteSigner | None) -> None:
+        self.store = store
+        self.config = config
+        self._signer = signer
+
+    @classmethod
+    def open(cls, node_dir: Path, *, read_only: bool = False) -> Ledger:
+        """Open the node in ``node_dir``.
+
+        Args:
+            node_dir: the node directory made by ``hashmesh init``.
+            read_only: open the database read-only and do not load the key.
+
+        Raises:
+            ConfigError: if the directory, config or key is missing or bad.
+            StorageError: if the database cannot be opened.
+        """
+        config = load_config(node_dir)
+        signer = None if read_only else load_signer(config)
+        if not config.database_path.exists():
+            raise ConfigError(f"{config.database_path} is missing; the node is incomplete")
+        store = LedgerStore.open(config.database_path, read_only=read_only)
+        return cls(store, config, signer)
+
+    def close(self) -> None:
+        """Close the database."""
+        self.store.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def own_log(self) -> LogRecord:
+        """The node's own log."""
+        return self.store.own_log()
+
+    def _require_signer(self) -> NoteSigner:
+        if self._signer is None:
+            raise LedgerError("this ledger was opened read-only; it cannot sign")
+        return self._signer
+
+    # -- writes -----------------------------------------------------------
+
+    def append(self, entries: Sequence[Entry]) -> AppendResult:
+        """Append entries to the own log in one transaction and sign a checkpoint.
+
+        Hashes already listed are reported in ``duplicates`` and not appended.
+
+        Raises:
+            RetractionError: if a retraction is invalid (nothing is written).
+            StorageError: if the database fails (nothing is written).
+        """
+        signer = self._require_signer()
+        with self.store.transaction():
+            run = _Integration(self.store, self.own_log)
+            run.append(entries)
+            checkpoint = run.commit_checkpoint(signer)
+        return AppendResult(
+            run.start, run.next_index - run.start, tuple(run.duplicates), checkpoint
+        )
+
+    def retract(self, index: int, reason: str) -> AppendResult:
+        """Append a retraction of entry ``index``.
+
+        Raises:
+            RetractionError: if the entry does not exist, is not an add, or is
+                already retracted.
+            MalformedError: if the reason is empty, too long or has control
+                characters.
+        """
+        return self.append([RetractEntry(index=index, reason=reason)])
+
+    def import_lines(
+        self,
+        lines: Iterable[ParsedLine],
+        *,
+        skip_invalid: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportResult:
+        """Append every valid line in one transaction, streaming in batches.
+
+        The whole input is read even after an error so the report lists every
+        invalid line. Unless ``skip_invalid`` is set, any invalid line rolls
+        the transaction back and nothing is appended.
+
+        Raises:
+            ImportRejectedError: if lines were invalid and ``skip_invalid`` is
+                false (nothing is written).
+            StorageError: if the database fails (nothing is written).
+        """
+        signer = self._require_signer()
+        errors: list[LineError] = []
+        read = 0
+        with self.store.transaction():
+            run = _Integration(self.store, self.own_log)
+            batch: list[Entry] = []
+            batch_lines: list[int] = []
+            for parsed in lines:
+                read += 1
+                if parsed.error is not None:
+                    errors.append(parsed.error)
+                    continue
+                if errors and not skip_invalid:
+                    # Nothing will be written; keep reading only to report.
+                    continue
+                assert parsed.entry is not None
+                batch.append(parsed.entry)
+                batch_lines.append(parsed.line)
+                if len(batch) >= IMPORT_BATCH:
+                    run.append(batch, batch_lines)
+                    batch, batch_lines = [], []
+                    if progress is not None:
+                        progress(read)
+            if errors and not skip_invalid:
+                raise ImportRejectedError(errors, total_lines=read)
+            run.append(batch, batch_lines)
+            checkpoint = run.commit_checkpoint(signer)
+            if progress is not None:
+                progress(read)
+        result = AppendResult(
+            run.start, run.next_index - run.start, tuple(run.duplicates), checkpoint
+        )
+        return ImportResult(result, read, tuple(errors))
+
+    # -- reads ------------------------------------------------------------
+
+    def log_for(self, origin: str | None) -> LogRecord:
+        """The log with ``origin``, or the own log when ``origin`` is None."""
+        return self.own_log if origin is None else self.store.get_log(origin)
+
+    def latest_checkpoint(self, origin: str | None = None) -> CheckpointRecord:
+        """The latest signed checkpoint of a log.
+
+        Raises:
+            UnknownLogError: if the log is not held.
+            LedgerError: if the log has no checkpoint yet.
+        """
+        log = self.log_for(origin)
+        record = self.store.latest_checkpoint(log.log_id)
+        if record is None:
+            raise LedgerError(f"log {log.origin} has no checkpoint yet")
+        return record
+
+    def status(self, origin: str | None = None) -> LogStatus:
+        """Size, root and counts of a log."""
+        log = self.log_for(origin)
+        record = self.latest_checkpoint(log.origin)
+        by_type, by_label = self.store.active_counts(log.log_id)
+        return LogStatus(
+            origin=log.origin,
+            is_own=log.is_own,
+            size=record.size,
+            root_hash=record.root_hash,
+            checkpoint_recorded_at=record.recorded_at,
+            by_signal_type=by_type,
+            by_label=by_label,
+            retracted=self.store.retraction_count(log.log_id),
+        )
+
+    def _checked_size(self, log: LogRecord, size: int | None) -> int:
+        latest = self.latest_checkpoint(log.origin).size
+        if size is None:
+            return latest
+        if size < 0 or size > latest:
+            raise MalformedError(
+                f"size {size} is beyond the latest checkpoint size {latest}",
+                field="size",
+            )
+        return size
+
+    def prove_inclusion(
+        self, index: int, size: int | None = None, *, origin: str | None = None
+    ) -> Proof:
+        """Inclusion proof of entry ``index`` in the tree of ``size`` (default latest).
+
+        Raises:
+            MalformedError: if index or size are out of range.
+        """
+        log = self.log_for(origin)
+        tree_size = self._checked_size(log, size)
+        if not 0 <= index < tree_size:
+            raise MalformedError(
+                f"index {index} is beyond the tree size {tree_size}", field="index"
+            )
+        reader = self.store.reader(log.log_id)
+        hashes = compute_inclusion_proof(index, tree_size, reader)
+        (leaf_hash,) = reader.get_node_hashes([_leaf(index)])
+        return Proof(tuple(hashes), tree_size, index=index, leaf_hash=leaf_hash)
+
+    def prove_consistency(
+        self, old_size: int, new_size: int | None = None, *, origin: str | None = None
+    ) -> Proof:
+        """Consistency proof between two tree sizes of a log.
+
+        Raises:
+            MalformedError: if the sizes are out of range or reversed.
+        """
+        log = self.log_for(origin)
+        size = self._checked_size(log, new_size)
+        if not 0 <= old_size <= size:
+            raise MalformedError(
+                f"old size {old_size} must be between 0 and the new size {size}",
+                field="old_size",
+            )
+        hashes = compute_consistency_proof(old_size, size, self.store.reader(log.log_id))
+        return Proof(tuple(hashes), size, old_size=old_size)
+
+    def recompute_root(self, origin: str | None = None) -> tuple[int, bytes]:
+        """Recompute a log's root from every stored leaf (an fsck check)."""
+        log = self.log_for(origin)
+        datas: list[bytes] = []
+        tree = CompactRange.empty()
+        # Hash the stored entry bytes rather than trusting stored leaf hashes.
+        for _idx, data, _leaf_hash in self.store.iter_entries(log.log_id):
+            datas.append(bytes(data))
+            if len(datas) >= IMPORT_BATCH:
+                tree.extend(hash_leaves(datas))
+                datas.clear()
+        tree.extend(hash_leaves(datas))
+        return tree.size, tree.root()
+
+
+def _leaf(index: int) -> NodeId:
+    return NodeId(level=0, index=index)
+
+
+def load_signer(config: NodeConfig) -> NoteSigner:
+    """Load the node's note signing key, checking it belongs to the origin.
+
+    Raises:
+        ConfigError: if the key file is missing, unreadable, too open or for
+            another origin.
+    """
+    path = config.signing_key_path
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text(encoding="ascii").strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the signing key {path}: {e}") from e
+    if mode & 0o077:
+        raise ConfigError(
+            f"signing key {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`"
+        )
+    try:
+        signer = NoteSigner.from_text(text)
+    except MalformedError as e:
+        raise ConfigError(f"signing key {path} is not valid: {e}") from e
+    if signer.name != config.origin:
+        raise ConfigError(
+            f"signing key {path} is for {signer.name!r}, not this node's origin {config.origin!r}"
+        )
+    return signer

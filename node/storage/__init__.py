@@ -1,0 +1,1 @@
+"""SQLite storage of the ledger. Layer: node.storage (the bottom of node)."""

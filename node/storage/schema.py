@@ -1,0 +1,134 @@
+"""SQLite schema, pragmas and migrations of the ledger database.
+
+Layer: node.storage. Performs database I/O on the connection it is given.
+
+The schema version lives in ``PRAGMA user_version``; each migration moves the
+database up by one version inside the caller's transaction. Append-only is
+enforced by the schema as well as by the code: triggers abort any UPDATE or
+DELETE on entries, tree nodes, checkpoints and retractions. The ``active``
+table is a derived index (hashes currently listed, per log) and is the only
+table rows are deleted from, when a retraction is committed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+
+from node.errors import SchemaVersionError
+
+__all__ = ["SCHEMA_VERSION", "apply_pragmas", "migrate"]
+
+SCHEMA_VERSION = 1
+
+_APPEND_ONLY_TABLES = ("entries", "nodes", "checkpoints", "retractions")
+
+_V1 = """
+CREATE TABLE logs (
+    log_id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL UNIQUE,
+    verifier_key TEXT NOT NULL,
+    is_own INTEGER NOT NULL CHECK (is_own IN (0, 1)),
+    created_at TEXT NOT NULL
+);
+-- One row per leaf. data is the exact entry encoding (the RFC 6962 leaf data).
+CREATE TABLE entries (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    idx INTEGER NOT NULL CHECK (idx >= 0),
+    data BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
+    PRIMARY KEY (log_id, idx)
+) WITHOUT ROWID;
+-- Hashes of perfect subtrees of level >= 1 (level 0 is entries.leaf_hash), so
+-- any proof is served with O(log n) reads.
+CREATE TABLE nodes (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    level INTEGER NOT NULL CHECK (level >= 1),
+    idx INTEGER NOT NULL CHECK (idx >= 0),
+    hash BLOB NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (log_id, level, idx)
+) WITHOUT ROWID;
+-- Every signed checkpoint, in order of size. note is the exact signed note.
+CREATE TABLE checkpoints (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    size INTEGER NOT NULL CHECK (size >= 0),
+    root_hash BLOB NOT NULL CHECK (length(root_hash) = 32),
+    note TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (log_id, size)
+) WITHOUT ROWID;
+CREATE TABLE retractions (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    target INTEGER NOT NULL,
+    retracted_by INTEGER NOT NULL,
+    PRIMARY KEY (log_id, target)
+) WITHOUT ROWID;
+-- Derived: the hashes each log currently lists (added, not retracted).
+CREATE TABLE active (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    signal_type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    labels TEXT NOT NULL,
+    PRIMARY KEY (log_id, signal_type, value)
+) WITHOUT ROWID;
+"""
+
+
+def apply_pragmas(conn: sqlite3.Connection, *, read_only: bool = False) -> None:
+    """Set the pragmas every connection needs.
+
+    WAL lets readers run beside the writer; ``synchronous=FULL`` makes a commit
+    durable before it returns, so a signed checkpoint is never shown and then
+    lost in a power cut (which would later look like a forked log).
+    """
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if read_only:
+        conn.execute("PRAGMA query_only = 1")
+        return
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal" and conn.execute("PRAGMA database_list").fetchone()[2]:
+        raise SchemaVersionError(f"cannot switch the database to WAL mode (got {mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+
+
+def _append_only_triggers(db: sqlite_utils.Database) -> None:
+    for table in _APPEND_ONLY_TABLES:
+        for action in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END"
+            )
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema up to :data:`SCHEMA_VERSION` in one transaction.
+
+    Raises:
+        SchemaVersionError: if the database is newer than this code.
+    """
+    db = sqlite_utils.Database(conn)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"database schema version {version} is newer than this hashmesh "
+            f"understands ({SCHEMA_VERSION}); upgrade hashmesh"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version < 1:
+            # executescript() would commit our transaction first, so run the
+            # DDL statement by statement.
+            for statement in _V1.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            _append_only_triggers(db)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,12 @@
+"""hashmesh protocol core: entries, RFC 6962 Merkle logs, C2SP checkpoints and notes.
+
+Layer: protocol (pure). Nothing in this package performs network, file or
+database I/O; an auditor can use it alone.
+"""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+"""Version of the entry encoding this implementation writes and reads."""
+
+__all__ = ["PROTOCOL_VERSION"]

@@ -1,0 +1,202 @@
+"""Auditor commands that need nothing but ``protocol``: ``python -m protocol``.
+
+Layer: protocol. The only module of the package that reads files and writes
+to the terminal; the checks themselves are the pure functions it calls.
+
+Exit status: 0 when the check holds, 1 when it fails (one line on stderr
+saying why), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from protocol.bundle import verify_bundle
+from protocol.checkpoint import open_checkpoint
+from protocol.encoding import encode_b64
+from protocol.errors import ProtocolError
+from protocol.keys import NoteVerifier
+from protocol.verify import verify_append_only, verify_entry_inclusion
+from protocol.wire import ConsistencyProof, InclusionProof
+
+__all__ = ["main"]
+
+_DESCRIPTION = """\
+Verify hashmesh checkpoints, proofs and audit bundles offline, with nothing
+but a verifier key. Every command exits 0 only when the check holds.
+"""
+
+_VKEY_HELP = "the origin's verifier key, as text (NAME+HASH+BASE64) or a file holding it"
+
+
+class _UsageError(Exception):
+    """A file could not be read: a usage problem, exit status 2."""
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise _UsageError(f"cannot read {what} {path}: {e.strerror or e}") from e
+
+
+def _vkey(value: str) -> NoteVerifier:
+    # A key text always contains '+'; a path normally does not, so try the
+    # file only when the value cannot be a key.
+    if "+" in value and not Path(value).exists():
+        return NoteVerifier.from_text(value)
+    return NoteVerifier.from_text(_read(value, "verifier key file").decode().strip())
+
+
+def _cmd_checkpoint(args: argparse.Namespace) -> str:
+    witnesses = [_vkey(w) for w in args.witness]
+    verified = open_checkpoint(
+        _read(args.checkpoint, "checkpoint"),
+        _vkey(args.vkey),
+        origin=args.origin,
+        witnesses=witnesses,
+        witness_threshold=args.witness_threshold,
+    )
+    cp = verified.checkpoint
+    line = (
+        f"checkpoint verified: origin {cp.origin}, size {cp.size}, root {encode_b64(cp.root_hash)}"
+    )
+    if verified.cosignatures:
+        line += f", cosigned by {', '.join(sorted(verified.cosignatures))}"
+    return line
+
+
+def _cmd_inclusion(args: argparse.Namespace) -> str:
+    proof = InclusionProof.from_json(_read(args.proof, "proof"))
+    entry = _read(args.entry, "entry") if args.entry else None
+    cp = verify_entry_inclusion(
+        _read(args.checkpoint, "checkpoint"), _vkey(args.vkey), proof, entry=entry
+    )
+    return (
+        f"inclusion verified: leaf {proof.leaf_hash.hex()} is entry {proof.index} "
+        f"of {cp.origin} at size {cp.size}"
+    )
+
+
+def _cmd_consistency(args: argparse.Namespace) -> str:
+    proof = ConsistencyProof.from_json(_read(args.proof, "proof"))
+    old, new = verify_append_only(
+        _read(args.old, "old checkpoint"),
+        _read(args.new, "new checkpoint"),
+        _vkey(args.vkey),
+        proof,
+    )
+    return (
+        f"consistency verified: {new.origin} at size {new.size} extends "
+        f"size {old.size} (append-only)"
+    )
+
+
+def _cmd_bundle(args: argparse.Namespace) -> str:
+    expected = _vkey(args.vkey).to_text() if args.vkey else None
+    try:
+        with open(args.bundle, "rb") as f:
+            report = verify_bundle(f, verifier_key=expected)
+    except OSError as e:
+        raise _UsageError(f"cannot read bundle {args.bundle}: {e.strerror or e}") from e
+    note = "" if expected else " (key taken from the bundle itself; pass --vkey to pin it)"
+    return (
+        f"bundle verified: {report.origin}, {report.size} entries ({report.adds} adds, "
+        f"{report.retractions} retractions), {report.checkpoints} checkpoints, "
+        f"root {encode_b64(report.root_hash)}{note}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m protocol``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m protocol",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "verify-checkpoint",
+        help="check a signed checkpoint note against the origin's key",
+        description="Check a C2SP signed checkpoint against the origin's verifier "
+        "key and, optionally, k-of-n witness cosignatures.",
+    )
+    p.add_argument("checkpoint", help="file with the signed checkpoint note")
+    p.add_argument("--vkey", required=True, help=_VKEY_HELP)
+    p.add_argument("--origin", help="require this origin line")
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a witness verifier key (repeat for several)",
+    )
+    p.add_argument(
+        "--witness-threshold",
+        type=int,
+        default=0,
+        metavar="K",
+        help="require cosignatures from at least K of the --witness keys",
+    )
+    p.set_defaults(run=_cmd_checkpoint)
+
+    p = sub.add_parser(
+        "verify-inclusion",
+        help="check an inclusion proof against a signed checkpoint",
+        description="Check that a leaf is in the log: the checkpoint's signature "
+        "first, then the proof against its root. The proof is the JSON printed by "
+        "`hashmesh prove inclusion --json`.",
+    )
+    p.add_argument("proof", help="inclusion proof JSON file")
+    p.add_argument("--checkpoint", required=True, help="signed checkpoint note file")
+    p.add_argument("--vkey", required=True, help=_VKEY_HELP)
+    p.add_argument("--entry", help="file with the exact entry bytes (checked against leaf_hash)")
+    p.set_defaults(run=_cmd_inclusion)
+
+    p = sub.add_parser(
+        "verify-consistency",
+        help="check that a newer checkpoint extends an older one",
+        description="Check two signed checkpoints of one origin and the "
+        "consistency proof between them (JSON printed by `hashmesh prove "
+        "consistency --json`).",
+    )
+    p.add_argument("proof", help="consistency proof JSON file")
+    p.add_argument("--old", required=True, help="older signed checkpoint note file")
+    p.add_argument("--new", required=True, help="newer signed checkpoint note file")
+    p.add_argument("--vkey", required=True, help=_VKEY_HELP)
+    p.set_defaults(run=_cmd_consistency)
+
+    p = sub.add_parser(
+        "verify-bundle",
+        help="check a whole audit bundle (hashmesh export --format bundle)",
+        description="Check every checkpoint signature, every entry and every "
+        "root of an audit bundle.",
+    )
+    p.add_argument("bundle", help="bundle file")
+    p.add_argument("--vkey", help="pin the origin's key: " + _VKEY_HELP)
+    p.set_defaults(run=_cmd_bundle)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run an auditor command; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        message = args.run(args)
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ProtocolError as e:
+        print(f"FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"OK: {message}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

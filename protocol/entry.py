@@ -1,0 +1,457 @@
+"""Ledger entries and their canonical encoding (the leaf data of the log).
+
+Layer: protocol (pure). This module performs no I/O.
+
+Every leaf of a hashmesh log is one entry, encoded as canonical JSON (keys
+sorted, no insignificant whitespace, UTF-8, minimal escapes; see
+:func:`protocol.encoding.dumps_canonical`). The leaf hash is the RFC 6962
+leaf hash of exactly these bytes (RFC 9162 section 2.1.1), so the encoding
+must be unique: :func:`parse_entry` accepts only bytes that it would itself
+produce. Two kinds exist::
+
+    {"kind":"add","labels":["iwf:category-a"],"note":"...",
+     "signal":{"quality":90,"type":"pdq","value":"<64 hex>"},"v":1}
+    {"index":12,"kind":"retract","reason":"...","v":1}
+
+(shown wrapped; the real encoding has no whitespace). ``note`` is optional;
+``signal.quality`` is required for types whose registry row says
+``requires_quality`` (PDQ) and forbidden for every other type, which also
+catches a SHA-256 value submitted as PDQ. A retraction names an earlier add by
+its 0-based ``index`` in the same log; whether that index exists is the
+ledger's business, not this module's.
+
+Limits are module constants: :data:`MAX_ENTRY_BYTES`, :data:`MAX_LABELS`,
+:data:`LABEL_PATTERN`, :data:`MAX_NOTE_CHARS`, :data:`MAX_REASON_CHARS`,
+:data:`MIN_QUALITY` and :data:`MAX_QUALITY`. The recommended label
+vocabulary is documented in ``docs/labels.md`` and deliberately not enforced
+here beyond the grammar.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from protocol import PROTOCOL_VERSION
+from protocol.encoding import MAX_UINT63, dumps_canonical, loads_strict
+from protocol.errors import MalformedError, UnsupportedVersionError
+from protocol.signal import SIGNAL_TYPES, validate_signal_value
+
+__all__ = [
+    "LABEL_PATTERN",
+    "MAX_ENTRY_BYTES",
+    "MAX_LABELS",
+    "MAX_NOTE_CHARS",
+    "MAX_QUALITY",
+    "MAX_REASON_CHARS",
+    "MIN_QUALITY",
+    "AddEntry",
+    "Entry",
+    "RetractEntry",
+    "parse_entry",
+]
+
+MAX_ENTRY_BYTES = 4096
+"""Largest encoded entry, in bytes; checked before any parsing."""
+
+MAX_LABELS = 32
+"""Most labels one add entry may carry."""
+
+LABEL_PATTERN = r"[a-z0-9][a-z0-9._-]{0,31}:[a-z0-9][a-z0-9._:/-]{0,62}"
+"""Grammar of a label, ``namespace:value`` in lowercase ASCII (matched whole).
+
+The namespace is 1-32 characters, the value 1-63, so a label is at most 96
+characters. The value may itself contain ``:`` and ``/`` (``src:feed/2024``).
+"""
+
+MAX_NOTE_CHARS = 280
+"""Longest note, in characters (code points). An empty note is spelled as absent."""
+
+MAX_REASON_CHARS = 1024
+"""Longest retraction reason, in characters (code points); it may not be empty."""
+
+MIN_QUALITY = 0
+"""Smallest quality score (PDQ's own scale is 0-100)."""
+
+MAX_QUALITY = 100
+"""Largest quality score."""
+
+_LABEL = re.compile(LABEL_PATTERN)
+# Category Cc (C0, DEL, C1) and surrogate code points. Lone surrogates cannot
+# be encoded as UTF-8; control characters break one-line displays and logs.
+_FORBIDDEN_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+_ADD_KEYS = frozenset({"kind", "labels", "note", "signal", "v"})
+_ADD_REQUIRED = ("kind", "labels", "signal", "v")
+_SIGNAL_KEYS = frozenset({"quality", "type", "value"})
+_SIGNAL_REQUIRED = ("type", "value")
+_RETRACT_KEYS = frozenset({"index", "kind", "reason", "v"})
+_RETRACT_REQUIRED = ("index", "kind", "reason", "v")
+
+# Bytes of an encoded add entry other than the signal value, labels and note,
+# with room to spare; only entries whose bound exceeds MAX_ENTRY_BYTES are
+# actually encoded to measure them. UTF-8 takes at most 4 bytes per code point
+# and the escapes dumps_canonical may emit here (\" and \\) take 2.
+_ADD_OVERHEAD = 128
+_RETRACT_OVERHEAD = 64
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _check_text(value: object, field: str, max_chars: int) -> None:
+    if not isinstance(value, str):
+        raise MalformedError(f"expected a string, got {_json_type(value)}", field=field)
+    if not value:
+        raise MalformedError("must not be empty", field=field)
+    if len(value) > max_chars:
+        raise MalformedError(
+            f"expected at most {max_chars} characters, got {len(value)}", field=field
+        )
+    bad = _FORBIDDEN_TEXT.search(value)
+    if bad is not None:
+        what = "lone surrogate" if bad.group() >= "\ud800" else "control character"
+        raise MalformedError(
+            f"{what} U+{ord(bad.group()):04X} at position {bad.start()}", field=field
+        )
+
+
+def _check_labels(labels: object) -> None:
+    if not isinstance(labels, tuple):
+        raise MalformedError(
+            f"expected a tuple of labels, got {type(labels).__name__}", field="labels"
+        )
+    if len(labels) > MAX_LABELS:
+        raise MalformedError(
+            f"expected at most {MAX_LABELS} labels, got {len(labels)}", field="labels"
+        )
+    previous = ""
+    for i, label in enumerate(labels):
+        field = f"labels[{i}]"
+        if not isinstance(label, str):
+            raise MalformedError(f"expected a string, got {_json_type(label)}", field=field)
+        if not _LABEL.fullmatch(label):
+            shown = repr(label)[:110]
+            raise MalformedError(
+                f"{shown} is not a label: expected lowercase namespace:value "
+                "(namespace 1-32 and value 1-63 of [a-z0-9._-], value may also hold : and /)",
+                field=field,
+            )
+        if i and label <= previous:
+            problem = "duplicate label" if label == previous else "labels are not sorted"
+            raise MalformedError(f"{problem} ({previous!r}, {label!r})", field=field)
+        previous = label
+
+
+def _check_quality(row_requires: bool, signal_type: str, quality: object) -> None:
+    field = "signal.quality"
+    if quality is None:
+        if row_requires:
+            raise MalformedError(
+                f"quality ({MIN_QUALITY}-{MAX_QUALITY}) is required for {signal_type} signals",
+                field=field,
+            )
+        return
+    if not row_requires:
+        raise MalformedError(
+            f"quality is not allowed for {signal_type} signals (only for "
+            + ", ".join(n for n, t in SIGNAL_TYPES.items() if t.requires_quality)
+            + ")",
+            field=field,
+        )
+    if isinstance(quality, bool) or not isinstance(quality, int):
+        raise MalformedError(
+            f"expected an integer {MIN_QUALITY}-{MAX_QUALITY}, got {_json_type(quality)}",
+            field=field,
+        )
+    if not MIN_QUALITY <= quality <= MAX_QUALITY:
+        raise MalformedError(
+            f"expected an integer {MIN_QUALITY}-{MAX_QUALITY}, got {quality}", field=field
+        )
+
+
+def _check_encoded_size(entry: AddEntry | RetractEntry, bound: int) -> None:
+    if bound <= MAX_ENTRY_BYTES:
+        return
+    size = len(entry.to_bytes())
+    if size > MAX_ENTRY_BYTES:
+        raise MalformedError(f"entry encodes to {size} bytes, more than {MAX_ENTRY_BYTES}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddEntry:
+    """An entry that lists one signal (a hash) in the log.
+
+    Use :meth:`create` to build one from unsorted labels; the constructor
+    itself is strict and accepts only the canonical form.
+
+    Attributes:
+        signal_type: a key of :data:`protocol.signal.SIGNAL_TYPES`.
+        value: the canonical value text (lowercase hex or padded base64).
+        labels: sorted, unique labels matching :data:`LABEL_PATTERN`.
+        note: free text of 1 to :data:`MAX_NOTE_CHARS` characters, or None.
+        quality: quality score, required exactly for types that need it.
+    """
+
+    signal_type: str
+    value: str
+    labels: tuple[str, ...]
+    note: str | None = None
+    quality: int | None = None
+
+    def __post_init__(self) -> None:
+        validate_signal_value(self.signal_type, self.value)
+        row = SIGNAL_TYPES[self.signal_type]
+        _check_quality(row.requires_quality, self.signal_type, self.quality)
+        _check_labels(self.labels)
+        bound = _ADD_OVERHEAD + len(self.value) + sum(len(x) + 3 for x in self.labels)
+        if self.note is not None:
+            _check_text(self.note, "note", MAX_NOTE_CHARS)
+            bound += 4 * len(self.note)
+        _check_encoded_size(self, bound)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        signal_type: str,
+        value: str,
+        labels: Iterable[str] = (),
+        note: str | None = None,
+        quality: int | None = None,
+    ) -> AddEntry:
+        """Build an add entry, sorting and de-duplicating the labels.
+
+        Labels are not lower-cased or stripped here; normalising user input
+        is the caller's job, so that it can report what it changed.
+
+        Args:
+            signal_type: a key of :data:`protocol.signal.SIGNAL_TYPES`.
+            value: the canonical value (see
+                :func:`protocol.signal.normalise_signal_value`).
+            labels: labels in any order, possibly repeated.
+            note: optional free text.
+            quality: quality score, for types that require one.
+
+        Returns:
+            The validated entry.
+
+        Raises:
+            MalformedError: if any field is invalid, naming it.
+        """
+        if isinstance(labels, str | bytes):
+            raise MalformedError("expected a list of labels, got a single string", field="labels")
+        items = list(labels)
+        for i, label in enumerate(items):
+            if not isinstance(label, str):
+                raise MalformedError(
+                    f"expected a string, got {_json_type(label)}", field=f"labels[{i}]"
+                )
+        return cls(
+            signal_type=signal_type,
+            value=value,
+            labels=tuple(sorted(set(items))),
+            note=note,
+            quality=quality,
+        )
+
+    @property
+    def kind(self) -> Literal["add"]:
+        """The entry kind, ``"add"``."""
+        return "add"
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """``(signal_type, value)``: what duplicate detection compares."""
+        return (self.signal_type, self.value)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The entry as a JSON object (dicts, lists, str, int)."""
+        signal: dict[str, Any] = {"type": self.signal_type, "value": self.value}
+        if self.quality is not None:
+            signal["quality"] = self.quality
+        obj: dict[str, Any] = {
+            "kind": "add",
+            "labels": list(self.labels),
+            "signal": signal,
+            "v": PROTOCOL_VERSION,
+        }
+        if self.note is not None:
+            obj["note"] = self.note
+        return obj
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding: the leaf data of the Merkle tree."""
+        return dumps_canonical(self.to_json_obj())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetractEntry:
+    """An entry that withdraws an earlier add entry of the same log.
+
+    Attributes:
+        index: 0-based index of the add entry being retracted.
+        reason: why, 1 to :data:`MAX_REASON_CHARS` characters.
+    """
+
+    index: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.index, bool) or not isinstance(self.index, int):
+            raise MalformedError(
+                f"expected an integer, got {_json_type(self.index)}", field="index"
+            )
+        if not 0 <= self.index <= MAX_UINT63:
+            raise MalformedError(
+                f"expected an integer 0-{MAX_UINT63}, got {self.index}", field="index"
+            )
+        _check_text(self.reason, "reason", MAX_REASON_CHARS)
+        _check_encoded_size(self, _RETRACT_OVERHEAD + 4 * len(self.reason))
+
+    @property
+    def kind(self) -> Literal["retract"]:
+        """The entry kind, ``"retract"``."""
+        return "retract"
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The entry as a JSON object (dicts, lists, str, int)."""
+        return {
+            "index": self.index,
+            "kind": "retract",
+            "reason": self.reason,
+            "v": PROTOCOL_VERSION,
+        }
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding: the leaf data of the Merkle tree."""
+        return dumps_canonical(self.to_json_obj())
+
+
+Entry = AddEntry | RetractEntry
+"""Any ledger entry."""
+
+
+def _check_keys(
+    obj: dict[str, Any], allowed: frozenset[str], required: tuple[str, ...], prefix: str
+) -> None:
+    unknown = sorted(k for k in obj if k not in allowed)
+    if unknown:
+        raise MalformedError("unknown field", field=prefix + unknown[0])
+    for key in required:
+        if key not in obj:
+            raise MalformedError("missing required field", field=prefix + key)
+
+
+def _expect_str(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise MalformedError(f"expected a string, got {_json_type(value)}", field=field)
+    return value
+
+
+def _parse_add(obj: dict[str, Any]) -> AddEntry:
+    _check_keys(obj, _ADD_KEYS, _ADD_REQUIRED, "")
+    signal = obj["signal"]
+    if not isinstance(signal, dict):
+        raise MalformedError(f"expected an object, got {_json_type(signal)}", field="signal")
+    _check_keys(signal, _SIGNAL_KEYS, _SIGNAL_REQUIRED, "signal.")
+    labels = obj["labels"]
+    if not isinstance(labels, list):
+        raise MalformedError(f"expected an array, got {_json_type(labels)}", field="labels")
+    note = obj.get("note")
+    if "note" in obj:
+        _expect_str(note, "note")
+    quality = signal.get("quality")
+    if "quality" in signal and (isinstance(quality, bool) or not isinstance(quality, int)):
+        raise MalformedError(
+            f"expected an integer {MIN_QUALITY}-{MAX_QUALITY}, got {_json_type(quality)}",
+            field="signal.quality",
+        )
+    return AddEntry(
+        signal_type=_expect_str(signal["type"], "signal.type"),
+        value=_expect_str(signal["value"], "signal.value"),
+        labels=tuple(labels),
+        note=note,
+        quality=quality,
+    )
+
+
+def _parse_retract(obj: dict[str, Any]) -> RetractEntry:
+    _check_keys(obj, _RETRACT_KEYS, _RETRACT_REQUIRED, "")
+    return RetractEntry(index=obj["index"], reason=_expect_str(obj["reason"], "reason"))
+
+
+def parse_entry(data: bytes) -> Entry:
+    """Parse the canonical encoding of an entry, accepting nothing else.
+
+    Checks, in order: size (at most :data:`MAX_ENTRY_BYTES`), strict JSON
+    (:func:`protocol.encoding.loads_strict`), a top-level object, version
+    ``v`` (must be :data:`protocol.PROTOCOL_VERSION`), a known ``kind``,
+    exactly the allowed fields, field types and values, and finally that
+    ``data`` is byte for byte the canonical encoding of the result.
+
+    Args:
+        data: the leaf data.
+
+    Returns:
+        An :class:`AddEntry` or a :class:`RetractEntry`.
+
+    Raises:
+        UnsupportedVersionError: if ``v`` is a version number (a positive
+            integer) other than the one this implementation reads.
+        MalformedError: on any other problem, naming the field as a dotted
+            path (``signal.value``, ``labels[2]``) where there is one.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedError(f"expected bytes, got {type(data).__name__}")
+    raw = bytes(data)
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise MalformedError(f"entry is {len(raw)} bytes, more than {MAX_ENTRY_BYTES}")
+    obj = loads_strict(raw)
+    if not isinstance(obj, dict):
+        raise MalformedError(f"expected a JSON object, got {_json_type(obj)}")
+    if "v" not in obj:
+        raise MalformedError("missing required field", field="v")
+    version = obj["v"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise MalformedError(f"expected an integer, got {_json_type(version)}", field="v")
+    if version < 1:
+        raise MalformedError(f"expected a version number of 1 or more, got {version}", field="v")
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersionError(
+            f"entry version {version} is not supported (this implementation reads "
+            f"version {PROTOCOL_VERSION})",
+            field="v",
+        )
+    if "kind" not in obj:
+        raise MalformedError("missing required field", field="kind")
+    kind = obj["kind"]
+    entry: Entry
+    if kind == "add":
+        entry = _parse_add(obj)
+    elif kind == "retract":
+        entry = _parse_retract(obj)
+    else:
+        shown = repr(kind)[:40] if isinstance(kind, str) else _json_type(kind)
+        raise MalformedError(f"unknown kind {shown}; expected 'add' or 'retract'", field="kind")
+    if entry.to_bytes() != raw:
+        raise MalformedError(
+            "entry is not in canonical form (sorted keys, no whitespace, minimal escapes, "
+            "raw UTF-8)"
+        )
+    return entry
