@@ -16,11 +16,9 @@ asserted to verify.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +33,7 @@ from protocol.merkle import (
     verify_inclusion,
 )
 from protocol.tree import CompactRange, compute_consistency_proof, compute_inclusion_proof
+from tests.conftest import load_tlog_vectors
 from tests.protocol.test_merkle_properties import (
     ListReader,
     ref_consistency_outcome,
@@ -44,9 +43,8 @@ from tests.protocol.test_merkle_properties import (
     ref_proof,
 )
 
-VECTORS_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "tlog.json"
 # Parametrisation needs the vectors at collection time, before fixtures exist.
-VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
+VECTORS: dict[str, Any] = load_tlog_vectors()
 LEAVES = [bytes.fromhex(h) for h in VECTORS["leaf_hashes"]]
 ROOTS = {n + 1: bytes.fromhex(h) for n, h in enumerate(VECTORS["roots_by_size"])}
 ROOTS[0] = EMPTY_ROOT
