@@ -10,9 +10,14 @@ Layer: node (bottom). This module performs no I/O.
     ├── StorageError             SQLite failed (wraps sqlite3.Error)
     │   └── SchemaVersionError   database written by a newer hashmesh
     ├── LedgerError              a write the ledger refuses (nothing written)
-    │   └── RetractionError      retracting a missing or already retracted entry
+    │   ├── RetractionError      retracting a missing or already retracted entry
+    │   └── ReplicationError     a replicated batch or checkpoint was refused
+    │       └── FrozenLogError   the origin has fork evidence; nothing more accepted
     ├── ImportRejectedError      an import file had invalid lines (carries them)
-    └── UnknownLogError          no log with that origin is held here
+    ├── UnknownLogError          no log with that origin is held here
+    └── PeerError                a peer failed us during sync (names the peer)
+        ├── PeerUnavailableError    cannot connect, TLS refused, timed out, 5xx
+        └── PeerProtocolError       malformed, oversized or unexpected response
 
 Protocol-level failures (malformed input, failed verification) are raised as
 :class:`protocol.errors.ProtocolError` subclasses and are not wrapped.
@@ -25,11 +30,16 @@ from dataclasses import dataclass
 
 __all__ = [
     "ConfigError",
+    "FrozenLogError",
     "ImportRejectedError",
     "LedgerError",
     "LineError",
     "NodeError",
     "NodeExistsError",
+    "PeerError",
+    "PeerProtocolError",
+    "PeerUnavailableError",
+    "ReplicationError",
     "RetractionError",
     "SchemaVersionError",
     "StorageError",
@@ -63,6 +73,18 @@ class LedgerError(NodeError):
 
 class RetractionError(LedgerError):
     """A retraction names an entry that does not exist or is already retracted."""
+
+
+class ReplicationError(LedgerError):
+    """A batch of another origin's log was refused (wrong start, bad entry, bad proof).
+
+    Protocol failures (a bad signature, a root mismatch, a malformed entry)
+    are raised as they are; this covers what only the replica can judge.
+    """
+
+
+class FrozenLogError(ReplicationError):
+    """The origin has fork evidence: its log is frozen and nothing more is accepted."""
 
 
 class UnknownLogError(NodeError):
@@ -99,3 +121,25 @@ class ImportRejectedError(LedgerError):
             f"{len(self.errors)} of {total_lines} lines are invalid; nothing was "
             f"imported (first: {first}). Fix them, or pass --skip-invalid"
         )
+
+
+class PeerError(NodeError):
+    """A peer failed during sync; nothing it sent in that batch was stored.
+
+    Attributes:
+        peer: the peer's name.
+        reason: the message without the peer prefix.
+    """
+
+    def __init__(self, peer: str, reason: str) -> None:
+        self.peer = peer
+        self.reason = reason
+        super().__init__(f"peer {peer}: {reason}")
+
+
+class PeerUnavailableError(PeerError):
+    """The peer could not be reached: connection, TLS, timeout or a 5xx answer."""
+
+
+class PeerProtocolError(PeerError):
+    """The peer answered with something malformed, oversized or unexpected."""

@@ -18,6 +18,7 @@ from protocol.bundle import verify_bundle
 from protocol.checkpoint import open_checkpoint
 from protocol.encoding import encode_b64
 from protocol.errors import ProtocolError
+from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
 from protocol.verify import verify_append_only, verify_entry_inclusion
 from protocol.wire import ConsistencyProof, InclusionProof
@@ -110,6 +111,15 @@ def _cmd_bundle(args: argparse.Namespace) -> str:
     )
 
 
+def _cmd_evidence(args: argparse.Namespace) -> str:
+    evidence = ForkEvidence.from_json(_read(args.evidence, "evidence"))
+    a, b = verify_fork_evidence(evidence, _vkey(args.vkey))
+    return (
+        f"fork proven: {evidence.origin} signed checkpoints of sizes {a.size} and "
+        f"{b.size} that cannot both be true"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m protocol``."""
     parser = argparse.ArgumentParser(
@@ -179,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle file")
     p.add_argument("--vkey", help="pin the origin's key: " + _VKEY_HELP)
     p.set_defaults(run=_cmd_bundle)
+
+    p = sub.add_parser(
+        "verify-evidence",
+        help="check fork evidence: two signed checkpoints that cannot both be true",
+        description="Check a fork evidence document (JSON printed by `hashmesh "
+        "evidence export`): both checkpoint signatures under the origin's key, "
+        "then the proof that the two trees conflict. Exits 0 only when the "
+        "evidence proves a fork.",
+    )
+    p.add_argument("evidence", help="fork evidence JSON file")
+    p.add_argument("--vkey", required=True, help=_VKEY_HELP)
+    p.set_defaults(run=_cmd_evidence)
     return parser
 
 

@@ -297,7 +297,18 @@ class AddEntry:
 
     def to_bytes(self) -> bytes:
         """The canonical encoding: the leaf data of the Merkle tree."""
-        return dumps_canonical(self.to_json_obj())
+        if self.note is not None:
+            return dumps_canonical(self.to_json_obj())
+        # Without a note every string is validated ASCII that JSON needs no
+        # escape for (type names, hex/base64 values, label grammar), so the
+        # canonical form can be written directly: this is the import hot path.
+        # tests/protocol/test_entry.py checks it equals dumps_canonical.
+        labels = ",".join(f'"{label}"' for label in self.labels)
+        quality = "" if self.quality is None else f'"quality":{self.quality},'
+        return (
+            f'{{"kind":"add","labels":[{labels}],"signal":{{{quality}"type":'
+            f'"{self.signal_type}","value":"{self.value}"}},"v":{PROTOCOL_VERSION}}}'
+        ).encode("ascii")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -126,6 +126,11 @@ _BY_B64_LENGTH = _unique_by(
 _HEX_ANY_CASE = re.compile(r"(?:0[xX])?([0-9a-fA-F]+)")
 _B64_SHAPE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _HEX_PREFIX = ("0x", "0X")
+_CANONICAL_HEX = {
+    t.name: re.compile(f"[0-9a-f]{{{2 * t.length}}}")
+    for t in SIGNAL_TYPES.values()
+    if t.encoding == "hex"
+}
 
 
 def _type_of(signal_type: str, field: str) -> SignalType:
@@ -162,6 +167,9 @@ def validate_signal_value(
     """
     row = _type_of(signal_type, type_field)
     if row.encoding == "hex":
+        # Fast path for the common, valid case; decode_hex explains failures.
+        if isinstance(value, str) and _CANONICAL_HEX[row.name].fullmatch(value):
+            return
         decode_hex(value, field=field, length=row.length)
     else:
         decode_b64(value, field=field, length=row.length)

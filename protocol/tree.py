@@ -276,9 +276,7 @@ class CompactRange:
         """
         ids = frontier_ids(size)
         if len(hashes) != len(ids):
-            raise MalformedError(
-                f"size {size} needs {len(ids)} frontier hashes, got {len(hashes)}"
-            )
+            raise MalformedError(f"size {size} needs {len(ids)} frontier hashes, got {len(hashes)}")
         cr = cls()
         for node_id, h in zip(ids, hashes, strict=True):
             if len(h) != HASH_SIZE:

@@ -13,10 +13,10 @@ caller only after the commit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.config import NodeConfig, load_config
 from node.errors import (
@@ -37,9 +37,13 @@ from protocol.keys import NoteSigner
 from protocol.tree import (
     CompactRange,
     NodeId,
+    NodeRun,
     compute_consistency_proof,
     compute_inclusion_proof,
 )
+
+if TYPE_CHECKING:
+    from node.ledger.replica import Replica
 
 __all__ = [
     "AppendResult",
@@ -113,24 +117,54 @@ class LogStatus:
     checkpoints: int = 0
 
 
-class _Integration:
-    """One write transaction's worth of sequencing, hashing and storing."""
+@dataclass(frozen=True, slots=True)
+class _Sequenced:
+    """A validated batch, hashed into the tree but not yet written."""
 
-    def __init__(self, store: LedgerStore, log: LogRecord) -> None:
+    start: int
+    entries: Sequence[Entry]
+    datas: Sequence[bytes]
+    leaf_hashes: list[bytes]
+    runs: list[NodeRun]
+
+
+class _Integration:
+    """One write transaction's worth of sequencing, hashing and storing.
+
+    Both the own log (:meth:`Ledger.append`) and replicas
+    (:class:`node.ledger.replica.Replica`) go through :meth:`sequence` then
+    :meth:`store`; between the two a replica checks the new root against the
+    origin's signed checkpoint, so nothing is written unless it verifies.
+    """
+
+    def __init__(self, store: LedgerStore, log: LogRecord | None, *, replica: bool = False) -> None:
         self.store = store
         self.log = log
-        checkpoint = store.latest_checkpoint(log.log_id)
-        size = store.entry_count(log.log_id)
-        if checkpoint is not None and checkpoint.size != size:
-            raise StorageError(
-                f"log {log.origin} holds {size} entries but its latest checkpoint "
-                f"has size {checkpoint.size}; the database is damaged"
-            )
-        self.tree: CompactRange = store.load_compact_range(log.log_id, size)
+        size = 0 if log is None else store.entry_count(log.log_id)
+        if log is not None:
+            checkpoint = store.latest_checkpoint(log.log_id)
+            # A replica may hold entries beyond its latest stored checkpoint:
+            # a catch-up commits chunks proven against a larger checkpoint
+            # whose note is stored only with its last chunk.
+            if checkpoint is not None and (
+                checkpoint.size > size if replica else checkpoint.size != size
+            ):
+                raise StorageError(
+                    f"log {log.origin} holds {size} entries but its latest checkpoint "
+                    f"has size {checkpoint.size}; the database is damaged"
+                )
+        self.tree: CompactRange = (
+            CompactRange.empty() if log is None else store.load_compact_range(log.log_id, size)
+        )
         self.start = size
         self.duplicates: list[Duplicate] = []
         # Retractions sequenced in this transaction, not yet visible in SQL.
         self._retracted_here: set[int] = set()
+
+    @property
+    def log_id(self) -> int:
+        assert self.log is not None
+        return self.log.log_id
 
     @property
     def next_index(self) -> int:
@@ -145,7 +179,7 @@ class _Integration:
                 by_type.setdefault(entry.signal_type, []).append(entry.value)
         listed: dict[tuple[str, str], int] = {}
         for signal_type, values in by_type.items():
-            for value, idx in self.store.find_active(self.log.log_id, signal_type, values).items():
+            for value, idx in self.store.find_active(self.log_id, signal_type, values).items():
                 listed[(signal_type, value)] = idx
         for position, entry in enumerate(entries):
             index = self.next_index + len(accepted)
@@ -161,29 +195,54 @@ class _Integration:
             accepted.append(entry)
         if not accepted:
             return
-        datas = [e.to_bytes() for e in accepted]
-        leaf_hashes = hash_leaves(datas)
+        self.store_batch(self._hash(accepted, [e.to_bytes() for e in accepted]))
+
+    def sequence(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> _Sequenced:
+        """Validate retractions and extend the tree with a batch, verbatim.
+
+        ``datas`` are the exact encodings of ``entries`` (the leaf data). No
+        duplicate is skipped: a replica must hold its origin's log exactly.
+
+        Raises:
+            RetractionError: if a retraction targets a missing, non-add or
+                already retracted entry.
+        """
         start = self.next_index
+        for i, entry in enumerate(entries):
+            if isinstance(entry, RetractEntry):
+                self._check_retraction(entry, start + i, entries[:i])
+        return self._hash(entries, datas)
+
+    def _hash(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> _Sequenced:
+        start = self.next_index
+        leaf_hashes = hash_leaves(datas)
         runs = self.tree.extend(leaf_hashes, collect=True)
-        self.store.append_entries(self.log.log_id, start, datas, leaf_hashes, runs)
-        self.store.add_active(
-            self.log.log_id,
-            (
-                (e.signal_type, e.value, start + i, json.dumps(list(e.labels)))
-                for i, e in enumerate(accepted)
-                if isinstance(e, AddEntry)
-            ),
-        )
-        for i, e in enumerate(accepted):
-            if isinstance(e, RetractEntry):
-                target = self._target(e.index, accepted, start)
-                self.store.add_retraction(self.log.log_id, e.index, start + i, target.identity)
+        return _Sequenced(start, entries, datas, leaf_hashes, runs)
+
+    def store_batch(self, batch: _Sequenced) -> None:
+        """Write a sequenced batch: entries, tree nodes, listed hashes, retractions."""
+        log_id = self.log_id
+        start, entries = batch.start, batch.entries
+        self.store.append_entries(log_id, start, batch.datas, batch.leaf_hashes, batch.runs)
+        # Listed hashes and retractions are applied in log order, so a hash
+        # added, retracted and added again in one batch ends up listed; an
+        # add of a hash already listed keeps the first index (INSERT OR IGNORE).
+        pending: list[tuple[str, str, int, str]] = []
+        for i, e in enumerate(entries):
+            if isinstance(e, AddEntry):
+                pending.append((e.signal_type, e.value, start + i, _labels_json(e.labels)))
+            elif isinstance(e, RetractEntry):
+                self.store.add_active(log_id, pending)
+                pending = []
+                target = self._target(e.index, entries, start)
+                self.store.add_retraction(log_id, e.index, start + i, target.identity)
+        self.store.add_active(log_id, pending)
 
     def _target(self, index: int, pending: Sequence[Entry], start: int) -> AddEntry:
         if index >= start:
             entry = pending[index - start]
         else:
-            data = self.store.get_entry(self.log.log_id, index)
+            data = self.store.get_entry(self.log_id, index)
             if data is None:
                 raise RetractionError(f"entry {index} does not exist")
             entry = parse_entry(data)
@@ -197,7 +256,7 @@ class _Integration:
                 f"entry {entry.index} does not exist (the log has {index} entries)"
             )
         self._target(entry.index, pending, self.next_index)
-        by = self.store.retracted_by(self.log.log_id, entry.index)
+        by = self.store.retracted_by(self.log_id, entry.index)
         if by is not None or entry.index in self._retracted_here:
             where = f" by entry {by}" if by is not None else " earlier in this batch"
             raise RetractionError(f"entry {entry.index} is already retracted{where}")
@@ -205,14 +264,15 @@ class _Integration:
 
     def commit_checkpoint(self, signer: NoteSigner) -> CheckpointRecord:
         """Sign the new tree head and store it (still inside the transaction)."""
+        assert self.log is not None
         root = self.tree.root()
         checkpoint = Checkpoint(origin=self.log.origin, size=self.tree.size, root_hash=root)
         note = sign_checkpoint(checkpoint, signer)
-        latest = self.store.latest_checkpoint(self.log.log_id)
+        latest = self.store.latest_checkpoint(self.log_id)
         if latest is not None and latest.size == self.tree.size:
             return latest
-        self.store.put_checkpoint(self.log.log_id, self.tree.size, root, note)
-        record = self.store.get_checkpoint(self.log.log_id, self.tree.size)
+        self.store.put_checkpoint(self.log_id, self.tree.size, root, note)
+        record = self.store.get_checkpoint(self.log_id, self.tree.size)
         assert record is not None
         return record
 
@@ -430,6 +490,37 @@ class Ledger:
         hashes = compute_consistency_proof(old_size, size, self.store.reader(log.log_id))
         return Proof(tuple(hashes), size, old_size=old_size)
 
+    def root_at(self, origin: str | None, size: int) -> bytes:
+        """Root of the first ``size`` entries of a log, from stored nodes (O(log n) reads).
+
+        Raises:
+            UnknownLogError: if the log is not held.
+            MalformedError: if fewer than ``size`` entries are held.
+        """
+        log = self.log_for(origin)
+        held = self.store.entry_count(log.log_id)
+        if isinstance(size, bool) or not 0 <= size <= held:
+            raise MalformedError(f"size {size} is beyond the {held} entries held", field="size")
+        return self.store.load_compact_range(log.log_id, size).root()
+
+    # -- federation ---------------------------------------------------------
+
+    def follow(self, origin: str, vkey: str) -> None:
+        """Replicate ``origin``, trusting only checkpoints signed by ``vkey``.
+
+        Raises:
+            ConfigError: see :meth:`node.storage.ledger_store.LedgerStore.add_follow`.
+        """
+        self.store.add_follow(origin, vkey)
+
+    def replicas(self) -> list[Replica]:
+        """One :class:`~node.ledger.replica.Replica` per followed origin."""
+        from node.ledger.replica import (
+            Replica,  # a cycle at import time: replica imports this module
+        )
+
+        return [Replica(self, f.origin) for f in self.store.list_follows()]
+
     def recompute_root(self, origin: str | None = None) -> tuple[int, bytes]:
         """Recompute a log's root from every stored leaf (an fsck check)."""
         log = self.log_for(origin)
@@ -443,6 +534,12 @@ class Ledger:
                 datas.clear()
         tree.extend(hash_leaves(datas))
         return tree.size, tree.root()
+
+
+def _labels_json(labels: Sequence[str]) -> str:
+    # Labels are validated ASCII of [a-z0-9._:/-] (protocol.entry): JSON needs
+    # no escape for them, so this equals json.dumps(list(labels)).
+    return "[" + ", ".join(f'"{label}"' for label in labels) + "]"
 
 
 def _leaf(index: int) -> NodeId:

@@ -7,6 +7,12 @@ statements, callers group writes with :meth:`LedgerStore.transaction`
 (``BEGIN IMMEDIATE``, so two writers never race for a sequence number), and no
 method signs or verifies anything. The ledger layer above decides what to
 write; this layer only makes it durable.
+
+Federation state (schema version 2) lives here too: peers (looked up by TLS
+key fingerprint on every request, so that look-up is one indexed read),
+followed origins, fork evidence and per-peer sync status. Their single-purpose
+write methods join the caller's transaction when one is open and otherwise
+run in one of their own.
 """
 
 from __future__ import annotations
@@ -18,11 +24,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from node.errors import StorageError, UnknownLogError
+from node.errors import ConfigError, StorageError, UnknownLogError
 from node.storage.schema import apply_pragmas, migrate
+from protocol.errors import MalformedError
+from protocol.keys import NoteVerifier
 from protocol.tree import CompactRange, NodeId, NodeRun, frontier_ids
 
-__all__ = ["CheckpointRecord", "LedgerStore", "LogNodeReader", "LogRecord"]
+__all__ = [
+    "PEER_ROLES",
+    "CheckpointRecord",
+    "EvidenceRecord",
+    "FollowRecord",
+    "LedgerStore",
+    "LogNodeReader",
+    "LogRecord",
+    "PeerRecord",
+    "PeerStatus",
+]
+
+PEER_ROLES = ("peer", "subscriber", "auditor")
+"""What a peer may do: ``peer`` (read all, and we sync from it), ``subscriber``
+(read logs and entries), ``auditor`` (read checkpoints, proofs, evidence)."""
 
 # SQLite's default limit on bound parameters per statement is 32766; stay
 # well below it for IN (...) look-ups.
@@ -47,6 +69,52 @@ class CheckpointRecord:
     root_hash: bytes
     note: str
     recorded_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A node allowed to connect to us (and, for role ``peer``, synced from)."""
+
+    name: str
+    url: str
+    tls_cert: str
+    spki: str
+    vkey: str
+    role: str
+    added_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class FollowRecord:
+    """An origin we replicate, pinned to its verifier key."""
+
+    origin: str
+    vkey: str
+    added_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    """Stored fork evidence (``evidence_json`` is :class:`protocol.evidence.ForkEvidence`)."""
+
+    origin: str
+    evidence_json: bytes
+    source: str
+    detected_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """The sync engine's last word on a peer."""
+
+    name: str
+    last_ok_at: str | None
+    last_error: str | None
+    last_error_at: str | None
+    failures: int
+
+
+_PEER_COLUMNS = "name, url, tls_cert, spki, vkey, role, added_at"
 
 
 def _now() -> str:
@@ -114,6 +182,15 @@ class LedgerStore:
         except sqlite3.Error as e:
             self.conn.execute("ROLLBACK")
             raise StorageError(f"commit failed and was rolled back: {e}") from e
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Join the caller's open transaction, or run the block in a new one."""
+        if self.conn.in_transaction:
+            yield
+            return
+        with self.transaction():
+            yield
 
     # -- logs -------------------------------------------------------------
 
@@ -373,6 +450,188 @@ class LedgerStore:
             (log_id,),
         ):
             yield CheckpointRecord(row[0], bytes(row[1]), row[2], row[3])
+
+    # -- peers ------------------------------------------------------------
+
+    def add_peer(self, record: PeerRecord) -> None:
+        """Allow a peer to connect (joins an open transaction, if any).
+
+        Raises:
+            ConfigError: if the name or the TLS key fingerprint is already
+                registered, or the role or fingerprint is invalid.
+        """
+        if record.role not in PEER_ROLES:
+            raise ConfigError(f"peer role {record.role!r} is not one of {', '.join(PEER_ROLES)}")
+        if len(record.spki) != 64 or record.spki != record.spki.lower():
+            raise ConfigError(f"peer {record.name}: spki must be 64 lowercase hex digits")
+        with self._writing():
+            if self.conn.execute("SELECT 1 FROM peers WHERE name = ?", (record.name,)).fetchone():
+                raise ConfigError(
+                    f"a peer named {record.name!r} already exists; "
+                    "remove it first with `hashmesh peer remove`"
+                )
+            row = self.conn.execute(
+                "SELECT name FROM peers WHERE spki = ?", (record.spki,)
+            ).fetchone()
+            if row is not None:
+                raise ConfigError(
+                    f"peer {row[0]!r} already uses TLS key sha256:{record.spki}; "
+                    "two peers cannot share a key"
+                )
+            self.conn.execute(
+                f"INSERT INTO peers ({_PEER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - constant columns
+                (
+                    record.name,
+                    record.url,
+                    record.tls_cert,
+                    record.spki,
+                    record.vkey,
+                    record.role,
+                    record.added_at or _now(),
+                ),
+            )
+
+    def remove_peer(self, name: str) -> bool:
+        """Forget a peer and its sync status; True if it existed."""
+        with self._writing():
+            cur = self.conn.execute("DELETE FROM peers WHERE name = ?", (name,))
+            self.conn.execute("DELETE FROM peer_status WHERE name = ?", (name,))
+        return cur.rowcount > 0
+
+    def list_peers(self) -> list[PeerRecord]:
+        """Every peer, by name."""
+        rows = self.conn.execute(
+            f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY name"  # noqa: S608 - constant columns
+        ).fetchall()
+        return [PeerRecord(*row) for row in rows]
+
+    def peer_by_spki(self, spki: str) -> PeerRecord | None:
+        """The peer with this TLS key fingerprint (one indexed read), or None."""
+        row = self.conn.execute(
+            f"SELECT {_PEER_COLUMNS} FROM peers WHERE spki = ?",  # noqa: S608 - constant columns
+            (spki,),
+        ).fetchone()
+        return None if row is None else PeerRecord(*row)
+
+    def record_peer_ok(self, name: str) -> None:
+        """Note a successful sync round with a peer (clears the failure count)."""
+        with self._writing():
+            self.conn.execute(
+                "INSERT INTO peer_status (name, last_ok_at, failures) VALUES (?, ?, 0) "
+                "ON CONFLICT (name) DO UPDATE SET last_ok_at = excluded.last_ok_at, failures = 0",
+                (name, _now()),
+            )
+
+    def record_peer_error(self, name: str, reason: str) -> None:
+        """Note a failed sync round with a peer, and why."""
+        with self._writing():
+            self.conn.execute(
+                "INSERT INTO peer_status (name, last_error, last_error_at, failures) "
+                "VALUES (?, ?, ?, 1) ON CONFLICT (name) DO UPDATE SET "
+                "last_error = excluded.last_error, last_error_at = excluded.last_error_at, "
+                "failures = peer_status.failures + 1",
+                (name, reason, _now()),
+            )
+
+    def peer_statuses(self) -> list[PeerStatus]:
+        """Sync status of every peer that has one, by name."""
+        rows = self.conn.execute(
+            "SELECT name, last_ok_at, last_error, last_error_at, failures FROM peer_status "
+            "ORDER BY name"
+        ).fetchall()
+        return [PeerStatus(*row) for row in rows]
+
+    # -- follows ----------------------------------------------------------
+
+    def add_follow(self, origin: str, vkey: str) -> None:
+        """Replicate ``origin``, accepting only checkpoints signed by ``vkey``.
+
+        Idempotent for the same key. The log row itself is created by the
+        first successful replication, so a followed origin shows up in
+        :meth:`list_logs` only once it has a signed checkpoint here.
+
+        Raises:
+            ConfigError: if the key is invalid or not named ``origin``, the
+                origin is followed with another key, or it is this node's own
+                log or a log held under another key.
+        """
+        try:
+            verifier = NoteVerifier.from_text(vkey)
+        except MalformedError as e:
+            raise ConfigError(f"verifier key for {origin!r} is not valid: {e}") from e
+        if verifier.name != origin:
+            raise ConfigError(f"verifier key is for {verifier.name!r}, not {origin!r}")
+        with self._writing():
+            existing = self.get_follow(origin)
+            if existing is not None:
+                if existing.vkey == vkey:
+                    return
+                raise ConfigError(
+                    f"{origin!r} is already followed with another key ({existing.vkey}); "
+                    "a log's key never changes"
+                )
+            row = self.conn.execute(
+                "SELECT verifier_key, is_own FROM logs WHERE origin = ?", (origin,)
+            ).fetchone()
+            if row is not None and row[1]:
+                raise ConfigError(f"{origin!r} is this node's own log; it cannot be followed")
+            if row is not None and row[0] != vkey:
+                raise ConfigError(f"{origin!r} is held here under another key ({row[0]})")
+            self.conn.execute(
+                "INSERT INTO follows (origin, vkey, added_at) VALUES (?, ?, ?)",
+                (origin, vkey, _now()),
+            )
+
+    def get_follow(self, origin: str) -> FollowRecord | None:
+        """The follow record of ``origin``, or None."""
+        row = self.conn.execute(
+            "SELECT origin, vkey, added_at FROM follows WHERE origin = ?", (origin,)
+        ).fetchone()
+        return None if row is None else FollowRecord(*row)
+
+    def list_follows(self) -> list[FollowRecord]:
+        """Every followed origin, by origin."""
+        rows = self.conn.execute(
+            "SELECT origin, vkey, added_at FROM follows ORDER BY origin"
+        ).fetchall()
+        return [FollowRecord(*row) for row in rows]
+
+    # -- evidence ---------------------------------------------------------
+
+    def add_evidence(self, origin: str, evidence_json: bytes, source: str) -> bool:
+        """Store fork evidence for ``origin``, which freezes it; False if already held.
+
+        The caller must have verified the evidence: this layer does not.
+        """
+        with self._writing():
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO evidence (origin, evidence_json, source, detected_at) "
+                "VALUES (?, ?, ?, ?)",
+                (origin, bytes(evidence_json), source, _now()),
+            )
+        return cur.rowcount > 0
+
+    def list_evidence(self) -> list[EvidenceRecord]:
+        """Every stored evidence, oldest first."""
+        rows = self.conn.execute(
+            "SELECT origin, evidence_json, source, detected_at FROM evidence ORDER BY evidence_id"
+        ).fetchall()
+        return [EvidenceRecord(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def frozen_origins(self) -> set[str]:
+        """Origins with fork evidence: no more of their entries are accepted."""
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT origin FROM evidence")}
+
+    def is_frozen(self, origin: str) -> bool:
+        """Whether fork evidence is held for ``origin``."""
+        row = self.conn.execute(
+            "SELECT 1 FROM evidence WHERE origin = ? LIMIT 1", (origin,)
+        ).fetchone()
+        return row is not None
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     def integrity_check(self) -> list[str]:
         """SQLite's ``PRAGMA integrity_check`` result lines (["ok"] when sound)."""

@@ -8,6 +8,14 @@ enforced by the schema as well as by the code: triggers abort any UPDATE or
 DELETE on entries, tree nodes, checkpoints and retractions. The ``active``
 table is a derived index (hashes currently listed, per log) and is the only
 table rows are deleted from, when a retraction is committed.
+
+Version 2 adds federation: ``peers`` (who may connect, by TLS key, and in
+which role), ``follows`` (origins we replicate, pinned to their verifier key),
+``evidence`` (append-only fork evidence; an origin with evidence is frozen:
+the frozen marker is derived, so it can never be cleared by accident) and
+``peer_status`` (the last success and failure of syncing from each peer).
+``peers``, ``follows`` and ``peer_status`` are configuration and state, not
+ledger data, so rows may be deleted from them.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from node.errors import SchemaVersionError
 
 __all__ = ["SCHEMA_VERSION", "apply_pragmas", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_APPEND_ONLY_TABLES = ("entries", "nodes", "checkpoints", "retractions")
+# The tables whose rows are never updated or deleted (triggers enforce it):
+# entries, nodes, checkpoints, retractions (v1) and evidence (v2).
 
 _V1 = """
 CREATE TABLE logs (
@@ -76,6 +85,48 @@ CREATE TABLE active (
 """
 
 
+_V2 = """
+CREATE TABLE peers (
+    peer_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    tls_cert TEXT NOT NULL,
+    spki TEXT NOT NULL UNIQUE CHECK (length(spki) = 64),
+    vkey TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('peer', 'subscriber', 'auditor')),
+    added_at TEXT NOT NULL
+);
+-- Origins we replicate; the log row (logs.is_own = 0) is created with it.
+CREATE TABLE follows (
+    origin TEXT PRIMARY KEY,
+    vkey TEXT NOT NULL,
+    added_at TEXT NOT NULL
+) WITHOUT ROWID;
+-- Fork evidence (protocol.evidence JSON); any row freezes its origin.
+CREATE TABLE evidence (
+    evidence_id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    evidence_json BLOB NOT NULL,
+    source TEXT NOT NULL,
+    detected_at TEXT NOT NULL,
+    UNIQUE (origin, evidence_json)
+);
+CREATE TABLE peer_status (
+    name TEXT PRIMARY KEY,
+    last_ok_at TEXT,
+    last_error TEXT,
+    last_error_at TEXT,
+    failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0)
+) WITHOUT ROWID;
+"""
+
+# version -> (DDL, tables made append-only by that version)
+_MIGRATIONS: dict[int, tuple[str, tuple[str, ...]]] = {
+    1: (_V1, ("entries", "nodes", "checkpoints", "retractions")),
+    2: (_V2, ("evidence",)),
+}
+
+
 def apply_pragmas(conn: sqlite3.Connection, *, read_only: bool = False) -> None:
     """Set the pragmas every connection needs.
 
@@ -94,8 +145,8 @@ def apply_pragmas(conn: sqlite3.Connection, *, read_only: bool = False) -> None:
     conn.execute("PRAGMA synchronous = FULL")
 
 
-def _append_only_triggers(db: sqlite_utils.Database) -> None:
-    for table in _APPEND_ONLY_TABLES:
+def _append_only_triggers(db: sqlite_utils.Database, tables: tuple[str, ...]) -> None:
+    for table in tables:
         for action in ("UPDATE", "DELETE"):
             db.execute(
                 f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
@@ -103,8 +154,15 @@ def _append_only_triggers(db: sqlite_utils.Database) -> None:
             )
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema up to :data:`SCHEMA_VERSION` in one transaction.
+def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> None:
+    """Bring the schema up to ``target`` (default :data:`SCHEMA_VERSION`) in one transaction.
+
+    Each version's step runs in order from the database's current version, so
+    a database made by an older hashmesh is upgraded in place.
+
+    Args:
+        conn: an open connection in autocommit mode.
+        target: the version to stop at (tests use it to build old databases).
 
     Raises:
         SchemaVersionError: if the database is newer than this code.
@@ -116,18 +174,21 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"database schema version {version} is newer than this hashmesh "
             f"understands ({SCHEMA_VERSION}); upgrade hashmesh"
         )
-    if version == SCHEMA_VERSION:
+    if version >= target:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if version < 1:
+        # Re-read inside the write lock: another process may have migrated.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version + 1, target + 1):
+            ddl, append_only = _MIGRATIONS[step]
             # executescript() would commit our transaction first, so run the
             # DDL statement by statement.
-            for statement in _V1.split(";\n"):
+            for statement in ddl.split(";\n"):
                 if statement.strip():
                     conn.execute(statement)
-            _append_only_triggers(db)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _append_only_triggers(db, append_only)
+        conn.execute(f"PRAGMA user_version = {max(version, target)}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sqlite3
 import stat
@@ -31,8 +32,8 @@ from tests.node.conftest import ORIGIN, snapshot
 
 
 def sha(i: int) -> str:
-    # Letters in every value, so upper-casing one changes it.
-    return f"{i:064x}".replace("0", "a")
+    # Distinct for every i, with letters, so upper-casing one changes it.
+    return hashlib.sha256(b"%d" % i).hexdigest()
 
 
 def add(i: int, *labels: str) -> AddEntry:

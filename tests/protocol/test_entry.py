@@ -463,6 +463,8 @@ def test_property_round_trip(entry: Entry) -> None:
     parsed = parse_entry(data)
     assert parsed == entry
     assert parsed.to_bytes() == data
+    # to_bytes has a hand-written fast path: it must equal the generic encoder.
+    assert data == dumps_canonical(entry.to_json_obj())
 
 
 def check_parse(data: bytes) -> None:

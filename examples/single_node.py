@@ -1,6 +1,6 @@
 """hashmesh demo: one hotline node, from creation to an offline audit.
 
-Run with `scripts/demo` (or `python examples/demo.py [--keep DIR]`). It uses the
+Run with `.venv/bin/python examples/single_node.py [--keep DIR]`. It uses the
 same commands a hotline's engineer would type, and says in plain words what
 each step showed. Everything stays in a temporary directory unless --keep.
 """
@@ -190,7 +190,9 @@ def demo(work: Path) -> None:
     if status_code == 0:
         sys.exit("the forged bundle was accepted: this is a bug")
 
-    print("\nDone. Federation (several nodes syncing over mutual TLS) comes next.")
+    print(
+        "\nDone. For several nodes syncing over mutual TLS, run scripts/demo (examples/network.py)."
+    )
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from node.cli.federation import register as register_federation
 from node.config import DEFAULT_LISTEN, resolve_node_dir
 from node.errors import ImportRejectedError, NodeError
 from node.ledger import Ledger
@@ -587,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--origin", help="a replicated log instead of the own log")
 
     command("fsck", cmd_fsck, "check the database, every signature and every root")
+    register_federation(command, common)
     return parser
 
 

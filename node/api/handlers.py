@@ -1,0 +1,257 @@
+"""Handlers of the read endpoints: parse the query strictly, read, serialise.
+
+Layer: node.api. Every database access goes through
+:meth:`~node.ledger.database.Database.read`, which runs it in a reader
+thread; the response body is built in that thread too, so a full page never
+stalls the event loop.
+
+Authorisation is not done here: the middleware in :mod:`node.api.app` has
+already checked the caller's role for the route before a handler runs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from node.api.state import DB_KEY, LIMITS_KEY, ORIGIN_KEY
+from node.errors import UnknownLogError
+from node.ledger.service import Ledger
+from node.storage.ledger_store import CheckpointRecord, LogRecord
+from protocol.encoding import dumps_canonical, encode_b64, loads_strict, parse_decimal
+from protocol.errors import MalformedError
+from protocol.wire import ConsistencyProof, InclusionProof
+
+__all__ = [
+    "MAX_ORIGIN_PARAM",
+    "VERSION",
+    "checkpoint",
+    "consistency_proof",
+    "entries",
+    "evidence",
+    "health",
+    "inclusion_proof",
+    "leaf_hashes",
+    "logs",
+]
+
+MAX_ORIGIN_PARAM = 255
+
+try:
+    VERSION = importlib.metadata.version("hashmesh")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    VERSION = "0+unknown"
+
+JSON = "application/json"
+
+
+def _json(value: object) -> web.Response:
+    return web.Response(body=dumps_canonical(value), content_type=JSON)
+
+
+def _params(
+    request: web.Request, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The query as a dict, refusing unknown, repeated and missing parameters."""
+    query = request.query
+    allowed = set(required) | set(optional)
+    values: dict[str, str] = {}
+    for key in query:
+        if key not in allowed:
+            expected = ", ".join(sorted(allowed)) or "none"
+            raise MalformedError(f"unknown query parameter (expected: {expected})", field=key)
+        if len(query.getall(key)) > 1:
+            raise MalformedError("query parameter given more than once", field=key)
+        values[key] = query[key]
+    for key in required:
+        if key not in values:
+            raise MalformedError("missing query parameter", field=key)
+    return values
+
+
+def _origin(params: Mapping[str, str]) -> str:
+    origin = params["origin"]
+    if not origin or len(origin) > MAX_ORIGIN_PARAM:
+        raise MalformedError(
+            f"expected a log origin of 1 to {MAX_ORIGIN_PARAM} characters", field="origin"
+        )
+    return origin
+
+
+def _optional_decimal(params: Mapping[str, str], key: str) -> int | None:
+    text = params.get(key)
+    return None if text is None else parse_decimal(text, field=key)
+
+
+def _latest(ledger: Ledger, origin: str) -> tuple[LogRecord, CheckpointRecord]:
+    log = ledger.store.get_log(origin)
+    record = ledger.store.latest_checkpoint(log.log_id)
+    if record is None:
+        # A followed log before its first replication: nothing signed to serve.
+        raise UnknownLogError(f"log {origin!r} has no checkpoint here yet")
+    return log, record
+
+
+def _page_bounds(size: int, start: int, end: int | None, max_page: int) -> int:
+    if start > size:
+        raise MalformedError(f"start {start} is beyond the tree size {size}", field="start")
+    stop = size if end is None else min(end, size)
+    return min(stop, start + max_page)
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /v1/health``: liveness and the node's origin."""
+    _params(request, ())
+    return _json({"status": "ok", "origin": request.app[ORIGIN_KEY], "version": VERSION})
+
+
+async def logs(request: web.Request) -> web.Response:
+    """``GET /v1/logs``: every log held, with its latest signed checkpoint."""
+    _params(request, ())
+
+    def read(ledger: Ledger) -> bytes:
+        frozen = ledger.store.frozen_origins()
+        items = []
+        for log in ledger.store.list_logs():
+            record = ledger.store.latest_checkpoint(log.log_id)
+            if record is None:
+                continue
+            items.append(
+                {
+                    "origin": log.origin,
+                    "vkey": log.verifier_key,
+                    "size": record.size,
+                    "checkpoint": record.note,
+                    "frozen": log.origin in frozen,
+                }
+            )
+        return dumps_canonical({"logs": items})
+
+    body = await request.app[DB_KEY].read(read)
+    return web.Response(body=body, content_type=JSON)
+
+
+async def checkpoint(request: web.Request) -> web.Response:
+    """``GET /v1/checkpoint?origin=O``: the latest signed note, as text."""
+    origin = _origin(_params(request, ("origin",)))
+
+    def read(ledger: Ledger) -> str:
+        return _latest(ledger, origin)[1].note
+
+    note = await request.app[DB_KEY].read(read)
+    return web.Response(text=note, content_type="text/plain", charset="utf-8")
+
+
+def _page_params(request: web.Request) -> tuple[str, int, int | None]:
+    params = _params(request, ("origin", "start"), ("end",))
+    origin = _origin(params)
+    start = parse_decimal(params["start"], field="start")
+    end = _optional_decimal(params, "end")
+    if end is not None and end < start:
+        raise MalformedError(f"end {end} is less than start {start}", field="end")
+    return origin, start, end
+
+
+async def entries(request: web.Request) -> web.Response:
+    """``GET /v1/entries?origin=O&start=S[&end=E]``: exact entry bytes, base64."""
+    origin, start, end = _page_params(request)
+    max_page = request.app[LIMITS_KEY].max_page
+
+    def read(ledger: Ledger) -> bytes:
+        log, record = _latest(ledger, origin)
+        stop = _page_bounds(record.size, start, end, max_page)
+        datas = [
+            encode_b64(bytes(data))
+            for _idx, data, _leaf in ledger.store.iter_entries(log.log_id, start, stop)
+        ]
+        return dumps_canonical({"origin": origin, "start": start, "entries": datas})
+
+    body = await request.app[DB_KEY].read(read)
+    return web.Response(body=body, content_type=JSON)
+
+
+async def leaf_hashes(request: web.Request) -> web.Response:
+    """``GET /v1/leaf-hashes?origin=O&start=S[&end=E]``: RFC 6962 leaf hashes, hex."""
+    origin, start, end = _page_params(request)
+    max_page = request.app[LIMITS_KEY].max_page
+
+    def read(ledger: Ledger) -> bytes:
+        log, record = _latest(ledger, origin)
+        stop = _page_bounds(record.size, start, end, max_page)
+        hashes = [
+            bytes(leaf).hex()
+            for _idx, _data, leaf in ledger.store.iter_entries(log.log_id, start, stop)
+        ]
+        return dumps_canonical({"origin": origin, "start": start, "leaf_hashes": hashes})
+
+    body = await request.app[DB_KEY].read(read)
+    return web.Response(body=body, content_type=JSON)
+
+
+async def inclusion_proof(request: web.Request) -> web.Response:
+    """``GET /v1/proof/inclusion?origin=O&index=I[&size=N]``."""
+    params = _params(request, ("origin", "index"), ("size",))
+    origin = _origin(params)
+    index = parse_decimal(params["index"], field="index")
+    size = _optional_decimal(params, "size")
+
+    def read(ledger: Ledger) -> bytes:
+        _log, record = _latest(ledger, origin)
+        tree_size = record.size if size is None else size
+        if tree_size > record.size:
+            raise MalformedError(
+                f"size {tree_size} is beyond the latest checkpoint size {record.size}",
+                field="size",
+            )
+        if index >= tree_size:
+            raise MalformedError(
+                f"index {index} is beyond the tree size {tree_size}", field="index"
+            )
+        proof = ledger.prove_inclusion(index, tree_size, origin=origin)
+        assert proof.leaf_hash is not None
+        return InclusionProof(
+            index=index, size=tree_size, leaf_hash=proof.leaf_hash, hashes=proof.hashes
+        ).to_json()
+
+    body = await request.app[DB_KEY].read(read)
+    return web.Response(body=body, content_type=JSON)
+
+
+async def consistency_proof(request: web.Request) -> web.Response:
+    """``GET /v1/proof/consistency?origin=O&old=M[&new=N]``."""
+    params = _params(request, ("origin", "old"), ("new",))
+    origin = _origin(params)
+    old = parse_decimal(params["old"], field="old")
+    new = _optional_decimal(params, "new")
+    if new is not None and old > new:
+        raise MalformedError(f"old {old} is greater than new {new}", field="old")
+
+    def read(ledger: Ledger) -> bytes:
+        _log, record = _latest(ledger, origin)
+        new_size = record.size if new is None else new
+        if new_size > record.size:
+            raise MalformedError(
+                f"new {new_size} is beyond the latest checkpoint size {record.size}",
+                field="new",
+            )
+        if old > new_size:
+            raise MalformedError(f"old {old} is greater than new {new_size}", field="old")
+        proof = ledger.prove_consistency(old, new_size, origin=origin)
+        return ConsistencyProof(old_size=old, new_size=new_size, hashes=proof.hashes).to_json()
+
+    body = await request.app[DB_KEY].read(read)
+    return web.Response(body=body, content_type=JSON)
+
+
+async def evidence(request: web.Request) -> web.Response:
+    """``GET /v1/evidence``: every fork evidence this node holds."""
+    _params(request, ())
+
+    def read(ledger: Ledger) -> bytes:
+        docs = [loads_strict(record.evidence_json) for record in ledger.store.list_evidence()]
+        return dumps_canonical({"evidence": docs})
+
+    body = await request.app[DB_KEY].read(read)
+    return web.Response(body=body, content_type=JSON)

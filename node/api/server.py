@@ -1,0 +1,282 @@
+"""Serving the API: mutual TLS site, limits, graceful shutdown.
+
+Layer: node.api (uses node.sync for the sync runner ``hashmesh serve`` starts).
+
+:func:`start_server` is the one path that opens a listening socket, and it
+refuses a TLS context that does not require client certificates
+(:func:`node.tls.check_server_context`), so no configuration mistake can serve
+hash data to an anonymous client. :func:`run_server` is ``hashmesh serve``:
+open the database, build the context from the peers table, serve until SIGINT
+or SIGTERM, then stop accepting, end event streams, let running requests
+finish (up to :data:`SHUTDOWN_TIMEOUT`), stop the sync runner and close the
+database.
+
+The trust store follows the peers table while serving: a peer added by
+``hashmesh peer add`` (another process) can connect within
+:data:`OWN_LOG_POLL` seconds. A removed peer's certificate stays in the
+context until restart, but every request it makes is refused with 403, since
+authorisation is checked per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from node.api.app import make_app
+from node.api.state import ApiLimits
+from node.config import load_config, parse_listen
+from node.ledger.database import Database
+from node.ledger.events import CheckpointHub
+from node.ledger.service import Ledger
+from node.tls import add_trusted_cert, check_server_context, server_ssl_context
+
+__all__ = [
+    "KEEPALIVE_TIMEOUT",
+    "MAX_FIELD_SIZE",
+    "MAX_HEADERS",
+    "MAX_LINE_SIZE",
+    "OWN_LOG_POLL",
+    "SHUTDOWN_TIMEOUT",
+    "RunningServer",
+    "SyncFactory",
+    "run_server",
+    "start_server",
+]
+
+log = logging.getLogger("hashmesh.api")
+
+MAX_LINE_SIZE = 4096
+"""Longest request line or header line accepted (our URLs are short)."""
+MAX_FIELD_SIZE = 4096
+MAX_HEADERS = 32
+KEEPALIVE_TIMEOUT = 75.0
+"""Seconds an idle keep-alive connection is kept open."""
+SHUTDOWN_TIMEOUT = 10.0
+"""Seconds running requests get to finish after SIGINT/SIGTERM."""
+OWN_LOG_POLL = 0.1
+"""Seconds between checks for commits by other connections (the CLI, sync)."""
+
+SyncFactory = Callable[[Database, CheckpointHub], AbstractAsyncContextManager[object]]
+"""Builds what runs beside the server (normally the sync runner)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    """A started server; :meth:`close` stops it gracefully."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """``https://host:port`` with the bound port."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    async def close(self) -> None:
+        """Stop accepting, end streams, wait for requests, run cleanups."""
+        await self.runner.cleanup()
+
+
+async def start_server(
+    app: web.Application,
+    ssl_context: ssl.SSLContext,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+) -> RunningServer:
+    """Serve ``app`` over mutual TLS on ``host:port`` (port 0: any free port).
+
+    Raises:
+        ConfigError: if ``ssl_context`` does not require client certificates
+            or allows TLS older than 1.2; nothing is started.
+        OSError: if the address cannot be bound.
+    """
+    check_server_context(ssl_context)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        access_log=None,
+        max_line_size=MAX_LINE_SIZE,
+        max_field_size=MAX_FIELD_SIZE,
+        max_headers=MAX_HEADERS,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        # A client that goes away cancels its handler instead of leaving it
+        # running against the database.
+        handler_cancellation=True,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0]
+    return RunningServer(runner, str(bound[0]), int(bound[1]))
+
+
+def _sync_cleanup(
+    factory: SyncFactory, db: Database, hub: CheckpointHub
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(_app: web.Application) -> AsyncIterator[None]:
+        async with factory(db, hub):
+            yield
+
+    return ctx
+
+
+def _runner_factory(cert_path: Path, key_path: Path, poll_interval: float | None) -> SyncFactory:
+    # Imported here: serving without sync (and the API tests) need none of it.
+    from node.sync.runner import SyncRunner, SyncSettings
+
+    settings = SyncSettings()
+    if poll_interval is not None:
+        settings = SyncSettings(poll_interval=poll_interval)
+
+    @contextlib.asynccontextmanager
+    async def factory(db: Database, hub: CheckpointHub) -> AsyncIterator[object]:
+        runner = SyncRunner(db, hub, cert_path=cert_path, key_path=key_path, settings=settings)
+        runner.start()
+        try:
+            yield runner
+        finally:
+            await runner.stop()
+
+    return factory
+
+
+async def _watch(
+    db: Database,
+    hub: CheckpointHub,
+    ctx: ssl.SSLContext,
+    *,
+    version: int,
+    trusted: set[str],
+    announce_own: bool,
+) -> None:
+    """Trust newly added peers; announce CLI writes when no sync runner does.
+
+    ``data_version`` is polled every :data:`OWN_LOG_POLL` seconds (one cheap
+    pragma); the peers table and the own log are read only when it changed.
+    """
+
+    def state(ledger: Ledger) -> tuple[dict[str, str], str, int]:
+        certs = {p.spki: p.tls_cert for p in ledger.store.list_peers()}
+        own = ledger.own_log
+        record = ledger.store.latest_checkpoint(own.log_id)
+        return certs, own.origin, 0 if record is None else record.size
+
+    # Compare with what the context was built from, not with a later read:
+    # a peer added in between must still be noticed.
+    _certs, _origin, last_size = await db.read(state)
+    while True:
+        await asyncio.sleep(OWN_LOG_POLL)
+        now = await db.data_version()
+        if now == version:
+            continue
+        version = now
+        certs, origin, size = await db.read(state)
+        if announce_own and size != last_size:
+            hub.publish(origin, size)
+        last_size = size
+        for spki, pem in certs.items():
+            if spki not in trusted:
+                add_trusted_cert(ctx, pem)
+                log.info("now accepting TLS connections from sha256:%s", spki)
+        trusted = set(certs)
+
+
+async def run_server(
+    node_dir: Path,
+    listen: str | None = None,
+    *,
+    sync: bool = True,
+    poll_interval: float | None = None,
+    sync_factory: SyncFactory | None = None,
+    on_started: Callable[[RunningServer], None] | None = None,
+    stop: asyncio.Event | None = None,
+    limits: ApiLimits | None = None,
+) -> None:
+    """``hashmesh serve``: serve the API until SIGINT/SIGTERM (or ``stop`` is set).
+
+    Args:
+        node_dir: the node directory.
+        listen: HOST:PORT to bind (default: the config's ``listen``).
+        sync: run the sync runner beside the server.
+        poll_interval: seconds between polls of each peer (sync runner).
+        sync_factory: replaces the default sync runner; called with the
+            database and hub, entered for as long as the server runs.
+        on_started: called once the socket is bound (tests: the real port).
+        stop: an event that stops the server like a signal does.
+        limits: API caps and timings.
+
+    Raises:
+        ConfigError: if the node directory or TLS identity is unusable.
+        OSError: if the address cannot be bound.
+    """
+    config = load_config(node_dir)
+    host, port = parse_listen(listen or config.listen)
+    db = await Database.open(node_dir)
+    try:
+        version = await db.data_version()
+        peers = await db.read(lambda ledger: ledger.store.list_peers())
+        ctx = server_ssl_context(
+            config.tls_cert_path, config.tls_key_path, [p.tls_cert for p in peers]
+        )
+        hub = CheckpointHub()
+        if sync_factory is None and sync:
+            sync_factory = _runner_factory(config.tls_cert_path, config.tls_key_path, poll_interval)
+        extra = [] if sync_factory is None else [_sync_cleanup(sync_factory, db, hub)]
+        app = make_app(db, hub, origin=config.origin, extra_cleanup=extra, limits=limits)
+        server = await start_server(app, ctx, host=host, port=port)
+        watcher = asyncio.create_task(
+            _watch(
+                db,
+                hub,
+                ctx,
+                version=version,
+                trusted={p.spki for p in peers},
+                announce_own=sync_factory is None,
+            ),
+            name="hashmesh-watch",
+        )
+        try:
+            log.info("serving %s on %s", config.origin, server.url)
+            if on_started is not None:
+                on_started(server)
+            await _until_stopped(stop)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await server.close()
+            hub.close()
+    finally:
+        await db.close()
+
+
+async def _until_stopped(stop: asyncio.Event | None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,338 @@
+"""Federation commands: serve, peer, follow, sync, evidence.
+
+Layer: node.cli (composition root). Each command opens the node, does one
+thing and reports; ``serve`` assembles the database, the event hub, the HTTP
+API and the sync runner and runs them until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from node.config import load_config, resolve_node_dir
+from node.errors import ConfigError
+from node.ledger import Ledger
+from node.ledger.database import Database
+from node.sync.cards import ROLES, make_card, parse_card
+from node.sync.runner import sync_once
+from protocol.evidence import ForkEvidence, verify_fork_evidence
+from protocol.keys import NoteVerifier
+
+__all__ = ["register"]
+
+
+class _Out(Protocol):
+    stdout: TextIO
+
+    def print(self, text: str = "") -> None: ...
+    def note(self, text: str) -> None: ...
+    def json(self, value: Any) -> None: ...
+
+
+Command = Callable[..., argparse.ArgumentParser]
+
+
+def _node_dir(args: argparse.Namespace) -> Path:
+    return resolve_node_dir(args.dir)
+
+
+def _listen_url(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"listen address must be HOST:PORT, not {listen!r}")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+# -- serve ---------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, out: _Out) -> int:
+    from node.api.server import run_server  # the API layer is only needed here
+
+    node_dir = _node_dir(args)
+    config = load_config(node_dir)
+    listen = args.listen or config.listen
+    out.note(f"serving {config.origin} on {_listen_url(listen)} (mutual TLS); Ctrl-C stops")
+    asyncio.run(
+        run_server(
+            node_dir,
+            listen,
+            sync=not args.no_sync,
+            poll_interval=args.poll,
+        )
+    )
+    return 0
+
+
+# -- peers ---------------------------------------------------------------------
+
+
+def cmd_peer_card(args: argparse.Namespace, out: _Out) -> int:
+    node_dir = _node_dir(args)
+    config = load_config(node_dir)
+    with Ledger.open(node_dir, read_only=True) as ledger:
+        vkey = ledger.own_log.verifier_key
+    card = make_card(
+        name=config.origin,
+        url=args.url or _listen_url(config.listen),
+        tls_cert=config.tls_cert_path.read_text(encoding="ascii"),
+        vkey=vkey,
+    )
+    out.print(card.to_json())
+    return 0
+
+
+def cmd_peer_add(args: argparse.Namespace, out: _Out) -> int:
+    try:
+        data = Path(args.card).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read card {args.card}: {e.strerror or e}") from e
+    card = parse_card(data)
+    with Ledger.open(_node_dir(args)) as ledger:
+        if card.name == ledger.own_log.origin:
+            raise ConfigError("that is this node's own card")
+        with ledger.store.transaction():
+            ledger.store.add_peer(card.peer_record(args.role))
+            followed = args.role == "peer" and not args.no_follow
+            if followed:
+                ledger.store.add_follow(card.name, card.vkey)
+    out.print(f"added {card.name} as {args.role} (TLS sha256:{card.spki[:16]}…)")
+    if followed:
+        out.note(f"following {card.name}; a running `hashmesh serve` picks it up within a second")
+    return 0
+
+
+def cmd_peer_list(args: argparse.Namespace, out: _Out) -> int:
+    with Ledger.open(_node_dir(args), read_only=True) as ledger:
+        peers = ledger.store.list_peers()
+        statuses = {s.name: s for s in ledger.store.peer_statuses()}
+    rows = []
+    for p in peers:
+        s = statuses.get(p.name)
+        rows.append(
+            {
+                "name": p.name,
+                "role": p.role,
+                "url": p.url,
+                "spki": p.spki,
+                "added_at": p.added_at,
+                "last_ok_at": s.last_ok_at if s else None,
+                "last_error": s.last_error if s else None,
+                "last_error_at": s.last_error_at if s else None,
+            }
+        )
+    if args.json:
+        out.json(rows)
+        return 0
+    if not rows:
+        out.note("no peers; add one with `hashmesh peer add CARD_FILE --role peer`")
+    for r in rows:
+        state = "never synced"
+        if r["last_error"] and (r["last_ok_at"] or "") < (r["last_error_at"] or ""):
+            state = f"FAILING since {r['last_error_at']}: {r['last_error']}"
+        elif r["last_ok_at"]:
+            state = f"ok at {r['last_ok_at']}"
+        out.print(f"{r['name']:<40} {r['role']:<10} {r['url']:<28} {state}")
+    return 0
+
+
+def cmd_peer_remove(args: argparse.Namespace, out: _Out) -> int:
+    with Ledger.open(_node_dir(args)) as ledger:
+        if not ledger.store.remove_peer(args.name):
+            raise ConfigError(f"no peer named {args.name!r}; see `hashmesh peer list`")
+    out.print(f"removed {args.name}; its next request to this node gets 403")
+    return 0
+
+
+# -- follow --------------------------------------------------------------------
+
+
+def cmd_follow(args: argparse.Namespace, out: _Out) -> int:
+    if args.card:
+        card = parse_card(Path(args.card).read_bytes())
+        origin, vkey = card.name, card.vkey
+    elif args.origin and args.vkey:
+        origin, vkey = args.origin, args.vkey
+    else:
+        raise ConfigError("give ORIGIN and VKEY, or --card FILE")
+    verifier = NoteVerifier.from_text(vkey)
+    if verifier.name != origin:
+        raise ConfigError(f"the key is for {verifier.name!r}, not {origin!r}")
+    with Ledger.open(_node_dir(args)) as ledger:
+        if origin == ledger.own_log.origin:
+            raise ConfigError("a node does not follow its own origin")
+        ledger.store.add_follow(origin, vkey)
+    out.print(f"following {origin}; its entries are accepted only when signed by {vkey}")
+    return 0
+
+
+# -- sync ----------------------------------------------------------------------
+
+
+def cmd_sync(args: argparse.Namespace, out: _Out) -> int:
+    node_dir = _node_dir(args)
+    config = load_config(node_dir)
+
+    async def run() -> int:
+        db = await Database.open(node_dir)
+        try:
+            reports = await sync_once(
+                db,
+                cert_path=config.tls_cert_path,
+                key_path=config.tls_key_path,
+                only_peer=args.peer,
+            )
+        finally:
+            await db.close()
+        failed = 0
+        if not reports:
+            out.note("no peers with role 'peer' to sync from")
+        for report in reports:
+            if report.error:
+                failed += 1
+                out.note(f"{report.peer}: FAILED: {report.error}")
+                continue
+            parts = [
+                f"{r.origin} {r.verdict} size {r.size} (+{r.appended})" for r in report.origins
+            ]
+            out.print(f"{report.peer}: " + ("; ".join(parts) or "holds no followed origin"))
+            if report.evidence_added:
+                out.note(f"{report.peer}: {report.evidence_added} new fork evidence stored")
+        return 1 if failed else 0
+
+    return asyncio.run(run())
+
+
+# -- evidence ------------------------------------------------------------------
+
+
+def cmd_evidence_list(args: argparse.Namespace, out: _Out) -> int:
+    with Ledger.open(_node_dir(args), read_only=True) as ledger:
+        items = ledger.store.list_evidence()
+    if not items:
+        out.note("no fork evidence held")
+    for item in items:
+        evidence = ForkEvidence.from_json(item.evidence_json)
+        out.print(
+            f"{item.origin}: fork detected {item.detected_at} (from {item.source}); "
+            f"{_sizes(evidence)}"
+        )
+    return 0
+
+
+def _sizes(evidence: ForkEvidence) -> str:
+    from protocol.checkpoint import Checkpoint
+    from protocol.note import parse_note
+
+    a = Checkpoint.from_text(parse_note(evidence.note_a).text)
+    b = Checkpoint.from_text(parse_note(evidence.note_b).text)
+    return f"signed checkpoints of sizes {a.size} and {b.size} that cannot both be true"
+
+
+def cmd_evidence_export(args: argparse.Namespace, out: _Out) -> int:
+    with Ledger.open(_node_dir(args), read_only=True) as ledger:
+        items = [i for i in ledger.store.list_evidence() if i.origin == args.origin]
+        follows = {f.origin: f.vkey for f in ledger.store.list_follows()}
+    if not items:
+        raise ConfigError(f"no fork evidence held for {args.origin!r}")
+    evidence = ForkEvidence.from_json(items[0].evidence_json)
+    vkey = follows.get(args.origin)
+    if vkey is not None:
+        verify_fork_evidence(evidence, NoteVerifier.from_text(vkey))
+    data = json.loads(evidence.to_json())
+    text = json.dumps(data, indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        out.note(
+            f"wrote evidence to {args.out}; anyone can check it with "
+            f"`python -m protocol verify-evidence {args.out} --vkey KEY`"
+        )
+    else:
+        out.stdout.write(text)
+    return 0
+
+
+def register(command: Command, common: argparse.ArgumentParser) -> None:
+    """Add the federation commands to the ``hashmesh`` parser."""
+    p = command(
+        "serve",
+        cmd_serve,
+        "serve the read API over mutual TLS and keep synced with peers",
+        "Serve this node's logs to its peers over HTTPS with client certificates "
+        "required, pull every followed origin from every peer (live, on their "
+        "announcements, with polling as fallback), until Ctrl-C.",
+    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
+    p.add_argument("--no-sync", action="store_true", help="serve only; do not pull from peers")
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="fallback poll interval per peer (default 30)",
+    )
+
+    p = command("peer", _need_sub, "manage peers: card, add, list, remove")
+    peer = p.add_subparsers(dest="peer_command", required=True, metavar="ACTION")
+    q = peer.add_parser("card", help="print this node's card (give it to peers)", parents=[common])
+    q.add_argument("--url", help="URL peers should use (default: from the listen address)")
+    q.set_defaults(run=cmd_peer_card)
+    q = peer.add_parser(
+        "add",
+        help="add a peer from its card file",
+        parents=[common],
+        description="Add a node from its card. Roles: peer (reads, and we sync from it), "
+        "subscriber (reads and matches, never writes), auditor (checkpoints, proofs "
+        "and leaf hashes only, never hash values).",
+    )
+    q.add_argument("card", help="card file (JSON from `hashmesh peer card`)")
+    q.add_argument("--role", required=True, choices=ROLES)
+    q.add_argument(
+        "--no-follow", action="store_true", help="with role peer: do not follow its origin"
+    )
+    q.set_defaults(run=cmd_peer_add)
+    q = peer.add_parser("list", help="list peers and their sync state", parents=[common])
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(run=cmd_peer_list)
+    q = peer.add_parser(
+        "remove", help="remove a peer (effective on its next request)", parents=[common]
+    )
+    q.add_argument("name")
+    q.set_defaults(run=cmd_peer_remove)
+
+    p = command(
+        "follow",
+        cmd_follow,
+        "accept an origin's log (from any peer that relays it), verified by its key",
+    )
+    p.add_argument("origin", nargs="?", help="the origin to follow")
+    p.add_argument("vkey", nargs="?", help="its verifier key")
+    p.add_argument("--card", help="take origin and key from a card file instead")
+
+    p = command("sync", cmd_sync, "pull every followed origin from every peer once")
+    p.add_argument("--once", action="store_true", help="one round, then exit (the default)")
+    p.add_argument("--peer", help="only this peer")
+
+    p = command("evidence", _need_sub, "fork evidence: list, export")
+    ev = p.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
+    q = ev.add_parser("list", help="list held fork evidence", parents=[common])
+    q.set_defaults(run=cmd_evidence_list)
+    q = ev.add_parser(
+        "export",
+        help="write the evidence of an origin, verifiable with protocol alone",
+        parents=[common],
+    )
+    q.add_argument("origin")
+    q.add_argument("--out", help="file to write (default: stdout)")
+    q.set_defaults(run=cmd_evidence_export)
+
+
+def _need_sub(args: argparse.Namespace, out: _Out) -> int:
+    raise ConfigError("this command needs an action; see --help")

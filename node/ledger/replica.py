@@ -1,0 +1,351 @@
+"""Replicas: verified copies of other origins' logs, and fork detection.
+
+Layer: node.ledger. Uses :mod:`node.storage` for I/O and :mod:`protocol` for
+every signature, proof and entry format. Performs no network I/O: the sync
+engine fetches, this module verifies and writes.
+
+A followed origin is pinned to its verifier key (``follows``). Every
+checkpoint is opened with that key, never with the key of the peer that
+relayed it, so a replica is trusted exactly as much as its author. A batch of
+entries is written only when the tree it produces is proven to be a prefix of
+(or equal to) a checkpoint the origin signed, and every batch is one
+transaction: a rejected batch leaves the database as it was.
+
+A checkpoint that contradicts what we hold (same size and another root, or a
+smaller size whose root is not our root at that size) is a fork. We then
+build :class:`protocol.evidence.ForkEvidence` from the stored tree, store it,
+and the origin is frozen: no more of its entries are accepted, and the
+evidence can be checked by anyone with ``python -m protocol verify-evidence``.
+
+Fork detection needs a signed note on our side. Entries committed beyond the
+latest stored checkpoint (the chunks of an unfinished catch-up) are proven
+against a checkpoint whose note is stored only with the last chunk; a
+conflict inside that range is refused with :class:`ReplicationError` rather
+than frozen, because we hold no signed note to prove it with.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from node.errors import (
+    ConfigError,
+    FrozenLogError,
+    ReplicationError,
+    RetractionError,
+    UnknownLogError,
+)
+from node.ledger.service import Ledger, _Integration
+from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
+from protocol import PROTOCOL_VERSION
+from protocol.checkpoint import Checkpoint, open_checkpoint
+from protocol.entry import AddEntry, Entry, parse_entry
+from protocol.errors import MalformedError, RootMismatchError
+from protocol.evidence import ForkEvidence, verify_fork_evidence
+from protocol.hashing import EMPTY_ROOT
+from protocol.keys import NoteVerifier
+from protocol.merkle import verify_consistency
+from protocol.tree import compute_consistency_proof
+
+__all__ = ["CheckpointKind", "CheckpointVerdict", "Replica", "ReplicaState", "parse_entry_fast"]
+
+CheckpointKind = Literal["ahead", "same", "behind", "fork", "frozen"]
+
+LOCAL_SOURCE = "local"
+"""The ``source`` of evidence this node detected itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState:
+    """What we hold of an origin's log.
+
+    Attributes:
+        origin: the followed origin.
+        size: entries held (may exceed the latest checkpoint's size during a
+            catch-up).
+        root_hash: the root of those entries.
+        checkpoint: the latest stored signed checkpoint, or None.
+        frozen: fork evidence is held; nothing more is accepted.
+    """
+
+    origin: str
+    size: int
+    root_hash: bytes
+    checkpoint: CheckpointRecord | None
+    frozen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointVerdict:
+    """How a verified checkpoint of the origin compares with what we hold.
+
+    Attributes:
+        kind: ``ahead`` (fetch entries ``[our size, size)``), ``same``,
+            ``behind`` (a consistent older checkpoint), ``fork`` (evidence
+            stored, origin frozen) or ``frozen`` (not compared).
+        size: the checkpoint's tree size.
+        root_hash: the checkpoint's root hash.
+        evidence: the fork evidence, for ``fork``.
+    """
+
+    kind: CheckpointKind
+    size: int
+    root_hash: bytes
+    evidence: ForkEvidence | None = None
+
+
+class Replica:
+    """One followed origin's log in this node's database."""
+
+    def __init__(self, ledger: Ledger | LedgerStore, origin: str) -> None:
+        """Bind to a followed origin.
+
+        Raises:
+            UnknownLogError: if ``origin`` is not followed.
+            ConfigError: if the stored verifier key is invalid.
+        """
+        self.store = ledger.store if isinstance(ledger, Ledger) else ledger
+        self.origin = origin
+        follow = self.store.get_follow(origin)
+        if follow is None:
+            raise UnknownLogError(
+                f"origin {origin!r} is not followed; run `hashmesh follow` or `hashmesh peer add`"
+            )
+        try:
+            self.verifier = NoteVerifier.from_text(follow.vkey)
+        except MalformedError as e:
+            raise ConfigError(f"stored verifier key of {origin!r} is invalid: {e}") from e
+        self.vkey = follow.vkey
+
+    def _log(self) -> LogRecord | None:
+        try:
+            log = self.store.get_log(self.origin)
+        except UnknownLogError:
+            return None
+        if log.is_own:
+            raise ConfigError(f"{self.origin!r} is this node's own log, not a replica")
+        return log
+
+    def state(self) -> ReplicaState:
+        """Size, root, latest checkpoint and frozen flag of the replica."""
+        log = self._log()
+        frozen = self.store.is_frozen(self.origin)
+        if log is None:
+            return ReplicaState(self.origin, 0, EMPTY_ROOT, None, frozen)
+        size = self.store.entry_count(log.log_id)
+        root = self.store.load_compact_range(log.log_id, size).root()
+        latest = self.store.latest_checkpoint(log.log_id)
+        return ReplicaState(self.origin, size, root, latest, frozen)
+
+    def root_at(self, size: int) -> bytes:
+        """Root of the first ``size`` entries held, from stored nodes.
+
+        Raises:
+            MalformedError: if fewer than ``size`` entries are held.
+        """
+        log = self._log()
+        held = 0 if log is None else self.store.entry_count(log.log_id)
+        if not 0 <= size <= held:
+            raise MalformedError(f"size {size} is beyond the {held} entries held", field="size")
+        if log is None:
+            return EMPTY_ROOT
+        return self.store.load_compact_range(log.log_id, size).root()
+
+    def _open(self, note: str) -> Checkpoint:
+        return open_checkpoint(note, self.verifier, origin=self.origin).checkpoint
+
+    def check_checkpoint(self, note: str, *, source: str = LOCAL_SOURCE) -> CheckpointVerdict:
+        """Verify a checkpoint of the origin and compare it with what we hold.
+
+        A ``fork`` stores the evidence (one transaction) and freezes the
+        origin. A ``same`` checkpoint whose note we do not hold yet is stored,
+        completing a catch-up whose last chunk was committed without it.
+
+        Args:
+            note: the exact signed checkpoint note.
+            source: who showed us the note (a peer name), kept with evidence.
+
+        Raises:
+            MalformedError: if the note is malformed.
+            VerificationError: if the origin's key did not sign it, or it is
+                for another origin.
+            ReplicationError: if it conflicts with entries we hold beyond our
+                latest signed checkpoint (no evidence can be built).
+        """
+        cp = self._open(note)
+        with self.store.transaction():
+            state = self.state()
+            if state.frozen:
+                return CheckpointVerdict("frozen", cp.size, cp.root_hash)
+            if cp.size > state.size:
+                return CheckpointVerdict("ahead", cp.size, cp.root_hash)
+            ours = state.root_hash if cp.size == state.size else self.root_at(cp.size)
+            if ours == cp.root_hash:
+                if cp.size < state.size:
+                    return CheckpointVerdict("behind", cp.size, cp.root_hash)
+                log = self._log()
+                if log is not None and self.store.get_checkpoint(log.log_id, cp.size) is None:
+                    self.store.put_checkpoint(log.log_id, cp.size, cp.root_hash, note)
+                return CheckpointVerdict("same", cp.size, cp.root_hash)
+            signed = state.checkpoint
+            if signed is None or cp.size > signed.size:
+                raise ReplicationError(
+                    f"{self.origin}: checkpoint of size {cp.size} conflicts with entries held "
+                    f"beyond our latest signed checkpoint (size "
+                    f"{0 if signed is None else signed.size}); the batch that added them was "
+                    "proven against another signed checkpoint, so the origin or a peer misbehaves"
+                )
+            evidence = self._evidence(note, cp.size, ours, signed)
+            self.store.add_evidence(self.origin, evidence.to_json(), source)
+        return CheckpointVerdict("fork", cp.size, cp.root_hash, evidence)
+
+    def _evidence(
+        self, note: str, size: int, our_root: bytes, signed: CheckpointRecord
+    ) -> ForkEvidence:
+        log = self._log()
+        assert log is not None
+        proof: tuple[bytes, ...] = ()
+        if size < signed.size:
+            proof = tuple(
+                compute_consistency_proof(size, signed.size, self.store.reader(log.log_id))
+            )
+        evidence = ForkEvidence(
+            origin=self.origin,
+            note_a=note,
+            note_b=signed.note,
+            prefix_root=our_root,
+            proof=proof,
+        )
+        # Check it as an auditor would before acting on it: a bug here must
+        # not freeze an honest log.
+        verify_fork_evidence(evidence, self.verifier)
+        return evidence
+
+    def append_verified(
+        self,
+        checkpoint_note: str,
+        start: int,
+        entries: Sequence[bytes],
+        proof: Sequence[bytes] | None,
+    ) -> ReplicaState:
+        """Append entries ``[start, start + len(entries))`` of the origin, verified.
+
+        With ``b = start + len(entries)`` and ``n`` the checkpoint's size: if
+        ``b == n`` the new root must be the checkpoint's root, and the note is
+        stored with the entries; if ``b < n``, ``proof`` must be the
+        consistency proof ``b -> n`` from our computed root to the
+        checkpoint's root. Every entry must be canonical, retractions must
+        target an earlier, not yet retracted add. Entries are stored verbatim.
+        All of it is one transaction.
+
+        Returns:
+            The replica's state after the commit.
+
+        Raises:
+            MalformedError: if the note or an entry is malformed (the field
+                names the entry index).
+            VerificationError: if the note's signature or origin, the root or
+                the proof fail.
+            ReplicationError: if ``start`` is not our size, the batch runs
+                past the checkpoint, a proof is missing or a retraction is
+                invalid.
+            FrozenLogError: if the origin is frozen.
+        """
+        cp = self._open(checkpoint_note)
+        end = start + len(entries)
+        if end > cp.size:
+            raise ReplicationError(
+                f"{self.origin}: batch ends at {end}, past the checkpoint size {cp.size}"
+            )
+        if end < cp.size and not entries:
+            raise ReplicationError(f"{self.origin}: empty batch below the checkpoint size")
+        if end < cp.size and proof is None:
+            raise ReplicationError(
+                f"{self.origin}: a batch ending at {end} below the checkpoint size {cp.size} "
+                "needs a consistency proof"
+            )
+        datas = [bytes(d) for d in entries]
+        parsed = [_parse_at(d, start + i) for i, d in enumerate(datas)]
+        with self.store.transaction():
+            if self.store.is_frozen(self.origin):
+                raise FrozenLogError(
+                    f"{self.origin} is frozen: fork evidence is held; see `hashmesh evidence list`"
+                )
+            log = self._log()
+            if log is None:
+                log = self.store.create_log(self.origin, self.vkey, is_own=False)
+            run = _Integration(self.store, log, replica=True)
+            if start != run.next_index:
+                raise ReplicationError(
+                    f"{self.origin}: batch starts at {start}, but {run.next_index} entries "
+                    "are held (start must equal our size)"
+                )
+            try:
+                batch = run.sequence(parsed, datas)
+            except RetractionError as e:
+                raise ReplicationError(f"{self.origin}: {e}") from e
+            root = run.tree.root()
+            if end == cp.size:
+                if root != cp.root_hash:
+                    raise RootMismatchError(
+                        f"{self.origin}: entries [{start}, {end}) do not lead to the "
+                        f"checkpoint's root at size {cp.size}",
+                        expected=cp.root_hash,
+                        calculated=root,
+                    )
+            else:
+                assert proof is not None
+                verify_consistency(end, cp.size, root, cp.root_hash, list(proof))
+            run.store_batch(batch)
+            if end == cp.size and self.store.get_checkpoint(log.log_id, end) is None:
+                self.store.put_checkpoint(log.log_id, end, cp.root_hash, checkpoint_note)
+            return self.state()
+
+
+def _parse_at(data: bytes, index: int) -> Entry:
+    try:
+        return parse_entry_fast(data)
+    except MalformedError as e:
+        field = f"entries[{index}]" + (f".{e.field}" if e.field else "")
+        raise MalformedError(e.reason, field=field) from e
+
+
+# The canonical encoding of a note-less add, the common case: it is matched
+# here, rebuilt with the protocol's constructor (which validates every field)
+# and must re-encode to the same bytes, so this accepts exactly what
+# parse_entry accepts, at several times its speed.
+_ASCII = rb"[\x20\x21\x23-\x5b\x5d-\x7e]"
+_CANONICAL_ADD = re.compile(
+    rb'\{"kind":"add","labels":\[((?:"' + _ASCII + rb'*"(?:,"' + _ASCII + rb'*")*)?)\],'
+    rb'"signal":\{(?:"quality":(0|[1-9][0-9]{0,18}),)?"type":"(' + _ASCII + rb'*)",'
+    rb'"value":"(' + _ASCII + rb'*)"\},"v":' + str(PROTOCOL_VERSION).encode() + rb"\}"
+)
+
+
+def parse_entry_fast(data: bytes) -> Entry:
+    """:func:`protocol.entry.parse_entry`, with a fast path for note-less adds.
+
+    Raises:
+        MalformedError: exactly when :func:`~protocol.entry.parse_entry` does.
+    """
+    m = _CANONICAL_ADD.fullmatch(data)
+    if m is not None:
+        labels_raw, quality, signal_type, value = m.groups()
+        labels = (
+            tuple(x[1:-1].decode("ascii") for x in labels_raw.split(b",")) if labels_raw else ()
+        )
+        try:
+            entry = AddEntry(
+                signal_type=signal_type.decode("ascii"),
+                value=value.decode("ascii"),
+                labels=labels,
+                quality=None if quality is None else int(quality),
+            )
+        except MalformedError:
+            entry = None
+        if entry is not None and entry.to_bytes() == data:
+            return entry
+    return parse_entry(data)

@@ -1,0 +1,308 @@
+"""HTTP client of one peer's read API, over mutually authenticated TLS.
+
+Layer: node.sync. Performs network I/O (aiohttp); decides nothing about trust.
+
+The client fetches and parses; it never stores and never trusts. Everything it
+returns is checked by :mod:`node.ledger.replica` against the origin's key
+before a byte is written. What it does enforce is the shape and size of what a
+peer may send: every body is read with a hard cap on its *decoded* size (so a
+compressed body that inflates past the cap is cut off), must have the media
+type we asked for (an HTML error page is an error, not data), and must parse
+strictly. Every failure is a :class:`~node.errors.PeerError` naming the peer.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from node.errors import PeerProtocolError, PeerUnavailableError
+from node.tls import client_ssl_context
+from protocol.encoding import decode_b64, loads_strict
+from protocol.errors import MalformedError
+from protocol.evidence import ForkEvidence
+from protocol.wire import ConsistencyProof
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_NOTE_BYTES",
+    "PAGE_SIZE",
+    "PeerClient",
+    "RemoteLog",
+]
+
+PAGE_SIZE = 10_000
+"""Entries asked for per request (the server's hard cap)."""
+
+MAX_JSON_BYTES = 16 * 1024 * 1024
+"""Largest decoded JSON body accepted: a full page of the largest entries fits."""
+
+MAX_NOTE_BYTES = 128 * 1024
+"""Largest checkpoint note accepted (protocol.note.MAX_NOTE_BYTES)."""
+
+_MAX_EVENT_LINE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteLog:
+    """A log as a peer lists it: not verified until the origin's key says so."""
+
+    origin: str
+    vkey: str
+    size: int
+    checkpoint: str
+    frozen: bool
+
+
+class PeerClient:
+    """Read API of one peer. Use as ``async with PeerClient(...) as client``."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        server_cert_pem: str,
+        cert_path: Path,
+        key_path: Path,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self._ssl: ssl.SSLContext = client_ssl_context(cert_path, key_path, server_cert_pem)
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=connect_timeout, sock_read=timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PeerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                raise_for_status=False,
+                # Auto-decompression stays on: the cap below counts decoded bytes.
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- transport ---------------------------------------------------------------
+
+    async def _get(
+        self, path: str, params: Mapping[str, str | int] | None, *, media: str, cap: int
+    ) -> bytes:
+        session = self._open()
+        query = {k: str(v) for k, v in (params or {}).items()}
+        try:
+            async with session.get(self.url + path, params=query) as resp:
+                body = await _read_capped(resp, cap, self.name)
+                if resp.status >= 500:
+                    raise PeerUnavailableError(self.name, f"{path} answered {resp.status}")
+                if resp.status != 200:
+                    raise PeerProtocolError(
+                        self.name, f"{path} answered {resp.status}: {_error_text(body)}"
+                    )
+                content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+                if content_type != media:
+                    raise PeerProtocolError(
+                        self.name, f"{path}: expected {media}, got {content_type or 'nothing'}"
+                    )
+                return body
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
+            raise PeerUnavailableError(self.name, f"cannot reach {self.url}: {e}") from e
+        except aiohttp.ClientPayloadError as e:
+            raise PeerProtocolError(self.name, f"{path}: broken response body: {e}") from e
+        except TimeoutError as e:
+            raise PeerUnavailableError(self.name, f"{path}: timed out") from e
+        except aiohttp.ClientError as e:
+            raise PeerUnavailableError(self.name, f"{path}: {e}") from e
+
+    async def _get_json(
+        self, path: str, params: Mapping[str, str | int] | None = None, *, cap: int = MAX_JSON_BYTES
+    ) -> Mapping[str, Any]:
+        body = await self._get(path, params, media="application/json", cap=cap)
+        try:
+            value = loads_strict(body)
+        except MalformedError as e:
+            raise PeerProtocolError(self.name, f"{path}: {e}") from e
+        if not isinstance(value, Mapping):
+            raise PeerProtocolError(self.name, f"{path}: expected a JSON object")
+        return value
+
+    # -- endpoints ---------------------------------------------------------------
+
+    async def logs(self) -> list[RemoteLog]:
+        """The logs the peer holds, with their latest checkpoints (unverified)."""
+        doc = await self._get_json("/v1/logs")
+        items = doc.get("logs")
+        if not isinstance(items, list):
+            raise PeerProtocolError(self.name, "/v1/logs: 'logs' must be a list")
+        logs: list[RemoteLog] = []
+        for i, item in enumerate(items):
+            try:
+                logs.append(
+                    RemoteLog(
+                        origin=_str(item, "origin"),
+                        vkey=_str(item, "vkey"),
+                        size=_int(item, "size"),
+                        checkpoint=_str(item, "checkpoint"),
+                        frozen=bool(item.get("frozen", False)),
+                    )
+                )
+            except MalformedError as e:
+                raise PeerProtocolError(self.name, f"/v1/logs: logs[{i}].{e}") from e
+        return logs
+
+    async def checkpoint(self, origin: str) -> str:
+        """The peer's latest checkpoint note of ``origin`` (unverified)."""
+        body = await self._get(
+            "/v1/checkpoint", {"origin": origin}, media="text/plain", cap=MAX_NOTE_BYTES
+        )
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PeerProtocolError(self.name, "/v1/checkpoint: not UTF-8") from e
+
+    async def entries(self, origin: str, start: int, end: int) -> list[bytes]:
+        """Entries [start, end) of ``origin``, fetched page by page, exactly that many."""
+        out: list[bytes] = []
+        while start + len(out) < end:
+            at = start + len(out)
+            doc = await self._get_json(
+                "/v1/entries", {"origin": origin, "start": at, "end": min(end, at + PAGE_SIZE)}
+            )
+            if doc.get("origin") != origin or doc.get("start") != at:
+                raise PeerProtocolError(
+                    self.name, f"/v1/entries: answered for another origin or start than {at}"
+                )
+            items = doc.get("entries")
+            if not isinstance(items, list) or not items:
+                raise PeerProtocolError(
+                    self.name, f"/v1/entries: no entries from {at} (wanted up to {end})"
+                )
+            if len(items) > min(PAGE_SIZE, end - at):
+                raise PeerProtocolError(
+                    self.name, f"/v1/entries: {len(items)} entries, more than asked for"
+                )
+            try:
+                out.extend(decode_b64(text, field=f"entries[{i}]") for i, text in enumerate(items))
+            except MalformedError as e:
+                raise PeerProtocolError(self.name, f"/v1/entries from {at}: {e}") from e
+        return out
+
+    async def consistency(self, origin: str, old: int, new: int) -> ConsistencyProof:
+        """The peer's consistency proof ``old -> new`` of ``origin`` (unverified)."""
+        doc = await self._get_json(
+            "/v1/proof/consistency", {"origin": origin, "old": old, "new": new}
+        )
+        try:
+            proof = ConsistencyProof.from_json(doc)
+        except MalformedError as e:
+            raise PeerProtocolError(self.name, f"/v1/proof/consistency: {e}") from e
+        if (proof.old_size, proof.new_size) != (old, new):
+            raise PeerProtocolError(
+                self.name,
+                f"/v1/proof/consistency: asked {old} -> {new}, "
+                f"got {proof.old_size} -> {proof.new_size}",
+            )
+        return proof
+
+    async def evidence(self) -> list[ForkEvidence]:
+        """Fork evidence the peer holds (each to be verified by the caller)."""
+        doc = await self._get_json("/v1/evidence")
+        items = doc.get("evidence")
+        if not isinstance(items, list):
+            raise PeerProtocolError(self.name, "/v1/evidence: 'evidence' must be a list")
+        try:
+            return [ForkEvidence.from_json(item) for item in items]
+        except MalformedError as e:
+            raise PeerProtocolError(self.name, f"/v1/evidence: {e}") from e
+
+    async def events(self) -> AsyncIterator[tuple[str, int]]:
+        """Checkpoint announcements as ``(origin, size)``, until the stream ends.
+
+        The stream is long-lived: only the connect timeout applies, and a
+        read timeout of three ping intervals detects a dead peer.
+        """
+        session = self._open()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=50)
+        try:
+            async with session.get(self.url + "/v1/events", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise PeerProtocolError(self.name, f"/v1/events answered {resp.status}")
+                event = ""
+                while True:
+                    line = await resp.content.readline()
+                    if not line:
+                        return
+                    if len(line) > _MAX_EVENT_LINE:
+                        raise PeerProtocolError(self.name, "/v1/events: line too long")
+                    text = line.decode("utf-8", "replace").rstrip("\r\n")
+                    if text.startswith("event:"):
+                        event = text[6:].strip()
+                    elif text.startswith("data:") and event == "checkpoint":
+                        try:
+                            data = loads_strict(text[5:].strip())
+                            yield _str(data, "origin"), _int(data, "size")
+                        except MalformedError as e:
+                            raise PeerProtocolError(self.name, f"/v1/events: {e}") from e
+                    elif not text:
+                        event = ""
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise PeerUnavailableError(self.name, f"/v1/events: {e or type(e).__name__}") from e
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, peer: str) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > cap:
+        raise PeerProtocolError(peer, f"response of {declared} bytes exceeds the cap of {cap}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        total += len(chunk)
+        if total > cap:
+            raise PeerProtocolError(peer, f"response exceeds the cap of {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        doc = loads_strict(body)
+    except MalformedError:
+        return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+    if isinstance(doc, Mapping) and isinstance(doc.get("error"), str):
+        return str(doc["error"])[:500]
+    return "(unexpected error body)"
+
+
+def _str(obj: Any, key: str) -> str:
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    if not isinstance(value, str):
+        raise MalformedError("expected a string", field=key)
+    return value
+
+
+def _int(obj: Any, key: str) -> int:
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedError("expected a non-negative integer", field=key)
+    return value

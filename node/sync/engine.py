@@ -1,0 +1,166 @@
+"""One sync round with one peer: fetch, hand to the replica for verification, report.
+
+Layer: node.sync. Network I/O through :class:`~node.sync.client.PeerClient`,
+storage through the :class:`~node.storage.database.Database` facade.
+
+For every origin we follow that the peer holds:
+
+1. take the peer's latest checkpoint and verify it against the *origin's* key
+   (never the peer's: a relayed log is trusted exactly as much as its author);
+2. compare it with what we hold (:meth:`Replica.check_checkpoint`): ahead,
+   same, behind, or a fork (evidence is stored and the origin frozen);
+3. when ahead, fetch the missing entries in chunks; each chunk is proven a
+   prefix of the signed tree by a consistency proof from the chunk's end to the
+   checkpoint, against the root we compute ourselves, and committed in one
+   transaction. An interrupted sync therefore resumes from the last chunk.
+
+Any failure rejects that batch (nothing of it is written), marks the peer with
+the reason, and ends the round for that peer; other peers are unaffected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from node.errors import NodeError, PeerError
+from node.ledger.database import Database
+from node.ledger.events import CheckpointHub
+from node.ledger.replica import Replica, ReplicaState
+from node.ledger.service import Ledger
+from node.sync.client import PeerClient, RemoteLog
+from protocol.errors import ProtocolError
+from protocol.evidence import ForkEvidence, verify_fork_evidence
+from protocol.keys import NoteVerifier
+
+__all__ = ["CHUNK_ENTRIES", "OriginResult", "PeerSyncReport", "sync_peer"]
+
+CHUNK_ENTRIES = 50_000
+"""Entries verified and committed per transaction during a catch-up."""
+
+
+@dataclass(slots=True)
+class OriginResult:
+    """What one sync round did for one origin."""
+
+    origin: str
+    verdict: str
+    appended: int = 0
+    size: int = 0
+
+
+@dataclass(slots=True)
+class PeerSyncReport:
+    """What one sync round with one peer did."""
+
+    peer: str
+    origins: list[OriginResult] = field(default_factory=list)
+    evidence_added: int = 0
+    error: str | None = None
+
+    @property
+    def appended(self) -> int:
+        """Entries committed in this round, over all origins."""
+        return sum(r.appended for r in self.origins)
+
+
+async def sync_peer(
+    db: Database,
+    client: PeerClient,
+    *,
+    hub: CheckpointHub | None = None,
+    only_origin: str | None = None,
+    chunk: int = CHUNK_ENTRIES,
+) -> PeerSyncReport:
+    """Pull every followed origin the peer holds; never raises for a peer's fault.
+
+    Returns:
+        The report; ``error`` holds the reason when the peer failed us (it is
+        also recorded in the database for ``hashmesh peer list``).
+    """
+    report = PeerSyncReport(peer=client.name)
+    try:
+        follows = await db.read(lambda ledger: ledger.store.list_follows())
+        # Evidence first: an origin the peer proved forked is frozen before we
+        # compare its checkpoints, and a fork we cannot prove ourselves (the
+        # peer holds the longer history) is still learnt in this round.
+        report.evidence_added = await _pull_evidence(
+            db, client, {f.origin: f.vkey for f in follows}
+        )
+        remote = {log.origin: log for log in await client.logs()}
+        for follow in follows:
+            if only_origin is not None and follow.origin != only_origin:
+                continue
+            log = remote.get(follow.origin)
+            if log is None:
+                continue
+            report.origins.append(await _sync_origin(db, client, log, hub=hub, chunk=chunk))
+    except (PeerError, ProtocolError, NodeError) as e:
+        report.error = str(e) if isinstance(e, PeerError) else f"peer {client.name}: {e}"
+        reason = report.error
+        await db.write(lambda ledger: ledger.store.record_peer_error(client.name, reason))
+        return report
+    await db.write(lambda ledger: ledger.store.record_peer_ok(client.name))
+    return report
+
+
+async def _sync_origin(
+    db: Database, client: PeerClient, log: RemoteLog, *, hub: CheckpointHub | None, chunk: int
+) -> OriginResult:
+    origin, note = log.origin, log.checkpoint
+
+    def check(ledger: Ledger) -> tuple[str, int, int]:
+        replica = Replica(ledger, origin)
+        verdict = replica.check_checkpoint(note)
+        return verdict.kind, replica.state().size, verdict.size
+
+    kind, have, want = await db.write(check)
+    result = OriginResult(origin=origin, verdict=kind, size=have)
+    if kind != "ahead":
+        return result
+    while have < want:
+        end = min(have + chunk, want)
+        entries = await client.entries(origin, have, end)
+        proof = None if end == want else (await client.consistency(origin, end, want)).hashes
+        start = have
+        state = await db.write(_append(origin, note, start, entries, proof))
+        result.appended += end - start
+        have = state.size
+        if have != end:  # the replica moved under us (another sync): stop, next round resumes
+            break
+    result.size = have
+    if hub is not None and result.appended:
+        hub.publish(origin, have)
+    return result
+
+
+def _append(
+    origin: str,
+    note: str,
+    start: int,
+    entries: list[bytes],
+    proof: tuple[bytes, ...] | None,
+) -> Callable[[Ledger], ReplicaState]:
+    def run(ledger: Ledger) -> ReplicaState:
+        return Replica(ledger, origin).append_verified(note, start, entries, proof)
+
+    return run
+
+
+async def _pull_evidence(db: Database, client: PeerClient, follows: dict[str, str]) -> int:
+    """Store every fork evidence the peer holds for an origin we follow, once verified."""
+    added = 0
+    for evidence in await client.evidence():
+        vkey = follows.get(evidence.origin)
+        if vkey is None:
+            continue
+        verify_fork_evidence(evidence, NoteVerifier.from_text(vkey))
+        added += await db.write(_store_evidence(evidence, client.name))
+    return added
+
+
+def _store_evidence(evidence: ForkEvidence, source: str) -> Callable[[Ledger], int]:
+    def run(ledger: Ledger) -> int:
+        return 1 if ledger.store.add_evidence(evidence.origin, evidence.to_json(), source) else 0
+
+    return run

@@ -1,0 +1,197 @@
+"""Continuous sync: one task per peer, woken by its announcements, polling as fallback.
+
+Layer: node.sync.
+
+For each peer with role ``peer`` the runner keeps two tasks: a *listener* on
+the peer's event stream, and a *syncer* that runs :func:`sync_peer` whenever
+the listener hears of a new checkpoint, or when its timer runs out (polling
+with jitter, the fallback when the stream is down). A peer that fails is
+retried with exponential backoff and jitter, so a broken peer neither spins
+nor stalls the others. The peer list is re-read every second, so ``peer add``
+and ``peer remove`` take effect without a restart.
+
+The runner also watches the own log: a write made by the CLI in another
+process is noticed within :data:`OWN_LOG_POLL` seconds and announced on the
+hub, which is what makes propagation hop by hop fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import PeerError
+from node.ledger.database import Database
+from node.ledger.events import CheckpointHub
+from node.ledger.service import Ledger
+from node.storage.ledger_store import PeerRecord
+from node.sync.client import PeerClient
+from node.sync.engine import PeerSyncReport, sync_peer
+
+__all__ = ["OWN_LOG_POLL", "SyncRunner", "SyncSettings", "sync_once"]
+
+OWN_LOG_POLL = 0.1
+"""Seconds between checks for checkpoints the CLI wrote to the own log."""
+
+log = logging.getLogger("hashmesh.sync")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """Timing of the sync loop."""
+
+    poll_interval: float = 30.0
+    """Seconds between polls of a healthy peer when no announcement arrives."""
+    min_backoff: float = 1.0
+    max_backoff: float = 300.0
+    peer_refresh: float = 1.0
+
+
+def _jitter(seconds: float) -> float:
+    # Spread retries so that many nodes restarting together do not pull in step.
+    return seconds * random.uniform(0.8, 1.2)  # noqa: S311 - timing, not security
+
+
+def _client(peer: PeerRecord, cert_path: Path, key_path: Path) -> PeerClient:
+    return PeerClient(
+        peer.name,
+        peer.url,
+        server_cert_pem=peer.tls_cert,
+        cert_path=cert_path,
+        key_path=key_path,
+    )
+
+
+async def sync_once(
+    db: Database,
+    *,
+    cert_path: Path,
+    key_path: Path,
+    hub: CheckpointHub | None = None,
+    only_peer: str | None = None,
+) -> list[PeerSyncReport]:
+    """One round with every peer (for ``hashmesh sync --once`` and tests)."""
+    peers = await db.read(lambda ledger: ledger.store.list_peers())
+    reports = []
+    for peer in peers:
+        if peer.role != "peer" or (only_peer is not None and peer.name != only_peer):
+            continue
+        async with _client(peer, cert_path, key_path) as client:
+            reports.append(await sync_peer(db, client, hub=hub))
+    return reports
+
+
+class SyncRunner:
+    """Keeps every peer synced until :meth:`stop`."""
+
+    def __init__(
+        self,
+        db: Database,
+        hub: CheckpointHub,
+        *,
+        cert_path: Path,
+        key_path: Path,
+        settings: SyncSettings | None = None,
+    ) -> None:
+        self._db = db
+        self._hub = hub
+        self._cert_path = cert_path
+        self._key_path = key_path
+        self._settings = settings or SyncSettings()
+        self._tasks: dict[str, tuple[PeerRecord, list[asyncio.Task[None]]]] = {}
+        self._main: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    def start(self) -> None:
+        """Start the supervisor task on the running loop."""
+        self._main = asyncio.create_task(self._supervise(), name="hashmesh-sync")
+
+    async def stop(self) -> None:
+        """Cancel every task and wait for them."""
+        tasks = [t for _, ts in self._tasks.values() for t in ts]
+        if self._main is not None:
+            tasks.append(self._main)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    async def _supervise(self) -> None:
+        watcher = asyncio.create_task(self._watch_own_log(), name="hashmesh-own-log")
+        try:
+            while True:
+                await self._reconcile()
+                await asyncio.sleep(self._settings.peer_refresh)
+        finally:
+            watcher.cancel()
+
+    async def _reconcile(self) -> None:
+        peers = await self._db.read(lambda ledger: ledger.store.list_peers())
+        wanted = {p.name: p for p in peers if p.role == "peer"}
+        for name in list(self._tasks):
+            record, tasks = self._tasks[name]
+            if wanted.get(name) != record:
+                for task in tasks:
+                    task.cancel()
+                del self._tasks[name]
+        for name, peer in wanted.items():
+            if name not in self._tasks:
+                wake = asyncio.Event()
+                client = _client(peer, self._cert_path, self._key_path)
+                tasks = [
+                    asyncio.create_task(self._sync_loop(client, wake), name=f"sync {name}"),
+                    asyncio.create_task(self._listen(client, wake), name=f"listen {name}"),
+                ]
+                self._tasks[name] = (peer, tasks)
+
+    async def _sync_loop(self, client: PeerClient, wake: asyncio.Event) -> None:
+        backoff = self._settings.min_backoff
+        try:
+            while True:
+                wake.clear()
+                report = await sync_peer(self._db, client, hub=self._hub)
+                self.rounds += 1
+                if report.error:
+                    log.warning("sync with %s failed: %s", client.name, report.error)
+                    delay = _jitter(backoff)
+                    backoff = min(backoff * 2, self._settings.max_backoff)
+                else:
+                    if report.appended:
+                        log.info("synced %d entries from %s", report.appended, client.name)
+                    delay = _jitter(self._settings.poll_interval)
+                    backoff = self._settings.min_backoff
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=delay)
+        finally:
+            await client.close()
+
+    async def _listen(self, client: PeerClient, wake: asyncio.Event) -> None:
+        backoff = self._settings.min_backoff
+        while True:
+            try:
+                async for _origin, _size in client.events():
+                    backoff = self._settings.min_backoff
+                    wake.set()
+            except PeerError as e:
+                log.debug("event stream of %s: %s", client.name, e)
+            await asyncio.sleep(_jitter(backoff))
+            backoff = min(backoff * 2, self._settings.max_backoff)
+
+    async def _watch_own_log(self) -> None:
+        def size(ledger: Ledger) -> tuple[str, int]:
+            record = ledger.store.latest_checkpoint(ledger.own_log.log_id)
+            return ledger.own_log.origin, record.size if record is not None else 0
+
+        origin, last = await self._db.read(size)
+        while True:
+            await asyncio.sleep(OWN_LOG_POLL)
+            origin, now = await self._db.read(size)
+            if now != last:
+                last = now
+                self._hub.publish(origin, now)

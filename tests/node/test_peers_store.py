@@ -1,0 +1,159 @@
+"""Schema version 2: peers, follows, evidence, peer status, and the v1 -> v2 upgrade."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from node.errors import ConfigError, SchemaVersionError
+from node.ledger import Ledger
+from node.storage.ledger_store import LedgerStore, PeerRecord
+from node.storage.schema import SCHEMA_VERSION, migrate
+from protocol.entry import AddEntry
+from protocol.keys import NoteSigner
+
+SPKI_A = "a" * 64
+SPKI_B = "b" * 64
+
+
+def peer(name: str, spki: str, role: str = "peer") -> PeerRecord:
+    return PeerRecord(
+        name=name,
+        url="https://127.0.0.1:8443",
+        tls_cert="-----BEGIN CERTIFICATE-----\n...",
+        spki=spki,
+        vkey=NoteSigner.generate(name).verifier().to_text(),
+        role=role,
+        added_at="2025-01-01T00:00:00Z",
+    )
+
+
+def test_peers_add_lookup_remove(ledger: Ledger) -> None:
+    store = ledger.store
+    a, b = peer("a.example/log", SPKI_A), peer("b.example/log", SPKI_B, "auditor")
+    store.add_peer(a)
+    store.add_peer(b)
+    assert store.list_peers() == [a, b]
+    assert store.peer_by_spki(SPKI_B) == b
+    assert store.peer_by_spki("c" * 64) is None
+    with pytest.raises(ConfigError, match="already exists"):
+        store.add_peer(peer("a.example/log", "c" * 64))
+    with pytest.raises(ConfigError, match="already uses TLS key"):
+        store.add_peer(peer("c.example/log", SPKI_A))
+    with pytest.raises(ConfigError, match="role"):
+        store.add_peer(peer("c.example/log", "c" * 64, "admin"))
+    store.record_peer_error("a.example/log", "boom")
+    assert store.remove_peer("a.example/log") is True
+    assert store.remove_peer("a.example/log") is False
+    assert store.peer_by_spki(SPKI_A) is None
+    assert store.peer_statuses() == []
+
+
+def test_spki_lookup_uses_an_index(ledger: Ledger) -> None:
+    plan = ledger.store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM peers WHERE spki = ?", (SPKI_A,)
+    ).fetchall()
+    assert "USING INDEX" in " ".join(str(r[-1]) for r in plan)
+
+
+def test_add_peer_joins_the_callers_transaction(ledger: Ledger) -> None:
+    store = ledger.store
+
+    def attempt() -> None:
+        with store.transaction():
+            store.add_peer(peer("a.example/log", SPKI_A))
+            store.add_follow("a.example/log", store.list_peers()[0].vkey)
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        attempt()
+    assert store.list_peers() == [] and store.list_follows() == []
+
+
+def test_peer_status(ledger: Ledger) -> None:
+    store = ledger.store
+    store.record_peer_error("p", "timed out")
+    store.record_peer_error("p", "refused")
+    (s,) = store.peer_statuses()
+    assert (s.last_error, s.failures, s.last_ok_at) == ("refused", 2, None)
+    store.record_peer_ok("p")
+    (s,) = store.peer_statuses()
+    assert s.failures == 0 and s.last_ok_at is not None and s.last_error == "refused"
+
+
+def test_follows(ledger: Ledger) -> None:
+    store = ledger.store
+    vkey = NoteSigner.generate("a.example/log").verifier().to_text()
+    store.add_follow("a.example/log", vkey)
+    store.add_follow("a.example/log", vkey)  # idempotent
+    assert [(f.origin, f.vkey) for f in store.list_follows()] == [("a.example/log", vkey)]
+    other = NoteSigner.generate("a.example/log").verifier().to_text()
+    with pytest.raises(ConfigError, match="another key"):
+        store.add_follow("a.example/log", other)
+    with pytest.raises(ConfigError, match=r"not 'b\.example/log'"):
+        store.add_follow("b.example/log", vkey)
+    with pytest.raises(ConfigError, match="not valid"):
+        store.add_follow("b.example/log", "garbage")
+    own = ledger.own_log
+    with pytest.raises(ConfigError, match="own log"):
+        store.add_follow(own.origin, own.verifier_key)
+
+
+def test_evidence_is_append_only_and_freezes(ledger: Ledger) -> None:
+    store = ledger.store
+    assert store.add_evidence("a.example/log", b'{"x":1}', "peer-1") is True
+    assert store.add_evidence("a.example/log", b'{"x":1}', "peer-2") is False
+    assert store.frozen_origins() == {"a.example/log"}
+    assert store.is_frozen("a.example/log") and not store.is_frozen("b.example/log")
+    (record,) = store.list_evidence()
+    assert (record.origin, record.evidence_json, record.source) == (
+        "a.example/log",
+        b'{"x":1}',
+        "peer-1",
+    )
+    for sql in ("DELETE FROM evidence", "UPDATE evidence SET source = 'x'"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            store.conn.execute(sql)
+
+
+def test_v1_database_is_migrated_in_place(node_dir: Path) -> None:
+    db = node_dir / "ledger.db"
+    with Ledger.open(node_dir) as ledger:
+        ledger.append([AddEntry.create(signal_type="md5", value="a" * 32, labels=["h:x"])])
+        root = ledger.latest_checkpoint().root_hash
+    # Rebuild the same content as a version 1 database.
+    old = node_dir / "v1.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    migrate(conn, target=1)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.execute("ATTACH DATABASE ? AS cur", (str(db),))
+    for table in ("logs", "entries", "nodes", "checkpoints", "retractions", "active"):
+        conn.execute(f"INSERT INTO {table} SELECT * FROM cur.{table}")
+    conn.execute("DETACH DATABASE cur")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "peers" not in tables
+    conn.close()
+    db.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    old.rename(db)
+    with Ledger.open(node_dir) as ledger:
+        assert ledger.store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert ledger.latest_checkpoint().root_hash == root
+        assert ledger.store.list_peers() == []
+        ledger.store.add_evidence("x.example/y", b"{}", "t")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            ledger.store.conn.execute("DELETE FROM evidence")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            ledger.store.conn.execute("DELETE FROM entries")
+        assert ledger.append([AddEntry.create(signal_type="md5", value="b" * 32)]).count == 1
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SchemaVersionError, match="newer"):
+        LedgerStore.open(tmp_path / "x.db")

@@ -1,0 +1,236 @@
+"""Sync test harness: real nodes, and a scripted peer that can misbehave.
+
+The scripted peer (python-tuf's RepositorySimulator, over a real socket) is a
+small aiohttp app on 127.0.0.1 with real mutual TLS, serving the read API
+from a real node directory's SQLite ledger. A test switches on one fault at a
+time: bad signatures, entries that do not hash to the root, an HTML error
+page, oversized or inflating bodies, stalls, malformed JSON. The syncing side
+is the production code: Database, Replica, PeerClient, sync_peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from node.config import load_config
+from node.ledger import Ledger
+from node.ledger.database import Database
+from node.ledger.provision import init_node
+from node.sync.cards import make_card
+from node.sync.client import PeerClient
+from protocol.encoding import encode_b64
+from protocol.entry import AddEntry
+
+AUTHOR = "hotline-a.example/hashmesh"
+FOLLOWER = "hotline-b.example/hashmesh"
+
+
+def sha(i: int) -> str:
+    # Distinct for every i, with letters, so upper-casing one changes it.
+    return hashlib.sha256(b"%d" % i).hexdigest()
+
+
+def add_entries(node_dir: Path, start: int, count: int) -> None:
+    """Write ``count`` adds to a node's own log, as the CLI would (own connection)."""
+    with Ledger.open(node_dir) as ledger:
+        ledger.append(
+            [
+                AddEntry.create(signal_type="sha256", value=sha(i))
+                for i in range(start, start + count)
+            ]
+        )
+
+
+def make_node(base: Path, name: str, origin: str) -> Path:
+    path = base / name
+    init_node(path, origin)
+    return path
+
+
+def card_json(node_dir: Path, url: str) -> str:
+    config = load_config(node_dir)
+    with Ledger.open(node_dir, read_only=True) as ledger:
+        vkey = ledger.own_log.verifier_key
+    return make_card(
+        name=config.origin,
+        url=url,
+        tls_cert=config.tls_cert_path.read_text(encoding="ascii"),
+        vkey=vkey,
+    ).to_json()
+
+
+@dataclass
+class ScriptedPeer:
+    """A peer serving a real node's logs, with switchable faults."""
+
+    node_dir: Path
+    client_cert_pem: str
+    faults: set[str] = field(default_factory=set)
+    transform: Callable[[str, bytes], bytes] | None = None
+    requests: list[str] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def ledger(self) -> Ledger:
+        return Ledger.open(self.node_dir, read_only=True)
+
+    def _json(self, path: str, obj: Any) -> web.Response:
+        import json
+
+        body = json.dumps(obj).encode()
+        if self.transform is not None:
+            body = self.transform(path, body)
+        if "html" in self.faults:
+            return web.Response(
+                status=200,
+                body=b"<html><body>502 Bad Gateway</body></html>",
+                content_type="text/html",
+            )
+        if "bad_json" in self.faults:
+            body = body[: len(body) // 2]
+        if "oversized" in self.faults and path == "/v1/entries":
+            body = b'{"pad":"' + b"x" * (17 * 1024 * 1024) + b'"}'
+        if "gzip_bomb" in self.faults and path == "/v1/entries":
+            bomb = gzip.compress(b" " * (64 * 1024 * 1024))
+            return web.Response(
+                body=bomb,
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
+        return web.Response(body=body, content_type="application/json")
+
+    async def _logs(self, request: web.Request) -> web.Response:
+        self.requests.append("/v1/logs")
+        with self.ledger() as ledger:
+            logs = []
+            for log in ledger.store.list_logs():
+                cp = ledger.store.latest_checkpoint(log.log_id)
+                if cp is None:
+                    continue
+                note = cp.note
+                if "bad_signature" in self.faults:
+                    lines = note.split("\n")
+                    lines[1] = str(int(lines[1]) + 1)  # body no longer matches the signature
+                    note = "\n".join(lines)
+                logs.append(
+                    {
+                        "origin": log.origin,
+                        "vkey": log.verifier_key,
+                        "size": cp.size,
+                        "checkpoint": note,
+                        "frozen": False,
+                    }
+                )
+        return self._json("/v1/logs", {"logs": logs})
+
+    async def _entries(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(f"/v1/entries {request.query_string}")
+        if "stall" in self.faults:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), timeout=60)
+        origin = request.query["origin"]
+        start, end = int(request.query["start"]), int(request.query["end"])
+        with self.ledger() as ledger:
+            log = ledger.store.get_log(origin)
+            datas = [bytes(d) for _i, d, _h in ledger.store.iter_entries(log.log_id, start, end)]
+        if "wrong_entries" in self.faults and datas:
+            datas[-1] = AddEntry.create(signal_type="md5", value="e" * 32).to_bytes()
+        if "flip_byte" in self.faults and datas:
+            raw = bytearray(datas[0])
+            raw[-3] ^= 0x01
+            datas[0] = bytes(raw)
+        return self._json(
+            "/v1/entries",
+            {"origin": origin, "start": start, "entries": [encode_b64(d) for d in datas]},
+        )
+
+    async def _consistency(self, request: web.Request) -> web.Response:
+        self.requests.append("/v1/proof/consistency")
+        origin = request.query["origin"]
+        old, new = int(request.query["old"]), int(request.query["new"])
+        with self.ledger() as ledger:
+            proof = ledger.prove_consistency(old, new, origin=origin)
+        hashes = [h.hex() for h in proof.hashes]
+        if "bad_proof" in self.faults and hashes:
+            hashes[0] = "00" * 32
+        return self._json(
+            "/v1/proof/consistency", {"old_size": old, "new_size": new, "hashes": hashes}
+        )
+
+    async def _evidence(self, request: web.Request) -> web.Response:
+        self.requests.append("/v1/evidence")
+        return self._json("/v1/evidence", {"evidence": []})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/logs", self._logs)
+        app.router.add_get("/v1/entries", self._entries)
+        app.router.add_get("/v1/proof/consistency", self._consistency)
+        app.router.add_get("/v1/evidence", self._evidence)
+        config = load_config(self.node_dir)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(config.tls_cert_path, config.tls_key_path)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=self.client_cert_pem)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"https://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@dataclass
+class World:
+    author: Path
+    follower: Path
+    peer: ScriptedPeer
+    db: Database
+
+    def client(self, **kwargs: Any) -> PeerClient:
+        config = load_config(self.follower)
+        return PeerClient(
+            AUTHOR,
+            self.peer.url,
+            server_cert_pem=load_config(self.author).tls_cert_path.read_text(encoding="ascii"),
+            cert_path=config.tls_cert_path,
+            key_path=config.tls_key_path,
+            **kwargs,
+        )
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """An author node served by a scripted peer, and a follower that trusts it."""
+    author = make_node(tmp_path, "a", AUTHOR)
+    follower = make_node(tmp_path, "b", FOLLOWER)
+    follower_cert = load_config(follower).tls_cert_path.read_text(encoding="ascii")
+    peer = ScriptedPeer(author, follower_cert)
+    await peer.start()
+    with Ledger.open(author, read_only=True) as ledger:
+        vkey = ledger.own_log.verifier_key
+    with Ledger.open(follower) as ledger:
+        ledger.store.add_follow(AUTHOR, vkey)
+    db = await Database.open(follower)
+    try:
+        yield World(author, follower, peer, db)
+    finally:
+        await db.close()
+        await peer.stop()
