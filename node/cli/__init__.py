@@ -24,13 +24,17 @@ from node.ledger import Ledger
 from node.ledger.export import EXPORT_FORMATS, export_lines
 from node.ledger.hashlist import FORMATS, Format, HashListReader
 from node.ledger.provision import init_node
+from node.ledger.replica import Replica
 from node.ledger.service import AppendResult, LogStatus
 from protocol.checkpoint import open_checkpoint
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry, RetractEntry, parse_entry
 from protocol.errors import ProtocolError
+from protocol.evidence import ForkEvidence, verify_fork_evidence
+from protocol.hashing import hash_leaves
 from protocol.keys import NoteVerifier
 from protocol.signal import SIGNAL_TYPES, normalise_signal_value
+from protocol.tree import CompactRange
 
 __all__ = ["build_parser", "main"]
 
@@ -246,14 +250,39 @@ def _status_json(status: LogStatus) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace, out: _Out) -> int:
     with _open(args, read_only=True) as ledger:
-        status = ledger.status(args.origin)
         origins = [log.origin for log in ledger.store.list_logs()]
+        if args.origin is not None and args.origin != ledger.own_log.origin:
+            frozen = ledger.store.is_frozen(args.origin)
+            held = Replica(ledger, args.origin).state()
+            if held.checkpoint is None:
+                # A followed log mid catch-up: entries held, no signed head yet.
+                if args.json:
+                    out.json(
+                        {
+                            "origin": args.origin,
+                            "own": False,
+                            "size": held.size,
+                            "checkpoint": None,
+                            "frozen": frozen,
+                            "logs_held": origins,
+                        }
+                    )
+                else:
+                    out.print(f"origin:           {args.origin} (replicated)")
+                    out.print(f"held:             {held.size:,} entries, no signed checkpoint yet")
+                return 0
+        else:
+            frozen = False
+        status = ledger.status(args.origin)
     if args.json:
         doc = _status_json(status)
         doc["logs_held"] = origins
+        doc["frozen"] = frozen
         out.json(doc)
         return 0
     out.print(f"origin:           {status.origin}{'' if status.is_own else ' (replicated)'}")
+    if frozen:
+        out.print("FROZEN:           fork evidence held; nothing more is accepted (evidence list)")
     out.print(f"size:             {status.size:,} entries")
     out.print(f"root:             {encode_b64(status.root_hash)}")
     out.print(f"last checkpoint:  {status.checkpoint_recorded_at}")
@@ -378,14 +407,32 @@ def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
                     )
             latest = ledger.store.latest_checkpoint(log.log_id)
             size, root = ledger.recompute_root(log.origin)
+            if latest is not None and not log.is_own and size > latest.size:
+                # A replica mid catch-up holds verified entries past its latest
+                # signed checkpoint; the signed prefix must still recompute.
+                out.note(f"{log.origin}: {size - latest.size:,} entries past the latest checkpoint")
+                size, root = latest.size, _prefix_root(ledger, log.log_id, latest.size)
             if latest is None:
-                problems.append(f"{log.origin}: no checkpoint")
+                if log.is_own:
+                    problems.append(f"{log.origin}: no checkpoint")
+                else:
+                    out.note(f"{log.origin}: {size:,} entries, first catch-up not finished")
             elif (size, root) != (latest.size, latest.root_hash):
                 problems.append(
                     f"{log.origin}: {size} stored entries hash to {encode_b64(root)}, "
                     f"latest checkpoint says size {latest.size} root {encode_b64(latest.root_hash)}"
                 )
             out.note(f"{log.origin}: {size:,} entries, {count:,} checkpoints checked")
+        for item in ledger.store.list_evidence():
+            follow = ledger.store.get_follow(item.origin)
+            try:
+                evidence = ForkEvidence.from_json(item.evidence_json)
+                if follow is not None:
+                    verify_fork_evidence(evidence, NoteVerifier.from_text(follow.vkey))
+            except ProtocolError as e:
+                problems.append(f"{item.origin}: stored fork evidence does not verify: {e}")
+            else:
+                out.note(f"{item.origin}: FROZEN by verified fork evidence ({item.detected_at})")
     if problems:
         for problem in problems:
             out.print(f"PROBLEM: {problem}")
@@ -395,6 +442,19 @@ def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
 
 
 # -- parser -----------------------------------------------------------------
+
+
+def _prefix_root(ledger: Ledger, log_id: int, size: int) -> bytes:
+    """Root of the first ``size`` stored entries, hashed from their bytes."""
+    tree = CompactRange.empty()
+    batch: list[bytes] = []
+    for _index, data, _leaf in ledger.store.iter_entries(log_id, 0, size):
+        batch.append(bytes(data))
+        if len(batch) >= 20_000:
+            tree.extend(hash_leaves(batch))
+            batch.clear()
+    tree.extend(hash_leaves(batch))
+    return tree.root()
 
 
 def _non_negative(text: str) -> int:
