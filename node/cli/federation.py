@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -28,6 +29,7 @@ __all__ = ["register"]
 
 class _Out(Protocol):
     stdout: TextIO
+    stderr: TextIO
 
     def print(self, text: str = "") -> None: ...
     def note(self, text: str) -> None: ...
@@ -59,6 +61,12 @@ def cmd_serve(args: argparse.Namespace, out: _Out) -> int:
     node_dir = _node_dir(args)
     config = load_config(node_dir)
     listen = args.listen or config.listen
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=out.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     out.note(f"serving {config.origin} on {_listen_url(listen)} (mutual TLS); Ctrl-C stops")
     asyncio.run(
         run_server(

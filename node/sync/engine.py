@@ -20,6 +20,7 @@ the reason, and ends the round for that peer; other peers are unaffected.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ from node.sync.client import PeerClient, RemoteLog
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
+
+logger = logging.getLogger("hashmesh.sync")
 
 __all__ = ["CHUNK_ENTRIES", "OriginResult", "PeerSyncReport", "sync_peer"]
 
@@ -116,6 +119,15 @@ async def _sync_origin(
 
     kind, have, want = await db.write(check)
     result = OriginResult(origin=origin, verdict=kind, size=have)
+    if kind == "fork":
+        logger.error(
+            "FORK: %s signed a checkpoint of size %d (via %s) that contradicts the log we "
+            "hold; evidence stored, origin frozen (hashmesh evidence export %s)",
+            origin,
+            want,
+            client.name,
+            origin,
+        )
     if kind != "ahead":
         return result
     while have < want:
