@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.integration
 def test_example_network_runs() -> None:
-    proc = subprocess.run(  # noqa: S603 - our own example, fixed arguments
+    proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "network.py")],
         capture_output=True,
         text=True,
