@@ -20,6 +20,8 @@ the reason, and ends the round for that peer; other peers are unaffected.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,16 +132,32 @@ async def _sync_origin(
         )
     if kind != "ahead":
         return result
-    while have < want:
-        end = min(have + chunk, want)
-        entries = await client.entries(origin, have, end)
+    async def fetch(start: int) -> tuple[int, list[bytes], tuple[bytes, ...] | None]:
+        end = min(start + chunk, want)
+        entries = await client.entries(origin, start, end)
         proof = None if end == want else (await client.consistency(origin, end, want)).hashes
-        start = have
-        state = await db.write(_append(origin, note, start, entries, proof))
-        result.appended += end - start
-        have = state.size
-        if have != end:  # the replica moved under us (another sync): stop, next round resumes
-            break
+        return start, entries, proof
+
+    # Fetch chunk k+1 while chunk k is verified and stored on the writer
+    # thread: the network and SQLite then overlap. A prefetched chunk is only
+    # data; it is verified like any other when its turn comes, or dropped.
+    pending = asyncio.create_task(fetch(have))
+    try:
+        while True:
+            start, entries, proof = await pending
+            end = start + len(entries)
+            if end < want:
+                pending = asyncio.create_task(fetch(end))
+            state = await db.write(_append(origin, note, start, entries, proof))
+            result.appended += end - start
+            have = state.size
+            if have != end or have >= want:  # done, or the replica moved under us
+                break
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PeerError):
+                await pending
     result.size = have
     if hub is not None and result.appended:
         hub.publish(origin, have)
