@@ -40,7 +40,6 @@ MAX_JSON_DEPTH = 32
 
 _HEX_LOWER = re.compile(r"[0-9a-f]*")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
-_B64_STD = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
 def decode_hex(text: str, *, field: str, length: int | None = None) -> bytes:
@@ -93,12 +92,14 @@ def decode_b64(text: str, *, field: str, length: int | None = None) -> bytes:
     """
     if not isinstance(text, str):
         raise MalformedError(f"expected a base64 string, got {type(text).__name__}", field=field)
-    if not _B64_STD.fullmatch(text):
-        raise MalformedError("expected standard padded base64", field=field)
+    # validate=True rejects anything outside the alphabet (whitespace, '-',
+    # non-ASCII); comparing with the re-encoding rejects every other
+    # non-canonical spelling (padding, non-zero unused bits). No regex needed
+    # on this hot path (a page of 10,000 entries is 10,000 calls).
     try:
         data = base64.b64decode(text, validate=True)
-    except binascii.Error as e:
-        raise MalformedError(f"invalid base64: {e}", field=field) from e
+    except (binascii.Error, ValueError) as e:
+        raise MalformedError("expected standard padded base64", field=field) from e
     if encode_b64(data) != text:
         raise MalformedError("base64 is not in canonical form", field=field)
     if length is not None and len(data) != length:
@@ -148,6 +149,8 @@ def _check_text(value: Any, path: str, depth: int) -> None:
     if depth > MAX_JSON_DEPTH:
         raise MalformedError(f"JSON nested deeper than {MAX_JSON_DEPTH}", field=path or None)
     if isinstance(value, str):
+        if value.isascii():  # the common case: nothing to check, and cheap to know
+            return
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
