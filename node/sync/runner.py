@@ -34,7 +34,7 @@ from node.sync.engine import PeerSyncReport, sync_peer
 
 __all__ = ["OWN_LOG_POLL", "SyncRunner", "SyncSettings", "sync_once"]
 
-OWN_LOG_POLL = 0.1
+OWN_LOG_POLL = 0.05
 """Seconds between checks for checkpoints the CLI wrote to the own log."""
 
 log = logging.getLogger("hashmesh.sync")

@@ -1,0 +1,722 @@
+"""Sync benchmark: initial sync of N entries over mutual TLS, and live propagation A -> B -> C.
+
+    .venv/bin/python benchmarks/bench_sync.py [--entries 1000000] [--samples 200]
+    .venv/bin/python benchmarks/bench_sync.py --quick [--profile]
+
+Initial sync: node A holds N random sha256 entries in its own log (set up
+with ``Ledger.import_lines``, not measured) and serves its API in this
+process (``run_server``, no sync runner). Node B, which follows A, runs one
+``sync_once`` round in a child process (so its peak RSS is its own): every
+page fetched over mutual TLS, every chunk proven against A's signed
+checkpoint, committed. Baselines in the same run, against the same kind of
+server (``start_server``, same node identities, same TLS contexts): the
+same entries-page body sizes served from memory and read by a bare aiohttp
+client in the same number of requests; ``PeerClient.entries`` against A's
+real server (fetch, strict JSON, base64, no verification or storage); raw
+leaf hashing.
+
+Propagation: A, B and C serve with their sync runners (poll interval 30 s,
+so only announcements can deliver); C follows A through B only. A child
+process appends one entry at a time to A with its own ``Ledger`` connection
+(as the CLI does) and polls B's and C's databases until C holds it. Each
+sync round of the runners is timed in this process, so a sample's latency
+splits into: A noticing its own commit and B hearing of it, B's round, C
+hearing of B's commit, C's round.
+
+``--profile`` runs a second initial sync of a fresh copy of B under
+cProfile, separately for the event-loop thread (fetching, parsing) and the
+database writer thread (verification, storage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import logging
+import math
+import os
+import pstats
+import random
+import resource
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ORIGIN_A = "hotline-a.example/hashmesh"
+ORIGIN_B = "hotline-b.example/hashmesh"
+ORIGIN_C = "agency-c.example/hashmesh"
+CHUNK = 50_000  # node.sync.engine.CHUNK_ENTRIES, the fetch-only baseline's chunk too
+ENTRY_TARGET = 100_000
+P50_TARGET_MS = 200.0
+P99_TARGET_MS = 1000.0
+
+
+# -- children ---------------------------------------------------------------------
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class _Clock:
+    """Wall time spent in instrumented calls of the syncing child."""
+
+    totals: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, seconds: float) -> None:
+        self.totals[key] = self.totals.get(key, 0.0) + seconds
+
+
+async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
+    """One ``sync_once`` round of B against A; returns figures (stdout JSON)."""
+    import node.sync.client as client_mod
+    from node.config import load_config
+    from node.ledger.database import Database
+    from node.ledger.replica import Replica
+    from node.ledger.service import Ledger
+    from node.sync.client import PeerClient
+    from node.sync.runner import sync_once
+
+    node_dir = Path(p["node"])
+    config = load_config(node_dir)
+    clock = _Clock()
+    page_bytes: list[int] = []
+    other_bytes = 0
+    requests: dict[str, int] = {}
+
+    # Instrumentation only: count every body B receives, and time the waits.
+    read_capped = client_mod._read_capped
+
+    async def counting(resp: Any, cap: int, peer: str) -> bytes:
+        nonlocal other_bytes
+        started = time.perf_counter()
+        body = await read_capped(resp, cap, peer)
+        path = resp.url.path
+        clock.add(f"read body {path}", time.perf_counter() - started)
+        requests[path] = requests.get(path, 0) + 1
+        if path == "/v1/entries":
+            page_bytes.append(len(body))
+        else:
+            other_bytes += len(body)
+        return body
+
+    client_mod._read_capped = counting  # type: ignore[assignment]
+
+    def timed(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                clock.add(name, time.perf_counter() - started)
+
+        return run
+
+    for name in ("entries", "consistency", "logs", "evidence"):
+        setattr(PeerClient, name, timed(f"PeerClient.{name}", getattr(PeerClient, name)))
+
+    loop_prof = cProfile.Profile() if p.get("profile") else None
+    writer_prof = cProfile.Profile() if p.get("profile") else None
+    db = await Database.open(node_dir)
+    write = db.write
+
+    async def timed_write(fn: Callable[[Any], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            if writer_prof is None:
+                return await write(fn)
+            prof = writer_prof
+            return await write(lambda ledger: prof.runcall(fn, ledger))
+        finally:
+            clock.add("db.write (verify + store)", time.perf_counter() - started)
+
+    db.write = timed_write  # type: ignore[method-assign]
+    try:
+        started = time.perf_counter()
+        if loop_prof is not None:
+            loop_prof.enable()
+        reports = await sync_once(db, cert_path=config.tls_cert_path, key_path=config.tls_key_path)
+        if loop_prof is not None:
+            loop_prof.disable()
+        seconds = time.perf_counter() - started
+    finally:
+        await db.close()
+    errors = [r.error for r in reports if r.error]
+    if errors:
+        raise SystemExit(f"sync failed: {errors}")
+    with Ledger.open(node_dir, read_only=True) as ledger:
+        state = Replica(ledger, p["origin"]).state()
+    if loop_prof is not None and writer_prof is not None:
+        loop_prof.dump_stats(p["profile"] + ".loop")
+        writer_prof.dump_stats(p["profile"] + ".writer")
+    return {
+        "appended": sum(r.appended for r in reports),
+        "held": state.size,
+        "checkpoint": state.checkpoint.size if state.checkpoint else 0,
+        "seconds": seconds,
+        "rss_mib": _rss_mib(),
+        "page_bytes": page_bytes,
+        "other_bytes": other_bytes,
+        "requests": requests,
+        "clock": clock.totals,
+    }
+
+
+async def child_raw(p: dict[str, Any]) -> dict[str, Any]:
+    """Baseline client: the same page count and bytes, no parsing, no storage."""
+    import aiohttp
+
+    from node.tls import client_ssl_context
+
+    ctx = client_ssl_context(Path(p["cert"]), Path(p["key"]), p["server_pem"])
+    connector = aiohttp.TCPConnector(ssl=ctx, limit=4)
+    total = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        for i in range(p["pages"]):
+            async with session.get(p["url"] + "/page", params={"i": str(i)}) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"baseline page {i} answered {resp.status}")
+                total += len(body)
+        seconds = time.perf_counter() - started
+    return {"bytes": total, "seconds": seconds, "rss_mib": _rss_mib()}
+
+
+async def child_fetch(p: dict[str, Any]) -> dict[str, Any]:
+    """``PeerClient.entries`` against A's real server: fetch and decode, nothing kept."""
+    from node.sync.client import PeerClient
+
+    n = p["entries"]
+    fetched = 0
+    async with PeerClient(
+        p["origin"],
+        p["url"],
+        server_cert_pem=p["server_pem"],
+        cert_path=Path(p["cert"]),
+        key_path=Path(p["key"]),
+    ) as client:
+        started = time.perf_counter()
+        for start in range(0, n, CHUNK):
+            fetched += len(await client.entries(p["origin"], start, min(n, start + CHUNK)))
+        seconds = time.perf_counter() - started
+    return {"entries": fetched, "seconds": seconds, "rss_mib": _rss_mib()}
+
+
+def child_prop(p: dict[str, Any]) -> dict[str, Any]:
+    """Append one entry at A at a time; time until B, then C, hold it."""
+    from node.config import load_config
+    from node.ledger.service import Ledger
+    from node.storage.ledger_store import LedgerStore
+    from protocol.entry import AddEntry
+
+    def store(node: str) -> tuple[LedgerStore, int]:
+        s = LedgerStore.open(load_config(Path(node)).database_path, read_only=True)
+        return s, s.get_log(p["origin"]).log_id
+
+    (b, b_id), (c, c_id) = store(p["b"]), store(p["c"])
+    rng = random.Random(7)
+    samples: list[dict[str, float | int]] = []
+    timeouts = 0
+    for _ in range(p["warmup"] + p["samples"]):
+        value = f"{rng.getrandbits(256):064x}"
+        with Ledger.open(Path(p["a"])) as ledger:  # a CLI write: its own connection
+            result = ledger.append([AddEntry.create(signal_type="sha256", value=value)])
+        committed = time.monotonic()
+        size = result.checkpoint.size
+        at_b = at_c = None
+        while at_c is None:
+            now = time.monotonic()
+            if at_b is None and b.entry_count(b_id) >= size:
+                at_b = now
+            if c.entry_count(c_id) >= size:
+                at_c = now
+                at_b = at_b if at_b is not None else now
+            elif now - committed > p["timeout"]:
+                break
+            else:
+                time.sleep(0.002)
+        if at_c is None or at_b is None:
+            timeouts += 1
+        else:
+            samples.append({"size": size, "committed": committed, "at_b": at_b, "at_c": at_c})
+        # Decorrelate the next write from the 0.1 s own-log poll.
+        time.sleep(rng.uniform(0.0, 0.05))
+    b.close()
+    c.close()
+    return {"samples": samples[p["warmup"] :], "timeouts": timeouts}
+
+
+def run_child(mode: str, params: str) -> None:
+    p = json.loads(params)
+    if mode == "sync":
+        out = asyncio.run(child_sync(p))
+    elif mode == "raw":
+        out = asyncio.run(child_raw(p))
+    elif mode == "fetch":
+        out = asyncio.run(child_fetch(p))
+    else:
+        out = child_prop(p)
+    print(json.dumps(out))
+
+
+async def spawn(mode: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run a child mode of this script; its last stdout line is its JSON result."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        json.dumps(params),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"child {mode} failed ({proc.returncode}):\n{err.decode()}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+# -- nodes --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Node:
+    """A node directory and the address it serves on."""
+
+    dir: Path
+    origin: str
+    port: int
+
+    @property
+    def listen(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.listen}"
+
+    def cert_pem(self) -> str:
+        from node.config import load_config
+
+        return load_config(self.dir).tls_cert_path.read_text(encoding="ascii")
+
+    def paths(self) -> tuple[str, str]:
+        from node.config import load_config
+
+        config = load_config(self.dir)
+        return str(config.tls_cert_path), str(config.tls_key_path)
+
+    def vkey(self) -> str:
+        from node.ledger.service import Ledger
+
+        with Ledger.open(self.dir, read_only=True) as ledger:
+            return ledger.own_log.verifier_key
+
+
+def make_node(base: Path, name: str, origin: str) -> Node:
+    from node.ledger.provision import init_node
+
+    node = Node(base / name, origin, free_port())
+    init_node(node.dir, origin, listen=node.listen)
+    return node
+
+
+def introduce(node: Node, peer: Node, *, follow: Node | None = None) -> None:
+    """``node`` adds ``peer`` (role peer), as `hashmesh peer add` does; may follow an origin."""
+    from node.ledger.service import Ledger
+    from node.sync.cards import make_card
+
+    card = make_card(name=peer.origin, url=peer.url, tls_cert=peer.cert_pem(), vkey=peer.vkey())
+    with Ledger.open(node.dir) as ledger:
+        ledger.store.add_peer(card.peer_record("peer"))
+        if follow is not None:
+            ledger.store.add_follow(follow.origin, follow.vkey())
+
+
+@dataclass
+class Serving:
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+async def serve(node: Node, *, sync: bool) -> Serving:
+    from node.api.server import RunningServer, run_server
+
+    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_server(
+            node.dir,
+            node.listen,
+            sync=sync,
+            poll_interval=30.0,
+            on_started=started.set_result,
+            stop=stop,
+        )
+    )
+    await asyncio.wait_for(started, timeout=30)
+    return Serving(stop, task)
+
+
+async def shutdown(*servings: Serving) -> None:
+    for s in servings:
+        s.stop.set()
+    await asyncio.gather(*(asyncio.wait_for(s.task, timeout=30) for s in servings))
+
+
+def import_entries(node: Node, n: int) -> None:
+    from node.ledger.hashlist import HashListReader
+    from node.ledger.service import Ledger
+
+    rng = random.Random(1)
+    lines = [f"{rng.getrandbits(256):064x}" for _ in range(n)]
+    with Ledger.open(node.dir) as ledger:
+        reader = HashListReader(fmt="lines", default_type="sha256")
+        result = ledger.import_lines(reader.read(lines))
+    assert result.append.count == n, result.append.count
+
+
+def held(node: Node, origin: str) -> int:
+    from node.ledger.replica import Replica
+    from node.ledger.service import Ledger
+
+    with Ledger.open(node.dir, read_only=True) as ledger:
+        return Replica(ledger, origin).state().size
+
+
+async def wait_held(node: Node, origin: str, size: int, *, within: float) -> None:
+    for _ in range(int(within / 0.2)):
+        if held(node, origin) >= size:
+            return
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"{node.dir.name} did not reach {size:,} entries of {origin} in {within} s")
+
+
+def raw_leaf_rate(n: int) -> float:
+    sha = __import__("hashlib").sha256
+    datas = [
+        b'{"kind":"add","labels":[],"signal":{"type":"sha256","value":"%064x"},"v":1}' % i
+        for i in range(n)
+    ]
+    started = time.perf_counter()
+    for d in datas:
+        sha(b"\x00" + d).digest()
+    return n / (time.perf_counter() - started)
+
+
+# -- baseline server ----------------------------------------------------------------
+
+
+async def start_baseline(a: Node, b: Node, sizes: list[int]) -> Any:
+    """The same page bodies (by size) from memory, over the same mutual TLS as A's API."""
+    from aiohttp import web
+
+    from node.api.server import start_server
+    from node.tls import server_ssl_context
+
+    bodies = {size: b"x" * size for size in set(sizes)}
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(
+            body=bodies[sizes[int(request.query["i"])]], content_type="application/json"
+        )
+
+    app = web.Application()
+    app.router.add_get("/page", page)
+    cert, key = a.paths()
+    ctx = server_ssl_context(Path(cert), Path(key), [b.cert_pem()])
+    return await start_server(app, ctx)
+
+
+# -- reporting ----------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def print_profile(path: str, title: str, top: int) -> None:
+    stats = pstats.Stats(path)
+    rows = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for _cc, _nc, tt, _ct, _callers in rows.values())
+    idle = sum(tt for (_f, _l, func), (_cc, _nc, tt, _ct, _c) in rows.items() if "epoll" in func)
+    print(
+        f"\n  profile, {title}: {total:.2f} s of own time, of which {idle:.2f} s idle in epoll"
+        f" (waiting for A or for the writer thread); top {top} by own time"
+    )
+    print(f"    {'own s':>7} {'cum s':>7} {'calls':>9}  function")
+    ranked = sorted(rows.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    for (file, line, func), (_cc, nc, tt, ct, callers) in ranked:
+        print(f"    {tt:>7.2f} {ct:>7.2f} {nc:>9,}  {_name(file, line, func)}")
+        if line == 0 and "epoll" not in func:
+            # A builtin (an SQLite call, a regex): say who spends it.
+            by = sorted(callers.items(), key=lambda kv: kv[1][2], reverse=True)[:3]
+            for (cfile, cline, cfunc), (_ccc, cnc, ctt, _cct) in by:
+                print(f"    {'':>7} {ctt:>7.2f} {cnc:>9,}    from {_name(cfile, cline, cfunc)}")
+
+
+def _name(file: str, line: int, func: str) -> str:
+    return f"{func} ({Path(file).name}:{line})" if line else func
+
+
+@dataclass
+class Round:
+    peer: str
+    started: float
+    ended: float
+    appended: int
+    size: int
+
+
+def record_rounds(rounds: list[Round]) -> None:
+    """Time every sync round the runners of this process make (instrumentation only)."""
+    import node.sync.runner as runner_mod
+
+    sync_peer = runner_mod.sync_peer
+
+    async def timed(db: Any, client: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        report = await sync_peer(db, client, **kwargs)
+        size = max((o.size for o in report.origins if o.origin == ORIGIN_A), default=0)
+        rounds.append(Round(client.name, started, time.monotonic(), report.appended, size))
+        return report
+
+    runner_mod.sync_peer = timed  # type: ignore[assignment]
+
+
+def first_round(rounds: list[Round], peer: str, size: int) -> Round | None:
+    for r in rounds:
+        if r.peer == peer and r.appended and r.size >= size:
+            return r
+    return None
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace, work: Path) -> None:
+    # The runners log each failed connect while the three nodes come up one by one.
+    logging.getLogger("hashmesh.sync").setLevel(logging.ERROR)
+    n = args.entries
+    samples = args.samples if args.samples is not None else (50 if args.quick else 200)
+    print(f"hashmesh sync benchmark, {n:,} sha256 entries, python {sys.version.split()[0]}")
+
+    a = make_node(work, "a", ORIGIN_A)
+    b = make_node(work, "b", ORIGIN_B)
+    started = time.perf_counter()
+    import_entries(a, n)
+    print(f"  (setup: {n:,} entries imported at A in {time.perf_counter() - started:.1f} s)")
+    introduce(a, b)
+    introduce(b, a, follow=a)
+    b_fresh = work / "b-fresh"
+    shutil.copytree(b.dir, b_fresh)
+    leaf_rate = raw_leaf_rate(min(n, 1_000_000))
+    b_cert, b_key = b.paths()
+
+    # 1. initial sync, B in a child process, A serving here.
+    serving_a = await serve(a, sync=False)
+    sync = await spawn("sync", {"node": str(b.dir), "origin": ORIGIN_A})
+    assert sync["held"] == n == sync["appended"] == sync["checkpoint"], sync
+    rate = n / sync["seconds"]
+    pages = sync["page_bytes"]
+    page_total = sum(pages)
+
+    # 2. baselines: same bytes and page count from memory; PeerClient fetch only.
+    baseline = await start_baseline(a, b, pages)
+    raw = await spawn(
+        "raw",
+        {
+            "url": baseline.url,
+            "pages": len(pages),
+            "cert": b_cert,
+            "key": b_key,
+            "server_pem": a.cert_pem(),
+        },
+    )
+    await baseline.close()
+    assert raw["bytes"] == page_total, (raw["bytes"], page_total)
+    fetch = await spawn(
+        "fetch",
+        {
+            "url": a.url,
+            "origin": ORIGIN_A,
+            "entries": n,
+            "cert": b_cert,
+            "key": b_key,
+            "server_pem": a.cert_pem(),
+        },
+    )
+    assert fetch["entries"] == n
+    profile = None
+    if args.profile:
+        prof_dir = shutil.copytree(b_fresh, work / "b-prof")
+        profile = str(work / "sync.prof")
+        prof = await spawn("sync", {"node": str(prof_dir), "origin": ORIGIN_A, "profile": profile})
+    await shutdown(serving_a)
+
+    mb = page_total / 1e6
+    sync_mbs = mb / sync["seconds"]
+    raw_mbs = mb / raw["seconds"]
+    fetch_rate = n / fetch["seconds"]
+    verdict = "met" if rate >= ENTRY_TARGET else "MISSED"
+    print(
+        f"  initial sync B <- A:       {rate:>12,.0f} entries/s  ({sync['seconds']:.2f} s, "
+        f"target >= {ENTRY_TARGET:,}: {verdict})"
+    )
+    print(f"  peak RSS of the syncing B: {sync['rss_mib']:>12,.0f} MiB")
+    print(
+        f"  entries pages fetched:     {len(pages):>12,}        ({mb:,.1f} MB of JSON, "
+        f"{page_total / n:.1f} B/entry; other bodies {sync['other_bytes'] / 1e3:,.1f} kB)"
+    )
+    print(f"  requests by path:          {sync['requests']}")
+    print(
+        f"  sync as bytes moved:       {sync_mbs:>12,.1f} MB/s      "
+        f"({sync_mbs / raw_mbs:.3f} of the baseline)"
+    )
+    print(
+        f"  baseline same bytes, TLS:  {raw_mbs:>12,.1f} MB/s      ({raw['seconds']:.2f} s, "
+        f"{len(pages)} requests, bare aiohttp)"
+    )
+    print(
+        f"  baseline PeerClient fetch: {fetch_rate:>12,.0f} entries/s  ({fetch['seconds']:.2f} s, "
+        f"A's real server, parse + base64, no verify/store; sync is {rate / fetch_rate:.2f}x)"
+    )
+    print(
+        f"  baseline raw leaf hash:    {leaf_rate:>12,.0f} leaves/s   (sync is {rate / leaf_rate:.3f}x)"
+    )
+    print("  where B's wall time went (instrumented, not profiled):")
+    for key, seconds in sorted(sync["clock"].items(), key=lambda kv: -kv[1]):
+        print(f"    {seconds:>7.2f} s  {key}")
+    if profile is not None:
+        print(
+            f"\n  profiled run (cProfile on, so slower): {n / prof['seconds']:,.0f} entries/s "
+            f"({prof['seconds']:.2f} s)"
+        )
+        print_profile(profile + ".loop", "event-loop thread (fetch, parse)", args.top)
+        print_profile(profile + ".writer", "database writer thread (verify, store)", args.top)
+
+    # 3. propagation A -> B -> C, all live, C follows A through B only.
+    c = make_node(work, "c", ORIGIN_C)
+    introduce(b, c)
+    introduce(c, b, follow=a)
+    rounds: list[Round] = []
+    record_rounds(rounds)
+    servings = [await serve(node, sync=True) for node in (a, b, c)]
+    try:
+        started = time.perf_counter()
+        await wait_held(c, ORIGIN_A, n, within=600.0)
+        catch_up = time.perf_counter() - started
+        await asyncio.sleep(1.5)  # every runner on every event stream
+        prop = await spawn(
+            "prop",
+            {
+                "a": str(a.dir),
+                "b": str(b.dir),
+                "c": str(c.dir),
+                "origin": ORIGIN_A,
+                "samples": samples,
+                "warmup": 3,
+                "timeout": 10.0,
+            },
+        )
+    finally:
+        await shutdown(*servings)
+
+    print(
+        f"\n  relay catch-up C <- B ({n:,} entries, three nodes in one process): "
+        f"{n / catch_up:,.0f} entries/s ({catch_up:.1f} s)"
+    )
+    got = prop["samples"]
+    total_ms = [(s["at_c"] - s["committed"]) * 1000 for s in got]
+    hop1_ms = [(s["at_b"] - s["committed"]) * 1000 for s in got]
+    hop2_ms = [(s["at_c"] - s["at_b"]) * 1000 for s in got]
+    p50, p95, p99 = (percentile(total_ms, q) for q in (0.5, 0.95, 0.99))
+    ok = p50 <= P50_TARGET_MS and p99 <= P99_TARGET_MS
+    print(
+        f"  propagation A -> B -> C, {len(got)} samples ({prop['timeouts']} timed out), "
+        f"commit at A until C holds it:"
+    )
+    print(
+        f"    p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms, max {max(total_ms):.0f} ms "
+        f"(targets p50 <= {P50_TARGET_MS:.0f}, p99 <= {P99_TARGET_MS:.0f}: "
+        f"{'met' if ok else 'MISSED'})"
+    )
+    print(
+        f"    hop A -> B: p50 {percentile(hop1_ms, 0.5):.0f} ms, p99 {percentile(hop1_ms, 0.99):.0f} ms;"
+        f" hop B -> C: p50 {percentile(hop2_ms, 0.5):.0f} ms, p99 {percentile(hop2_ms, 0.99):.0f} ms"
+    )
+    parts: dict[str, list[float]] = {
+        "A commit -> B round starts (own-log poll, event, wake)": [],
+        "B round (evidence, logs, entries, verify, commit)": [],
+        "B round ends -> C round starts (B announces before its round returns)": [],
+        "C round": [],
+    }
+    for s in got:
+        rb = first_round(rounds, ORIGIN_A, int(s["size"]))
+        rc = first_round(rounds, ORIGIN_B, int(s["size"]))
+        if rb is None or rc is None:
+            continue
+        values = (
+            rb.started - s["committed"],
+            rb.ended - rb.started,
+            rc.started - rb.ended,
+            rc.ended - rc.started,
+        )
+        for key, v in zip(parts, values, strict=True):
+            parts[key].append(v * 1000)
+    print("    where a sample's time goes (medians over samples, from timed runner rounds):")
+    for key, values in parts.items():
+        if values:
+            print(
+                f"      {statistics.median(values):>6.1f} ms  (p95 {percentile(values, 0.95):>6.1f})  {key}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entries", type=int, default=None, help="default 1,000,000")
+    parser.add_argument("--quick", action="store_true", help="100,000 entries, 50 latency samples")
+    parser.add_argument("--samples", type=int, default=None, help="latency samples (default 200)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile an initial sync (cProfile)"
+    )
+    parser.add_argument("--top", type=int, default=15, help="profile rows per thread")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child(*args.child)
+        return
+    if args.entries is None:
+        args.entries = 100_000 if args.quick else 1_000_000
+    with tempfile.TemporaryDirectory(prefix="hashmesh-bench-sync-") as tmp:
+        asyncio.run(bench(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
