@@ -30,7 +30,7 @@ here beyond the grammar.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -193,6 +193,35 @@ def _check_encoded_size(entry: AddEntry | RetractEntry, bound: int) -> None:
         raise MalformedError(f"entry encodes to {size} bytes, more than {MAX_ENTRY_BYTES}")
 
 
+def _sorted_labels(labels: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(labels, str | bytes):
+        raise MalformedError("expected a list of labels, got a single string", field="labels")
+    items = list(labels)
+    for i, label in enumerate(items):
+        if not isinstance(label, str):
+            raise MalformedError(
+                f"expected a string, got {_json_type(label)}", field=f"labels[{i}]"
+            )
+    return tuple(sorted(set(items)))
+
+
+def _check_add_fields(
+    signal_type: str, labels: tuple[str, ...], note: str | None, quality: int | None
+) -> int:
+    """Check every add field but the value; the encoded-size bound without it."""
+    row = SIGNAL_TYPES.get(signal_type) if isinstance(signal_type, str) else None
+    if row is None:
+        validate_signal_value(signal_type, "")  # raises, naming the unknown type
+        raise AssertionError("unreachable")
+    _check_quality(row.requires_quality, signal_type, quality)
+    _check_labels(labels)
+    bound = _ADD_OVERHEAD + sum(len(x) + 3 for x in labels)
+    if note is not None:
+        _check_text(note, "note", MAX_NOTE_CHARS)
+        bound += 4 * len(note)
+    return bound
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AddEntry:
     """An entry that lists one signal (a hash) in the log.
@@ -216,14 +245,8 @@ class AddEntry:
 
     def __post_init__(self) -> None:
         validate_signal_value(self.signal_type, self.value)
-        row = SIGNAL_TYPES[self.signal_type]
-        _check_quality(row.requires_quality, self.signal_type, self.quality)
-        _check_labels(self.labels)
-        bound = _ADD_OVERHEAD + len(self.value) + sum(len(x) + 3 for x in self.labels)
-        if self.note is not None:
-            _check_text(self.note, "note", MAX_NOTE_CHARS)
-            bound += 4 * len(self.note)
-        _check_encoded_size(self, bound)
+        bound = _check_add_fields(self.signal_type, self.labels, self.note, self.quality)
+        _check_encoded_size(self, bound + len(self.value))
 
     @classmethod
     def create(
@@ -254,21 +277,50 @@ class AddEntry:
         Raises:
             MalformedError: if any field is invalid, naming it.
         """
-        if isinstance(labels, str | bytes):
-            raise MalformedError("expected a list of labels, got a single string", field="labels")
-        items = list(labels)
-        for i, label in enumerate(items):
-            if not isinstance(label, str):
-                raise MalformedError(
-                    f"expected a string, got {_json_type(label)}", field=f"labels[{i}]"
-                )
         return cls(
             signal_type=signal_type,
             value=value,
-            labels=tuple(sorted(set(items))),
+            labels=_sorted_labels(labels),
             note=note,
             quality=quality,
         )
+
+    @classmethod
+    def maker(
+        cls,
+        *,
+        signal_type: str,
+        labels: Iterable[str] = (),
+        note: str | None = None,
+        quality: int | None = None,
+    ) -> Callable[[str], AddEntry]:
+        """A function making add entries that differ only in their value.
+
+        For bulk imports: everything but the value is validated once, here;
+        each call validates its value (and the encoded size) exactly as the
+        constructor does, so ``maker(...)(v) == AddEntry.create(..., value=v)``
+        and both raise the same errors.
+
+        Raises:
+            MalformedError: if a field other than the value is invalid.
+        """
+        sorted_labels = _sorted_labels(labels)
+        base = _check_add_fields(signal_type, sorted_labels, note, quality)
+        new = object.__new__
+        setattr_ = object.__setattr__
+
+        def make(value: str) -> AddEntry:
+            validate_signal_value(signal_type, value)
+            entry = new(cls)
+            setattr_(entry, "signal_type", signal_type)
+            setattr_(entry, "value", value)
+            setattr_(entry, "labels", sorted_labels)
+            setattr_(entry, "note", note)
+            setattr_(entry, "quality", quality)
+            _check_encoded_size(entry, base + len(value))
+            return entry
+
+        return make
 
     @property
     def kind(self) -> Literal["add"]:

@@ -316,7 +316,9 @@ class CompactRange:
         """Add one leaf hash."""
         self.extend([leaf_hash])
 
-    def extend(self, leaf_hashes: Sequence[bytes], *, collect: bool = False) -> list[NodeRun]:
+    def extend(
+        self, leaf_hashes: Sequence[bytes], *, collect: bool = False, min_level: int = 1
+    ) -> list[NodeRun]:
         """Add leaf hashes for leaves [size, size + n).
 
         Works level by level over lists (one list comprehension per level),
@@ -324,8 +326,9 @@ class CompactRange:
 
         Args:
             leaf_hashes: the new leaves' hashes (32 bytes each), in order.
-            collect: also return the perfect nodes of level >= 1 completed
-                by these leaves (for storage).
+            collect: also return the perfect nodes of level >= ``min_level``
+                completed by these leaves (for storage).
+            min_level: lowest level collected (at least 1).
 
         Returns:
             The completed nodes as runs per level when ``collect``, else [].
@@ -361,7 +364,7 @@ class CompactRange:
             nodes = [sha(b"\x01" + a + b).digest() for a, b in zip(it, it, strict=True)]
             start >>= 1
             level += 1
-            if collect and nodes:
+            if collect and nodes and level >= min_level:
                 # A copy: the next level inserts into and pops from `nodes`.
                 runs.append(NodeRun(level, start, tuple(nodes)))
         # From here up no new node exists: old >> level == new >> level, so the

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ _CSV_TYPE_COLUMNS = ("type", "signal_type")
 _CSV_VALUE_COLUMNS = ("value", "hash")
 _CSV_KNOWN = {*_CSV_TYPE_COLUMNS, *_CSV_VALUE_COLUMNS, "labels", "note", "quality"}
 _NDJSON_KNOWN = {"type", "signal_type", "value", "labels", "note", "quality"}
+_MAKER_CACHE = 256  # distinct (type, labels, note, quality) combinations kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,10 @@ class HashListReader:
     notes: Counter[str] = field(default_factory=Counter)
     skipped_blank: int = 0
     ignored_columns: tuple[str, ...] = ()
+    _makers: dict[
+        tuple[str, tuple[str, ...], str | None, int | None],
+        tuple[Callable[[str], AddEntry], Counter[str]],
+    ] = field(default_factory=dict, repr=False)
 
     def read(self, stream: io.TextIOBase | Iterable[str]) -> Iterator[ParsedLine]:
         """Yield one :class:`ParsedLine` per data line of ``stream``.
@@ -126,19 +131,61 @@ class HashListReader:
                         "(64 hex characters may be sha256 or pdq)",
                         field="type",
                     )
+            cached = self._maker(signal_type, tuple(labels), note, quality)
+            if cached is not None:
+                make, label_notes = cached
+                try:
+                    # Most values are canonical already; normalising one
+                    # would change nothing, and make() validates it fully.
+                    entry = make(raw_value)
+                except MalformedError:
+                    pass
+                else:
+                    if label_notes:
+                        self.notes.update(label_notes)
+                    return ParsedLine(number, entry=entry)
             value, changes = normalise_signal_value(signal_type, raw_value)
             for change in changes:
                 self.notes[change] += 1
-            entry = AddEntry.create(
-                signal_type=signal_type,
-                value=value,
-                labels=normalise_labels([*labels, *self.extra_labels], self.notes),
-                note=note,
-                quality=quality,
-            )
+            if cached is None:
+                entry = AddEntry.create(
+                    signal_type=signal_type,
+                    value=value,
+                    labels=normalise_labels([*labels, *self.extra_labels], self.notes),
+                    note=note,
+                    quality=quality,
+                )
+            else:
+                if label_notes:
+                    self.notes.update(label_notes)
+                entry = make(value)
         except MalformedError as e:
             return ParsedLine(number, error=LineError(number, e.field, e.reason))
         return ParsedLine(number, entry=entry)
+
+    def _maker(
+        self, signal_type: str, labels: tuple[str, ...], note: str | None, quality: int | None
+    ) -> tuple[Callable[[str], AddEntry], Counter[str]] | None:
+        """The entry maker for these fields, and what normalising the labels changed.
+
+        None when a field other than the value is invalid: the caller then
+        takes the general path, which reports the error as before.
+        """
+        key = (signal_type, labels, note, quality)
+        cached = self._makers.get(key)
+        if cached is None:
+            notes: Counter[str] = Counter()
+            normalised = normalise_labels([*labels, *self.extra_labels], notes)
+            try:
+                make = AddEntry.maker(
+                    signal_type=signal_type, labels=normalised, note=note, quality=quality
+                )
+            except MalformedError:
+                return None
+            if len(self._makers) >= _MAKER_CACHE:
+                self._makers.clear()
+            cached = self._makers[key] = (make, notes)
+        return cached
 
     def _read_lines(self, lines: Iterator[tuple[int, str]]) -> Iterator[ParsedLine]:
         for number, line in lines:

@@ -29,6 +29,7 @@ from node.errors import (
 )
 from node.ledger.hashlist import ParsedLine
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
+from node.storage.schema import TILE_LEVEL
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import AddEntry, Entry, RetractEntry, parse_entry
 from protocol.errors import MalformedError
@@ -173,14 +174,7 @@ class _Integration:
     def append(self, entries: Sequence[Entry], lines: Sequence[int] | None = None) -> None:
         """Sequence and store a batch; duplicates are recorded, not appended."""
         accepted: list[Entry] = []
-        by_type: dict[str, list[str]] = {}
-        for entry in entries:
-            if isinstance(entry, AddEntry):
-                by_type.setdefault(entry.signal_type, []).append(entry.value)
-        listed: dict[tuple[str, str], int] = {}
-        for signal_type, values in by_type.items():
-            for value, idx in self.store.find_active(self.log_id, signal_type, values).items():
-                listed[(signal_type, value)] = idx
+        listed = self._listed(entries)
         for position, entry in enumerate(entries):
             index = self.next_index + len(accepted)
             if isinstance(entry, AddEntry):
@@ -195,7 +189,20 @@ class _Integration:
             accepted.append(entry)
         if not accepted:
             return
-        self.store_batch(self._hash(accepted, [e.to_bytes() for e in accepted]))
+        # Every accepted add was checked against the index just above.
+        self.store_batch(self._hash(accepted, [e.to_bytes() for e in accepted]), checked=True)
+
+    def _listed(self, entries: Sequence[Entry]) -> dict[tuple[str, str], int]:
+        """The adds of ``entries`` whose hash the log lists already, by identity."""
+        by_type: dict[str, list[str]] = {}
+        for entry in entries:
+            if isinstance(entry, AddEntry):
+                by_type.setdefault(entry.signal_type, []).append(entry.value)
+        listed: dict[tuple[str, str], int] = {}
+        for signal_type, values in by_type.items():
+            for value, idx in self.store.find_active(self.log_id, signal_type, values).items():
+                listed[(signal_type, value)] = idx
+        return listed
 
     def sequence(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> _Sequenced:
         """Validate retractions and extend the tree with a batch, verbatim.
@@ -216,26 +223,39 @@ class _Integration:
     def _hash(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> _Sequenced:
         start = self.next_index
         leaf_hashes = hash_leaves(datas)
-        runs = self.tree.extend(leaf_hashes, collect=True)
+        runs = self.tree.extend(leaf_hashes, collect=True, min_level=TILE_LEVEL)
         return _Sequenced(start, entries, datas, leaf_hashes, runs)
 
-    def store_batch(self, batch: _Sequenced) -> None:
-        """Write a sequenced batch: entries, tree nodes, listed hashes, retractions."""
+    def store_batch(self, batch: _Sequenced, *, checked: bool = False) -> None:
+        """Write a sequenced batch: entries, tree nodes, listed hashes, retractions.
+
+        Args:
+            batch: from :meth:`sequence` (or the own log's :meth:`append`).
+            checked: the caller made sure no add of the batch is listed
+                already, nor listed by an earlier add of the batch.
+        """
         log_id = self.log_id
         start, entries = batch.start, batch.entries
         self.store.append_entries(log_id, start, batch.datas, batch.leaf_hashes, batch.runs)
         # Listed hashes and retractions are applied in log order, so a hash
         # added, retracted and added again in one batch ends up listed; an
-        # add of a hash already listed keeps the first index (INSERT OR IGNORE).
-        pending: list[tuple[str, str, int, str]] = []
+        # add of a hash already listed keeps the first index.
+        listed = None if checked else self._listed(entries)
+        pending: list[tuple[str, str, int]] = []
         for i, e in enumerate(entries):
             if isinstance(e, AddEntry):
-                pending.append((e.signal_type, e.value, start + i, _labels_json(e.labels)))
+                if listed is not None:
+                    if e.identity in listed:
+                        continue
+                    listed[e.identity] = start + i
+                pending.append((e.signal_type, e.value, start + i))
             elif isinstance(e, RetractEntry):
                 self.store.add_active(log_id, pending)
                 pending = []
                 target = self._target(e.index, entries, start)
                 self.store.add_retraction(log_id, e.index, start + i, target.identity)
+                if listed is not None and listed.get(target.identity) == e.index:
+                    del listed[target.identity]
         self.store.add_active(log_id, pending)
 
     def _target(self, index: int, pending: Sequence[Entry], start: int) -> AddEntry:
@@ -534,12 +554,6 @@ class Ledger:
                 datas.clear()
         tree.extend(hash_leaves(datas))
         return tree.size, tree.root()
-
-
-def _labels_json(labels: Sequence[str]) -> str:
-    # Labels are validated ASCII of [a-z0-9._:/-] (protocol.entry): JSON needs
-    # no escape for them, so this equals json.dumps(list(labels)).
-    return "[" + ", ".join(f'"{label}"' for label in labels) + "]"
 
 
 def _leaf(index: int) -> NodeId:

@@ -25,8 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from node.errors import ConfigError, StorageError, UnknownLogError
-from node.storage.schema import apply_pragmas, migrate
+from node.storage.schema import TILE_LEVEL, active_key, apply_pragmas, migrate
+from protocol.entry import AddEntry, parse_entry
 from protocol.errors import MalformedError
+from protocol.hashing import hash_children
 from protocol.keys import NoteVerifier
 from protocol.tree import CompactRange, NodeId, NodeRun, frontier_ids
 
@@ -249,21 +251,29 @@ class LedgerStore:
     def get_node_hashes(self, log_id: int, ids: Sequence[NodeId]) -> list[bytes]:
         """Hashes of perfect subtrees, in the order asked.
 
+        Nodes of level >= :data:`TILE_LEVEL` are stored; lower ones are
+        folded from the leaf hashes of their tile (one range read per tile,
+        at most ``2**TILE_LEVEL`` leaves), so a proof costs O(log n) reads.
+
         Raises:
             StorageError: if a node is missing (the database is damaged).
         """
         found: dict[NodeId, bytes] = {}
-        leaves = sorted({n.index for n in ids if n.level == 0})
-        inner = sorted({n for n in ids if n.level > 0})
-        for i in range(0, len(leaves), _IN_CHUNK):
-            chunk = leaves[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        tiles = sorted({n.index >> (TILE_LEVEL - n.level) for n in ids if n.level < TILE_LEVEL})
+        leaves: dict[int, bytes] = {}
+        for tile in tiles:
+            first = tile << TILE_LEVEL
             for idx, leaf_hash in self.conn.execute(
-                f"SELECT idx, leaf_hash FROM entries WHERE log_id = ? AND idx IN ({marks})",  # noqa: S608 - only placeholders
-                (log_id, *chunk),
+                "SELECT idx, leaf_hash FROM entries WHERE log_id = ? AND idx >= ? AND idx < ?",
+                (log_id, first, first + (1 << TILE_LEVEL)),
             ):
-                found[NodeId(level=0, index=idx)] = leaf_hash
-        for node_id in inner:
+                leaves[idx] = leaf_hash
+        for node_id in ids:
+            if node_id.level < TILE_LEVEL and node_id not in found:
+                folded = _fold_leaves(leaves, node_id)
+                if folded is not None:
+                    found[node_id] = folded
+        for node_id in sorted({n for n in ids if n.level >= TILE_LEVEL}):
             row = self.conn.execute(
                 "SELECT hash FROM nodes WHERE log_id = ? AND level = ? AND idx = ?",
                 (log_id, node_id.level, node_id.index),
@@ -297,8 +307,9 @@ class LedgerStore:
     ) -> None:
         """Insert entries [start, start + n) and the tree nodes they complete.
 
-        Call inside :meth:`transaction`. The primary key makes a second write
-        of an index fail instead of overwriting it.
+        Only nodes of level >= :data:`TILE_LEVEL` are stored (runs of lower
+        levels are ignored). Call inside :meth:`transaction`. The primary key
+        makes a second write of an index fail instead of overwriting it.
         """
         self.conn.executemany(
             "INSERT INTO entries (log_id, idx, data, leaf_hash) VALUES (?, ?, ?, ?)",
@@ -311,6 +322,8 @@ class LedgerStore:
             ),
         )
         for run in runs:
+            if run.level < TILE_LEVEL:
+                continue
             self.conn.executemany(
                 "INSERT INTO nodes (log_id, level, idx, hash) VALUES (?, ?, ?, ?)",
                 ((log_id, run.level, run.start + i, h) for i, h in enumerate(run.hashes)),
@@ -337,25 +350,61 @@ class LedgerStore:
     # -- active hashes and retractions -------------------------------------
 
     def find_active(self, log_id: int, signal_type: str, values: Sequence[str]) -> dict[str, int]:
-        """Which of ``values`` the log currently lists, mapped to their index."""
-        found: dict[str, int] = {}
-        for i in range(0, len(values), _IN_CHUNK):
-            chunk = values[i : i + _IN_CHUNK]
+        """Which of ``values`` the log currently lists, mapped to their index.
+
+        The index is looked up by :func:`~node.storage.schema.active_key`;
+        every candidate is checked against its stored entry, so a key shared
+        by two values never reports the wrong one.
+        """
+        wanted: dict[int, list[str]] = {}
+        for value in values:
+            wanted.setdefault(active_key(signal_type, value), []).append(value)
+        keys = sorted(wanted)
+        candidates: list[int] = []
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for value, idx in self.conn.execute(
-                f"SELECT value, idx FROM active WHERE log_id = ? AND signal_type = ? "  # noqa: S608 - only placeholders
-                f"AND value IN ({marks})",
-                (log_id, signal_type, *chunk),
+            candidates.extend(
+                idx
+                for (idx,) in self.conn.execute(
+                    f"SELECT idx FROM active WHERE log_id = ? AND key IN ({marks})",  # noqa: S608 - only placeholders
+                    (log_id, *chunk),
+                )
+            )
+        found: dict[str, int] = {}
+        if not candidates:
+            return found
+        wanted_values = set(values)
+        for idx, data in self._entries_at(log_id, sorted(candidates)):
+            entry = parse_entry(bytes(data))
+            if (
+                isinstance(entry, AddEntry)
+                and entry.signal_type == signal_type
+                and entry.value in wanted_values
             ):
-                found[value] = idx
+                found[entry.value] = idx
         return found
 
-    def add_active(self, log_id: int, rows: Iterable[tuple[str, str, int, str]]) -> None:
-        """Record listed hashes: rows of (signal type, value, index, labels JSON)."""
+    def _entries_at(self, log_id: int, indexes: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        for i in range(0, len(indexes), _IN_CHUNK):
+            chunk = indexes[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from self.conn.execute(
+                f"SELECT idx, data FROM entries WHERE log_id = ? AND idx IN ({marks})",  # noqa: S608 - only placeholders
+                (log_id, *chunk),
+            )
+
+    def add_active(self, log_id: int, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Record listed hashes: rows of (signal type, value, index of the add).
+
+        The caller makes sure none of them is listed already.
+        """
+        # Sorted by key, the inserts walk the index B-tree in order: each
+        # page is visited once per batch instead of once per row.
+        keyed = sorted((active_key(t, v), idx) for t, v, idx in rows)
         self.conn.executemany(
-            "INSERT OR IGNORE INTO active (log_id, signal_type, value, idx, labels) "
-            "VALUES (?, ?, ?, ?, ?)",
-            ((log_id, *row) for row in rows),
+            "INSERT INTO active (log_id, key, idx) VALUES (?, ?, ?)",
+            ((log_id, key, idx) for key, idx in keyed),
         )
 
     def add_retraction(
@@ -367,8 +416,8 @@ class LedgerStore:
             (log_id, target, retracted_by),
         )
         self.conn.execute(
-            "DELETE FROM active WHERE log_id = ? AND signal_type = ? AND value = ? AND idx = ?",
-            (log_id, identity[0], identity[1], target),
+            "DELETE FROM active WHERE log_id = ? AND key = ? AND idx = ?",
+            (log_id, active_key(*identity), target),
         )
 
     def retracted_by(self, log_id: int, target: int) -> int | None:
@@ -400,15 +449,15 @@ class LedgerStore:
         """Listed hashes counted by signal type, and by label."""
         by_type = dict(
             self.conn.execute(
-                "SELECT signal_type, count(*) FROM active WHERE log_id = ? "
+                "SELECT signal_type, count(*) FROM listed WHERE log_id = ? "
                 "GROUP BY signal_type ORDER BY signal_type",
                 (log_id,),
             ).fetchall()
         )
         by_label = dict(
             self.conn.execute(
-                "SELECT j.value, count(*) FROM active, json_each(active.labels) AS j "
-                "WHERE active.log_id = ? GROUP BY j.value ORDER BY j.value",
+                "SELECT j.value, count(*) FROM listed, json_each(listed.labels) AS j "
+                "WHERE listed.log_id = ? GROUP BY j.value ORDER BY j.value",
                 (log_id,),
             ).fetchall()
         )
@@ -636,6 +685,19 @@ class LedgerStore:
     def integrity_check(self) -> list[str]:
         """SQLite's ``PRAGMA integrity_check`` result lines (["ok"] when sound)."""
         return [r[0] for r in self.conn.execute("PRAGMA integrity_check").fetchall()]
+
+
+def _fold_leaves(leaves: dict[int, bytes], node_id: NodeId) -> bytes | None:
+    """The hash of a perfect node from its leaf hashes, or None if one is missing."""
+    first = node_id.index << node_id.level
+    level = [leaves.get(i) for i in range(first, first + (1 << node_id.level))]
+    if any(h is None for h in level):
+        return None
+    hashes = [h for h in level if h is not None]
+    while len(hashes) > 1:
+        it = iter(hashes)
+        hashes = [hash_children(a, b) for a, b in zip(it, it, strict=True)]
+    return hashes[0]
 
 
 class LogNodeReader:

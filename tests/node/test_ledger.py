@@ -21,6 +21,7 @@ from node.ledger import Ledger
 from node.ledger.export import export_lines
 from node.ledger.hashlist import HashListReader
 from node.ledger.provision import init_node
+from node.storage.schema import TILE_LEVEL
 from protocol.bundle import verify_bundle
 from protocol.checkpoint import open_checkpoint
 from protocol.entry import AddEntry, RetractEntry, parse_entry
@@ -250,9 +251,10 @@ def test_import_batches_span_many_executemany_calls(ledger: Ledger) -> None:
 
 
 def test_append_only_triggers(ledger: Ledger, node_dir: Path) -> None:
-    # Two leaves, so the nodes table holds a row (row triggers need a row).
-    ledger.append([add(1), add(2)])
+    # One full tile, so the nodes table holds a row (row triggers need a row).
+    ledger.append([add(i) for i in range(2**TILE_LEVEL)])
     conn = sqlite3.connect(node_dir / "ledger.db")
+    assert conn.execute("SELECT count(*) FROM nodes").fetchone()[0] == 1
     for sql in (
         "UPDATE entries SET data = x'00'",
         "DELETE FROM entries",
@@ -266,14 +268,14 @@ def test_append_only_triggers(ledger: Ledger, node_dir: Path) -> None:
 
 
 def test_damaged_tree_is_reported_not_signed_over(ledger: Ledger, node_dir: Path) -> None:
-    ledger.append([add(1), add(2)])
+    ledger.append([add(i) for i in range(2**TILE_LEVEL)])
     conn = sqlite3.connect(node_dir / "ledger.db")
     conn.execute("DROP TRIGGER nodes_no_delete")
     conn.execute("DELETE FROM nodes")
     conn.commit()
     conn.close()
     with pytest.raises(StorageError, match="missing"):
-        ledger.append([add(3)])
+        ledger.append([add(2**TILE_LEVEL)])
 
 
 def test_bundle_export_verifies_and_tampering_is_caught(ledger: Ledger) -> None:
@@ -301,3 +303,22 @@ def test_ndjson_and_leaves_exports(ledger: Ledger) -> None:
     assert len(leaves) == 3
     csv_lines = list(export_lines(ledger, "csv"))
     assert csv_lines[0].startswith("index,kind,")
+
+
+def test_duplicates_are_found_when_every_index_key_collides(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The index is keyed by a 64-bit digest; candidates sharing a key must be
+    # told apart by the stored entry, never taken as duplicates.
+    from node.storage import ledger_store
+
+    monkeypatch.setattr(ledger_store, "active_key", lambda signal_type, value: 7)
+    first = ledger.append([add(i) for i in range(20)])
+    assert (first.count, first.duplicates) == (20, ())
+    again = ledger.append([add(3), add(99), add(3)])
+    assert again.count == 1
+    assert [d.existing_index for d in again.duplicates] == [3, 3]
+    ledger.retract(5, "reviewed")
+    readd = ledger.append([add(5), add(6)])
+    assert readd.count == 1 and readd.duplicates[0].existing_index == 6
+    assert ledger.status().by_signal_type == {"sha256": 21}

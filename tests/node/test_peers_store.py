@@ -1,4 +1,4 @@
-"""Schema version 2: peers, follows, evidence, peer status, and the v1 -> v2 upgrade."""
+"""Schema version 2 (peers, follows, evidence, peer status) and upgrades from v1 and v2."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 from node.errors import ConfigError, SchemaVersionError
 from node.ledger import Ledger
 from node.storage.ledger_store import LedgerStore, PeerRecord
-from node.storage.schema import SCHEMA_VERSION, migrate
+from node.storage.schema import SCHEMA_VERSION, TILE_LEVEL, migrate
 from protocol.entry import AddEntry
 from protocol.keys import NoteSigner
+from protocol.merkle import verify_inclusion
+from protocol.tree import CompactRange
 
 SPKI_A = "a" * 64
 SPKI_B = "b" * 64
@@ -118,36 +120,85 @@ def test_evidence_is_append_only_and_freezes(ledger: Ledger) -> None:
             store.conn.execute(sql)
 
 
-def test_v1_database_is_migrated_in_place(node_dir: Path) -> None:
+def _as_old_database(node_dir: Path, version: int) -> None:
+    """Rewrite the node's database as schema ``version`` (1 or 2), same ledger.
+
+    Old versions store every tree node of level >= 1 and keep the value and
+    labels in ``active``; both are rebuilt here from the entries.
+    """
     db = node_dir / "ledger.db"
-    with Ledger.open(node_dir) as ledger:
-        ledger.append([AddEntry.create(signal_type="md5", value="a" * 32, labels=["h:x"])])
-        root = ledger.latest_checkpoint().root_hash
-    # Rebuild the same content as a version 1 database.
-    old = node_dir / "v1.db"
+    old = node_dir / "old.db"
     conn = sqlite3.connect(old, isolation_level=None)
-    migrate(conn, target=1)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    migrate(conn, target=version)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == version
     conn.execute("ATTACH DATABASE ? AS cur", (str(db),))
-    for table in ("logs", "entries", "nodes", "checkpoints", "retractions", "active"):
+    for table in ("logs", "entries", "checkpoints", "retractions"):
         conn.execute(f"INSERT INTO {table} SELECT * FROM cur.{table}")
+    conn.execute(
+        "INSERT INTO active (log_id, signal_type, value, idx, labels) "
+        "SELECT log_id, signal_type, value, idx, labels FROM cur.listed"
+    )
+    for (log_id,) in conn.execute("SELECT log_id FROM logs").fetchall():
+        leaves = [
+            bytes(r[0])
+            for r in conn.execute(
+                "SELECT leaf_hash FROM entries WHERE log_id = ? ORDER BY idx", (log_id,)
+            )
+        ]
+        for run in CompactRange.empty().extend(leaves, collect=True):
+            conn.executemany(
+                "INSERT INTO nodes (log_id, level, idx, hash) VALUES (?, ?, ?, ?)",
+                ((log_id, run.level, run.start + i, h) for i, h in enumerate(run.hashes)),
+            )
     conn.execute("DETACH DATABASE cur")
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert "peers" not in tables
     conn.close()
     db.unlink()
     for suffix in ("-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     old.rename(db)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_database_is_migrated_in_place(node_dir: Path, version: int) -> None:
+    values = [f"{i:032x}" for i in range(40)]
     with Ledger.open(node_dir) as ledger:
-        assert ledger.store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        ledger.append([AddEntry.create(signal_type="md5", value=v, labels=["h:x"]) for v in values])
+        ledger.retract(7, "reviewed")
+        root = ledger.latest_checkpoint().root_hash
+        status = ledger.status()
+    _as_old_database(node_dir, version)
+    conn = sqlite3.connect(node_dir / "ledger.db")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert ("peers" in tables) == (version == 2)
+    assert (
+        conn.execute("SELECT count(*) FROM nodes WHERE level < ?", (TILE_LEVEL,)).fetchone()[0]
+        == 40 // 2 + 40 // 4 + 40 // 8
+    )
+    conn.close()
+    with Ledger.open(node_dir) as ledger:
+        conn = ledger.store.conn
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        # The tree rows below the tile level are gone, the others kept.
+        levels = [r[0] for r in conn.execute("SELECT level FROM nodes ORDER BY level")]
+        assert levels == [4, 4, 5]
         assert ledger.latest_checkpoint().root_hash == root
+        assert ledger.recompute_root() == (41, root)
+        for i in range(41):
+            proof = ledger.prove_inclusion(i)
+            verify_inclusion(i, 41, proof.leaf_hash or b"", proof.hashes, root)
+        assert ledger.status() == status
         assert ledger.store.list_peers() == []
         ledger.store.add_evidence("x.example/y", b"{}", "t")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            ledger.store.conn.execute("DELETE FROM evidence")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            ledger.store.conn.execute("DELETE FROM entries")
+        for table in ("evidence", "entries", "nodes"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(f"DELETE FROM {table}")
+        # The migrated duplicate index still knows every listed hash, and
+        # the retracted one is listable again.
+        again = ledger.append(
+            [AddEntry.create(signal_type="md5", value=v, labels=["h:x"]) for v in values]
+        )
+        assert (again.count, len(again.duplicates)) == (1, 39)
+        assert again.duplicates[0].existing_index == 0
         assert ledger.append([AddEntry.create(signal_type="md5", value="b" * 32)]).count == 1
 
 

@@ -546,3 +546,60 @@ def test_property_mutated_entries(entry: Entry, data: st.DataObject) -> None:
     else:
         del raw[position]
     check_parse(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    ("signal_type", "value", "quality"),
+    [
+        ("sha256", "ab" * 32, None),
+        ("md5", "0f" * 16, None),
+        ("pdq", "cd" * 32, 90),
+        ("photodna", base64.b64encode(bytes(range(144))).decode(), None),
+        ("sha256", "AB" * 32, None),  # not canonical
+        ("sha256", "ab" * 31, None),  # too short
+        ("md5", " " + "0f" * 16, None),
+        ("photodna", "not base64", None),
+    ],
+)
+def test_maker_equals_create(signal_type: str, value: str, quality: int | None) -> None:
+    labels = ["src:b", "src:a", "src:b"]
+    make = AddEntry.maker(signal_type=signal_type, labels=labels, quality=quality)
+    expected: AddEntry | MalformedError
+    try:
+        expected = AddEntry.create(
+            signal_type=signal_type, value=value, labels=labels, quality=quality
+        )
+    except MalformedError as e:
+        expected = e
+    if isinstance(expected, MalformedError):
+        with pytest.raises(MalformedError) as caught:
+            make(value)
+        assert (caught.value.field, caught.value.reason) == (expected.field, expected.reason)
+        return
+    made = make(value)
+    assert made == expected and made.to_bytes() == expected.to_bytes()
+    assert made.labels == ("src:a", "src:b")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"signal_type": "sha512"}, "signal.type"),
+        ({"signal_type": "pdq"}, "signal.quality"),
+        ({"signal_type": "md5", "quality": 5}, "signal.quality"),
+        ({"signal_type": "md5", "labels": ["Bad"]}, "labels[0]"),
+        ({"signal_type": "md5", "labels": "src:a"}, "labels"),
+        ({"signal_type": "md5", "note": ""}, "note"),
+    ],
+)
+def test_maker_checks_the_fixed_fields_once(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(MalformedError) as caught:
+        AddEntry.maker(**fields)
+    assert caught.value.field == field
+
+
+def test_maker_checks_the_encoded_size() -> None:
+    labels = [f"{'n' * 29}{i:03d}:" + "v" * 63 for i in range(32)]
+    make = AddEntry.maker(signal_type="md5", labels=labels, note="\U0001f600" * 280)
+    with pytest.raises(MalformedError, match="bytes"):
+        make("0" * 32)
