@@ -198,21 +198,12 @@ async def inclusion_proof(request: web.Request) -> web.Response:
     size = _optional_decimal(params, "size")
 
     def read(ledger: Ledger) -> bytes:
-        _log, record = _latest(ledger, origin)
-        tree_size = record.size if size is None else size
-        if tree_size > record.size:
-            raise MalformedError(
-                f"size {tree_size} is beyond the latest checkpoint size {record.size}",
-                field="size",
-            )
-        if index >= tree_size:
-            raise MalformedError(
-                f"index {index} is beyond the tree size {tree_size}", field="index"
-            )
-        proof = ledger.prove_inclusion(index, tree_size, origin=origin)
+        _latest(ledger, origin)  # 404 for a log we do not hold or have not signed
+        # prove_inclusion checks size <= latest and index < size, naming the field.
+        proof = ledger.prove_inclusion(index, size, origin=origin)
         assert proof.leaf_hash is not None
         return InclusionProof(
-            index=index, size=tree_size, leaf_hash=proof.leaf_hash, hashes=proof.hashes
+            index=index, size=proof.size, leaf_hash=proof.leaf_hash, hashes=proof.hashes
         ).to_json()
 
     body = await request.app[DB_KEY].read(read)
