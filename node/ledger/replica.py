@@ -27,7 +27,7 @@ than frozen, because we hold no signed note to prove it with.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -334,18 +334,45 @@ def parse_entry_fast(data: bytes) -> Entry:
     m = _CANONICAL_ADD.fullmatch(data)
     if m is not None:
         labels_raw, quality, signal_type, value = m.groups()
-        labels = (
-            tuple(x[1:-1].decode("ascii") for x in labels_raw.split(b",")) if labels_raw else ()
-        )
-        try:
-            entry = AddEntry(
-                signal_type=signal_type.decode("ascii"),
-                value=value.decode("ascii"),
-                labels=labels,
-                quality=None if quality is None else int(quality),
-            )
-        except MalformedError:
-            entry = None
-        if entry is not None and entry.to_bytes() == data:
-            return entry
+        make = _maker(signal_type, labels_raw, quality)
+        if make is not None:
+            try:
+                entry: AddEntry | None = make(value.decode("ascii"))
+            except MalformedError:
+                entry = None
+            # The re-encoding check keeps this exactly as strict as parse_entry
+            # (unsorted or repeated labels, for one, re-encode differently).
+            if entry is not None and entry.to_bytes() == data:
+                return entry
     return parse_entry(data)
+
+
+_MAKERS: dict[tuple[bytes, bytes, bytes | None], Callable[[str], AddEntry] | None] = {}
+_MAX_MAKERS = 1024
+
+
+def _maker(
+    signal_type: bytes, labels_raw: bytes, quality: bytes | None
+) -> Callable[[str], AddEntry] | None:
+    """A validated AddEntry maker per (type, labels, quality), or None if those are invalid.
+
+    A log's entries share few such combinations, so everything but the value
+    is validated once rather than per entry (AddEntry.maker's contract).
+    """
+    key = (signal_type, labels_raw, quality)
+    if key in _MAKERS:
+        return _MAKERS[key]
+    labels = tuple(x[1:-1].decode("ascii") for x in labels_raw.split(b",")) if labels_raw else ()
+    make: Callable[[str], AddEntry] | None
+    try:
+        make = AddEntry.maker(
+            signal_type=signal_type.decode("ascii"),
+            labels=labels,
+            quality=None if quality is None else int(quality),
+        )
+    except MalformedError:
+        make = None
+    if len(_MAKERS) >= _MAX_MAKERS:  # bounded: a hostile log cannot grow it
+        _MAKERS.clear()
+    _MAKERS[key] = make
+    return make

@@ -506,6 +506,17 @@ def test_conflict_beyond_signed_checkpoint_is_refused_not_frozen(
         b'{"kind":"add","labels":[],"signal":{"type":"md5","value":"' + b"A" * 32 + b'"},"v":1}',
         b'{"kind":"add","labels":[],"signal":{"type":"nope","value":"aa"},"v":1}',
         b'{"kind":"add","labels":[""],"signal":{"type":"md5","value":"' + b"a" * 32 + b'"},"v":1}',
+        b'{"kind":"add","labels":["a:a","a:a"],"signal":{"type":"md5","value":"'
+        + b"a" * 32
+        + b'"},"v":1}',
+        AddEntry.create(signal_type="pdq", value="b" * 64, quality=90).to_bytes(),
+        b'{"kind":"add","labels":[],"signal":{"quality":101,"type":"pdq","value":"'
+        + b"b" * 64
+        + b'"},"v":1}',
+        b'{"kind":"add","labels":[],"signal":{"quality":5,"type":"md5","value":"'
+        + b"a" * 32
+        + b'"},"v":1}',
+        b'{"kind":"add","labels":[],"signal":{"type":"pdq","value":"' + b"b" * 64 + b'"},"v":1}',
     ],
 )
 def test_fast_parser_agrees_with_parse_entry(data: bytes) -> None:
