@@ -39,6 +39,7 @@ from node.api.state import (
 from node.errors import StorageError, UnknownLogError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.storage.ledger_store import PEER_ROLES
 from node.tls import peer_spki
 from protocol.encoding import dumps_canonical
 from protocol.errors import MalformedError
@@ -56,7 +57,7 @@ log = logging.getLogger("hashmesh.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
-ALL_ROLES = frozenset({"peer", "subscriber", "auditor"})
+ALL_ROLES = frozenset(PEER_ROLES)
 ENTRY_READERS = frozenset({"peer", "subscriber"})
 """Roles that may see entry bytes, hash values and labels (never auditors)."""
 

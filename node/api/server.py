@@ -63,8 +63,11 @@ KEEPALIVE_TIMEOUT = 75.0
 """Seconds an idle keep-alive connection is kept open."""
 SHUTDOWN_TIMEOUT = 10.0
 """Seconds running requests get to finish after SIGINT/SIGTERM."""
-OWN_LOG_POLL = 0.1
-"""Seconds between checks for commits by other connections (the CLI, sync)."""
+OWN_LOG_POLL = 0.05
+"""Seconds between checks for commits by other connections (the CLI, sync).
+
+Half of it is, on average, the first hop's share of propagation latency
+(docs/benchmarks.md); the check is one pragma on its own connection."""
 
 SyncFactory = Callable[[Database, CheckpointHub], AbstractAsyncContextManager[object]]
 """Builds what runs beside the server (normally the sync runner)."""
@@ -166,9 +169,8 @@ async def _watch(
     *,
     version: int,
     trusted: set[str],
-    announce_own: bool,
 ) -> None:
-    """Trust newly added peers; announce CLI writes when no sync runner does.
+    """Trust newly added peers; announce writes to the own log (made by the CLI).
 
     ``data_version`` is polled every :data:`OWN_LOG_POLL` seconds (one cheap
     pragma); the peers table and the own log are read only when it changed.
@@ -190,7 +192,7 @@ async def _watch(
             continue
         version = now
         certs, origin, size = await db.read(state)
-        if announce_own and size != last_size:
+        if size != last_size:
             hub.publish(origin, size)
         last_size = size
         for spki, pem in certs.items():
@@ -250,7 +252,6 @@ async def run_server(
                 ctx,
                 version=version,
                 trusted={p.spki for p in peers},
-                announce_own=sync_factory is None,
             ),
             name="hashmesh-watch",
         )

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from node.errors import ConfigError
-from node.storage.ledger_store import PeerRecord
+from node.storage.ledger_store import PEER_ROLES, PeerRecord
 from node.tls import spki_fingerprint
 from protocol.encoding import dumps_canonical, loads_strict
 from protocol.errors import MalformedError
@@ -32,7 +32,8 @@ from protocol.keys import SIG_ED25519, NoteVerifier
 __all__ = ["CARD_VERSION", "ROLES", "Card", "parse_card"]
 
 CARD_VERSION = 1
-ROLES = ("peer", "subscriber", "auditor")
+ROLES = PEER_ROLES
+"""The roles a card can be added with (the peers table's, one definition)."""
 _KEYS = {"card", "name", "url", "tls_cert", "vkey"}
 
 

@@ -132,6 +132,7 @@ async def _sync_origin(
         )
     if kind != "ahead":
         return result
+
     async def fetch(start: int) -> tuple[int, list[bytes], tuple[bytes, ...] | None]:
         end = min(start + chunk, want)
         entries = await client.entries(origin, start, end)

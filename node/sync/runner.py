@@ -10,9 +10,9 @@ retried with exponential backoff and jitter, so a broken peer neither spins
 nor stalls the others. The peer list is re-read every second, so ``peer add``
 and ``peer remove`` take effect without a restart.
 
-The runner also watches the own log: a write made by the CLI in another
-process is noticed within :data:`OWN_LOG_POLL` seconds and announced on the
-hub, which is what makes propagation hop by hop fast.
+Writes to the own log made by the CLI in another process are announced on
+the hub by the server's watcher (:mod:`node.api.server`), which already polls
+for commits by other connections; replicas are announced by the sync engine.
 """
 
 from __future__ import annotations
@@ -27,15 +27,11 @@ from pathlib import Path
 from node.errors import PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
-from node.ledger.service import Ledger
 from node.storage.ledger_store import PeerRecord
 from node.sync.client import PeerClient
 from node.sync.engine import PeerSyncReport, sync_peer
 
-__all__ = ["OWN_LOG_POLL", "SyncRunner", "SyncSettings", "sync_once"]
-
-OWN_LOG_POLL = 0.05
-"""Seconds between checks for checkpoints the CLI wrote to the own log."""
+__all__ = ["SyncRunner", "SyncSettings", "sync_once"]
 
 log = logging.getLogger("hashmesh.sync")
 
@@ -123,13 +119,9 @@ class SyncRunner:
         self._tasks.clear()
 
     async def _supervise(self) -> None:
-        watcher = asyncio.create_task(self._watch_own_log(), name="hashmesh-own-log")
-        try:
-            while True:
-                await self._reconcile()
-                await asyncio.sleep(self._settings.peer_refresh)
-        finally:
-            watcher.cancel()
+        while True:
+            await self._reconcile()
+            await asyncio.sleep(self._settings.peer_refresh)
 
     async def _reconcile(self) -> None:
         peers = await self._db.read(lambda ledger: ledger.store.list_peers())
@@ -182,16 +174,3 @@ class SyncRunner:
                 log.debug("event stream of %s: %s", client.name, e)
             await asyncio.sleep(_jitter(backoff))
             backoff = min(backoff * 2, self._settings.max_backoff)
-
-    async def _watch_own_log(self) -> None:
-        def size(ledger: Ledger) -> tuple[str, int]:
-            record = ledger.store.latest_checkpoint(ledger.own_log.log_id)
-            return ledger.own_log.origin, record.size if record is not None else 0
-
-        origin, last = await self._db.read(size)
-        while True:
-            await asyncio.sleep(OWN_LOG_POLL)
-            origin, now = await self._db.read(size)
-            if now != last:
-                last = now
-                self._hub.publish(origin, now)
