@@ -19,7 +19,7 @@ from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
 from node.ledger.database import Database
-from node.sync.cards import ROLES, make_card, parse_card
+from node.sync.cards import ROLES, Card, make_card, parse_card
 from node.sync.runner import sync_once
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
@@ -97,12 +97,16 @@ def cmd_peer_card(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
-def cmd_peer_add(args: argparse.Namespace, out: _Out) -> int:
+def _read_card(path: str) -> Card:
     try:
-        data = Path(args.card).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError(f"cannot read card {args.card}: {e.strerror or e}") from e
-    card = parse_card(data)
+        raise ConfigError(f"cannot read card {path}: {e.strerror or e}") from e
+    return parse_card(data)
+
+
+def cmd_peer_add(args: argparse.Namespace, out: _Out) -> int:
+    card = _read_card(args.card)
     with Ledger.open(_node_dir(args)) as ledger:
         if card.name == ledger.own_log.origin:
             raise ConfigError("that is this node's own card")
@@ -164,7 +168,7 @@ def cmd_peer_remove(args: argparse.Namespace, out: _Out) -> int:
 
 def cmd_follow(args: argparse.Namespace, out: _Out) -> int:
     if args.card:
-        card = parse_card(Path(args.card).read_bytes())
+        card = _read_card(args.card)
         origin, vkey = card.name, card.vkey
     elif args.origin and args.vkey:
         origin, vkey = args.origin, args.vkey
