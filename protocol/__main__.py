@@ -17,9 +17,11 @@ from pathlib import Path
 from protocol.bundle import verify_bundle
 from protocol.checkpoint import open_checkpoint
 from protocol.encoding import encode_b64
+from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
+from protocol.receipt import MatchReceipt, verify_receipt
 from protocol.verify import verify_append_only, verify_entry_inclusion
 from protocol.wire import ConsistencyProof, InclusionProof
 
@@ -120,6 +122,55 @@ def _cmd_evidence(args: argparse.Namespace) -> str:
     )
 
 
+def _cmd_receipt(args: argparse.Namespace) -> str:
+    receipt = MatchReceipt.from_json(_read(args.receipt, "receipt"))
+    verified = verify_receipt(
+        receipt,
+        _vkey(args.vkey),
+        witnesses=[_vkey(w) for w in args.witness],
+        witness_threshold=args.witness_threshold,
+    )
+    entry = verified.entry
+    if isinstance(entry, AddEntry):
+        quality = "" if entry.quality is None else f" (quality {entry.quality})"
+        what = f"add {entry.signal_type} {entry.value}{quality}"
+        what += f", labels [{', '.join(entry.labels)}]" if entry.labels else ", no labels"
+        if entry.note is not None:
+            what += f", note {entry.note!r}"
+    elif isinstance(entry, RetractEntry):
+        what = f"retraction of entry {entry.index}"
+    elif isinstance(entry, OpinionEntry):
+        what = f"opinion {entry.verdict!r} on entry {entry.index} of {entry.origin}"
+    elif isinstance(entry, RotateEntry):
+        what = f"key rotation to {entry.key}"
+    lines = [
+        f"receipt verified: entry {verified.index} of {verified.origin} is in its signed log",
+        f"  checkpoint: size {verified.size}, root {encode_b64(verified.root_hash)}",
+        f"  entry: {what}",
+        f"  leaf hash: {verified.leaf_hash.hex()}",
+    ]
+    if verified.cosignatures:
+        lines.append(f"  cosigned by: {', '.join(sorted(verified.cosignatures))}")
+    return "\n".join(lines)
+
+
+def _witness_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a witness verifier key (repeat for several)",
+    )
+    p.add_argument(
+        "--witness-threshold",
+        type=int,
+        default=0,
+        metavar="K",
+        help="require cosignatures from at least K of the --witness keys",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m protocol``."""
     parser = argparse.ArgumentParser(
@@ -138,20 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="file with the signed checkpoint note")
     p.add_argument("--vkey", required=True, help=_VKEY_HELP)
     p.add_argument("--origin", help="require this origin line")
-    p.add_argument(
-        "--witness",
-        action="append",
-        default=[],
-        metavar="VKEY",
-        help="a witness verifier key (repeat for several)",
-    )
-    p.add_argument(
-        "--witness-threshold",
-        type=int,
-        default=0,
-        metavar="K",
-        help="require cosignatures from at least K of the --witness keys",
-    )
+    _witness_arguments(p)
     p.set_defaults(run=_cmd_checkpoint)
 
     p = sub.add_parser(
@@ -201,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("evidence", help="fork evidence JSON file")
     p.add_argument("--vkey", required=True, help=_VKEY_HELP)
     p.set_defaults(run=_cmd_evidence)
+
+    p = sub.add_parser(
+        "verify-receipt",
+        help="check a match receipt: an entry, its inclusion proof and a signed checkpoint",
+        description="Check a match receipt (the `receipt` object of `hashmesh match "
+        "--receipts --json`, saved to a file): the checkpoint's signature under the "
+        "origin's key, then the inclusion proof of the entry's exact bytes in the "
+        "signed tree. Prints what the receipt proves: which origin listed which "
+        "entry, at which index, no later than which checkpoint.",
+    )
+    p.add_argument("receipt", help="receipt JSON file")
+    p.add_argument("--vkey", required=True, help=_VKEY_HELP)
+    _witness_arguments(p)
+    p.set_defaults(run=_cmd_receipt)
     return parser
 
 

@@ -3,7 +3,7 @@ r"""Audit bundles: a whole log, self-contained, verifiable offline.
 Layer: protocol (pure). This module performs no I/O: it produces and consumes
 lines; reading and writing files is the caller's business.
 
-A bundle holds the origin's verifier key, every signed checkpoint the node
+A bundle holds the origin's first verifier key, every signed checkpoint the node
 published, and every leaf (the exact entry bytes). Format, one item per line,
 each line ending in ``\\n``::
 
@@ -22,7 +22,9 @@ retraction names an earlier add of the same log not already retracted, the
 leaves hash (RFC 6962) to the root of every checkpoint at its size, and the
 last checkpoint covers every leaf. Because every root is recomputed from the
 one leaf sequence, the checkpoints are also proven append-only with respect to
-each other.
+each other. A log that rotated its key carries its first key; each checkpoint
+is verified with the key its size calls for, following the rotate entries
+among the leaves (``protocol.rotation``).
 """
 
 from __future__ import annotations
@@ -30,12 +32,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from protocol.checkpoint import open_checkpoint
+from protocol.checkpoint import Checkpoint
 from protocol.encoding import decode_b64, encode_b64, parse_decimal
-from protocol.entry import AddEntry, RetractEntry, parse_entry
-from protocol.errors import MalformedError, RootMismatchError, VerificationError
+from protocol.entry import AddEntry, RetractEntry, RotateEntry, parse_entry
+from protocol.errors import (
+    MalformedError,
+    OriginMismatchError,
+    RootMismatchError,
+    VerificationError,
+)
 from protocol.hashing import hash_leaves
 from protocol.keys import NoteVerifier
+from protocol.note import Note, parse_note
+from protocol.rotation import KeyChain
 from protocol.tree import CompactRange
 
 __all__ = ["BUNDLE_MAGIC", "BundleReport", "encode_bundle", "verify_bundle"]
@@ -138,7 +147,8 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
         lines: the bundle's lines, each with its trailing newline (a binary
             file object iterates this way).
         verifier_key: the origin's key as the auditor knows it. When given,
-            the key inside the bundle must be this one; without it the bundle
+            it must be the key the bundle starts with or the key the log is
+            signed with at its end (after rotations); without it the bundle
             only proves self-consistency under the key it carries.
 
     Returns:
@@ -156,37 +166,35 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
     origin = src.keyword("origin")
     vkey_text = src.keyword("vkey")
     verifier = NoteVerifier.from_text(vkey_text)
-    if verifier_key is not None and vkey_text != verifier_key:
-        raise VerificationError(
-            f"the bundle carries key {vkey_text!r}, not the expected {verifier_key!r}"
-        )
     if verifier.name != origin:
         raise VerificationError(
             f"verifier key is for {verifier.name!r}, not the bundle origin {origin!r}"
         )
     count = parse_decimal(src.keyword("checkpoints"), field=f"line {src.number}")
-    checkpoints: list[tuple[int, bytes, int]] = []
+    # Signatures are checked when the leaves reach each checkpoint's size:
+    # after a key rotation (protocol.rotation) the key depends on the rotate
+    # entries read so far.
+    checkpoints: list[tuple[int, bytes, int, Note]] = []
     for _ in range(count):
         text = src.next("a checkpoint")
         where = f"line {src.number}"
-        note = _b64(text, where)
         try:
-            verified = open_checkpoint(note, verifier, origin=origin)
+            note = parse_note(_b64(text, where))
+            cp = Checkpoint.from_text(note.text)
         except MalformedError as e:
             raise MalformedError(
                 e.reason, field=f"{where} ({e.field})" if e.field else where
             ) from e
-        except VerificationError as e:
-            # open_checkpoint raises only message-only subclasses, so the same
-            # type can be re-raised with the line added.
-            raise type(e)(f"{where}: {e}") from e
-        cp = verified.checkpoint
+        if cp.origin != origin:
+            raise OriginMismatchError(
+                f"{where}: checkpoint is for origin {cp.origin!r}, expected {origin!r}"
+            )
         if checkpoints and cp.size <= checkpoints[-1][0]:
             raise MalformedError(
                 f"checkpoint sizes must increase: {cp.size} after {checkpoints[-1][0]}",
                 field=where,
             )
-        checkpoints.append((cp.size, cp.root_hash, src.number))
+        checkpoints.append((cp.size, cp.root_hash, src.number, note))
     leaf_count = parse_decimal(src.keyword("leaves"), field=f"line {src.number}")
     if not checkpoints:
         raise VerificationError("the bundle has no checkpoint; nothing is signed")
@@ -196,6 +204,8 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
             f"has {leaf_count} leaves"
         )
 
+    chain = KeyChain.pinned(verifier)
+    rotations: list[tuple[int, RotateEntry]] = []
     tree = CompactRange.empty()
     is_add = bytearray()
     retracted: set[int] = set()
@@ -204,11 +214,20 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
     next_cp = 0
 
     def settle() -> None:
-        nonlocal next_cp
+        nonlocal next_cp, chain
         tree.extend(hash_leaves(pending))
         pending.clear()
         while next_cp < len(checkpoints) and checkpoints[next_cp][0] == tree.size:
-            size, root, line = checkpoints[next_cp]
+            size, root, line, note = checkpoints[next_cp]
+            try:
+                chain.open(note)
+            except VerificationError as e:
+                # open raises only message-only subclasses, so the same type
+                # can be re-raised with the line added.
+                raise type(e)(f"line {line}: {e}") from e
+            for index, rotation in rotations:
+                chain = chain.apply(index, rotation, size)
+            rotations.clear()
             calculated = tree.root()
             if calculated != root:
                 raise RootMismatchError(
@@ -243,6 +262,8 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
                     )
                 retracted.add(target)
                 retractions += 1
+            elif isinstance(entry, RotateEntry):
+                rotations.append((index, entry))
         pending.append(data)
         if len(pending) >= _BATCH or (
             next_cp < len(checkpoints) and tree.size + len(pending) == checkpoints[next_cp][0]
@@ -253,6 +274,11 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
         raise MalformedError("expected 'end'", field=f"line {src.number}")
     if not src.at_end():
         raise MalformedError("trailing data after 'end'", field=f"line {src.number + 1}")
+    if verifier_key is not None and verifier_key not in (vkey_text, chain.current.to_text()):
+        raise VerificationError(
+            f"the bundle's log starts with key {vkey_text!r} and is now signed by "
+            f"{chain.current.to_text()!r}; neither is the expected {verifier_key!r}"
+        )
     return BundleReport(
         origin=origin,
         size=tree.size,

@@ -28,6 +28,10 @@ __all__ = [
     "decode_hex",
     "dumps_canonical",
     "encode_b64",
+    "json_hashes",
+    "json_object",
+    "json_text",
+    "json_uint",
     "loads_strict",
     "parse_decimal",
 ]
@@ -249,3 +253,67 @@ def dumps_canonical(value: Any) -> bytes:
         return text.encode("utf-8")
     except (ValueError, UnicodeEncodeError) as e:
         raise MalformedError(f"value cannot be encoded canonically: {e}") from e
+
+
+# -- fields of our JSON documents (proofs, receipts, evidence) ---------------
+
+
+def json_object(
+    data: bytes | str | Mapping[str, Any], keys: frozenset[str] | set[str]
+) -> Mapping[str, Any]:
+    """A JSON object with exactly ``keys``: parsed strictly unless already parsed.
+
+    Raises:
+        MalformedError: if it is not an object, or a field is unknown or missing
+            (the first in sorted order is named).
+    """
+    obj = data if isinstance(data, Mapping) else loads_strict(data)
+    if not isinstance(obj, Mapping):
+        raise MalformedError("expected a JSON object")
+    for key in sorted(set(obj) - set(keys)):
+        raise MalformedError("unknown field", field=key)
+    for key in sorted(set(keys) - set(obj)):
+        raise MalformedError("missing field", field=key)
+    return obj
+
+
+def json_uint(obj: Mapping[str, Any], key: str) -> int:
+    """Field ``key``: an integer 0..2^63-1 (not a boolean).
+
+    Raises:
+        MalformedError: naming ``key``.
+    """
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedError("expected an integer", field=key)
+    if not 0 <= value <= MAX_UINT63:
+        raise MalformedError(f"{value} is out of range 0..2^63-1", field=key)
+    return value
+
+
+def json_text(obj: Mapping[str, Any], key: str) -> str:
+    """Field ``key``: a non-empty string.
+
+    Raises:
+        MalformedError: naming ``key``.
+    """
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise MalformedError("expected a non-empty string", field=key)
+    return value
+
+
+def json_hashes(
+    obj: Mapping[str, Any], key: str, *, length: int, max_count: int
+) -> tuple[bytes, ...]:
+    """Field ``key``: a list of at most ``max_count`` lowercase hex hashes of ``length`` bytes.
+
+    Raises:
+        MalformedError: naming ``key`` or ``key[i]``.
+    """
+    value = obj.get(key)
+    if not isinstance(value, list):
+        raise MalformedError("expected a list of hex hashes", field=key)
+    if len(value) > max_count:
+        raise MalformedError(f"{len(value)} hashes exceed the maximum {max_count}", field=key)
+    return tuple(decode_hex(h, field=f"{key}[{i}]", length=length) for i, h in enumerate(value))

@@ -7,18 +7,23 @@ sorted, no insignificant whitespace, UTF-8, minimal escapes; see
 :func:`protocol.encoding.dumps_canonical`). The leaf hash is the RFC 6962
 leaf hash of exactly these bytes (RFC 9162 section 2.1.1), so the encoding
 must be unique: :func:`parse_entry` accepts only bytes that it would itself
-produce. Two kinds exist::
+produce. Four kinds exist::
 
     {"kind":"add","labels":["iwf:category-a"],"note":"...",
      "signal":{"quality":90,"type":"pdq","value":"<64 hex>"},"v":1}
     {"index":12,"kind":"retract","reason":"...","v":1}
+    {"index":7,"kind":"opinion","leaf_hash":"<64 hex>","note":"...",
+     "origin":"hotline-b.example/hashmesh","v":1,"verdict":"dispute"}
+    {"key":"<origin>+<key id>+<base64 key>","kind":"rotate","reason":"...","v":1}
 
 (shown wrapped; the real encoding has no whitespace). ``note`` is optional;
 ``signal.quality`` is required for types whose registry row says
 ``requires_quality`` (PDQ) and forbidden for every other type, which also
 catches a SHA-256 value submitted as PDQ. A retraction names an earlier add by
 its 0-based ``index`` in the same log; whether that index exists is the
-ledger's business, not this module's.
+ledger's business, not this module's. An opinion (verdict ``confirm``,
+``dispute`` or ``false-positive``) names an entry of any log by origin, index
+and leaf hash. A rotation names the log's next signing key.
 
 Limits are module constants: :data:`MAX_ENTRY_BYTES`, :data:`MAX_LABELS`,
 :data:`LABEL_PATTERN`, :data:`MAX_NOTE_CHARS`, :data:`MAX_REASON_CHARS`,
@@ -35,8 +40,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from protocol import PROTOCOL_VERSION
-from protocol.encoding import MAX_UINT63, dumps_canonical, loads_strict
+from protocol.encoding import MAX_UINT63, decode_hex, dumps_canonical, loads_strict
 from protocol.errors import MalformedError, UnsupportedVersionError
+from protocol.keys import SIG_ED25519, NoteVerifier, check_key_name
 from protocol.signal import SIGNAL_TYPES, validate_signal_value
 
 __all__ = [
@@ -47,9 +53,12 @@ __all__ = [
     "MAX_QUALITY",
     "MAX_REASON_CHARS",
     "MIN_QUALITY",
+    "OPINION_VERDICTS",
     "AddEntry",
     "Entry",
+    "OpinionEntry",
     "RetractEntry",
+    "RotateEntry",
     "parse_entry",
 ]
 
@@ -89,6 +98,13 @@ _SIGNAL_KEYS = frozenset({"quality", "type", "value"})
 _SIGNAL_REQUIRED = ("type", "value")
 _RETRACT_KEYS = frozenset({"index", "kind", "reason", "v"})
 _RETRACT_REQUIRED = ("index", "kind", "reason", "v")
+_OPINION_KEYS = frozenset({"index", "kind", "leaf_hash", "note", "origin", "v", "verdict"})
+_OPINION_REQUIRED = ("index", "kind", "leaf_hash", "origin", "v", "verdict")
+_ROTATE_KEYS = frozenset({"key", "kind", "reason", "v"})
+_ROTATE_REQUIRED = ("key", "kind", "reason", "v")
+
+OPINION_VERDICTS = ("confirm", "dispute", "false-positive")
+"""What an opinion entry may say about another entry."""
 
 # Bytes of an encoded add entry other than the signal value, labels and note,
 # with room to spare; only entries whose bound exceeds MAX_ENTRY_BYTES are
@@ -96,6 +112,8 @@ _RETRACT_REQUIRED = ("index", "kind", "reason", "v")
 # and the escapes dumps_canonical may emit here (\" and \\) take 2.
 _ADD_OVERHEAD = 128
 _RETRACT_OVERHEAD = 64
+_OPINION_OVERHEAD = 256
+_ROTATE_OVERHEAD = 128
 
 
 def _json_type(value: object) -> str:
@@ -112,6 +130,13 @@ def _json_type(value: object) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def _check_index(value: object, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedError(f"expected an integer, got {_json_type(value)}", field=field)
+    if not 0 <= value <= MAX_UINT63:
+        raise MalformedError(f"expected an integer 0-{MAX_UINT63}, got {value}", field=field)
 
 
 def _check_text(value: object, field: str, max_chars: int) -> None:
@@ -185,7 +210,7 @@ def _check_quality(row_requires: bool, signal_type: str, quality: object) -> Non
         )
 
 
-def _check_encoded_size(entry: AddEntry | RetractEntry, bound: int) -> None:
+def _check_encoded_size(entry: Entry, bound: int) -> None:
     if bound <= MAX_ENTRY_BYTES:
         return
     size = len(entry.to_bytes())
@@ -376,14 +401,7 @@ class RetractEntry:
     reason: str
 
     def __post_init__(self) -> None:
-        if isinstance(self.index, bool) or not isinstance(self.index, int):
-            raise MalformedError(
-                f"expected an integer, got {_json_type(self.index)}", field="index"
-            )
-        if not 0 <= self.index <= MAX_UINT63:
-            raise MalformedError(
-                f"expected an integer 0-{MAX_UINT63}, got {self.index}", field="index"
-            )
+        _check_index(self.index, "index")
         _check_text(self.reason, "reason", MAX_REASON_CHARS)
         _check_encoded_size(self, _RETRACT_OVERHEAD + 4 * len(self.reason))
 
@@ -406,7 +424,125 @@ class RetractEntry:
         return dumps_canonical(self.to_json_obj())
 
 
-Entry = AddEntry | RetractEntry
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpinionEntry:
+    """An entry stating the author's view of an entry of some log (its own or another's).
+
+    The target is named by origin and index and bound to its exact bytes by
+    its RFC 6962 leaf hash, so an opinion cannot be moved to another entry
+    by a log that rewrote its history.
+
+    Attributes:
+        origin: the origin of the log holding the target entry.
+        index: the target's 0-based index in that log.
+        leaf_hash: the target's leaf hash (32 bytes).
+        verdict: one of :data:`OPINION_VERDICTS`.
+        note: free text of 1 to :data:`MAX_NOTE_CHARS` characters, or None.
+    """
+
+    origin: str
+    index: int
+    leaf_hash: bytes
+    verdict: str
+    note: str | None = None
+
+    def __post_init__(self) -> None:
+        check_key_name(self.origin, field="origin")
+        _check_index(self.index, "index")
+        if not isinstance(self.leaf_hash, bytes) or len(self.leaf_hash) != 32:
+            raise MalformedError("expected 32 bytes", field="leaf_hash")
+        if self.verdict not in OPINION_VERDICTS:
+            shown = (
+                repr(self.verdict)[:40]
+                if isinstance(self.verdict, str)
+                else _json_type(self.verdict)
+            )
+            raise MalformedError(
+                f"unknown verdict {shown}; expected one of {', '.join(OPINION_VERDICTS)}",
+                field="verdict",
+            )
+        bound = _OPINION_OVERHEAD + 4 * len(self.origin)
+        if self.note is not None:
+            _check_text(self.note, "note", MAX_NOTE_CHARS)
+            bound += 4 * len(self.note)
+        _check_encoded_size(self, bound)
+
+    @property
+    def kind(self) -> Literal["opinion"]:
+        """The entry kind, ``"opinion"``."""
+        return "opinion"
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The entry as a JSON object (dicts, lists, str, int)."""
+        obj: dict[str, Any] = {
+            "index": self.index,
+            "kind": "opinion",
+            "leaf_hash": self.leaf_hash.hex(),
+            "origin": self.origin,
+            "v": PROTOCOL_VERSION,
+            "verdict": self.verdict,
+        }
+        if self.note is not None:
+            obj["note"] = self.note
+        return obj
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding: the leaf data of the Merkle tree."""
+        return dumps_canonical(self.to_json_obj())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotateEntry:
+    """An entry that hands the log's signing role to a new key.
+
+    The new key signs the log's checkpoints from the first checkpoint that
+    includes this entry *and* was signed by the old key onwards; see
+    ``protocol.rotation``. That the key's name is the log's origin is checked
+    there, since an entry does not know its log.
+
+    Attributes:
+        key: the new verifier key, in the C2SP note verifier key text form,
+            an Ed25519 (0x01) key.
+        reason: why, 1 to :data:`MAX_REASON_CHARS` characters.
+    """
+
+    key: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str):
+            raise MalformedError(f"expected a string, got {_json_type(self.key)}", field="key")
+        try:
+            verifier = NoteVerifier.from_text(self.key)
+        except MalformedError as e:
+            raise MalformedError(e.reason, field="key") from e
+        if verifier.sig_type != SIG_ED25519:
+            raise MalformedError(
+                "a log signs its checkpoints with an Ed25519 (0x01) key", field="key"
+            )
+        _check_text(self.reason, "reason", MAX_REASON_CHARS)
+        _check_encoded_size(self, _ROTATE_OVERHEAD + len(self.key) + 4 * len(self.reason))
+
+    @property
+    def kind(self) -> Literal["rotate"]:
+        """The entry kind, ``"rotate"``."""
+        return "rotate"
+
+    @property
+    def verifier(self) -> NoteVerifier:
+        """The new key, parsed."""
+        return NoteVerifier.from_text(self.key)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The entry as a JSON object (dicts, lists, str, int)."""
+        return {"key": self.key, "kind": "rotate", "reason": self.reason, "v": PROTOCOL_VERSION}
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding: the leaf data of the Merkle tree."""
+        return dumps_canonical(self.to_json_obj())
+
+
+Entry = AddEntry | RetractEntry | OpinionEntry | RotateEntry
 """Any ledger entry."""
 
 
@@ -459,6 +595,36 @@ def _parse_retract(obj: dict[str, Any]) -> RetractEntry:
     return RetractEntry(index=obj["index"], reason=_expect_str(obj["reason"], "reason"))
 
 
+def _parse_opinion(obj: dict[str, Any]) -> OpinionEntry:
+    _check_keys(obj, _OPINION_KEYS, _OPINION_REQUIRED, "")
+    note = obj.get("note")
+    if "note" in obj:
+        _expect_str(note, "note")
+    leaf_hash = decode_hex(_expect_str(obj["leaf_hash"], "leaf_hash"), field="leaf_hash", length=32)
+    return OpinionEntry(
+        origin=_expect_str(obj["origin"], "origin"),
+        index=obj["index"],
+        leaf_hash=leaf_hash,
+        verdict=_expect_str(obj["verdict"], "verdict"),
+        note=note,
+    )
+
+
+def _parse_rotate(obj: dict[str, Any]) -> RotateEntry:
+    _check_keys(obj, _ROTATE_KEYS, _ROTATE_REQUIRED, "")
+    return RotateEntry(
+        key=_expect_str(obj["key"], "key"), reason=_expect_str(obj["reason"], "reason")
+    )
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], Entry]] = {
+    "add": _parse_add,
+    "retract": _parse_retract,
+    "opinion": _parse_opinion,
+    "rotate": _parse_rotate,
+}
+
+
 def parse_entry(data: bytes) -> Entry:
     """Parse the canonical encoding of an entry, accepting nothing else.
 
@@ -472,7 +638,8 @@ def parse_entry(data: bytes) -> Entry:
         data: the leaf data.
 
     Returns:
-        An :class:`AddEntry` or a :class:`RetractEntry`.
+        An :class:`AddEntry`, :class:`RetractEntry`, :class:`OpinionEntry`
+        or :class:`RotateEntry`.
 
     Raises:
         UnsupportedVersionError: if ``v`` is a version number (a positive
@@ -504,14 +671,14 @@ def parse_entry(data: bytes) -> Entry:
     if "kind" not in obj:
         raise MalformedError("missing required field", field="kind")
     kind = obj["kind"]
-    entry: Entry
-    if kind == "add":
-        entry = _parse_add(obj)
-    elif kind == "retract":
-        entry = _parse_retract(obj)
-    else:
+    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
+    if parser is None:
         shown = repr(kind)[:40] if isinstance(kind, str) else _json_type(kind)
-        raise MalformedError(f"unknown kind {shown}; expected 'add' or 'retract'", field="kind")
+        raise MalformedError(
+            f"unknown kind {shown}; expected one of " + ", ".join(repr(k) for k in _PARSERS),
+            field="kind",
+        )
+    entry = parser(obj)
     if entry.to_bytes() != raw:
         raise MalformedError(
             "entry is not in canonical form (sorted keys, no whitespace, minimal escapes, "

@@ -15,6 +15,8 @@ pyca/cryptography (``ValueError`` versus ``InvalidSignature``):
     └── VerificationError                    input parses, but a check fails
         ├── InvalidSignatureError            a signature does not verify
         ├── UnknownKeyError                  no trusted key for a name/key hash
+        ├── RotationError                    a key rotation not attested by the
+        │                                    key it replaces
         ├── OriginMismatchError              a checkpoint of another log
         ├── QuorumError                      too few witness cosignatures
         ├── ProofError                       a proof has the wrong shape
@@ -37,6 +39,7 @@ __all__ = [
     "ProtocolError",
     "QuorumError",
     "RootMismatchError",
+    "RotationError",
     "UnknownKeyError",
     "UnsupportedVersionError",
     "VerificationError",
@@ -76,6 +79,15 @@ class InvalidSignatureError(VerificationError):
 
 class UnknownKeyError(VerificationError):
     """No trusted verifier key matches the required name or key hash."""
+
+
+class RotationError(VerificationError):
+    """A key rotation that the key it replaces did not attest.
+
+    A log hands its signing role to a new key with a ``rotate`` entry at index
+    ``r``, and the old key must sign the checkpoint of size ``r + 1`` that
+    commits it; anything else could be forged by whoever holds the new key.
+    """
 
 
 class OriginMismatchError(VerificationError):

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.checkpoint import Checkpoint, open_checkpoint
-from protocol.encoding import decode_hex, dumps_canonical, loads_strict
+from protocol.encoding import (
+    decode_hex,
+    dumps_canonical,
+    json_hashes,
+    json_object,
+    json_text,
+)
 from protocol.errors import (
     MalformedError,
     OriginMismatchError,
@@ -39,17 +45,11 @@ from protocol.errors import (
 from protocol.hashing import HASH_SIZE
 from protocol.keys import NoteVerifier
 from protocol.merkle import MAX_PROOF_HASHES, verify_consistency
+from protocol.rotation import KeyChain
 
 __all__ = ["ForkEvidence", "verify_fork_evidence"]
 
 _KEYS = frozenset({"origin", "note_a", "note_b", "prefix_root", "proof"})
-
-
-def _str(obj: Mapping[str, Any], key: str) -> str:
-    value = obj[key]
-    if not isinstance(value, str) or not value:
-        raise MalformedError("expected a non-empty string", field=key)
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,28 +96,13 @@ class ForkEvidence:
             MalformedError: naming the field that is wrong (unknown, missing,
                 wrongly typed or non-canonical hex).
         """
-        obj = data if isinstance(data, Mapping) else loads_strict(data)
-        if not isinstance(obj, Mapping):
-            raise MalformedError("expected a JSON object")
-        for key in sorted(set(obj) - _KEYS):
-            raise MalformedError("unknown field", field=key)
-        for key in sorted(_KEYS - set(obj)):
-            raise MalformedError("missing field", field=key)
-        proof = obj["proof"]
-        if not isinstance(proof, list):
-            raise MalformedError("expected a list of hex hashes", field="proof")
-        if len(proof) > MAX_PROOF_HASHES:
-            raise MalformedError(
-                f"{len(proof)} hashes exceed the maximum {MAX_PROOF_HASHES}", field="proof"
-            )
+        obj = json_object(data, _KEYS)
         return cls(
-            origin=_str(obj, "origin"),
-            note_a=_str(obj, "note_a"),
-            note_b=_str(obj, "note_b"),
+            origin=json_text(obj, "origin"),
+            note_a=json_text(obj, "note_a"),
+            note_b=json_text(obj, "note_b"),
             prefix_root=decode_hex(obj["prefix_root"], field="prefix_root", length=HASH_SIZE),
-            proof=tuple(
-                decode_hex(h, field=f"proof[{i}]", length=HASH_SIZE) for i, h in enumerate(proof)
-            ),
+            proof=json_hashes(obj, "proof", length=HASH_SIZE, max_count=MAX_PROOF_HASHES),
         )
 
     def to_json_obj(self) -> dict[str, Any]:
@@ -136,7 +121,7 @@ class ForkEvidence:
 
 
 def verify_fork_evidence(
-    evidence: ForkEvidence, verifier: NoteVerifier
+    evidence: ForkEvidence, verifier: NoteVerifier | KeyChain
 ) -> tuple[Checkpoint, Checkpoint]:
     """Check that the evidence proves the origin signed two conflicting trees.
 
@@ -148,7 +133,8 @@ def verify_fork_evidence(
     Args:
         evidence: the evidence document.
         verifier: the origin's verifier key (from a trusted source, never
-            from the evidence itself).
+            from the evidence itself), or its key chain after rotations
+            (each note is then checked with the key its size calls for).
 
     Returns:
         The two verified checkpoints, a then b.
@@ -162,12 +148,17 @@ def verify_fork_evidence(
             :class:`~protocol.errors.RootMismatchError`), or the two
             checkpoints are consistent after all.
     """
-    if verifier.name != evidence.origin:
+    name = verifier.origin if isinstance(verifier, KeyChain) else verifier.name
+    if name != evidence.origin:
         raise OriginMismatchError(
-            f"evidence is about origin {evidence.origin!r}, the key is for {verifier.name!r}"
+            f"evidence is about origin {evidence.origin!r}, the key is for {name!r}"
         )
-    a = open_checkpoint(evidence.note_a, verifier, origin=evidence.origin).checkpoint
-    b = open_checkpoint(evidence.note_b, verifier, origin=evidence.origin).checkpoint
+    if isinstance(verifier, KeyChain):
+        a = verifier.open(evidence.note_a).checkpoint
+        b = verifier.open(evidence.note_b).checkpoint
+    else:
+        a = open_checkpoint(evidence.note_a, verifier, origin=evidence.origin).checkpoint
+        b = open_checkpoint(evidence.note_b, verifier, origin=evidence.origin).checkpoint
     if a.size > b.size:
         raise ProofError(f"note_a has size {a.size}, larger than note_b's size {b.size}")
     if a.size == b.size:

@@ -18,44 +18,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.encoding import MAX_UINT63, decode_hex, dumps_canonical, loads_strict
-from protocol.errors import MalformedError
+from protocol.encoding import (
+    decode_hex,
+    dumps_canonical,
+    json_hashes,
+    json_object,
+    json_uint,
+)
 from protocol.hashing import HASH_SIZE
 
 __all__ = ["MAX_PROOF_HASHES", "ConsistencyProof", "InclusionProof"]
 
 MAX_PROOF_HASHES = 64  # ceil(log2(2**63)) + 1 is the most any proof needs
-
-
-def _int(obj: Mapping[str, Any], key: str) -> int:
-    value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise MalformedError("expected an integer", field=key)
-    if not 0 <= value <= MAX_UINT63:
-        raise MalformedError(f"{value} is out of range 0..2^63-1", field=key)
-    return value
-
-
-def _hashes(obj: Mapping[str, Any]) -> tuple[bytes, ...]:
-    value = obj.get("hashes")
-    if not isinstance(value, list):
-        raise MalformedError("expected a list of hex hashes", field="hashes")
-    if len(value) > MAX_PROOF_HASHES:
-        raise MalformedError(
-            f"{len(value)} hashes exceed the maximum {MAX_PROOF_HASHES}", field="hashes"
-        )
-    return tuple(decode_hex(h, field=f"hashes[{i}]", length=HASH_SIZE) for i, h in enumerate(value))
-
-
-def _object(data: bytes | str | Mapping[str, Any], keys: set[str]) -> Mapping[str, Any]:
-    obj = data if isinstance(data, Mapping) else loads_strict(data)
-    if not isinstance(obj, Mapping):
-        raise MalformedError("expected a JSON object")
-    for key in sorted(set(obj) - keys):
-        raise MalformedError("unknown field", field=key)
-    for key in sorted(keys - set(obj)):
-        raise MalformedError("missing field", field=key)
-    return obj
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,12 +48,12 @@ class InclusionProof:
         Raises:
             MalformedError: naming the field that is wrong.
         """
-        obj = _object(data, {"index", "size", "leaf_hash", "hashes"})
+        obj = json_object(data, {"index", "size", "leaf_hash", "hashes"})
         return cls(
-            index=_int(obj, "index"),
-            size=_int(obj, "size"),
+            index=json_uint(obj, "index"),
+            size=json_uint(obj, "size"),
             leaf_hash=decode_hex(obj["leaf_hash"], field="leaf_hash", length=HASH_SIZE),
-            hashes=_hashes(obj),
+            hashes=json_hashes(obj, "hashes", length=HASH_SIZE, max_count=MAX_PROOF_HASHES),
         )
 
     def to_json_obj(self) -> dict[str, Any]:
@@ -111,11 +85,11 @@ class ConsistencyProof:
         Raises:
             MalformedError: naming the field that is wrong.
         """
-        obj = _object(data, {"old_size", "new_size", "hashes"})
+        obj = json_object(data, {"old_size", "new_size", "hashes"})
         return cls(
-            old_size=_int(obj, "old_size"),
-            new_size=_int(obj, "new_size"),
-            hashes=_hashes(obj),
+            old_size=json_uint(obj, "old_size"),
+            new_size=json_uint(obj, "new_size"),
+            hashes=json_hashes(obj, "hashes", length=HASH_SIZE, max_count=MAX_PROOF_HASHES),
         )
 
     def to_json_obj(self) -> dict[str, Any]:
