@@ -13,6 +13,7 @@ A node directory holds::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -20,12 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import ConfigError
+from protocol.errors import MalformedError
+from protocol.keys import SIG_COSIGNATURE_V1, NoteVerifier
 
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_DIR",
     "DEFAULT_LISTEN",
+    "MatchSettings",
     "NodeConfig",
+    "WitnessAsk",
+    "WitnessRequirement",
+    "WitnessSettings",
+    "append_witness_setting",
     "check_origin",
     "load_config",
     "parse_listen",
@@ -82,12 +90,92 @@ def resolve_node_dir(arg: str | None) -> Path:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MatchSettings:
+    """The ``[match]`` table of ``config.toml`` (see docs/matching.md).
+
+    Attributes:
+        hide_disputed_by: hide a hit when at least this many trusted origins'
+            latest opinion of it is ``dispute`` or ``false-positive``; 0 never
+            hides.
+        trusted_origins: whose opinions count; None means this node's own
+            origin and every followed origin.
+    """
+
+    hide_disputed_by: int = 0
+    trusted_origins: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WitnessAsk:
+    """A ``[[witness.ask]]`` entry: a peer asked to cosign our own checkpoints.
+
+    Attributes:
+        peer: the peer's name (a row of ``peers``, role ``peer``).
+        key: the witness's cosignature/v1 verifier key (what it prints with
+            ``hashmesh witness vkey``); its answers are checked against it.
+    """
+
+    peer: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WitnessRequirement:
+    """A ``[[witness.require]]`` entry: the k-of-n policy for a followed origin.
+
+    Attributes:
+        origin: the followed origin.
+        keys: the witnesses' cosignature/v1 verifier keys.
+        threshold: how many of them must have cosigned a checkpoint.
+    """
+
+    origin: str
+    keys: tuple[str, ...]
+    threshold: int
+
+    def verifiers(self) -> tuple[NoteVerifier, ...]:
+        """The witness keys, parsed (checked when the config was loaded)."""
+        return tuple(NoteVerifier.from_text(k) for k in self.keys)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WitnessSettings:
+    """The ``[witness]`` table of ``config.toml`` (see docs/witness.md)."""
+
+    ask: tuple[WitnessAsk, ...] = ()
+    require: tuple[WitnessRequirement, ...] = ()
+
+    def requirement_for(self, origin: str) -> WitnessRequirement | None:
+        """The policy for checkpoints of ``origin``, if one is configured."""
+        for requirement in self.require:
+            if requirement.origin == origin:
+                return requirement
+        return None
+
+    def known_keys(self, origin: str) -> tuple[NoteVerifier, ...]:
+        """Every witness key this node knows for ``origin``: its policy's, then those it asks."""
+        keys = list(self.require_keys(origin))
+        for ask in self.ask:
+            verifier = NoteVerifier.from_text(ask.key)
+            if verifier not in keys:
+                keys.append(verifier)
+        return tuple(keys)
+
+    def require_keys(self, origin: str) -> tuple[NoteVerifier, ...]:
+        """The witness keys of the policy for ``origin`` (empty without one)."""
+        requirement = self.requirement_for(origin)
+        return () if requirement is None else requirement.verifiers()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """Settings of one node, as read from ``config.toml``."""
 
     node_dir: Path
     origin: str
     listen: str = DEFAULT_LISTEN
+    match: MatchSettings = MatchSettings()
+    witness: WitnessSettings = WitnessSettings()
 
     @property
     def config_path(self) -> Path:
@@ -103,6 +191,11 @@ class NodeConfig:
     def signing_key_path(self) -> Path:
         """Path of the note signing key (mode 0600)."""
         return self.node_dir / "signing.key"
+
+    @property
+    def witness_key_path(self) -> Path:
+        """Path of the witness cosignature/v1 key (mode 0600, made on first use)."""
+        return self.node_dir / "witness.key"
 
     @property
     def tls_key_path(self) -> Path:
@@ -147,7 +240,7 @@ def load_config(node_dir: Path) -> NodeConfig:
         ) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    unknown = set(raw) - {"origin", "listen"}
+    unknown = set(raw) - {"origin", "listen", "match", "witness"}
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     origin = raw.get("origin")
@@ -157,4 +250,142 @@ def load_config(node_dir: Path) -> NodeConfig:
     if not isinstance(listen, str):
         raise ConfigError(f"{path}: 'listen' must be a string like '127.0.0.1:8443'")
     parse_listen(listen)
-    return NodeConfig(node_dir=node_dir, origin=check_origin(origin), listen=listen)
+    return NodeConfig(
+        node_dir=node_dir,
+        origin=check_origin(origin),
+        listen=listen,
+        match=_match_settings(path, raw.get("match", {})),
+        witness=_witness_settings(path, raw.get("witness", {})),
+    )
+
+
+def _match_settings(path: Path, table: object) -> MatchSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [match] must be a table")
+    unknown = set(table) - {"hide_disputed_by", "trusted_origins"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [match] setting(s) {', '.join(sorted(unknown))}")
+    hide = table.get("hide_disputed_by", 0)
+    if isinstance(hide, bool) or not isinstance(hide, int) or hide < 0:
+        raise ConfigError(f"{path}: match.hide_disputed_by must be a whole number (0 = never hide)")
+    trusted = table.get("trusted_origins")
+    if trusted is not None:
+        if not isinstance(trusted, list) or not all(isinstance(o, str) for o in trusted):
+            raise ConfigError(f"{path}: match.trusted_origins must be a list of origins")
+        trusted = tuple(check_origin(o) for o in trusted)
+    return MatchSettings(hide_disputed_by=hide, trusted_origins=trusted)
+
+
+def _witness_key(path: Path, where: str, text: object) -> str:
+    if not isinstance(text, str):
+        raise ConfigError(f"{path}: {where} must be a witness verifier key (a string)")
+    try:
+        verifier = NoteVerifier.from_text(text)
+    except MalformedError as e:
+        raise ConfigError(f"{path}: {where}: {e}") from e
+    if verifier.sig_type != SIG_COSIGNATURE_V1:
+        raise ConfigError(
+            f"{path}: {where} must be a cosignature/v1 (0x04) witness key, from "
+            "`hashmesh witness vkey` on the witness"
+        )
+    return text
+
+
+def _witness_settings(path: Path, table: object) -> WitnessSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [witness] must be a table")
+    unknown = set(table) - {"ask", "require"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [witness] setting(s) {', '.join(sorted(unknown))}")
+    asks: list[WitnessAsk] = []
+    for i, item in enumerate(_table_list(path, "witness.ask", table.get("ask", []))):
+        where = f"witness.ask[{i}]"
+        if set(item) != {"peer", "key"}:
+            raise ConfigError(f"{path}: {where} needs exactly 'peer' and 'key'")
+        if not isinstance(item["peer"], str) or not item["peer"]:
+            raise ConfigError(f"{path}: {where}.peer must be a peer name")
+        key = _witness_key(path, f"{where}.key", item["key"])
+        if any(a.peer == item["peer"] for a in asks):
+            raise ConfigError(f"{path}: {where}: peer {item['peer']!r} is listed twice")
+        asks.append(WitnessAsk(peer=item["peer"], key=key))
+    requires: list[WitnessRequirement] = []
+    for i, item in enumerate(_table_list(path, "witness.require", table.get("require", []))):
+        where = f"witness.require[{i}]"
+        if set(item) != {"origin", "keys", "threshold"}:
+            raise ConfigError(f"{path}: {where} needs exactly 'origin', 'keys' and 'threshold'")
+        origin = item["origin"]
+        if not isinstance(origin, str):
+            raise ConfigError(f"{path}: {where}.origin must be an origin")
+        check_origin(origin)
+        if any(r.origin == origin for r in requires):
+            raise ConfigError(f"{path}: {where}: origin {origin!r} has two policies")
+        raw_keys = item["keys"]
+        if not isinstance(raw_keys, list) or not raw_keys:
+            raise ConfigError(f"{path}: {where}.keys must be a non-empty list of witness keys")
+        keys = tuple(_witness_key(path, f"{where}.keys[{j}]", k) for j, k in enumerate(raw_keys))
+        if len({NoteVerifier.from_text(k).name for k in keys}) != len(keys):
+            raise ConfigError(f"{path}: {where}.keys names one witness twice")
+        threshold = item["threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, int):
+            raise ConfigError(f"{path}: {where}.threshold must be a whole number")
+        if not 1 <= threshold <= len(keys):
+            raise ConfigError(
+                f"{path}: {where}.threshold {threshold} must be between 1 and the "
+                f"{len(keys)} key(s) given"
+            )
+        requires.append(WitnessRequirement(origin=origin, keys=keys, threshold=threshold))
+    return WitnessSettings(ask=tuple(asks), require=tuple(requires))
+
+
+def _table_list(path: Path, where: str, value: object) -> list[dict[str, object]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{path}: {where} must be written as [[{where}]] tables")
+    return value
+
+
+def append_witness_setting(node_dir: Path, setting: WitnessAsk | WitnessRequirement) -> None:
+    """Add a ``[[witness.ask]]`` or ``[[witness.require]]`` table to ``config.toml``.
+
+    The table is appended as text, so the operator's comments are kept; the
+    new file is loaded and checked before it replaces the old one (atomically),
+    so a setting that makes the config invalid is never written.
+
+    Raises:
+        ConfigError: if the result is not a valid config (say, a peer or an
+            origin already listed), naming the problem.
+    """
+    path = node_dir / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    if isinstance(setting, WitnessAsk):
+        block = (
+            "\n# Asked to cosign this node's checkpoints (`hashmesh witness add`).\n"
+            f"[[witness.ask]]\npeer = {json.dumps(setting.peer)}\n"
+            f"key = {json.dumps(setting.key)}\n"
+        )
+    else:
+        keys = ", ".join(json.dumps(k) for k in setting.keys)
+        block = (
+            f"\n# Checkpoints of {setting.origin} need {setting.threshold} of these "
+            "witnesses' cosignatures.\n"
+            f"[[witness.require]]\norigin = {json.dumps(setting.origin)}\n"
+            f"keys = [{keys}]\nthreshold = {setting.threshold}\n"
+        )
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    with staged.open("a", encoding="utf-8") as f:
+        f.write(block)
+    try:
+        raw = tomllib.loads(staged.read_text(encoding="utf-8"))
+        _witness_settings(path, raw.get("witness", {}))
+    except tomllib.TOMLDecodeError as e:
+        staged.unlink()
+        raise ConfigError(
+            f"{path}: cannot add the setting ({e}); edit the [witness] table by hand"
+        ) from e
+    except ConfigError:
+        staged.unlink()
+        raise
+    os.replace(staged, path)

@@ -6,13 +6,17 @@ Layer: node (bottom). This module performs no I/O.
 
     NodeError
     ├── ConfigError              bad or missing node directory, config or key
-    │   └── NodeExistsError      init would overwrite an existing node
+    │   ├── NodeExistsError      init would overwrite an existing node
+    │   └── AuditStateError      an auditor's state file is unreadable or corrupt
     ├── StorageError             SQLite failed (wraps sqlite3.Error)
     │   └── SchemaVersionError   database written by a newer hashmesh
     ├── LedgerError              a write the ledger refuses (nothing written)
     │   ├── RetractionError      retracting a missing or already retracted entry
-    │   └── ReplicationError     a replicated batch or checkpoint was refused
-    │       └── FrozenLogError   the origin has fork evidence; nothing more accepted
+    │   ├── ReplicationError     a replicated batch or checkpoint was refused
+    │   │   └── FrozenLogError   the origin has fork evidence; nothing more accepted
+    │   └── WitnessError         this node, as a witness, refused to cosign
+    │       ├── WitnessConflictError  old size is not ours, or same size, other root
+    │       └── WitnessProofError     the consistency proof does not verify
     ├── ImportRejectedError      an import file had invalid lines (carries them)
     ├── UnknownLogError          no log with that origin is held here
     └── PeerError                a peer failed us during sync (names the peer)
@@ -29,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AuditStateError",
     "ConfigError",
     "FrozenLogError",
     "ImportRejectedError",
@@ -44,6 +49,9 @@ __all__ = [
     "SchemaVersionError",
     "StorageError",
     "UnknownLogError",
+    "WitnessConflictError",
+    "WitnessError",
+    "WitnessProofError",
 ]
 
 
@@ -57,6 +65,10 @@ class ConfigError(NodeError):
 
 class NodeExistsError(ConfigError):
     """``init`` was asked to create a node where one already exists."""
+
+
+class AuditStateError(ConfigError):
+    """The auditor's state file cannot be read, or fails its own checks (names the field)."""
 
 
 class StorageError(NodeError):
@@ -85,6 +97,28 @@ class ReplicationError(LedgerError):
 
 class FrozenLogError(ReplicationError):
     """The origin has fork evidence: its log is frozen and nothing more is accepted."""
+
+
+class WitnessError(LedgerError):
+    """This node, as a witness, refused to cosign a checkpoint; its state is unchanged."""
+
+
+class WitnessConflictError(WitnessError):
+    """The old size is not the size we last cosigned, or that size with another root (409).
+
+    Attributes:
+        origin: the checkpoint's origin.
+        size: the size of the latest checkpoint we cosigned for it (0 if none).
+    """
+
+    def __init__(self, reason: str, *, origin: str, size: int) -> None:
+        self.origin = origin
+        self.size = size
+        super().__init__(reason)
+
+
+class WitnessProofError(WitnessError):
+    """The consistency proof from our last cosigned checkpoint does not verify (422)."""
 
 
 class UnknownLogError(NodeError):

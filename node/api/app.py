@@ -10,30 +10,36 @@ Every request passes two middlewares, outermost first:
 2. **authorise** refuses oversized requests (413), then maps the client
    certificate's SPKI fingerprint to a peer record *on every request* (403
    when unknown: a peer removed while its keep-alive connection is open is
-   refused on its next request), then answers unknown paths and methods
+   refused on its next request), then spends one token of that peer's rate
+   bucket (429 with ``Retry-After`` when empty), then answers unknown paths and methods
    (404/405), then checks the caller's role against the route (403) before the
    handler touches the database, and bounds the handler's run time.
 
-There is no write endpoint: the local operator writes through the CLI.
+No endpoint writes to a log: the local operator writes through the CLI.
+POST routes (matching, witnessing) take a body capped per route
+(:attr:`Route.max_body`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from node.api import handlers, sse
+from node.api import handlers, history, match, rotations, sse, witness
 from node.api.state import (
     DB_KEY,
     HUB_KEY,
     LIMITS_KEY,
     ORIGIN_KEY,
+    RATE_KEY,
     STREAMS_KEY,
     ApiLimits,
+    PeerRateLimiter,
     StreamGate,
 )
 from node.errors import StorageError, UnknownLogError
@@ -64,24 +70,42 @@ ENTRY_READERS = frozenset({"peer", "subscriber"})
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One endpoint: its path, handler and the roles allowed to call it."""
+    """One endpoint: its path, method, handler and the roles allowed to call it.
+
+    Attributes:
+        max_body: the largest request body accepted, in bytes (413 above);
+            None means :attr:`ApiLimits.client_max_size`. Only POST routes
+            have bodies.
+    """
 
     path: str
     handler: Handler
     roles: frozenset[str]
     streaming: bool = False
+    method: str = "GET"
+    max_body: int | None = None
 
 
 ROUTES: tuple[Route, ...] = (
     Route("/v1/health", handlers.health, ALL_ROLES),
     Route("/v1/logs", handlers.logs, ALL_ROLES),
     Route("/v1/checkpoint", handlers.checkpoint, ALL_ROLES),
+    Route("/v1/checkpoints", history.checkpoints, ALL_ROLES),
+    Route("/v1/rotations", rotations.rotations, ALL_ROLES),
     Route("/v1/entries", handlers.entries, ENTRY_READERS),
     Route("/v1/leaf-hashes", handlers.leaf_hashes, ALL_ROLES),
     Route("/v1/proof/inclusion", handlers.inclusion_proof, ALL_ROLES),
     Route("/v1/proof/consistency", handlers.consistency_proof, ALL_ROLES),
     Route("/v1/evidence", handlers.evidence, ALL_ROLES),
     Route("/v1/events", sse.events, ALL_ROLES, streaming=True),
+    Route("/v1/match", match.match_endpoint, ENTRY_READERS, method="POST", max_body=match.MAX_BODY),
+    Route(
+        "/v1/witness/add-checkpoint",
+        witness.add_checkpoint,
+        frozenset({"peer"}),
+        method="POST",
+        max_body=witness.MAX_BODY,
+    ),
 )
 
 _POLICY_KEY = web.AppKey("policy", dict[str, Route])
@@ -108,7 +132,8 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     if exc.status == 404:
         message = f"no endpoint {request.path}; see docs/api.md"
     elif exc.status == 405:
-        message = f"method {request.method} is not allowed on {request.path}; the API is read-only"
+        allowed = exc.headers.get("Allow", "GET")
+        message = f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
     elif exc.text and not exc.text.startswith(f"{exc.status}:"):
         message = exc.text
     else:
@@ -144,11 +169,10 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
     app = request.app
     limits = app[LIMITS_KEY]
     length = request.content_length
-    if length is not None and length > limits.client_max_size:
+    cap = _body_cap(app, request)
+    if length is not None and length > cap:
         raise web.HTTPRequestEntityTooLarge(
-            max_size=limits.client_max_size,
-            actual_size=length,
-            text=f"request body of {length} bytes exceeds {limits.client_max_size}",
+            max_size=cap, actual_size=length, text=f"request body of {length} bytes exceeds {cap}"
         )
     spki = peer_spki(request)
     if spki is None:
@@ -160,6 +184,13 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
             "refused %s %s: unknown certificate sha256:%s", request.method, request.path, spki
         )
         raise web.HTTPForbidden(text="this certificate does not belong to a known peer")
+    wait = app[RATE_KEY].take(spki)
+    if wait > 0:
+        log.warning("refused %s %s to %s: rate limit", request.method, request.path, peer.name)
+        raise web.HTTPTooManyRequests(
+            text=f"peer {peer.name} exceeds {limits.peer_rate:g} requests/s; retry later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     match = request.match_info
     if match.http_exception is not None:
         raise match.http_exception
@@ -167,6 +198,10 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
     route = app[_POLICY_KEY].get(resource.canonical if resource is not None else "")
     if route is None:
         raise web.HTTPNotFound()
+    if route.method == "POST":
+        # aiohttp enforces the application's client_max_size while reading;
+        # a route's own cap is enforced here (the app's is the largest).
+        request = request.clone(client_max_size=cap)
     if peer.role not in route.roles:
         log.warning("refused %s to %s (role %s)", request.path, peer.name, peer.role)
         raise web.HTTPForbidden(text=f"role {peer.role!r} may not read {route.path}")
@@ -176,6 +211,16 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
         response = await handler(request)
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def _body_cap(app: web.Application, request: web.Request) -> int:
+    """The body cap for this request: its route's, or the default."""
+    limits = app[LIMITS_KEY]
+    resource = request.match_info.route.resource
+    route = app[_POLICY_KEY].get(resource.canonical if resource is not None else "")
+    if route is None or route.max_body is None:
+        return limits.client_max_size
+    return route.max_body
 
 
 async def _close_streams(app: web.Application) -> None:
@@ -204,15 +249,20 @@ def make_app(
         The application, ready for an :class:`aiohttp.web.AppRunner`.
     """
     limits = limits or ApiLimits()
-    app = web.Application(middlewares=[_errors, _authorise], client_max_size=limits.client_max_size)
+    largest = max([limits.client_max_size, *(r.max_body or 0 for r in ROUTES)])
+    app = web.Application(middlewares=[_errors, _authorise], client_max_size=largest)
     app[DB_KEY] = db
     app[HUB_KEY] = hub
     app[ORIGIN_KEY] = origin
     app[LIMITS_KEY] = limits
     app[STREAMS_KEY] = StreamGate(limits.max_streams)
+    app[RATE_KEY] = PeerRateLimiter(limits.peer_rate, limits.peer_burst)
     app[_POLICY_KEY] = {route.path: route for route in ROUTES}
     for route in ROUTES:
-        app.router.add_get(route.path, route.handler, allow_head=False)
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler, allow_head=False)
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
     app.on_shutdown.append(_close_streams)
     app.cleanup_ctx.extend(extra_cleanup)
     return app

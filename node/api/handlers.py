@@ -19,6 +19,7 @@ from aiohttp import web
 from node.api.state import DB_KEY, LIMITS_KEY, ORIGIN_KEY
 from node.errors import UnknownLogError
 from node.ledger.service import Ledger
+from node.ledger.witness import served_note
 from node.storage.ledger_store import CheckpointRecord, LogRecord
 from protocol.encoding import dumps_canonical, encode_b64, loads_strict, parse_decimal
 from protocol.errors import MalformedError
@@ -123,7 +124,7 @@ async def logs(request: web.Request) -> web.Response:
                     "origin": log.origin,
                     "vkey": log.verifier_key,
                     "size": record.size,
-                    "checkpoint": record.note,
+                    "checkpoint": served_note(ledger.store, log.log_id, record),
                     "frozen": log.origin in frozen,
                 }
             )
@@ -138,7 +139,9 @@ async def checkpoint(request: web.Request) -> web.Response:
     origin = _origin(_params(request, ("origin",)))
 
     def read(ledger: Ledger) -> str:
-        return _latest(ledger, origin)[1].note
+        log, record = _latest(ledger, origin)
+        # The witness cosignatures held for it travel with it (node.ledger.witness).
+        return served_note(ledger.store, log.log_id, record)
 
     note = await request.app[DB_KEY].read(read)
     return web.Response(text=note, content_type="text/plain", charset="utf-8")

@@ -33,6 +33,7 @@ from pathlib import Path
 from aiohttp import web
 
 from node.api.app import make_app
+from node.api.match import keep_current
 from node.api.state import ApiLimits
 from node.config import load_config, parse_listen
 from node.ledger.database import Database
@@ -255,15 +256,18 @@ async def run_server(
             ),
             name="hashmesh-watch",
         )
+        # Matching: load the PDQ index now and extend it after every commit.
+        indexer = asyncio.create_task(keep_current(db, hub), name="hashmesh-match-index")
         try:
             log.info("serving %s on %s", config.origin, server.url)
             if on_started is not None:
                 on_started(server)
             await _until_stopped(stop)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, indexer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await server.close()
             hub.close()
     finally:

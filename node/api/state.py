@@ -6,6 +6,8 @@ Layer: node.api. No I/O.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -18,8 +20,10 @@ __all__ = [
     "HUB_KEY",
     "LIMITS_KEY",
     "ORIGIN_KEY",
+    "RATE_KEY",
     "STREAMS_KEY",
     "ApiLimits",
+    "PeerRateLimiter",
     "StreamGate",
 ]
 
@@ -37,7 +41,39 @@ class ApiLimits:
     handler_timeout: float = 30.0
     """Seconds a (non-streaming) request may take before it is answered 503."""
     client_max_size: int = 64 * 1024
-    """Largest request body accepted (there are no uploads; this is a guard)."""
+    """Largest request body accepted by routes without their own cap."""
+    peer_rate: float = 100.0
+    """Requests per second each peer may sustain (token bucket); more get 429."""
+    peer_burst: int = 400
+    """Requests a peer may make at once before :attr:`peer_rate` applies."""
+
+
+class PeerRateLimiter:
+    """A token bucket per peer, so one busy or hostile peer cannot starve the others.
+
+    Buckets are keyed by the peer's certificate fingerprint and kept for
+    known peers only (the lookup happens after authentication), so the
+    table cannot be grown by strangers.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, peer: str) -> float:
+        """Spend one token; 0.0 if allowed, else the seconds until one is available."""
+        now = self._clock()
+        tokens, last = self._buckets.get(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[peer] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[peer] = (tokens, now)
+        return (1.0 - tokens) / self.rate
 
 
 class StreamGate:
@@ -65,3 +101,4 @@ HUB_KEY = web.AppKey("hub", CheckpointHub)
 ORIGIN_KEY = web.AppKey("origin", str)
 LIMITS_KEY = web.AppKey("limits", ApiLimits)
 STREAMS_KEY = web.AppKey("streams", StreamGate)
+RATE_KEY = web.AppKey("rate", PeerRateLimiter)

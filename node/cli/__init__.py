@@ -17,7 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from node.cli.audit import register as register_audit
 from node.cli.federation import register as register_federation
+from node.cli.keys import register as register_keys
+from node.cli.match import register as register_match
+from node.cli.witness import register as register_witness
 from node.config import DEFAULT_LISTEN, resolve_node_dir
 from node.errors import ImportRejectedError, NodeError
 from node.ledger import Ledger
@@ -25,14 +29,14 @@ from node.ledger.export import EXPORT_FORMATS, export_lines
 from node.ledger.hashlist import FORMATS, Format, HashListReader
 from node.ledger.provision import init_node
 from node.ledger.replica import Replica
+from node.ledger.rotation import load_key_chain
 from node.ledger.service import AppendResult, LogStatus
-from protocol.checkpoint import open_checkpoint
+from node.ledger.witness import served_note
 from protocol.encoding import encode_b64
-from protocol.entry import AddEntry, RetractEntry, parse_entry
+from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.hashing import hash_leaves
-from protocol.keys import NoteVerifier
 from protocol.signal import SIGNAL_TYPES, normalise_signal_value
 from protocol.tree import CompactRange
 
@@ -302,7 +306,9 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
 def cmd_checkpoint(args: argparse.Namespace, out: _Out) -> int:
     with _open(args, read_only=True) as ledger:
         record = ledger.latest_checkpoint(args.origin)
-    out.stdout.write(record.note)
+        # As peers are served it: with the witness cosignatures held for it.
+        note = served_note(ledger.store, ledger.log_for(args.origin).log_id, record)
+    out.stdout.write(note)
     return 0
 
 
@@ -331,6 +337,14 @@ def cmd_log(args: argparse.Namespace, out: _Out) -> int:
                 )
             elif isinstance(entry, RetractEntry):
                 out.print(f"{index:>8}  retract  {entry.index}: {entry.reason}")
+            elif isinstance(entry, OpinionEntry):
+                note = f": {entry.note}" if entry.note else ""
+                out.print(
+                    f"{index:>8}  opinion  {entry.verdict} {entry.origin}#{entry.index} "
+                    f"(leaf {entry.leaf_hash.hex()[:16]}…){note}"
+                )
+            elif isinstance(entry, RotateEntry):
+                out.print(f"{index:>8}  rotate   new key {entry.key}: {entry.reason}")
     return 0
 
 
@@ -392,12 +406,14 @@ def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
         if integrity != ["ok"]:
             problems.append("sqlite integrity_check: " + "; ".join(integrity[:5]))
         for log in ledger.store.list_logs():
-            verifier = NoteVerifier.from_text(log.verifier_key)
+            # The key of each checkpoint follows from its size once the
+            # origin has rotated (protocol.rotation).
+            chain = load_key_chain(ledger.store, log.origin)
             count = 0
             for record in ledger.store.iter_checkpoints(log.log_id):
                 count += 1
                 try:
-                    cp = open_checkpoint(record.note, verifier, origin=log.origin).checkpoint
+                    cp = chain.open(record.note).checkpoint
                 except ProtocolError as e:
                     problems.append(f"{log.origin}: checkpoint {record.size}: {e}")
                     continue
@@ -428,7 +444,7 @@ def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
             try:
                 evidence = ForkEvidence.from_json(item.evidence_json)
                 if follow is not None:
-                    verify_fork_evidence(evidence, NoteVerifier.from_text(follow.vkey))
+                    verify_fork_evidence(evidence, load_key_chain(ledger.store, item.origin))
             except ProtocolError as e:
                 problems.append(f"{item.origin}: stored fork evidence does not verify: {e}")
             else:
@@ -649,6 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("fsck", cmd_fsck, "check the database, every signature and every root")
     register_federation(command, common)
+    register_audit(command, common)
+    register_match(command, common)
+    register_keys(command, common)
+    register_witness(command, common)
     return parser
 
 

@@ -11,10 +11,9 @@ import argparse
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TextIO
 
+from node.cli.output import Command, Output
 from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
@@ -25,18 +24,6 @@ from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
 
 __all__ = ["register"]
-
-
-class _Out(Protocol):
-    stdout: TextIO
-    stderr: TextIO
-
-    def print(self, text: str = "") -> None: ...
-    def note(self, text: str) -> None: ...
-    def json(self, value: Any) -> None: ...
-
-
-Command = Callable[..., argparse.ArgumentParser]
 
 
 def _node_dir(args: argparse.Namespace) -> Path:
@@ -55,7 +42,7 @@ def _listen_url(listen: str) -> str:
 # -- serve ---------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace, out: _Out) -> int:
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     from node.api.server import run_server  # the API layer is only needed here
 
     node_dir = _node_dir(args)
@@ -82,7 +69,7 @@ def cmd_serve(args: argparse.Namespace, out: _Out) -> int:
 # -- peers ---------------------------------------------------------------------
 
 
-def cmd_peer_card(args: argparse.Namespace, out: _Out) -> int:
+def cmd_peer_card(args: argparse.Namespace, out: Output) -> int:
     node_dir = _node_dir(args)
     config = load_config(node_dir)
     with Ledger.open(node_dir, read_only=True) as ledger:
@@ -105,7 +92,7 @@ def _read_card(path: str) -> Card:
     return parse_card(data)
 
 
-def cmd_peer_add(args: argparse.Namespace, out: _Out) -> int:
+def cmd_peer_add(args: argparse.Namespace, out: Output) -> int:
     card = _read_card(args.card)
     with Ledger.open(_node_dir(args)) as ledger:
         if card.name == ledger.own_log.origin:
@@ -121,7 +108,7 @@ def cmd_peer_add(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
-def cmd_peer_list(args: argparse.Namespace, out: _Out) -> int:
+def cmd_peer_list(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args), read_only=True) as ledger:
         peers = ledger.store.list_peers()
         statuses = {s.name: s for s in ledger.store.peer_statuses()}
@@ -155,7 +142,7 @@ def cmd_peer_list(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
-def cmd_peer_remove(args: argparse.Namespace, out: _Out) -> int:
+def cmd_peer_remove(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args)) as ledger:
         if not ledger.store.remove_peer(args.name):
             raise ConfigError(f"no peer named {args.name!r}; see `hashmesh peer list`")
@@ -166,7 +153,7 @@ def cmd_peer_remove(args: argparse.Namespace, out: _Out) -> int:
 # -- follow --------------------------------------------------------------------
 
 
-def cmd_follow(args: argparse.Namespace, out: _Out) -> int:
+def cmd_follow(args: argparse.Namespace, out: Output) -> int:
     if args.card:
         card = _read_card(args.card)
         origin, vkey = card.name, card.vkey
@@ -182,13 +169,25 @@ def cmd_follow(args: argparse.Namespace, out: _Out) -> int:
             raise ConfigError("a node does not follow its own origin")
         ledger.store.add_follow(origin, vkey)
     out.print(f"following {origin}; its entries are accepted only when signed by {vkey}")
+    if args.witness:
+        from node.config import WitnessRequirement, append_witness_setting
+
+        threshold = args.witness_threshold or len(args.witness)
+        append_witness_setting(
+            _node_dir(args),
+            WitnessRequirement(origin=origin, keys=tuple(args.witness), threshold=threshold),
+        )
+        out.print(
+            f"and only when cosigned by {threshold} of {len(args.witness)} witness(es); "
+            "restart `hashmesh serve` for that to take effect"
+        )
     return 0
 
 
 # -- sync ----------------------------------------------------------------------
 
 
-def cmd_sync(args: argparse.Namespace, out: _Out) -> int:
+def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     node_dir = _node_dir(args)
     config = load_config(node_dir)
 
@@ -225,7 +224,7 @@ def cmd_sync(args: argparse.Namespace, out: _Out) -> int:
 # -- evidence ------------------------------------------------------------------
 
 
-def cmd_evidence_list(args: argparse.Namespace, out: _Out) -> int:
+def cmd_evidence_list(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args), read_only=True) as ledger:
         items = ledger.store.list_evidence()
     if not items:
@@ -248,7 +247,7 @@ def _sizes(evidence: ForkEvidence) -> str:
     return f"signed checkpoints of sizes {a.size} and {b.size} that cannot both be true"
 
 
-def cmd_evidence_export(args: argparse.Namespace, out: _Out) -> int:
+def cmd_evidence_export(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args), read_only=True) as ledger:
         items = [i for i in ledger.store.list_evidence() if i.origin == args.origin]
         follows = {f.origin: f.vkey for f in ledger.store.list_follows()}
@@ -327,6 +326,18 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     p.add_argument("origin", nargs="?", help="the origin to follow")
     p.add_argument("vkey", nargs="?", help="its verifier key")
     p.add_argument("--card", help="take origin and key from a card file instead")
+    p.add_argument(
+        "--witness",
+        action="append",
+        metavar="VKEY",
+        help="require cosignatures by this witness key (repeat; see docs/witness.md)",
+    )
+    p.add_argument(
+        "--witness-threshold",
+        type=int,
+        metavar="K",
+        help="how many --witness keys must have cosigned (default: all)",
+    )
 
     p = command("sync", cmd_sync, "pull every followed origin from every peer once")
     p.add_argument("--once", action="store_true", help="one round, then exit (the default)")
@@ -346,5 +357,5 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     q.set_defaults(run=cmd_evidence_export)
 
 
-def _need_sub(args: argparse.Namespace, out: _Out) -> int:
+def _need_sub(args: argparse.Namespace, out: Output) -> int:
     raise ConfigError("this command needs an action; see --help")

@@ -14,10 +14,11 @@ import json
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from node.ledger.rotation import load_key_chain
 from node.ledger.service import Ledger
 from protocol.bundle import encode_bundle
 from protocol.encoding import encode_b64
-from protocol.entry import AddEntry, RetractEntry, parse_entry
+from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 
 __all__ = ["EXPORT_FORMATS", "export_lines"]
 
@@ -34,6 +35,9 @@ _CSV_COLUMNS = [
     "note",
     "target",
     "reason",
+    "verdict",
+    "target_leaf_hash",
+    "key",
     "retracted_by",
     "leaf_hash",
 ]
@@ -57,6 +61,16 @@ def _decoded(ledger: Ledger, log_id: int, size: int) -> Iterator[dict[str, Any]]
             row["retracted_by"] = retracted.get(index)
         elif isinstance(entry, RetractEntry):
             row |= {"target": entry.index, "reason": entry.reason}
+        elif isinstance(entry, OpinionEntry):
+            row |= {
+                "target": f"{entry.origin}#{entry.index}",
+                "target_leaf_hash": entry.leaf_hash.hex(),
+                "verdict": entry.verdict,
+            }
+            if entry.note is not None:
+                row["note"] = entry.note
+        elif isinstance(entry, RotateEntry):
+            row |= {"key": entry.key, "reason": entry.reason}
         row["leaf_hash"] = bytes(leaf_hash).hex()
         yield row
 
@@ -93,7 +107,9 @@ def export_lines(ledger: Ledger, fmt: ExportFormat, *, origin: str | None = None
             notes = [cp.note for cp in ledger.store.iter_checkpoints(log.log_id)]
             yield from encode_bundle(
                 origin=log.origin,
-                verifier_key=log.verifier_key,
+                # A rotated log's bundle starts from its first key; verifiers
+                # follow the rotate entries among the leaves.
+                verifier_key=load_key_chain(ledger.store, log.origin).periods[0].verifier.to_text(),
                 checkpoint_notes=notes,
                 leaf_count=size,
                 leaves=(bytes(d) for _i, d, _h in ledger.store.iter_entries(log.log_id, 0, size)),

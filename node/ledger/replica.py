@@ -38,16 +38,19 @@ from node.errors import (
     RetractionError,
     UnknownLogError,
 )
+from node.ledger.rotation import apply_rotations, load_key_chain
 from node.ledger.service import Ledger, _Integration
+from node.ledger.witness import keep_cosignatures, open_with_quorum
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from protocol import PROTOCOL_VERSION
-from protocol.checkpoint import Checkpoint, open_checkpoint
+from protocol.checkpoint import Checkpoint
 from protocol.entry import AddEntry, Entry, parse_entry
 from protocol.errors import MalformedError, RootMismatchError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.hashing import EMPTY_ROOT
 from protocol.keys import NoteVerifier
 from protocol.merkle import verify_consistency
+from protocol.rotation import KeyChain
 from protocol.tree import compute_consistency_proof
 
 __all__ = ["CheckpointKind", "CheckpointVerdict", "Replica", "ReplicaState", "parse_entry_fast"]
@@ -119,6 +122,11 @@ class Replica:
         except MalformedError as e:
             raise ConfigError(f"stored verifier key of {origin!r} is invalid: {e}") from e
         self.vkey = follow.vkey
+        # Witness policy ([witness] in config.toml, node.ledger.witness):
+        # none when bound to a bare store.
+        witness = ledger.config.witness if isinstance(ledger, Ledger) else None
+        self.witness_requirement = None if witness is None else witness.requirement_for(origin)
+        self.witness_keys = () if witness is None else witness.known_keys(origin)
 
     def _log(self) -> LogRecord | None:
         try:
@@ -154,8 +162,23 @@ class Replica:
             return EMPTY_ROOT
         return self.store.load_compact_range(log.log_id, size).root()
 
+    def key_chain(self) -> KeyChain:
+        """The origin's key chain as stored (the pinned key, then its rotations)."""
+        return load_key_chain(self.store, self.origin)
+
     def _open(self, note: str) -> Checkpoint:
-        return open_checkpoint(note, self.verifier, origin=self.origin).checkpoint
+        # The key depends on the checkpoint's size once the origin has rotated
+        # its key (protocol.rotation); the chain is re-read because another
+        # replica object may have extended it since this one was made. A
+        # checkpoint without the witness quorum required raises QuorumError.
+        return open_with_quorum(self.key_chain(), note, self.witness_requirement).checkpoint
+
+    def _keep_cosignatures(self, cp: Checkpoint, note: str) -> None:
+        # Cosignatures by witnesses we know, for a checkpoint we hold, are
+        # kept so they are served with it even when it reached us without.
+        log = self._log()
+        if log is not None:
+            keep_cosignatures(self.store, log.log_id, cp, note, self.witness_keys)
 
     def check_checkpoint(self, note: str, *, source: str = LOCAL_SOURCE) -> CheckpointVerdict:
         """Verify a checkpoint of the origin and compare it with what we hold.
@@ -171,7 +194,8 @@ class Replica:
         Raises:
             MalformedError: if the note is malformed.
             VerificationError: if the origin's key did not sign it, or it is
-                for another origin.
+                for another origin; QuorumError if the witness policy for the
+                origin ([[witness.require]]) is not met.
             ReplicationError: if it conflicts with entries we hold beyond our
                 latest signed checkpoint (no evidence can be built).
         """
@@ -185,10 +209,12 @@ class Replica:
             ours = state.root_hash if cp.size == state.size else self.root_at(cp.size)
             if ours == cp.root_hash:
                 if cp.size < state.size:
+                    self._keep_cosignatures(cp, note)
                     return CheckpointVerdict("behind", cp.size, cp.root_hash)
                 log = self._log()
                 if log is not None and self.store.get_checkpoint(log.log_id, cp.size) is None:
                     self.store.put_checkpoint(log.log_id, cp.size, cp.root_hash, note)
+                self._keep_cosignatures(cp, note)
                 return CheckpointVerdict("same", cp.size, cp.root_hash)
             signed = state.checkpoint
             if signed is None or cp.size > signed.size:
@@ -221,7 +247,7 @@ class Replica:
         )
         # Check it as an auditor would before acting on it: a bug here must
         # not freeze an honest log.
-        verify_fork_evidence(evidence, self.verifier)
+        verify_fork_evidence(evidence, self.key_chain())
         return evidence
 
     def append_verified(
@@ -288,6 +314,8 @@ class Replica:
             except RetractionError as e:
                 raise ReplicationError(f"{self.origin}: {e}") from e
             root = run.tree.root()
+            # Rotations take effect only once the entries are proven (below).
+            chain = self.key_chain()
             if end == cp.size:
                 if root != cp.root_hash:
                     raise RootMismatchError(
@@ -299,9 +327,12 @@ class Replica:
             else:
                 assert proof is not None
                 verify_consistency(end, cp.size, root, cp.root_hash, list(proof))
+            apply_rotations(self.store, chain, start, parsed, cp.size)
             run.store_batch(batch)
             if end == cp.size and self.store.get_checkpoint(log.log_id, end) is None:
                 self.store.put_checkpoint(log.log_id, end, cp.root_hash, checkpoint_note)
+            if end == cp.size:
+                self._keep_cosignatures(cp, checkpoint_note)
             return self.state()
 
 

@@ -29,9 +29,10 @@ from node.errors import (
 )
 from node.ledger.hashlist import ParsedLine
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
+from node.storage.match_store import MatchStore
 from node.storage.schema import TILE_LEVEL
 from protocol.checkpoint import Checkpoint, sign_checkpoint
-from protocol.entry import AddEntry, Entry, RetractEntry, parse_entry
+from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaves
 from protocol.keys import NoteSigner
@@ -45,6 +46,7 @@ from protocol.tree import (
 
 if TYPE_CHECKING:
     from node.ledger.replica import Replica
+    from node.ledger.rotation import RotationResult
 
 __all__ = [
     "AppendResult",
@@ -186,6 +188,10 @@ class _Integration:
                 listed[entry.identity] = index
             elif isinstance(entry, RetractEntry):
                 self._check_retraction(entry, index, accepted)
+                # A hash retracted here may be listed again later in the batch.
+                target = self._target(entry.index, accepted, self.next_index)
+                if listed.get(target.identity) == entry.index:
+                    del listed[target.identity]
             accepted.append(entry)
         if not accepted:
             return
@@ -242,6 +248,11 @@ class _Integration:
         # add of a hash already listed keeps the first index.
         listed = None if checked else self._listed(entries)
         pending: list[tuple[str, str, int]] = []
+        # The matching tables (node.storage.match_store) mirror `active` for
+        # PDQ hashes and record opinions; both are flushed with `pending`.
+        matching = MatchStore(self.store.conn)
+        pdq: list[tuple[int, bytes]] = []
+        opinions: list[tuple[int, str, int, bytes, str]] = []
         for i, e in enumerate(entries):
             if isinstance(e, AddEntry):
                 if listed is not None:
@@ -249,14 +260,23 @@ class _Integration:
                         continue
                     listed[e.identity] = start + i
                 pending.append((e.signal_type, e.value, start + i))
+                if e.signal_type == "pdq":
+                    pdq.append((start + i, bytes.fromhex(e.value)))
             elif isinstance(e, RetractEntry):
                 self.store.add_active(log_id, pending)
-                pending = []
+                matching.add_pdq(log_id, pdq)
+                pending, pdq = [], []
                 target = self._target(e.index, entries, start)
                 self.store.add_retraction(log_id, e.index, start + i, target.identity)
+                if target.signal_type == "pdq":
+                    matching.remove_pdq(log_id, e.index)
                 if listed is not None and listed.get(target.identity) == e.index:
                     del listed[target.identity]
+            elif isinstance(e, OpinionEntry):
+                opinions.append((start + i, e.origin, e.index, e.leaf_hash, e.verdict))
         self.store.add_active(log_id, pending)
+        matching.add_pdq(log_id, pdq)
+        matching.add_opinions(log_id, opinions)
 
     def _target(self, index: int, pending: Sequence[Entry], start: int) -> AddEntry:
         if index >= start:
@@ -322,6 +342,14 @@ class Ledger:
         if not config.database_path.exists():
             raise ConfigError(f"{config.database_path} is missing; the node is incomplete")
         store = LedgerStore.open(config.database_path, read_only=read_only)
+        if signer is not None:
+            from node.ledger.rotation import current_signer  # rotation imports this module
+
+            try:
+                signer = current_signer(store, config.origin, signer, config.signing_key_path)
+            except BaseException:
+                store.close()
+                raise
         return cls(store, config, signer)
 
     def close(self) -> None:
@@ -356,6 +384,11 @@ class Ledger:
             StorageError: if the database fails (nothing is written).
         """
         signer = self._require_signer()
+        if any(isinstance(e, RotateEntry) for e in entries):
+            raise LedgerError(
+                "a rotate entry is appended only by `hashmesh key rotate`, which also "
+                "switches the signing key"
+            )
         with self.store.transaction():
             run = _Integration(self.store, self.own_log)
             run.append(entries)
@@ -363,6 +396,29 @@ class Ledger:
         return AppendResult(
             run.start, run.next_index - run.start, tuple(run.duplicates), checkpoint
         )
+
+    def rotate_key(self, reason: str, *, new_signer: NoteSigner | None = None) -> RotationResult:
+        """Rotate the own log's signing key (see :mod:`node.ledger.rotation`).
+
+        The rotate entry is committed under a checkpoint signed by the old
+        key; every later checkpoint is signed by the new one.
+
+        Raises:
+            MalformedError: if the reason is not valid text.
+            LedgerError: if the ledger is read-only or the key is unchanged.
+        """
+        from node.ledger.rotation import rotate_signing_key  # rotation imports this module
+
+        signer = self._require_signer()
+        result, self._signer = rotate_signing_key(
+            self.store,
+            self.config.origin,
+            signer,
+            self.config.signing_key_path,
+            reason,
+            new_signer=new_signer,
+        )
+        return result
 
     def retract(self, index: int, reason: str) -> AppendResult:
         """Append a retraction of entry ``index``.
@@ -560,6 +616,28 @@ def _leaf(index: int) -> NodeId:
     return NodeId(level=0, index=index)
 
 
+def read_key_file(path: Path, what: str) -> NoteSigner:
+    """Read a private note key that only its owner may read (mode 0600).
+
+    Raises:
+        ConfigError: if the file is missing, unreadable, readable by others
+            or not a key; ``what`` names it in the message.
+    """
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text(encoding="ascii").strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what} {path}: {e.strerror or e}") from e
+    if mode & 0o077:
+        raise ConfigError(
+            f"{what} {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`"
+        )
+    try:
+        return NoteSigner.from_text(text)
+    except MalformedError as e:
+        raise ConfigError(f"{what} {path} is not valid: {e}") from e
+
+
 def load_signer(config: NodeConfig) -> NoteSigner:
     """Load the node's note signing key, checking it belongs to the origin.
 
@@ -568,19 +646,7 @@ def load_signer(config: NodeConfig) -> NoteSigner:
             another origin.
     """
     path = config.signing_key_path
-    try:
-        mode = path.stat().st_mode & 0o777
-        text = path.read_text(encoding="ascii").strip()
-    except OSError as e:
-        raise ConfigError(f"cannot read the signing key {path}: {e}") from e
-    if mode & 0o077:
-        raise ConfigError(
-            f"signing key {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`"
-        )
-    try:
-        signer = NoteSigner.from_text(text)
-    except MalformedError as e:
-        raise ConfigError(f"signing key {path} is not valid: {e}") from e
+    signer = read_key_file(path, "signing key")
     if signer.name != config.origin:
         raise ConfigError(
             f"signing key {path} is for {signer.name!r}, not this node's origin {config.origin!r}"

@@ -37,6 +37,7 @@ __all__ = [
     "CheckpointRecord",
     "EvidenceRecord",
     "FollowRecord",
+    "KeyPeriodRecord",
     "LedgerStore",
     "LogNodeReader",
     "LogRecord",
@@ -84,6 +85,15 @@ class PeerRecord:
     vkey: str
     role: str
     added_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPeriodRecord:
+    """One stored link of an origin's key chain (see ``protocol.rotation``)."""
+
+    from_size: int
+    vkey: str
+    rotated_by: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +213,31 @@ class LedgerStore:
             (origin, verifier_key, int(is_own), _now()),
         )
         assert cur.lastrowid is not None
+        if not self.key_chain(origin):
+            self.add_key_period(origin, 0, verifier_key, None)
         return LogRecord(cur.lastrowid, origin, verifier_key, is_own)
+
+    # -- key chains -------------------------------------------------------
+
+    def key_chain(self, origin: str) -> list[KeyPeriodRecord]:
+        """The stored key chain of ``origin``, by size (empty if none is stored)."""
+        rows = self.conn.execute(
+            "SELECT from_size, vkey, rotated_by FROM origin_keys WHERE origin = ? "
+            "ORDER BY from_size",
+            (origin,),
+        ).fetchall()
+        return [KeyPeriodRecord(int(f), str(v), None if r is None else int(r)) for f, v, r in rows]
+
+    def add_key_period(
+        self, origin: str, from_size: int, vkey: str, rotated_by: int | None
+    ) -> None:
+        """Append a link to ``origin``'s key chain (inside the caller's transaction)."""
+        with self._writing():
+            self.conn.execute(
+                "INSERT INTO origin_keys (origin, from_size, vkey, rotated_by, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (origin, from_size, vkey, rotated_by, _now()),
+            )
 
     def get_log(self, origin: str) -> LogRecord:
         """The log with this origin.
@@ -491,12 +525,12 @@ class LedgerStore:
         ).fetchone()
         return None if row is None else CheckpointRecord(row[0], bytes(row[1]), row[2], row[3])
 
-    def iter_checkpoints(self, log_id: int) -> Iterator[CheckpointRecord]:
-        """Every stored checkpoint of a log, by increasing size."""
+    def iter_checkpoints(self, log_id: int, start: int = 0) -> Iterator[CheckpointRecord]:
+        """Every stored checkpoint of a log of size >= ``start``, by increasing size."""
         for row in self.conn.execute(
             "SELECT size, root_hash, note, recorded_at FROM checkpoints "
-            "WHERE log_id = ? ORDER BY size",
-            (log_id,),
+            "WHERE log_id = ? AND size >= ? ORDER BY size",
+            (log_id, start),
         ):
             yield CheckpointRecord(row[0], bytes(row[1]), row[2], row[3])
 
@@ -613,11 +647,14 @@ class LedgerStore:
         with self._writing():
             existing = self.get_follow(origin)
             if existing is not None:
-                if existing.vkey == vkey:
+                # A card made after a rotation carries the newer key: fine
+                # when our chain (protocol.rotation) already holds it.
+                if vkey == existing.vkey or vkey in {p.vkey for p in self.key_chain(origin)}:
                     return
                 raise ConfigError(
                     f"{origin!r} is already followed with another key ({existing.vkey}); "
-                    "a log's key never changes"
+                    "a log changes its key only by a rotate entry, which followers read from "
+                    "the log itself"
                 )
             row = self.conn.execute(
                 "SELECT verifier_key, is_own FROM logs WHERE origin = ?", (origin,)
@@ -630,6 +667,8 @@ class LedgerStore:
                 "INSERT INTO follows (origin, vkey, added_at) VALUES (?, ?, ?)",
                 (origin, vkey, _now()),
             )
+            if not self.key_chain(origin):
+                self.add_key_period(origin, 0, vkey, None)
 
     def get_follow(self, origin: str) -> FollowRecord | None:
         """The follow record of ``origin``, or None."""

@@ -36,6 +36,21 @@ spent most of its time in SQLite B-trees):
   look-up returns candidates that the caller checks against the stored
   entry. The signal type, value and labels are read from the entry itself;
   the ``listed`` view shows them, so they stay queryable in SQL.
+
+Version 4 adds matching, witnessing and key rotation:
+
+* ``pdq`` (derived, like ``active``): the 32 bytes of every listed PDQ hash
+  of every held log, which the near-match index is loaded from; a
+  retraction deletes the row.
+* ``opinions`` (derived): one row per opinion entry of any held log, indexed
+  by the entry it is about.
+* ``witness_state``: per origin witnessed, the last checkpoint this node
+  cosigned; moved only forward, by a check-and-save in one transaction.
+* ``cosignatures`` (append-only): witness cosignature lines collected for
+  checkpoints of held logs, served with the checkpoint.
+* ``origin_keys`` (append-only): each origin's key chain; a key signs the
+  checkpoints of sizes ``>= from_size`` up to the next row's. The migration
+  seeds one row per held log with its current key.
 """
 
 from __future__ import annotations
@@ -50,7 +65,7 @@ from node.errors import SchemaVersionError
 
 __all__ = ["SCHEMA_VERSION", "TILE_LEVEL", "active_key", "apply_pragmas", "migrate"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TILE_LEVEL = 4
 """Lowest level of the tree nodes stored (schema version 3 and later)."""
@@ -179,6 +194,78 @@ FROM active AS a JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx
 """
 
 
+_V4 = """
+-- Derived: every listed PDQ hash (32 bytes) of every held log.
+CREATE TABLE pdq (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (log_id, idx)
+) WITHOUT ROWID;
+-- Derived: one row per opinion entry of any held log.
+CREATE TABLE opinions (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    idx INTEGER NOT NULL,
+    target_origin TEXT NOT NULL,
+    target_idx INTEGER NOT NULL,
+    target_leaf_hash BLOB NOT NULL CHECK (length(target_leaf_hash) = 32),
+    verdict TEXT NOT NULL,
+    PRIMARY KEY (log_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX opinions_target ON opinions (target_origin, target_idx);
+-- The last checkpoint this node cosigned as a witness, per origin.
+CREATE TABLE witness_state (
+    origin TEXT PRIMARY KEY,
+    size INTEGER NOT NULL CHECK (size >= 0),
+    root_hash BLOB NOT NULL CHECK (length(root_hash) = 32),
+    note TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+-- Witness cosignature lines collected for checkpoints of held logs.
+CREATE TABLE cosignatures (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    size INTEGER NOT NULL CHECK (size >= 0),
+    witness TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    line TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (log_id, size, witness, key_id)
+) WITHOUT ROWID;
+-- Each origin's key chain: vkey signs checkpoints of size >= from_size
+-- (until the next row); rotated_by is the index of the rotate entry.
+CREATE TABLE origin_keys (
+    origin TEXT NOT NULL,
+    from_size INTEGER NOT NULL CHECK (from_size >= 0),
+    vkey TEXT NOT NULL,
+    rotated_by INTEGER,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (origin, from_size)
+) WITHOUT ROWID
+"""
+
+
+def _upgrade_v4(conn: sqlite3.Connection) -> None:
+    # Opinions and rotations did not exist before v4: only pdq rows and the
+    # first link of each key chain are derived from what is held.
+    rows = conn.execute(
+        "SELECT a.log_id, a.idx, json_extract(e.data, '$.signal.value') FROM active AS a "
+        "JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx "
+        "WHERE json_extract(e.data, '$.signal.type') = 'pdq'"
+    )
+    conn.executemany(
+        "INSERT INTO pdq (log_id, idx, hash) VALUES (?, ?, ?)",
+        ((log_id, idx, bytes.fromhex(value)) for log_id, idx, value in rows),
+    )
+    conn.execute(
+        "INSERT INTO origin_keys (origin, from_size, vkey, rotated_by, recorded_at) "
+        "SELECT origin, 0, verifier_key, NULL, created_at FROM logs"
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO origin_keys (origin, from_size, vkey, rotated_by, recorded_at) "
+        "SELECT origin, 0, vkey, NULL, added_at FROM follows"
+    )
+
+
 def _upgrade_v3(conn: sqlite3.Connection) -> None:
     rows = conn.execute("SELECT log_id, signal_type, value, idx FROM active_v2")
     conn.executemany(
@@ -198,6 +285,7 @@ _MIGRATIONS: dict[int, tuple[str, tuple[str, ...], Callable[[sqlite3.Connection]
     1: (_V1, ("entries", "nodes", "checkpoints", "retractions"), None),
     2: (_V2, ("evidence",), None),
     3: (_V3, (), _upgrade_v3),
+    4: (_V4, ("cosignatures", "origin_keys"), _upgrade_v4),
 }
 
 

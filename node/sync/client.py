@@ -225,6 +225,32 @@ class PeerClient:
             )
         return proof
 
+    async def checkpoints(self, origin: str, start: int = 0) -> list[tuple[int, str]]:
+        """One page of the peer's stored checkpoints of ``origin`` from size ``start``.
+
+        Returns:
+            ``(size, note)`` pairs in increasing size (unverified); empty when
+            the peer holds none from ``start``.
+        """
+        doc = await self._get_json("/v1/checkpoints", {"origin": origin, "start": start})
+        items = doc.get("checkpoints")
+        if doc.get("origin") != origin or not isinstance(items, list):
+            raise PeerProtocolError(
+                self.name, "/v1/checkpoints: expected this origin and a 'checkpoints' list"
+            )
+        out: list[tuple[int, str]] = []
+        for i, item in enumerate(items):
+            try:
+                size, note = _int(item, "size"), _str(item, "note")
+            except MalformedError as e:
+                raise PeerProtocolError(self.name, f"/v1/checkpoints: checkpoints[{i}].{e}") from e
+            if size < start or (out and size <= out[-1][0]):
+                raise PeerProtocolError(
+                    self.name, f"/v1/checkpoints: checkpoints[{i}] is out of order (size {size})"
+                )
+            out.append((size, note))
+        return out
+
     async def evidence(self) -> list[ForkEvidence]:
         """Fork evidence the peer holds (each to be verified by the caller)."""
         doc = await self._get_json("/v1/evidence")

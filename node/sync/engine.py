@@ -13,6 +13,9 @@ For every origin we follow that the peer holds:
    prefix of the signed tree by a consistency proof from the chunk's end to the
    checkpoint, against the root we compute ourselves, and committed in one
    transaction. An interrupted sync therefore resumes from the last chunk.
+4. when the head is signed by a key we do not know yet (the origin rotated
+   its key), catch up first to the peer's last checkpoint that our key chain
+   verifies (the one committing the rotation), then take the head.
 
 Any failure rejects that batch (nothing of it is written), marks the peer with
 the reason, and ends the round for that peer; other peers are unaffected.
@@ -30,11 +33,12 @@ from node.errors import NodeError, PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.replica import Replica, ReplicaState
+from node.ledger.rotation import load_key_chain
 from node.ledger.service import Ledger
 from node.sync.client import PeerClient, RemoteLog
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, UnknownKeyError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
-from protocol.keys import NoteVerifier
+from protocol.rotation import KeyChain
 
 logger = logging.getLogger("hashmesh.sync")
 
@@ -42,6 +46,9 @@ __all__ = ["CHUNK_ENTRIES", "OriginResult", "PeerSyncReport", "sync_peer"]
 
 CHUNK_ENTRIES = 50_000
 """Entries verified and committed per transaction during a catch-up."""
+
+MAX_ROTATION_STEPS = 16
+"""Key rotations one sync round follows for one origin before it gives up."""
 
 
 @dataclass(slots=True)
@@ -89,9 +96,10 @@ async def sync_peer(
         # Evidence first: an origin the peer proved forked is frozen before we
         # compare its checkpoints, and a fork we cannot prove ourselves (the
         # peer holds the longer history) is still learnt in this round.
-        report.evidence_added = await _pull_evidence(
-            db, client, {f.origin: f.vkey for f in follows}
+        chains = await db.read(
+            lambda ledger: {f.origin: load_key_chain(ledger.store, f.origin) for f in follows}
         )
+        report.evidence_added = await _pull_evidence(db, client, chains)
         remote = {log.origin: log for log in await client.logs()}
         for follow in follows:
             if only_origin is not None and follow.origin != only_origin:
@@ -112,7 +120,62 @@ async def sync_peer(
 async def _sync_origin(
     db: Database, client: PeerClient, log: RemoteLog, *, hub: CheckpointHub | None, chunk: int
 ) -> OriginResult:
-    origin, note = log.origin, log.checkpoint
+    origin = log.origin
+    result = OriginResult(origin=origin, verdict="same")
+    for _ in range(MAX_ROTATION_STEPS):
+        try:
+            await _catch_up(db, client, origin, log.checkpoint, result, chunk)
+            break
+        except UnknownKeyError:
+            # The head may be signed by a key the origin rotated to after our
+            # size: first catch up to the checkpoint that commits the
+            # rotation (signed by the key we know), then try the head again.
+            step = await _rotation_checkpoint(db, client, origin)
+            if step is None:
+                raise
+            await _catch_up(db, client, origin, step, result, chunk)
+    if hub is not None and result.appended:
+        hub.publish(origin, result.size)
+    return result
+
+
+async def _rotation_checkpoint(db: Database, client: PeerClient, origin: str) -> str | None:
+    """The peer's largest checkpoint beyond our size that our key chain verifies.
+
+    Checkpoints are scanned in size order up to the first one our chain does
+    not verify; with an honest origin that is the one just after the
+    checkpoint committing a rotation (``protocol.rotation``).
+    """
+
+    def read(ledger: Ledger) -> tuple[KeyChain, int]:
+        replica = Replica(ledger, origin)
+        return replica.key_chain(), replica.state().size
+
+    chain, have = await db.read(read)
+    best: str | None = None
+    start = have + 1
+    while True:
+        page = await client.checkpoints(origin, start)
+        if not page:
+            return best
+        for _size, note in page:
+            try:
+                chain.open(note)
+            except ProtocolError:
+                return best
+            best = note
+        start = page[-1][0] + 1
+
+
+async def _catch_up(
+    db: Database,
+    client: PeerClient,
+    origin: str,
+    note: str,
+    result: OriginResult,
+    chunk: int,
+) -> None:
+    """Verify ``note`` against what we hold and fetch what it adds, chunk by chunk."""
 
     def check(ledger: Ledger) -> tuple[str, int, int]:
         replica = Replica(ledger, origin)
@@ -120,7 +183,7 @@ async def _sync_origin(
         return verdict.kind, replica.state().size, verdict.size
 
     kind, have, want = await db.write(check)
-    result = OriginResult(origin=origin, verdict=kind, size=have)
+    result.verdict, result.size = kind, have
     if kind == "fork":
         logger.error(
             "FORK: %s signed a checkpoint of size %d (via %s) that contradicts the log we "
@@ -131,7 +194,7 @@ async def _sync_origin(
             origin,
         )
     if kind != "ahead":
-        return result
+        return
 
     async def fetch(start: int) -> tuple[int, list[bytes], tuple[bytes, ...] | None]:
         end = min(start + chunk, want)
@@ -160,9 +223,6 @@ async def _sync_origin(
             with contextlib.suppress(asyncio.CancelledError, PeerError):
                 await pending
     result.size = have
-    if hub is not None and result.appended:
-        hub.publish(origin, have)
-    return result
 
 
 def _append(
@@ -178,14 +238,14 @@ def _append(
     return run
 
 
-async def _pull_evidence(db: Database, client: PeerClient, follows: dict[str, str]) -> int:
+async def _pull_evidence(db: Database, client: PeerClient, chains: dict[str, KeyChain]) -> int:
     """Store every fork evidence the peer holds for an origin we follow, once verified."""
     added = 0
     for evidence in await client.evidence():
-        vkey = follows.get(evidence.origin)
-        if vkey is None:
+        chain = chains.get(evidence.origin)
+        if chain is None:
             continue
-        verify_fork_evidence(evidence, NoteVerifier.from_text(vkey))
+        verify_fork_evidence(evidence, chain)
         added += await db.write(_store_evidence(evidence, client.name))
     return added
 

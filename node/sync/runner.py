@@ -10,6 +10,9 @@ retried with exponential backoff and jitter, so a broken peer neither spins
 nor stalls the others. The peer list is re-read every second, so ``peer add``
 and ``peer remove`` take effect without a restart.
 
+A :class:`~node.sync.witness_client.WitnessLoop` beside them asks the
+configured witnesses to cosign each new own checkpoint.
+
 Writes to the own log made by the CLI in another process are announced on
 the hub by the server's watcher (:mod:`node.api.server`), which already polls
 for commits by other connections; replicas are announced by the sync engine.
@@ -30,6 +33,7 @@ from node.ledger.events import CheckpointHub
 from node.storage.ledger_store import PeerRecord
 from node.sync.client import PeerClient
 from node.sync.engine import PeerSyncReport, sync_peer
+from node.sync.witness_client import WitnessLoop
 
 __all__ = ["SyncRunner", "SyncSettings", "sync_once"]
 
@@ -100,17 +104,31 @@ class SyncRunner:
         self._settings = settings or SyncSettings()
         self._tasks: dict[str, tuple[PeerRecord, list[asyncio.Task[None]]]] = {}
         self._main: asyncio.Task[None] | None = None
+        self._witness: asyncio.Task[None] | None = None
         self.rounds = 0
+        # Asks the [[witness.ask]] witnesses to cosign each new own checkpoint.
+        self.witness = WitnessLoop(
+            db,
+            hub,
+            cert_path=cert_path,
+            key_path=key_path,
+            poll_interval=self._settings.poll_interval,
+            min_backoff=self._settings.min_backoff,
+            max_backoff=self._settings.max_backoff,
+        )
 
     def start(self) -> None:
         """Start the supervisor task on the running loop."""
         self._main = asyncio.create_task(self._supervise(), name="hashmesh-sync")
+        self._witness = asyncio.create_task(self.witness.run(), name="hashmesh-witness")
 
     async def stop(self) -> None:
         """Cancel every task and wait for them."""
         tasks = [t for _, ts in self._tasks.values() for t in ts]
         if self._main is not None:
             tasks.append(self._main)
+        if self._witness is not None:
+            tasks.append(self._witness)
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -16,9 +16,10 @@ def test_openapi_lists_every_route_with_its_roles() -> None:
     assert set(spec["paths"]) == {route.path for route in ROUTES}
     for route in ROUTES:
         operation = spec["paths"][route.path]
-        assert set(operation) == {"get"}, route.path
-        assert set(operation["get"]["x-roles"]) == route.roles, route.path
-        for response in operation["get"]["responses"].values():
+        method = route.method.lower()
+        assert set(operation) == {method}, route.path
+        assert set(operation[method]["x-roles"]) == route.roles, route.path
+        for response in operation[method]["responses"].values():
             ref = response.get("$ref")
             if ref:
                 name = ref.rsplit("/", 1)[1]
@@ -28,4 +29,4 @@ def test_openapi_lists_every_route_with_its_roles() -> None:
 def test_api_md_documents_every_route() -> None:
     text = (DOCS / "api.md").read_text(encoding="utf-8")
     for route in ROUTES:
-        assert f"`GET {route.path}" in text, route.path
+        assert f"`{route.method} {route.path}" in text, route.path

@@ -143,6 +143,16 @@ def test_retract_and_readd(ledger: Ledger) -> None:
     assert again.count == 1 and again.start == 2
 
 
+def test_retract_and_readd_in_one_batch(ledger: Ledger) -> None:
+    ledger.append([add(1)])
+    result = ledger.append([RetractEntry(index=0, reason="relabel"), add(1)])
+    assert result.count == 2 and not result.duplicates
+    assert ledger.status().by_signal_type == {"sha256": 1}
+    # Within one batch too: add, retract, add again lists it once more.
+    fresh = ledger.append([add(2), RetractEntry(index=3, reason="typo"), add(2), add(2)])
+    assert fresh.count == 3 and [d.existing_index for d in fresh.duplicates] == [5]
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [(5, "does not exist"), (1, "is a retract"), (0, "already retracted")],

@@ -27,4 +27,12 @@ def test_example_network_runs() -> None:
     assert "C holds A's three entries" in out
     assert "OK: inclusion verified" in out
     assert "C has A's retraction" in out and "1 retracted" in out
+    # Matching at C, with a receipt that verifies with A's key alone.
+    assert "MATCH md5 5d41402abc4b2a76b9719d911017c592" in out
+    assert "OK: receipt verified: entry 1 of hotline-a.example/hashmesh" in out
+    # B's cosignature travelled with A's checkpoint to C (which requires it).
+    assert "— hotline-b.example/hashmesh/witness " in out
+    # The auditor's live audit and its bundle audit across A's key rotation.
+    assert out.count("every check passed") == 2
+    assert "sizes >= 6: hotline-a.example/hashmesh+" in out
     assert "Done: three nodes" in out

@@ -1,0 +1,333 @@
+"""``POST /v1/match``: look up a batch of hashes in every log this node holds.
+
+Layer: node.api. The request body is parsed, matched and the response
+serialised in one reader thread of the database, so a batch of ten thousand
+hashes never stalls the event loop.
+
+Request (JSON, at most :data:`MAX_BODY` bytes)::
+
+    {"hashes": [{"type": "sha256", "value": "<64 hex>"}, ...],   1 to 10,000 items
+     "max_distance": 31,                                          optional, PDQ only
+     "receipts": false}                                           optional
+
+Response (200)::
+
+    {"checked": <valid queries>, "max_distance": 31,
+     "matches": [{"i": <position>, "type": ..., "value": ..., "hidden": 0,
+                  "hits": [{"origin", "index", "type", "value", "distance",
+                            "labels", "opinions", ["quality"], ["note"],
+                            ["receipt"]}]}],
+     "errors": [{"i": <position>, "field": "hashes[3].value", "error": "..."}]}
+
+Only queries with hits (or hidden hits) are listed under ``matches``. Values
+must be canonical (lowercase hex, padded base64): this is an API for programs,
+and a malformed item is reported in ``errors`` without failing the others.
+The whole request is refused (400) only when its shape is wrong: not JSON, an
+unknown field, ``hashes`` not a list or longer than :data:`MAX_BATCH`.
+
+The PDQ index (:class:`~node.ledger.matching.LivePdqIndex`) belongs to the
+database: :func:`match_service` keeps one per open
+:class:`~node.ledger.database.Database`. It is brought up to date before
+every request that has PDQ queries (one ``data_version`` pragma when nothing
+changed), and ``hashmesh serve`` also loads it at start and after every
+announced commit (:func:`keep_current`), so requests rarely wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from node.api.state import DB_KEY
+from node.errors import StorageError
+from node.ledger.database import Database
+from node.ledger.events import CheckpointHub
+from node.ledger.matching import (
+    DEFAULT_MAX_DISTANCE,
+    MAX_BATCH,
+    MAX_DISTANCE_CAP,
+    ItemResult,
+    LivePdqIndex,
+    MatchQuery,
+    match,
+)
+from node.ledger.service import Ledger
+from protocol.encoding import dumps_canonical, loads_strict
+from protocol.errors import MalformedError
+
+__all__ = [
+    "MAX_BODY",
+    "MatchRequest",
+    "MatchService",
+    "keep_current",
+    "match_endpoint",
+    "match_service",
+    "parse_match_request",
+]
+
+log = logging.getLogger("hashmesh.api")
+
+MAX_BODY = 4 * 1024 * 1024
+"""Largest request body: 10,000 PhotoDNA queries (the longest values) fit with room."""
+
+_REQUEST_KEYS = frozenset({"hashes", "max_distance", "receipts"})
+_ITEM_KEYS = frozenset({"type", "value"})
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRequest:
+    """A parsed match request: valid queries by position, and per-item errors."""
+
+    queries: tuple[tuple[int, MatchQuery], ...]
+    errors: tuple[dict[str, Any], ...]
+    max_distance: int
+    receipts: bool
+
+
+def _item_error(position: int, field: str, message: str) -> dict[str, Any]:
+    return {"i": position, "field": field, "error": message}
+
+
+def _parse_item(position: int, item: object) -> MatchQuery | dict[str, Any]:
+    if type(item) is dict and len(item) == 2:
+        # The common case, checked without building error context.
+        signal_type, value = item.get("type"), item.get("value")
+        if type(signal_type) is str and type(value) is str:
+            try:
+                return MatchQuery.parse(signal_type, value)
+            except MalformedError as e:
+                return _item_error(position, f"hashes[{position}].{e.field or 'value'}", e.reason)
+    where = f"hashes[{position}]"
+    if not isinstance(item, Mapping):
+        return _item_error(position, where, "expected an object with type and value")
+    for key in sorted(set(item) - _ITEM_KEYS):
+        return _item_error(position, f"{where}.{key}", "unknown field (expected type, value)")
+    for key in ("type", "value"):
+        if key not in item:
+            return _item_error(position, f"{where}.{key}", "missing field")
+        if not isinstance(item[key], str):
+            return _item_error(position, f"{where}.{key}", "expected a string")
+    try:
+        return MatchQuery(item["type"], item["value"])
+    except MalformedError as e:
+        return _item_error(position, f"{where}.{e.field or 'value'}", e.reason)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise MalformedError("duplicate key in JSON object", field=key)
+            seen.add(key)
+    return obj
+
+
+def _no_constants(text: str) -> Any:
+    raise MalformedError(f"{text} is not allowed in JSON")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:
+        raise MalformedError(f"integer of {len(text)} digits is too long")
+    return int(text)
+
+
+def _loads(body: bytes) -> Any:
+    r""":func:`protocol.encoding.loads_strict`, faster for the usual ASCII request.
+
+    Ten thousand items made the generic checks (a Python call per object and
+    per value) cost as much as the matching. ASCII text without ``\u``
+    escapes cannot hold a byte order mark, invalid UTF-8 or a lone
+    surrogate, so only duplicate keys, constants and overlong integers remain
+    to refuse, and the decoder's hooks do that cheaply; a fraction is left to
+    the shape checks, which accept no float anywhere. Anything else takes the
+    generic path.
+    """
+    if not (body.isascii() and b"\\u" not in body):
+        return loads_strict(body)
+    try:
+        return json.loads(
+            body,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constants,
+            parse_int=_bounded_int,
+        )
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise MalformedError(f"invalid JSON: {e}") from e
+
+
+def parse_match_request(body: bytes) -> MatchRequest:
+    """Parse a match request body.
+
+    Raises:
+        MalformedError: if the request as a whole is malformed (the field is
+            named); malformed items are returned in ``errors`` instead.
+    """
+    if not body:
+        raise MalformedError("expected a JSON object with a hashes list; the body is empty")
+    doc = _loads(body)
+    if not isinstance(doc, Mapping):
+        raise MalformedError("expected a JSON object with a hashes list")
+    for key in sorted(set(doc) - _REQUEST_KEYS):
+        raise MalformedError("unknown field (expected hashes, max_distance, receipts)", field=key)
+    hashes = doc.get("hashes")
+    if not isinstance(hashes, list):
+        raise MalformedError("expected a list of {type, value} objects", field="hashes")
+    if len(hashes) > MAX_BATCH:
+        raise MalformedError(
+            f"at most {MAX_BATCH} hashes per request, got {len(hashes)}; split the batch",
+            field="hashes",
+        )
+    max_distance = doc.get("max_distance", DEFAULT_MAX_DISTANCE)
+    if (
+        isinstance(max_distance, bool)
+        or not isinstance(max_distance, int)
+        or not 0 <= max_distance <= MAX_DISTANCE_CAP
+    ):
+        raise MalformedError(f"expected an integer 0-{MAX_DISTANCE_CAP}", field="max_distance")
+    receipts = doc.get("receipts", False)
+    if not isinstance(receipts, bool):
+        raise MalformedError("expected true or false", field="receipts")
+    queries: list[tuple[int, MatchQuery]] = []
+    errors: list[dict[str, Any]] = []
+    for position, item in enumerate(hashes):
+        parsed = _parse_item(position, item)
+        if isinstance(parsed, MatchQuery):
+            queries.append((position, parsed))
+        else:
+            errors.append(parsed)
+    return MatchRequest(tuple(queries), tuple(errors), max_distance, receipts)
+
+
+def render_results(request: MatchRequest, results: list[ItemResult]) -> dict[str, Any]:
+    """The response document of a match request."""
+    matches = []
+    for result in results:
+        if not result.hits and not result.hidden:
+            continue
+        matches.append(
+            {
+                "i": result.position,
+                "type": result.query.signal_type,
+                "value": result.query.value,
+                "hidden": result.hidden,
+                "hits": [h.to_json_obj(receipts=request.receipts) for h in result.hits],
+            }
+        )
+    return {
+        "checked": len(request.queries),
+        "max_distance": request.max_distance,
+        "matches": matches,
+        "errors": list(request.errors),
+    }
+
+
+class MatchService:
+    """The PDQ index of one open database, and when it was last brought up to date."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.pdq = LivePdqIndex()
+        self._lock = asyncio.Lock()
+        self._version: int | None = None
+
+    async def ensure_current(self) -> int:
+        """Load every PDQ row committed so far; the number of rows loaded now.
+
+        Cheap when nothing was committed since the last call (one pragma).
+        Loading runs in chunks in reader threads, so requests that need no
+        PDQ keep being served meanwhile.
+        """
+        version = await self.db.data_version()
+        if version == self._version:
+            return 0
+        async with self._lock:
+            if version == self._version:
+                return 0
+            # Read the version before loading: a commit racing with the load
+            # changes it again, and the next call loads what was missed.
+            version = await self.db.data_version()
+            while await self.db.read(lambda ledger: self.pdq.read_step(ledger.store)):
+                pass
+            loop = asyncio.get_running_loop()
+            added = await loop.run_in_executor(None, self.pdq.flush)
+            self._version = version
+            return added
+
+
+_SERVICES: weakref.WeakKeyDictionary[Database, MatchService] = weakref.WeakKeyDictionary()
+
+
+def match_service(db: Database) -> MatchService:
+    """The match service of ``db`` (made on first use; one per open database)."""
+    service = _SERVICES.get(db)
+    if service is None:
+        service = _SERVICES[db] = MatchService(db)
+    return service
+
+
+async def keep_current(db: Database, hub: CheckpointHub) -> None:
+    """Load the PDQ index now and again after every announced commit (runs until cancelled).
+
+    Own-log writes by the CLI are announced by the server's watcher, replica
+    commits by the sync engine; either way the index is extended soon after.
+    """
+    service = match_service(db)
+    events = hub.subscribe()
+    try:
+        started = asyncio.get_running_loop().time()
+        loaded = await _refresh(service)
+        took = asyncio.get_running_loop().time() - started
+        log.info("PDQ index ready: %d hashes loaded in %.1f s", loaded, took)
+        async for _origin, _size in events:
+            await _refresh(service)
+    finally:
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()
+
+
+async def _refresh(service: MatchService) -> int:
+    # A busy database only delays the index: the next announcement, or the
+    # next request with PDQ queries, loads what was missed.
+    try:
+        return await service.ensure_current()
+    except StorageError as e:
+        log.warning("PDQ index not updated: %s", e)
+        return 0
+
+
+async def match_endpoint(request: web.Request) -> web.Response:
+    """``POST /v1/match``: exact and PDQ matching of up to 10,000 hashes."""
+    if request.query:
+        key = next(iter(request.query))
+        raise MalformedError("no query parameters are accepted; send a JSON body", field=key)
+    body = await request.read()
+    db = request.app[DB_KEY]
+    service = match_service(db)
+    # Parsing, matching and serialising run in one reader thread; the PDQ
+    # index is brought up to date first whenever the body may hold a PDQ
+    # query (a byte search, much cheaper than a parse of its own).
+    if b"pdq" in body or b"\\u" in body:
+        await service.ensure_current()
+
+    def run(ledger: Ledger) -> bytes:
+        parsed = parse_match_request(body)
+        results = match(
+            ledger,
+            parsed.queries,
+            pdq=service.pdq,
+            max_distance=parsed.max_distance,
+            receipts=parsed.receipts,
+        )
+        return dumps_canonical(render_results(parsed, results))
+
+    return web.Response(body=await db.read(run), content_type="application/json")

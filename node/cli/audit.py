@@ -1,0 +1,354 @@
+"""``hashmesh audit``: audit live nodes (as an auditor) and bundles, incrementally.
+
+Layer: node.cli (composition root). Parses the command line, reads cards,
+keys and the state file, runs :func:`node.sync.audit.run_audit` and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from node.cli.output import Command, Output
+from node.config import load_config, resolve_node_dir
+from node.errors import ConfigError
+from node.sync.audit import AuditOptions, AuditReport, NodeTarget, run_audit
+from node.sync.audit_state import (
+    STATE_ENV,
+    default_state_path,
+    load_state,
+    locked_state,
+    save_state,
+)
+from node.sync.cards import parse_card
+from protocol.audit import CHECKS, Failure
+from protocol.errors import MalformedError
+from protocol.keys import SIG_ED25519, NoteVerifier
+
+__all__ = ["register"]
+
+
+_DESCRIPTION = f"""\
+Audit hashmesh logs: live nodes over mutual TLS (as a peer with role
+'auditor', which sees checkpoints, proofs and leaf hashes but never hash
+values or labels) and audit bundles (`hashmesh export --format bundle`).
+
+For every origin a target holds and a key is trusted for, it checks:
+  signature     every checkpoint is signed by the origin's key (following
+                key rotations proven in bundles)
+  consistency   every checkpoint extends the earlier ones, and the head saved
+                by the last audit (a history rewritten since is caught here)
+  leaves        the leaf hashes produce every signed root
+  split-view    every node and bundle shows the same history of the origin
+  history       the origin's own node still serves what was audited before
+  key           a bundle's or the state's key agrees with the pinned one
+  entries       with --check-entries, every bundle leaf is a canonical entry
+An auditor needs a TLS identity and the auditor role at each node: create
+one with `hashmesh init --dir auditor --origin auditor.example/audit` (the
+log it also gets is never used), hand `hashmesh --dir auditor peer card` to
+each node's operator, who runs `hashmesh peer add CARD --role auditor`, and
+audit with their cards (--card) and `--dir auditor` (or --cert/--key).
+
+Failures print as `FAIL <check> origin=O source=S [OLD -> NEW]: why`; a
+proven fork comes with evidence that `python -m protocol verify-evidence
+FILE --vkey KEY` checks with nothing but the origin's key.
+
+The state file (--state, default ${STATE_ENV} or
+$XDG_STATE_HOME/hashmesh/audit-state.json) remembers per origin the key chain
+and the last verified tree, so the next run fetches only newer leaf hashes.
+Exit status: 0 when every check passed, 1 when any failed or on an error,
+2 on a usage error.
+
+examples:
+  hashmesh audit --card a.card.json --card b.card.json --dir auditor
+  hashmesh audit https://10.0.0.5:8443 --server-cert a-tls.pem \\
+      --cert me.crt --key me.key --vkey hotline-a.example/hashmesh+1a2b3c4d+AQ...
+  hashmesh audit a.bundle b.bundle --vkey a.vkey --json
+"""
+
+
+def _read_key(text: str) -> NoteVerifier:
+    path = Path(text)
+    if "+" not in text or path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"--vkey {text}: not a key and not a readable file") from e
+    try:
+        verifier = NoteVerifier.from_text(text)
+    except MalformedError as e:
+        raise ConfigError(f"--vkey {text}: {e}") from e
+    if verifier.sig_type != SIG_ED25519:
+        raise ConfigError(f"--vkey {text}: a log key has signature type 0x01")
+    return verifier
+
+
+def _read_pem(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the certificate {path}: {e}") from e
+
+
+def _targets(args: argparse.Namespace) -> tuple[list[NodeTarget], list[Path], dict[str, str]]:
+    keys: dict[str, str] = {}
+
+    def trust(origin: str, vkey: str, where: str) -> None:
+        if keys.get(origin, vkey) != vkey:
+            raise ConfigError(f"{where}: another key than {keys[origin]} is given for {origin}")
+        keys[origin] = vkey
+
+    for text in args.vkey:
+        verifier = _read_key(text)
+        trust(verifier.name, verifier.to_text(), f"--vkey {text}")
+    nodes: dict[str, NodeTarget] = {}
+    for path in args.card:
+        try:
+            card = parse_card(Path(path).read_bytes())
+        except OSError as e:
+            raise ConfigError(f"cannot read card {path}: {e.strerror or e}") from e
+        trust(card.name, card.vkey, f"card {path}")
+        nodes[card.url] = NodeTarget(url=card.url, server_cert_pem=card.tls_cert, vkey=card.vkey)
+    server_pems = "".join(_read_pem(p) for p in args.server_cert)
+    bundles: list[Path] = []
+    for target in args.targets:
+        if target.startswith(("https://", "http://")):
+            url = target.rstrip("/")
+            if url.startswith("http://"):
+                raise ConfigError(f"{target}: nodes are audited over https (mutual TLS) only")
+            if url in nodes:
+                continue
+            if not server_pems:
+                raise ConfigError(
+                    f"{target}: pin the node's TLS certificate with --server-cert PEM "
+                    "(or give its card with --card)"
+                )
+            nodes[url] = NodeTarget(url=url, server_cert_pem=server_pems)
+        else:
+            bundles.append(Path(target))
+    return list(nodes.values()), bundles, keys
+
+
+def _identity(args: argparse.Namespace, live: bool) -> tuple[Path | None, Path | None]:
+    if args.cert or args.key:
+        if not (args.cert and args.key):
+            raise ConfigError("give both --cert and --key")
+        return Path(args.cert), Path(args.key)
+    if not live:
+        return None, None
+    node_dir = resolve_node_dir(getattr(args, "dir", None))
+    try:
+        config = load_config(node_dir)
+    except ConfigError as e:
+        raise ConfigError(
+            "a live audit needs the auditor's TLS identity: --cert FILE --key FILE "
+            f"(or --dir of a hashmesh node whose identity to use; {e})"
+        ) from e
+    return config.tls_cert_path, config.tls_key_path
+
+
+def _evidence_name(failure: Failure, index: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", failure.origin)
+    return f"fork-{safe}-{failure.old_size}-{failure.new_size}-{index}.json"
+
+
+def _write_evidence(report: AuditReport, directory: str | None) -> dict[int, str]:
+    written: dict[int, str] = {}
+    if directory is None:
+        return written
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, failure in enumerate(report.failures):
+        if failure.evidence is None:
+            continue
+        path = out / _evidence_name(failure, i)
+        text = json.dumps(failure.evidence.to_json_obj(), indent=2) + "\n"
+        path.write_text(text, encoding="utf-8")
+        written[i] = str(path)
+    return written
+
+
+def _json_report(
+    report: AuditReport, state_path: Path, saved: bool, files: dict[int, str]
+) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "state": str(state_path),
+        "state_saved": saved,
+        "failures": [
+            {
+                "check": f.check,
+                "origin": f.origin,
+                "source": f.source,
+                "message": f.message,
+                "old_size": f.old_size,
+                "new_size": f.new_size,
+                "evidence": f.evidence.to_json_obj() if f.evidence else None,
+                "evidence_file": files.get(i),
+            }
+            for i, f in enumerate(report.failures)
+        ],
+        "origins": [
+            {
+                "origin": o.origin,
+                "status": o.status,
+                "head_before": o.head_before,
+                "head_after": None
+                if o.head_after is None
+                else {"size": o.head_after.size, "root": o.head_after.root_hash.hex()},
+                "keys": list(o.keys),
+                "sources": [
+                    {
+                        "source": s.source,
+                        "size": s.size,
+                        "checkpoints": s.checkpoints,
+                        "replay_from": s.replay_from,
+                        "leaves_hashed": s.leaves_hashed,
+                    }
+                    for s in o.sources
+                ],
+            }
+            for o in report.origins
+        ],
+        "notes": list(report.notes),
+    }
+
+
+def _text_report(
+    report: AuditReport, out: Output, state_path: Path, saved: bool, files: dict[int, str]
+) -> None:
+    for o in report.origins:
+        if o.status == "skipped":
+            continue
+        before = "first audit" if o.head_before is None else f"from size {o.head_before}"
+        after = o.head_after.size if o.head_after is not None else "-"
+        word = "ok  " if o.status == "ok" else "FAIL"
+        out.print(f"{word} origin={o.origin} ({before}, head now {after})")
+        for s in o.sources:
+            leaves = (
+                f"{s.leaves_hashed} leaf hash{'es' if s.leaves_hashed > 1 else ''} "
+                f"from {s.replay_from}"
+                if s.leaves_hashed
+                else "no new leaves"
+            )
+            out.print(
+                f"       {s.source}: size {s.size}, "
+                f"{s.checkpoints} checkpoint(s) verified, {leaves}"
+            )
+    for i, f in enumerate(report.failures):
+        out.print(f.line())
+        if f.evidence is not None:
+            where = files.get(i)
+            out.print(
+                f"       fork evidence: {where}"
+                if where
+                else "       fork evidence held: save it with --evidence-dir DIR or see --json"
+            )
+    for note in report.notes:
+        out.note(f"note: {note}")
+    audited = sum(1 for o in report.origins if o.status != "skipped")
+    state = f"state saved to {state_path}" if saved else f"state {state_path} not changed"
+    if report.ok:
+        out.print(f"OK: {audited} origin(s) audited, every check passed; {state}")
+    else:
+        checks = sorted({f.check for f in report.failures}, key=CHECKS.index)
+        out.print(
+            f"FAILED: {len(report.failures)} failure(s) ({', '.join(checks)}) in "
+            f"{audited} origin(s) audited; {state}"
+        )
+
+
+def cmd_audit(args: argparse.Namespace, out: Output) -> int:
+    nodes, bundles, keys = _targets(args)
+    if not nodes and not bundles:
+        raise ConfigError("nothing to audit: give node URLs, --card files or bundle files")
+    cert, key = _identity(args, bool(nodes))
+    state_path = Path(args.state) if args.state else default_state_path()
+    options = AuditOptions(
+        cert_path=cert,
+        key_path=key,
+        trusted_keys=keys,
+        full=args.full,
+        check_entries=args.check_entries,
+        origins=frozenset(args.origin) if args.origin else None,
+    )
+    with locked_state(state_path):
+        state = load_state(state_path)
+        report = asyncio.run(run_audit(nodes, bundles, state, options))
+        saved = not args.no_save and report.state != state
+        if saved:
+            save_state(state_path, report.state)
+    files = _write_evidence(report, args.evidence_dir)
+    if args.json:
+        out.json(_json_report(report, state_path, saved, files))
+    else:
+        _text_report(report, out, state_path, saved, files)
+    return 0 if report.ok else 1
+
+
+def register(command: Command, common: argparse.ArgumentParser) -> None:
+    """Add ``hashmesh audit`` to the parser."""
+    p = command(
+        "audit",
+        cmd_audit,
+        "audit live nodes and bundles: signatures, consistency, leaves, split views",
+        _DESCRIPTION,
+    )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="a node URL (https://HOST:PORT) or an audit bundle file",
+    )
+    p.add_argument(
+        "--card",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a node's card: audit it live, pin its TLS certificate and trust its key "
+        "for its own origin (repeatable)",
+    )
+    p.add_argument(
+        "--server-cert",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="TLS certificate to pin for node URLs given without a card (repeatable)",
+    )
+    p.add_argument("--cert", metavar="PEM", help="the auditor's TLS certificate")
+    p.add_argument("--key", metavar="PEM", help="the auditor's TLS private key")
+    p.add_argument(
+        "--vkey",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="an origin's verifier key, or a file holding it (repeatable)",
+    )
+    p.add_argument(
+        "--origin", action="append", metavar="ORIGIN", help="audit only this origin (repeatable)"
+    )
+    p.add_argument(
+        "--state",
+        metavar="FILE",
+        help=f"state file (default ${STATE_ENV}, else $XDG_STATE_HOME/hashmesh/audit-state.json)",
+    )
+    p.add_argument("--no-save", action="store_true", help="do not update the state file")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="re-fetch every leaf hash from zero (the saved head is still checked)",
+    )
+    p.add_argument(
+        "--check-entries",
+        action="store_true",
+        help="also check every bundle leaf is a canonical entry, retractions included (slower)",
+    )
+    p.add_argument(
+        "--evidence-dir", metavar="DIR", help="write each fork evidence found as a JSON file here"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")

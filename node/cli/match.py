@@ -1,0 +1,538 @@
+"""Matching commands: ``hashmesh match`` and ``hashmesh opinion``.
+
+Layer: node.cli (composition root). ``match`` gathers hashes from the command
+line, from files (hashed here) and from hash lists (normalised here, with a
+report of what was changed), then matches them against the local node's
+database directly, or against a remote node's ``POST /v1/match`` over mutual
+TLS. Both paths produce the same result objects. ``opinion`` appends an
+opinion entry about an entry this node holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from node.cli.output import Command, Output
+from node.config import load_config, resolve_node_dir
+from node.errors import ConfigError, NodeError, PeerProtocolError, PeerUnavailableError
+from node.ledger import Ledger
+from node.ledger.filehash import FileHashes, hash_file, pdq_support
+from node.ledger.matching import (
+    DEFAULT_MAX_DISTANCE,
+    MAX_BATCH,
+    MAX_DISTANCE_CAP,
+    LivePdqIndex,
+    MatchQuery,
+    make_opinion,
+    match,
+)
+from node.sync.cards import parse_card
+from node.tls import client_ssl_context
+from protocol.encoding import loads_strict
+from protocol.entry import OPINION_VERDICTS
+from protocol.errors import MalformedError
+from protocol.signal import SIGNAL_TYPES, detect_signal_type, normalise_signal_value
+
+__all__ = ["register"]
+
+MAX_RESPONSE_BYTES = 512 * 1024 * 1024
+"""Largest match response read from a remote node (10,000 hits with receipts fit)."""
+
+_TYPE_PREFIX = re.compile(r"([A-Za-z0-9]+)\s*[:,;\t ]\s*(.+)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    """One hash to match and where it came from (``file x.jpg``, ``list line 7``)."""
+
+    source: str
+    signal_type: str
+    value: str
+
+
+@dataclass
+class _Inputs:
+    """Everything gathered for one ``match`` run."""
+
+    queries: list[_Input] = field(default_factory=list)
+    invalid: list[dict[str, Any]] = field(default_factory=list)
+    notes: Counter[str] = field(default_factory=Counter)
+    remarks: Counter[str] = field(default_factory=Counter)
+    files: list[FileHashes] = field(default_factory=list)
+
+    def add(self, source: str, signal_type: str | None, raw: str) -> None:
+        """Normalise one value; record it, or why it is invalid."""
+        try:
+            if signal_type is None:
+                signal_type = detect_signal_type(raw.strip().lower())
+                if signal_type is None:
+                    raise MalformedError(
+                        "cannot tell the signal type from the value; pass --type "
+                        "(64 hex characters may be sha256 or pdq)",
+                        field="type",
+                    )
+            value, changes = normalise_signal_value(signal_type, raw)
+        except MalformedError as e:
+            self.invalid.append({"source": source, "field": e.field, "error": e.reason})
+            return
+        for change in changes:
+            self.notes[change] += 1
+        self.queries.append(_Input(source, signal_type, value))
+
+
+# -- gathering -----------------------------------------------------------------------
+
+
+def _files(paths: Sequence[str]) -> Iterator[Path]:
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for file in sorted(files):
+                    yield Path(root) / file
+        else:
+            yield path
+
+
+def _gather_files(inputs: _Inputs, paths: Sequence[str], out: Output) -> None:
+    missing = pdq_support()
+    if missing is not None:
+        out.note(f"note: {missing}; matching by MD5, SHA-1 and SHA-256 only")
+    for path in _files(paths):
+        try:
+            hashes = hash_file(path, pdq=missing is None)
+        except OSError as e:
+            inputs.invalid.append(
+                {"source": f"file {path}", "field": None, "error": e.strerror or str(e)}
+            )
+            continue
+        inputs.files.append(hashes)
+        source = f"file {path}"
+        for signal_type in ("md5", "sha1", "sha256"):
+            inputs.queries.append(_Input(source, signal_type, getattr(hashes, signal_type)))
+        if hashes.pdq is not None:
+            inputs.queries.append(_Input(source, "pdq", hashes.pdq))
+            if hashes.low_quality:
+                out.note(
+                    f"note: {path}: PDQ quality {hashes.pdq_quality} is below 50; "
+                    "near matches of it are unreliable"
+                )
+        elif missing is None and hashes.pdq_skipped is not None:
+            inputs.remarks[f"no PDQ hash: {hashes.pdq_skipped}"] += 1
+
+
+def _gather_list(inputs: _Inputs, name: str, default_type: str | None) -> None:
+    try:
+        raw = Path(name).read_bytes()
+    except OSError as e:
+        raise NodeError(f"cannot read {name}: {e.strerror or e}") from e
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+        inputs.notes["removed byte order mark"] += 1
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NodeError(f"{name} is not UTF-8 text (byte {e.start})") from e
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        if line.endswith("\r\n"):
+            inputs.notes["converted CRLF line ends"] += 1
+        body = line.rstrip("\r\n")
+        stripped = body.strip()
+        if not stripped or stripped.startswith("#"):
+            inputs.notes["passed over blank or comment lines"] += 1
+            continue
+        if stripped != body:
+            inputs.notes["removed surrounding spaces"] += 1
+        signal_type, value = default_type, stripped
+        prefixed = _TYPE_PREFIX.fullmatch(stripped)
+        if prefixed is not None and prefixed.group(1).lower() in SIGNAL_TYPES:
+            signal_type, value = prefixed.group(1).lower(), prefixed.group(2)
+        inputs.add(f"list line {number}", signal_type, value)
+
+
+def _gather(args: argparse.Namespace, out: Output) -> _Inputs:
+    inputs = _Inputs()
+    for i, raw in enumerate(args.values, start=1):
+        inputs.add(f"argument {i}", args.type, raw)
+    if args.file:
+        _gather_files(inputs, args.file, out)
+    if args.list:
+        _gather_list(inputs, args.list, args.type)
+    return inputs
+
+
+# -- matching --------------------------------------------------------------------------
+
+
+@dataclass
+class _Found:
+    input: _Input
+    hits: list[dict[str, Any]]
+    hidden: int
+
+
+def _batches(items: Sequence[_Input]) -> Iterator[tuple[int, Sequence[_Input]]]:
+    for start in range(0, len(items), MAX_BATCH):
+        yield start, items[start : start + MAX_BATCH]
+
+
+def _match_local(args: argparse.Namespace, inputs: _Inputs, out: Output) -> list[_Found]:
+    found: list[_Found] = []
+    with Ledger.open(resolve_node_dir(args.dir), read_only=True) as ledger:
+        pdq = None
+        if any(q.signal_type == "pdq" for q in inputs.queries):
+            started = time.monotonic()
+            pdq = LivePdqIndex()
+            loaded = pdq.load(ledger.store)
+            took = time.monotonic() - started
+            if took > 1:
+                out.note(f"note: built the PDQ index of {loaded:,} hashes in {took:.1f} s")
+        for start, batch in _batches(inputs.queries):
+            queries = [(start + i, MatchQuery(q.signal_type, q.value)) for i, q in enumerate(batch)]
+            for result in match(
+                ledger,
+                queries,
+                pdq=pdq,
+                max_distance=args.max_distance,
+                receipts=args.receipts,
+            ):
+                if result.hits or result.hidden:
+                    found.append(
+                        _Found(
+                            inputs.queries[result.position],
+                            [h.to_json_obj(receipts=args.receipts) for h in result.hits],
+                            result.hidden,
+                        )
+                    )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Remote:
+    url: str
+    server_pem: str
+    cert: Path
+    key: Path
+
+
+def _remote(args: argparse.Namespace) -> _Remote | None:
+    if args.card:
+        try:
+            card = parse_card(Path(args.card).read_bytes())
+        except OSError as e:
+            raise ConfigError(f"cannot read card {args.card}: {e.strerror or e}") from e
+        url, pem = args.remote or card.url, card.tls_cert
+    elif args.remote:
+        if not args.server_cert:
+            raise ConfigError("--remote needs --server-cert PEM (or use --card CARD_FILE)")
+        try:
+            pem = Path(args.server_cert).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read {args.server_cert}: {e}") from e
+        url = args.remote
+    else:
+        return None
+    if args.cert and args.key:
+        cert, key = Path(args.cert), Path(args.key)
+    elif args.cert or args.key:
+        raise ConfigError("give both --cert and --key, or neither (to use the node's)")
+    else:
+        config = load_config(resolve_node_dir(args.dir))
+        cert, key = config.tls_cert_path, config.tls_key_path
+    return _Remote(url.rstrip("/"), pem, cert, key)
+
+
+async def _post_batches(remote: _Remote, args: argparse.Namespace, inputs: _Inputs) -> list[_Found]:
+    ctx = client_ssl_context(remote.cert, remote.key, remote.server_pem)
+    found: list[_Found] = []
+    timeout = aiohttp.ClientTimeout(total=300, sock_connect=10)
+    url = remote.url + "/v1/match"
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx), timeout=timeout
+    ) as session:
+        for _start, batch in _batches(inputs.queries):
+            body = {
+                "hashes": [{"type": q.signal_type, "value": q.value} for q in batch],
+                "max_distance": args.max_distance,
+                "receipts": args.receipts,
+            }
+            try:
+                async with session.post(url, json=body) as resp:
+                    data = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise PeerUnavailableError(remote.url, f"/v1/match: {e or type(e).__name__}") from e
+            if len(data) > MAX_RESPONSE_BYTES:
+                raise PeerProtocolError(remote.url, "/v1/match: response too large")
+            try:
+                doc = loads_strict(data)
+            except MalformedError as e:
+                raise PeerProtocolError(remote.url, f"/v1/match answered {status}: {e}") from e
+            if status != 200 or not isinstance(doc, dict):
+                error = doc.get("error") if isinstance(doc, dict) else None
+                raise PeerProtocolError(remote.url, f"/v1/match answered {status}: {error}")
+            # Positions in a response are relative to its batch.
+            _take_remote(doc, batch, inputs, found, remote.url)
+    return found
+
+
+def _take_remote(
+    doc: dict[str, Any],
+    batch: Sequence[_Input],
+    inputs: _Inputs,
+    found: list[_Found],
+    peer: str,
+) -> None:
+    matches, errors = doc.get("matches"), doc.get("errors")
+    if not isinstance(matches, list) or not isinstance(errors, list):
+        raise PeerProtocolError(peer, "/v1/match: expected matches and errors lists")
+    for item in matches:
+        i = item.get("i") if isinstance(item, dict) else None
+        if not isinstance(i, int) or not 0 <= i < len(batch) or not isinstance(item["hits"], list):
+            raise PeerProtocolError(peer, "/v1/match: a match names no query of the batch")
+        found.append(_Found(batch[i], item["hits"], int(item.get("hidden", 0))))
+    for item in errors:
+        i = item.get("i") if isinstance(item, dict) else None
+        if isinstance(i, int) and 0 <= i < len(batch):
+            inputs.invalid.append(
+                {"source": batch[i].source, "field": item.get("field"), "error": item.get("error")}
+            )
+
+
+# -- reporting ---------------------------------------------------------------------------
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text)
+
+
+def _save_receipts(directory: str, found: list[_Found], out: Output) -> int:
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for f in found:
+        for hit in f.hits:
+            receipt = hit.get("receipt")
+            if not receipt:
+                continue
+            count += 1
+            name = f"{count:04d}-{_safe(hit['origin'])}-{hit['index']}.receipt.json"
+            (target / name).write_text(json.dumps(receipt, indent=2) + "\n", encoding="utf-8")
+    out.note(
+        f"saved {count} receipt(s) in {target}; check one with `python -m protocol "
+        "verify-receipt FILE --vkey ORIGIN_KEY`"
+    )
+    return count
+
+
+def _hit_line(hit: dict[str, Any]) -> str:
+    parts = [f"{hit['origin']} #{hit['index']}"]
+    if hit["type"] == "pdq":
+        parts.append(f"distance {hit['distance']}")
+        parts.append(f"value {hit['value']}")
+    labels = hit.get("labels") or []
+    parts.append("labels " + ", ".join(labels) if labels else "no labels")
+    if hit.get("note"):
+        parts.append(f"note {hit['note']!r}")
+    opinions = hit.get("opinions") or []
+    if opinions:
+        parts.append("opinions: " + "; ".join(f"{o['origin']} {o['verdict']}" for o in opinions))
+    return "    " + "  ".join(parts)
+
+
+def _report_text(inputs: _Inputs, found: list[_Found], out: Output) -> None:
+    for f in found:
+        out.print(f"MATCH {f.input.signal_type} {f.input.value}  ({f.input.source})")
+        for hit in f.hits:
+            out.print(_hit_line(hit))
+        if f.hidden:
+            out.print(f"    ({f.hidden} more hidden: disputed by trusted origins)")
+    hits = sum(len(f.hits) for f in found)
+    matched = sum(1 for f in found if f.hits)
+    out.print(
+        f"checked {len(inputs.queries):,} hash(es): {matched:,} matched ({hits:,} hit(s))"
+        + (f", {len(inputs.invalid):,} invalid" if inputs.invalid else "")
+    )
+
+
+def _report_json(inputs: _Inputs, found: list[_Found], out: Output) -> None:
+    out.json(
+        {
+            "checked": len(inputs.queries),
+            "matches": [
+                {
+                    "source": f.input.source,
+                    "type": f.input.signal_type,
+                    "value": f.input.value,
+                    "hidden": f.hidden,
+                    "hits": f.hits,
+                }
+                for f in found
+            ],
+            "invalid": inputs.invalid,
+            "normalised": dict(sorted(inputs.notes.items())),
+            "files": [
+                {
+                    "path": str(h.path),
+                    "size": h.size,
+                    "md5": h.md5,
+                    "sha1": h.sha1,
+                    "sha256": h.sha256,
+                    "pdq": h.pdq,
+                    "pdq_quality": h.pdq_quality,
+                    "pdq_skipped": h.pdq_skipped,
+                }
+                for h in inputs.files
+            ],
+        }
+    )
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_match(args: argparse.Namespace, out: Output) -> int:
+    if not (args.values or args.file or args.list):
+        raise ConfigError("give hash values, --file PATH or --list FILE")
+    if args.save_receipts:
+        args.receipts = True
+    inputs = _gather(args, out)
+    for change, count in sorted(inputs.notes.items()):
+        out.note(f"normalised: {change} ({count:,})")
+    for remark, count in sorted(inputs.remarks.items()):
+        out.note(f"note: {remark} ({count:,} file(s))")
+    for bad in inputs.invalid:
+        where = f"{bad['source']}, {bad['field']}" if bad["field"] else bad["source"]
+        out.note(f"invalid: {where}: {bad['error']}")
+    if not inputs.queries:
+        raise NodeError("nothing to match: every input was invalid")
+    remote = _remote(args)
+    if remote is None:
+        found = _match_local(args, inputs, out)
+    else:
+        found = asyncio.run(_post_batches(remote, args, inputs))
+    if args.save_receipts:
+        _save_receipts(args.save_receipts, found, out)
+    if args.json:
+        _report_json(inputs, found, out)
+    else:
+        _report_text(inputs, found, out)
+    return 0
+
+
+def cmd_opinion(args: argparse.Namespace, out: Output) -> int:
+    with Ledger.open(resolve_node_dir(args.dir)) as ledger:
+        entry = make_opinion(ledger, args.origin, args.index, args.verdict, args.note)
+        result = ledger.append([entry])
+    if args.json:
+        out.json({"index": result.start, "size": result.checkpoint.size, **entry.to_json_obj()})
+    else:
+        out.print(str(result.start))
+        out.note(
+            f"opinion {args.verdict!r} on entry {args.index} of {args.origin} appended as "
+            f"entry {result.start}; it travels to peers like any entry"
+        )
+    return 0
+
+
+def _distance(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_DISTANCE_CAP:
+        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_DISTANCE_CAP}, got {value}")
+    return value
+
+
+def _index(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an entry index (0 or more), got {text!r}")
+    return int(text)
+
+
+def register(command: Command, common: argparse.ArgumentParser) -> None:
+    """Add ``match`` and ``opinion`` to the ``hashmesh`` parser."""
+    p = command(
+        "match",
+        cmd_match,
+        "match hashes, files or a hash list against every log this node holds",
+        "Look hashes up in every log held here (the own log and every followed "
+        "origin), exactly for md5, sha1, sha256 and photodna, by Hamming distance "
+        "for pdq. VALUEs and --list lines are normalised (upper case, spaces, 0x, "
+        "CRLF, a byte order mark) and what changed is reported. --file hashes "
+        "files (directories recursively) with MD5, SHA-1, SHA-256 and, for images, "
+        "PDQ (needs the pdq extra). Against the local database by default, or a "
+        "remote node's POST /v1/match over mutual TLS with --card or --remote.",
+    )
+    p.add_argument("values", nargs="*", metavar="VALUE", help="hash values to look up")
+    p.add_argument(
+        "--type",
+        choices=sorted(SIGNAL_TYPES),
+        metavar="TYPE",
+        help="signal type of VALUEs and list lines that do not say (needed for 64 hex digits: "
+        "sha256 or pdq)",
+    )
+    p.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file or directory to hash and match (repeatable)",
+    )
+    p.add_argument(
+        "--list",
+        metavar="FILE",
+        help="a hash list: one VALUE or TYPE:VALUE per line, # comments",
+    )
+    p.add_argument(
+        "--max-distance",
+        type=_distance,
+        default=DEFAULT_MAX_DISTANCE,
+        metavar="N",
+        help=f"PDQ Hamming distance (default {DEFAULT_MAX_DISTANCE}, at most {MAX_DISTANCE_CAP})",
+    )
+    p.add_argument(
+        "--receipts",
+        action="store_true",
+        help="attach to each hit a receipt (entry, inclusion proof, signed checkpoint)",
+    )
+    p.add_argument(
+        "--save-receipts",
+        metavar="DIR",
+        help="write each hit's receipt to a file in DIR (implies --receipts)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--card", metavar="FILE", help="match on the node of this peer card")
+    p.add_argument("--remote", metavar="URL", help="match on the node at https://HOST:PORT")
+    p.add_argument("--server-cert", metavar="PEM", help="with --remote: the node's certificate")
+    p.add_argument("--cert", metavar="PEM", help="client certificate (default: this node's)")
+    p.add_argument("--key", metavar="PEM", help="client key (default: this node's)")
+
+    p = command(
+        "opinion",
+        cmd_opinion,
+        "append an opinion (confirm, dispute, false-positive) about an entry held here",
+        "Append an opinion entry to the own log about entry INDEX of ORIGIN (the "
+        "own log or a followed one), bound to that entry's exact bytes by its leaf "
+        "hash. Opinions travel like any entry; match results show them, and a node "
+        "may hide hits disputed by enough trusted origins ([match] in config.toml).",
+    )
+    p.add_argument("origin", help="origin of the log holding the entry")
+    p.add_argument("index", type=_index, help="the entry's index in that log")
+    p.add_argument("--verdict", required=True, choices=OPINION_VERDICTS)
+    p.add_argument("--note", help="short free-text note stored with the opinion")
+    p.add_argument("--json", action="store_true", help="print a JSON result")

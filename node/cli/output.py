@@ -1,0 +1,34 @@
+"""What every command module writes to, and how it registers its commands.
+
+Layer: node.cli. The concrete writer is ``node.cli._Out``; the command
+modules (federation, keys, match, witness, audit) see it through this
+protocol, since they are imported by ``node.cli`` and cannot import it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
+
+__all__ = ["Command", "Output"]
+
+
+class Output(Protocol):
+    """Where a command reports: results on stdout, notes and errors on stderr."""
+
+    stdout: TextIO
+    stderr: TextIO
+
+    def print(self, text: str = "") -> None:
+        """A line of the command's result."""
+
+    def note(self, text: str) -> None:
+        """A line for the operator (stderr)."""
+
+    def json(self, value: Any) -> None:
+        """The command's result as one JSON document."""
+
+
+Command = Callable[..., argparse.ArgumentParser]
+"""``build_parser``'s ``command(name, run, help, description)`` factory."""

@@ -1,0 +1,577 @@
+"""Matching: find hashes in every held log, exact or PDQ-near, with opinions and receipts.
+
+Layer: node.ledger. Reads through :mod:`node.storage` (synchronously, in
+whatever thread the caller runs it: a reader thread of the server, or the
+CLI's own connection); holds the in-memory PDQ index.
+
+Two paths, one result shape:
+
+* **Exact** (md5, sha1, sha256, photodna): a batch is looked up in the
+  ``active`` index by :func:`~node.storage.schema.active_key`, across every
+  held log in one statement per signal type; each candidate is checked
+  against its stored entry (a key may be shared by two values).
+* **PDQ** (Hamming distance ``<= max_distance``): :class:`LivePdqIndex` keeps a
+  :class:`~node.ledger.pdq_index.PdqIndex` of every row of the ``pdq`` table,
+  loaded incrementally by ``(log, index > last loaded)``. The index never
+  forgets a row, so every hit is read back and kept only if its entry is
+  still in ``active``: a retraction removes the hash from results as soon as
+  it is committed, before any index update.
+
+Each hit carries the opinions held about it (the latest one of each author,
+bound to the entry's leaf hash) and, on request, a receipt
+(:class:`protocol.receipt.MatchReceipt`). A node setting
+(:class:`~node.config.MatchSettings`) hides hits disputed by enough trusted
+origins; hidden hits are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from node.config import MatchSettings
+from node.errors import LedgerError
+from node.ledger.pdq_index import MAX_DISTANCE_CAP, PdqIndex
+from node.ledger.replica import parse_entry_fast
+from node.ledger.service import Ledger
+from node.storage.ledger_store import CheckpointRecord, LedgerStore
+from node.storage.match_store import MatchStore, OpinionRow
+from node.storage.schema import active_key
+from protocol.entry import AddEntry, OpinionEntry, parse_entry
+from protocol.errors import MalformedError
+from protocol.hashing import hash_leaf
+from protocol.receipt import MatchReceipt
+from protocol.signal import SIGNAL_TYPES, detect_signal_type, validate_signal_value
+from protocol.tree import compute_inclusion_proof
+
+__all__ = [
+    "DEFAULT_MAX_DISTANCE",
+    "DISPUTING_VERDICTS",
+    "EXACT_TYPES",
+    "LOAD_CHUNK",
+    "MAX_BATCH",
+    "MAX_DISTANCE_CAP",
+    "Hit",
+    "ItemResult",
+    "LivePdqIndex",
+    "MatchQuery",
+    "Opinion",
+    "make_opinion",
+    "match",
+]
+
+DEFAULT_MAX_DISTANCE = 31
+"""PDQ distance used when a request does not say (Meta's confident-match threshold)."""
+
+MAX_BATCH = 10_000
+"""Most hashes one match request may carry."""
+
+LOAD_CHUNK = 100_000
+"""PDQ rows read per step while (re)loading the index."""
+
+EXACT_TYPES = frozenset(name for name in SIGNAL_TYPES if name != "pdq")
+"""Signal types matched by equality (every registered type but PDQ)."""
+
+DISPUTING_VERDICTS = frozenset({"dispute", "false-positive"})
+"""Verdicts that count against a hit for :attr:`MatchSettings.hide_disputed_by`."""
+
+_ID_SHIFT = 40  # index ids are (log_id << 40) | idx: 2**40 entries per log
+_IDX_MASK = (1 << _ID_SHIFT) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class MatchQuery:
+    """One hash to look for, in canonical form (checked on construction).
+
+    Raises:
+        MalformedError: naming ``type`` or ``value``.
+    """
+
+    signal_type: str
+    value: str
+
+    def __post_init__(self) -> None:
+        try:
+            validate_signal_value(self.signal_type, self.value, field="value", type_field="type")
+        except MalformedError as e:
+            # Type confusion is the common mistake (an MD5 sent as sha256):
+            # say what the value looks like.
+            other = detect_signal_type(self.value) if isinstance(self.value, str) else None
+            if e.field != "value" or other is None or other == self.signal_type:
+                raise
+            raise MalformedError(
+                f"{e.reason} (this looks like a {other} value)", field="value"
+            ) from e
+
+    @classmethod
+    def parse(cls, signal_type: str, value: str) -> MatchQuery:
+        """Like the constructor, with a fast path for canonical hex values.
+
+        Bulk requests are almost all canonical hex: one precompiled
+        ``fullmatch`` per value replaces the general validation.
+        """
+        check = _CANONICAL_HEX.get(signal_type)
+        if check is not None and check(value) is not None:
+            query = object.__new__(cls)
+            object.__setattr__(query, "signal_type", signal_type)
+            object.__setattr__(query, "value", value)
+            return query
+        return cls(signal_type, value)
+
+
+_CANONICAL_HEX = {
+    name: re.compile(f"[0-9a-f]{{{2 * row.length}}}").fullmatch
+    for name, row in SIGNAL_TYPES.items()
+    if row.encoding == "hex"
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Opinion:
+    """An origin's latest opinion of a hit, from an opinion entry in its log.
+
+    Attributes:
+        origin: the author of the opinion.
+        index: the opinion entry's index in the author's log.
+        verdict: ``confirm``, ``dispute`` or ``false-positive``.
+        note: the opinion's note, if any.
+        trusted: whether the author counts for the node's dispute policy.
+    """
+
+    origin: str
+    index: int
+    verdict: str
+    note: str | None
+    trusted: bool
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The opinion as a JSON-ready dict."""
+        obj: dict[str, Any] = {
+            "origin": self.origin,
+            "index": self.index,
+            "verdict": self.verdict,
+            "trusted": self.trusted,
+        }
+        if self.note is not None:
+            obj["note"] = self.note
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A listed entry that matches a query.
+
+    Attributes:
+        origin: the log listing the hash.
+        index: the add entry's index in that log.
+        signal_type: the entry's signal type.
+        value: the listed value (for PDQ, possibly not the query's).
+        distance: Hamming distance for PDQ, 0 for exact matches.
+        labels: the entry's labels.
+        quality: the entry's quality score (PDQ), or None.
+        note: the entry's note, or None.
+        opinions: the latest opinion of each origin that has one.
+        receipt: the receipt, when asked for and the entry is under a
+            signed checkpoint.
+    """
+
+    origin: str
+    index: int
+    signal_type: str
+    value: str
+    distance: int
+    labels: tuple[str, ...]
+    quality: int | None
+    note: str | None
+    opinions: tuple[Opinion, ...] = ()
+    receipt: MatchReceipt | None = None
+
+    def to_json_obj(self, *, receipts: bool = False) -> dict[str, Any]:
+        """The hit as a JSON-ready dict (``receipt`` included when ``receipts``)."""
+        obj: dict[str, Any] = {
+            "origin": self.origin,
+            "index": self.index,
+            "type": self.signal_type,
+            "value": self.value,
+            "distance": self.distance,
+            "labels": list(self.labels),
+            "opinions": [o.to_json_obj() for o in self.opinions],
+        }
+        if self.quality is not None:
+            obj["quality"] = self.quality
+        if self.note is not None:
+            obj["note"] = self.note
+        if receipts:
+            obj["receipt"] = None if self.receipt is None else self.receipt.to_json_obj()
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """What one query found.
+
+    Attributes:
+        position: the query's position in the batch.
+        query: the query.
+        hits: matching entries, by distance, then origin, then index.
+        hidden: hits left out by the dispute policy.
+    """
+
+    position: int
+    query: MatchQuery
+    hits: tuple[Hit, ...]
+    hidden: int = 0
+
+
+class LivePdqIndex:
+    """A :class:`PdqIndex` of the ``pdq`` table, extended incrementally.
+
+    Rows are read by ``(log, index > last read index)``: an entry appended to
+    any log (own or replicated) has a larger index than every row already
+    read from that log, so nothing is missed and nothing read twice.
+    Retracted rows stay in the index; :func:`match` filters them out.
+
+    Reading and indexing are separate steps: :meth:`read_step` collects rows
+    in chunks (so a server can interleave them with requests), and
+    :meth:`flush` adds everything collected to the index in one call. The
+    index builds its bucket directories once for a bulk add, where many
+    small adds would merge into ever larger directories (a 10M-hash load
+    took 72 s in 100k-row adds, and a fraction of that in one).
+
+    The methods may run in any thread; concurrent calls are serialised.
+    """
+
+    def __init__(self) -> None:
+        self.index = PdqIndex()
+        self._read: dict[int, int] = {}
+        self._pending_ids: list[npt.NDArray[np.int64]] = []
+        self._pending_hashes: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def read_step(self, store: LedgerStore, limit: int = LOAD_CHUNK) -> int:
+        """Collect up to ``limit`` new rows of one log; the number read (0: none left)."""
+        matching = MatchStore(store.conn)
+        with self._lock:
+            for log_id in sorted(matching.log_origins()):
+                after = self._read.get(log_id, -1)
+                rows = matching.pdq_after(log_id, after, limit)
+                if not rows:
+                    continue
+                base = log_id << _ID_SHIFT
+                ids = np.fromiter((idx for idx, _h in rows), dtype=np.int64, count=len(rows))
+                self._pending_ids.append(ids | base)
+                self._pending_hashes.append(b"".join(h for _idx, h in rows))
+                self._read[log_id] = rows[-1][0]
+                return len(rows)
+        return 0
+
+    def flush(self) -> int:
+        """Add every collected row to the index; the number added."""
+        with self._lock:
+            if not self._pending_ids:
+                return 0
+            ids = np.concatenate(self._pending_ids)
+            hashes = np.frombuffer(b"".join(self._pending_hashes), dtype=np.uint8)
+            self._pending_ids, self._pending_hashes = [], []
+            self.index.add(ids, hashes.reshape(len(ids), 32))
+            return len(ids)
+
+    def load(self, store: LedgerStore, limit: int = LOAD_CHUNK) -> int:
+        """Read every new row and add them to the index; the number added."""
+        while self.read_step(store, limit) > 0:
+            pass
+        return self.flush()
+
+    def search_many(
+        self, queries: Sequence[bytes], max_distance: int
+    ) -> list[list[tuple[int, int]]]:
+        """``(row id, distance)`` candidates per query, unfiltered.
+
+        A row id is ``(log_id << 40) | index``.
+        """
+        return self.index.search_many(queries, max_distance)
+
+
+@dataclass
+class _Found:
+    """A verified hit before opinions, policy and receipts."""
+
+    position: int
+    log_id: int
+    index: int
+    data: bytes
+    entry: AddEntry
+    distance: int
+    opinions: list[Opinion] = field(default_factory=list)
+
+
+def match(
+    ledger: Ledger,
+    queries: Sequence[tuple[int, MatchQuery]],
+    *,
+    pdq: LivePdqIndex | None,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    receipts: bool = False,
+    settings: MatchSettings | None = None,
+) -> list[ItemResult]:
+    """Look up a batch of hashes in every held log.
+
+    Args:
+        ledger: the node's ledger (read-only is enough); one read transaction
+            is held for the whole batch, so results are one consistent view.
+        queries: ``(position, query)`` pairs; positions are echoed back.
+        pdq: the PDQ index (needed only if a query is PDQ).
+        max_distance: PDQ Hamming distance, 0 to :data:`MAX_DISTANCE_CAP`.
+        receipts: attach a receipt to every hit under a signed checkpoint.
+        settings: the dispute policy (default: the node's config).
+
+    Returns:
+        A result for each query that found something (hits, or hits hidden
+        by the dispute policy), by position; queries that found nothing
+        have none.
+
+    Raises:
+        MalformedError: if ``max_distance`` is out of range (field
+            ``max_distance``).
+        LedgerError: if a PDQ query is given without an index.
+    """
+    if isinstance(max_distance, bool) or not 0 <= max_distance <= MAX_DISTANCE_CAP:
+        raise MalformedError(
+            f"expected an integer 0-{MAX_DISTANCE_CAP}, got {max_distance!r}",
+            field="max_distance",
+        )
+    store = ledger.store
+    settings = settings if settings is not None else ledger.config.match
+    conn = store.conn
+    # One read transaction: the active rows checked and the entries, opinions
+    # and checkpoints read all belong to the same committed state.
+    own_txn = not conn.in_transaction
+    if own_txn:
+        conn.execute("BEGIN")
+    try:
+        return _match(ledger, queries, pdq, max_distance, receipts, settings)
+    finally:
+        if own_txn:
+            conn.execute("COMMIT")
+
+
+def _match(
+    ledger: Ledger,
+    queries: Sequence[tuple[int, MatchQuery]],
+    pdq: LivePdqIndex | None,
+    max_distance: int,
+    receipts: bool,
+    settings: MatchSettings,
+) -> list[ItemResult]:
+    store = ledger.store
+    matching = MatchStore(store.conn)
+    origins = matching.log_origins()
+    found: dict[int, list[_Found]] = defaultdict(list)
+    by_type: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for position, query in queries:
+        by_type[query.signal_type].append((position, query.value))
+    for signal_type, items in by_type.items():
+        if signal_type == "pdq":
+            if pdq is None:
+                raise LedgerError("PDQ queries need the PDQ index; none was given")
+            _match_pdq(matching, pdq, items, max_distance, found)
+        else:
+            _match_exact(matching, signal_type, items, found)
+    trusted = _trusted_origins(ledger, settings)
+    _attach_opinions(matching, origins, found, trusted)
+    checkpoints: dict[int, CheckpointRecord | None] = {}
+    results: list[ItemResult] = []
+    # Most queries of a bulk batch match nothing: only the others are built.
+    by_position = dict(queries) if found else {}
+    for position in sorted(found):
+        hits: list[Hit] = []
+        hidden = 0
+        for f in found[position]:
+            disputes = sum(1 for o in f.opinions if o.trusted and o.verdict in DISPUTING_VERDICTS)
+            if settings.hide_disputed_by and disputes >= settings.hide_disputed_by:
+                hidden += 1
+                continue
+            receipt = None
+            if receipts:
+                receipt = _receipt(store, matching, origins[f.log_id], f, checkpoints)
+            e = f.entry
+            hits.append(
+                Hit(
+                    origin=origins[f.log_id],
+                    index=f.index,
+                    signal_type=e.signal_type,
+                    value=e.value,
+                    distance=f.distance,
+                    labels=e.labels,
+                    quality=e.quality,
+                    note=e.note,
+                    opinions=tuple(f.opinions),
+                    receipt=receipt,
+                )
+            )
+        hits.sort(key=lambda h: (h.distance, h.origin, h.index))
+        results.append(ItemResult(position, by_position[position], tuple(hits), hidden))
+    return results
+
+
+def _match_exact(
+    matching: MatchStore,
+    signal_type: str,
+    items: Sequence[tuple[int, str]],
+    found: dict[int, list[_Found]],
+) -> None:
+    values = [value for _position, value in items]
+    for c in matching.exact_candidates(signal_type, values):
+        entry = parse_entry_fast(c.data)
+        position, value = items[c.position]
+        if (
+            isinstance(entry, AddEntry)
+            and entry.signal_type == signal_type
+            and entry.value == value
+        ):
+            found[position].append(_Found(position, c.log_id, c.index, c.data, entry, 0))
+
+
+def _match_pdq(
+    matching: MatchStore,
+    pdq: LivePdqIndex,
+    items: Sequence[tuple[int, str]],
+    max_distance: int,
+    found: dict[int, list[_Found]],
+) -> None:
+    candidates = pdq.search_many([bytes.fromhex(v) for _p, v in items], max_distance)
+    by_log: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for (position, _value), near in zip(items, candidates, strict=True):
+        for row_id, distance in near:
+            by_log[row_id >> _ID_SHIFT].append((position, row_id & _IDX_MASK, distance))
+    for log_id, rows in by_log.items():
+        datas = matching.entries_at(log_id, (idx for _p, idx, _d in rows))
+        entries: dict[int, AddEntry] = {}
+        for idx, data in datas.items():
+            entry = parse_entry_fast(data)
+            if isinstance(entry, AddEntry) and entry.signal_type == "pdq":
+                entries[idx] = entry
+        listed = matching.listed_among(
+            log_id, ((active_key("pdq", e.value), idx) for idx, e in entries.items())
+        )
+        for position, idx, distance in rows:
+            if idx in listed:
+                found[position].append(
+                    _Found(position, log_id, idx, datas[idx], entries[idx], distance)
+                )
+
+
+def _trusted_origins(ledger: Ledger, settings: MatchSettings) -> frozenset[str]:
+    if settings.trusted_origins is not None:
+        return frozenset(settings.trusted_origins)
+    own = ledger.store.own_log().origin
+    return frozenset([own, *(f.origin for f in ledger.store.list_follows())])
+
+
+def _attach_opinions(
+    matching: MatchStore,
+    origins: dict[int, str],
+    found: dict[int, list[_Found]],
+    trusted: frozenset[str],
+) -> None:
+    hits = [f for group in found.values() for f in group]
+    if not hits:
+        return
+    rows = matching.opinions_about((origins[f.log_id], f.index) for f in hits)
+    if not rows:
+        return
+    about: dict[tuple[str, int], list[OpinionRow]] = defaultdict(list)
+    for row in rows:
+        about[(row.target_origin, row.target_index)].append(row)
+    for f in hits:
+        mine = about.get((origins[f.log_id], f.index))
+        if not mine:
+            continue
+        leaf_hash = hash_leaf(f.data)
+        latest: dict[str, OpinionRow] = {}
+        for row in mine:
+            # Bound to the exact bytes: an opinion about another version of
+            # this index (a forked log) says nothing about this entry.
+            if row.target_leaf_hash != leaf_hash:
+                continue
+            if row.author not in latest or row.index > latest[row.author].index:
+                latest[row.author] = row
+        for author in sorted(latest):
+            row = latest[author]
+            entry = parse_entry(row.data)
+            note = entry.note if isinstance(entry, OpinionEntry) else None
+            f.opinions.append(Opinion(author, row.index, row.verdict, note, author in trusted))
+
+
+def _receipt(
+    store: LedgerStore,
+    matching: MatchStore,
+    origin: str,
+    f: _Found,
+    checkpoints: dict[int, CheckpointRecord | None],
+) -> MatchReceipt | None:
+    if f.log_id not in checkpoints:
+        checkpoints[f.log_id] = store.latest_checkpoint(f.log_id)
+    record = checkpoints[f.log_id]
+    if record is None or f.index >= record.size:
+        # A replica mid catch-up: the entry is verified, but the note that
+        # covers it is stored only with the last chunk.
+        return None
+    hashes = compute_inclusion_proof(f.index, record.size, store.reader(f.log_id))
+    note = _with_cosignatures(record.note, matching.cosignature_lines(f.log_id, record.size))
+    return MatchReceipt(
+        origin=origin,
+        index=f.index,
+        size=record.size,
+        entry=f.data,
+        hashes=tuple(hashes),
+        checkpoint=note,
+    )
+
+
+def _with_cosignatures(note: str, lines: Iterable[str]) -> str:
+    """The signed note with stored cosignature lines appended (each once)."""
+    present = set(note.splitlines())
+    extra = []
+    for line in lines:
+        line = line.rstrip("\n")
+        if line and line not in present:
+            present.add(line)
+            extra.append(line + "\n")
+    return note + "".join(extra)
+
+
+def make_opinion(
+    ledger: Ledger, origin: str, index: int, verdict: str, note: str | None = None
+) -> OpinionEntry:
+    """An opinion entry about entry ``index`` of ``origin``, bound to its leaf hash.
+
+    The target must be held here (own log or a replica): the opinion names
+    the exact bytes the author has seen.
+
+    Raises:
+        UnknownLogError: if no log of ``origin`` is held.
+        MalformedError: if the entry is not held, or the verdict or note are
+            invalid.
+    """
+    log = ledger.store.get_log(origin)
+    data = ledger.store.get_entry(log.log_id, index)
+    if data is None:
+        held = ledger.store.entry_count(log.log_id)
+        raise MalformedError(
+            f"entry {index} of {origin} is not held here (it holds {held} entries)",
+            field="index",
+        )
+    return OpinionEntry(
+        origin=origin, index=index, leaf_hash=hash_leaf(data), verdict=verdict, note=note
+    )

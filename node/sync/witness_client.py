@@ -1,0 +1,399 @@
+"""Asking witnesses to cosign this node's own checkpoints (C2SP tlog-witness client).
+
+Layer: node.sync. Network I/O (aiohttp, mutual TLS) to the witnesses; storage
+through the :class:`~node.ledger.database.Database` facade.
+
+The witnesses asked are the ``[[witness.ask]]`` entries of ``config.toml``:
+a peer (its URL and TLS certificate come from ``peers``) and the witness's
+cosignature/v1 key, which every answer is checked against (lines by other
+keys are ignored, as the spec requires). For the latest own checkpoint
+``N``, a request carries the consistency proof from the size ``M`` the
+witness last cosigned: what we last got from it (the ``cosignatures``
+table), else 0. A 409 answer names the witness's size, and the request is
+made again from there. The cosignature lines are stored in
+``cosignatures``; the API serves them appended to the checkpoint's note.
+
+:class:`WitnessLoop` runs beside the sync runner: it asks whenever the own
+log announces a new checkpoint (the server's watcher publishes on the hub),
+polls as a fallback, backs off on failure, and announces the checkpoint
+again once it has new cosignatures, so followers fetch it with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from node.config import WitnessAsk
+from node.errors import NodeError, PeerError, PeerProtocolError, PeerUnavailableError
+from node.ledger.database import Database
+from node.ledger.events import CheckpointHub
+from node.ledger.service import Ledger
+from node.ledger.witness import verified_cosignatures
+from node.storage.ledger_store import PeerRecord
+from node.storage.witness_store import WitnessStore
+from node.tls import client_ssl_context
+from protocol.errors import MalformedError, ProtocolError
+from protocol.keys import NoteVerifier
+from protocol.note import NoteSignature, parse_note
+from protocol.witness import (
+    TLOG_SIZE_MEDIA_TYPE,
+    AddCheckpointRequest,
+    parse_cosignature_lines,
+    parse_size_body,
+)
+
+__all__ = [
+    "ADD_CHECKPOINT_PATH",
+    "CosignOutcome",
+    "WitnessAnswer",
+    "WitnessClient",
+    "WitnessLoop",
+    "cosign_latest",
+    "cosign_once",
+]
+
+log = logging.getLogger("hashmesh.witness")
+
+ADD_CHECKPOINT_PATH = "/v1/witness/add-checkpoint"
+"""The witness's submission prefix (``/v1/witness``) plus ``/add-checkpoint``."""
+
+MAX_ANSWER_BYTES = 16 * 1024
+"""Largest answer body read from a witness (a few signature lines, or an error)."""
+
+MAX_CONFLICT_RETRIES = 2
+"""How many times one round follows a 409 to the size the witness names."""
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessAnswer:
+    """A witness's answer: its cosignature lines (200), or its size (409)."""
+
+    signatures: tuple[NoteSignature, ...] = ()
+    conflict_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CosignOutcome:
+    """What asking one witness did.
+
+    Attributes:
+        peer: the witness's peer name.
+        size: the own checkpoint's size asked for (None if not read).
+        added: new cosignature lines stored (0 when already held).
+        witness_size: the size the witness is known to have cosigned last.
+        error: why it failed, or None.
+    """
+
+    peer: str
+    size: int | None
+    added: int = 0
+    witness_size: int | None = None
+    error: str | None = None
+
+
+class WitnessClient:
+    """``POST add-checkpoint`` to one witness over mutual TLS."""
+
+    def __init__(
+        self,
+        peer: PeerRecord,
+        *,
+        cert_path: Path,
+        key_path: Path,
+        timeout: float = 30.0,
+    ) -> None:
+        self.name = peer.name
+        self.url = peer.url.rstrip("/") + ADD_CHECKPOINT_PATH
+        self._ssl = client_ssl_context(cert_path, key_path, peer.tls_cert)
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5.0)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> WitnessClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def add_checkpoint(self, request: AddCheckpointRequest) -> WitnessAnswer:
+        """Send one request and parse the answer strictly.
+
+        Raises:
+            PeerUnavailableError: connection, TLS, timeout or a 5xx answer.
+            PeerProtocolError: any other refusal (naming the status and the
+                witness's message), or a malformed answer.
+        """
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2), timeout=self._timeout
+            )
+        try:
+            async with self._session.post(
+                self.url,
+                data=request.to_bytes(),
+                headers={"Content-Type": "text/plain; charset=utf-8"},
+            ) as resp:
+                body = await _read_capped(resp, self.name)
+                media = resp.headers.get("Content-Type", "").split(";")[0].strip()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise PeerUnavailableError(self.name, f"add-checkpoint: {e or type(e).__name__}") from e
+        try:
+            if status == 200:
+                return WitnessAnswer(signatures=parse_cosignature_lines(body))
+            if status == 409 and media == TLOG_SIZE_MEDIA_TYPE:
+                return WitnessAnswer(conflict_size=parse_size_body(body))
+        except MalformedError as e:
+            raise PeerProtocolError(self.name, f"add-checkpoint answered {status}: {e}") from e
+        message = body[:300].decode("utf-8", "replace").strip() or "(empty body)"
+        if status >= 500:
+            raise PeerUnavailableError(self.name, f"add-checkpoint answered {status}: {message}")
+        raise PeerProtocolError(self.name, f"add-checkpoint answered {status}: {message}")
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, peer: str) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(4096):
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            raise PeerProtocolError(peer, f"add-checkpoint answer exceeds {MAX_ANSWER_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class _Own:
+    log_id: int
+    size: int
+    note: str
+    held: bool
+    witness_size: int | None
+
+
+async def cosign_latest(
+    db: Database, client: WitnessClient, key: NoteVerifier, *, known_size: int | None = None
+) -> CosignOutcome:
+    """Get ``key``'s cosignature of the latest own checkpoint; never raises for the witness.
+
+    Args:
+        db: the node's database.
+        client: the witness's client.
+        key: the witness's cosignature/v1 key.
+        known_size: the size the witness last cosigned, if known from an
+            earlier answer (else taken from the stored cosignatures).
+    """
+
+    def read(ledger: Ledger) -> _Own:
+        own = ledger.own_log
+        record = ledger.latest_checkpoint()
+        store = WitnessStore(ledger.store.conn)
+        held = any(
+            c.witness == key.name and c.key_id == f"{key.key_id:08x}"
+            for c in store.cosignatures(own.log_id, record.size)
+        )
+        return _Own(
+            own.log_id,
+            record.size,
+            record.note,
+            held,
+            store.latest_cosigned_size(own.log_id, key.name, key.key_id),
+        )
+
+    own = await db.read(read)
+    if own.held:
+        return CosignOutcome(client.name, own.size, witness_size=own.size)
+    old = known_size if known_size is not None else (own.witness_size or 0)
+    try:
+        for _ in range(MAX_CONFLICT_RETRIES + 1):
+            if old > own.size:
+                raise PeerProtocolError(
+                    client.name,
+                    f"the witness cosigned size {old} of our log, beyond our latest checkpoint "
+                    f"{own.size}: this log was rolled back or forked (restored from an old "
+                    "backup?); do not sign anything until that is resolved",
+                )
+            proof = await db.read(_proof(old, own.size))
+            answer = await client.add_checkpoint(
+                AddCheckpointRequest(old_size=old, proof=proof, note=own.note)
+            )
+            if answer.conflict_size is None:
+                added = await _store(db, own, answer.signatures, key, client.name)
+                return CosignOutcome(client.name, own.size, added=added, witness_size=own.size)
+            if answer.conflict_size == old:
+                raise PeerProtocolError(
+                    client.name,
+                    f"the witness holds another checkpoint of size {old} of our log (409 for "
+                    "the same size): this log was forked; do not sign anything until that is "
+                    "resolved",
+                )
+            old = answer.conflict_size
+        raise PeerProtocolError(client.name, "add-checkpoint kept answering 409; giving up")
+    except (PeerError, ProtocolError, NodeError) as e:
+        reason = str(e) if isinstance(e, PeerError) else f"witness {client.name}: {e}"
+        return CosignOutcome(client.name, own.size, witness_size=old, error=reason)
+
+
+def _proof(old: int, new: int) -> Callable[[Ledger], tuple[bytes, ...]]:
+    def run(ledger: Ledger) -> tuple[bytes, ...]:
+        return ledger.prove_consistency(old, new).hashes
+
+    return run
+
+
+async def _store(
+    db: Database,
+    own: _Own,
+    signatures: tuple[NoteSignature, ...],
+    key: NoteVerifier,
+    peer: str,
+) -> int:
+    good = verified_cosignatures(parse_note(own.note), signatures, [key])
+    if not good:
+        raise PeerProtocolError(
+            peer, f"the answer holds no valid cosignature by the configured key {key.to_text()}"
+        )
+    lines = [(s.name, s.key_id, s.to_line()[:-1]) for s in good]
+
+    def write(ledger: Ledger) -> int:
+        with ledger.store.transaction():
+            return WitnessStore(ledger.store.conn).add_cosignatures(own.log_id, own.size, lines)
+
+    return await db.write(write)
+
+
+async def _ask(
+    db: Database,
+    ask: WitnessAsk,
+    peers: dict[str, PeerRecord],
+    *,
+    cert_path: Path,
+    key_path: Path,
+    known_size: int | None = None,
+) -> CosignOutcome:
+    peer = peers.get(ask.peer)
+    if peer is None:
+        return CosignOutcome(
+            ask.peer, None, error=f"witness {ask.peer}: no such peer; add its card first"
+        )
+    async with WitnessClient(peer, cert_path=cert_path, key_path=key_path) as client:
+        return await cosign_latest(
+            db, client, NoteVerifier.from_text(ask.key), known_size=known_size
+        )
+
+
+async def cosign_once(db: Database, *, cert_path: Path, key_path: Path) -> list[CosignOutcome]:
+    """Ask every configured witness once (``hashmesh witness ask`` and tests)."""
+    asks, peers = await db.read(_asks_and_peers)
+    return list(
+        await asyncio.gather(
+            *(_ask(db, a, peers, cert_path=cert_path, key_path=key_path) for a in asks)
+        )
+    )
+
+
+def _asks_and_peers(ledger: Ledger) -> tuple[tuple[WitnessAsk, ...], dict[str, PeerRecord]]:
+    return ledger.config.witness.ask, {p.name: p for p in ledger.store.list_peers()}
+
+
+class WitnessLoop:
+    """Keeps the own log's latest checkpoint cosigned by every configured witness."""
+
+    def __init__(
+        self,
+        db: Database,
+        hub: CheckpointHub,
+        *,
+        cert_path: Path,
+        key_path: Path,
+        poll_interval: float = 30.0,
+        min_backoff: float = 1.0,
+        max_backoff: float = 300.0,
+    ) -> None:
+        self._db = db
+        self._hub = hub
+        self._cert_path = cert_path
+        self._key_path = key_path
+        self._poll = poll_interval
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._known: dict[str, int] = {}
+        self.rounds = 0
+        self.last: list[CosignOutcome] = []
+
+    async def run(self) -> None:
+        """Ask the witnesses until cancelled (returns at once when none is configured)."""
+        asks, _peers = await self._db.read(_asks_and_peers)
+        if not asks:
+            return
+        origin = await self._db.read(lambda ledger: ledger.own_log.origin)
+        wake = asyncio.Event()
+        listener = asyncio.create_task(self._listen(origin, wake), name="hashmesh-witness-wake")
+        backoff = self._min_backoff
+        try:
+            while True:
+                wake.clear()
+                try:
+                    outcomes = await self._round()
+                except NodeError as e:  # the database, say: retry later, never die
+                    outcomes = [CosignOutcome("(all witnesses)", None, error=str(e))]
+                failed = [o for o in outcomes if o.error]
+                for o in failed:
+                    log.warning("%s", o.error)
+                sizes = [o.size for o in outcomes if o.added and o.size is not None]
+                if sizes:
+                    size = max(sizes)
+                    log.info("checkpoint %d of %s cosigned; announcing it again", size, origin)
+                    self._hub.publish(origin, size)
+                if failed:
+                    delay = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - timing only
+                    backoff = min(backoff * 2, self._max_backoff)
+                else:
+                    delay = self._poll
+                    backoff = self._min_backoff
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=delay)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _round(self) -> list[CosignOutcome]:
+        asks, peers = await self._db.read(_asks_and_peers)
+        outcomes = await asyncio.gather(
+            *(
+                _ask(
+                    self._db,
+                    a,
+                    peers,
+                    cert_path=self._cert_path,
+                    key_path=self._key_path,
+                    known_size=self._known.get(a.peer),
+                )
+                for a in asks
+            )
+        )
+        for o in outcomes:
+            if o.witness_size is not None:
+                self._known[o.peer] = o.witness_size
+        self.rounds += 1
+        self.last = list(outcomes)
+        return self.last
+
+    async def _listen(self, origin: str, wake: asyncio.Event) -> None:
+        async for event_origin, _size in self._hub.subscribe():
+            if event_origin == origin:
+                wake.set()

@@ -1,0 +1,231 @@
+"""hashmesh match / opinion against the local node, on real files and a real database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from node.cli import main as hashmesh
+from node.ledger import filehash
+from node.ledger.filehash import PDQ_MISSING, hash_file
+from protocol.__main__ import main as audit
+
+ORIGIN = "match-cli.example/hashmesh"
+OTHER = "b" * 64
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = hashmesh(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def image(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    # Smooth structure (not noise), so PDQ quality is high and the hash stable.
+    x = np.linspace(0, 6 * np.pi, 96)
+    base = (np.sin(x)[:, None] * np.cos(x * rng.uniform(0.5, 2))[None, :] + 1) * 120
+    pixels = np.stack([base, base.T, np.flipud(base)], axis=2).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    path = str(tmp_path / "n")
+    assert run(capsys, "init", "--dir", path, "--origin", ORIGIN)[0] == 0
+    return path
+
+
+def add(capsys: pytest.CaptureFixture[str], node: str, *argv: str) -> int:
+    status, out, err = run(capsys, "--dir", node, "add", *argv)
+    assert status == 0, err
+    return int(out)
+
+
+def test_values_are_normalised_and_reported(node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    md5 = "5d41402abc4b2a76b9719d911017c592"
+    add(capsys, node, "--type", "md5", "--value", md5, "--label", "iwf:category-a")
+    status, out, err = run(capsys, "--dir", node, "match", " " + md5.upper() + " ", "c" * 40)
+    assert status == 0, err
+    assert f"MATCH md5 {md5}  (argument 1)" in out
+    assert f"{ORIGIN} #0  labels iwf:category-a" in out
+    assert "checked 2 hash(es): 1 matched (1 hit(s))" in out
+    assert "normalised: lower-cased hex (1)" in err
+    assert "normalised: removed surrounding whitespace (1)" in err
+
+
+def test_ambiguous_and_invalid_values(node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    add(capsys, node, "--type", "sha256", "--value", OTHER)
+    status, out, err = run(capsys, "--dir", node, "match", OTHER, "xyz")
+    # Each bad input is named; with nothing left to match, the run fails.
+    assert status == 1 and out == ""
+    assert "invalid: argument 1, type: cannot tell the signal type" in err
+    assert "invalid: argument 2, type" in err
+    status, out, err = run(capsys, "--dir", node, "match", "--type", "sha256", OTHER, OTHER[:-1])
+    assert "MATCH sha256" in out and "argument 2, value: expected 64 hex" in err
+    status, _, err = run(capsys, "--dir", node, "match")
+    assert status == 1 and "give hash values" in err
+    status, _, err = run(capsys, "--dir", node, "match", "--type", "md5", OTHER)
+    assert status == 1 and "every input was invalid" in err and "looks like" not in err
+
+
+def test_files_hashed_with_pdq_for_images(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "seized").mkdir()
+    pic = image(tmp_path / "seized" / "a.png", 1)
+    text = tmp_path / "seized" / "notes.txt"
+    text.write_bytes(b"not an image")
+    (tmp_path / "seized" / "sub").mkdir()
+    same = tmp_path / "seized" / "sub" / "copy.bin"
+    same.write_bytes(text.read_bytes())
+    hashes = hash_file(pic)
+    assert hashes.pdq is not None and hashes.pdq_quality is not None and not hashes.low_quality
+    near = f"{int(hashes.pdq, 16) ^ 0b1011:064x}"
+    add(capsys, node, "--type", "pdq", "--quality", "90", "--value", near, "--label", "src:x")
+    add(capsys, node, "--type", "sha1", "--value", hashlib.sha1(b"not an image").hexdigest())
+    status, out, err = run(
+        capsys, "--dir", node, "match", "--file", str(tmp_path / "seized"), "--json"
+    )
+    assert status == 0, err
+    doc = json.loads(out)
+    assert doc["checked"] == 3 * 3 + 1  # three files, one of them an image
+    by_source = {(m["source"], m["type"]): m for m in doc["matches"]}
+    pdq = by_source[(f"file {pic}", "pdq")]
+    assert pdq["hits"][0]["distance"] == 3 and pdq["hits"][0]["value"] == near
+    assert (f"file {text}", "sha1") in by_source and (f"file {same}", "sha1") in by_source
+    files = {f["path"]: f for f in doc["files"]}
+    assert files[str(text)]["pdq"] is None
+    assert "not an image" in files[str(text)]["pdq_skipped"]
+    assert files[str(pic)]["sha256"] == hashlib.sha256(pic.read_bytes()).hexdigest()
+    assert "note: no PDQ hash: not an image" in err
+    status, out, _ = run(capsys, "--dir", node, "match", "--file", str(pic), "--max-distance", "2")
+    assert "checked 4 hash(es): 0 matched" in out
+
+
+def test_without_the_pdq_extra_files_still_match_by_digest(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pic = image(tmp_path / "a.png", 2)
+    add(capsys, node, "--type", "md5", "--value", hashlib.md5(pic.read_bytes()).hexdigest())
+    monkeypatch.setattr(filehash, "_pdq_modules", lambda: None)
+    status, out, err = run(capsys, "--dir", node, "match", "--file", str(pic))
+    assert status == 0
+    assert PDQ_MISSING in err and "pip install 'hashmesh[pdq]'" in err
+    assert "MATCH md5" in out and "checked 3 hash(es): 1 matched" in out
+
+
+def test_unreadable_file_is_reported_not_fatal(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = tmp_path / "real.bin"
+    real.write_bytes(b"x")
+    status, out, err = run(
+        capsys, "--dir", node, "match", "--file", str(tmp_path / "gone.bin"), "--file", str(real)
+    )
+    assert status == 0 and "invalid: file" in err and "gone.bin" in err
+    assert "checked 3 hash(es)" in out
+
+
+def test_list_normalisation_is_reported(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    md5 = "5d41402abc4b2a76b9719d911017c592"
+    add(capsys, node, "--type", "md5", "--value", md5)
+    add(capsys, node, "--type", "sha256", "--value", OTHER)
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(
+        b"\xef\xbb\xbf# exported list\r\n"
+        + md5.upper().encode()
+        + b"\r\n   SHA256: "
+        + OTHER.upper().encode()
+        + b"  \r\n\r\nsha1,"
+        + b"0x"
+        + b"a" * 40
+        + b"\r\nnot-a-hash\r\n"
+    )
+    status, out, err = run(capsys, "--dir", node, "match", "--list", str(listing), "--json")
+    assert status == 0, err
+    doc = json.loads(out)
+    assert doc["checked"] == 3
+    assert [(m["source"], m["type"]) for m in doc["matches"]] == [
+        ("list line 2", "md5"),
+        ("list line 3", "sha256"),
+    ]
+    assert doc["normalised"] == {
+        "converted CRLF line ends": 6,
+        "lower-cased hex": 2,
+        "passed over blank or comment lines": 2,
+        "removed 0x prefix": 1,
+        "removed byte order mark": 1,
+        "removed surrounding spaces": 1,
+    }
+    assert [(e["source"], e["field"]) for e in doc["invalid"]] == [("list line 6", "type")]
+
+
+def test_receipts_saved_and_verified_offline(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add(capsys, node, "--type", "sha256", "--value", OTHER, "--label", "iwf:category-a")
+    vkey = run(capsys, "--dir", node, "vkey")[1].strip()
+    folder = tmp_path / "receipts"
+    status, out, err = run(
+        capsys,
+        "--dir",
+        node,
+        "match",
+        "--type",
+        "sha256",
+        OTHER,
+        "--save-receipts",
+        str(folder),
+        "--json",
+    )
+    assert status == 0, err
+    hit = json.loads(out)["matches"][0]["hits"][0]
+    assert {"entry_b64", "index", "size", "hashes", "checkpoint"} <= set(hit["receipt"])
+    (saved,) = folder.iterdir()
+    assert json.loads(saved.read_text()) == hit["receipt"]
+    assert "verify-receipt" in err
+    assert audit(["verify-receipt", str(saved), "--vkey", vkey]) == 0
+    assert "entry 0 of " + ORIGIN in capsys.readouterr().out
+
+
+def test_opinion_command_and_results(node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    add(capsys, node, "--type", "sha256", "--value", OTHER)
+    status, out, err = run(
+        capsys,
+        "--dir",
+        node,
+        "opinion",
+        ORIGIN,
+        "0",
+        "--verdict",
+        "false-positive",
+        "--note",
+        "a holiday photo",
+    )
+    assert status == 0 and out.strip() == "1" and "appended as entry 1" in err
+    status, out, _ = run(capsys, "--dir", node, "match", "--type", "sha256", OTHER, "--json")
+    (opinion,) = json.loads(out)["matches"][0]["hits"][0]["opinions"]
+    assert opinion == {
+        "origin": ORIGIN,
+        "index": 1,
+        "verdict": "false-positive",
+        "note": "a holiday photo",
+        "trusted": True,
+    }
+    status, _, err = run(
+        capsys, "--dir", node, "opinion", "nobody.example/x", "0", "--verdict", "confirm"
+    )
+    assert status == 1 and "nobody.example/x" in err
+    status, _, err = run(capsys, "--dir", node, "opinion", ORIGIN, "9", "--verdict", "confirm")
+    assert status == 1 and "entry 9" in err
+    with pytest.raises(SystemExit):
+        hashmesh(["--dir", node, "opinion", ORIGIN, "0", "--verdict", "maybe"])

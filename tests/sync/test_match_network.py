@@ -1,0 +1,147 @@
+"""Matching over the three-node network: a hash added at A matches at C, with a receipt.
+
+A <-> B <-> C, C follows A (relayed by B) and B; every node is what
+``hashmesh serve`` runs, in this process, with real mutual TLS on 127.0.0.1.
+The receipt C hands out is checked with nothing but A's verifier key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from node.config import load_config
+from node.ledger import Ledger
+from node.ledger.matching import make_opinion
+from node.tls import client_ssl_context
+from protocol.__main__ import main as audit
+from protocol.entry import AddEntry, RetractEntry
+from tests.sync.conftest import make_node
+from tests.sync.test_federation import (
+    A,
+    B,
+    C,
+    Serving,
+    follow,
+    introduce,
+    serve,
+    settle,
+    shutdown,
+)
+
+pytestmark = pytest.mark.integration
+
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+@pytest.fixture
+async def network(tmp_path: Path) -> AsyncIterator[tuple[Serving, Serving, Serving]]:
+    nodes = [
+        await serve(make_node(tmp_path, name, origin), sync=True)
+        for name, origin in (("a", A), ("b", B), ("c", C))
+    ]
+    a, b, c = nodes
+    introduce(a, b)
+    introduce(b, a)
+    introduce(b, c)
+    introduce(c, b)
+    follow(c.node_dir, a.node_dir)
+    await settle()  # servers trust the peers added by another connection
+    try:
+        yield a, b, c
+    finally:
+        await shutdown(*nodes)
+
+
+async def post_match(client: Path, server: Serving, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /v1/match to ``server`` as the node in ``client`` (one of its peers)."""
+    mine, theirs = load_config(client), load_config(server.node_dir)
+    ctx = client_ssl_context(
+        mine.tls_cert_path, mine.tls_key_path, theirs.tls_cert_path.read_text(encoding="ascii")
+    )
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+        session.post(server.url + "/v1/match", json=body) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        doc: dict[str, Any] = await resp.json()
+        return doc
+
+
+async def wait_hits(
+    client: Path, server: Serving, body: dict[str, Any], count: int, within: float
+) -> dict[str, Any]:
+    started = time.monotonic()
+    while True:
+        doc = await post_match(client, server, body)
+        hits = sum(len(m["hits"]) for m in doc["matches"])
+        if hits == count:
+            return doc
+        if time.monotonic() - started > within:
+            pytest.fail(f"expected {count} hit(s) within {within} s, got {doc}")
+        await asyncio.sleep(0.05)
+
+
+async def test_hash_added_at_a_matches_at_c_with_a_receipt_verified_by_a_key(
+    network: tuple[Serving, Serving, Serving],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a, b, c = network
+    rng = random.Random(9)
+    pdq = f"{rng.getrandbits(256):064x}"
+    near = f"{int(pdq, 16) ^ 0xFFF:064x}"  # 12 bits away
+    with Ledger.open(a.node_dir) as ledger:  # the CLI at A, another connection
+        ledger.append(
+            [
+                AddEntry.create(signal_type="sha256", value=SHA, labels=["iwf:category-a"]),
+                AddEntry.create(
+                    signal_type="pdq", value=pdq, quality=92, labels=["iwf:category-b"]
+                ),
+            ]
+        )
+        a_vkey = ledger.own_log.verifier_key
+    body = {
+        "hashes": [{"type": "sha256", "value": SHA}, {"type": "pdq", "value": near}],
+        "receipts": True,
+    }
+    doc = await wait_hits(b.node_dir, c, body, 2, within=10)
+    exact, close = doc["matches"]
+    (hit,) = exact["hits"]
+    assert (hit["origin"], hit["index"], hit["labels"]) == (A, 0, ["iwf:category-a"])
+    (near_hit,) = close["hits"]
+    assert (near_hit["origin"], near_hit["index"], near_hit["distance"]) == (A, 1, 12)
+    for found in (hit, near_hit):
+        path = tmp_path / f"receipt-{found['index']}.json"
+        path.write_text(json.dumps(found["receipt"]), encoding="utf-8")
+        capsys.readouterr()
+        assert audit(["verify-receipt", str(path), "--vkey", a_vkey]) == 0
+        out = capsys.readouterr().out
+        assert f"entry {found['index']} of {A} is in its signed log" in out
+    # B disputes the PDQ entry; the opinion travels B -> C and shows there.
+    with Ledger.open(b.node_dir) as ledger:
+        ledger.append([make_opinion(ledger, A, 1, "dispute", note="a cartoon")])
+    started = time.monotonic()
+    while True:
+        doc = await post_match(b.node_dir, c, {"hashes": body["hashes"]})
+        opinions = doc["matches"][1]["hits"][0]["opinions"]
+        if opinions:
+            break
+        assert time.monotonic() - started < 10, doc
+        await asyncio.sleep(0.05)
+    assert opinions == [
+        {"origin": B, "index": 0, "verdict": "dispute", "note": "a cartoon", "trusted": True}
+    ]
+    # A retracts the PDQ entry: C stops matching it as soon as the retraction arrives.
+    with Ledger.open(a.node_dir) as ledger:
+        ledger.append([RetractEntry(index=1, reason="false positive")])
+    doc = await wait_hits(b.node_dir, c, body, 1, within=10)
+    assert [m["i"] for m in doc["matches"]] == [0]

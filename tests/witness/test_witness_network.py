@@ -1,0 +1,242 @@
+"""Real nodes, real servers, real mutual TLS: cosignatures travel, split views are caught.
+
+Every node runs what ``hashmesh serve`` runs (``run_server``) in this process
+on its own SQLite file; settings are written to ``config.toml`` as the
+``hashmesh witness`` commands write them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from node.config import WitnessAsk, WitnessRequirement, append_witness_setting, load_config
+from node.ledger import Ledger
+from node.ledger.database import Database
+from node.ledger.provision import init_node
+from node.ledger.replica import Replica
+from node.storage.witness_store import WitnessStore
+from node.sync.client import PeerClient
+from node.sync.witness_client import WitnessClient, cosign_latest
+from protocol.checkpoint import open_checkpoint
+from protocol.keys import SIG_COSIGNATURE_V1, NoteSigner, NoteVerifier
+from tests.witness.conftest import (
+    ORIGIN,
+    WITNESS,
+    add_card,
+    append,
+    ask_witnesses,
+    fork,
+    once,
+    serve,
+    shutdown,
+    witness_vkey,
+)
+
+pytestmark = pytest.mark.integration
+
+FOLLOWER = "hotline-f.example/hashmesh"
+UNREACHABLE = "https://127.0.0.1:1"
+
+
+def cosigned_sizes(node_dir: Path, origin: str) -> list[int]:
+    with Ledger.open(node_dir, read_only=True) as ledger:
+        log = ledger.store.get_log(origin)
+        rows = ledger.store.conn.execute(
+            "SELECT DISTINCT size FROM cosignatures WHERE log_id = ? ORDER BY size", (log.log_id,)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def held(node_dir: Path, origin: str) -> int:
+    with Ledger.open(node_dir, read_only=True) as ledger:
+        return Replica(ledger, origin).state().size
+
+
+def origin_vkey(origin_dir: Path) -> str:
+    with Ledger.open(origin_dir, read_only=True) as ledger:
+        return ledger.own_log.verifier_key
+
+
+def make_follower(tmp_path: Path, origin_dir: Path, wkey: NoteVerifier) -> Path:
+    """A node that follows ORIGIN and requires the witness's cosignature."""
+    path = tmp_path / "f"
+    init_node(path, FOLLOWER)
+    with Ledger.open(path) as ledger:
+        ledger.follow(ORIGIN, origin_vkey(origin_dir))
+    append_witness_setting(
+        path, WitnessRequirement(origin=ORIGIN, keys=(wkey.to_text(),), threshold=1)
+    )
+    return path
+
+
+async def wait_until(check: object, within: float = 10.0) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"condition not met within {within} s")
+
+
+async def test_cosignatures_travel_with_checkpoints(
+    tmp_path: Path, origin_dir: Path, witness_dir: Path
+) -> None:
+    wkey = witness_vkey(witness_dir)
+    append_witness_setting(origin_dir, WitnessAsk(peer=WITNESS, key=wkey.to_text()))
+    follower = make_follower(tmp_path, origin_dir, wkey)
+    a = await serve(origin_dir, sync=True, poll=30.0)
+    w = await serve(witness_dir, sync=False)
+    try:
+        add_card(origin_dir, witness_dir, w.url)  # whom A asks
+        add_card(witness_dir, origin_dir, a.url)  # W accepts A's requests (W follows A)
+        add_card(origin_dir, follower, UNREACHABLE, role="subscriber")
+        add_card(follower, origin_dir, a.url)
+        await asyncio.sleep(0.3)  # both servers trust the new certificates
+
+        # A writes (as the CLI does); its runner asks W at once, live.
+        append(origin_dir, 5)
+        await wait_until(lambda: 5 in cosigned_sizes(origin_dir, ORIGIN))
+
+        # GET /v1/checkpoint carries W's line: k-of-n checks pass with protocol/ alone.
+        config = load_config(follower)
+        async with PeerClient(
+            ORIGIN,
+            a.url,
+            server_cert_pem=load_config(origin_dir).tls_cert_path.read_text(),
+            cert_path=config.tls_cert_path,
+            key_path=config.tls_key_path,
+        ) as client:
+            note = await client.checkpoint(ORIGIN)
+            listed = {log.origin: log.checkpoint for log in await client.logs()}
+            history = dict(await client.checkpoints(ORIGIN, 5))
+        assert listed[ORIGIN] == note == history[5]
+        verified = open_checkpoint(
+            note,
+            NoteVerifier.from_text(origin_vkey(origin_dir)),
+            witnesses=[wkey],
+            witness_threshold=1,
+        )
+        assert verified.checkpoint.size == 5 and wkey.name in verified.cosignatures
+
+        # The follower that requires W accepts it, and keeps the cosignature.
+        assert await once(follower) == [None]
+        assert held(follower, ORIGIN) == 5
+        assert cosigned_sizes(follower, ORIGIN) == [5]
+
+        # Without the witness, a new checkpoint gets no cosignature: the
+        # follower refuses it, names who signed and the threshold, writes nothing.
+        await shutdown(w)
+        append(origin_dir, 2)
+        (error,) = await once(follower)
+        assert error is not None
+        assert ORIGIN in error and "size 7" in error and "0 of the 1 required" in error
+        assert wkey.name in error
+        assert held(follower, ORIGIN) == 5
+    finally:
+        await shutdown(*(n for n in (a, w) if not n.task.done()))
+
+
+async def test_split_view_is_caught_by_the_witness_and_the_policy(
+    tmp_path: Path, origin_dir: Path, witness_dir: Path
+) -> None:
+    """One origin key, two histories, shown to two audiences."""
+    wkey = witness_vkey(witness_dir)
+    append(origin_dir, 3)
+    other = fork(origin_dir, tmp_path / "a2")  # same signing key, same TLS identity
+    append(origin_dir, 3, tag="shown-to-b")
+    append(other, 3, tag="shown-to-c")
+    for face in (origin_dir, other):
+        append_witness_setting(face, WitnessAsk(peer=WITNESS, key=wkey.to_text()))
+    follower = make_follower(tmp_path, origin_dir, wkey)
+
+    w = await serve(witness_dir, sync=False)
+    a1 = await serve(origin_dir, sync=False)
+    a2 = await serve(other, sync=False)
+    try:
+        add_card(witness_dir, origin_dir, a1.url)  # one card: both faces share the TLS key
+        for face in (origin_dir, other):
+            add_card(face, witness_dir, w.url)
+            add_card(face, follower, UNREACHABLE, role="subscriber")
+        await asyncio.sleep(0.3)
+
+        # The witness cosigns the first history it is shown...
+        (first,) = await ask_witnesses(origin_dir)
+        assert first.error is None and first.added == 1 and first.size == 6
+        # ...and refuses the second: same size, another root.
+        (second,) = await ask_witnesses(other)
+        assert second.error is not None and "forked" in second.error
+        assert second.added == 0
+        with Ledger.open(witness_dir, read_only=True) as ledger:
+            state = WitnessStore(ledger.store.conn).get_state(ORIGIN)
+        with Ledger.open(origin_dir, read_only=True) as ledger:
+            shown_to_b = ledger.latest_checkpoint()
+        assert state is not None and (state.size, state.root_hash) == (6, shown_to_b.root_hash)
+
+        # A follower requiring the witness refuses the un-cosigned history.
+        add_card(follower, other, a2.url)
+        (error,) = await once(follower)
+        assert error is not None and "0 of the 1 required" in error and ORIGIN in error
+        with Ledger.open(follower, read_only=True) as ledger:
+            assert ORIGIN not in {log.origin for log in ledger.store.list_logs()}
+
+        # Shown the cosigned one, it accepts it.
+        with Ledger.open(follower) as ledger:
+            ledger.store.remove_peer(ORIGIN)
+        add_card(follower, origin_dir, a1.url)
+        assert await once(follower) == [None]
+        assert held(follower, ORIGIN) == 6
+        with Ledger.open(follower, read_only=True) as ledger:
+            stored = ledger.latest_checkpoint(ORIGIN)
+        assert stored.root_hash == shown_to_b.root_hash
+        assert cosigned_sizes(follower, ORIGIN) == [6]
+    finally:
+        await shutdown(w, a1, a2)
+
+
+async def test_client_follows_409_to_the_witness_size(
+    tmp_path: Path, origin_dir: Path, witness_dir: Path
+) -> None:
+    wkey = witness_vkey(witness_dir)
+    w = await serve(witness_dir, sync=False)
+    try:
+        add_card(witness_dir, origin_dir, UNREACHABLE)
+        add_card(origin_dir, witness_dir, w.url)
+        await asyncio.sleep(0.3)
+        append(origin_dir, 5)
+        config = load_config(origin_dir)
+        db = await Database.open(origin_dir)
+        try:
+            peer = (await db.read(lambda ledger: ledger.store.list_peers()))[0]
+            async with WitnessClient(
+                peer, cert_path=config.tls_cert_path, key_path=config.tls_key_path
+            ) as client:
+                done = await cosign_latest(db, client, wkey)
+                assert (done.error, done.added, done.size) == (None, 1, 5)
+                again = await cosign_latest(db, client, wkey)
+                assert (again.error, again.added) == (None, 0)  # already held: not asked
+                append(origin_dir, 2)
+                # A stale guess (0): the witness answers 409 "5", the client retries from 5.
+                moved = await cosign_latest(db, client, wkey, known_size=0)
+                assert (moved.error, moved.added, moved.size, moved.witness_size) == (
+                    None,
+                    1,
+                    7,
+                    7,
+                )
+                # Answers are checked against the configured key, not the witness's word.
+                append(origin_dir, 1)
+                impostor = NoteSigner.generate(wkey.name, SIG_COSIGNATURE_V1).verifier()
+                wrong = await cosign_latest(db, client, impostor, known_size=7)
+                assert wrong.error is not None and "no valid cosignature" in wrong.error
+                # A witness that cosigned beyond our log means we were rolled back.
+                rolled = await cosign_latest(db, client, wkey, known_size=9)
+                assert rolled.error is not None and "rolled back" in rolled.error
+        finally:
+            await db.close()
+        assert cosigned_sizes(origin_dir, ORIGIN) == [5, 7]
+    finally:
+        await shutdown(w)
