@@ -2,12 +2,14 @@
 
 Run it with ``scripts/demo`` (or ``.venv/bin/python examples/network.py``).
 
-It creates three nodes in a temporary directory, exchanges their cards, starts
-``hashmesh serve`` for each on 127.0.0.1 (random ports, mutual TLS), adds
-hashes at A, and shows them arriving at C through B, verified at every hop
-against A's key. Then it retracts one at A and shows the retraction arrive,
-and checks at C, with nothing but ``python -m protocol``, that A's entry is in
-A's signed log. Everything it does is an ordinary ``hashmesh`` command.
+It creates three nodes in a temporary directory, exchanges their cards, makes
+B a witness of A's log, starts ``hashmesh serve`` for each on 127.0.0.1
+(random ports, mutual TLS), adds hashes at A, and shows them arriving at C
+through B, verified at every hop against A's key. C matches hashes against
+every log it holds and checks each hit's receipt with nothing but A's key; an
+auditor audits A live without seeing a hash value. Then A retracts one entry,
+rotates its signing key, and C follows; the auditor checks A's bundle across
+the rotation. Everything it does is an ordinary ``hashmesh`` command.
 """
 
 from __future__ import annotations
@@ -112,6 +114,22 @@ def main() -> int:
         hashmesh(nodes["C"], "follow", ORIGINS["A"], a_vkey)
         print(f"C follows A's log, trusting only A's key {a_vkey}")
 
+        say("B witnesses A's log: A asks B to cosign each checkpoint it signs")
+        b_witness = hashmesh(nodes["B"], "witness", "vkey").strip()
+        hashmesh(nodes["A"], "witness", "add", ORIGINS["B"], b_witness)
+        print(f"B's witness key: {b_witness}")
+        hashmesh(
+            nodes["C"], "witness", "require", ORIGINS["A"], "--key", b_witness, "--threshold", "1"
+        )
+        print("C accepts A's checkpoints only with B's cosignature")
+
+        say("An auditor gets a TLS identity and the auditor role at A (no hash values, ever)")
+        auditor = base / "auditor"
+        hashmesh(auditor, "init", "--origin", "auditor.example/audit")
+        auditor_card = base / "auditor.card.json"
+        auditor_card.write_text(hashmesh(auditor, "peer", "card"), encoding="utf-8")
+        hashmesh(nodes["A"], "peer", "add", str(auditor_card), "--role", "auditor")
+
         say("Each node serves over mutual TLS on 127.0.0.1 and syncs live")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         for node in nodes.values():
@@ -163,6 +181,42 @@ def main() -> int:
             )
         )
 
+        say("C's analyst checks hashes from a seized drive against every log C holds")
+        receipts = work / "receipts"
+        seized = work / "seized-hashes.txt"
+        # As such lists come: upper case, CRLF line ends, a hash nobody lists.
+        seized.write_bytes(
+            b"md5:5D41402ABC4B2A76B9719D911017C592\r\n"
+            b"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\r\n"
+        )
+        print(
+            hashmesh(
+                nodes["C"], "match", "--list", str(seized), "--save-receipts", str(receipts)
+            ).rstrip()
+        )
+        for receipt in sorted(receipts.iterdir()):
+            print(
+                f"{receipt.name}: " + protocol_cli("verify-receipt", str(receipt), "--vkey", a_vkey)
+            )
+
+        say("A's checkpoint as C holds it: signed by A, cosigned by witness B")
+        print(hashmesh(nodes["C"], "checkpoint", "--origin", ORIGINS["A"]).rstrip())
+
+        say("The auditor audits A live, over mTLS, seeing only checkpoints and leaf hashes")
+        state = base / "audit-state.json"
+        print(
+            hashmesh(
+                auditor,
+                "audit",
+                "--card",
+                str(cards["A"]),
+                "--vkey",
+                a_vkey,
+                "--state",
+                str(state),
+            ).rstrip()
+        )
+
         say("A retracts entry 1 (a false positive); the retraction travels the same way")
         hashmesh(nodes["A"], "retract", "1", "--reason", "false positive, reviewed by analyst")
         took = wait_for(nodes["C"], ORIGINS["A"], 4, timeout=20)
@@ -170,6 +224,26 @@ def main() -> int:
         print(
             f"C has A's retraction {took:.2f} s later: size {doc.get('size')}, "
             f"{doc.get('retracted')} retracted, listed {doc.get('active_by_signal_type')}"
+        )
+
+        say("A rotates its signing key; C follows the key chain through B")
+        print(
+            hashmesh(nodes["A"], "key", "rotate", "--reason", "scheduled yearly rotation").rstrip()
+        )
+        hashmesh(
+            nodes["A"], "add", "--type", "sha256", "--value", "ab" * 32, "--label", "iwf:category-a"
+        )
+        took = wait_for(nodes["C"], ORIGINS["A"], 6, timeout=20)
+        print(f"C verified A's next entry under the new key {took:.2f} s later:")
+        print(hashmesh(nodes["C"], "key", "chain", "--origin", ORIGINS["A"]).rstrip())
+
+        say("The auditor audits A again from a bundle: same history, across the rotation")
+        bundle = base / "a.bundle"
+        hashmesh(nodes["A"], "export", "--format", "bundle", "--out", str(bundle))
+        print(
+            hashmesh(
+                auditor, "audit", str(bundle), "--vkey", a_vkey, "--state", str(state)
+            ).rstrip()
         )
 
         say("Peers as B sees them")
