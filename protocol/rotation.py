@@ -189,6 +189,8 @@ class KeyChain:
                 f"rotate entry {index} of {self.origin} must be committed by the old key's "
                 f"checkpoint of size {index + 1}, not one of size {checkpoint_size}"
             )
+        if any(p.from_size == index + 2 and p.verifier == new for p in self.periods):
+            return self  # already in the chain (learnt from a saved state or another source)
         if self.periods[-1].from_size > index + 1:
             raise RotationError(
                 f"rotate entry {index} of {self.origin} comes before a later rotation already "

@@ -240,3 +240,13 @@ def test_rotation_proof_refused(case: str) -> None:
     with pytest.raises(error, match=message):
         apply_rotation_proof(chain, index, entry, proof, checkpoint)
     assert chain.periods == (KeyPeriod(0, K1.verifier()),)
+
+
+def test_reapplying_a_known_rotation_is_a_no_op() -> None:
+    """A chain from a saved state replays the same log (a bundle audited again)."""
+    chain = KeyChain.pinned(K1.verifier()).apply(9, rotate(K2), 10).apply(19, rotate(K3), 20)
+    assert chain.apply(9, rotate(K2), 10) is chain
+    assert chain.apply(19, rotate(K3), 20) is chain
+    # A different rotation at a known index still conflicts.
+    with pytest.raises(RotationError, match="later rotation"):
+        chain.apply(9, rotate(NoteSigner.from_seed(ORIGIN, b"\x04" * 32)), 10)
