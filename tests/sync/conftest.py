@@ -23,12 +23,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from node.api.server import RunningServer, run_server
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
 from node.sync.cards import make_card
 from node.sync.client import PeerClient
+from node.sync.runner import sync_once
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry
 
@@ -68,6 +70,54 @@ def card_json(node_dir: Path, url: str) -> str:
         tls_cert=config.tls_cert_path.read_text(encoding="ascii"),
         vkey=vkey,
     ).to_json()
+
+
+@dataclass
+class Serving:
+    """A node run as `hashmesh serve` runs it (``run_server``), in this process."""
+
+    node_dir: Path
+    server: RunningServer
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+async def serve(node_dir: Path, *, sync: bool, poll: float = 5.0) -> Serving:
+    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_server(
+            node_dir,
+            "127.0.0.1:0",
+            sync=sync,
+            poll_interval=poll,
+            on_started=started.set_result,
+            stop=stop,
+        )
+    )
+    server = await asyncio.wait_for(started, timeout=10)
+    return Serving(node_dir, server, stop, task)
+
+
+async def shutdown(*nodes: Serving) -> None:
+    for node in nodes:
+        node.stop.set()
+    await asyncio.gather(*(asyncio.wait_for(n.task, timeout=15) for n in nodes))
+
+
+async def once(node_dir: Path) -> list[str | None]:
+    """One sync round of node_dir with its peers (what `hashmesh sync --once` does)."""
+    config = load_config(node_dir)
+    db = await Database.open(node_dir)
+    try:
+        reports = await sync_once(db, cert_path=config.tls_cert_path, key_path=config.tls_key_path)
+    finally:
+        await db.close()
+    return [r.error for r in reports]
 
 
 @dataclass

@@ -12,8 +12,8 @@ from node.cli import main as cli
 from node.ledger import Ledger
 from node.ledger.replica import Replica
 from protocol.entry import AddEntry
-from tests.sync.conftest import make_node, sha
-from tests.sync.test_federation import A, B, serve, settle, shutdown
+from tests.sync.conftest import make_node, serve, sha, shutdown
+from tests.sync.test_federation import A, B, settle
 
 pytestmark = pytest.mark.integration
 

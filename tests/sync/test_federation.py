@@ -11,63 +11,23 @@ import json
 import shutil
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from node.api.server import RunningServer, run_server
 from node.cli import main as cli
-from node.config import load_config
 from node.ledger import Ledger
-from node.ledger.database import Database
 from node.ledger.replica import Replica
 from node.sync.cards import parse_card
-from node.sync.runner import sync_once
 from protocol.__main__ import main as audit
 from protocol.entry import AddEntry, RetractEntry
-from tests.sync.conftest import card_json, make_node, sha
+from tests.sync.conftest import Serving, card_json, make_node, once, serve, sha, shutdown
 
 pytestmark = pytest.mark.integration
 
 A = "hotline-a.example/hashmesh"
 B = "hotline-b.example/hashmesh"
 C = "agency-c.example/hashmesh"
-
-
-@dataclass
-class Serving:
-    node_dir: Path
-    server: RunningServer
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
-async def serve(node_dir: Path, *, sync: bool) -> Serving:
-    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_server(
-            node_dir,
-            "127.0.0.1:0",
-            sync=sync,
-            poll_interval=5.0,
-            on_started=started.set_result,
-            stop=stop,
-        )
-    )
-    server = await asyncio.wait_for(started, timeout=10)
-    return Serving(node_dir, server, stop, task)
-
-
-async def shutdown(*nodes: Serving) -> None:
-    for node in nodes:
-        node.stop.set()
-    await asyncio.gather(*(asyncio.wait_for(n.task, timeout=15) for n in nodes))
 
 
 def introduce(a: Serving, b: Serving, *, follow: bool = True) -> None:
@@ -104,16 +64,6 @@ async def wait_size(node_dir: Path, origin: str, size: int, within: float) -> fl
             return time.monotonic() - started
         await asyncio.sleep(0.02)
     pytest.fail(f"{node_dir.name} did not reach size {size} of {origin} in {within} s")
-
-
-async def once(node_dir: Path) -> list[str | None]:
-    config = load_config(node_dir)
-    db = await Database.open(node_dir)
-    try:
-        reports = await sync_once(db, cert_path=config.tls_cert_path, key_path=config.tls_key_path)
-    finally:
-        await db.close()
-    return [r.error for r in reports]
 
 
 @pytest.fixture

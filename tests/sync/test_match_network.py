@@ -24,18 +24,8 @@ from node.ledger.matching import make_opinion
 from node.tls import client_ssl_context
 from protocol.__main__ import main as audit
 from protocol.entry import AddEntry, RetractEntry
-from tests.sync.conftest import make_node
-from tests.sync.test_federation import (
-    A,
-    B,
-    C,
-    Serving,
-    follow,
-    introduce,
-    serve,
-    settle,
-    shutdown,
-)
+from tests.sync.conftest import Serving, make_node, serve, shutdown
+from tests.sync.test_federation import A, B, C, follow, introduce, settle
 
 pytestmark = pytest.mark.integration
 

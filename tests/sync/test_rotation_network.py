@@ -9,18 +9,8 @@ import pytest
 from node.ledger import Ledger
 from node.ledger.replica import Replica
 from node.ledger.rotation import load_key_chain
-from tests.sync.conftest import add_entries, make_node
-from tests.sync.test_federation import (
-    A,
-    B,
-    C,
-    follow,
-    introduce,
-    once,
-    serve,
-    settle,
-    shutdown,
-)
+from tests.sync.conftest import add_entries, make_node, once, serve, shutdown
+from tests.sync.test_federation import A, B, C, follow, introduce, settle
 
 pytestmark = pytest.mark.integration
 

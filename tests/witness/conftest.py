@@ -8,7 +8,6 @@ to each copy.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import shutil
 from dataclasses import dataclass
@@ -16,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from node.api.server import RunningServer, run_server
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
 from node.ledger.witness import load_witness_signer
 from node.sync.cards import parse_card
-from node.sync.runner import sync_once
 from node.sync.witness_client import CosignOutcome, cosign_once
 from protocol.entry import AddEntry
 from protocol.keys import NoteVerifier
@@ -101,59 +98,11 @@ def witness_dir(tmp_path: Path, origin_dir: Path) -> Path:
     return path
 
 
-@dataclass
-class Serving:
-    """A node run as `hashmesh serve` runs it, in this process."""
-
-    node_dir: Path
-    server: RunningServer
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
-async def serve(node_dir: Path, *, sync: bool, poll: float = 5.0) -> Serving:
-    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_server(
-            node_dir,
-            "127.0.0.1:0",
-            sync=sync,
-            poll_interval=poll,
-            on_started=started.set_result,
-            stop=stop,
-        )
-    )
-    server = await asyncio.wait_for(started, timeout=10)
-    return Serving(node_dir, server, stop, task)
-
-
-async def shutdown(*nodes: Serving) -> None:
-    for node in nodes:
-        node.stop.set()
-    await asyncio.gather(*(asyncio.wait_for(n.task, timeout=15) for n in nodes))
-
-
 def add_card(node_dir: Path, other_dir: Path, url: str, role: str = "peer") -> None:
     """node_dir adds other_dir's node (reached at url) as `hashmesh peer add` does."""
     card = parse_card(card_json(other_dir, url))
     with Ledger.open(node_dir) as ledger:
         ledger.store.add_peer(card.peer_record(role))
-
-
-async def once(node_dir: Path) -> list[str | None]:
-    """One sync round of node_dir with its peers (what `hashmesh sync` does)."""
-    config = load_config(node_dir)
-    db = await Database.open(node_dir)
-    try:
-        reports = await sync_once(db, cert_path=config.tls_cert_path, key_path=config.tls_key_path)
-    finally:
-        await db.close()
-    return [r.error for r in reports]
 
 
 async def ask_witnesses(node_dir: Path) -> list[CosignOutcome]:

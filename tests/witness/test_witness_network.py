@@ -23,6 +23,7 @@ from node.sync.client import PeerClient
 from node.sync.witness_client import WitnessClient, cosign_latest
 from protocol.checkpoint import open_checkpoint
 from protocol.keys import SIG_COSIGNATURE_V1, NoteSigner, NoteVerifier
+from tests.sync.conftest import once, serve, shutdown
 from tests.witness.conftest import (
     ORIGIN,
     WITNESS,
@@ -30,9 +31,6 @@ from tests.witness.conftest import (
     append,
     ask_witnesses,
     fork,
-    once,
-    serve,
-    shutdown,
     witness_vkey,
 )
 
