@@ -9,7 +9,6 @@ half-made node behind, and an existing node is never overwritten.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from node.config import (
     render_config,
 )
 from node.errors import ConfigError, NodeExistsError
+from node.ledger.service import write_key_file
 from node.storage.ledger_store import LedgerStore
 from node.tls import write_node_identity
 from protocol.checkpoint import Checkpoint, sign_checkpoint
@@ -42,12 +42,6 @@ class InitResult:
     verifier_key: str
     tls_fingerprint: str
     listen: str
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(text)
 
 
 def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> InitResult:
@@ -77,7 +71,7 @@ def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> I
     try:
         staged = NodeConfig(node_dir=staging, origin=origin, listen=listen)
         signer = NoteSigner.generate(origin)
-        _write_private(staged.signing_key_path, signer.to_text() + "\n")
+        write_key_file(staged.signing_key_path, signer)
         fingerprint = write_node_identity(
             staged.tls_key_path, staged.tls_cert_path, common_name=origin, host=host
         )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import ConfigError, LedgerError
+from node.ledger.service import _Integration, write_key_file
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from protocol.entry import Entry, RotateEntry
 from protocol.errors import MalformedError
@@ -117,16 +118,6 @@ def next_key_path(signing_key_path: Path) -> Path:
     return signing_key_path.with_name(signing_key_path.name + ".next")
 
 
-def _write_private_durably(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -189,9 +180,6 @@ def rotate_signing_key(
         MalformedError: if the reason is empty, too long or has control characters.
         LedgerError: if the new key is the current one.
     """
-    # Imported here: service imports this module's neighbours at import time.
-    from node.ledger.service import _Integration
-
     new = new_signer or NoteSigner.generate(origin)
     if new.name != origin:
         raise LedgerError(f"the new key is named {new.name!r}, not {origin!r}")
@@ -199,7 +187,7 @@ def rotate_signing_key(
         raise LedgerError("the new signing key is the current one")
     entry = RotateEntry(key=new.verifier().to_text(), reason=reason)
     staged = next_key_path(key_path)
-    _write_private_durably(staged, new.to_text() + "\n")
+    write_key_file(staged, new, replace=True)
     with store.transaction():
         run = _Integration(store, store.own_log())
         index = run.next_index

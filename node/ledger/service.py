@@ -13,6 +13,7 @@ caller only after the commit.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -614,6 +615,26 @@ class Ledger:
 
 def _leaf(index: int) -> NodeId:
     return NodeId(level=0, index=index)
+
+
+def write_key_file(path: Path, signer: NoteSigner, *, replace: bool = False) -> None:
+    """Write a private note key, readable by its owner only (0600), and fsync it.
+
+    Args:
+        path: where.
+        signer: the key.
+        replace: overwrite an existing file; by default the file must not
+            exist (``FileExistsError``), so two processes never make two keys.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.write(fd, (signer.to_text() + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if replace:
+        os.chmod(path, 0o600)  # an existing file keeps its mode on O_TRUNC
 
 
 def read_key_file(path: Path, what: str) -> NoteSigner:

@@ -33,7 +33,6 @@ note (:func:`served_note`), so they travel with the checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from node.errors import (
     WitnessProofError,
 )
 from node.ledger.rotation import load_key_chain
-from node.ledger.service import read_key_file
+from node.ledger.service import read_key_file, write_key_file
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from node.storage.witness_store import WitnessStore
 from protocol.checkpoint import Checkpoint, VerifiedCheckpoint
@@ -101,14 +100,10 @@ def load_witness_signer(config: NodeConfig, *, create: bool = True) -> NoteSigne
     if create and not path.exists():
         signer = NoteSigner.generate(name, SIG_COSIGNATURE_V1)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_key_file(path, signer)
         except FileExistsError:
-            pass
+            pass  # another process made it first: read theirs below
         else:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(signer.to_text() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
             log.info("made the witness key %s in %s", signer.verifier().to_text(), path)
     signer = read_key_file(path, "witness key")
     if signer.sig_type != SIG_COSIGNATURE_V1 or signer.name != name:
