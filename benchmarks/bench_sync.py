@@ -12,7 +12,7 @@ checkpoint, committed. Baselines in the same run, against the same kind of
 server (``start_server``, same node identities, same TLS contexts): the
 same entries-page body sizes served from memory and read by a bare aiohttp
 client in the same number of requests; ``PeerClient.entries`` against A's
-real server (fetch, strict JSON, base64, no verification or storage); raw
+real server (fetch, entry bundles decoded strictly, no verification or storage); raw
 leaf hashing.
 
 Propagation: A, B and C serve with their sync runners (poll interval 30 s,
@@ -588,7 +588,7 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
     )
     print(f"  peak RSS of the syncing B: {sync['rss_mib']:>12,.0f} MiB")
     print(
-        f"  entries pages fetched:     {len(pages):>12,}        ({mb:,.1f} MB of JSON, "
+        f"  entries pages fetched:     {len(pages):>12,}        ({mb:,.1f} MB of entry bundles, "
         f"{page_total / n:.1f} B/entry; other bodies {sync['other_bytes'] / 1e3:,.1f} kB)"
     )
     print(f"  requests by path:          {sync['requests']}")
@@ -602,7 +602,7 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
     )
     print(
         f"  baseline PeerClient fetch: {fetch_rate:>12,.0f} entries/s  ({fetch['seconds']:.2f} s, "
-        f"A's real server, parse + base64, no verify/store; sync is {rate / fetch_rate:.2f}x)"
+        f"A's real server, bundle decode, no verify/store; sync is {rate / fetch_rate:.2f}x)"
     )
     print(
         f"  baseline raw leaf hash:    {leaf_rate:>12,.0f} leaves/s   (sync is {rate / leaf_rate:.3f}x)"

@@ -125,6 +125,14 @@ class UnknownLogError(NodeError):
     """No log with the requested origin is held by this node."""
 
 
+class EntryNotFoundError(NodeError):
+    """No entry of a held log matches what was asked for (``field`` names it)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True, slots=True)
 class LineError:
     """One rejected line of an import file."""

@@ -43,7 +43,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.encoding import MAX_UINT63, decode_hex, dumps_canonical, loads_strict
 from protocol.errors import MalformedError, UnsupportedVersionError
 from protocol.keys import SIG_ED25519, NoteVerifier, check_key_name
-from protocol.signal import SIGNAL_TYPES, validate_signal_value
+from protocol.signal import SIGNAL_TYPES, canonical_value_matcher, validate_signal_value
 
 __all__ = [
     "LABEL_PATTERN",
@@ -331,21 +331,67 @@ class AddEntry:
         """
         sorted_labels = _sorted_labels(labels)
         base = _check_add_fields(signal_type, sorted_labels, note, quality)
-        new = object.__new__
-        setattr_ = object.__setattr__
+        build = _unchecked_add_builder(signal_type, sorted_labels, note, quality)
+        canonical = canonical_value_matcher(signal_type)
 
         def make(value: str) -> AddEntry:
-            validate_signal_value(signal_type, value)
-            entry = new(cls)
-            setattr_(entry, "signal_type", signal_type)
-            setattr_(entry, "value", value)
-            setattr_(entry, "labels", sorted_labels)
-            setattr_(entry, "note", note)
-            setattr_(entry, "quality", quality)
+            if canonical is None or not isinstance(value, str) or not canonical(value):
+                validate_signal_value(signal_type, value)
+            entry = build(value)
             _check_encoded_size(entry, base + len(value))
             return entry
 
         return make
+
+    @classmethod
+    def parser(
+        cls,
+        *,
+        signal_type: str,
+        labels: Iterable[str] = (),
+        quality: int | None = None,
+    ) -> Callable[[bytes], AddEntry | None]:
+        """A function recognising the encodings of note-less adds with these fields.
+
+        For bulk parsing of log entries (sync, audits): the returned function
+        gives the entry when ``data`` is exactly the canonical encoding of a
+        note-less add with these fields and any valid value, and None for
+        anything else, which the caller then parses in full with
+        :func:`parse_entry` (which names what is wrong). So
+        ``parser(...)(data)`` is either None or equal to ``parse_entry(data)``.
+
+        Raises:
+            MalformedError: if a field is invalid.
+        """
+        sorted_labels = _sorted_labels(labels)
+        _check_add_fields(signal_type, sorted_labels, None, quality)
+        row = SIGNAL_TYPES[signal_type]
+        before, after = cls.encoding_frame(signal_type, sorted_labels, quality)
+        if len(before) + row.text_length + len(after) > MAX_ENTRY_BYTES:
+            return lambda data: None
+        # Hex values: the character class is the whole canonical rule. Base64
+        # values: the class finds the value, validate_signal_value decides.
+        value_class = rb"[0-9a-f]" if row.encoding == "hex" else rb"[A-Za-z0-9+/=]"
+        pattern = re.compile(
+            re.escape(before) + rb"(" + value_class + rb"{%d})" % row.text_length + re.escape(after)
+        )
+        match = pattern.fullmatch
+        checked = row.encoding == "hex"
+        build = _unchecked_add_builder(signal_type, sorted_labels, None, quality)
+
+        def parse(data: bytes) -> AddEntry | None:
+            m = match(data)
+            if m is None:
+                return None
+            value = m.group(1).decode("ascii")
+            if not checked:
+                try:
+                    validate_signal_value(signal_type, value)
+                except MalformedError:
+                    return None
+            return build(value)
+
+        return parse
 
     @property
     def kind(self) -> Literal["add"]:
@@ -372,20 +418,80 @@ class AddEntry:
             obj["note"] = self.note
         return obj
 
+    @staticmethod
+    def encoding_frame(
+        signal_type: str, labels: tuple[str, ...], quality: int | None
+    ) -> tuple[bytes, bytes]:
+        """What surrounds the value in the encoding of a note-less add.
+
+        For an add without a note whose fields are these (``labels`` sorted,
+        as the entry holds them), ``to_bytes()`` is ``before + value + after``.
+        Bulk parsers use it to check a whole family of encodings once.
+        """
+        around = _ADD_TEMPLATES.get((signal_type, labels, quality))
+        if around is None:
+            around = _add_template(signal_type, labels, quality)
+        return around[0].encode("ascii"), around[1].encode("ascii")
+
     def to_bytes(self) -> bytes:
         """The canonical encoding: the leaf data of the Merkle tree."""
         if self.note is not None:
             return dumps_canonical(self.to_json_obj())
         # Without a note every string is validated ASCII that JSON needs no
         # escape for (type names, hex/base64 values, label grammar), so the
-        # canonical form can be written directly: this is the import hot path.
-        # tests/protocol/test_entry.py checks it equals dumps_canonical.
-        labels = ",".join(f'"{label}"' for label in self.labels)
-        quality = "" if self.quality is None else f'"quality":{self.quality},'
-        return (
-            f'{{"kind":"add","labels":[{labels}],"signal":{{{quality}"type":'
-            f'"{self.signal_type}","value":"{self.value}"}},"v":{PROTOCOL_VERSION}}}'
-        ).encode("ascii")
+        # canonical form is the value between a prefix and a suffix that
+        # depend only on the other fields: this is the import and sync hot
+        # path. tests/protocol/test_entry.py checks it equals dumps_canonical.
+        around = _ADD_TEMPLATES.get((self.signal_type, self.labels, self.quality))
+        if around is None:
+            around = _add_template(self.signal_type, self.labels, self.quality)
+        return (around[0] + self.value + around[1]).encode("ascii")
+
+
+def _unchecked_add_builder(
+    signal_type: str, labels: tuple[str, ...], note: str | None, quality: int | None
+) -> Callable[[str], AddEntry]:
+    """A builder of adds with these fields around a value, without checks.
+
+    For the caller that validated the fields and validates each value: the
+    frozen constructor's checks, skipped.
+    """
+    new = object.__new__
+    setattr_ = object.__setattr__
+
+    def build(value: str) -> AddEntry:
+        entry = new(AddEntry)
+        setattr_(entry, "signal_type", signal_type)
+        setattr_(entry, "value", value)
+        setattr_(entry, "labels", labels)
+        setattr_(entry, "note", note)
+        setattr_(entry, "quality", quality)
+        return entry
+
+    return build
+
+
+# (signal type, labels, quality) -> the encoding of a note-less add around
+# its value. Entries of one list share a few such combinations; bounded so
+# a log with many distinct label sets cannot grow it without limit.
+_ADD_TEMPLATES: dict[tuple[str, tuple[str, ...], int | None], tuple[str, str]] = {}
+_MAX_ADD_TEMPLATES = 1024
+
+
+def _add_template(
+    signal_type: str, labels: tuple[str, ...], quality: int | None
+) -> tuple[str, str]:
+    quoted = ",".join(f'"{label}"' for label in labels)
+    quality_field = "" if quality is None else f'"quality":{quality},'
+    around = (
+        f'{{"kind":"add","labels":[{quoted}],"signal":{{{quality_field}"type":'
+        f'"{signal_type}","value":"',
+        f'"}},"v":{PROTOCOL_VERSION}}}',
+    )
+    if len(_ADD_TEMPLATES) >= _MAX_ADD_TEMPLATES:
+        _ADD_TEMPLATES.clear()
+    _ADD_TEMPLATES[(signal_type, labels, quality)] = around
+    return around
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,7 +26,7 @@ encoding does not change.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -37,6 +37,7 @@ from protocol.errors import MalformedError
 __all__ = [
     "SIGNAL_TYPES",
     "SignalType",
+    "canonical_value_matcher",
     "detect_signal_type",
     "normalise_signal_value",
     "validate_signal_value",
@@ -173,6 +174,18 @@ def validate_signal_value(
         decode_hex(value, field=field, length=row.length)
     else:
         decode_b64(value, field=field, length=row.length)
+
+
+def canonical_value_matcher(signal_type: str) -> Callable[[str], object] | None:
+    """A quick test that a value is canonical for a hex ``signal_type``.
+
+    The returned function is truthy exactly for the values
+    :func:`validate_signal_value` accepts; None for base64 or unknown types.
+    Bulk paths call it first and fall back to :func:`validate_signal_value`
+    (which explains a failure) only when it is falsy.
+    """
+    pattern = _CANONICAL_HEX.get(signal_type)
+    return None if pattern is None else pattern.fullmatch
 
 
 def normalise_signal_value(signal_type: str, raw: str) -> tuple[str, list[str]]:

@@ -1,4 +1,4 @@
-"""JSON documents exchanged with auditors and peers: proofs.
+"""Documents exchanged with auditors and peers: proofs and entry bundles.
 
 Layer: protocol (pure). This module performs no I/O.
 
@@ -10,11 +10,18 @@ Proof documents are what ``hashmesh prove ... --json`` prints and what
 
 Hashes are lowercase hex, in RFC 6962 order. Parsing is strict: unknown or
 missing fields, wrong types, duplicate keys and non-canonical hex are errors.
+
+An *entry bundle* carries consecutive entries' exact bytes in the encoding of
+C2SP tlog-tiles entry bundles: each entry as a big-endian uint16 length
+followed by that many bytes, nothing else. Peers use it for bulk sync (it
+costs a tenth of the JSON form's base64 to decode); parsing is as strict as
+the JSON forms (no empty entry, no truncated or trailing bytes, a bound on
+the count).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +32,22 @@ from protocol.encoding import (
     json_object,
     json_uint,
 )
+from protocol.errors import MalformedError
 from protocol.hashing import HASH_SIZE
 
-__all__ = ["MAX_PROOF_HASHES", "ConsistencyProof", "InclusionProof"]
+__all__ = [
+    "ENTRY_BUNDLE_MEDIA_TYPE",
+    "MAX_PROOF_HASHES",
+    "ConsistencyProof",
+    "InclusionProof",
+    "decode_entry_bundle",
+    "encode_entry_bundle",
+]
+
+ENTRY_BUNDLE_MEDIA_TYPE = "application/vnd.hashmesh.entry-bundle"
+"""The HTTP media type of an entry bundle."""
+
+_MAX_BUNDLED_ENTRY = 0xFFFF  # the uint16 length prefix
 
 MAX_PROOF_HASHES = 64  # ceil(log2(2**63)) + 1 is the most any proof needs
 
@@ -103,3 +123,55 @@ class ConsistencyProof:
     def to_json(self) -> bytes:
         """Canonical JSON bytes of the proof."""
         return dumps_canonical(self.to_json_obj())
+
+
+def encode_entry_bundle(datas: Iterable[bytes]) -> bytes:
+    """Entries' exact bytes as an entry bundle (uint16 length, then the bytes).
+
+    Raises:
+        ValueError: if an entry is empty or longer than 65,535 bytes (no
+            valid entry is: they are at most ``MAX_ENTRY_BYTES``).
+    """
+    parts: list[bytes] = []
+    for i, data in enumerate(datas):
+        if not 0 < len(data) <= _MAX_BUNDLED_ENTRY:
+            raise ValueError(f"entry {i} is {len(data)} bytes; a bundle holds 1 to 65535")
+        parts.append(len(data).to_bytes(2, "big"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def decode_entry_bundle(body: bytes, *, max_entries: int) -> list[bytes]:
+    """The entries of an entry bundle, strictly.
+
+    Args:
+        body: the bundle.
+        max_entries: more entries than this is an error (what was asked for).
+
+    Raises:
+        MalformedError: if the bundle is empty, an entry is empty, a length
+            prefix or an entry is cut short, or there are more than
+            ``max_entries`` entries; the field names the entry.
+    """
+    out: list[bytes] = []
+    pos, size = 0, len(body)
+    while pos < size:
+        field = f"entries[{len(out)}]"
+        if len(out) == max_entries:
+            raise MalformedError(f"more than the {max_entries} entries asked for", field=field)
+        if pos + 2 > size:
+            raise MalformedError("the length prefix is cut short", field=field)
+        length = (body[pos] << 8) | body[pos + 1]
+        pos += 2
+        if length == 0:
+            raise MalformedError("empty entry", field=field)
+        end = pos + length
+        if end > size:
+            raise MalformedError(
+                f"{length} bytes announced, {size - pos} left in the bundle", field=field
+            )
+        out.append(body[pos:end])
+        pos = end
+    if not out:
+        raise MalformedError("the bundle holds no entries", field="entries")
+    return out

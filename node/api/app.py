@@ -34,6 +34,7 @@ from node.api import handlers, history, match, rotations, sse, witness
 from node.api.state import (
     DB_KEY,
     HUB_KEY,
+    LEAVES_KEY,
     LIMITS_KEY,
     ORIGIN_KEY,
     RATE_KEY,
@@ -42,9 +43,10 @@ from node.api.state import (
     PeerRateLimiter,
     StreamGate,
 )
-from node.errors import StorageError, UnknownLogError
+from node.errors import EntryNotFoundError, StorageError, UnknownLogError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.ledger.leaf_index import LeafHashIndex
 from node.storage.ledger_store import PEER_ROLES
 from node.tls import peer_spki
 from protocol.encoding import dumps_canonical
@@ -153,6 +155,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(400, e.reason, e.field)
     except UnknownLogError as e:
         return _error(404, str(e), "origin")
+    except EntryNotFoundError as e:
+        return _error(404, str(e), e.field)
     except StorageError as e:
         log.warning("database unavailable for %s: %s", request.path, e)
         return _error(503, "the database is busy; retry shortly", None, {"Retry-After": "1"})
@@ -257,6 +261,7 @@ def make_app(
     app[LIMITS_KEY] = limits
     app[STREAMS_KEY] = StreamGate(limits.max_streams)
     app[RATE_KEY] = PeerRateLimiter(limits.peer_rate, limits.peer_burst)
+    app[LEAVES_KEY] = LeafHashIndex()
     app[_POLICY_KEY] = {route.path: route for route in ROUTES}
     for route in ROUTES:
         if route.method == "GET":

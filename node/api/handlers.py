@@ -16,14 +16,26 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from node.api.state import DB_KEY, LIMITS_KEY, ORIGIN_KEY
-from node.errors import UnknownLogError
+from node.api.state import DB_KEY, LEAVES_KEY, LIMITS_KEY, ORIGIN_KEY
+from node.errors import EntryNotFoundError, UnknownLogError
 from node.ledger.service import Ledger
 from node.ledger.witness import served_note
 from node.storage.ledger_store import CheckpointRecord, LogRecord
-from protocol.encoding import dumps_canonical, encode_b64, loads_strict, parse_decimal
+from protocol.encoding import (
+    decode_hex,
+    dumps_canonical,
+    encode_b64,
+    loads_strict,
+    parse_decimal,
+)
 from protocol.errors import MalformedError
-from protocol.wire import ConsistencyProof, InclusionProof
+from protocol.hashing import HASH_SIZE
+from protocol.wire import (
+    ENTRY_BUNDLE_MEDIA_TYPE,
+    ConsistencyProof,
+    InclusionProof,
+    encode_entry_bundle,
+)
 
 __all__ = [
     "MAX_ORIGIN_PARAM",
@@ -147,6 +159,14 @@ async def checkpoint(request: web.Request) -> web.Response:
     return web.Response(text=note, content_type="text/plain", charset="utf-8")
 
 
+def _accepts(request: web.Request, media_type: str) -> bool:
+    """Whether the request's ``Accept`` header names ``media_type`` (any parameters)."""
+    return any(
+        part.split(";", 1)[0].strip().lower() == media_type
+        for part in request.headers.get("Accept", "").split(",")
+    )
+
+
 def _page_params(request: web.Request) -> tuple[str, int, int | None]:
     params = _params(request, ("origin", "start"), ("end",))
     origin = _origin(params)
@@ -158,21 +178,27 @@ def _page_params(request: web.Request) -> tuple[str, int, int | None]:
 
 
 async def entries(request: web.Request) -> web.Response:
-    """``GET /v1/entries?origin=O&start=S[&end=E]``: exact entry bytes, base64."""
+    """``GET /v1/entries?origin=O&start=S[&end=E]``: exact entry bytes.
+
+    JSON with base64 entries by default; an entry bundle
+    (:data:`~protocol.wire.ENTRY_BUNDLE_MEDIA_TYPE`) when the request's
+    ``Accept`` names that type, as the sync engine's does.
+    """
     origin, start, end = _page_params(request)
     max_page = request.app[LIMITS_KEY].max_page
+    bundle = _accepts(request, ENTRY_BUNDLE_MEDIA_TYPE)
 
     def read(ledger: Ledger) -> bytes:
         log, record = _latest(ledger, origin)
         stop = _page_bounds(record.size, start, end, max_page)
-        datas = [
-            encode_b64(bytes(data))
-            for _idx, data, _leaf in ledger.store.iter_entries(log.log_id, start, stop)
-        ]
+        rows = ledger.store.iter_entries(log.log_id, start, stop)
+        if bundle:
+            return encode_entry_bundle(bytes(data) for _idx, data, _leaf in rows)
+        datas = [encode_b64(bytes(data)) for _idx, data, _leaf in rows]
         return dumps_canonical({"origin": origin, "start": start, "entries": datas})
 
     body = await request.app[DB_KEY].read(read)
-    return web.Response(body=body, content_type=JSON)
+    return web.Response(body=body, content_type=ENTRY_BUNDLE_MEDIA_TYPE if bundle else JSON)
 
 
 async def leaf_hashes(request: web.Request) -> web.Response:
@@ -194,19 +220,41 @@ async def leaf_hashes(request: web.Request) -> web.Response:
 
 
 async def inclusion_proof(request: web.Request) -> web.Response:
-    """``GET /v1/proof/inclusion?origin=O&index=I[&size=N]``."""
-    params = _params(request, ("origin", "index"), ("size",))
+    """``GET /v1/proof/inclusion?origin=O&(index=I|leaf_hash=H)[&size=N]``."""
+    params = _params(request, ("origin",), ("index", "leaf_hash", "size"))
     origin = _origin(params)
-    index = parse_decimal(params["index"], field="index")
+    if ("index" in params) == ("leaf_hash" in params):
+        raise MalformedError("give exactly one of index and leaf_hash", field="index")
+    index = parse_decimal(params["index"], field="index") if "index" in params else None
+    leaf_hash = (
+        decode_hex(params["leaf_hash"], field="leaf_hash", length=HASH_SIZE)
+        if "leaf_hash" in params
+        else None
+    )
     size = _optional_decimal(params, "size")
+    leaves = request.app[LEAVES_KEY]
 
     def read(ledger: Ledger) -> bytes:
-        _latest(ledger, origin)  # 404 for a log we do not hold or have not signed
+        log, record = _latest(ledger, origin)  # 404 for a log we do not hold or have not signed
+        at = index
+        if leaf_hash is not None:
+            if size is not None and size > record.size:
+                raise MalformedError(
+                    f"size {size} is beyond the latest checkpoint ({record.size})", field="size"
+                )
+            within = record.size if size is None else size
+            at = leaves.find(ledger.store, log.log_id, leaf_hash, within)
+            if at is None:
+                raise EntryNotFoundError(
+                    f"no entry of {origin} below size {within} has this leaf hash",
+                    field="leaf_hash",
+                )
+        assert at is not None
         # prove_inclusion checks size <= latest and index < size, naming the field.
-        proof = ledger.prove_inclusion(index, size, origin=origin)
+        proof = ledger.prove_inclusion(at, size, origin=origin)
         assert proof.leaf_hash is not None
         return InclusionProof(
-            index=index, size=proof.size, leaf_hash=proof.leaf_hash, hashes=proof.hashes
+            index=at, size=proof.size, leaf_hash=proof.leaf_hash, hashes=proof.hashes
         ).to_json()
 
     body = await request.app[DB_KEY].read(read)

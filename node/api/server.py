@@ -100,8 +100,14 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
 ) -> RunningServer:
     """Serve ``app`` over mutual TLS on ``host:port`` (port 0: any free port).
+
+    ``keepalive_timeout`` also bounds how long a connection may take to
+    deliver a complete request head, its first one included: aiohttp closes
+    a connection whose request has not started by then, however slowly its
+    bytes trickle in (a slow-header client is cut off; tests/api/test_slow_clients.py).
 
     Raises:
         ConfigError: if ``ssl_context`` does not require client certificates
@@ -117,7 +123,7 @@ async def start_server(
         max_line_size=MAX_LINE_SIZE,
         max_field_size=MAX_FIELD_SIZE,
         max_headers=MAX_HEADERS,
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        keepalive_timeout=keepalive_timeout,
         # A client that goes away cancels its handler instead of leaving it
         # running against the database.
         handler_cancellation=True,

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.ledger.leaf_index import LeafHashIndex
 
 __all__ = [
     "DB_KEY",
@@ -102,3 +103,4 @@ ORIGIN_KEY = web.AppKey("origin", str)
 LIMITS_KEY = web.AppKey("limits", ApiLimits)
 STREAMS_KEY = web.AppKey("streams", StreamGate)
 RATE_KEY = web.AppKey("rate", PeerRateLimiter)
+LEAVES_KEY = web.AppKey("leaves", LeafHashIndex)

@@ -39,7 +39,7 @@ from node.errors import (
     UnknownLogError,
 )
 from node.ledger.rotation import apply_rotations, load_key_chain
-from node.ledger.service import Ledger, _Integration
+from node.ledger.service import Ledger, _Integration, bulk_allocation
 from node.ledger.witness import keep_cosignatures, open_with_quorum
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from protocol import PROTOCOL_VERSION
@@ -293,6 +293,18 @@ class Replica:
                 f"{self.origin}: a batch ending at {end} below the checkpoint size {cp.size} "
                 "needs a consistency proof"
             )
+        with bulk_allocation():
+            return self._append_verified(cp, checkpoint_note, start, end, entries, proof)
+
+    def _append_verified(
+        self,
+        cp: Checkpoint,
+        checkpoint_note: str,
+        start: int,
+        end: int,
+        entries: Sequence[bytes],
+        proof: Sequence[bytes] | None,
+    ) -> ReplicaState:
         datas = [bytes(d) for d in entries]
         parsed = [_parse_at(d, start + i) for i, d in enumerate(datas)]
         with self.store.transaction():
@@ -362,48 +374,52 @@ def parse_entry_fast(data: bytes) -> Entry:
     Raises:
         MalformedError: exactly when :func:`~protocol.entry.parse_entry` does.
     """
+    # A log's entries come in long runs of one family (type, labels,
+    # quality): try the family of the previous entry first.
+    parse = _recent[0]
+    if parse is not None:
+        entry = parse(data)
+        if entry is not None:
+            return entry
     m = _CANONICAL_ADD.fullmatch(data)
     if m is not None:
-        labels_raw, quality, signal_type, value = m.groups()
-        make = _maker(signal_type, labels_raw, quality)
-        if make is not None:
-            try:
-                entry: AddEntry | None = make(value.decode("ascii"))
-            except MalformedError:
-                entry = None
-            # The re-encoding check keeps this exactly as strict as parse_entry
-            # (unsorted or repeated labels, for one, re-encode differently).
-            if entry is not None and entry.to_bytes() == data:
+        labels_raw, quality, signal_type, _value = m.groups()
+        parse = _family(signal_type, labels_raw, quality)
+        if parse is not None:
+            entry = parse(data)
+            if entry is not None:
+                _recent[0] = parse
                 return entry
     return parse_entry(data)
 
 
-_MAKERS: dict[tuple[bytes, bytes, bytes | None], Callable[[str], AddEntry] | None] = {}
-_MAX_MAKERS = 1024
+_Parser = Callable[[bytes], AddEntry | None]
+_FAMILIES: dict[tuple[bytes, bytes, bytes | None], _Parser | None] = {}
+_MAX_FAMILIES = 1024
+_recent: list[_Parser | None] = [None]
 
 
-def _maker(
-    signal_type: bytes, labels_raw: bytes, quality: bytes | None
-) -> Callable[[str], AddEntry] | None:
-    """A validated AddEntry maker per (type, labels, quality), or None if those are invalid.
+def _family(signal_type: bytes, labels_raw: bytes, quality: bytes | None) -> _Parser | None:
+    """The :meth:`AddEntry.parser` of a (type, labels, quality) as matched, or None.
 
-    A log's entries share few such combinations, so everything but the value
-    is validated once rather than per entry (AddEntry.maker's contract).
+    None when those fields are invalid. The parser only accepts canonical
+    encodings, so a misspelt family (unsorted labels, say) yields entries
+    it returns None for, and :func:`parse_entry` names the error.
     """
     key = (signal_type, labels_raw, quality)
-    if key in _MAKERS:
-        return _MAKERS[key]
+    if key in _FAMILIES:
+        return _FAMILIES[key]
     labels = tuple(x[1:-1].decode("ascii") for x in labels_raw.split(b",")) if labels_raw else ()
-    make: Callable[[str], AddEntry] | None
+    parse: _Parser | None
     try:
-        make = AddEntry.maker(
+        parse = AddEntry.parser(
             signal_type=signal_type.decode("ascii"),
             labels=labels,
             quality=None if quality is None else int(quality),
         )
     except MalformedError:
-        make = None
-    if len(_MAKERS) >= _MAX_MAKERS:  # bounded: a hostile log cannot grow it
-        _MAKERS.clear()
-    _MAKERS[key] = make
-    return make
+        parse = None
+    if len(_FAMILIES) >= _MAX_FAMILIES:  # bounded: a hostile log cannot grow it
+        _FAMILIES.clear()
+    _FAMILIES[key] = parse
+    return parse

@@ -13,8 +13,11 @@ caller only after the commit.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +34,7 @@ from node.errors import (
 from node.ledger.hashlist import ParsedLine
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from node.storage.match_store import MatchStore
-from node.storage.schema import TILE_LEVEL
+from node.storage.schema import TILE_LEVEL, active_key
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 from protocol.errors import MalformedError
@@ -56,10 +59,11 @@ __all__ = [
     "Ledger",
     "LogStatus",
     "Proof",
+    "bulk_allocation",
     "load_signer",
 ]
 
-IMPORT_BATCH = 20_000  # entries per executemany: bounds memory, amortises calls
+IMPORT_BATCH = 50_000  # entries per batch: bounds memory, amortises statements and B-tree walks
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,10 @@ class _Sequenced:
     datas: Sequence[bytes]
     leaf_hashes: list[bytes]
     runs: list[NodeRun]
+    # Each entry's (signal type, value) if it is an add, else None, and the
+    # active key of each identity: computed once per batch.
+    identities: list[tuple[str, str] | None]
+    keys: dict[tuple[str, str], int]
 
 
 class _Integration:
@@ -176,40 +184,39 @@ class _Integration:
 
     def append(self, entries: Sequence[Entry], lines: Sequence[int] | None = None) -> None:
         """Sequence and store a batch; duplicates are recorded, not appended."""
-        accepted: list[Entry] = []
-        listed = self._listed(entries)
-        for position, entry in enumerate(entries):
-            index = self.next_index + len(accepted)
-            if isinstance(entry, AddEntry):
-                existing = listed.get(entry.identity)
-                if existing is not None:
-                    line = lines[position] if lines is not None else None
-                    self.duplicates.append(Duplicate(entry, existing, line))
-                    continue
-                listed[entry.identity] = index
-            elif isinstance(entry, RetractEntry):
-                self._check_retraction(entry, index, accepted)
-                # A hash retracted here may be listed again later in the batch.
-                target = self._target(entry.index, accepted, self.next_index)
-                if listed.get(target.identity) == entry.index:
-                    del listed[target.identity]
-            accepted.append(entry)
+        identities = _identities(entries)
+        keys = _active_keys(identities)
+        listed = self.store.find_listed(self.log_id, keys)
+        if not listed and len(keys) == len(entries):
+            # Distinct adds, none listed yet: the common case of a bulk import.
+            accepted: Sequence[Entry] = entries
+            accepted_ids: list[tuple[str, str] | None] = identities
+        else:
+            accepted, accepted_ids = [], []
+            for position, entry in enumerate(entries):
+                index = self.next_index + len(accepted)
+                identity = identities[position]
+                if identity is not None:
+                    assert isinstance(entry, AddEntry)
+                    existing = listed.get(identity)
+                    if existing is not None:
+                        line = lines[position] if lines is not None else None
+                        self.duplicates.append(Duplicate(entry, existing, line))
+                        continue
+                    listed[identity] = index
+                elif isinstance(entry, RetractEntry):
+                    self._check_retraction(entry, index, accepted)
+                    # A hash retracted here may be listed again later in the batch.
+                    target = self._target(entry.index, accepted, self.next_index)
+                    if listed.get(target.identity) == entry.index:
+                        del listed[target.identity]
+                accepted.append(entry)
+                accepted_ids.append(identity)
         if not accepted:
             return
         # Every accepted add was checked against the index just above.
-        self.store_batch(self._hash(accepted, [e.to_bytes() for e in accepted]), checked=True)
-
-    def _listed(self, entries: Sequence[Entry]) -> dict[tuple[str, str], int]:
-        """The adds of ``entries`` whose hash the log lists already, by identity."""
-        by_type: dict[str, list[str]] = {}
-        for entry in entries:
-            if isinstance(entry, AddEntry):
-                by_type.setdefault(entry.signal_type, []).append(entry.value)
-        listed: dict[tuple[str, str], int] = {}
-        for signal_type, values in by_type.items():
-            for value, idx in self.store.find_active(self.log_id, signal_type, values).items():
-                listed[(signal_type, value)] = idx
-        return listed
+        batch = self._hash(accepted, [e.to_bytes() for e in accepted], accepted_ids, keys)
+        self.store_batch(batch, checked=True)
 
     def sequence(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> _Sequenced:
         """Validate retractions and extend the tree with a batch, verbatim.
@@ -227,11 +234,21 @@ class _Integration:
                 self._check_retraction(entry, start + i, entries[:i])
         return self._hash(entries, datas)
 
-    def _hash(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> _Sequenced:
+    def _hash(
+        self,
+        entries: Sequence[Entry],
+        datas: Sequence[bytes],
+        identities: list[tuple[str, str] | None] | None = None,
+        keys: dict[tuple[str, str], int] | None = None,
+    ) -> _Sequenced:
         start = self.next_index
         leaf_hashes = hash_leaves(datas)
         runs = self.tree.extend(leaf_hashes, collect=True, min_level=TILE_LEVEL)
-        return _Sequenced(start, entries, datas, leaf_hashes, runs)
+        if identities is None:
+            identities = _identities(entries)
+        if keys is None:
+            keys = _active_keys(identities)
+        return _Sequenced(start, entries, datas, leaf_hashes, runs, identities, keys)
 
     def store_batch(self, batch: _Sequenced, *, checked: bool = False) -> None:
         """Write a sequenced batch: entries, tree nodes, listed hashes, retractions.
@@ -247,26 +264,36 @@ class _Integration:
         # Listed hashes and retractions are applied in log order, so a hash
         # added, retracted and added again in one batch ends up listed; an
         # add of a hash already listed keeps the first index.
-        listed = None if checked else self._listed(entries)
-        pending: list[tuple[str, str, int]] = []
-        # The matching tables (node.storage.match_store) mirror `active` for
-        # PDQ hashes and record opinions; both are flushed with `pending`.
+        identities, keys = batch.identities, batch.keys
         matching = MatchStore(self.store.conn)
+        if checked and len(keys) == len(entries) and not any(t == "pdq" for t, _v in keys):
+            # Distinct adds of hashes not listed, none of them PDQ (the bulk
+            # import case): each gets its own active row, nothing else.
+            added = [keys[identity] for identity in identities if identity is not None]
+            self.store.add_active(log_id, added, range(start, start + len(added)))
+            return
+        listed = None if checked else self.store.find_listed(log_id, keys)
+        pending_keys: list[int] = []
+        pending_indexes: list[int] = []
+        # The matching tables (node.storage.match_store) mirror `active` for
+        # PDQ hashes and record opinions; both are flushed with the pending active rows.
         pdq: list[tuple[int, bytes]] = []
         opinions: list[tuple[int, str, int, bytes, str]] = []
         for i, e in enumerate(entries):
-            if isinstance(e, AddEntry):
+            identity = identities[i]
+            if identity is not None:
                 if listed is not None:
-                    if e.identity in listed:
+                    if identity in listed:
                         continue
-                    listed[e.identity] = start + i
-                pending.append((e.signal_type, e.value, start + i))
-                if e.signal_type == "pdq":
-                    pdq.append((start + i, bytes.fromhex(e.value)))
+                    listed[identity] = start + i
+                pending_keys.append(keys[identity])
+                pending_indexes.append(start + i)
+                if identity[0] == "pdq":
+                    pdq.append((start + i, bytes.fromhex(identity[1])))
             elif isinstance(e, RetractEntry):
-                self.store.add_active(log_id, pending)
+                self.store.add_active(log_id, pending_keys, pending_indexes)
                 matching.add_pdq(log_id, pdq)
-                pending, pdq = [], []
+                pending_keys, pending_indexes, pdq = [], [], []
                 target = self._target(e.index, entries, start)
                 self.store.add_retraction(log_id, e.index, start + i, target.identity)
                 if target.signal_type == "pdq":
@@ -275,7 +302,7 @@ class _Integration:
                     del listed[target.identity]
             elif isinstance(e, OpinionEntry):
                 opinions.append((start + i, e.origin, e.index, e.leaf_hash, e.verdict))
-        self.store.add_active(log_id, pending)
+        self.store.add_active(log_id, pending_keys, pending_indexes)
         matching.add_pdq(log_id, pdq)
         matching.add_opinions(log_id, opinions)
 
@@ -453,7 +480,7 @@ class Ledger:
         signer = self._require_signer()
         errors: list[LineError] = []
         read = 0
-        with self.store.transaction():
+        with bulk_allocation(), self.store.transaction():
             run = _Integration(self.store, self.own_log)
             batch: list[Entry] = []
             batch_lines: list[int] = []
@@ -611,6 +638,46 @@ class Ledger:
                 datas.clear()
         tree.extend(hash_leaves(datas))
         return tree.size, tree.root()
+
+
+_paused_lock = threading.Lock()
+_paused_count = 0
+_paused_was_enabled = False
+
+
+@contextmanager
+def bulk_allocation() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector around a bulk write.
+
+    An import or a sync chunk allocates millions of short-lived objects that
+    form no reference cycles (entries, tuples, bytes); with the collector on,
+    its generation scans cost about an eighth of the write path
+    (docs/benchmarks.md). Nothing is leaked: the collector runs again when
+    the last concurrent bulk write ends, and collects any cycle made meanwhile.
+    """
+    global _paused_count, _paused_was_enabled
+    with _paused_lock:
+        if _paused_count == 0:
+            _paused_was_enabled = gc.isenabled()
+            gc.disable()
+        _paused_count += 1
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused_count -= 1
+            if _paused_count == 0 and _paused_was_enabled:
+                gc.enable()
+
+
+def _identities(entries: Sequence[Entry]) -> list[tuple[str, str] | None]:
+    """Each entry's ``(signal type, value)`` if it is an add, else None."""
+    return [(e.signal_type, e.value) if type(e) is AddEntry else None for e in entries]
+
+
+def _active_keys(identities: Iterable[tuple[str, str] | None]) -> dict[tuple[str, str], int]:
+    """The ``active`` index key of every add identity (signal type, value)."""
+    return {identity: active_key(*identity) for identity in identities if identity is not None}
 
 
 def _leaf(index: int) -> NodeId:

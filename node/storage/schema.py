@@ -71,6 +71,9 @@ TILE_LEVEL = 4
 """Lowest level of the tree nodes stored (schema version 3 and later)."""
 
 
+_ACTIVE_KEY_HASH = hashlib.blake2b(digest_size=8, person=b"hashmesh-active")
+
+
 def active_key(signal_type: str, value: str) -> int:
     """The 64-bit key of a listed hash in the ``active`` index.
 
@@ -78,10 +81,11 @@ def active_key(signal_type: str, value: str) -> int:
     of BLAKE2b make collisions rare for honest data and make crafting many of
     them expensive, and a collision only costs one extra entry read.
     """
-    digest = hashlib.blake2b(
-        f"{signal_type}:{value}".encode("ascii"), digest_size=8, person=b"hashmesh-active"
-    ).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    # Copying a prepared state is a quarter cheaper than a new personalised
+    # hash object, and this runs once per imported or replicated add.
+    h = _ACTIVE_KEY_HASH.copy()
+    h.update(f"{signal_type}:{value}".encode("ascii"))
+    return int.from_bytes(h.digest(), "big", signed=True)
 
 
 # The tables whose rows are never updated or deleted (triggers enforce it):

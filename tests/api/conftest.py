@@ -155,7 +155,9 @@ async def served(tmp_path: Path, node_dir: Path) -> AsyncIterator[Served]:
         yield s
 
 
-async def _serve(tmp_path: Path, node_dir: Path, limits: ApiLimits) -> AsyncIterator[Served]:
+async def _serve(
+    tmp_path: Path, node_dir: Path, limits: ApiLimits, **server_options: float
+) -> AsyncIterator[Served]:
     peer = make_identity(tmp_path, "peer")
     subscriber = make_identity(tmp_path, "subscriber")
     auditor = make_identity(tmp_path, "auditor")
@@ -170,7 +172,7 @@ async def _serve(tmp_path: Path, node_dir: Path, limits: ApiLimits) -> AsyncIter
             config.tls_cert_path, config.tls_key_path, [p.tls_cert for p in peers]
         )
         app = make_app(db, hub, origin=config.origin, limits=limits)
-        server = await start_server(app, ctx)
+        server = await start_server(app, ctx, **server_options)
         try:
             yield Served(
                 node_dir,
@@ -190,8 +192,8 @@ async def _serve(tmp_path: Path, node_dir: Path, limits: ApiLimits) -> AsyncIter
 
 
 @pytest.fixture
-def serve_with(tmp_path: Path, node_dir: Path) -> Callable[[ApiLimits], AsyncIterator[Served]]:
-    def factory(limits: ApiLimits) -> AsyncIterator[Served]:
-        return _serve(tmp_path, node_dir, limits)
+def serve_with(tmp_path: Path, node_dir: Path) -> Callable[..., AsyncIterator[Served]]:
+    def factory(limits: ApiLimits, **server_options: float) -> AsyncIterator[Served]:
+        return _serve(tmp_path, node_dir, limits, **server_options)
 
     return factory

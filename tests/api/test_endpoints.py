@@ -17,7 +17,12 @@ from protocol.entry import AddEntry, RetractEntry, parse_entry
 from protocol.hashing import hash_leaf
 from protocol.keys import NoteVerifier
 from protocol.merkle import verify_consistency, verify_inclusion
-from protocol.wire import ConsistencyProof, InclusionProof
+from protocol.wire import (
+    ENTRY_BUNDLE_MEDIA_TYPE,
+    ConsistencyProof,
+    InclusionProof,
+    decode_entry_bundle,
+)
 from tests.api.conftest import LABELS, ORIGIN, VALUES, Served
 
 SIZE = len(VALUES) + 1  # five adds and one retraction
@@ -79,6 +84,37 @@ async def test_entries_are_exact_and_leaf_hashes_match(served: Served) -> None:
         assert status == 200 and body["entries"] == []
 
 
+async def test_entries_as_a_bundle_are_the_same_bytes(served: Served) -> None:
+    async with served.session(served.peer) as s:
+        _, body = await get(s, served.url + "/v1/entries", origin=ORIGIN, start="1", end="5")
+        as_json = [base64.b64decode(e) for e in body["entries"]]
+        for accept in (
+            ENTRY_BUNDLE_MEDIA_TYPE,
+            f"application/json;q=0.5, {ENTRY_BUNDLE_MEDIA_TYPE}",
+        ):
+            async with s.get(
+                served.url + "/v1/entries",
+                params={"origin": ORIGIN, "start": "1", "end": "5"},
+                headers={"Accept": accept},
+            ) as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"] == ENTRY_BUNDLE_MEDIA_TYPE
+                bundle = await r.read()
+            assert decode_entry_bundle(bundle, max_entries=4) == as_json
+            # The C2SP tlog-tiles entry bundle layout: uint16 length, bytes.
+            assert bundle[:2] == len(as_json[0]).to_bytes(2, "big")
+    # An auditor may not read entries in either form.
+    async with (
+        served.session(served.auditor) as s,
+        s.get(
+            served.url + "/v1/entries",
+            params={"origin": ORIGIN, "start": "0"},
+            headers={"Accept": ENTRY_BUNDLE_MEDIA_TYPE},
+        ) as r,
+    ):
+        assert r.status == 403
+
+
 async def test_proofs_verify_against_the_checkpoint(served: Served) -> None:
     async with served.session(served.auditor) as s:
         root = await _root(s, served.url)
@@ -112,10 +148,39 @@ async def test_proofs_verify_against_the_checkpoint(served: Served) -> None:
         assert status == 200 and body["new_size"] == SIZE
 
 
+async def test_inclusion_proof_by_leaf_hash(served: Served) -> None:
+    async with served.session(served.auditor) as s:
+        root = await _root(s, served.url)
+        _, leaves = await get(s, served.url + "/v1/leaf-hashes", origin=ORIGIN, start="0")
+        for index, leaf in enumerate(leaves["leaf_hashes"]):
+            status, by_hash = await get(
+                s, served.url + "/v1/proof/inclusion", origin=ORIGIN, leaf_hash=leaf
+            )
+            assert status == 200
+            _, by_index = await get(
+                s, served.url + "/v1/proof/inclusion", origin=ORIGIN, index=str(index)
+            )
+            assert by_hash == by_index
+            proof = InclusionProof.from_json(by_hash)
+            verify_inclusion(index, SIZE, bytes.fromhex(leaf), proof.hashes, root)
+        # In an older tree: found below its size, not found at or above it.
+        last = leaves["leaf_hashes"][3]
+        status, body = await get(
+            s, served.url + "/v1/proof/inclusion", origin=ORIGIN, leaf_hash=last, size="4"
+        )
+        assert status == 200 and (body["index"], body["size"]) == (3, 4)
+        status, body = await get(
+            s, served.url + "/v1/proof/inclusion", origin=ORIGIN, leaf_hash=last, size="3"
+        )
+        assert status == 404 and body["field"] == "leaf_hash"
+
+
 async def test_evidence_empty(served: Served) -> None:
     async with served.session(served.auditor) as s:
         assert await get(s, served.url + "/v1/evidence") == (200, {"evidence": []})
 
+
+NO_LEAF = hash_leaf(b"no such entry").hex()
 
 BAD = [
     ("/v1/entries", {"origin": ORIGIN, "start": "01"}, 400, "start"),
@@ -142,6 +207,13 @@ BAD = [
     ("/v1/proof/inclusion", {"origin": ORIGIN, "index": "0", "size": "7"}, 400, "size"),
     ("/v1/proof/inclusion", {"origin": ORIGIN, "index": "0", "size": "0"}, 400, "index"),
     ("/v1/proof/inclusion", {"origin": ORIGIN, "index": "a"}, 400, "index"),
+    ("/v1/proof/inclusion", {"origin": ORIGIN}, 400, "index"),
+    ("/v1/proof/inclusion", {"origin": ORIGIN, "index": "0", "leaf_hash": "00" * 32}, 400, "index"),
+    ("/v1/proof/inclusion", {"origin": ORIGIN, "leaf_hash": "AB" * 32}, 400, "leaf_hash"),
+    ("/v1/proof/inclusion", {"origin": ORIGIN, "leaf_hash": "ab" * 31}, 400, "leaf_hash"),
+    ("/v1/proof/inclusion", {"origin": ORIGIN, "leaf_hash": "ab" * 32, "size": "7"}, 400, "size"),
+    ("/v1/proof/inclusion", {"origin": ORIGIN, "leaf_hash": NO_LEAF}, 404, "leaf_hash"),
+    ("/v1/proof/inclusion", {"origin": "nobody.example/log", "leaf_hash": NO_LEAF}, 404, "origin"),
     ("/v1/proof/consistency", {"origin": ORIGIN, "old": "3", "new": "2"}, 400, "old"),
     ("/v1/proof/consistency", {"origin": ORIGIN, "old": "7"}, 400, "old"),
     ("/v1/proof/consistency", {"origin": ORIGIN, "old": "1", "new": "7"}, 400, "new"),

@@ -517,6 +517,16 @@ def test_conflict_beyond_signed_checkpoint_is_refused_not_frozen(
         + b"a" * 32
         + b'"},"v":1}',
         b'{"kind":"add","labels":[],"signal":{"type":"pdq","value":"' + b"b" * 64 + b'"},"v":1}',
+        # A comma inside a label must not split it; a quality with a leading zero.
+        b'{"kind":"add","labels":["a,b:c"],"signal":{"type":"md5","value":"'
+        + b"a" * 32
+        + b'"},"v":1}',
+        b'{"kind":"add","labels":["a:b","c:d"],"signal":{"type":"md5","value":"'
+        + b"a" * 32
+        + b'"},"v":1}',
+        b'{"kind":"add","labels":[],"signal":{"quality":090,"type":"pdq","value":"'
+        + b"b" * 64
+        + b'"},"v":1}',
     ],
 )
 def test_fast_parser_agrees_with_parse_entry(data: bytes) -> None:

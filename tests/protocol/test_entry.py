@@ -603,3 +603,64 @@ def test_maker_checks_the_encoded_size() -> None:
     make = AddEntry.maker(signal_type="md5", labels=labels, note="\U0001f600" * 280)
     with pytest.raises(MalformedError, match="bytes"):
         make("0" * 32)
+
+
+PARSER_FIELDS = [
+    ("sha256", None, "ab" * 32),
+    ("md5", None, "0f" * 16),
+    ("pdq", 90, "cd" * 32),
+    ("photodna", None, base64.b64encode(bytes(range(144))).decode()),
+]
+
+
+@pytest.mark.parametrize(("signal_type", "quality", "value"), PARSER_FIELDS)
+def test_parser_accepts_exactly_the_family_encodings(
+    signal_type: str, quality: int | None, value: str
+) -> None:
+    labels = ["src:b", "src:a", "src:b"]
+    parse = AddEntry.parser(signal_type=signal_type, labels=labels, quality=quality)
+    entry = AddEntry.create(signal_type=signal_type, value=value, labels=labels, quality=quality)
+    data = entry.to_bytes()
+    assert parse(data) == entry == parse_entry(data)
+    other = dataclasses.replace(entry, labels=("src:a",))
+    noted = dataclasses.replace(entry, note="seen")
+    upper = data.replace(value.encode(), value.upper().encode())
+    # Anything else is not for this parser: another family, a note, a
+    # non-canonical value, a changed byte, trailing bytes, a retraction.
+    for foreign in (
+        other.to_bytes(),
+        noted.to_bytes(),
+        upper,
+        data[:-1],
+        data + b" ",
+        data.replace(b'"v":1', b'"v":2'),
+        RetractEntry(index=1, reason="r").to_bytes(),
+    ):
+        got = parse(foreign)
+        if got is not None:  # only possible when the change left it canonical
+            assert got == parse_entry(foreign)
+        assert foreign == data or got is None or got.to_bytes() == foreign
+
+
+def test_parser_rejects_non_canonical_base64() -> None:
+    parse = AddEntry.parser(signal_type="photodna")
+    good = AddEntry.create(signal_type="photodna", value=base64.b64encode(bytes(144)).decode())
+    assert parse(good.to_bytes()) == good
+    # Same length, valid alphabet, but not the canonical base64 of 144 bytes.
+    bad = good.to_bytes().replace(b"AAAA", b"AA==", 1)
+    assert parse(bad) is None
+    with pytest.raises(MalformedError):
+        parse_entry(bad)
+
+
+@given(st.binary(min_size=16, max_size=16), st.sampled_from([[], ["a:b"], ["x:y", "a:b"]]))
+@settings(max_examples=200, deadline=None)
+def test_parser_agrees_with_parse_entry(raw: bytes, labels: list[str]) -> None:
+    entry = AddEntry.create(signal_type="md5", value=raw.hex(), labels=labels)
+    assert AddEntry.parser(signal_type="md5", labels=labels)(entry.to_bytes()) == entry
+
+
+def test_parser_checks_its_fields() -> None:
+    with pytest.raises(MalformedError) as caught:
+        AddEntry.parser(signal_type="pdq")
+    assert caught.value.field == "signal.quality"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 import pytest
@@ -19,7 +20,13 @@ from protocol.errors import MalformedError
 from protocol.hashing import hash_leaf
 from protocol.merkle import verify_consistency, verify_inclusion
 from protocol.tree import compute_inclusion_proof
-from protocol.wire import MAX_PROOF_HASHES, ConsistencyProof, InclusionProof
+from protocol.wire import (
+    MAX_PROOF_HASHES,
+    ConsistencyProof,
+    InclusionProof,
+    decode_entry_bundle,
+    encode_entry_bundle,
+)
 from tests.protocol.test_merkle_properties import ListReader, ref_mth, ref_path, ref_proof
 
 H = [hash_leaf(b"wire leaf %d" % i).hex() for i in range(8)]
@@ -226,3 +233,50 @@ def test_near_miss_inclusion_documents(obj: dict[str, Any]) -> None:
     # Whatever parses is exactly what was sent, and re-serialises canonically.
     assert proof.to_json_obj() == obj
     assert InclusionProof.from_json(proof.to_json()) == proof
+
+
+# -- entry bundles ---------------------------------------------------------------
+
+BUNDLED = [b'{"a":1}', b"x" * 300, b"y"]
+
+
+def test_entry_bundle_round_trips() -> None:
+    body = encode_entry_bundle(BUNDLED)
+    assert body == b"\x00\x07" + BUNDLED[0] + b"\x01\x2c" + BUNDLED[1] + b"\x00\x01y"
+    assert decode_entry_bundle(body, max_entries=3) == BUNDLED
+
+
+BAD_BUNDLES = [
+    ("empty body", b"", 5, "holds no entries"),
+    ("one length byte", b"\x00", 5, "entries[0]: the length prefix is cut short"),
+    ("trailing length byte", b"\x00\x01y\x00", 5, "entries[1]: the length prefix is cut short"),
+    ("zero length", b"\x00\x00", 5, "entries[0]: empty entry"),
+    ("entry cut short", b"\x00\x05abc", 5, "entries[0]: 5 bytes announced, 3 left"),
+    ("length past the end", b"\x00\x01y\xff\xffzz", 5, "entries[1]: 65535 bytes announced"),
+    ("more than asked", b"\x00\x01y\x00\x01z", 1, "entries[1]: more than the 1 entries asked"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "max_entries", "message"),
+    [case[1:] for case in BAD_BUNDLES],
+    ids=[case[0] for case in BAD_BUNDLES],
+)
+def test_bad_entry_bundles_are_named(body: bytes, max_entries: int, message: str) -> None:
+    with pytest.raises(MalformedError, match=re.escape(message)):
+        decode_entry_bundle(body, max_entries=max_entries)
+
+
+@pytest.mark.parametrize("size", [0, 65536])
+def test_entry_bundle_refuses_entries_it_cannot_frame(size: int) -> None:
+    with pytest.raises(ValueError, match=f"entry 1 is {size} bytes"):
+        encode_entry_bundle([b"ok", b"z" * size])
+
+
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=8))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_decode_or_raise_malformed(body: bytes, max_entries: int) -> None:
+    with contextlib.suppress(MalformedError):
+        out = decode_entry_bundle(body, max_entries=max_entries)
+        assert 1 <= len(out) <= max_entries
+        assert encode_entry_bundle(out) == body

@@ -29,10 +29,10 @@ from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
 from node.sync.cards import make_card
-from node.sync.client import PeerClient
+from node.sync.client import MAX_BUNDLE_BYTES, PeerClient
 from node.sync.runner import sync_once
-from protocol.encoding import encode_b64
 from protocol.entry import AddEntry
+from protocol.wire import ENTRY_BUNDLE_MEDIA_TYPE, encode_entry_bundle
 
 AUTHOR = "hotline-a.example/hashmesh"
 FOLLOWER = "hotline-b.example/hashmesh"
@@ -139,7 +139,9 @@ class ScriptedPeer:
     def _json(self, path: str, obj: Any) -> web.Response:
         import json
 
-        body = json.dumps(obj).encode()
+        return self._body(path, json.dumps(obj).encode(), "application/json")
+
+    def _body(self, path: str, body: bytes, content_type: str) -> web.Response:
         if self.transform is not None:
             body = self.transform(path, body)
         if "html" in self.faults:
@@ -151,14 +153,13 @@ class ScriptedPeer:
         if "bad_json" in self.faults:
             body = body[: len(body) // 2]
         if "oversized" in self.faults and path == "/v1/entries":
-            body = b'{"pad":"' + b"x" * (17 * 1024 * 1024) + b'"}'
+            body = body + b"\x00\x01x" * (MAX_BUNDLE_BYTES // 3 + 1)
         if "gzip_bomb" in self.faults and path == "/v1/entries":
             bomb = gzip.compress(b" " * (64 * 1024 * 1024))
             return web.Response(
-                body=bomb,
-                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+                body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": content_type}
             )
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=body, content_type=content_type)
 
     async def _logs(self, request: web.Request) -> web.Response:
         self.requests.append("/v1/logs")
@@ -200,10 +201,12 @@ class ScriptedPeer:
             raw = bytearray(datas[0])
             raw[-3] ^= 0x01
             datas[0] = bytes(raw)
-        return self._json(
-            "/v1/entries",
-            {"origin": origin, "start": start, "entries": [encode_b64(d) for d in datas]},
-        )
+        if "extra_entry" in self.faults and datas:
+            datas.append(datas[-1])
+        body = encode_entry_bundle(datas)
+        if "trailing_byte" in self.faults:
+            body += b"\x00"
+        return self._body("/v1/entries", body, ENTRY_BUNDLE_MEDIA_TYPE)
 
     async def _consistency(self, request: web.Request) -> web.Response:
         self.requests.append("/v1/proof/consistency")

@@ -78,6 +78,8 @@ FAULTS = [
     ("bad_json", "JSON"),
     ("oversized", "cap"),
     ("gzip_bomb", "cap"),
+    ("extra_entry", "more than the"),
+    ("trailing_byte", "entries[50]"),
 ]
 
 
