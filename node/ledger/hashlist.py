@@ -23,7 +23,7 @@ from node.errors import LineError
 from protocol.encoding import loads_strict
 from protocol.entry import AddEntry
 from protocol.errors import MalformedError
-from protocol.signal import detect_signal_type, normalise_signal_value
+from protocol.signal import SIGNAL_TYPES, detect_signal_type, normalise_signal_value
 
 __all__ = [
     "FORMATS",
@@ -196,6 +196,10 @@ class HashListReader:
             None if self.default_type is None else self._maker(self.default_type, (), None, None)
         )
         make = None if cached is None or cached[1] else cached[0]
+        # Upper-case hex (many lists, NCMEC's MD5s among them) needs only
+        # lower-casing: done here, noted as normalise_signal_value would.
+        row = None if self.default_type is None else SIGNAL_TYPES.get(self.default_type)
+        hex_type = row is not None and row.encoding == "hex"
         for number, line in lines:
             text = line.strip()
             if not text or text.startswith("#"):
@@ -209,6 +213,15 @@ class HashListReader:
                     continue
                 except MalformedError:
                     pass
+                if hex_type and text.isascii():
+                    try:
+                        entry = make(text.lower())
+                    except MalformedError:
+                        pass
+                    else:
+                        self.notes["lower-cased hex"] += 1
+                        yield ParsedLine(number, entry)
+                        continue
             yield self._entry(number, self.default_type, text)
 
     def _read_ndjson(self, lines: Iterator[tuple[int, str]]) -> Iterator[ParsedLine]:

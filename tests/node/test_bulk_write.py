@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import threading
 
 import pytest
@@ -96,3 +97,33 @@ def test_bulk_allocation_leaves_a_disabled_collector_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# Values as real lists hold them; ndjson goes through the general path
+# (normalise_signal_value), `lines` with --type through the fast one.
+RAW_VALUES = [
+    "0f" * 16,  # canonical
+    "AB" * 16,  # upper case
+    "aB" * 16,  # mixed case
+    "0xAB" + "cd" * 15,  # prefix and upper case
+    "\uff10" * 32,  # fullwidth digits: never folded into hex
+    "K" * 32,  # upper-case, but not hex
+    "ab" * 15,  # too short
+    "ab" * 16 + "zz",  # too long
+]
+
+
+@pytest.mark.parametrize("signal_type", ["md5", "photodna"])
+def test_fast_line_path_agrees_with_the_general_path(signal_type: str) -> None:
+    lines = "\n".join(RAW_VALUES) + "\n"
+    ndjson = "\n".join(json.dumps({"value": v}) for v in RAW_VALUES) + "\n"
+    fast = HashListReader(fmt="lines", default_type=signal_type)
+    general = HashListReader(fmt="ndjson", default_type=signal_type)
+    got = list(fast.read(io.StringIO(lines)))
+    want = list(general.read(io.StringIO(ndjson)))
+    assert [(p.line, p.entry) for p in got] == [(p.line, p.entry) for p in want]
+    assert [p.error for p in got] == [p.error for p in want]
+    assert fast.notes == general.notes
+    if signal_type == "md5":
+        assert sum(p.entry is not None for p in got) == 4
+        assert fast.notes["lower-cased hex"] == 3
