@@ -43,7 +43,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.encoding import MAX_UINT63, decode_hex, dumps_canonical, loads_strict
 from protocol.errors import MalformedError, UnsupportedVersionError
 from protocol.keys import SIG_ED25519, NoteVerifier, check_key_name
-from protocol.signal import SIGNAL_TYPES, canonical_value_matcher, validate_signal_value
+from protocol.signal import SIGNAL_TYPES, canonical_value_pattern, validate_signal_value
 
 __all__ = [
     "LABEL_PATTERN",
@@ -332,7 +332,8 @@ class AddEntry:
         sorted_labels = _sorted_labels(labels)
         base = _check_add_fields(signal_type, sorted_labels, note, quality)
         build = _unchecked_add_builder(signal_type, sorted_labels, note, quality)
-        canonical = canonical_value_matcher(signal_type)
+        pattern = canonical_value_pattern(signal_type)
+        canonical = None if pattern is None else pattern.fullmatch
 
         def make(value: str) -> AddEntry:
             if canonical is None or not isinstance(value, str) or not canonical(value):
@@ -369,14 +370,17 @@ class AddEntry:
         before, after = cls.encoding_frame(signal_type, sorted_labels, quality)
         if len(before) + row.text_length + len(after) > MAX_ENTRY_BYTES:
             return lambda data: None
-        # Hex values: the character class is the whole canonical rule. Base64
-        # values: the class finds the value, validate_signal_value decides.
-        value_class = rb"[0-9a-f]" if row.encoding == "hex" else rb"[A-Za-z0-9+/=]"
-        pattern = re.compile(
-            re.escape(before) + rb"(" + value_class + rb"{%d})" % row.text_length + re.escape(after)
+        # Hex values: the signal type's canonical pattern is the whole rule.
+        # Base64 values: the class only finds the value; validate_signal_value
+        # decides.
+        canonical = canonical_value_pattern(signal_type)
+        checked = canonical is not None
+        value = (
+            canonical.pattern.encode("ascii")
+            if canonical is not None
+            else rb"[A-Za-z0-9+/=]{%d}" % row.text_length
         )
-        match = pattern.fullmatch
-        checked = row.encoding == "hex"
+        match = re.compile(re.escape(before) + rb"(" + value + rb")" + re.escape(after)).fullmatch
         build = _unchecked_add_builder(signal_type, sorted_labels, None, quality)
 
         def parse(data: bytes) -> AddEntry | None:
@@ -428,10 +432,8 @@ class AddEntry:
         as the entry holds them), ``to_bytes()`` is ``before + value + after``.
         Bulk parsers use it to check a whole family of encodings once.
         """
-        around = _ADD_TEMPLATES.get((signal_type, labels, quality))
-        if around is None:
-            around = _add_template(signal_type, labels, quality)
-        return around[0].encode("ascii"), around[1].encode("ascii")
+        before, after = _add_frame(signal_type, labels, quality)
+        return before.encode("ascii"), after.encode("ascii")
 
     def to_bytes(self) -> bytes:
         """The canonical encoding: the leaf data of the Merkle tree."""
@@ -442,10 +444,8 @@ class AddEntry:
         # canonical form is the value between a prefix and a suffix that
         # depend only on the other fields: this is the import and sync hot
         # path. tests/protocol/test_entry.py checks it equals dumps_canonical.
-        around = _ADD_TEMPLATES.get((self.signal_type, self.labels, self.quality))
-        if around is None:
-            around = _add_template(self.signal_type, self.labels, self.quality)
-        return (around[0] + self.value + around[1]).encode("ascii")
+        before, after = _add_frame(self.signal_type, self.labels, self.quality)
+        return (before + self.value + after).encode("ascii")
 
 
 def _unchecked_add_builder(
@@ -474,24 +474,26 @@ def _unchecked_add_builder(
 # (signal type, labels, quality) -> the encoding of a note-less add around
 # its value. Entries of one list share a few such combinations; bounded so
 # a log with many distinct label sets cannot grow it without limit.
-_ADD_TEMPLATES: dict[tuple[str, tuple[str, ...], int | None], tuple[str, str]] = {}
-_MAX_ADD_TEMPLATES = 1024
+_ADD_FRAMES: dict[tuple[str, tuple[str, ...], int | None], tuple[str, str]] = {}
+_MAX_ADD_FRAMES = 1024
 
 
-def _add_template(
-    signal_type: str, labels: tuple[str, ...], quality: int | None
-) -> tuple[str, str]:
-    quoted = ",".join(f'"{label}"' for label in labels)
-    quality_field = "" if quality is None else f'"quality":{quality},'
-    around = (
-        f'{{"kind":"add","labels":[{quoted}],"signal":{{{quality_field}"type":'
-        f'"{signal_type}","value":"',
-        f'"}},"v":{PROTOCOL_VERSION}}}',
-    )
-    if len(_ADD_TEMPLATES) >= _MAX_ADD_TEMPLATES:
-        _ADD_TEMPLATES.clear()
-    _ADD_TEMPLATES[(signal_type, labels, quality)] = around
-    return around
+def _add_frame(signal_type: str, labels: tuple[str, ...], quality: int | None) -> tuple[str, str]:
+    """What precedes and follows the value in a note-less add's encoding."""
+    key = (signal_type, labels, quality)
+    frame = _ADD_FRAMES.get(key)
+    if frame is None:
+        quoted = ",".join(f'"{label}"' for label in labels)
+        quality_field = "" if quality is None else f'"quality":{quality},'
+        frame = (
+            f'{{"kind":"add","labels":[{quoted}],"signal":{{{quality_field}"type":'
+            f'"{signal_type}","value":"',
+            f'"}},"v":{PROTOCOL_VERSION}}}',
+        )
+        if len(_ADD_FRAMES) >= _MAX_ADD_FRAMES:
+            _ADD_FRAMES.clear()
+        _ADD_FRAMES[key] = frame
+    return frame
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -44,6 +44,7 @@ __all__ = [
     "VerifiedSignature",
     "open_note",
     "parse_note",
+    "parse_signature_line",
     "sign_note",
 ]
 
@@ -163,12 +164,21 @@ def parse_note(data: bytes | str) -> Note:
         raise MalformedError(
             f"{len(lines)} signature lines exceed the maximum {MAX_SIGNATURES}", field="note"
         )
-    signatures = tuple(_parse_signature_line(line, first_line + i) for i, line in enumerate(lines))
+    signatures = tuple(
+        parse_signature_line(line, f"note line {first_line + i}") for i, line in enumerate(lines)
+    )
     return Note(text=body, signatures=signatures)
 
 
-def _parse_signature_line(line: str, number: int) -> NoteSignature:
-    where = f"note line {number}"
+def parse_signature_line(line: str, where: str) -> NoteSignature:
+    """One signature line (``— <key name> <base64 of key ID and signature>``), strictly.
+
+    Also the form of tlog-witness cosignature lines. ``where`` names the line
+    in errors (``"note line 4"``).
+
+    Raises:
+        MalformedError: naming ``where``.
+    """
     if not line.startswith(SIGNATURE_PREFIX):
         raise MalformedError(
             "a signature line must start with an em dash (U+2014) and a space", field=where

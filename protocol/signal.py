@@ -26,7 +26,7 @@ encoding does not change.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -35,9 +35,10 @@ from protocol.encoding import decode_b64, decode_hex, encode_b64, parse_decimal
 from protocol.errors import MalformedError
 
 __all__ = [
+    "LOWER_CASED_HEX",
     "SIGNAL_TYPES",
     "SignalType",
-    "canonical_value_matcher",
+    "canonical_value_pattern",
     "detect_signal_type",
     "normalise_signal_value",
     "validate_signal_value",
@@ -176,16 +177,15 @@ def validate_signal_value(
         decode_b64(value, field=field, length=row.length)
 
 
-def canonical_value_matcher(signal_type: str) -> Callable[[str], object] | None:
-    """A quick test that a value is canonical for a hex ``signal_type``.
+def canonical_value_pattern(signal_type: str) -> re.Pattern[str] | None:
+    """The whole canonical rule of a hex ``signal_type`` as a pattern.
 
-    The returned function is truthy exactly for the values
+    Its ``fullmatch`` is truthy exactly for the values
     :func:`validate_signal_value` accepts; None for base64 or unknown types.
-    Bulk paths call it first and fall back to :func:`validate_signal_value`
-    (which explains a failure) only when it is falsy.
+    Bulk paths test with it first (or build it into a larger pattern) and
+    fall back to :func:`validate_signal_value`, which explains a failure.
     """
-    pattern = _CANONICAL_HEX.get(signal_type)
-    return None if pattern is None else pattern.fullmatch
+    return _CANONICAL_HEX.get(signal_type)
 
 
 def normalise_signal_value(signal_type: str, raw: str) -> tuple[str, list[str]]:
@@ -237,6 +237,10 @@ def normalise_signal_value(signal_type: str, raw: str) -> tuple[str, list[str]]:
     return value, changes
 
 
+LOWER_CASED_HEX = "lower-cased hex"
+"""The change :func:`normalise_signal_value` reports for upper-case hex."""
+
+
 def _normalise_hex(value: str, changes: list[str]) -> str:
     if value.startswith(_HEX_PREFIX):
         value = value[2:]
@@ -246,7 +250,7 @@ def _normalise_hex(value: str, changes: list[str]) -> str:
     if value.isascii():
         lowered = value.lower()
         if lowered != value:
-            changes.append("lower-cased hex")
+            changes.append(LOWER_CASED_HEX)
             value = lowered
     return value
 

@@ -34,8 +34,14 @@ from protocol.checkpoint import Checkpoint
 from protocol.encoding import decode_b64, encode_b64, parse_decimal
 from protocol.errors import MalformedError
 from protocol.hashing import HASH_SIZE
-from protocol.keys import check_key_name
-from protocol.note import MAX_NOTE_BYTES, MAX_SIGNATURES, Note, NoteSignature, parse_note
+from protocol.note import (
+    MAX_NOTE_BYTES,
+    MAX_SIGNATURES,
+    Note,
+    NoteSignature,
+    parse_note,
+    parse_signature_line,
+)
 
 __all__ = [
     "MAX_COSIGNATURE_LINES",
@@ -60,7 +66,6 @@ MAX_COSIGNATURE_LINES = 16
 """Most signature lines we accept in one 200 answer (a witness has few keys)."""
 
 _OLD_PREFIX = "old "
-_SIGNATURE_PREFIX = "\u2014 "
 
 MAX_REQUEST_BYTES = len(_OLD_PREFIX) + 20 + MAX_PROOF_LINES * 45 + 1 + MAX_NOTE_BYTES
 """Largest well-formed request body: old line, 63 proof lines, blank line, largest note."""
@@ -184,24 +189,6 @@ def encode_cosignature_lines(signatures: Iterable[NoteSignature]) -> bytes:
     return body.encode("utf-8")
 
 
-def _parse_signature_line(line: str, number: int) -> NoteSignature:
-    where = f"line {number}"
-    if not line.startswith(_SIGNATURE_PREFIX):
-        raise MalformedError(
-            "a signature line must start with an em dash (U+2014) and a space", field=where
-        )
-    name, sep, b64 = line[len(_SIGNATURE_PREFIX) :].partition(" ")
-    if not sep:
-        raise MalformedError("expected '\u2014 <key name> <base64 signature>'", field=where)
-    check_key_name(name, field=f"{where} key name")
-    payload = decode_b64(b64, field=f"{where} signature")
-    if len(payload) < 5:
-        raise MalformedError("signature is shorter than 5 bytes", field=f"{where} signature")
-    return NoteSignature(
-        name=name, key_id=int.from_bytes(payload[:4], "big"), signature=payload[4:]
-    )
-
-
 def parse_cosignature_lines(data: bytes | str) -> tuple[NoteSignature, ...]:
     """Parse the body of a 200 answer (or a stored line) strictly.
 
@@ -228,7 +215,7 @@ def parse_cosignature_lines(data: bytes | str) -> tuple[NoteSignature, ...]:
             f"{len(lines)} signature lines exceed the maximum {MAX_COSIGNATURE_LINES}",
             field="body",
         )
-    return tuple(_parse_signature_line(line, i + 1) for i, line in enumerate(lines))
+    return tuple(parse_signature_line(line, f"line {i + 1}") for i, line in enumerate(lines))
 
 
 def attach_cosignatures(note: str | Note, signatures: Sequence[NoteSignature]) -> Note:

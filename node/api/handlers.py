@@ -235,26 +235,22 @@ async def inclusion_proof(request: web.Request) -> web.Response:
     leaves = request.app[LEAVES_KEY]
 
     def read(ledger: Ledger) -> bytes:
-        log, record = _latest(ledger, origin)  # 404 for a log we do not hold or have not signed
-        at = index
+        _latest(ledger, origin)  # 404 for a log we do not hold or have not signed
+        # Both check size <= latest and index < size, naming the field.
         if leaf_hash is not None:
-            if size is not None and size > record.size:
-                raise MalformedError(
-                    f"size {size} is beyond the latest checkpoint ({record.size})", field="size"
-                )
-            within = record.size if size is None else size
-            at = leaves.find(ledger.store, log.log_id, leaf_hash, within)
-            if at is None:
+            proof = ledger.prove_inclusion_of_leaf(leaf_hash, leaves, size, origin=origin)
+            if proof is None:
+                below = "in the latest tree" if size is None else f"below size {size}"
                 raise EntryNotFoundError(
-                    f"no entry of {origin} below size {within} has this leaf hash",
-                    field="leaf_hash",
+                    f"no entry of {origin} {below} has this leaf hash", field="leaf_hash"
                 )
-        assert at is not None
-        # prove_inclusion checks size <= latest and index < size, naming the field.
-        proof = ledger.prove_inclusion(at, size, origin=origin)
+        else:
+            assert index is not None
+            proof = ledger.prove_inclusion(index, size, origin=origin)
+        assert proof.index is not None
         assert proof.leaf_hash is not None
         return InclusionProof(
-            index=at, size=proof.size, leaf_hash=proof.leaf_hash, hashes=proof.hashes
+            index=proof.index, size=proof.size, leaf_hash=proof.leaf_hash, hashes=proof.hashes
         ).to_json()
 
     body = await request.app[DB_KEY].read(read)

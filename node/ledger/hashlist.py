@@ -23,7 +23,12 @@ from node.errors import LineError
 from protocol.encoding import loads_strict
 from protocol.entry import AddEntry
 from protocol.errors import MalformedError
-from protocol.signal import SIGNAL_TYPES, detect_signal_type, normalise_signal_value
+from protocol.signal import (
+    LOWER_CASED_HEX,
+    SIGNAL_TYPES,
+    detect_signal_type,
+    normalise_signal_value,
+)
 
 __all__ = [
     "FORMATS",
@@ -219,7 +224,7 @@ class HashListReader:
                     except MalformedError:
                         pass
                     else:
-                        self.notes["lower-cased hex"] += 1
+                        self.notes[LOWER_CASED_HEX] += 1
                         yield ParsedLine(number, entry)
                         continue
             yield self._entry(number, self.default_type, text)

@@ -21,6 +21,7 @@ import threading
 import numpy
 
 from node.storage.ledger_store import LedgerStore
+from protocol.hashing import HASH_SIZE
 
 __all__ = ["LeafHashIndex"]
 
@@ -76,8 +77,8 @@ class LeafHashIndex:
         entries (a hash listed again after its retraction, duplicates a
         replica keeps verbatim) share a leaf hash: the first one is returned.
         """
-        if len(leaf_hash) != 32:
-            raise ValueError("a leaf hash is 32 bytes")
+        if len(leaf_hash) != HASH_SIZE:
+            raise ValueError(f"a leaf hash is {HASH_SIZE} bytes")
         with self._lock:
             leaves = self._logs.setdefault(log_id, _LogLeaves())
             leaves.extend(store, log_id, size)

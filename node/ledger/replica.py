@@ -293,6 +293,7 @@ class Replica:
                 f"{self.origin}: a batch ending at {end} below the checkpoint size {cp.size} "
                 "needs a consistency proof"
             )
+        # Parsing and writing a chunk allocate millions of short-lived objects.
         with bulk_allocation():
             return self._append_verified(cp, checkpoint_note, start, end, entries, proof)
 
@@ -356,9 +357,9 @@ def _parse_at(data: bytes, index: int) -> Entry:
         raise MalformedError(e.reason, field=field) from e
 
 
-# The canonical encoding of a note-less add, the common case: it is matched
-# here, rebuilt with the protocol's constructor (which validates every field)
-# and must re-encode to the same bytes, so this accepts exactly what
+# The shape of a note-less add's encoding, the common case: it only finds the
+# family fields (labels, quality, type); the family's AddEntry.parser then
+# accepts exactly the canonical encodings, so this accepts exactly what
 # parse_entry accepts, at several times its speed.
 _ASCII = rb"[\x20\x21\x23-\x5b\x5d-\x7e]"
 _CANONICAL_ADD = re.compile(

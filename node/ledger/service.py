@@ -32,6 +32,7 @@ from node.errors import (
     StorageError,
 )
 from node.ledger.hashlist import ParsedLine
+from node.ledger.leaf_index import LeafHashIndex
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from node.storage.match_store import MatchStore
 from node.storage.schema import TILE_LEVEL, active_key
@@ -265,7 +266,6 @@ class _Integration:
         # added, retracted and added again in one batch ends up listed; an
         # add of a hash already listed keeps the first index.
         identities, keys = batch.identities, batch.keys
-        matching = MatchStore(self.store.conn)
         if checked and len(keys) == len(entries) and not any(t == "pdq" for t, _v in keys):
             # Distinct adds of hashes not listed, none of them PDQ (the bulk
             # import case): each gets its own active row, nothing else.
@@ -273,6 +273,7 @@ class _Integration:
             self.store.add_active(log_id, added, range(start, start + len(added)))
             return
         listed = None if checked else self.store.find_listed(log_id, keys)
+        matching = MatchStore(self.store.conn)
         pending_keys: list[int] = []
         pending_indexes: list[int] = []
         # The matching tables (node.storage.match_store) mirror `active` for
@@ -575,6 +576,27 @@ class Ledger:
         hashes = compute_inclusion_proof(index, tree_size, reader)
         (leaf_hash,) = reader.get_node_hashes([_leaf(index)])
         return Proof(tuple(hashes), tree_size, index=index, leaf_hash=leaf_hash)
+
+    def prove_inclusion_of_leaf(
+        self,
+        leaf_hash: bytes,
+        leaves: LeafHashIndex,
+        size: int | None = None,
+        *,
+        origin: str | None = None,
+    ) -> Proof | None:
+        """Inclusion proof of the first entry below ``size`` with ``leaf_hash``.
+
+        ``leaves`` is the process's index of leaf hashes (it is extended to
+        ``size`` as needed). None if no such entry.
+
+        Raises:
+            MalformedError: if size is out of range.
+        """
+        log = self.log_for(origin)
+        tree_size = self._checked_size(log, size)
+        index = leaves.find(self.store, log.log_id, leaf_hash, tree_size)
+        return None if index is None else self.prove_inclusion(index, tree_size, origin=origin)
 
     def prove_consistency(
         self, old_size: int, new_size: int | None = None, *, origin: str | None = None

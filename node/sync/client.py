@@ -30,6 +30,7 @@ from protocol.evidence import ForkEvidence
 from protocol.wire import ENTRY_BUNDLE_MEDIA_TYPE, ConsistencyProof, decode_entry_bundle
 
 __all__ = [
+    "MAX_BUNDLE_BYTES",
     "MAX_JSON_BYTES",
     "MAX_NOTE_BYTES",
     "PAGE_SIZE",
@@ -41,9 +42,11 @@ PAGE_SIZE = 10_000
 """Entries asked for per request (the server's hard cap)."""
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
-# A full page of the largest valid entries, with their 2-byte length prefixes.
+"""Largest decoded JSON body accepted (logs, proofs, evidence, checkpoints)."""
+
 MAX_BUNDLE_BYTES = PAGE_SIZE * (MAX_ENTRY_BYTES + 2)
-"""Largest decoded JSON body accepted: a full page of the largest entries fits."""
+"""Largest entries page accepted: a full page of the largest valid entries,
+each with its 2-byte length prefix."""
 
 MAX_NOTE_BYTES = 128 * 1024
 """Largest checkpoint note accepted (protocol.note.MAX_NOTE_BYTES)."""

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from node.api.server import RunningServer, run_server
-from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.export import export_lines
 from node.ledger.provision import init_node
@@ -38,7 +36,8 @@ from tests.api.conftest import (  # the API tier's served node, for the endpoint
     node_dir,  # noqa: F401
     served,  # noqa: F401
 )
-from tests.sync.conftest import sha
+from tests.sync.conftest import Serving, sha
+from tests.sync.conftest import serve as serve_node
 
 __all__ = [
     "ORIGIN",
@@ -122,44 +121,14 @@ def build_bundle(
     return out
 
 
-@dataclass
-class Served:
-    node_dir: Path
-    server: RunningServer
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def cert_pem(self) -> str:
-        return load_config(self.node_dir).tls_cert_path.read_text(encoding="ascii")
-
-    def card(self, base: Path) -> Path:
-        from tests.sync.conftest import card_json
-
-        path = base / f"{self.node_dir.name}.card.json"
-        path.write_text(card_json(self.node_dir, self.url), encoding="utf-8")
-        return path
-
-    async def close(self) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, timeout=15)
+Served = Serving  # a node served by run_server in this process, as in the sync tier
 
 
-async def serve(node_path: Path, auditor: Identity | None = None) -> Served:
+async def serve(node_path: Path, auditor: Identity | None = None) -> Serving:
     """Serve a node (no sync) with ``auditor`` added as a peer of role auditor."""
     if auditor is not None:
         add_peer(node_path, auditor, "auditor")
-    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_server(node_path, "127.0.0.1:0", sync=False, on_started=started.set_result, stop=stop)
-    )
-    server = await asyncio.wait_for(started, timeout=10)
-    return Served(node_path, server, stop, task)
+    return await serve_node(node_path, sync=False)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
-from node.sync.cards import make_card
+from node.sync.cards import make_card, parse_card
 from node.sync.client import MAX_BUNDLE_BYTES, PeerClient
 from node.sync.runner import sync_once
 from protocol.entry import AddEntry
@@ -85,6 +85,20 @@ class Serving:
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def cert_pem(self) -> str:
+        return load_config(self.node_dir).tls_cert_path.read_text(encoding="ascii")
+
+    def card(self, base: Path) -> Path:
+        """Write this node's card (as `hashmesh peer card` prints it) under ``base``."""
+        path = base / f"{self.node_dir.name}.card.json"
+        path.write_text(card_json(self.node_dir, self.url), encoding="utf-8")
+        return path
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, timeout=15)
+
 
 async def serve(node_dir: Path, *, sync: bool, poll: float = 5.0) -> Serving:
     started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
@@ -104,9 +118,7 @@ async def serve(node_dir: Path, *, sync: bool, poll: float = 5.0) -> Serving:
 
 
 async def shutdown(*nodes: Serving) -> None:
-    for node in nodes:
-        node.stop.set()
-    await asyncio.gather(*(asyncio.wait_for(n.task, timeout=15) for n in nodes))
+    await asyncio.gather(*(node.close() for node in nodes))
 
 
 async def once(node_dir: Path) -> list[str | None]:
@@ -287,3 +299,52 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     finally:
         await db.close()
         await peer.stop()
+
+
+# -- a live three-node network: A <-> B <-> C, C follows A through B ------------
+
+A = "hotline-a.example/hashmesh"
+B = "hotline-b.example/hashmesh"
+C = "agency-c.example/hashmesh"
+
+
+def introduce(a: Serving, b: Serving, *, follow: bool = True) -> None:
+    """a adds b as a peer (and follows b's origin), as `hashmesh peer add` does."""
+    card = parse_card(card_json(b.node_dir, b.url))
+    with Ledger.open(a.node_dir) as ledger:
+        ledger.store.add_peer(card.peer_record("peer"))
+        if follow:
+            ledger.store.add_follow(card.name, card.vkey)
+
+
+async def settle() -> None:
+    """Let running servers notice peers added by another connection (polled every 0.1 s)."""
+    await asyncio.sleep(0.4)
+
+
+def follow(node_dir: Path, author_dir: Path) -> str:
+    with Ledger.open(author_dir, read_only=True) as author:
+        origin, vkey = author.own_log.origin, author.own_log.verifier_key
+    with Ledger.open(node_dir) as ledger:
+        ledger.store.add_follow(origin, vkey)
+    return vkey
+
+
+@pytest.fixture
+async def network(tmp_path: Path) -> AsyncIterator[tuple[Serving, Serving, Serving]]:
+    """A <-> B <-> C, C follows A (through B), every node serving and syncing live."""
+    nodes = [
+        await serve(make_node(tmp_path, name, origin), sync=True)
+        for name, origin in (("a", A), ("b", B), ("c", C))
+    ]
+    a, b, c = nodes
+    introduce(a, b)
+    introduce(b, a)
+    introduce(b, c)
+    introduce(c, b)
+    follow(c.node_dir, a.node_dir)
+    await settle()  # servers trust the peers added by another connection
+    try:
+        yield a, b, c
+    finally:
+        await shutdown(*nodes)

@@ -12,8 +12,7 @@ from node.cli import main as cli
 from node.ledger import Ledger
 from node.ledger.replica import Replica
 from protocol.entry import AddEntry
-from tests.sync.conftest import make_node, serve, sha, shutdown
-from tests.sync.test_federation import A, B, settle
+from tests.sync.conftest import A, B, make_node, serve, settle, sha, shutdown
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,38 +17,23 @@ import pytest
 from node.cli import main as cli
 from node.ledger import Ledger
 from node.ledger.replica import Replica
-from node.sync.cards import parse_card
 from protocol.__main__ import main as audit
 from protocol.entry import AddEntry, RetractEntry
-from tests.sync.conftest import Serving, card_json, make_node, once, serve, sha, shutdown
+from tests.sync.conftest import (
+    A,
+    B,
+    C,
+    Serving,
+    introduce,
+    make_node,
+    once,
+    serve,
+    settle,
+    sha,
+    shutdown,
+)
 
 pytestmark = pytest.mark.integration
-
-A = "hotline-a.example/hashmesh"
-B = "hotline-b.example/hashmesh"
-C = "agency-c.example/hashmesh"
-
-
-def introduce(a: Serving, b: Serving, *, follow: bool = True) -> None:
-    """a adds b as a peer (and follows b's origin), as `hashmesh peer add` does."""
-    card = parse_card(card_json(b.node_dir, b.url))
-    with Ledger.open(a.node_dir) as ledger:
-        ledger.store.add_peer(card.peer_record("peer"))
-        if follow:
-            ledger.store.add_follow(card.name, card.vkey)
-
-
-async def settle() -> None:
-    """Let running servers notice peers added by another connection (polled every 0.1 s)."""
-    await asyncio.sleep(0.4)
-
-
-def follow(node_dir: Path, author_dir: Path) -> str:
-    with Ledger.open(author_dir, read_only=True) as author:
-        origin, vkey = author.own_log.origin, author.own_log.verifier_key
-    with Ledger.open(node_dir) as ledger:
-        ledger.store.add_follow(origin, vkey)
-    return vkey
 
 
 def held(node_dir: Path, origin: str) -> int:
@@ -64,25 +48,6 @@ async def wait_size(node_dir: Path, origin: str, size: int, within: float) -> fl
             return time.monotonic() - started
         await asyncio.sleep(0.02)
     pytest.fail(f"{node_dir.name} did not reach size {size} of {origin} in {within} s")
-
-
-@pytest.fixture
-async def network(tmp_path: Path) -> AsyncIterator[tuple[Serving, Serving, Serving]]:
-    """A <-> B <-> C, C follows A (through B), every node serving and syncing live."""
-    nodes = [
-        await serve(make_node(tmp_path, name, origin), sync=True)
-        for name, origin in (("a", A), ("b", B), ("c", C))
-    ]
-    a, b, c = nodes
-    introduce(a, b)
-    introduce(b, a)
-    introduce(b, c)
-    introduce(c, b)
-    follow(c.node_dir, a.node_dir)
-    try:
-        yield a, b, c
-    finally:
-        await shutdown(*nodes)
 
 
 async def test_hash_added_at_a_reaches_c_through_b_live(

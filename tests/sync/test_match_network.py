@@ -11,7 +11,6 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +23,11 @@ from node.ledger.matching import make_opinion
 from node.tls import client_ssl_context
 from protocol.__main__ import main as audit
 from protocol.entry import AddEntry, RetractEntry
-from tests.sync.conftest import Serving, make_node, serve, shutdown
-from tests.sync.test_federation import A, B, C, follow, introduce, settle
+from tests.sync.conftest import A, B, Serving
 
 pytestmark = pytest.mark.integration
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-
-
-@pytest.fixture
-async def network(tmp_path: Path) -> AsyncIterator[tuple[Serving, Serving, Serving]]:
-    nodes = [
-        await serve(make_node(tmp_path, name, origin), sync=True)
-        for name, origin in (("a", A), ("b", B), ("c", C))
-    ]
-    a, b, c = nodes
-    introduce(a, b)
-    introduce(b, a)
-    introduce(b, c)
-    introduce(c, b)
-    follow(c.node_dir, a.node_dir)
-    await settle()  # servers trust the peers added by another connection
-    try:
-        yield a, b, c
-    finally:
-        await shutdown(*nodes)
 
 
 async def post_match(client: Path, server: Serving, body: dict[str, Any]) -> dict[str, Any]:

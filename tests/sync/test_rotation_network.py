@@ -9,8 +9,19 @@ import pytest
 from node.ledger import Ledger
 from node.ledger.replica import Replica
 from node.ledger.rotation import load_key_chain
-from tests.sync.conftest import add_entries, make_node, once, serve, shutdown
-from tests.sync.test_federation import A, B, C, follow, introduce, settle
+from tests.sync.conftest import (
+    A,
+    B,
+    C,
+    add_entries,
+    follow,
+    introduce,
+    make_node,
+    once,
+    serve,
+    settle,
+    shutdown,
+)
 
 pytestmark = pytest.mark.integration
 
