@@ -29,6 +29,7 @@ from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError, NodeError, PeerProtocolError, PeerUnavailableError
 from node.ledger import Ledger
 from node.ledger.filehash import FileHashes, hash_file, pdq_support
+from node.ledger.hashlist import signal_type_of
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
     MAX_BATCH,
@@ -43,7 +44,7 @@ from node.tls import client_ssl_context
 from protocol.encoding import loads_strict
 from protocol.entry import OPINION_VERDICTS
 from protocol.errors import MalformedError
-from protocol.signal import SIGNAL_TYPES, detect_signal_type, normalise_signal_value
+from protocol.signal import SIGNAL_TYPES, normalise_signal_value
 
 __all__ = ["register"]
 
@@ -76,13 +77,7 @@ class _Inputs:
         """Normalise one value; record it, or why it is invalid."""
         try:
             if signal_type is None:
-                signal_type = detect_signal_type(raw.strip().lower())
-                if signal_type is None:
-                    raise MalformedError(
-                        "cannot tell the signal type from the value; pass --type "
-                        "(64 hex characters may be sha256 or pdq)",
-                        field="type",
-                    )
+                signal_type = signal_type_of(raw)
             value, changes = normalise_signal_value(signal_type, raw)
         except MalformedError as e:
             self.invalid.append({"source": source, "field": e.field, "error": e.reason})

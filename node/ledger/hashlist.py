@@ -36,6 +36,7 @@ __all__ = [
     "HashListReader",
     "ParsedLine",
     "normalise_labels",
+    "signal_type_of",
 ]
 
 FORMATS = ("lines", "csv", "ndjson")
@@ -46,6 +47,22 @@ _CSV_VALUE_COLUMNS = ("value", "hash")
 _CSV_KNOWN = {*_CSV_TYPE_COLUMNS, *_CSV_VALUE_COLUMNS, "labels", "note", "quality"}
 _NDJSON_KNOWN = {"type", "signal_type", "value", "labels", "note", "quality"}
 _MAKER_CACHE = 256  # distinct (type, labels, note, quality) combinations kept
+
+
+def signal_type_of(raw_value: str) -> str:
+    """The signal type a value (as found in a list) can only be, for lists without --type.
+
+    Raises:
+        MalformedError: (field ``type``) if the value's shape fits no type, or more than one.
+    """
+    signal_type = detect_signal_type(raw_value.strip().lower())
+    if signal_type is None:
+        raise MalformedError(
+            "cannot tell the signal type from the value; pass --type "
+            "(64 hex characters may be sha256 or pdq)",
+            field="type",
+        )
+    return signal_type
 
 
 class ParsedLine(NamedTuple):
@@ -130,13 +147,7 @@ class HashListReader:
     ) -> ParsedLine:
         try:
             if signal_type is None:
-                signal_type = detect_signal_type(raw_value.strip().lower())
-                if signal_type is None:
-                    raise MalformedError(
-                        "cannot tell the signal type from the value; pass --type "
-                        "(64 hex characters may be sha256 or pdq)",
-                        field="type",
-                    )
+                signal_type = signal_type_of(raw_value)
             cached = self._maker(signal_type, tuple(labels), note, quality)
             if cached is not None:
                 make, label_notes = cached

@@ -47,6 +47,7 @@ __all__ = [
     "build_bundle",
     "export_bundle",
     "fork_node",
+    "ident_args",
     "new_node",
     "run_cli",
     "serve",
@@ -122,6 +123,11 @@ def build_bundle(
 
 
 Served = Serving  # a node served by run_server in this process, as in the sync tier
+
+
+def ident_args(auditor: Identity) -> list[str]:
+    """The CLI options that make ``auditor`` the TLS client."""
+    return ["--cert", str(auditor.cert_path), "--key", str(auditor.key_path)]
 
 
 async def serve(node_path: Path, auditor: Identity | None = None) -> Serving:

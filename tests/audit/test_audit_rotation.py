@@ -27,7 +27,16 @@ from protocol.entry import RotateEntry
 from protocol.keys import NoteSigner
 from protocol.rotation import KeyChain, KeyPeriod, apply_rotation_proof
 from tests.api.conftest import Identity
-from tests.audit.conftest import ORIGIN, Served, add_hashes, new_node, run_cli, serve
+from tests.audit.conftest import (
+    ORIGIN,
+    CliResult,
+    Served,
+    add_hashes,
+    ident_args,
+    new_node,
+    run_cli,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +89,23 @@ def pem_file(served: Served, base: Path) -> str:
     return str(path)
 
 
-def ident_args(auditor: Identity) -> list[str]:
-    return ["--cert", str(auditor.cert_path), "--key", str(auditor.key_path)]
+async def audit_once(
+    node: Path, auditor: Identity, base: Path, pinned: NoteSigner
+) -> tuple[CliResult, str]:
+    """Serve ``node``, audit it live once with the CLI pinning ``pinned``, stop it.
+
+    The audit state goes to ``base / "state.json"``. Returns the CLI's
+    result and the URL the node was served at.
+    """
+    served = await serve(node, auditor)
+    try:
+        result = await run_cli(
+            "audit", served.url, "--server-cert", pem_file(served, base),
+            "--vkey", vkey(pinned), *ident_args(auditor), "--state", str(base / "state.json"),
+        )  # fmt: skip
+    finally:
+        await served.close()
+    return result, served.url
 
 
 def saved_keys(state: Path) -> list[tuple[int, str, int | None]]:
@@ -224,14 +248,7 @@ async def test_first_live_audit_after_a_rotation_with_the_old_key_pinned(
     r, new = rotate(node)
     add_hashes(node, 4, 2)
     state = tmp_path / "state.json"
-    served = await serve(node, auditor)
-    try:
-        result = await run_cli(
-            "audit", served.url, "--server-cert", pem_file(served, tmp_path),
-            "--vkey", vkey(old), *ident_args(auditor), "--state", str(state),
-        )  # fmt: skip
-    finally:
-        await served.close()
+    result, _url = await audit_once(node, auditor, tmp_path, old)
     assert result.status == 0, result.stdout + result.stderr
     assert f"ok   origin={ORIGIN} (first audit, head now 6)" in result.stdout
     assert saved_keys(state) == [(0, vkey(old), None), (r + 2, vkey(new), r)]
@@ -284,16 +301,9 @@ async def test_forged_rotation_fails_the_rotation_check(
     else:
         _swap_entry_key(node, log_id, r, new)
     state = tmp_path / "state.json"
-    served = await serve(node, auditor)
-    try:
-        result = await run_cli(
-            "audit", served.url, "--server-cert", pem_file(served, tmp_path),
-            "--vkey", vkey(old), *ident_args(auditor), "--state", str(state),
-        )  # fmt: skip
-    finally:
-        await served.close()
+    result, url = await audit_once(node, auditor, tmp_path, old)
     assert result.status == 1, result.stdout
-    assert f"FAIL rotation origin={ORIGIN} source={served.url}: index={r}: " in result.stdout
+    assert f"FAIL rotation origin={ORIGIN} source={url}: index={r}: " in result.stdout
     [line] = [x for x in result.stdout.splitlines() if x.startswith("FAIL rotation")]
     assert why in line, line
     assert "FAILED:" in result.stdout and "rotation" in result.stdout.splitlines()[-1]

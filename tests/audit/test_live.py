@@ -17,18 +17,15 @@ from tests.audit.conftest import (
     Served,
     add_hashes,
     fork_node,
+    ident_args,
     new_node,
     run_cli,
     serve,
     vkey_of,
 )
-from tests.sync.conftest import card_json
+from tests.sync.conftest import add_card
 
 pytestmark = pytest.mark.integration
-
-
-def ident_args(auditor: Identity) -> list[str]:
-    return ["--cert", str(auditor.cert_path), "--key", str(auditor.key_path)]
 
 
 async def test_live_audit_passes_then_fetches_only_new_leaf_hashes(
@@ -186,16 +183,8 @@ async def test_relay_serving_the_same_history_passes(tmp_path: Path, auditor: Id
     a = await serve(a_dir, auditor)
     try:
         # B follows A and pulls its log once, as `hashmesh sync` does.
-        from node.sync.cards import parse_card
-
-        card = parse_card(card_json(a_dir, a.url))
-        with Ledger.open(b_dir) as ledger:
-            ledger.store.add_peer(card.peer_record("peer"))
-            ledger.store.add_follow(card.name, card.vkey)
-        with Ledger.open(a_dir) as ledger:
-            ledger.store.add_peer(
-                parse_card(card_json(b_dir, "https://127.0.0.1:1")).peer_record("peer")
-            )
+        add_card(b_dir, a_dir, a.url)
+        add_card(a_dir, b_dir, "https://127.0.0.1:1", follow=False)
         await _reload(a)
         from node.config import load_config
 

@@ -28,13 +28,12 @@ from node.api.app import ROUTES, Route
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
-from node.sync.cards import parse_card
 from node.sync.runner import sync_once
 from node.tls import client_ssl_context
 from protocol.entry import AddEntry
 from tests.api.conftest import Identity, add_peer, make_identity
 from tests.audit.conftest import Served, new_node, serve
-from tests.sync.conftest import card_json
+from tests.sync.conftest import add_card
 
 pytestmark = pytest.mark.integration
 
@@ -167,14 +166,8 @@ async def node_with_secrets(tmp_path: Path) -> AsyncIterator[tuple[Served, Ident
         ledger.append(planted("b"))
     b = await serve(b_dir)
     try:
-        card = parse_card(card_json(b_dir, b.url))
-        with Ledger.open(a_dir) as ledger:
-            ledger.store.add_peer(card.peer_record("peer"))
-            ledger.store.add_follow(card.name, card.vkey)
-        with Ledger.open(b_dir) as ledger:
-            ledger.store.add_peer(
-                parse_card(card_json(a_dir, "https://127.0.0.1:1")).peer_record("peer")
-            )
+        add_card(a_dir, b_dir, b.url)
+        add_card(b_dir, a_dir, "https://127.0.0.1:1", follow=False)
         await asyncio.sleep(0.4)  # b's server picks up its new peer
         config = load_config(a_dir)
         db = await Database.open(a_dir)

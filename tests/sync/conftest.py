@@ -308,13 +308,19 @@ B = "hotline-b.example/hashmesh"
 C = "agency-c.example/hashmesh"
 
 
-def introduce(a: Serving, b: Serving, *, follow: bool = True) -> None:
-    """a adds b as a peer (and follows b's origin), as `hashmesh peer add` does."""
-    card = parse_card(card_json(b.node_dir, b.url))
-    with Ledger.open(a.node_dir) as ledger:
+def add_card(node_dir: Path, of: Path, url: str, *, follow: bool = True) -> None:
+    """``node_dir`` adds the node in ``of``, served at ``url``, as a peer (and
+    follows its origin), as `hashmesh peer add` does with its card."""
+    card = parse_card(card_json(of, url))
+    with Ledger.open(node_dir) as ledger:
         ledger.store.add_peer(card.peer_record("peer"))
         if follow:
             ledger.store.add_follow(card.name, card.vkey)
+
+
+def introduce(a: Serving, b: Serving, *, follow: bool = True) -> None:
+    """a adds b as a peer (and follows b's origin), as `hashmesh peer add` does."""
+    add_card(a.node_dir, b.node_dir, b.url, follow=follow)
 
 
 async def settle() -> None:
