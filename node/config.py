@@ -259,12 +259,18 @@ def load_config(node_dir: Path) -> NodeConfig:
     )
 
 
-def _match_settings(path: Path, table: object) -> MatchSettings:
+def _section(path: Path, name: str, table: object, known: set[str]) -> dict[str, object]:
+    """A ``[name]`` table of the config, refusing settings other than ``known``."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [match] must be a table")
-    unknown = set(table) - {"hide_disputed_by", "trusted_origins"}
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    unknown = set(table) - known
     if unknown:
-        raise ConfigError(f"{path}: unknown [match] setting(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{path}: unknown [{name}] setting(s) {', '.join(sorted(unknown))}")
+    return table
+
+
+def _match_settings(path: Path, raw: object) -> MatchSettings:
+    table = _section(path, "match", raw, {"hide_disputed_by", "trusted_origins"})
     hide = table.get("hide_disputed_by", 0)
     if isinstance(hide, bool) or not isinstance(hide, int) or hide < 0:
         raise ConfigError(f"{path}: match.hide_disputed_by must be a whole number (0 = never hide)")
@@ -291,12 +297,8 @@ def _witness_key(path: Path, where: str, text: object) -> str:
     return text
 
 
-def _witness_settings(path: Path, table: object) -> WitnessSettings:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [witness] must be a table")
-    unknown = set(table) - {"ask", "require"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown [witness] setting(s) {', '.join(sorted(unknown))}")
+def _witness_settings(path: Path, raw: object) -> WitnessSettings:
+    table = _section(path, "witness", raw, {"ask", "require"})
     asks: list[WitnessAsk] = []
     for i, item in enumerate(_table_list(path, "witness.ask", table.get("ask", []))):
         where = f"witness.ask[{i}]"

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 from node.ledger import Ledger
-from node.ledger.database import Database
-from node.sync.runner import sync_once
 from protocol.evidence import ForkEvidence
 from tests.api.conftest import Identity
 from tests.audit.conftest import (
@@ -23,7 +21,7 @@ from tests.audit.conftest import (
     serve,
     vkey_of,
 )
-from tests.sync.conftest import add_card
+from tests.sync.conftest import add_card, once, settle
 
 pytestmark = pytest.mark.integration
 
@@ -185,18 +183,8 @@ async def test_relay_serving_the_same_history_passes(tmp_path: Path, auditor: Id
         # B follows A and pulls its log once, as `hashmesh sync` does.
         add_card(b_dir, a_dir, a.url)
         add_card(a_dir, b_dir, "https://127.0.0.1:1", follow=False)
-        await _reload(a)
-        from node.config import load_config
-
-        config = load_config(b_dir)
-        db = await Database.open(b_dir)
-        try:
-            reports = await sync_once(
-                db, cert_path=config.tls_cert_path, key_path=config.tls_key_path
-            )
-        finally:
-            await db.close()
-        assert [r.error for r in reports] == [None]
+        await settle()
+        assert await once(b_dir) == [None]
         b = await serve(b_dir, auditor)
         try:
             result = await run_cli(
@@ -234,13 +222,6 @@ def _pem(served: Served, base: Path) -> str:
     path = base / f"{served.node_dir.name}-{served.server.url.rsplit(':', 1)[1]}.pem"
     path.write_text(served.cert_pem, encoding="ascii")
     return str(path)
-
-
-async def _reload(served: Served) -> None:
-    """Let a running server notice peers added by another connection."""
-    import asyncio
-
-    await asyncio.sleep(0.4)
 
 
 async def test_fork_evidence_a_node_holds_is_reported(tmp_path: Path, auditor: Identity) -> None:

@@ -25,15 +25,12 @@ import aiohttp
 import pytest
 
 from node.api.app import ROUTES, Route
-from node.config import load_config
 from node.ledger import Ledger
-from node.ledger.database import Database
-from node.sync.runner import sync_once
 from node.tls import client_ssl_context
 from protocol.entry import AddEntry
 from tests.api.conftest import Identity, add_peer, make_identity
 from tests.audit.conftest import Served, new_node, serve
-from tests.sync.conftest import add_card
+from tests.sync.conftest import add_card, once, settle
 
 pytestmark = pytest.mark.integration
 
@@ -168,16 +165,8 @@ async def node_with_secrets(tmp_path: Path) -> AsyncIterator[tuple[Served, Ident
     try:
         add_card(a_dir, b_dir, b.url)
         add_card(b_dir, a_dir, "https://127.0.0.1:1", follow=False)
-        await asyncio.sleep(0.4)  # b's server picks up its new peer
-        config = load_config(a_dir)
-        db = await Database.open(a_dir)
-        try:
-            reports = await sync_once(
-                db, cert_path=config.tls_cert_path, key_path=config.tls_key_path
-            )
-        finally:
-            await db.close()
-        assert [r.error for r in reports] == [None]
+        await settle()  # b's server picks up its new peer
+        assert await once(a_dir) == [None]
     finally:
         await b.close()
     auditor, subscriber = make_identity(tmp_path, "auditor"), make_identity(tmp_path, "subscriber")
