@@ -572,6 +572,9 @@ class Ledger:
             raise MalformedError(
                 f"index {index} is beyond the tree size {tree_size}", field="index"
             )
+        return self._inclusion(log, index, tree_size)
+
+    def _inclusion(self, log: LogRecord, index: int, tree_size: int) -> Proof:
         reader = self.store.reader(log.log_id)
         hashes = compute_inclusion_proof(index, tree_size, reader)
         (leaf_hash,) = reader.get_node_hashes([_leaf(index)])
@@ -596,7 +599,7 @@ class Ledger:
         log = self.log_for(origin)
         tree_size = self._checked_size(log, size)
         index = leaves.find(self.store, log.log_id, leaf_hash, tree_size)
-        return None if index is None else self.prove_inclusion(index, tree_size, origin=origin)
+        return None if index is None else self._inclusion(log, index, tree_size)
 
     def prove_consistency(
         self, old_size: int, new_size: int | None = None, *, origin: str | None = None
