@@ -79,8 +79,8 @@ def best(fn: object, repeat: int) -> float:
 
 
 def run_engine(bundle: Path, *, check_entries: bool) -> None:
-    from node.sync.audit import AuditOptions, run_audit
-    from node.sync.audit_state import AuditState
+    from node.audit.run import AuditOptions, run_audit
+    from node.audit.state import AuditState
 
     report = asyncio.run(
         run_audit([], [bundle], AuditState(), AuditOptions(check_entries=check_entries))
@@ -226,7 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     n = 100_000 if args.quick else args.entries
 
-    import node.sync.audit  # noqa: F401  (imported before any timing)
+    import node.audit.run  # noqa: F401  (imported before any timing)
     from node.ledger.export import export_lines
     from node.ledger.provision import init_node
     from node.ledger.service import Ledger

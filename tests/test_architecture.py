@@ -27,7 +27,7 @@ PROTOCOL_FORBIDDEN = {
 }
 
 # Lower index = lower layer. A module may import its own layer and lower ones.
-NODE_LAYERS = ["storage", "ledger", "sync", "api", "cli"]
+NODE_LAYERS = ["storage", "ledger", "sync", "audit", "api", "cli"]
 
 
 def imported_modules(path: Path) -> set[str]:

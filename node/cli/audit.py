@@ -1,7 +1,7 @@
 """``hashmesh audit``: audit live nodes (as an auditor) and bundles, incrementally.
 
 Layer: node.cli (composition root). Parses the command line, reads cards,
-keys and the state file, runs :func:`node.sync.audit.run_audit` and reports.
+keys and the state file, runs :func:`node.audit.run.run_audit` and reports.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from node.cli.output import Command, Output
-from node.config import load_config, resolve_node_dir
-from node.errors import ConfigError
-from node.sync.audit import AuditOptions, AuditReport, NodeTarget, run_audit
-from node.sync.audit_state import (
+from node.audit.run import AuditOptions, AuditReport, NodeTarget, run_audit
+from node.audit.state import (
     STATE_ENV,
     default_state_path,
     load_state,
     locked_state,
     save_state,
 )
+from node.cli.output import Command, Output
+from node.config import load_config, resolve_node_dir
+from node.errors import ConfigError
 from node.sync.cards import parse_card
 from protocol.audit import CHECKS, Failure
 from protocol.errors import MalformedError

@@ -16,10 +16,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from node.audit.client import AuditClient, ServedRotation
+from node.audit.run import AuditOptions, NodeTarget, run_audit
+from node.audit.state import AuditState, OriginState
 from node.config import load_config
 from node.ledger import Ledger
-from node.sync.audit import AuditClient, AuditOptions, NodeTarget, ServedRotation, run_audit
-from node.sync.audit_state import AuditState, OriginState
 from node.tls import client_ssl_context
 from protocol.audit import AuditHead
 from protocol.checkpoint import Checkpoint, sign_checkpoint

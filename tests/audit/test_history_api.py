@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 
 from node.api.history import MAX_CHECKPOINTS_PAGE
+from node.audit.client import AuditClient
 from node.ledger import Ledger
-from node.sync.audit import AuditClient
 from protocol.checkpoint import open_checkpoint
 from protocol.keys import NoteVerifier
 from tests.api.conftest import ORIGIN, Served

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli import main as cli
-from node.errors import AuditStateError
-from node.sync.audit_state import (
+from node.audit.state import (
     STATE_ENV,
     AuditState,
     OriginState,
@@ -20,6 +18,8 @@ from node.sync.audit_state import (
     locked_state,
     save_state,
 )
+from node.cli import main as cli
+from node.errors import AuditStateError
 from protocol.audit import AuditHead
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.keys import NoteSigner

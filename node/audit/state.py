@@ -1,6 +1,6 @@
 """The auditor's memory between runs: one JSON file, replaced atomically.
 
-Layer: node.sync. Reads and writes the one state file it is given.
+Layer: node.audit. Reads and writes the one state file it is given.
 
 Per origin the state keeps the key chain the auditor trusts and the *head*:
 the last tree size, root, signed note and compact-range frontier an audit
