@@ -85,7 +85,6 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
     import node.sync.client as client_mod
     from node.config import load_config
     from node.ledger.database import Database
-    from node.ledger.replica import Replica
     from node.ledger.service import Ledger
     from node.sync.client import PeerClient
     from node.sync.runner import sync_once
@@ -158,7 +157,7 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
     if errors:
         raise SystemExit(f"sync failed: {errors}")
     with Ledger.open(node_dir, read_only=True) as ledger:
-        state = Replica(ledger, p["origin"]).state()
+        state = ledger.replica(p["origin"]).state()
     if loop_prof is not None and writer_prof is not None:
         loop_prof.dump_stats(p["profile"] + ".loop")
         writer_prof.dump_stats(p["profile"] + ".writer")
@@ -399,11 +398,10 @@ def import_entries(node: Node, n: int) -> None:
 
 
 def held(node: Node, origin: str) -> int:
-    from node.ledger.replica import Replica
     from node.ledger.service import Ledger
 
     with Ledger.open(node.dir, read_only=True) as ledger:
-        return Replica(ledger, origin).state().size
+        return ledger.replica(origin).state().size
 
 
 async def wait_held(node: Node, origin: str, size: int, *, within: float) -> None:

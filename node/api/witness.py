@@ -28,7 +28,7 @@ from aiohttp import web
 from node.api.state import DB_KEY
 from node.errors import UnknownLogError, WitnessConflictError, WitnessProofError
 from node.ledger.service import Ledger
-from node.ledger.witness import Cosigned, Witness
+from node.ledger.witness import Cosigned
 from protocol.encoding import dumps_canonical
 from protocol.errors import VerificationError
 from protocol.witness import (
@@ -62,7 +62,7 @@ async def add_checkpoint(request: web.Request) -> web.Response:
     parsed = AddCheckpointRequest.from_bytes(await request.read())
 
     def run(ledger: Ledger) -> Cosigned:
-        return Witness.of(ledger).add_checkpoint(parsed.old_size, parsed.proof, parsed.note)
+        return ledger.witness().add_checkpoint(parsed.old_size, parsed.proof, parsed.note)
 
     try:
         cosigned = await request.app[DB_KEY].write(run)

@@ -28,7 +28,6 @@ from node.ledger import Ledger
 from node.ledger.export import EXPORT_FORMATS, export_lines
 from node.ledger.hashlist import FORMATS, Format, HashListReader
 from node.ledger.provision import init_node
-from node.ledger.replica import Replica
 from node.ledger.rotation import load_key_chain
 from node.ledger.service import AppendResult, LogStatus
 from node.ledger.witness import served_note
@@ -257,7 +256,7 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         origins = [log.origin for log in ledger.store.list_logs()]
         if args.origin is not None and args.origin != ledger.own_log.origin:
             frozen = ledger.store.is_frozen(args.origin)
-            held = Replica(ledger, args.origin).state()
+            held = ledger.replica(args.origin).state()
             if held.checkpoint is None:
                 # A followed log mid catch-up: entries held, no signed head yet.
                 if args.json:

@@ -5,14 +5,14 @@ Layer: node.ledger, above node.storage.
 
 from __future__ import annotations
 
+from node.ledger.integration import Duplicate
+from node.ledger.key_files import load_signer
 from node.ledger.service import (
     AppendResult,
-    Duplicate,
     ImportResult,
     Ledger,
     LogStatus,
     Proof,
-    load_signer,
 )
 
 __all__ = [

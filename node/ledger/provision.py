@@ -23,7 +23,7 @@ from node.config import (
     render_config,
 )
 from node.errors import ConfigError, NodeExistsError
-from node.ledger.service import write_key_file
+from node.ledger.key_files import write_key_file
 from node.storage.ledger_store import LedgerStore
 from node.tls import write_node_identity
 from protocol.checkpoint import Checkpoint, sign_checkpoint

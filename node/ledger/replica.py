@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from node.config import WitnessSettings
 from node.errors import (
     ConfigError,
     FrozenLogError,
@@ -38,8 +39,9 @@ from node.errors import (
     RetractionError,
     UnknownLogError,
 )
+from node.ledger.gc_pause import bulk_allocation
+from node.ledger.integration import Integration
 from node.ledger.rotation import apply_rotations, load_key_chain
-from node.ledger.service import Ledger, _Integration, bulk_allocation
 from node.ledger.witness import keep_cosignatures, open_with_quorum
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from protocol import PROTOCOL_VERSION
@@ -103,14 +105,23 @@ class CheckpointVerdict:
 class Replica:
     """One followed origin's log in this node's database."""
 
-    def __init__(self, ledger: Ledger | LedgerStore, origin: str) -> None:
+    def __init__(
+        self, store: LedgerStore, origin: str, *, witness: WitnessSettings | None = None
+    ) -> None:
         """Bind to a followed origin.
+
+        Args:
+            store: the node's store.
+            origin: the followed origin.
+            witness: the node's witness settings (``[witness]`` in
+                ``config.toml``, :mod:`node.ledger.witness`), whose policy
+                for ``origin`` is applied; none when omitted.
 
         Raises:
             UnknownLogError: if ``origin`` is not followed.
             ConfigError: if the stored verifier key is invalid.
         """
-        self.store = ledger.store if isinstance(ledger, Ledger) else ledger
+        self.store = store
         self.origin = origin
         follow = self.store.get_follow(origin)
         if follow is None:
@@ -122,9 +133,6 @@ class Replica:
         except MalformedError as e:
             raise ConfigError(f"stored verifier key of {origin!r} is invalid: {e}") from e
         self.vkey = follow.vkey
-        # Witness policy ([witness] in config.toml, node.ledger.witness):
-        # none when bound to a bare store.
-        witness = ledger.config.witness if isinstance(ledger, Ledger) else None
         self.witness_requirement = None if witness is None else witness.requirement_for(origin)
         self.witness_keys = () if witness is None else witness.known_keys(origin)
 
@@ -316,7 +324,7 @@ class Replica:
             log = self._log()
             if log is None:
                 log = self.store.create_log(self.origin, self.vkey, is_own=False)
-            run = _Integration(self.store, log, replica=True)
+            run = Integration(self.store, log, replica=True)
             if start != run.next_index:
                 raise ReplicationError(
                     f"{self.origin}: batch starts at {start}, but {run.next_index} entries "

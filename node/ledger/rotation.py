@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import ConfigError, LedgerError
-from node.ledger.service import _Integration, write_key_file
+from node.ledger.integration import Integration
+from node.ledger.key_files import write_key_file
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from protocol.entry import Entry, RotateEntry
 from protocol.errors import MalformedError
@@ -189,7 +190,7 @@ def rotate_signing_key(
     staged = next_key_path(key_path)
     write_key_file(staged, new, replace=True)
     with store.transaction():
-        run = _Integration(store, store.own_log())
+        run = Integration(store, store.own_log())
         index = run.next_index
         run.store_batch(run.sequence([entry], [entry.to_bytes()]))
         checkpoint = run.commit_checkpoint(signer)

@@ -36,7 +36,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from node.config import NodeConfig, WitnessRequirement
 from node.errors import (
@@ -45,8 +44,8 @@ from node.errors import (
     WitnessConflictError,
     WitnessProofError,
 )
+from node.ledger.key_files import read_key_file, write_key_file
 from node.ledger.rotation import load_key_chain
-from node.ledger.service import read_key_file, write_key_file
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from node.storage.witness_store import WitnessStore
 from protocol.checkpoint import Checkpoint, VerifiedCheckpoint
@@ -58,9 +57,6 @@ from protocol.merkle import verify_consistency
 from protocol.note import Note, NoteSignature, parse_note
 from protocol.rotation import KeyChain
 from protocol.witness import attach_cosignatures, parse_cosignature_lines
-
-if TYPE_CHECKING:
-    from node.ledger.service import Ledger
 
 __all__ = [
     "WITNESS_NAME_SUFFIX",
@@ -164,11 +160,6 @@ class Witness:
         self.state = WitnessStore(store.conn)
         self.signer = signer
         self._clock = clock
-
-    @classmethod
-    def of(cls, ledger: Ledger) -> Witness:
-        """The witness of an open (writable) ledger, its key made on first use."""
-        return cls(ledger.store, load_witness_signer(ledger.config))
 
     def _chain(self, origin: str) -> KeyChain:
         if self.store.get_follow(origin) is None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from node.errors import NodeError, PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
-from node.ledger.replica import Replica, ReplicaState
+from node.ledger.replica import ReplicaState
 from node.ledger.rotation import load_key_chain
 from node.ledger.service import Ledger
 from node.sync.client import PeerClient, RemoteLog
@@ -148,7 +148,7 @@ async def _rotation_checkpoint(db: Database, client: PeerClient, origin: str) ->
     """
 
     def read(ledger: Ledger) -> tuple[KeyChain, int]:
-        replica = Replica(ledger, origin)
+        replica = ledger.replica(origin)
         return replica.key_chain(), replica.state().size
 
     chain, have = await db.read(read)
@@ -178,7 +178,7 @@ async def _catch_up(
     """Verify ``note`` against what we hold and fetch what it adds, chunk by chunk."""
 
     def check(ledger: Ledger) -> tuple[str, int, int]:
-        replica = Replica(ledger, origin)
+        replica = ledger.replica(origin)
         verdict = replica.check_checkpoint(note)
         return verdict.kind, replica.state().size, verdict.size
 
@@ -233,7 +233,7 @@ def _append(
     proof: tuple[bytes, ...] | None,
 ) -> Callable[[Ledger], ReplicaState]:
     def run(ledger: Ledger) -> ReplicaState:
-        return Replica(ledger, origin).append_verified(note, start, entries, proof)
+        return ledger.replica(origin).append_verified(note, start, entries, proof)
 
     return run
 

@@ -280,7 +280,7 @@ def test_labels_are_in_the_entries(served: Served) -> None:
 
 async def test_evidence_is_served_and_the_log_is_frozen(served: Served) -> None:
     from node.config import load_config
-    from node.ledger.service import load_signer
+    from node.ledger.key_files import load_signer
     from protocol.checkpoint import Checkpoint, sign_checkpoint
     from protocol.evidence import ForkEvidence, verify_fork_evidence
 

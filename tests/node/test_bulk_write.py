@@ -16,8 +16,8 @@ import threading
 import pytest
 
 from node.ledger import Ledger
+from node.ledger.gc_pause import bulk_allocation
 from node.ledger.hashlist import HashListReader
-from node.ledger.service import bulk_allocation
 from node.storage import ledger_store
 from protocol.entry import AddEntry, parse_entry
 from protocol.hashing import hash_leaf

@@ -320,10 +320,10 @@ def test_duplicates_are_found_when_every_index_key_collides(
 ) -> None:
     # The index is keyed by a 64-bit digest; candidates sharing a key must be
     # told apart by the stored entry, never taken as duplicates.
-    from node.ledger import service
+    from node.ledger import integration
     from node.storage import ledger_store
 
-    for module in (service, ledger_store):
+    for module in (integration, ledger_store):
         monkeypatch.setattr(module, "active_key", lambda signal_type, value: 7)
     first = ledger.append([add(i) for i in range(20)])
     assert (first.count, first.duplicates) == (20, ())

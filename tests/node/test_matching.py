@@ -22,7 +22,6 @@ from node.ledger.matching import (
     match,
 )
 from node.ledger.provision import init_node
-from node.ledger.replica import Replica
 from node.storage.schema import active_key, migrate
 from protocol.checkpoint import cosign_checkpoint
 from protocol.entry import AddEntry, RetractEntry
@@ -62,7 +61,7 @@ def replicate(src: Path, dst: Ledger) -> None:
         datas = [bytes(d) for _i, d, _h in ledger.store.iter_entries(log.log_id)]
     if dst.store.get_follow(log.origin) is None:
         dst.follow(log.origin, log.verifier_key)
-    replica = Replica(dst, log.origin)
+    replica = dst.replica(log.origin)
     held = replica.state().size
     if held < len(datas):
         replica.append_verified(note, held, datas[held:], None)

@@ -15,7 +15,7 @@ import pytest
 from node.errors import FrozenLogError, ReplicationError, UnknownLogError
 from node.ledger import Ledger
 from node.ledger.provision import init_node
-from node.ledger.replica import Replica, parse_entry_fast
+from node.ledger.replica import parse_entry_fast
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import AddEntry, RetractEntry, parse_entry
 from protocol.errors import (
@@ -110,7 +110,7 @@ def db_of(node_dir: Path) -> Path:
 
 def test_replicates_whole_log_in_one_batch(src: Source, dst: Ledger) -> None:
     note = src.append([add(i) for i in range(37)])
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     assert replica.check_checkpoint(note).kind == "ahead"
     state = replica.append_verified(note, 0, src.entries(0, 37), None)
     assert state.size == 37
@@ -129,7 +129,7 @@ def test_replicates_in_chunks_with_consistency_proofs(src: Source, dst: Ledger, 
     src.append([add(i) for i in range(50)])
     note = src.append([RetractEntry(index=3, reason="false positive"), add(1000)])
     n = 52
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     have = 0
     while have < n:
         end = min(have + chunk, n)
@@ -149,9 +149,9 @@ def test_resumes_after_partial_sync_in_a_new_process(src: Source, dst_dir: Path)
     note = src.append([add(i) for i in range(40)])
     with Ledger.open(dst_dir) as ledger:
         ledger.follow(SRC, src.vkey)
-        Replica(ledger, SRC).append_verified(note, 0, src.entries(0, 16), src.proof(16, 40))
+        ledger.replica(SRC).append_verified(note, 0, src.entries(0, 16), src.proof(16, 40))
     with Ledger.open(dst_dir) as ledger:
-        replica = Replica(ledger, SRC)
+        replica = ledger.replica(SRC)
         state = replica.state()
         assert state.size == 16 and state.checkpoint is None
         # A newer checkpoint arrived meanwhile: resume against it.
@@ -166,7 +166,7 @@ def test_resumes_after_partial_sync_in_a_new_process(src: Source, dst_dir: Path)
 def test_peer_behind_and_same(src: Source, dst: Ledger) -> None:
     old = src.append([add(i) for i in range(10)])
     new = src.append([add(i) for i in range(10, 13)])
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     replica.append_verified(new, 0, src.entries(0, 13), None)
     before = full_snapshot(db_of(dst.config.node_dir))
     assert replica.check_checkpoint(old).kind == "behind"
@@ -178,7 +178,7 @@ def test_peer_behind_and_same(src: Source, dst: Ledger) -> None:
 def test_same_stores_note_missing_after_catch_up(src: Source, dst: Ledger) -> None:
     src.append([add(i) for i in range(8)])
     note = src.append([add(8)])
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     # Commit all entries against a larger checkpoint, then learn size 9's note.
     big = src.append([add(i) for i in range(9, 12)])
     replica.append_verified(big, 0, src.entries(0, 9), src.proof(9, 12))
@@ -191,13 +191,13 @@ def test_same_stores_note_missing_after_catch_up(src: Source, dst: Ledger) -> No
 def test_replicas_listing_and_unknown_origin(src: Source, dst: Ledger) -> None:
     assert [r.origin for r in dst.replicas()] == [SRC]
     with pytest.raises(UnknownLogError, match="not followed"):
-        Replica(dst, "nobody.example/log")
-    state = Replica(dst, SRC).state()
+        dst.replica("nobody.example/log")
+    state = dst.replica(SRC).state()
     assert (state.size, state.root_hash, state.checkpoint) == (0, EMPTY_ROOT, None)
 
 
 def test_empty_origin_log_is_replicated(src: Source, dst: Ledger) -> None:
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     state = replica.append_verified(src.notes[0], 0, [], None)
     assert state.checkpoint is not None and state.checkpoint.size == 0
     assert replica.check_checkpoint(src.notes[0]).kind == "same"
@@ -212,7 +212,7 @@ def test_replica_keeps_duplicates_verbatim(tmp_path: Path, dst_dir: Path) -> Non
     note = _sign(signer, datas)
     with Ledger.open(dst_dir) as ledger:
         ledger.follow(SRC, verifier_text)
-        state = Replica(ledger, SRC).append_verified(note, 0, datas, None)
+        state = ledger.replica(SRC).append_verified(note, 0, datas, None)
         assert state.size == 3
         assert ledger.store.find_active(ledger.store.get_log(SRC).log_id, "md5", [f"{1:032x}"]) == {
             f"{1:032x}": 0
@@ -244,14 +244,14 @@ def _rejects(dst: Ledger, exc: type[Exception], match: str | None, fn: object) -
 def synced(src: Source, dst: Ledger) -> tuple[Source, Ledger, str]:
     """A replica holding the first 10 entries; the origin is at 20."""
     first = src.append([add(i) for i in range(10)])
-    Replica(dst, SRC).append_verified(first, 0, src.entries(0, 10), None)
+    dst.replica(SRC).append_verified(first, 0, src.entries(0, 10), None)
     note = src.append([add(i) for i in range(10, 19)] + [RetractEntry(index=2, reason="x")])
     return src, dst, note
 
 
 def test_rejects_wrong_start(synced: tuple[Source, Ledger, str]) -> None:
     src, dst, note = synced
-    r = Replica(dst, SRC)
+    r = dst.replica(SRC)
     _rejects(
         dst,
         ReplicationError,
@@ -268,7 +268,7 @@ def test_rejects_wrong_start(synced: tuple[Source, Ledger, str]) -> None:
 
 def test_rejects_entries_that_do_not_hash_to_the_root(synced: tuple[Source, Ledger, str]) -> None:
     src, dst, note = synced
-    r = Replica(dst, SRC)
+    r = dst.replica(SRC)
     entries = src.entries(10, 20)
     swapped = [entries[1], entries[0], *entries[2:]]
     _rejects(dst, RootMismatchError, None, lambda: r.append_verified(note, 10, swapped, None))
@@ -289,7 +289,7 @@ def test_rejects_entries_that_do_not_hash_to_the_root(synced: tuple[Source, Ledg
 
 def test_rejects_one_flipped_byte(synced: tuple[Source, Ledger, str]) -> None:
     src, dst, note = synced
-    r = Replica(dst, SRC)
+    r = dst.replica(SRC)
     entries = src.entries(10, 20)
     data = bytearray(entries[4])
     pos = data.index(b'"value":"') + 12
@@ -310,7 +310,7 @@ def test_rejects_one_flipped_byte(synced: tuple[Source, Ledger, str]) -> None:
 )
 def test_rejects_non_canonical_entry(synced: tuple[Source, Ledger, str], mangle: object) -> None:
     src, dst, note = synced
-    r = Replica(dst, SRC)
+    r = dst.replica(SRC)
     entries = src.entries(10, 20)
     bad = [*entries[:3], mangle(entries[3]), *entries[4:]]  # type: ignore[operator]
     _rejects(dst, MalformedError, r"entries\[13\]", lambda: r.append_verified(note, 10, bad, None))
@@ -321,7 +321,7 @@ def test_rejects_retraction_of_missing_or_retracted_entry(tmp_path: Path, dst_di
     signer = NoteSigner.from_text(signer_text)
     with Ledger.open(dst_dir) as dst:
         dst.follow(SRC, verifier_text)
-        r = Replica(dst, SRC)
+        r = dst.replica(SRC)
         base = [add(1).to_bytes(), add(2).to_bytes()]
         r.append_verified(_sign(signer, base), 0, base, None)
         cases = [
@@ -357,7 +357,7 @@ def test_rejects_retraction_of_missing_or_retracted_entry(tmp_path: Path, dst_di
 
 def test_rejects_bad_proof(synced: tuple[Source, Ledger, str]) -> None:
     src, dst, note = synced
-    r = Replica(dst, SRC)
+    r = dst.replica(SRC)
     entries = src.entries(10, 15)
     proof = list(src.proof(15, 20))
     tampered = [proof[0][:-1] + bytes([proof[0][-1] ^ 1]), *proof[1:]]
@@ -380,7 +380,7 @@ def test_rejects_checkpoint_of_wrong_key_or_origin(
     synced: tuple[Source, Ledger, str], tmp_path: Path
 ) -> None:
     src, dst, _note = synced
-    r = Replica(dst, SRC)
+    r = dst.replica(SRC)
     entries = src.entries(10, 20)
     root = src.ledger.latest_checkpoint().root_hash
     impostor = NoteSigner.from_text(_keypair(tmp_path, SRC)[0])
@@ -405,7 +405,7 @@ def test_rejects_checkpoint_of_wrong_key_or_origin(
 
 def test_first_batch_failure_creates_no_log_row(src: Source, dst: Ledger) -> None:
     note = src.append([add(i) for i in range(4)])
-    r = Replica(dst, SRC)
+    r = dst.replica(SRC)
     bad = src.entries(0, 4)[::-1]
     _rejects(dst, RootMismatchError, None, lambda: r.append_verified(note, 0, bad, None))
     assert [log.origin for log in dst.store.list_logs()] == [DST]
@@ -425,7 +425,7 @@ def fork_of(src: Source, tmp_path: Path, name: str) -> Source:
 
 
 def _check_frozen(dst: Ledger, src: Source, kind_note: str) -> ForkEvidence:
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     assert replica.state().frozen
     assert dst.store.frozen_origins() == {SRC}
     (record,) = dst.store.list_evidence()
@@ -442,7 +442,7 @@ def test_fork_at_equal_size(src: Source, dst: Ledger, tmp_path: Path) -> None:
     twin = fork_of(src, tmp_path, "twin")
     ours = src.append([add(100), add(101)])
     theirs = twin.append([add(200), add(201)])
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     replica.append_verified(ours, 0, src.entries(0, 8), None)
     verdict = replica.check_checkpoint(theirs, source="peer-x")
     assert verdict.kind == "fork" and verdict.evidence is not None
@@ -461,7 +461,7 @@ def test_fork_at_smaller_size(
     twin = fork_of(src, tmp_path, "twin")
     theirs = twin.append([add(5000)])
     ours = src.append([add(i) for i in range(1000, 1000 + ours_size - theirs_size + 1)])
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     replica.append_verified(ours, 0, src.entries(0, ours_size), None)
     verdict = replica.check_checkpoint(theirs)
     assert verdict.kind == "fork" and verdict.evidence is not None
@@ -477,7 +477,7 @@ def test_conflict_beyond_signed_checkpoint_is_refused_not_frozen(
     twin = fork_of(src, tmp_path, "twin")
     big = src.append([add(i) for i in range(10, 20)])
     theirs = twin.append([add(99)])
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     replica.append_verified(big, 0, src.entries(0, 8), src.proof(8, 14))
     _rejects(
         dst,

@@ -14,7 +14,6 @@ from node.cli import main
 from node.errors import ConfigError, LedgerError
 from node.ledger import Ledger
 from node.ledger.provision import init_node
-from node.ledger.replica import Replica
 from node.ledger.rotation import load_key_chain, next_key_path
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import AddEntry, RotateEntry
@@ -149,7 +148,7 @@ def test_replica_follows_the_rotation(src: Ledger, dst: Ledger) -> None:
     src.append([add(i) for i in range(4)])
     rotation = src.rotate_key("planned")
     later = src.append([add(i) for i in range(10, 13)])
-    replica = Replica(dst, SRC)
+    replica = dst.replica(SRC)
     # Up to the rotation's checkpoint (old key), then past it (new key).
     replica.append_verified(rotation.checkpoint.note, 0, entries(src, 0, 5), None)
     assert load_key_chain(dst.store, SRC).current.to_text() == rotation.new_vkey
@@ -167,16 +166,16 @@ def test_replica_refuses_old_key_after_rotation(src: Ledger, dst: Ledger, tmp_pa
     old = NoteSigner.from_text(src.config.signing_key_path.read_text().strip())
     src.append([add(i) for i in range(3)])
     rotation = src.rotate_key("compromise")
-    Replica(dst, SRC).append_verified(rotation.checkpoint.note, 0, entries(src, 0, 4), None)
+    dst.replica(SRC).append_verified(rotation.checkpoint.note, 0, entries(src, 0, 4), None)
     forged_datas = [*entries(src, 0, 4), add(99).to_bytes()]
     root = root_from_leaf_hashes(hash_leaves(forged_datas))
     forged = sign_checkpoint(Checkpoint(origin=SRC, size=5, root_hash=root), old)
     db = dst.config.database_path
     before = full_snapshot(db), chain_rows(db)
     with pytest.raises(UnknownKeyError, match="rotated out"):
-        Replica(dst, SRC).append_verified(forged, 4, forged_datas[4:], None)
+        dst.replica(SRC).append_verified(forged, 4, forged_datas[4:], None)
     with pytest.raises(UnknownKeyError):
-        Replica(dst, SRC).check_checkpoint(forged)
+        dst.replica(SRC).check_checkpoint(forged)
     assert (full_snapshot(db), chain_rows(db)) == before
 
 
@@ -195,10 +194,10 @@ def test_rotation_not_signed_by_old_key_refused(src: Ledger, dst: Ledger) -> Non
     before = full_snapshot(db), chain_rows(db)
     # Signed only by the key the rotation names: the pinned key never vouched for it.
     with pytest.raises(UnknownKeyError):
-        Replica(dst, SRC).append_verified(_forge(datas, thief), 0, datas, None)
+        dst.replica(SRC).append_verified(_forge(datas, thief), 0, datas, None)
     # Signed by the old key, but not at the rotation's own size.
     with pytest.raises(RotationError, match="size 4, not one of size 5"):
-        Replica(dst, SRC).append_verified(_forge(datas, old), 0, datas, None)
+        dst.replica(SRC).append_verified(_forge(datas, old), 0, datas, None)
     assert (full_snapshot(db), chain_rows(db)) == before
 
 
@@ -209,8 +208,8 @@ def test_follower_pinning_the_new_key_reads_the_whole_log(src: Ledger, tmp_path:
     init_node(tmp_path / "late", "late.example/hashmesh")
     with Ledger.open(tmp_path / "late") as late:
         late.follow(SRC, rotation.new_vkey)
-        Replica(late, SRC).append_verified(head.checkpoint.note, 0, entries(src, 0, 5), None)
-        assert Replica(late, SRC).state().size == 5
+        late.replica(SRC).append_verified(head.checkpoint.note, 0, entries(src, 0, 5), None)
+        assert late.replica(SRC).state().size == 5
         chain = load_key_chain(late.store, SRC)
         assert [p.verifier.to_text() for p in chain.periods] == [rotation.new_vkey]
 

@@ -10,7 +10,6 @@ import pytest
 
 from node.cli import main as cli
 from node.ledger import Ledger
-from node.ledger.replica import Replica
 from protocol.entry import AddEntry
 from tests.sync.conftest import A, B, make_node, serve, settle, sha, shutdown
 
@@ -112,4 +111,4 @@ async def test_sync_once_status_fsck_and_failure_report(
     status, out, _ = run(capsys, "--dir", str(b_dir), "peer", "list")
     assert "FAILING since" in out
     with Ledger.open(b_dir, read_only=True) as ledger:
-        assert Replica(ledger, A).state().size == 7
+        assert ledger.replica(A).state().size == 7

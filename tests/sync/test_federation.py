@@ -16,7 +16,6 @@ import pytest
 
 from node.cli import main as cli
 from node.ledger import Ledger
-from node.ledger.replica import Replica
 from protocol.__main__ import main as audit
 from protocol.entry import AddEntry, RetractEntry
 from tests.sync.conftest import (
@@ -38,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 def held(node_dir: Path, origin: str) -> int:
     with Ledger.open(node_dir, read_only=True) as ledger:
-        return Replica(ledger, origin).state().size
+        return ledger.replica(origin).state().size
 
 
 async def wait_size(node_dir: Path, origin: str, size: int, within: float) -> float:
@@ -159,7 +158,7 @@ async def test_author_showing_two_histories_is_caught_on_first_contact(tmp_path:
             with Ledger.open(node, read_only=True) as ledger:
                 evidence = [e for e in ledger.store.list_evidence() if e.origin == A]
                 assert evidence, f"{node.name} did not detect the fork"
-                assert Replica(ledger, A).state().frozen
+                assert ledger.replica(A).state().frozen
 
         # The evidence is checkable by anyone holding A's key, with protocol alone.
         out = tmp_path / "fork.json"

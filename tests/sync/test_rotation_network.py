@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from node.ledger import Ledger
-from node.ledger.replica import Replica
 from node.ledger.rotation import load_key_chain
 from tests.sync.conftest import (
     A,
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.integration
 def state(node_dir: Path, origin: str) -> tuple[int, list[str]]:
     with Ledger.open(node_dir, read_only=True) as ledger:
         chain = load_key_chain(ledger.store, origin)
-        return Replica(ledger, origin).state().size, [p.verifier.to_text() for p in chain.periods]
+        return ledger.replica(origin).state().size, [p.verifier.to_text() for p in chain.periods]
 
 
 async def test_follower_and_relay_cross_a_rotation(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import pytest
 
 from node.config import load_config
 from node.ledger import Ledger
-from node.ledger.replica import Replica
 from node.sync.engine import sync_peer
 from protocol.checkpoint import open_checkpoint
 from protocol.keys import NoteVerifier
@@ -16,7 +15,7 @@ from tests.sync.conftest import AUTHOR, World, add_entries
 
 def replica_size(world: World) -> int:
     with Ledger.open(world.follower, read_only=True) as ledger:
-        return Replica(ledger, AUTHOR).state().size
+        return ledger.replica(AUTHOR).state().size
 
 
 async def test_initial_sync_in_chunks_then_delta(world: World) -> None:

@@ -85,12 +85,11 @@ def test_follow_with_witness_keys(
 def test_status_reports_what_was_witnessed(
     origin_dir: Path, witness_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from node.ledger.witness import Witness
 
     append(origin_dir, 3)
     r = request(origin_dir, 0)
     with Ledger.open(witness_dir) as ledger:
-        Witness.of(ledger).add_checkpoint(0, r.proof, r.note)
+        ledger.witness().add_checkpoint(0, r.proof, r.note)
     status, out, _ = run(capsys, witness_dir, "witness", "status", "--json")
     assert status == 0
     doc = json.loads(out)

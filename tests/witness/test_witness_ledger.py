@@ -38,7 +38,7 @@ from tests.witness.conftest import ORIGIN, WITNESS, append, fork, request
 @pytest.fixture
 def witness(witness_dir: Path) -> Iterator[Witness]:
     with Ledger.open(witness_dir) as ledger:
-        yield Witness.of(ledger)
+        yield ledger.witness()
 
 
 def state(witness_dir: Path) -> tuple[int, bytes] | None:
@@ -171,11 +171,11 @@ def test_state_survives_a_restart(origin_dir: Path, witness_dir: Path) -> None:
     append(origin_dir, 4)
     r = request(origin_dir, 0)
     with Ledger.open(witness_dir) as ledger:
-        Witness.of(ledger).add_checkpoint(0, r.proof, r.note)
+        ledger.witness().add_checkpoint(0, r.proof, r.note)
     with Ledger.open(witness_dir) as ledger:  # a new process, in effect
         again = request(origin_dir, 0)
         with pytest.raises(WitnessConflictError) as info:
-            Witness.of(ledger).add_checkpoint(0, again.proof, again.note)
+            ledger.witness().add_checkpoint(0, again.proof, again.note)
         assert info.value.size == 4
         # Same key too: the file made on first use is reused.
         assert load_witness_signer(ledger.config, create=False).verifier().name.endswith("/witness")
@@ -193,7 +193,7 @@ def test_check_and_save_is_one_transaction(
     append(origin_dir, 3)
     base = request(origin_dir, 0)
     with Ledger.open(witness_dir) as ledger:
-        Witness.of(ledger).add_checkpoint(0, base.proof, base.note)
+        ledger.witness().add_checkpoint(0, base.proof, base.note)
     other = fork(origin_dir, tmp_path / "a2")
     append(origin_dir, 2, tag="one")
     append(other, 4, tag="two")
@@ -328,7 +328,6 @@ def test_replica_keeps_cosignatures_that_arrive_later(
 ) -> None:
     from node.config import append_witness_setting
     from node.ledger.provision import init_node
-    from node.ledger.replica import Replica
 
     append(origin_dir, 3)
     r = request(origin_dir, 0)
@@ -346,7 +345,7 @@ def test_replica_keeps_cosignatures_that_arrive_later(
 
     append_witness_setting(follower, WitnessAsk(peer="hotline-w.example/hashmesh", key=key))
     with Ledger.open(follower) as ledger:
-        replica = Replica(ledger, ORIGIN)
+        replica = ledger.replica(ORIGIN)
         replica.append_verified(r.note, 0, entries, None)
         log = ledger.store.get_log(ORIGIN)
         record = ledger.latest_checkpoint(ORIGIN)
@@ -366,20 +365,19 @@ def test_witness_serves_its_own_cosignature_on_the_relayed_log(
     origin_dir: Path, witness_dir: Path
 ) -> None:
     """Followers downstream of a witness get its cosignature with the origin's note."""
-    from node.ledger.replica import Replica
 
     append(origin_dir, 3)
     early = request(origin_dir, 0)
     with Ledger.open(witness_dir) as ledger:
         # Cosigned before any entry of the origin is held here: nothing to attach yet.
-        Witness.of(ledger).add_checkpoint(early.old_size, early.proof, early.note)
+        ledger.witness().add_checkpoint(early.old_size, early.proof, early.note)
     append(origin_dir, 2)
     later = request(origin_dir, 3)
     with Ledger.open(origin_dir, read_only=True) as origin:
         datas = [bytes(d) for _i, d, _h in origin.store.iter_entries(origin.own_log.log_id)]
     with Ledger.open(witness_dir) as ledger:
-        Replica(ledger, ORIGIN).append_verified(later.note, 0, datas, None)
-        cosigned = Witness.of(ledger).add_checkpoint(later.old_size, later.proof, later.note)
+        ledger.replica(ORIGIN).append_verified(later.note, 0, datas, None)
+        cosigned = ledger.witness().add_checkpoint(later.old_size, later.proof, later.note)
         log_id = ledger.store.get_log(ORIGIN).log_id
         record = ledger.store.get_checkpoint(log_id, 5)
         assert record is not None

@@ -17,7 +17,6 @@ from node.config import WitnessAsk, WitnessRequirement, append_witness_setting, 
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
-from node.ledger.replica import Replica
 from node.storage.witness_store import WitnessStore
 from node.sync.client import PeerClient
 from node.sync.witness_client import WitnessClient, cosign_latest
@@ -51,7 +50,7 @@ def cosigned_sizes(node_dir: Path, origin: str) -> list[int]:
 
 def held(node_dir: Path, origin: str) -> int:
     with Ledger.open(node_dir, read_only=True) as ledger:
-        return Replica(ledger, origin).state().size
+        return ledger.replica(origin).state().size
 
 
 def origin_vkey(origin_dir: Path) -> str:

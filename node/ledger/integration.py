@@ -1,0 +1,273 @@
+"""The write path: sequence entries, extend the tree, store them, sign a checkpoint.
+
+Layer: node.ledger. Uses :mod:`node.storage` for I/O and :mod:`protocol` for
+every format and proof.
+
+Every write follows one path, :class:`Integration`: inside a ``BEGIN
+IMMEDIATE`` transaction opened by the caller, load the tree frontier,
+validate and sequence the entries, extend the tree (storing the new
+perfect-subtree nodes), sign a checkpoint over the new root, store it. The
+caller commits. Either all of it is durable (``synchronous=FULL``) or none of
+it happened; a checkpoint is returned to the caller only after the commit.
+The own log (:class:`node.ledger.service.Ledger`), replicas
+(:class:`node.ledger.replica.Replica`) and key rotation
+(:mod:`node.ledger.rotation`) all write through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from node.errors import RetractionError, StorageError
+from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
+from node.storage.match_store import MatchStore
+from node.storage.schema import TILE_LEVEL, active_key
+from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, parse_entry
+from protocol.hashing import hash_leaves
+from protocol.keys import NoteSigner
+from protocol.tree import CompactRange, NodeRun
+
+__all__ = ["Duplicate", "Integration", "Sequenced"]
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An add that was not appended because the hash is already listed."""
+
+    entry: AddEntry
+    existing_index: int
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sequenced:
+    """A validated batch, hashed into the tree but not yet written."""
+
+    start: int
+    entries: Sequence[Entry]
+    datas: Sequence[bytes]
+    leaf_hashes: list[bytes]
+    runs: list[NodeRun]
+    # Each entry's (signal type, value) if it is an add, else None, and the
+    # active key of each identity: computed once per batch.
+    identities: list[tuple[str, str] | None]
+    keys: dict[tuple[str, str], int]
+
+
+class Integration:
+    """One write transaction's worth of sequencing, hashing and storing.
+
+    Both the own log (:meth:`node.ledger.service.Ledger.append`) and replicas
+    (:class:`node.ledger.replica.Replica`) go through :meth:`sequence` then
+    :meth:`store`; between the two a replica checks the new root against the
+    origin's signed checkpoint, so nothing is written unless it verifies.
+    """
+
+    def __init__(self, store: LedgerStore, log: LogRecord | None, *, replica: bool = False) -> None:
+        self.store = store
+        self.log = log
+        size = 0 if log is None else store.entry_count(log.log_id)
+        if log is not None:
+            checkpoint = store.latest_checkpoint(log.log_id)
+            # A replica may hold entries beyond its latest stored checkpoint:
+            # a catch-up commits chunks proven against a larger checkpoint
+            # whose note is stored only with its last chunk.
+            if checkpoint is not None and (
+                checkpoint.size > size if replica else checkpoint.size != size
+            ):
+                raise StorageError(
+                    f"log {log.origin} holds {size} entries but its latest checkpoint "
+                    f"has size {checkpoint.size}; the database is damaged"
+                )
+        self.tree: CompactRange = (
+            CompactRange.empty() if log is None else store.load_compact_range(log.log_id, size)
+        )
+        self.start = size
+        self.duplicates: list[Duplicate] = []
+        # Retractions sequenced in this transaction, not yet visible in SQL.
+        self._retracted_here: set[int] = set()
+
+    @property
+    def log_id(self) -> int:
+        """The id of the log being written (not for a brand-new own log)."""
+        assert self.log is not None
+        return self.log.log_id
+
+    @property
+    def next_index(self) -> int:
+        """The index the next sequenced entry gets: the tree's size so far."""
+        return self.tree.size
+
+    def append(self, entries: Sequence[Entry], lines: Sequence[int] | None = None) -> None:
+        """Sequence and store a batch; duplicates are recorded, not appended."""
+        identities = _identities(entries)
+        keys = _active_keys(identities)
+        listed = self.store.find_listed(self.log_id, keys)
+        if not listed and len(keys) == len(entries):
+            # Distinct adds, none listed yet: the common case of a bulk import.
+            accepted: Sequence[Entry] = entries
+            accepted_ids: list[tuple[str, str] | None] = identities
+        else:
+            accepted, accepted_ids = [], []
+            for position, entry in enumerate(entries):
+                index = self.next_index + len(accepted)
+                identity = identities[position]
+                if identity is not None:
+                    assert isinstance(entry, AddEntry)
+                    existing = listed.get(identity)
+                    if existing is not None:
+                        line = lines[position] if lines is not None else None
+                        self.duplicates.append(Duplicate(entry, existing, line))
+                        continue
+                    listed[identity] = index
+                elif isinstance(entry, RetractEntry):
+                    self._check_retraction(entry, index, accepted)
+                    # A hash retracted here may be listed again later in the batch.
+                    target = self._target(entry.index, accepted, self.next_index)
+                    if listed.get(target.identity) == entry.index:
+                        del listed[target.identity]
+                accepted.append(entry)
+                accepted_ids.append(identity)
+        if not accepted:
+            return
+        # Every accepted add was checked against the index just above.
+        batch = self._hash(accepted, [e.to_bytes() for e in accepted], accepted_ids, keys)
+        self.store_batch(batch, checked=True)
+
+    def sequence(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> Sequenced:
+        """Validate retractions and extend the tree with a batch, verbatim.
+
+        ``datas`` are the exact encodings of ``entries`` (the leaf data). No
+        duplicate is skipped: a replica must hold its origin's log exactly.
+
+        Raises:
+            RetractionError: if a retraction targets a missing, non-add or
+                already retracted entry.
+        """
+        start = self.next_index
+        for i, entry in enumerate(entries):
+            if isinstance(entry, RetractEntry):
+                self._check_retraction(entry, start + i, entries[:i])
+        return self._hash(entries, datas)
+
+    def _hash(
+        self,
+        entries: Sequence[Entry],
+        datas: Sequence[bytes],
+        identities: list[tuple[str, str] | None] | None = None,
+        keys: dict[tuple[str, str], int] | None = None,
+    ) -> Sequenced:
+        start = self.next_index
+        leaf_hashes = hash_leaves(datas)
+        runs = self.tree.extend(leaf_hashes, collect=True, min_level=TILE_LEVEL)
+        if identities is None:
+            identities = _identities(entries)
+        if keys is None:
+            keys = _active_keys(identities)
+        return Sequenced(start, entries, datas, leaf_hashes, runs, identities, keys)
+
+    def store_batch(self, batch: Sequenced, *, checked: bool = False) -> None:
+        """Write a sequenced batch: entries, tree nodes, listed hashes, retractions.
+
+        Args:
+            batch: from :meth:`sequence` (or the own log's :meth:`append`).
+            checked: the caller made sure no add of the batch is listed
+                already, nor listed by an earlier add of the batch.
+        """
+        log_id = self.log_id
+        start, entries = batch.start, batch.entries
+        self.store.append_entries(log_id, start, batch.datas, batch.leaf_hashes, batch.runs)
+        # Listed hashes and retractions are applied in log order, so a hash
+        # added, retracted and added again in one batch ends up listed; an
+        # add of a hash already listed keeps the first index.
+        identities, keys = batch.identities, batch.keys
+        if checked and len(keys) == len(entries) and not any(t == "pdq" for t, _v in keys):
+            # Distinct adds of hashes not listed, none of them PDQ (the bulk
+            # import case): each gets its own active row, nothing else.
+            added = [keys[identity] for identity in identities if identity is not None]
+            self.store.add_active(log_id, added, range(start, start + len(added)))
+            return
+        listed = None if checked else self.store.find_listed(log_id, keys)
+        matching = MatchStore(self.store.conn)
+        pending_keys: list[int] = []
+        pending_indexes: list[int] = []
+        # The matching tables (node.storage.match_store) mirror `active` for
+        # PDQ hashes and record opinions; both are flushed with the pending active rows.
+        pdq: list[tuple[int, bytes]] = []
+        opinions: list[tuple[int, str, int, bytes, str]] = []
+        for i, e in enumerate(entries):
+            identity = identities[i]
+            if identity is not None:
+                if listed is not None:
+                    if identity in listed:
+                        continue
+                    listed[identity] = start + i
+                pending_keys.append(keys[identity])
+                pending_indexes.append(start + i)
+                if identity[0] == "pdq":
+                    pdq.append((start + i, bytes.fromhex(identity[1])))
+            elif isinstance(e, RetractEntry):
+                self.store.add_active(log_id, pending_keys, pending_indexes)
+                matching.add_pdq(log_id, pdq)
+                pending_keys, pending_indexes, pdq = [], [], []
+                target = self._target(e.index, entries, start)
+                self.store.add_retraction(log_id, e.index, start + i, target.identity)
+                if target.signal_type == "pdq":
+                    matching.remove_pdq(log_id, e.index)
+                if listed is not None and listed.get(target.identity) == e.index:
+                    del listed[target.identity]
+            elif isinstance(e, OpinionEntry):
+                opinions.append((start + i, e.origin, e.index, e.leaf_hash, e.verdict))
+        self.store.add_active(log_id, pending_keys, pending_indexes)
+        matching.add_pdq(log_id, pdq)
+        matching.add_opinions(log_id, opinions)
+
+    def _target(self, index: int, pending: Sequence[Entry], start: int) -> AddEntry:
+        if index >= start:
+            entry = pending[index - start]
+        else:
+            data = self.store.get_entry(self.log_id, index)
+            if data is None:
+                raise RetractionError(f"entry {index} does not exist")
+            entry = parse_entry(data)
+        if not isinstance(entry, AddEntry):
+            raise RetractionError(f"entry {index} is a {entry.kind}, not an add")
+        return entry
+
+    def _check_retraction(self, entry: RetractEntry, index: int, pending: Sequence[Entry]) -> None:
+        if entry.index >= index:
+            raise RetractionError(
+                f"entry {entry.index} does not exist (the log has {index} entries)"
+            )
+        self._target(entry.index, pending, self.next_index)
+        by = self.store.retracted_by(self.log_id, entry.index)
+        if by is not None or entry.index in self._retracted_here:
+            where = f" by entry {by}" if by is not None else " earlier in this batch"
+            raise RetractionError(f"entry {entry.index} is already retracted{where}")
+        self._retracted_here.add(entry.index)
+
+    def commit_checkpoint(self, signer: NoteSigner) -> CheckpointRecord:
+        """Sign the new tree head and store it (still inside the transaction)."""
+        assert self.log is not None
+        root = self.tree.root()
+        checkpoint = Checkpoint(origin=self.log.origin, size=self.tree.size, root_hash=root)
+        note = sign_checkpoint(checkpoint, signer)
+        latest = self.store.latest_checkpoint(self.log_id)
+        if latest is not None and latest.size == self.tree.size:
+            return latest
+        self.store.put_checkpoint(self.log_id, self.tree.size, root, note)
+        record = self.store.get_checkpoint(self.log_id, self.tree.size)
+        assert record is not None
+        return record
+
+
+def _identities(entries: Sequence[Entry]) -> list[tuple[str, str] | None]:
+    """Each entry's ``(signal type, value)`` if it is an add, else None."""
+    return [(e.signal_type, e.value) if type(e) is AddEntry else None for e in entries]
+
+
+def _active_keys(identities: Iterable[tuple[str, str] | None]) -> dict[tuple[str, str], int]:
+    """The ``active`` index key of every add identity (signal type, value)."""
+    return {identity: active_key(*identity) for identity in identities if identity is not None}
