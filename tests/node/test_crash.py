@@ -1,9 +1,13 @@
 """Crash safety: SIGKILL a writing process at random moments, then check everything.
 
-Each cycle restarts the writer, kills it after a random delay (biased towards
-the middle of large transactions and commits), then opens the database and
-checks: SQLite integrity, the root recomputed from every stored leaf equals
-the latest signed checkpoint, every acknowledged checkpoint is still there
+Each cycle restarts the writer and kills it at a point chosen in its own
+terms, read from what it reports (see ``crash_writer``): after a chosen number
+of acknowledged commits (zero included: right after it opened the database, or
+inside its first write), then right away, as the next write begins, or as the
+next large import begins. No timing is involved, so a loaded machine changes
+only how long the test takes. Then the test opens the database and checks:
+SQLite integrity, the root recomputed from every stored leaf equals the
+latest signed checkpoint, every acknowledged checkpoint is still there
 with the same root, no hash appended twice, and no checkpoint ahead of its
 entries.
 """
@@ -11,11 +15,12 @@ entries.
 from __future__ import annotations
 
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +29,7 @@ from node.ledger import Ledger
 from protocol.checkpoint import open_checkpoint
 from protocol.entry import AddEntry, parse_entry
 from protocol.keys import NoteVerifier
+from tests.waiting import PATIENCE
 
 ROOT = Path(__file__).resolve().parents[2]
 CYCLES = 50
@@ -58,37 +64,95 @@ def check_invariants(node_dir: Path, acked: dict[int, str]) -> tuple[int, int]:
         return count, store.retraction_count(log.log_id)
 
 
+class Writer:
+    """A running crash_writer, its report lines read from the pipe with a deadline."""
+
+    def __init__(self, node_dir: Path, seed: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.node.crash_writer", str(node_dir), str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.acked: dict[int, str] = {}
+        self.acks = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put(raw.decode())
+        self.lines.put(None)
+
+    def next_line(self) -> str:
+        """The writer's next line; fails if it ends or stays silent for PATIENCE s."""
+        try:
+            line = self.lines.get(timeout=PATIENCE)
+        except queue.Empty:
+            pytest.fail(f"the writer said nothing for {PATIENCE:g} s")
+        if line is None:
+            self.proc.wait(timeout=PATIENCE)
+            assert self.proc.stderr is not None
+            pytest.fail(f"the writer ended on its own: {self.proc.stderr.read().decode()}")
+        self._note(line)
+        return line
+
+    def wait_for(self, prefix: str) -> None:
+        while not self.next_line().startswith(prefix):
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL it; collect every acknowledgement it printed before dying."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=PATIENCE)
+        self._reader.join(timeout=PATIENCE)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.proc.stdout.close()
+        with self.proc.stderr:
+            err = self.proc.stderr.read().decode()
+        assert self.proc.returncode == -signal.SIGKILL, err
+        while (line := self.lines.get_nowait()) is not None:
+            self._note(line)
+
+    def _note(self, line: str) -> None:
+        words = line.split()
+        if words[0] == "ACK":
+            self.acks += 1
+            self.acked[int(words[1])] = words[2]
+
+
+# Where a cycle kills the writer, counted in its acknowledged commits: after
+# ``acks`` of them, then right away ("now": between writes, or right after
+# opening the database when acks is 0), as the next write begins ("write"), or
+# as the next large import begins ("import": a long transaction, killed inside).
+ACKS = (0, 0, 1, 2, 3, 5)
+WHERE = ("now", "write", "import")
+
+
 @pytest.mark.slow
 def test_sigkill_during_writes(node_dir: Path) -> None:
     rng = random.Random(20261122)
     acked: dict[int, str] = {}
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    kills_mid_write = 0
+    plans: set[tuple[bool, str]] = set()
     for cycle in range(CYCLES):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.node.crash_writer",
-                str(node_dir),
-                str(cycle),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env=env,
-        )
-        # Start-up takes ~0.3 s; kill anywhere from start-up to several commits in.
-        time.sleep(rng.uniform(0.2, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL, err.decode()
-        lines = out.decode().splitlines()
-        for line in lines:
-            _ack, size, root = line.split()
-            acked[int(size)] = root
-        kills_mid_write += bool(lines)
+        acks, where = rng.choice(ACKS), rng.choice(WHERE)
+        writer = Writer(node_dir, cycle)
+        try:
+            writer.wait_for("OPEN")
+            for _ in range(acks):
+                writer.wait_for("ACK")
+            if where != "now":
+                writer.wait_for("BEGIN " if where == "write" else "BEGIN import")
+        finally:
+            writer.kill()
+        assert writer.acks >= acks
+        acked.update(writer.acked)
+        plans.add((acks == 0, where))
         check_invariants(node_dir, acked)
     count, _retracted = check_invariants(node_dir, acked)
-    assert count > 0 and len(acked) > CYCLES / 2, "the writer hardly wrote: test is not testing"
-    assert kills_mid_write > CYCLES / 2
+    assert count > 0 and acked, "the writer never committed: test is not testing"
+    # Every kind of kill point was chosen, before the first commit and after.
+    assert plans == {(first, where) for first in (True, False) for where in WHERE}, plans
