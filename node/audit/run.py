@@ -1,8 +1,10 @@
-"""The audit engine: fetch what nodes and bundles show, let ``protocol.audit`` decide.
+"""One audit run: gather what nodes and bundles show, replay their leaves, decide.
 
-Layer: node.audit. Performs network I/O (through the capped
-:class:`~node.audit.client.AuditClient`, over mutual TLS as an ``auditor``)
-and reads bundle files; every verdict comes from :mod:`protocol.audit`.
+Layer: node.audit. The run only sequences the three stages and records what
+they find, in order: :mod:`node.audit.gather` does every request and file
+read (through the capped :class:`~node.audit.client.AuditClient`, over
+mutual TLS as an ``auditor``), :mod:`node.audit.replay` hashes leaves into
+trees, :mod:`node.audit.decide` and :mod:`protocol.audit` give the verdicts.
 
 One run audits every origin that any target (live node or bundle) holds and
 for which a key is trusted. Per origin:
@@ -10,19 +12,19 @@ for which a key is trusted. Per origin:
 1. **Gather.** Each node's checkpoints from the saved head on
    (``/v1/checkpoints``, paged) and its latest (``/v1/logs``); each bundle's
    header. Only sizes are read at this point, to plan the replays.
-2. **Bundles** are replayed from zero (:func:`protocol.audit.audit_bundle`),
+2. **Replay bundles** from zero (:func:`protocol.audit.audit_bundle`),
    verifying each checkpoint with the key chain as the bundle's rotations
    extend it.
-3. **Nodes.** Every checkpoint's signature is verified with that chain. A
-   node whose checkpoints need a key the chain lacks (the origin rotated its
-   key) is asked for the rotations it holds (``/v1/rotations``), each proven
-   by the old key's checkpoint and an inclusion proof
-   (:func:`protocol.rotation.apply_rotation_proof`); the chain is extended
-   before any node's checkpoint is verified. A node whose latest tree is
-   larger than the saved head must prove it
-   extends the head (``/v1/proof/consistency``); then its leaf hashes after
-   the head (``/v1/leaf-hashes``, never entries) are replayed from the saved
-   frontier, recording the root at every size any source signed.
+3. **Replay nodes.** A node whose checkpoints need a key the chain lacks (the
+   origin rotated its key) is asked for the rotations it holds
+   (``/v1/rotations``), each proven by the old key's checkpoint and an
+   inclusion proof (:func:`protocol.rotation.apply_rotation_proof`); the
+   chain is extended before any node's checkpoint is verified. Every
+   checkpoint's signature is verified with that chain. A node whose latest
+   tree is larger than the saved head must prove it extends the head
+   (``/v1/proof/consistency``); then its leaf hashes after the head
+   (``/v1/leaf-hashes``, never entries) are replayed from the saved frontier,
+   recording the root at every size any source signed.
 4. **Decide.** Each source's checkpoints against its own leaves
    (:func:`~protocol.audit.judge_source`), every source against every other
    and against the saved head (:func:`~protocol.audit.cross_check`);
@@ -36,62 +38,58 @@ for which a key is trusted. Per origin:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from node.audit.client import AuditClient
+from node.audit.decide import (
+    apply_rotations,
+    bundle_key_problem,
+    bundle_start_chain,
+    choose_key_chain,
+    conflict_failure,
+    failure,
+    first_divergences,
+    held_evidence,
+    history_failures,
+    needs_other_key,
+    next_head,
+    origins_to_audit,
+    plan_proof_checks,
+    proof_conflict,
+    source_reports,
+    verify_checkpoints,
+)
+from node.audit.gather import (
+    BundleFile,
+    LiveNode,
+    checkpoint_notes,
+    open_bundle,
+    open_node,
+    prove_prefix,
+)
+from node.audit.replay import node_view, replay_bundle, replay_marks, replay_node
+from node.audit.report import AuditReport, OriginReport
 from node.audit.state import AuditState, OriginState, now_utc
 from node.errors import PeerError
-from node.ledger.replica import parse_entry_fast
-from node.sync.client import RemoteLog
 from protocol.audit import (
-    STATE_SOURCE,
     AuditHead,
-    BundleHeader,
-    BundleReader,
     Conflict,
     Failure,
     SignedCheckpoint,
     SourceView,
     TreeReplay,
-    audit_bundle,
-    checkpoint_size,
     conflict_evidence,
-    consistency_proof_from_leaves,
     cross_check,
-    implied_prefix_root,
     judge_source,
-    root_of_leaves,
 )
-from protocol.checkpoint import Checkpoint
-from protocol.errors import MalformedError, ProtocolError, UnknownKeyError
-from protocol.evidence import ForkEvidence, verify_fork_evidence
-from protocol.hashing import hash_leaf
-from protocol.keys import NoteVerifier
-from protocol.merkle import verify_consistency
-from protocol.note import parse_note
-from protocol.rotation import KeyChain, apply_rotation_proof
+from protocol.errors import MalformedError, ProtocolError
+from protocol.evidence import ForkEvidence
+from protocol.rotation import KeyChain
 from protocol.tree import CompactRange
 
-__all__ = [
-    "AuditOptions",
-    "AuditReport",
-    "NodeTarget",
-    "OriginReport",
-    "SourceReport",
-    "choose_key_chain",
-    "run_audit",
-]
-
-CHECKPOINTS_PAGE = 1000
-"""``/v1/checkpoints`` page size (the server's cap)."""
-
-MAX_PROOF_CHECKS = 200
-"""Most extra consistency proofs fetched per origin for checkpoints nothing else covered."""
+__all__ = ["AuditOptions", "NodeTarget", "run_audit"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,772 +128,6 @@ class AuditOptions:
     origins: frozenset[str] | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceReport:
-    """What one source showed of one origin."""
-
-    source: str
-    size: int | None
-    checkpoints: int
-    replay_from: int
-    leaves_hashed: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OriginReport:
-    """The outcome for one origin.
-
-    Attributes:
-        status: ``ok``, ``failed`` or ``skipped``.
-        head_before: the saved head's size before this run (None: first audit).
-        head_after: the head saved by this run (the old one if it failed).
-    """
-
-    origin: str
-    status: str
-    sources: tuple[SourceReport, ...]
-    head_before: int | None
-    head_after: AuditHead | None
-    keys: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuditReport:
-    """Everything one run found; ``state`` is what to save."""
-
-    failures: tuple[Failure, ...]
-    origins: tuple[OriginReport, ...]
-    notes: tuple[str, ...]
-    state: AuditState
-
-    @property
-    def ok(self) -> bool:
-        """True when no check failed."""
-        return not self.failures
-
-
-# -- the one place where the key of an origin is chosen -------------------------
-
-
-def choose_key_chain(
-    origin: str,
-    remembered: OriginState | None,
-    pinned: str | None,
-    carried: Sequence[tuple[str, str]],
-) -> tuple[KeyChain | None, list[str], str | None]:
-    """The key chain to verify ``origin``'s checkpoints with.
-
-    In order: the chain the state remembers (it may have followed rotations
-    seen in bundles), else the key pinned on the command line or a card,
-    else, trusted on first use with a warning, the key a bundle carries.
-    The chain grows later in the run: bundles follow the rotations among
-    their leaves, and live nodes prove theirs through ``/v1/rotations``
-    (entries are not served to the auditor role; rotate entries are).
-
-    Args:
-        origin: the origin.
-        remembered: its saved state, if any.
-        pinned: the key given with ``--vkey`` or on a card.
-        carried: ``(bundle path, key)`` for each bundle of the origin.
-
-    Returns:
-        The chain (None: skip the origin), notes, and a key failure message.
-    """
-    notes: list[str] = []
-    if remembered is not None:
-        chain = remembered.chain
-        if pinned is not None and all(p.verifier.to_text() != pinned for p in chain.periods):
-            return (
-                None,
-                notes,
-                f"the pinned key {pinned} is not in the key chain the audit state remembers "
-                f"({', '.join(p.verifier.to_text() for p in chain.periods)})",
-            )
-        return chain, notes, None
-    if pinned is not None:
-        try:
-            verifier = NoteVerifier.from_text(pinned)
-        except MalformedError as e:
-            return None, notes, f"the pinned key is malformed: {e}"
-        if verifier.name != origin:
-            return None, notes, f"the pinned key is for {verifier.name!r}, not {origin!r}"
-        return KeyChain.pinned(verifier), notes, None
-    if carried:
-        path, vkey = carried[0]
-        try:
-            verifier = NoteVerifier.from_text(vkey)
-        except MalformedError as e:
-            return None, notes, f"the key in bundle {path} is malformed: {e}"
-        if verifier.name != origin:
-            return None, notes, f"the key in bundle {path} is for {verifier.name!r}, not {origin!r}"
-        notes.append(
-            f"origin={origin}: trusting the key carried by {path} on first use ({vkey}); "
-            "pin it with --vkey"
-        )
-        return KeyChain.pinned(verifier), notes, None
-    return None, [f"origin={origin}: skipped, no trusted key (pass --vkey or --card)"], None
-
-
-# -- sources -------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Node:
-    target: NodeTarget
-    client: AuditClient
-    own_origin: str | None = None
-    logs: dict[str, RemoteLog] = field(default_factory=dict)
-    evidence: list[ForkEvidence] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Bundle:
-    path: Path
-    file: IO[bytes]
-    reader: BundleReader
-    header: BundleHeader
-
-
-@dataclass(slots=True)
-class _LiveView:
-    node: _Node
-    notes: list[str]  # unverified, by size
-    view: SourceView | None = None
-
-
-class _Run:
-    """One audit run: the sources, the options and what has been found."""
-
-    def __init__(self, state: AuditState, options: AuditOptions) -> None:
-        self.state = state
-        self.options = options
-        self.failures: list[Failure] = []
-        self.notes: list[str] = []
-        self.reports: list[OriginReport] = []
-        self.nodes: list[_Node] = []
-        self.bundles: list[_Bundle] = []
-        # Per origin: conflicts found while fetching, and proofs already fetched.
-        self.conflicts: list[Conflict] = []
-        self.proofs: dict[tuple[int, str, int], Sequence[bytes]] = {}
-
-    def fail(
-        self,
-        check: str,
-        origin: str,
-        source: str,
-        message: str,
-        old: int | None = None,
-        new: int | None = None,
-        evidence: ForkEvidence | None = None,
-    ) -> None:
-        self.failures.append(
-            Failure(
-                check=check,
-                origin=origin,
-                source=source,
-                message=message,
-                old_size=old,
-                new_size=new,
-                evidence=evidence,
-            )
-        )
-
-    # -- gathering ---------------------------------------------------------------
-
-    async def open_node(self, target: NodeTarget) -> None:
-        opts = self.options
-        if opts.cert_path is None or opts.key_path is None:
-            self.fail("fetch", "", target.url, "a live audit needs --cert and --key")
-            return
-        client = AuditClient(
-            target.url,
-            target.url,
-            server_cert_pem=target.server_cert_pem,
-            cert_path=opts.cert_path,
-            key_path=opts.key_path,
-        )
-        node = _Node(target, client)
-        try:
-            node.own_origin = await client.health()
-            node.logs = {log.origin: log for log in await client.logs()}
-            node.evidence = await client.evidence()
-        except PeerError as e:
-            await client.close()
-            self.fail("fetch", "", target.url, e.reason)
-            return
-        self.nodes.append(node)
-
-    def open_bundle(self, path: Path) -> None:
-        try:
-            f = path.open("rb")
-        except OSError as e:
-            self.fail("fetch", "", str(path), f"cannot read the bundle: {e.strerror or e}")
-            return
-        reader = BundleReader(f)
-        try:
-            header = reader.header()
-        except MalformedError as e:
-            f.close()
-            self.fail("format", "", str(path), str(e))
-            return
-        self.bundles.append(_Bundle(path, f, reader, header))
-
-    async def close(self) -> None:
-        for node in self.nodes:
-            await node.client.close()
-        for bundle in self.bundles:
-            bundle.file.close()
-
-    def origins(self) -> list[str]:
-        found = {o for n in self.nodes for o in n.logs} | {b.header.origin for b in self.bundles}
-        wanted = self.options.origins
-        if wanted is not None:
-            for origin in sorted(wanted - found):
-                self.notes.append(f"origin={origin}: no target holds it")
-            found &= wanted
-        return sorted(found)
-
-    async def checkpoint_notes(self, node: _Node, origin: str, start: int) -> list[str]:
-        notes: list[str] = []
-        at = start
-        while True:
-            page = await node.client.checkpoints(origin, at)
-            notes.extend(note for _size, note in page)
-            if len(page) < CHECKPOINTS_PAGE:
-                break
-            at = page[-1][0] + 1
-        latest = node.logs[origin].checkpoint
-        if latest not in notes:
-            notes.append(latest)
-        return notes
-
-    # -- one origin -------------------------------------------------------------
-
-    async def audit_origin(self, origin: str) -> None:
-        self.conflicts, self.proofs = [], {}
-        remembered = self.state.origins.get(origin)
-        bundles = [b for b in self.bundles if b.header.origin == origin]
-        nodes = [n for n in self.nodes if origin in n.logs]
-        pinned = self.options.trusted_keys.get(origin)
-        chain, notes, key_problem = choose_key_chain(
-            origin, remembered, pinned, [(str(b.path), b.header.vkey) for b in bundles]
-        )
-        self.notes.extend(notes)
-        head = remembered.head if remembered is not None else None
-        failed_before = len(self.failures)
-        if key_problem is not None:
-            self.fail("key", origin, "command line", key_problem)
-        if chain is None:
-            self.reports.append(
-                OriginReport(
-                    origin=origin,
-                    status="failed" if key_problem else "skipped",
-                    sources=(),
-                    head_before=head.size if head else None,
-                    head_after=head,
-                    keys=(),
-                )
-            )
-            return
-        incremental = head is not None and not self.options.full
-        start = head.size if incremental and head is not None else 0
-
-        live: list[_LiveView] = []
-        for node in nodes:
-            try:
-                live.append(_LiveView(node, await self.checkpoint_notes(node, origin, start)))
-            except PeerError as e:
-                self.fail("fetch", origin, node.target.url, e.reason)
-        marks: set[int] = {head.size} if head is not None else set()
-        for lv in live:
-            for note in lv.notes:
-                with contextlib.suppress(MalformedError):
-                    marks.add(checkpoint_size(note))
-        for bundle in bundles:
-            marks.update(size for size, _n, _l in bundle.header.checkpoints)
-
-        views: list[SourceView] = []
-        for bundle in bundles:
-            result = await self.audit_one_bundle(bundle, origin, chain, marks)
-            if result is not None:
-                view, chain = result
-                views.append(view)
-        if live:
-            chain = await self.follow_rotations(origin, chain, head, live)
-        for lv in live:
-            lv.view = await self.audit_one_node(lv, origin, chain, head, start, marks)
-            if lv.view is not None:
-                views.append(lv.view)
-
-        self.held_evidence(origin, chain, nodes)
-        conflicts = list(self.conflicts)
-        for view in views:
-            failures, found = judge_source(origin, view)
-            self.failures.extend(failures)
-            conflicts.extend(found)
-        found, unchecked = cross_check(views, head)
-        conflicts.extend(found)
-        conflicts.extend(await self.check_uncovered(origin, unchecked, live))
-        await self.report_conflicts(origin, chain, conflicts, live, self.proofs)
-
-        failed = len(self.failures) > failed_before
-        new_head = head
-        if not failed:
-            best = max(
-                (v for v in views if v.leaves_ok and v.tree is not None and v.latest is not None),
-                key=lambda v: v.tree.size if v.tree is not None else -1,
-                default=None,
-            )
-            if (
-                best is not None
-                and best.tree is not None
-                and best.latest is not None
-                and (head is None or best.tree.size > head.size)
-            ):
-                new_head = AuditHead.from_tree(best.tree, best.latest.note)
-            self.state = self.state.with_origin(
-                origin,
-                OriginState(
-                    chain,
-                    new_head,
-                    now_utc() if new_head is not None else None,
-                ),
-            )
-        self.reports.append(
-            OriginReport(
-                origin=origin,
-                status="failed" if failed else "ok",
-                sources=tuple(
-                    SourceReport(
-                        source=v.source,
-                        size=v.latest.size if v.latest else None,
-                        checkpoints=len(v.checkpoints),
-                        replay_from=v.replay_from,
-                        leaves_hashed=v.leaves_hashed,
-                    )
-                    for v in views
-                ),
-                head_before=head.size if head else None,
-                head_after=new_head,
-                keys=tuple(p.verifier.to_text() for p in chain.periods),
-            )
-        )
-
-    async def follow_rotations(
-        self, origin: str, chain: KeyChain, head: AuditHead | None, live: Sequence[_LiveView]
-    ) -> KeyChain:
-        """Extend ``chain`` by the rotations nodes prove, where their checkpoints need it.
-
-        A node is asked (the origin's own node first) when one of its
-        checkpoints needs a key the chain, as extended so far, lacks; so
-        every node's checkpoints are then verified with the same chain.
-        """
-        for lv in sorted(live, key=lambda lv: lv.node.own_origin != origin):
-            if any(_needs_other_key(chain, note) for note in lv.notes):
-                chain = await self.node_rotations(lv.node, origin, chain, head)
-        return chain
-
-    async def node_rotations(
-        self, node: _Node, origin: str, chain: KeyChain, head: AuditHead | None
-    ) -> KeyChain:
-        """Apply, in order, the node's rotations beyond the chain's last period."""
-        url = node.target.url
-        try:
-            served = await node.client.rotations(origin)
-        except PeerError as e:
-            self.fail("fetch", origin, url, e.reason)
-            return chain
-        for rotation in served:
-            r = rotation.index
-            if r + 2 <= chain.periods[-1].from_size:
-                continue  # the chain already holds this rotation (or a later key)
-            if rotation.checkpoint is None:
-                self.notes.append(
-                    f"origin={origin}: {url} does not hold the checkpoint of size {r + 1} that "
-                    f"attests rotate entry {r}; the rotation cannot be followed from it"
-                )
-                break
-            try:
-                extended = apply_rotation_proof(
-                    chain, r, rotation.entry, rotation.proof, rotation.checkpoint
-                )
-            except ProtocolError as e:
-                self.fail(
-                    "rotation", origin, url, f"index={r}: the rotate entry does not verify: {e}"
-                )
-                break
-            if extended is not chain and head is not None and head.size >= r + 2:
-                # The old key signed the audited head past the rotation: one of
-                # the two histories is false, and the state must keep verifying.
-                try:
-                    extended.open(head.note)
-                except ProtocolError as e:
-                    self.fail(
-                        "rotation",
-                        origin,
-                        url,
-                        f"index={r}: the tree of size {head.size} audited before is signed by "
-                        f"a key this rotation retires at size {r + 2}: {e}",
-                    )
-                    break
-            chain = extended
-        return chain
-
-    def held_evidence(self, origin: str, chain: KeyChain, nodes: Sequence[_Node]) -> None:
-        """Fork evidence a node already holds against the origin: verified, it is a failure."""
-        for node in nodes:
-            for evidence in node.evidence:
-                if evidence.origin != origin:
-                    continue
-                try:
-                    size_b = checkpoint_size(evidence.note_b)
-                    verify_fork_evidence(evidence, chain)
-                except ProtocolError as e:
-                    self.notes.append(
-                        f"origin={origin}: {node.target.url} holds fork evidence that does not "
-                        f"verify under the trusted key ({e}); ignored"
-                    )
-                    continue
-                self.fail(
-                    "split-view",
-                    origin,
-                    node.target.url,
-                    "the node holds verified fork evidence: the origin signed two trees of "
-                    f"sizes {checkpoint_size(evidence.note_a)} and {size_b} that cannot both "
-                    "be true",
-                    checkpoint_size(evidence.note_a),
-                    size_b,
-                    evidence,
-                )
-
-    async def audit_one_bundle(
-        self, bundle: _Bundle, origin: str, chain: KeyChain, marks: set[int]
-    ) -> tuple[SourceView, KeyChain] | None:
-        source = str(bundle.path)
-        carried = bundle.header.vkey
-        trusted = [p.verifier.to_text() for p in chain.periods]
-        start = chain
-        if carried not in trusted:
-            # A bundle starts from the log's first key. An auditor who trusts
-            # only a later key accepts it when the bundle's own rotations lead
-            # to that key (checked after the replay).
-            try:
-                start = KeyChain.pinned(NoteVerifier.from_text(carried))
-            except MalformedError as e:
-                self.fail("format", origin, source, f"the bundle's key: {e}")
-                return None
-        check = parse_entry_fast if self.options.check_entries else None
-        try:
-            result = await asyncio.to_thread(
-                audit_bundle,
-                bundle.reader,
-                bundle.header,
-                start,
-                source=source,
-                marks=marks,
-                check_entries=check,
-            )
-        except MalformedError as e:
-            self.fail("format", origin, source, str(e))
-            return None
-        reached = [p.verifier.to_text() for p in result.chain.periods]
-        if start is not chain and not set(trusted) <= set(reached):
-            self.fail(
-                "key",
-                origin,
-                source,
-                f"the bundle carries key {carried}, and its rotations do not lead to the trusted "
-                f"key(s) {', '.join(trusted)}",
-            )
-            return None
-        self.failures.extend(result.failures)
-        return result.view, result.chain
-
-    async def audit_one_node(
-        self,
-        lv: _LiveView,
-        origin: str,
-        chain: KeyChain,
-        head: AuditHead | None,
-        start: int,
-        marks: set[int],
-    ) -> SourceView | None:
-        url = lv.node.target.url
-        client = lv.node.client
-        signed: dict[int, SignedCheckpoint] = {}
-        for note in lv.notes:
-            try:
-                cp = chain.open(note).checkpoint
-            except ProtocolError as e:
-                size = None
-                with contextlib.suppress(MalformedError):
-                    size = checkpoint_size(note)
-                self.fail("signature", origin, url, f"checkpoint: {e}", new=size)
-                continue
-            signed[cp.size] = SignedCheckpoint(
-                size=cp.size, root_hash=cp.root_hash, note=note, source=url
-            )
-        checkpoints = tuple(signed[s] for s in sorted(signed))
-        latest = checkpoints[-1] if checkpoints else None
-        authoritative = lv.node.own_origin == origin
-        if latest is None:
-            return None
-        if head is not None and authoritative:
-            if latest.size < head.size:
-                self.fail(
-                    "history",
-                    origin,
-                    url,
-                    f"the origin's own node serves size {latest.size}, smaller than the size "
-                    f"{head.size} audited before: its log lost or hides entries",
-                    head.size,
-                    latest.size,
-                )
-            elif head.size > 0 and head.size not in signed:
-                self.fail(
-                    "history",
-                    origin,
-                    url,
-                    f"the origin's own node no longer serves the checkpoint of size {head.size} "
-                    "audited before",
-                    new=head.size,
-                )
-        tree = CompactRange.empty()
-        if start and head is not None:
-            if latest.size < head.size:
-                return _view(url, authoritative, checkpoints, start, {}, None, 0)
-            if latest.size > head.size:
-                try:
-                    proof = await client.consistency(origin, head.size, latest.size)
-                except PeerError as e:
-                    self.fail("fetch", origin, url, e.reason, head.size, latest.size)
-                    return _view(url, authoritative, checkpoints, start, {}, None, 0)
-                try:
-                    verify_consistency(
-                        head.size, latest.size, head.root_hash, latest.root_hash, proof.hashes
-                    )
-                except ProtocolError:
-                    self.conflicts.append(
-                        Conflict(
-                            check="consistency", older=head.signed(), newer=latest, prefix_root=None
-                        )
-                    )
-                    self.proofs[(head.size, url, latest.size)] = proof.hashes
-                    return _view(url, authoritative, checkpoints, start, {}, None, 0)
-            tree = head.tree()
-        replay = TreeReplay(tree, {m for m in marks if m <= latest.size} | {latest.size})
-        try:
-            await self.replay_leaves(client, origin, replay, latest.size)
-        except PeerError as e:
-            self.fail("fetch", origin, url, e.reason, replay.size, latest.size)
-            return _view(url, authoritative, checkpoints, start, {}, None, 0)
-        return _view(
-            url,
-            authoritative,
-            checkpoints,
-            tree.size,
-            replay.roots,
-            replay.tree,
-            replay.size - tree.size,
-        )
-
-    async def replay_leaves(
-        self, client: AuditClient, origin: str, replay: TreeReplay, end: int
-    ) -> None:
-        # Fetch the next page while the current one is hashed in.
-        pending: asyncio.Task[list[bytes]] | None = None
-        at = replay.size
-        try:
-            while replay.size < end:
-                if pending is None:
-                    pending = asyncio.ensure_future(client.leaf_hashes(origin, at, end))
-                page = await pending
-                at += len(page)
-                pending = (
-                    asyncio.ensure_future(client.leaf_hashes(origin, at, end)) if at < end else None
-                )
-                replay.feed(page)
-        finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-
-    async def check_uncovered(
-        self, origin: str, unchecked: Sequence[SignedCheckpoint], live: Sequence[_LiveView]
-    ) -> list[Conflict]:
-        conflicts: list[Conflict] = []
-        budget = MAX_PROOF_CHECKS
-        for cp in unchecked:
-            prover = _prover(cp, live)
-            if prover is None:
-                self.notes.append(
-                    f"origin={origin}: the checkpoint of size {cp.size} from {cp.source} could "
-                    "not be compared with any other source"
-                )
-                continue
-            if budget == 0:
-                self.notes.append(
-                    f"origin={origin}: more than {MAX_PROOF_CHECKS} checkpoints needed a proof; "
-                    "the rest were not compared"
-                )
-                break
-            budget -= 1
-            lv, newer = prover
-            try:
-                proof = await lv.node.client.consistency(origin, cp.size, newer.size)
-            except PeerError as e:
-                self.fail("fetch", origin, newer.source, e.reason, cp.size, newer.size)
-                continue
-            try:
-                verify_consistency(cp.size, newer.size, cp.root_hash, newer.root_hash, proof.hashes)
-            except ProtocolError:
-                conflicts.append(
-                    Conflict(check="split-view", older=cp, newer=newer, prefix_root=None)
-                )
-                self.proofs[(cp.size, newer.source, newer.size)] = proof.hashes
-        return conflicts
-
-    async def report_conflicts(
-        self,
-        origin: str,
-        chain: KeyChain,
-        conflicts: Sequence[Conflict],
-        live: Sequence[_LiveView],
-        proofs: Mapping[tuple[int, str, int], Sequence[bytes]],
-    ) -> None:
-        # One failure per pair of sources (per source, within one): the first
-        # divergence, where the evidence is smallest, says all there is to say.
-        seen: set[frozenset[str]] = set()
-        for conflict in sorted(conflicts, key=lambda c: (c.older.size, c.newer.size)):
-            a, b = conflict.older, conflict.newer
-            key = frozenset((a.source, b.source))
-            if key in seen:
-                continue
-            seen.add(key)
-            evidence = None
-            why = ""
-            try:
-                known = proofs.get((a.size, b.source, b.size))
-                got_proof, prefix = await self.prove_prefix(origin, conflict, live, known)
-                evidence = conflict_evidence(
-                    origin, conflict, chain, proof=got_proof, prefix_root=prefix
-                )
-            except (ProtocolError, PeerError) as e:
-                why = f" (no fork evidence: {e})"
-            self.fail(
-                conflict.check,
-                origin,
-                b.source if a.source in (b.source, STATE_SOURCE) else f"{a.source} vs {b.source}",
-                conflict.message() + why,
-                a.size,
-                b.size,
-                evidence,
-            )
-
-    async def prove_prefix(
-        self,
-        origin: str,
-        conflict: Conflict,
-        live: Sequence[_LiveView],
-        proof: Sequence[bytes] | None,
-    ) -> tuple[Sequence[bytes], bytes | None]:
-        """The newer tree's consistency proof from the older size, and its prefix root."""
-        a, b = conflict.older, conflict.newer
-        if a.size == b.size:
-            return (), None
-        for bundle in self.bundles:
-            if str(bundle.path) == b.source:
-                leaves = await asyncio.to_thread(_bundle_leaf_hashes, bundle.path, b.size)
-                return (
-                    consistency_proof_from_leaves(leaves, a.size, b.size),
-                    root_of_leaves(leaves[: a.size]),
-                )
-        for lv in live:
-            if lv.node.target.url == b.source:
-                client = lv.node.client
-                if proof is None:
-                    proof = (await client.consistency(origin, a.size, b.size)).hashes
-                prefix = conflict.prefix_root or implied_prefix_root(a.size, b.size, proof)
-                if prefix is None:
-                    # A power-of-two prefix is a complete subtree the proof leaves
-                    # out: its root comes from the node's leaf hashes.
-                    hashes: list[bytes] = []
-                    while len(hashes) < a.size:
-                        hashes += await client.leaf_hashes(origin, len(hashes), a.size)
-                    prefix = root_of_leaves(hashes)
-                return proof, prefix
-        raise MalformedError(f"no source can prove the prefix of {b.source}")
-
-
-def _needs_other_key(chain: KeyChain, note: str) -> bool:
-    """The note has no signature line by the key ``chain`` gives for its size.
-
-    That is when :meth:`KeyChain.open` raises ``UnknownKeyError`` (a rotation
-    the chain lacks, or a foreign key), told from the key names and ids
-    alone, without verifying a signature. A malformed note is left to the
-    signature check, which reports it.
-    """
-    try:
-        parsed = parse_note(note)
-        want = chain.verifier_for(Checkpoint.from_text(parsed.text).size)
-    except UnknownKeyError:
-        return True
-    except MalformedError:
-        return False
-    return not any(s.name == want.name and s.key_id == want.key_id for s in parsed.signatures)
-
-
-def _view(
-    source: str,
-    authoritative: bool,
-    checkpoints: tuple[SignedCheckpoint, ...],
-    replay_from: int,
-    computed: Mapping[int, bytes],
-    tree: CompactRange | None,
-    hashed: int,
-) -> SourceView:
-    return SourceView(
-        source=source,
-        authoritative=authoritative,
-        checkpoints=checkpoints,
-        replay_from=replay_from,
-        computed=computed,
-        tree=tree,
-        leaves_hashed=hashed,
-    )
-
-
-def _prover(
-    cp: SignedCheckpoint, live: Sequence[_LiveView]
-) -> tuple[_LiveView, SignedCheckpoint] | None:
-    """A live source (the origin's own node first) whose latest tree covers ``cp``."""
-    candidates = [
-        lv
-        for lv in live
-        if lv.view is not None
-        and lv.view.latest is not None
-        and lv.node.target.url != cp.source
-        and lv.view.latest.size >= cp.size
-    ]
-    candidates.sort(key=lambda lv: not (lv.view is not None and lv.view.authoritative))
-    if not candidates or candidates[0].view is None or candidates[0].view.latest is None:
-        return None
-    return candidates[0], candidates[0].view.latest
-
-
-def _bundle_leaf_hashes(path: Path, size: int) -> list[bytes]:
-    with path.open("rb") as f:
-        reader = BundleReader(f)
-        header = reader.header()
-        hashes: list[bytes] = []
-        for datas in reader.leaf_batches(header.leaf_count):
-            hashes.extend(hash_leaf(d) for d in datas)
-            if len(hashes) >= size:
-                break
-        return hashes[:size]
-
-
 async def run_audit(
     nodes: Sequence[NodeTarget],
     bundles: Sequence[Path],
@@ -914,19 +146,334 @@ async def run_audit(
         The failures, per-origin outcomes, notes and the state to save
         (unchanged for any origin that failed).
     """
-    run = _Run(state, options)
+    opened = _Found("")
+    live_nodes: list[LiveNode] = []
+    files: list[BundleFile] = []
+    reports: list[OriginReport] = []
     try:
         for target in nodes:
-            await run.open_node(target)
+            node = await _open_node(opened, target, options)
+            if node is not None:
+                live_nodes.append(node)
         for path in bundles:
-            run.open_bundle(path)
-        for origin in run.origins():
-            await run.audit_origin(origin)
+            bundle = _open_bundle(opened, path)
+            if bundle is not None:
+                files.append(bundle)
+        held = {o for n in live_nodes for o in n.logs} | {b.header.origin for b in files}
+        origins, notes = origins_to_audit(held, options.origins)
+        failures, notes = opened.failures, opened.notes + notes
+        for origin in origins:
+            found, report, remember = await _audit_origin(
+                origin,
+                [n for n in live_nodes if origin in n.logs],
+                [b for b in files if b.header.origin == origin],
+                state.origins.get(origin),
+                options,
+            )
+            failures += found.failures
+            notes += found.notes
+            reports.append(report)
+            if remember is not None:
+                state = state.with_origin(origin, remember)
     finally:
-        await run.close()
+        for node in live_nodes:
+            await node.client.close()
+        for bundle in files:
+            bundle.file.close()
     return AuditReport(
-        failures=tuple(run.failures),
-        origins=tuple(run.reports),
-        notes=tuple(run.notes),
-        state=run.state,
+        failures=tuple(failures), origins=tuple(reports), notes=tuple(notes), state=state
     )
+
+
+@dataclass(slots=True)
+class _Found:
+    """What the audit of one origin (``""``: of the targets themselves) found, in order."""
+
+    origin: str
+    failures: list[Failure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def fail(
+        self,
+        check: str,
+        source: str,
+        message: str,
+        old: int | None = None,
+        new: int | None = None,
+        evidence: ForkEvidence | None = None,
+    ) -> None:
+        self.failures.append(failure(check, self.origin, source, message, old, new, evidence))
+
+    def add(self, failures: Sequence[Failure], notes: Sequence[str] = ()) -> None:
+        self.failures += failures
+        self.notes += notes
+
+
+@dataclass(slots=True)
+class _Live:
+    """A node holding the origin: the notes it signed (unverified), and its view once replayed."""
+
+    node: LiveNode
+    notes: list[str]
+    view: SourceView | None = None
+
+
+# Proofs fetched while replaying, by (older size, source, newer size), for evidence.
+_Proofs = dict[tuple[int, str, int], Sequence[bytes]]
+
+
+async def _open_node(found: _Found, target: NodeTarget, options: AuditOptions) -> LiveNode | None:
+    if options.cert_path is None or options.key_path is None:
+        found.fail("fetch", target.url, "a live audit needs --cert and --key")
+        return None
+    try:
+        return await open_node(
+            target.url, target.server_cert_pem, options.cert_path, options.key_path
+        )
+    except PeerError as e:
+        found.fail("fetch", target.url, e.reason)
+        return None
+
+
+def _open_bundle(found: _Found, path: Path) -> BundleFile | None:
+    try:
+        return open_bundle(path)
+    except OSError as e:
+        found.fail("fetch", str(path), f"cannot read the bundle: {e.strerror or e}")
+    except MalformedError as e:
+        found.fail("format", str(path), str(e))
+    return None
+
+
+async def _audit_origin(
+    origin: str,
+    nodes: Sequence[LiveNode],
+    bundles: Sequence[BundleFile],
+    remembered: OriginState | None,
+    options: AuditOptions,
+) -> tuple[_Found, OriginReport, OriginState | None]:
+    """Audit one origin; returns what was found, the report, and the state to remember."""
+    found = _Found(origin)
+    chain, notes, key_problem = choose_key_chain(
+        origin,
+        remembered,
+        options.trusted_keys.get(origin),
+        [(str(b.path), b.header.vkey) for b in bundles],
+    )
+    found.notes += notes
+    head = remembered.head if remembered is not None else None
+    head_before = head.size if head else None
+    if key_problem is not None:
+        found.fail("key", "command line", key_problem)
+    if chain is None:
+        status = "failed" if key_problem else "skipped"
+        return found, _report(origin, status, (), head_before, head, ()), None
+    start = head.size if head is not None and not options.full else 0
+
+    # Gather: what each node signed since the head.
+    live: list[_Live] = []
+    for node in nodes:
+        try:
+            live.append(_Live(node, await checkpoint_notes(node, origin, start)))
+        except PeerError as e:
+            found.fail("fetch", node.url, e.reason)
+    marks = replay_marks(head, (n for lv in live for n in lv.notes), (b.header for b in bundles))
+
+    # Replay: bundles first, as the rotations among their leaves extend the chain.
+    views: list[SourceView] = []
+    for bundle in bundles:
+        replayed = await _replay_bundle(found, bundle, chain, marks, options.check_entries)
+        if replayed is not None:
+            view, chain = replayed
+            views.append(view)
+    if live:
+        chain = await _follow_rotations(found, live, chain, head)
+    conflicts: list[Conflict] = []
+    proofs: _Proofs = {}
+    for lv in live:
+        lv.view = await _replay_node(found, lv, chain, head, start, marks, conflicts, proofs)
+        if lv.view is not None:
+            views.append(lv.view)
+
+    # Decide.
+    for node in nodes:
+        found.add(*held_evidence(origin, node.url, chain, node.evidence))
+    for view in views:
+        failures, more = judge_source(origin, view)
+        found.add(failures)
+        conflicts += more
+    more, unchecked = cross_check(views, head)
+    conflicts += more
+    conflicts += await _check_uncovered(found, unchecked, live, proofs)
+    await _report_conflicts(found, chain, conflicts, bundles, live, proofs)
+
+    keys = tuple(p.verifier.to_text() for p in chain.periods)
+    if found.failures:
+        return found, _report(origin, "failed", views, head_before, head, keys), None
+    new_head = next_head(views, head)
+    remember = OriginState(chain, new_head, now_utc() if new_head is not None else None)
+    return found, _report(origin, "ok", views, head_before, new_head, keys), remember
+
+
+def _report(
+    origin: str,
+    status: str,
+    views: Sequence[SourceView],
+    head_before: int | None,
+    head_after: AuditHead | None,
+    keys: tuple[str, ...],
+) -> OriginReport:
+    return OriginReport(
+        origin=origin,
+        status=status,
+        sources=source_reports(views),
+        head_before=head_before,
+        head_after=head_after,
+        keys=keys,
+    )
+
+
+async def _replay_bundle(
+    found: _Found, bundle: BundleFile, chain: KeyChain, marks: set[int], check_entries: bool
+) -> tuple[SourceView, KeyChain] | None:
+    """The bundle's view and the chain as its rotations extend it; None if it fails as a whole."""
+    source = str(bundle.path)
+    carried = bundle.header.vkey
+    try:
+        start = bundle_start_chain(chain, carried)
+    except MalformedError as e:
+        found.fail("format", source, f"the bundle's key: {e}")
+        return None
+    try:
+        result = await replay_bundle(bundle, start, marks, check_entries=check_entries)
+    except MalformedError as e:
+        found.fail("format", source, str(e))
+        return None
+    problem = bundle_key_problem(chain, carried, result.chain)
+    if problem is not None:
+        found.fail("key", source, problem)
+        return None
+    found.add(result.failures)
+    return result.view, result.chain
+
+
+async def _follow_rotations(
+    found: _Found, live: Sequence[_Live], chain: KeyChain, head: AuditHead | None
+) -> KeyChain:
+    """Extend ``chain`` by the rotations nodes prove, where their checkpoints need it.
+
+    A node is asked (the origin's own node first) when one of its
+    checkpoints needs a key the chain, as extended so far, lacks; so
+    every node's checkpoints are then verified with the same chain.
+    """
+    origin = found.origin
+    for lv in sorted(live, key=lambda lv: lv.node.own_origin != origin):
+        if not any(needs_other_key(chain, note) for note in lv.notes):
+            continue
+        try:
+            served = await lv.node.client.rotations(origin)
+        except PeerError as e:
+            found.fail("fetch", lv.node.url, e.reason)
+            continue
+        chain, failures, notes = apply_rotations(origin, lv.node.url, chain, head, served)
+        found.add(failures, notes)
+    return chain
+
+
+async def _replay_node(
+    found: _Found,
+    lv: _Live,
+    chain: KeyChain,
+    head: AuditHead | None,
+    start: int,
+    marks: set[int],
+    conflicts: list[Conflict],
+    proofs: _Proofs,
+) -> SourceView | None:
+    """The node's view: its verified checkpoints and the roots its leaf hashes produce.
+
+    Leaves are replayed from the saved head (``start``) once the node proves
+    its latest tree extends it; a proof that fails is a conflict.
+    """
+    origin, url, client = found.origin, lv.node.url, lv.node.client
+    checkpoints, failures = verify_checkpoints(origin, url, chain, lv.notes)
+    found.add(failures)
+    if not checkpoints:
+        return None
+    latest = checkpoints[-1]
+    authoritative = lv.node.own_origin == origin
+    if head is not None and authoritative:
+        found.add(history_failures(origin, url, head, checkpoints))
+    tree = CompactRange.empty()
+    if start and head is not None:
+        if latest.size < head.size:
+            return node_view(url, authoritative, checkpoints, start, None)
+        if latest.size > head.size:
+            try:
+                proof = await client.consistency(origin, head.size, latest.size)
+            except PeerError as e:
+                found.fail("fetch", url, e.reason, head.size, latest.size)
+                return node_view(url, authoritative, checkpoints, start, None)
+            conflict = proof_conflict("consistency", head.signed(), latest, proof.hashes)
+            if conflict is not None:
+                conflicts.append(conflict)
+                proofs[(head.size, url, latest.size)] = proof.hashes
+                return node_view(url, authoritative, checkpoints, start, None)
+        tree = head.tree()
+    replay = TreeReplay(tree, {m for m in marks if m <= latest.size} | {latest.size})
+    try:
+        await replay_node(replay, client, origin, latest.size)
+    except PeerError as e:
+        found.fail("fetch", url, e.reason, replay.size, latest.size)
+        return node_view(url, authoritative, checkpoints, start, None)
+    return node_view(url, authoritative, checkpoints, tree.size, replay)
+
+
+async def _check_uncovered(
+    found: _Found, unchecked: Sequence[SignedCheckpoint], live: Sequence[_Live], proofs: _Proofs
+) -> list[Conflict]:
+    """Conflicts among the checkpoints nothing covered, by consistency proofs from live nodes."""
+    origin = found.origin
+    plan, notes = plan_proof_checks(
+        origin, unchecked, [lv.view for lv in live if lv.view is not None]
+    )
+    found.add((), notes)
+    clients: dict[str, AuditClient] = {}
+    for lv in live:
+        clients.setdefault(lv.node.url, lv.node.client)
+    conflicts: list[Conflict] = []
+    for cp, newer in plan:
+        try:
+            proof = await clients[newer.source].consistency(origin, cp.size, newer.size)
+        except PeerError as e:
+            found.fail("fetch", newer.source, e.reason, cp.size, newer.size)
+            continue
+        conflict = proof_conflict("split-view", cp, newer, proof.hashes)
+        if conflict is not None:
+            conflicts.append(conflict)
+            proofs[(cp.size, newer.source, newer.size)] = proof.hashes
+    return conflicts
+
+
+async def _report_conflicts(
+    found: _Found,
+    chain: KeyChain,
+    conflicts: Sequence[Conflict],
+    bundles: Sequence[BundleFile],
+    live: Sequence[_Live],
+    proofs: _Proofs,
+) -> None:
+    """A failure for each first divergence, with fork evidence when the newer source proves it."""
+    origin = found.origin
+    nodes = [lv.node for lv in live]
+    for conflict in first_divergences(conflicts):
+        a, b = conflict.older, conflict.newer
+        evidence = None
+        no_evidence = None
+        try:
+            known = proofs.get((a.size, b.source, b.size))
+            proof, prefix = await prove_prefix(origin, conflict, bundles, nodes, known)
+            evidence = conflict_evidence(origin, conflict, chain, proof=proof, prefix_root=prefix)
+        except (ProtocolError, PeerError) as e:
+            no_evidence = str(e)
+        found.add([conflict_failure(origin, conflict, evidence, no_evidence)])

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from node.audit.run import AuditOptions, AuditReport, NodeTarget, run_audit
+from node.audit.report import AuditReport
+from node.audit.run import AuditOptions, NodeTarget, run_audit
 from node.audit.state import (
     STATE_ENV,
     default_state_path,
