@@ -414,7 +414,7 @@ def bench_exact_api(args: argparse.Namespace) -> dict[str, Any] | None:
     from node.config import load_config
     from node.ledger import Ledger
     from node.ledger.provision import init_node
-    from node.storage.ledger_store import PeerRecord
+    from node.storage.peer_store import PeerRecord
     from node.tls import client_ssl_context, spki_fingerprint, write_node_identity
     from protocol.entry import AddEntry
 
@@ -448,7 +448,7 @@ def bench_exact_api(args: argparse.Namespace) -> dict[str, Any] | None:
 
     pem = (client / "node.crt").read_text(encoding="ascii")
     with Ledger.open(node_dir) as ledger:
-        ledger.store.add_peer(
+        ledger.peers.add_peer(
             PeerRecord(
                 name="bench-client.example/log",
                 url="https://127.0.0.1:1",

@@ -349,9 +349,9 @@ def introduce(node: Node, peer: Node, *, follow: Node | None = None) -> None:
 
     card = make_card(name=peer.origin, url=peer.url, tls_cert=peer.cert_pem(), vkey=peer.vkey())
     with Ledger.open(node.dir) as ledger:
-        ledger.store.add_peer(card.peer_record("peer"))
+        ledger.peers.add_peer(card.peer_record("peer"))
         if follow is not None:
-            ledger.store.add_follow(follow.origin, follow.vkey())
+            ledger.follow(follow.origin, follow.vkey())
 
 
 @dataclass

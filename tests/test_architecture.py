@@ -88,6 +88,47 @@ def test_checker_detects_violation(tmp_path: Path) -> None:
     assert node_layer("node.cli") > node_layer("node.storage.schema")  # type: ignore[operator]
 
 
+# -- storage stays below the ledger ---------------------------------------------
+#
+# The layers above the ledger read and write through the ledger's own
+# queries and the per-concern stores it hands out (ledger.peers,
+# ledger.witnessing, ledger.matching), never through its `store` attribute:
+# any attribute named `store`, on anything, is refused there.
+
+ABOVE_THE_LEDGER = ("api", "sync", "audit", "cli")
+
+
+def store_reach_through(path: Path) -> list[int]:
+    """Lines of ``path`` where an attribute named ``store`` is read or written."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return sorted(
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == "store"
+    )
+
+
+def test_no_store_reach_through_above_the_ledger() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for layer in ABOVE_THE_LEDGER
+        for path in sorted((ROOT / "node" / layer).rglob("*.py"))
+        for line in store_reach_through(path)
+    ]
+    assert not found, "storage reached through `.store` above the ledger: " + ", ".join(found)
+
+
+def test_store_checker_detects_a_reach_through(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "def read(ledger):\n"
+        "    peers = ledger.peers.list_peers()\n"
+        "    return ledger.store.list_logs(), (lambda l: l.store)(ledger)\n",
+        encoding="utf-8",
+    )
+    assert store_reach_through(bad) == [3, 3]
+
+
 # -- import cycles -------------------------------------------------------------
 #
 # Every import statement counts wherever it stands: at module level, inside a

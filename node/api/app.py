@@ -47,7 +47,7 @@ from node.errors import EntryNotFoundError, StorageError, UnknownLogError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
-from node.storage.ledger_store import PEER_ROLES
+from node.storage.peer_store import PEER_ROLES
 from node.tls import peer_spki
 from protocol.encoding import dumps_canonical
 from protocol.errors import MalformedError
@@ -182,7 +182,7 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
     if spki is None:
         log.warning("refused %s %s: no client certificate", request.method, request.path)
         raise web.HTTPForbidden(text="a client certificate is required")
-    peer = await app[DB_KEY].read(lambda ledger: ledger.store.peer_by_spki(spki))
+    peer = await app[DB_KEY].read(lambda ledger: ledger.peers.peer_by_spki(spki))
     if peer is None:
         log.warning(
             "refused %s %s: unknown certificate sha256:%s", request.method, request.path, spki

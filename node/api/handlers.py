@@ -19,7 +19,6 @@ from aiohttp import web
 from node.api.state import DB_KEY, LEAVES_KEY, LIMITS_KEY, ORIGIN_KEY
 from node.errors import EntryNotFoundError, UnknownLogError
 from node.ledger.service import Ledger
-from node.ledger.witness import served_note
 from node.storage.ledger_store import CheckpointRecord, LogRecord
 from protocol.encoding import (
     decode_hex,
@@ -99,8 +98,8 @@ def _optional_decimal(params: Mapping[str, str], key: str) -> int | None:
 
 
 def _latest(ledger: Ledger, origin: str) -> tuple[LogRecord, CheckpointRecord]:
-    log = ledger.store.get_log(origin)
-    record = ledger.store.latest_checkpoint(log.log_id)
+    log = ledger.log_for(origin)
+    record = ledger.stored_checkpoint(log)
     if record is None:
         # A followed log before its first replication: nothing signed to serve.
         raise UnknownLogError(f"log {origin!r} has no checkpoint here yet")
@@ -125,10 +124,10 @@ async def logs(request: web.Request) -> web.Response:
     _params(request, ())
 
     def read(ledger: Ledger) -> bytes:
-        frozen = ledger.store.frozen_origins()
+        frozen = ledger.peers.frozen_origins()
         items = []
-        for log in ledger.store.list_logs():
-            record = ledger.store.latest_checkpoint(log.log_id)
+        for log in ledger.logs():
+            record = ledger.stored_checkpoint(log)
             if record is None:
                 continue
             items.append(
@@ -136,7 +135,7 @@ async def logs(request: web.Request) -> web.Response:
                     "origin": log.origin,
                     "vkey": log.verifier_key,
                     "size": record.size,
-                    "checkpoint": served_note(ledger.store, log.log_id, record),
+                    "checkpoint": ledger.served_note(log, record),
                     "frozen": log.origin in frozen,
                 }
             )
@@ -153,7 +152,7 @@ async def checkpoint(request: web.Request) -> web.Response:
     def read(ledger: Ledger) -> str:
         log, record = _latest(ledger, origin)
         # The witness cosignatures held for it travel with it (node.ledger.witness).
-        return served_note(ledger.store, log.log_id, record)
+        return ledger.served_note(log, record)
 
     note = await request.app[DB_KEY].read(read)
     return web.Response(text=note, content_type="text/plain", charset="utf-8")
@@ -191,7 +190,7 @@ async def entries(request: web.Request) -> web.Response:
     def read(ledger: Ledger) -> bytes:
         log, record = _latest(ledger, origin)
         stop = _page_bounds(record.size, start, end, max_page)
-        rows = ledger.store.iter_entries(log.log_id, start, stop)
+        rows = ledger.entries(log, start, stop)
         if bundle:
             return encode_entry_bundle(bytes(data) for _idx, data, _leaf in rows)
         datas = [encode_b64(bytes(data)) for _idx, data, _leaf in rows]
@@ -209,10 +208,7 @@ async def leaf_hashes(request: web.Request) -> web.Response:
     def read(ledger: Ledger) -> bytes:
         log, record = _latest(ledger, origin)
         stop = _page_bounds(record.size, start, end, max_page)
-        hashes = [
-            bytes(leaf).hex()
-            for _idx, _data, leaf in ledger.store.iter_entries(log.log_id, start, stop)
-        ]
+        hashes = [bytes(leaf).hex() for _idx, _data, leaf in ledger.entries(log, start, stop)]
         return dumps_canonical({"origin": origin, "start": start, "leaf_hashes": hashes})
 
     body = await request.app[DB_KEY].read(read)
@@ -288,7 +284,7 @@ async def evidence(request: web.Request) -> web.Response:
     _params(request, ())
 
     def read(ledger: Ledger) -> bytes:
-        docs = [loads_strict(record.evidence_json) for record in ledger.store.list_evidence()]
+        docs = [loads_strict(record.evidence_json) for record in ledger.peers.list_evidence()]
         return dumps_canonical({"evidence": docs})
 
     body = await request.app[DB_KEY].read(read)

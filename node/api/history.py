@@ -19,19 +19,12 @@ from aiohttp import web
 from node.api.handlers import JSON, _latest, _optional_decimal, _origin, _params
 from node.api.state import DB_KEY
 from node.ledger.service import Ledger
-from node.ledger.witness import served_note
-from node.storage.ledger_store import CheckpointRecord
 from protocol.encoding import dumps_canonical
 
 __all__ = ["MAX_CHECKPOINTS_PAGE", "checkpoints"]
 
 MAX_CHECKPOINTS_PAGE = 1000
 """Most checkpoints one page returns; ask again from the last size + 1."""
-
-
-def _served_note(ledger: Ledger, log_id: int, record: CheckpointRecord) -> str:
-    """The stored signed note with its held witness cosignatures (as ``/v1/checkpoint``)."""
-    return served_note(ledger.store, log_id, record)
 
 
 async def checkpoints(request: web.Request) -> web.Response:
@@ -42,10 +35,9 @@ async def checkpoints(request: web.Request) -> web.Response:
 
     def read(ledger: Ledger) -> bytes:
         log, _record = _latest(ledger, origin)  # 404 for an unknown or unsigned log
-        records = itertools.islice(
-            ledger.store.iter_checkpoints(log.log_id, start), MAX_CHECKPOINTS_PAGE
-        )
-        items = [{"size": r.size, "note": _served_note(ledger, log.log_id, r)} for r in records]
+        records = itertools.islice(ledger.stored_checkpoints(log, start), MAX_CHECKPOINTS_PAGE)
+        # Each note with its held witness cosignatures, as /v1/checkpoint serves it.
+        items = [{"size": r.size, "note": ledger.served_note(log, r)} for r in records]
         return dumps_canonical({"origin": origin, "checkpoints": items})
 
     body = await request.app[DB_KEY].read(read)

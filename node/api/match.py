@@ -256,7 +256,7 @@ class MatchService:
             # Read the version before loading: a commit racing with the load
             # changes it again, and the next call loads what was missed.
             version = await self.db.data_version()
-            while await self.db.read(lambda ledger: self.pdq.read_step(ledger.store)):
+            while await self.db.read(lambda ledger: self.pdq.read_step(ledger.matching)):
                 pass
             loop = asyncio.get_running_loop()
             added = await loop.run_in_executor(None, self.pdq.flush)

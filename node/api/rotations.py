@@ -28,7 +28,7 @@ from node.api.handlers import JSON, _latest, _origin, _params
 from node.api.state import DB_KEY
 from node.errors import LedgerError
 from node.ledger.service import Ledger
-from node.ledger.witness import served_note
+from node.storage.ledger_store import LogRecord
 from protocol.encoding import dumps_canonical, encode_b64
 from protocol.entry import RotateEntry, parse_entry
 from protocol.errors import MalformedError
@@ -36,9 +36,9 @@ from protocol.errors import MalformedError
 __all__ = ["rotations"]
 
 
-def _rotation_item(ledger: Ledger, origin: str, log_id: int, index: int) -> dict[str, Any]:
+def _rotation_item(ledger: Ledger, origin: str, log: LogRecord, index: int) -> dict[str, Any]:
     """One rotation: the entry, the checkpoint of size ``index + 1`` (or None), the proof."""
-    data = ledger.store.get_entry(log_id, index)
+    data = ledger.entry(log, index)
     try:
         entry = None if data is None else parse_entry(bytes(data))
     except MalformedError:
@@ -49,13 +49,13 @@ def _rotation_item(ledger: Ledger, origin: str, log_id: int, index: int) -> dict
             f"origin_keys of {origin!r} names entry {index} as a rotation, but that entry is "
             "not a stored rotate entry; the database is corrupt"
         )
-    record = ledger.store.get_checkpoint(log_id, index + 1)
+    record = ledger.stored_checkpoint(log, index + 1)
     proof = ledger.prove_inclusion(index, index + 1, origin=origin)
     return {
         "index": index,
         "entry_b64": encode_b64(bytes(data)),
         # A relay that jumped past this size holds no such checkpoint.
-        "checkpoint": None if record is None else served_note(ledger.store, log_id, record),
+        "checkpoint": None if record is None else ledger.served_note(log, record),
         "proof": [h.hex() for h in proof.hashes],
     }
 
@@ -67,12 +67,8 @@ async def rotations(request: web.Request) -> web.Response:
 
     def read(ledger: Ledger) -> bytes:
         log_record, latest = _latest(ledger, origin)  # 404 for an unknown or unsigned log
-        indexes = sorted(
-            row.rotated_by
-            for row in ledger.store.key_chain(origin)
-            if row.rotated_by is not None and row.rotated_by < latest.size
-        )
-        items = [_rotation_item(ledger, origin, log_record.log_id, r) for r in indexes]
+        indexes = [r for r in ledger.rotation_indexes(origin) if r < latest.size]
+        items = [_rotation_item(ledger, origin, log_record, r) for r in indexes]
         return dumps_canonical({"origin": origin, "rotations": items})
 
     body = await request.app[DB_KEY].read(read)

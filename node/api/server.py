@@ -184,9 +184,9 @@ async def _watch(
     """
 
     def state(ledger: Ledger) -> tuple[dict[str, str], str, int]:
-        certs = {p.spki: p.tls_cert for p in ledger.store.list_peers()}
+        certs = {p.spki: p.tls_cert for p in ledger.peers.list_peers()}
         own = ledger.own_log
-        record = ledger.store.latest_checkpoint(own.log_id)
+        record = ledger.stored_checkpoint(own)
         return certs, own.origin, 0 if record is None else record.size
 
     # Compare with what the context was built from, not with a later read:
@@ -242,7 +242,7 @@ async def run_server(
     db = await Database.open(node_dir)
     try:
         version = await db.data_version()
-        peers = await db.read(lambda ledger: ledger.store.list_peers())
+        peers = await db.read(lambda ledger: ledger.peers.list_peers())
         ctx = server_ssl_context(
             config.tls_cert_path, config.tls_key_path, [p.tls_cert for p in peers]
         )

@@ -28,16 +28,12 @@ from node.ledger import Ledger
 from node.ledger.export import EXPORT_FORMATS, export_lines
 from node.ledger.hashlist import FORMATS, Format, HashListReader
 from node.ledger.provision import init_node
-from node.ledger.rotation import load_key_chain
 from node.ledger.service import AppendResult, LogStatus
-from node.ledger.witness import served_note
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
-from protocol.hashing import hash_leaves
 from protocol.signal import SIGNAL_TYPES, normalise_signal_value
-from protocol.tree import CompactRange
 
 __all__ = ["build_parser", "main"]
 
@@ -253,9 +249,9 @@ def _status_json(status: LogStatus) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace, out: _Out) -> int:
     with _open(args, read_only=True) as ledger:
-        origins = [log.origin for log in ledger.store.list_logs()]
+        origins = [log.origin for log in ledger.logs()]
         if args.origin is not None and args.origin != ledger.own_log.origin:
-            frozen = ledger.store.is_frozen(args.origin)
+            frozen = ledger.peers.is_frozen(args.origin)
             held = ledger.replica(args.origin).state()
             if held.checkpoint is None:
                 # A followed log mid catch-up: entries held, no signed head yet.
@@ -306,7 +302,7 @@ def cmd_checkpoint(args: argparse.Namespace, out: _Out) -> int:
     with _open(args, read_only=True) as ledger:
         record = ledger.latest_checkpoint(args.origin)
         # As peers are served it: with the witness cosignatures held for it.
-        note = served_note(ledger.store, ledger.log_for(args.origin).log_id, record)
+        note = ledger.served_note(ledger.log_for(args.origin), record)
     out.stdout.write(note)
     return 0
 
@@ -321,8 +317,8 @@ def cmd_log(args: argparse.Namespace, out: _Out) -> int:
     with _open(args, read_only=True) as ledger:
         log = ledger.log_for(args.origin)
         end = args.end if args.end is not None else args.start + args.limit
-        retracted = ledger.store.retracted_targets(log.log_id, args.start, end)
-        for index, data, _leaf in ledger.store.iter_entries(log.log_id, args.start, end):
+        retracted = ledger.retracted_targets(log, args.start, end)
+        for index, data, _leaf in ledger.entries(log, args.start, end):
             entry = parse_entry(bytes(data))
             if args.json:
                 out.print(bytes(data).decode("utf-8"))
@@ -401,15 +397,15 @@ def cmd_export(args: argparse.Namespace, out: _Out) -> int:
 def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
     problems: list[str] = []
     with _open(args, read_only=True) as ledger:
-        integrity = ledger.store.integrity_check()
+        integrity = ledger.integrity_check()
         if integrity != ["ok"]:
             problems.append("sqlite integrity_check: " + "; ".join(integrity[:5]))
-        for log in ledger.store.list_logs():
+        for log in ledger.logs():
             # The key of each checkpoint follows from its size once the
             # origin has rotated (protocol.rotation).
-            chain = load_key_chain(ledger.store, log.origin)
+            chain = ledger.key_chain(log.origin)
             count = 0
-            for record in ledger.store.iter_checkpoints(log.log_id):
+            for record in ledger.stored_checkpoints(log):
                 count += 1
                 try:
                     cp = chain.open(record.note).checkpoint
@@ -420,13 +416,13 @@ def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
                     problems.append(
                         f"{log.origin}: checkpoint {record.size} row disagrees with its note"
                     )
-            latest = ledger.store.latest_checkpoint(log.log_id)
+            latest = ledger.stored_checkpoint(log)
             size, root = ledger.recompute_root(log.origin)
             if latest is not None and not log.is_own and size > latest.size:
                 # A replica mid catch-up holds verified entries past its latest
                 # signed checkpoint; the signed prefix must still recompute.
                 out.note(f"{log.origin}: {size - latest.size:,} entries past the latest checkpoint")
-                size, root = latest.size, _prefix_root(ledger, log.log_id, latest.size)
+                size, root = ledger.recompute_root(log.origin, latest.size)
             if latest is None:
                 if log.is_own:
                     problems.append(f"{log.origin}: no checkpoint")
@@ -438,12 +434,12 @@ def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
                     f"latest checkpoint says size {latest.size} root {encode_b64(latest.root_hash)}"
                 )
             out.note(f"{log.origin}: {size:,} entries, {count:,} checkpoints checked")
-        for item in ledger.store.list_evidence():
-            follow = ledger.store.get_follow(item.origin)
+        for item in ledger.peers.list_evidence():
+            follow = ledger.peers.get_follow(item.origin)
             try:
                 evidence = ForkEvidence.from_json(item.evidence_json)
                 if follow is not None:
-                    verify_fork_evidence(evidence, load_key_chain(ledger.store, item.origin))
+                    verify_fork_evidence(evidence, ledger.key_chain(item.origin))
             except ProtocolError as e:
                 problems.append(f"{item.origin}: stored fork evidence does not verify: {e}")
             else:
@@ -457,19 +453,6 @@ def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
 
 
 # -- parser -----------------------------------------------------------------
-
-
-def _prefix_root(ledger: Ledger, log_id: int, size: int) -> bytes:
-    """Root of the first ``size`` stored entries, hashed from their bytes."""
-    tree = CompactRange.empty()
-    batch: list[bytes] = []
-    for _index, data, _leaf in ledger.store.iter_entries(log_id, 0, size):
-        batch.append(bytes(data))
-        if len(batch) >= 20_000:
-            tree.extend(hash_leaves(batch))
-            batch.clear()
-    tree.extend(hash_leaves(batch))
-    return tree.root()
 
 
 def _non_negative(text: str) -> int:

@@ -97,11 +97,11 @@ def cmd_peer_add(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args)) as ledger:
         if card.name == ledger.own_log.origin:
             raise ConfigError("that is this node's own card")
-        with ledger.store.transaction():
-            ledger.store.add_peer(card.peer_record(args.role))
+        with ledger.transaction():
+            ledger.peers.add_peer(card.peer_record(args.role))
             followed = args.role == "peer" and not args.no_follow
             if followed:
-                ledger.store.add_follow(card.name, card.vkey)
+                ledger.follow(card.name, card.vkey)
     out.print(f"added {card.name} as {args.role} (TLS sha256:{card.spki[:16]}…)")
     if followed:
         out.note(f"following {card.name}; a running `hashmesh serve` picks it up within a second")
@@ -110,8 +110,8 @@ def cmd_peer_add(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_peer_list(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args), read_only=True) as ledger:
-        peers = ledger.store.list_peers()
-        statuses = {s.name: s for s in ledger.store.peer_statuses()}
+        peers = ledger.peers.list_peers()
+        statuses = {s.name: s for s in ledger.peers.peer_statuses()}
     rows = []
     for p in peers:
         s = statuses.get(p.name)
@@ -144,7 +144,7 @@ def cmd_peer_list(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_peer_remove(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args)) as ledger:
-        if not ledger.store.remove_peer(args.name):
+        if not ledger.peers.remove_peer(args.name):
             raise ConfigError(f"no peer named {args.name!r}; see `hashmesh peer list`")
     out.print(f"removed {args.name}; its next request to this node gets 403")
     return 0
@@ -167,7 +167,7 @@ def cmd_follow(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args)) as ledger:
         if origin == ledger.own_log.origin:
             raise ConfigError("a node does not follow its own origin")
-        ledger.store.add_follow(origin, vkey)
+        ledger.follow(origin, vkey)
     out.print(f"following {origin}; its entries are accepted only when signed by {vkey}")
     if args.witness:
         from node.config import WitnessRequirement, append_witness_setting
@@ -226,7 +226,7 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_evidence_list(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args), read_only=True) as ledger:
-        items = ledger.store.list_evidence()
+        items = ledger.peers.list_evidence()
     if not items:
         out.note("no fork evidence held")
     for item in items:
@@ -249,8 +249,8 @@ def _sizes(evidence: ForkEvidence) -> str:
 
 def cmd_evidence_export(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args), read_only=True) as ledger:
-        items = [i for i in ledger.store.list_evidence() if i.origin == args.origin]
-        follows = {f.origin: f.vkey for f in ledger.store.list_follows()}
+        items = [i for i in ledger.peers.list_evidence() if i.origin == args.origin]
+        follows = {f.origin: f.vkey for f in ledger.peers.list_follows()}
     if not items:
         raise ConfigError(f"no fork evidence held for {args.origin!r}")
     evidence = ForkEvidence.from_json(items[0].evidence_json)

@@ -10,7 +10,6 @@ import argparse
 from node.cli.output import Command, Output
 from node.config import resolve_node_dir
 from node.ledger import Ledger
-from node.ledger.rotation import load_key_chain
 
 __all__ = ["register"]
 
@@ -41,7 +40,7 @@ def cmd_key_rotate(args: argparse.Namespace, out: Output) -> int:
 def cmd_key_chain(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(resolve_node_dir(args.dir), read_only=True) as ledger:
         origin = args.origin or ledger.own_log.origin
-        chain = load_key_chain(ledger.store, origin)
+        chain = ledger.key_chain(origin)
     periods = [
         {
             "from_size": p.from_size,

@@ -191,7 +191,7 @@ def _match_local(args: argparse.Namespace, inputs: _Inputs, out: Output) -> list
         if any(q.signal_type == "pdq" for q in inputs.queries):
             started = time.monotonic()
             pdq = LivePdqIndex()
-            loaded = pdq.load(ledger.store)
+            loaded = pdq.load(ledger.matching)
             took = time.monotonic() - started
             if took > 1:
                 out.note(f"note: built the PDQ index of {loaded:,} hashes in {took:.1f} s")

@@ -32,7 +32,6 @@ from node.errors import ConfigError
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.witness import load_witness_signer
-from node.storage.witness_store import WitnessStore
 from node.sync.witness_client import cosign_once
 from protocol.encoding import encode_b64
 
@@ -51,7 +50,7 @@ def cmd_witness_vkey(args: argparse.Namespace, out: Output) -> int:
 def cmd_witness_add(args: argparse.Namespace, out: Output) -> int:
     node_dir = resolve_node_dir(args.dir)
     with Ledger.open(node_dir, read_only=True) as ledger:
-        names = {p.name for p in ledger.store.list_peers()}
+        names = {p.name for p in ledger.peers.list_peers()}
     if args.peer not in names:
         raise ConfigError(f"no peer named {args.peer!r}; add its card with `hashmesh peer add`")
     append_witness_setting(node_dir, WitnessAsk(peer=args.peer, key=args.key))
@@ -105,7 +104,7 @@ def cmd_witness_status(args: argparse.Namespace, out: Output) -> int:
     node_dir = resolve_node_dir(args.dir)
     with Ledger.open(node_dir, read_only=True) as ledger:
         config = ledger.config
-        store = WitnessStore(ledger.store.conn)
+        store = ledger.witnessing
         states = store.list_states()
         own = ledger.own_log
         latest = ledger.latest_checkpoint()

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from node.errors import RetractionError, StorageError
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
-from node.storage.match_store import MatchStore
 from node.storage.schema import TILE_LEVEL, active_key
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, parse_entry
@@ -190,7 +189,7 @@ class Integration:
             self.store.add_active(log_id, added, range(start, start + len(added)))
             return
         listed = None if checked else self.store.find_listed(log_id, keys)
-        matching = MatchStore(self.store.conn)
+        matching = self.store.matching
         pending_keys: list[int] = []
         pending_indexes: list[int] = []
         # The matching tables (node.storage.match_store) mirror `active` for

@@ -258,9 +258,8 @@ class LivePdqIndex:
     def __len__(self) -> int:
         return len(self.index)
 
-    def read_step(self, store: LedgerStore, limit: int = LOAD_CHUNK) -> int:
+    def read_step(self, matching: MatchStore, limit: int = LOAD_CHUNK) -> int:
         """Collect up to ``limit`` new rows of one log; the number read (0: none left)."""
-        matching = MatchStore(store.conn)
         with self._lock:
             for log_id in sorted(matching.log_origins()):
                 after = self._read.get(log_id, -1)
@@ -286,9 +285,9 @@ class LivePdqIndex:
             self.index.add(ids, hashes.reshape(len(ids), 32))
             return len(ids)
 
-    def load(self, store: LedgerStore, limit: int = LOAD_CHUNK) -> int:
+    def load(self, matching: MatchStore, limit: int = LOAD_CHUNK) -> int:
         """Read every new row and add them to the index; the number added."""
-        while self.read_step(store, limit) > 0:
+        while self.read_step(matching, limit) > 0:
             pass
         return self.flush()
 
@@ -374,7 +373,7 @@ def _match(
     settings: MatchSettings,
 ) -> list[ItemResult]:
     store = ledger.store
-    matching = MatchStore(store.conn)
+    matching = store.matching
     origins = matching.log_origins()
     found: dict[int, list[_Found]] = defaultdict(list)
     by_type: dict[str, list[tuple[int, str]]] = defaultdict(list)
@@ -475,7 +474,7 @@ def _trusted_origins(ledger: Ledger, settings: MatchSettings) -> frozenset[str]:
     if settings.trusted_origins is not None:
         return frozenset(settings.trusted_origins)
     own = ledger.store.own_log().origin
-    return frozenset([own, *(f.origin for f in ledger.store.list_follows())])
+    return frozenset([own, *(f.origin for f in ledger.peers.list_follows())])
 
 
 def _attach_opinions(

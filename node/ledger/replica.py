@@ -123,7 +123,7 @@ class Replica:
         """
         self.store = store
         self.origin = origin
-        follow = self.store.get_follow(origin)
+        follow = self.store.peers.get_follow(origin)
         if follow is None:
             raise UnknownLogError(
                 f"origin {origin!r} is not followed; run `hashmesh follow` or `hashmesh peer add`"
@@ -148,7 +148,7 @@ class Replica:
     def state(self) -> ReplicaState:
         """Size, root, latest checkpoint and frozen flag of the replica."""
         log = self._log()
-        frozen = self.store.is_frozen(self.origin)
+        frozen = self.store.peers.is_frozen(self.origin)
         if log is None:
             return ReplicaState(self.origin, 0, EMPTY_ROOT, None, frozen)
         size = self.store.entry_count(log.log_id)
@@ -233,7 +233,7 @@ class Replica:
                     "proven against another signed checkpoint, so the origin or a peer misbehaves"
                 )
             evidence = self._evidence(note, cp.size, ours, signed)
-            self.store.add_evidence(self.origin, evidence.to_json(), source)
+            self.store.peers.add_evidence(self.origin, evidence.to_json(), source)
         return CheckpointVerdict("fork", cp.size, cp.root_hash, evidence)
 
     def _evidence(
@@ -317,7 +317,7 @@ class Replica:
         datas = [bytes(d) for d in entries]
         parsed = [_parse_at(d, start + i) for i, d in enumerate(datas)]
         with self.store.transaction():
-            if self.store.is_frozen(self.origin):
+            if self.store.peers.is_frozen(self.origin):
                 raise FrozenLogError(
                     f"{self.origin} is frozen: fork evidence is held; see `hashmesh evidence list`"
                 )

@@ -11,25 +11,35 @@ returned to the caller only after the commit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import NodeConfig, load_config
-from node.errors import ConfigError, ImportRejectedError, LedgerError, LineError
+from node.errors import ConfigError, ImportRejectedError, LedgerError, LineError, UnknownLogError
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.hashlist import ParsedLine
 from node.ledger.integration import Duplicate, Integration
 from node.ledger.key_files import load_signer
 from node.ledger.leaf_index import LeafHashIndex
 from node.ledger.replica import Replica
-from node.ledger.rotation import RotationResult, current_signer, rotate_signing_key
-from node.ledger.witness import Witness, load_witness_signer
+from node.ledger.rotation import (
+    RotationResult,
+    current_signer,
+    load_key_chain,
+    rotate_signing_key,
+)
+from node.ledger.witness import Witness, load_witness_signer, served_note
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
+from node.storage.match_store import MatchStore
+from node.storage.peer_store import PeerStore
+from node.storage.witness_store import WitnessStore
 from protocol.entry import Entry, RetractEntry, RotateEntry
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaves
-from protocol.keys import NoteSigner
+from protocol.keys import NoteSigner, NoteVerifier
+from protocol.rotation import KeyChain
 from protocol.tree import (
     CompactRange,
     NodeId,
@@ -266,6 +276,64 @@ class Ledger:
         """The log with ``origin``, or the own log when ``origin`` is None."""
         return self.own_log if origin is None else self.store.get_log(origin)
 
+    def logs(self) -> list[LogRecord]:
+        """Every log held: the own log and each replica with entries, by origin."""
+        return self.store.list_logs()
+
+    def stored_checkpoint(self, log: LogRecord, size: int | None = None) -> CheckpointRecord | None:
+        """The stored checkpoint of ``log`` of ``size`` (default: the latest), or None."""
+        if size is None:
+            return self.store.latest_checkpoint(log.log_id)
+        return self.store.get_checkpoint(log.log_id, size)
+
+    def stored_checkpoints(self, log: LogRecord, start: int = 0) -> Iterator[CheckpointRecord]:
+        """The stored checkpoints of ``log`` of size ``start`` or more, by size."""
+        return self.store.iter_checkpoints(log.log_id, start)
+
+    def served_note(self, log: LogRecord, record: CheckpointRecord) -> str:
+        """A stored checkpoint's note with the witness cosignatures held for it, as served."""
+        return served_note(self.store, log.log_id, record)
+
+    def entries(
+        self, log: LogRecord, start: int = 0, end: int | None = None
+    ) -> Iterator[tuple[int, bytes, bytes]]:
+        """``(index, data, leaf hash)`` of the stored entries of ``log`` in ``[start, end)``."""
+        return self.store.iter_entries(log.log_id, start, end)
+
+    def entry(self, log: LogRecord, index: int) -> bytes | None:
+        """The exact bytes of entry ``index`` of ``log``, or None if not held."""
+        return self.store.get_entry(log.log_id, index)
+
+    def retracted_targets(self, log: LogRecord, start: int, end: int) -> dict[int, int]:
+        """Entry index -> index of its retraction, for retracted entries in ``[start, end)``."""
+        return self.store.retracted_targets(log.log_id, start, end)
+
+    def key_chain(self, origin: str) -> KeyChain:
+        """The stored key chain of ``origin`` (see :func:`node.ledger.rotation.load_key_chain`)."""
+        return load_key_chain(self.store, origin)
+
+    def rotation_indexes(self, origin: str) -> list[int]:
+        """Indexes of the rotate entries applied to ``origin``'s key chain, ascending."""
+        return sorted(
+            r.rotated_by for r in self.store.key_chain(origin) if r.rotated_by is not None
+        )
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Run the block in one write transaction (``BEGIN IMMEDIATE``), all or nothing.
+
+        Writes of the ledger and of its stores (:attr:`peers`,
+        :attr:`witnessing`) made in the block join it.
+        """
+        return self.store.transaction()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (SQLite ``data_version``)."""
+        return self.store.data_version()
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's ``PRAGMA integrity_check`` result lines (["ok"] when sound)."""
+        return self.store.integrity_check()
+
     def latest_checkpoint(self, origin: str | None = None) -> CheckpointRecord:
         """The latest signed checkpoint of a log.
 
@@ -382,13 +450,65 @@ class Ledger:
 
     # -- federation ---------------------------------------------------------
 
+    @property
+    def peers(self) -> PeerStore:
+        """Peers, their sync status, followed origins and fork evidence."""
+        return self.store.peers
+
+    @property
+    def witnessing(self) -> WitnessStore:
+        """This node's witness state and the cosignatures it holds."""
+        return self.store.witnessing
+
+    @property
+    def matching(self) -> MatchStore:
+        """The PDQ hashes and opinions that matching reads."""
+        return self.store.matching
+
     def follow(self, origin: str, vkey: str) -> None:
         """Replicate ``origin``, trusting only checkpoints signed by ``vkey``.
 
+        Idempotent for the same key. The log row itself is created by the
+        first successful replication, so a followed origin shows up in
+        :meth:`logs` only once it has a signed checkpoint here. Joins an
+        open transaction, if any.
+
         Raises:
-            ConfigError: see :meth:`node.storage.ledger_store.LedgerStore.add_follow`.
+            ConfigError: if the key is invalid or not named ``origin``, the
+                origin is followed with another key, or it is this node's own
+                log or a log held under another key.
         """
-        self.store.add_follow(origin, vkey)
+        try:
+            verifier = NoteVerifier.from_text(vkey)
+        except MalformedError as e:
+            raise ConfigError(f"verifier key for {origin!r} is not valid: {e}") from e
+        if verifier.name != origin:
+            raise ConfigError(f"verifier key is for {verifier.name!r}, not {origin!r}")
+        with self.store.joined_transaction():
+            existing = self.peers.get_follow(origin)
+            if existing is not None:
+                # A card made after a rotation carries the newer key: fine
+                # when our chain (protocol.rotation) already holds it.
+                if vkey == existing.vkey or vkey in {p.vkey for p in self.store.key_chain(origin)}:
+                    return
+                raise ConfigError(
+                    f"{origin!r} is already followed with another key ({existing.vkey}); "
+                    "a log changes its key only by a rotate entry, which followers read from "
+                    "the log itself"
+                )
+            try:
+                held: LogRecord | None = self.store.get_log(origin)
+            except UnknownLogError:
+                held = None
+            if held is not None and held.is_own:
+                raise ConfigError(f"{origin!r} is this node's own log; it cannot be followed")
+            if held is not None and held.verifier_key != vkey:
+                raise ConfigError(
+                    f"{origin!r} is held here under another key ({held.verifier_key})"
+                )
+            self.peers.add_follow(origin, vkey)
+            if not self.store.key_chain(origin):
+                self.store.add_key_period(origin, 0, vkey, None)
 
     def replica(self, origin: str) -> Replica:
         """The :class:`~node.ledger.replica.Replica` of a followed origin.
@@ -403,7 +523,7 @@ class Ledger:
 
     def replicas(self) -> list[Replica]:
         """One :class:`~node.ledger.replica.Replica` per followed origin."""
-        return [self.replica(f.origin) for f in self.store.list_follows()]
+        return [self.replica(f.origin) for f in self.peers.list_follows()]
 
     def witness(self) -> Witness:
         """This node as a witness (:mod:`node.ledger.witness`), its key made on first use.
@@ -413,13 +533,19 @@ class Ledger:
         """
         return Witness(self.store, load_witness_signer(self.config))
 
-    def recompute_root(self, origin: str | None = None) -> tuple[int, bytes]:
-        """Recompute a log's root from every stored leaf (an fsck check)."""
+    def recompute_root(
+        self, origin: str | None = None, size: int | None = None
+    ) -> tuple[int, bytes]:
+        """Recompute a log's root from its stored entry bytes (an fsck check).
+
+        Covers the first ``size`` entries, or every entry held when ``size``
+        is None; returns the number of entries hashed and their root.
+        """
         log = self.log_for(origin)
         datas: list[bytes] = []
         tree = CompactRange.empty()
         # Hash the stored entry bytes rather than trusting stored leaf hashes.
-        for _idx, data, _leaf_hash in self.store.iter_entries(log.log_id):
+        for _idx, data, _leaf_hash in self.store.iter_entries(log.log_id, 0, size):
             datas.append(bytes(data))
             if len(datas) >= IMPORT_BATCH:
                 tree.extend(hash_leaves(datas))

@@ -47,7 +47,6 @@ from node.errors import (
 from node.ledger.key_files import read_key_file, write_key_file
 from node.ledger.rotation import load_key_chain
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
-from node.storage.witness_store import WitnessStore
 from protocol.checkpoint import Checkpoint, VerifiedCheckpoint
 from protocol.cosignature import sign_cosignature, verify_cosignature
 from protocol.errors import MalformedError, ProtocolError, QuorumError
@@ -157,12 +156,12 @@ class Witness:
         if signer.sig_type != SIG_COSIGNATURE_V1:
             raise ConfigError(f"witness key {signer.name} is not a cosignature/v1 key")
         self.store = store
-        self.state = WitnessStore(store.conn)
+        self.state = store.witnessing
         self.signer = signer
         self._clock = clock
 
     def _chain(self, origin: str) -> KeyChain:
-        if self.store.get_follow(origin) is None:
+        if self.store.peers.get_follow(origin) is None:
             raise UnknownLogError(
                 f"this node does not witness {origin!r}: it witnesses only the origins it follows"
             )
@@ -347,7 +346,7 @@ def keep_cosignatures(
         return 0
     parsed = note if isinstance(note, Note) else parse_note(note)
     good = verified_cosignatures(parsed, parsed.signatures, witnesses)
-    return WitnessStore(store.conn).add_cosignatures(
+    return store.witnessing.add_cosignatures(
         log_id, checkpoint.size, ((s.name, s.key_id, s.to_line()[:-1]) for s in good)
     )
 
@@ -358,7 +357,7 @@ def served_note(store: LedgerStore, log_id: int, record: CheckpointRecord) -> st
     Lines for keys that already signed the note are not repeated; a stored
     line that no longer parses is skipped (it was checked when stored).
     """
-    held = WitnessStore(store.conn).cosignatures(log_id, record.size)
+    held = store.witnessing.cosignatures(log_id, record.size)
     if not held:
         return record.note
     extra: list[NoteSignature] = []

@@ -8,11 +8,10 @@ statements, callers group writes with :meth:`LedgerStore.transaction`
 method signs or verifies anything. The ledger layer above decides what to
 write; this layer only makes it durable.
 
-Federation state (schema version 2) lives here too: peers (looked up by TLS
-key fingerprint on every request, so that look-up is one indexed read),
-followed origins, fork evidence and per-peer sync status. Their single-purpose
-write methods join the caller's transaction when one is open and otherwise
-run in one of their own.
+The store owns the connection and hands out the stores of the other
+concerns on it: federation state (:mod:`node.storage.peer_store`), matching
+(:mod:`node.storage.match_store`) and witnessing
+(:mod:`node.storage.witness_store`).
 """
 
 from __future__ import annotations
@@ -20,37 +19,29 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy
 
-from node.errors import ConfigError, StorageError, UnknownLogError
+from node.errors import StorageError, UnknownLogError
+from node.storage.connection import joined_transaction, now_text, write_transaction
+from node.storage.match_store import MatchStore
+from node.storage.peer_store import PeerStore
 from node.storage.schema import TILE_LEVEL, active_key, apply_pragmas, migrate
+from node.storage.witness_store import WitnessStore
 from protocol.entry import AddEntry, parse_entry
-from protocol.errors import MalformedError
 from protocol.hashing import hash_children
-from protocol.keys import NoteVerifier
 from protocol.tree import CompactRange, NodeId, NodeRun, frontier_ids
 
 __all__ = [
-    "PEER_ROLES",
     "CheckpointRecord",
-    "EvidenceRecord",
-    "FollowRecord",
     "KeyPeriodRecord",
     "LedgerStore",
     "LogNodeReader",
     "LogRecord",
-    "PeerRecord",
-    "PeerStatus",
 ]
-
-PEER_ROLES = ("peer", "subscriber", "auditor")
-"""What a peer may do: ``peer`` (read all, and we sync from it), ``subscriber``
-(read logs and entries), ``auditor`` (read checkpoints, proofs, evidence)."""
 
 # SQLite's default limit on bound parameters per statement is 32766; stay
 # well below it for IN (...) look-ups.
@@ -111,19 +102,6 @@ class CheckpointRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerRecord:
-    """A node allowed to connect to us (and, for role ``peer``, synced from)."""
-
-    name: str
-    url: str
-    tls_cert: str
-    spki: str
-    vkey: str
-    role: str
-    added_at: str
-
-
-@dataclass(frozen=True, slots=True)
 class KeyPeriodRecord:
     """One stored link of an origin's key chain (see ``protocol.rotation``)."""
 
@@ -132,48 +110,20 @@ class KeyPeriodRecord:
     rotated_by: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class FollowRecord:
-    """An origin we replicate, pinned to its verifier key."""
-
-    origin: str
-    vkey: str
-    added_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class EvidenceRecord:
-    """Stored fork evidence (``evidence_json`` is :class:`protocol.evidence.ForkEvidence`)."""
-
-    origin: str
-    evidence_json: bytes
-    source: str
-    detected_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    """The sync engine's last word on a peer."""
-
-    name: str
-    last_ok_at: str | None
-    last_error: str | None
-    last_error_at: str | None
-    failures: int
-
-
-_PEER_COLUMNS = "name, url, tls_cert, spki, vkey, role, added_at"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class LedgerStore:
-    """Tables of one ledger database, on one SQLite connection."""
+    """Tables of one ledger database, on one SQLite connection.
+
+    It owns the connection and hands out the stores of the other concerns on
+    it, each made once here: :attr:`peers` (peers, follows, evidence),
+    :attr:`matching` (PDQ and opinion tables) and :attr:`witnessing`
+    (witness state and cosignatures).
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.peers = PeerStore(conn)
+        self.matching = MatchStore(conn)
+        self.witnessing = WitnessStore(conn)
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False) -> LedgerStore:
@@ -203,42 +153,22 @@ class LedgerStore:
         """Close the connection."""
         self.conn.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """Run the block in one ``BEGIN IMMEDIATE`` transaction.
 
         Commits when the block ends normally and rolls back on any exception,
-        so a failed write leaves the database exactly as it was.
+        so a failed write leaves the database exactly as it was. The stores
+        handed out (:attr:`peers`, :attr:`matching`, :attr:`witnessing`)
+        write inside it too.
 
         Raises:
             StorageError: if SQLite fails (the transaction is rolled back).
         """
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot start a write transaction: {e}") from e
-        try:
-            yield
-        except sqlite3.Error as e:
-            self.conn.execute("ROLLBACK")
-            raise StorageError(f"write failed and was rolled back: {e}") from e
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            self.conn.execute("ROLLBACK")
-            raise StorageError(f"commit failed and was rolled back: {e}") from e
+        return write_transaction(self.conn)
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
+    def joined_transaction(self) -> AbstractContextManager[None]:
         """Join the caller's open transaction, or run the block in a new one."""
-        if self.conn.in_transaction:
-            yield
-            return
-        with self.transaction():
-            yield
+        return joined_transaction(self.conn)
 
     # -- logs -------------------------------------------------------------
 
@@ -246,7 +176,7 @@ class LedgerStore:
         """Register a log (call inside a transaction)."""
         cur = self.conn.execute(
             "INSERT INTO logs (origin, verifier_key, is_own, created_at) VALUES (?, ?, ?, ?)",
-            (origin, verifier_key, int(is_own), _now()),
+            (origin, verifier_key, int(is_own), now_text()),
         )
         assert cur.lastrowid is not None
         if not self.key_chain(origin):
@@ -268,11 +198,11 @@ class LedgerStore:
         self, origin: str, from_size: int, vkey: str, rotated_by: int | None
     ) -> None:
         """Append a link to ``origin``'s key chain (inside the caller's transaction)."""
-        with self._writing():
+        with self.joined_transaction():
             self.conn.execute(
                 "INSERT INTO origin_keys (origin, from_size, vkey, rotated_by, recorded_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (origin, from_size, vkey, rotated_by, _now()),
+                (origin, from_size, vkey, rotated_by, now_text()),
             )
 
     def get_log(self, origin: str) -> LogRecord:
@@ -569,7 +499,7 @@ class LedgerStore:
         self.conn.execute(
             "INSERT INTO checkpoints (log_id, size, root_hash, note, recorded_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            (log_id, size, root_hash, note, _now()),
+            (log_id, size, root_hash, note, now_text()),
         )
 
     def latest_checkpoint(self, log_id: int) -> CheckpointRecord | None:
@@ -598,189 +528,6 @@ class LedgerStore:
             (log_id, start),
         ):
             yield CheckpointRecord(row[0], bytes(row[1]), row[2], row[3])
-
-    # -- peers ------------------------------------------------------------
-
-    def add_peer(self, record: PeerRecord) -> None:
-        """Allow a peer to connect (joins an open transaction, if any).
-
-        Raises:
-            ConfigError: if the name or the TLS key fingerprint is already
-                registered, or the role or fingerprint is invalid.
-        """
-        if record.role not in PEER_ROLES:
-            raise ConfigError(f"peer role {record.role!r} is not one of {', '.join(PEER_ROLES)}")
-        if len(record.spki) != 64 or record.spki != record.spki.lower():
-            raise ConfigError(f"peer {record.name}: spki must be 64 lowercase hex digits")
-        with self._writing():
-            if self.conn.execute("SELECT 1 FROM peers WHERE name = ?", (record.name,)).fetchone():
-                raise ConfigError(
-                    f"a peer named {record.name!r} already exists; "
-                    "remove it first with `hashmesh peer remove`"
-                )
-            row = self.conn.execute(
-                "SELECT name FROM peers WHERE spki = ?", (record.spki,)
-            ).fetchone()
-            if row is not None:
-                raise ConfigError(
-                    f"peer {row[0]!r} already uses TLS key sha256:{record.spki}; "
-                    "two peers cannot share a key"
-                )
-            self.conn.execute(
-                f"INSERT INTO peers ({_PEER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - constant columns
-                (
-                    record.name,
-                    record.url,
-                    record.tls_cert,
-                    record.spki,
-                    record.vkey,
-                    record.role,
-                    record.added_at or _now(),
-                ),
-            )
-
-    def remove_peer(self, name: str) -> bool:
-        """Forget a peer and its sync status; True if it existed."""
-        with self._writing():
-            cur = self.conn.execute("DELETE FROM peers WHERE name = ?", (name,))
-            self.conn.execute("DELETE FROM peer_status WHERE name = ?", (name,))
-        return cur.rowcount > 0
-
-    def list_peers(self) -> list[PeerRecord]:
-        """Every peer, by name."""
-        rows = self.conn.execute(
-            f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY name"  # noqa: S608 - constant columns
-        ).fetchall()
-        return [PeerRecord(*row) for row in rows]
-
-    def peer_by_spki(self, spki: str) -> PeerRecord | None:
-        """The peer with this TLS key fingerprint (one indexed read), or None."""
-        row = self.conn.execute(
-            f"SELECT {_PEER_COLUMNS} FROM peers WHERE spki = ?",  # noqa: S608 - constant columns
-            (spki,),
-        ).fetchone()
-        return None if row is None else PeerRecord(*row)
-
-    def record_peer_ok(self, name: str) -> None:
-        """Note a successful sync round with a peer (clears the failure count)."""
-        with self._writing():
-            self.conn.execute(
-                "INSERT INTO peer_status (name, last_ok_at, failures) VALUES (?, ?, 0) "
-                "ON CONFLICT (name) DO UPDATE SET last_ok_at = excluded.last_ok_at, failures = 0",
-                (name, _now()),
-            )
-
-    def record_peer_error(self, name: str, reason: str) -> None:
-        """Note a failed sync round with a peer, and why."""
-        with self._writing():
-            self.conn.execute(
-                "INSERT INTO peer_status (name, last_error, last_error_at, failures) "
-                "VALUES (?, ?, ?, 1) ON CONFLICT (name) DO UPDATE SET "
-                "last_error = excluded.last_error, last_error_at = excluded.last_error_at, "
-                "failures = peer_status.failures + 1",
-                (name, reason, _now()),
-            )
-
-    def peer_statuses(self) -> list[PeerStatus]:
-        """Sync status of every peer that has one, by name."""
-        rows = self.conn.execute(
-            "SELECT name, last_ok_at, last_error, last_error_at, failures FROM peer_status "
-            "ORDER BY name"
-        ).fetchall()
-        return [PeerStatus(*row) for row in rows]
-
-    # -- follows ----------------------------------------------------------
-
-    def add_follow(self, origin: str, vkey: str) -> None:
-        """Replicate ``origin``, accepting only checkpoints signed by ``vkey``.
-
-        Idempotent for the same key. The log row itself is created by the
-        first successful replication, so a followed origin shows up in
-        :meth:`list_logs` only once it has a signed checkpoint here.
-
-        Raises:
-            ConfigError: if the key is invalid or not named ``origin``, the
-                origin is followed with another key, or it is this node's own
-                log or a log held under another key.
-        """
-        try:
-            verifier = NoteVerifier.from_text(vkey)
-        except MalformedError as e:
-            raise ConfigError(f"verifier key for {origin!r} is not valid: {e}") from e
-        if verifier.name != origin:
-            raise ConfigError(f"verifier key is for {verifier.name!r}, not {origin!r}")
-        with self._writing():
-            existing = self.get_follow(origin)
-            if existing is not None:
-                # A card made after a rotation carries the newer key: fine
-                # when our chain (protocol.rotation) already holds it.
-                if vkey == existing.vkey or vkey in {p.vkey for p in self.key_chain(origin)}:
-                    return
-                raise ConfigError(
-                    f"{origin!r} is already followed with another key ({existing.vkey}); "
-                    "a log changes its key only by a rotate entry, which followers read from "
-                    "the log itself"
-                )
-            row = self.conn.execute(
-                "SELECT verifier_key, is_own FROM logs WHERE origin = ?", (origin,)
-            ).fetchone()
-            if row is not None and row[1]:
-                raise ConfigError(f"{origin!r} is this node's own log; it cannot be followed")
-            if row is not None and row[0] != vkey:
-                raise ConfigError(f"{origin!r} is held here under another key ({row[0]})")
-            self.conn.execute(
-                "INSERT INTO follows (origin, vkey, added_at) VALUES (?, ?, ?)",
-                (origin, vkey, _now()),
-            )
-            if not self.key_chain(origin):
-                self.add_key_period(origin, 0, vkey, None)
-
-    def get_follow(self, origin: str) -> FollowRecord | None:
-        """The follow record of ``origin``, or None."""
-        row = self.conn.execute(
-            "SELECT origin, vkey, added_at FROM follows WHERE origin = ?", (origin,)
-        ).fetchone()
-        return None if row is None else FollowRecord(*row)
-
-    def list_follows(self) -> list[FollowRecord]:
-        """Every followed origin, by origin."""
-        rows = self.conn.execute(
-            "SELECT origin, vkey, added_at FROM follows ORDER BY origin"
-        ).fetchall()
-        return [FollowRecord(*row) for row in rows]
-
-    # -- evidence ---------------------------------------------------------
-
-    def add_evidence(self, origin: str, evidence_json: bytes, source: str) -> bool:
-        """Store fork evidence for ``origin``, which freezes it; False if already held.
-
-        The caller must have verified the evidence: this layer does not.
-        """
-        with self._writing():
-            cur = self.conn.execute(
-                "INSERT OR IGNORE INTO evidence (origin, evidence_json, source, detected_at) "
-                "VALUES (?, ?, ?, ?)",
-                (origin, bytes(evidence_json), source, _now()),
-            )
-        return cur.rowcount > 0
-
-    def list_evidence(self) -> list[EvidenceRecord]:
-        """Every stored evidence, oldest first."""
-        rows = self.conn.execute(
-            "SELECT origin, evidence_json, source, detected_at FROM evidence ORDER BY evidence_id"
-        ).fetchall()
-        return [EvidenceRecord(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
-
-    def frozen_origins(self) -> set[str]:
-        """Origins with fork evidence: no more of their entries are accepted."""
-        return {r[0] for r in self.conn.execute("SELECT DISTINCT origin FROM evidence")}
-
-    def is_frozen(self, origin: str) -> bool:
-        """Whether fork evidence is held for ``origin``."""
-        row = self.conn.execute(
-            "SELECT 1 FROM evidence WHERE origin = ? LIMIT 1", (origin,)
-        ).fetchone()
-        return row is not None
 
     def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: changes when another connection commits."""

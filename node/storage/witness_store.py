@@ -23,9 +23,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from node.errors import StorageError
+from node.storage.connection import now_text
 
 __all__ = ["CosignatureRecord", "WitnessStateRecord", "WitnessStore"]
 
@@ -58,10 +58,6 @@ class CosignatureRecord:
     key_id: str
     line: str
     received_at: str
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class WitnessStore:
@@ -103,7 +99,7 @@ class WitnessStore:
             "updated_at = excluded.updated_at "
             "WHERE excluded.size > witness_state.size OR "
             "(excluded.size = witness_state.size AND excluded.root_hash = witness_state.root_hash)",
-            (origin, size, root_hash, note, _now()),
+            (origin, size, root_hash, note, now_text()),
         )
         if cur.rowcount != 1:
             raise StorageError(
@@ -122,7 +118,7 @@ class WitnessStore:
         Returns:
             How many lines were new.
         """
-        now = _now()
+        now = now_text()
         added = 0
         for witness, key_id, line in lines:
             cur = self.conn.execute(

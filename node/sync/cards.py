@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from node.errors import ConfigError
-from node.storage.ledger_store import PEER_ROLES, PeerRecord
+from node.storage.peer_store import PEER_ROLES, PeerRecord
 from node.tls import spki_fingerprint
 from protocol.encoding import dumps_canonical, loads_strict
 from protocol.errors import MalformedError

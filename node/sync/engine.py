@@ -33,7 +33,6 @@ from node.errors import NodeError, PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.replica import ReplicaState
-from node.ledger.rotation import load_key_chain
 from node.ledger.service import Ledger
 from node.sync.client import PeerClient, RemoteLog
 from protocol.errors import ProtocolError, UnknownKeyError
@@ -92,12 +91,12 @@ async def sync_peer(
     """
     report = PeerSyncReport(peer=client.name)
     try:
-        follows = await db.read(lambda ledger: ledger.store.list_follows())
+        follows = await db.read(lambda ledger: ledger.peers.list_follows())
         # Evidence first: an origin the peer proved forked is frozen before we
         # compare its checkpoints, and a fork we cannot prove ourselves (the
         # peer holds the longer history) is still learnt in this round.
         chains = await db.read(
-            lambda ledger: {f.origin: load_key_chain(ledger.store, f.origin) for f in follows}
+            lambda ledger: {f.origin: ledger.key_chain(f.origin) for f in follows}
         )
         report.evidence_added = await _pull_evidence(db, client, chains)
         remote = {log.origin: log for log in await client.logs()}
@@ -111,9 +110,9 @@ async def sync_peer(
     except (PeerError, ProtocolError, NodeError) as e:
         report.error = str(e) if isinstance(e, PeerError) else f"peer {client.name}: {e}"
         reason = report.error
-        await db.write(lambda ledger: ledger.store.record_peer_error(client.name, reason))
+        await db.write(lambda ledger: ledger.peers.record_peer_error(client.name, reason))
         return report
-    await db.write(lambda ledger: ledger.store.record_peer_ok(client.name))
+    await db.write(lambda ledger: ledger.peers.record_peer_ok(client.name))
     return report
 
 
@@ -252,6 +251,6 @@ async def _pull_evidence(db: Database, client: PeerClient, chains: dict[str, Key
 
 def _store_evidence(evidence: ForkEvidence, source: str) -> Callable[[Ledger], int]:
     def run(ledger: Ledger) -> int:
-        return 1 if ledger.store.add_evidence(evidence.origin, evidence.to_json(), source) else 0
+        return 1 if ledger.peers.add_evidence(evidence.origin, evidence.to_json(), source) else 0
 
     return run

@@ -30,7 +30,7 @@ from pathlib import Path
 from node.errors import PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
-from node.storage.ledger_store import PeerRecord
+from node.storage.peer_store import PeerRecord
 from node.sync.client import PeerClient
 from node.sync.engine import PeerSyncReport, sync_peer
 from node.sync.witness_client import WitnessLoop
@@ -75,7 +75,7 @@ async def sync_once(
     only_peer: str | None = None,
 ) -> list[PeerSyncReport]:
     """One round with every peer (for ``hashmesh sync --once`` and tests)."""
-    peers = await db.read(lambda ledger: ledger.store.list_peers())
+    peers = await db.read(lambda ledger: ledger.peers.list_peers())
     reports = []
     for peer in peers:
         if peer.role != "peer" or (only_peer is not None and peer.name != only_peer):
@@ -142,7 +142,7 @@ class SyncRunner:
             await asyncio.sleep(self._settings.peer_refresh)
 
     async def _reconcile(self) -> None:
-        peers = await self._db.read(lambda ledger: ledger.store.list_peers())
+        peers = await self._db.read(lambda ledger: ledger.peers.list_peers())
         wanted = {p.name: p for p in peers if p.role == "peer"}
         for name in list(self._tasks):
             record, tasks = self._tasks[name]

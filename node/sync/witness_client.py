@@ -37,8 +37,7 @@ from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.service import Ledger
 from node.ledger.witness import verified_cosignatures
-from node.storage.ledger_store import PeerRecord
-from node.storage.witness_store import WitnessStore
+from node.storage.peer_store import PeerRecord
 from node.tls import client_ssl_context
 from protocol.errors import MalformedError, ProtocolError
 from protocol.keys import NoteVerifier
@@ -200,7 +199,7 @@ async def cosign_latest(
     def read(ledger: Ledger) -> _Own:
         own = ledger.own_log
         record = ledger.latest_checkpoint()
-        store = WitnessStore(ledger.store.conn)
+        store = ledger.witnessing
         held = any(
             c.witness == key.name and c.key_id == f"{key.key_id:08x}"
             for c in store.cosignatures(own.log_id, record.size)
@@ -269,8 +268,8 @@ async def _store(
     lines = [(s.name, s.key_id, s.to_line()[:-1]) for s in good]
 
     def write(ledger: Ledger) -> int:
-        with ledger.store.transaction():
-            return WitnessStore(ledger.store.conn).add_cosignatures(own.log_id, own.size, lines)
+        with ledger.transaction():
+            return ledger.witnessing.add_cosignatures(own.log_id, own.size, lines)
 
     return await db.write(write)
 
@@ -306,7 +305,7 @@ async def cosign_once(db: Database, *, cert_path: Path, key_path: Path) -> list[
 
 
 def _asks_and_peers(ledger: Ledger) -> tuple[tuple[WitnessAsk, ...], dict[str, PeerRecord]]:
-    return ledger.config.witness.ask, {p.name: p for p in ledger.store.list_peers()}
+    return ledger.config.witness.ask, {p.name: p for p in ledger.peers.list_peers()}
 
 
 class WitnessLoop:

@@ -24,7 +24,7 @@ from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.provision import init_node
-from node.storage.ledger_store import PeerRecord
+from node.storage.peer_store import PeerRecord
 from node.tls import client_ssl_context, server_ssl_context, spki_fingerprint, write_node_identity
 from protocol.entry import AddEntry
 
@@ -95,7 +95,7 @@ def make_expired_identity(tmp_path: Path, name: str) -> Identity:
 
 def add_peer(node_dir: Path, ident: Identity, role: str) -> None:
     with Ledger.open(node_dir) as ledger:
-        ledger.store.add_peer(
+        ledger.peers.add_peer(
             PeerRecord(
                 name=f"{ident.name}.example/log",
                 url="https://127.0.0.1:1",
@@ -167,7 +167,7 @@ async def _serve(
     db = await Database.open(node_dir)
     hub = CheckpointHub()
     try:
-        peers = await db.read(lambda ledger: ledger.store.list_peers())
+        peers = await db.read(lambda ledger: ledger.peers.list_peers())
         ctx = server_ssl_context(
             config.tls_cert_path, config.tls_key_path, [p.tls_cert for p in peers]
         )

@@ -292,7 +292,7 @@ async def test_evidence_is_served_and_the_log_is_frozen(served: Served) -> None:
     )
     verify_fork_evidence(evidence, signer.verifier())
     await served.db.write(
-        lambda ledger: ledger.store.add_evidence(ORIGIN, evidence.to_json(), "test")
+        lambda ledger: ledger.peers.add_evidence(ORIGIN, evidence.to_json(), "test")
     )
     async with served.session(served.auditor) as s:
         status, body = await get(s, served.url + "/v1/evidence")

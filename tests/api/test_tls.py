@@ -126,7 +126,7 @@ async def test_removed_peer_is_refused_on_the_same_keepalive_connection(served: 
         async with session.get(served.url + "/v1/logs") as resp:
             assert resp.status == 200
             await resp.read()
-        removed = await served.db.write(lambda ledger: ledger.store.remove_peer("peer.example/log"))
+        removed = await served.db.write(lambda ledger: ledger.peers.remove_peer("peer.example/log"))
         assert removed is True
         async with session.get(served.url + "/v1/logs") as resp:
             assert resp.status == 403

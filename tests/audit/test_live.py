@@ -243,7 +243,7 @@ async def test_fork_evidence_a_node_holds_is_reported(tmp_path: Path, auditor: I
         proof=(),
     )
     with Ledger.open(a) as ledger:  # as a follower that detected the fork would hold it
-        ledger.store.add_evidence(ORIGIN, evidence.to_json(), "a peer")
+        ledger.peers.add_evidence(ORIGIN, evidence.to_json(), "a peer")
     served = await serve(a, auditor)
     try:
         result = await run_cli(

@@ -59,7 +59,7 @@ def replicate(src: Path, dst: Ledger) -> None:
         log = ledger.own_log
         note = ledger.latest_checkpoint().note
         datas = [bytes(d) for _i, d, _h in ledger.store.iter_entries(log.log_id)]
-    if dst.store.get_follow(log.origin) is None:
+    if dst.peers.get_follow(log.origin) is None:
         dst.follow(log.origin, log.verifier_key)
     replica = dst.replica(log.origin)
     held = replica.state().size
@@ -124,7 +124,7 @@ def test_exact_match_across_own_log_and_replicas(nodes: tuple[Path, Path, Ledger
     assert results[2].hits == ()
     # A type mismatch is no match: the same 64 hex digits as PDQ are not sha256.
     pdq = LivePdqIndex()
-    pdq.load(c.store)
+    pdq.load(c.matching)
     assert run(c, q("pdq", sha(3)), pdq=pdq, max_distance=0)[0].hits == ()
 
 
@@ -139,7 +139,7 @@ def test_retraction_removes_hit_at_once_even_from_a_stale_pdq_index(
         ledger.append([AddEntry.create(signal_type="sha1", value="cd" * 20)])
     replicate(a, c)
     pdq = LivePdqIndex()
-    assert pdq.load(c.store) == 4
+    assert pdq.load(c.matching) == 4
     near = flip(values[2], [0, 77, 200])
     (before,) = run(c, q("pdq", near), pdq=pdq)
     assert [(h.origin, h.index, h.distance, h.value) for h in before.hits] == [(A, 2, 3, values[2])]
@@ -150,7 +150,7 @@ def test_retraction_removes_hit_at_once_even_from_a_stale_pdq_index(
         )
     replicate(a, c)
     # No reload: the index still holds the row, the active filter drops it.
-    assert pdq.read_step(c.store) == 0
+    assert pdq.read_step(c.matching) == 0
     after = run(c, q("pdq", near), q("sha1", "cd" * 20), pdq=pdq)
     assert after[0].hits == () and after[1].hits == ()
     rows = c.store.conn.execute("SELECT idx FROM pdq ORDER BY idx").fetchall()
@@ -170,7 +170,7 @@ def test_pdq_results_are_ordered_by_distance_and_bounded(nodes: tuple[Path, Path
     }
     c.append([pdq_add(v) for v in far] + [pdq_add(near[d]) for d in (31, 5, 32, 0)])
     pdq = LivePdqIndex()
-    pdq.load(c.store)
+    pdq.load(c.matching)
     (res,) = run(c, q("pdq", base), pdq=pdq)
     assert [h.distance for h in res.hits] == [0, 5, 31]  # default threshold 31 is inclusive
     assert DEFAULT_MAX_DISTANCE == 31
@@ -191,14 +191,14 @@ def test_pdq_index_loads_incrementally_from_every_log(nodes: tuple[Path, Path, L
     rng = random.Random(3)
     c.append([pdq_add(pdq_value(rng)) for _ in range(7)])
     pdq = LivePdqIndex()
-    assert pdq.load(c.store, limit=3) == 7
-    assert pdq.load(c.store) == 0
+    assert pdq.load(c.matching, limit=3) == 7
+    assert pdq.load(c.matching) == 0
     values = [pdq_value(rng) for _ in range(5)]
     with Ledger.open(a) as ledger:
         ledger.append([pdq_add(v) for v in values])
     replicate(a, c)
     c.append([pdq_add(pdq_value(rng))])
-    assert pdq.load(c.store) == 6 and len(pdq) == 13
+    assert pdq.load(c.matching) == 6 and len(pdq) == 13
     (res,) = run(c, q("pdq", values[4]), pdq=pdq, max_distance=0)
     assert [(h.origin, h.index) for h in res.hits] == [(A, 4)]
 
@@ -311,7 +311,7 @@ def test_receipts_verify_against_the_origin_key_with_cosignatures(
         (log_id, record.size, witness.name, f"{witness.verifier().key_id:08x}", line),
     )
     pdq = LivePdqIndex()
-    pdq.load(c.store)
+    pdq.load(c.matching)
     res = run(c, q("sha256", sha(4)), q("pdq", flip(value, [9])), pdq=pdq, receipts=True)
     from protocol.keys import NoteVerifier
 
@@ -348,7 +348,7 @@ def test_derived_tables_follow_add_retract_readd_in_one_replicated_batch(
     rows = c.store.conn.execute("SELECT log_id, idx, hash FROM pdq").fetchall()
     assert rows == [(log_id, 2, bytes.fromhex(v))]
     pdq = LivePdqIndex()
-    pdq.load(c.store)
+    pdq.load(c.matching)
     (res,) = run(c, q("pdq", v), pdq=pdq, max_distance=0)
     assert [(h.origin, h.index) for h in res.hits] == [(A, 2)]
 

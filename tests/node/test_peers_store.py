@@ -1,4 +1,4 @@
-"""Schema version 2 (peers, follows, evidence, peer status) and upgrades from v1 and v2."""
+"""The peer store (peers, peer status, follows, evidence) and schema upgrades from v1 and v2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from node.errors import ConfigError, SchemaVersionError
 from node.ledger import Ledger
-from node.storage.ledger_store import LedgerStore, PeerRecord
+from node.storage.ledger_store import LedgerStore
+from node.storage.peer_store import PeerRecord, PeerStore
 from node.storage.schema import SCHEMA_VERSION, TILE_LEVEL, migrate
 from protocol.entry import AddEntry
 from protocol.keys import NoteSigner
@@ -33,24 +34,37 @@ def peer(name: str, spki: str, role: str = "peer") -> PeerRecord:
 
 
 def test_peers_add_lookup_remove(ledger: Ledger) -> None:
-    store = ledger.store
+    peers = ledger.peers
     a, b = peer("a.example/log", SPKI_A), peer("b.example/log", SPKI_B, "auditor")
-    store.add_peer(a)
-    store.add_peer(b)
-    assert store.list_peers() == [a, b]
-    assert store.peer_by_spki(SPKI_B) == b
-    assert store.peer_by_spki("c" * 64) is None
+    peers.add_peer(a)
+    peers.add_peer(b)
+    assert peers.list_peers() == [a, b]
+    assert peers.peer_by_spki(SPKI_B) == b
+    assert peers.peer_by_spki("c" * 64) is None
     with pytest.raises(ConfigError, match="already exists"):
-        store.add_peer(peer("a.example/log", "c" * 64))
+        peers.add_peer(peer("a.example/log", "c" * 64))
     with pytest.raises(ConfigError, match="already uses TLS key"):
-        store.add_peer(peer("c.example/log", SPKI_A))
+        peers.add_peer(peer("c.example/log", SPKI_A))
     with pytest.raises(ConfigError, match="role"):
-        store.add_peer(peer("c.example/log", "c" * 64, "admin"))
-    store.record_peer_error("a.example/log", "boom")
-    assert store.remove_peer("a.example/log") is True
-    assert store.remove_peer("a.example/log") is False
-    assert store.peer_by_spki(SPKI_A) is None
-    assert store.peer_statuses() == []
+        peers.add_peer(peer("c.example/log", "c" * 64, "admin"))
+    peers.record_peer_error("a.example/log", "boom")
+    assert peers.remove_peer("a.example/log") is True
+    assert peers.remove_peer("a.example/log") is False
+    assert peers.peer_by_spki(SPKI_A) is None
+    assert peers.peer_statuses() == []
+
+
+def test_the_ledger_store_hands_out_one_peer_store_on_its_connection(tmp_path: Path) -> None:
+    store = LedgerStore.open(tmp_path / "x.db")
+    try:
+        assert isinstance(store.peers, PeerStore) and store.peers.conn is store.conn
+        assert store.peers is store.peers
+        with store.transaction():
+            store.peers.add_peer(peer("a.example/log", SPKI_A))
+            assert store.conn.in_transaction  # joined, not committed on its own
+        assert [p.name for p in store.peers.list_peers()] == ["a.example/log"]
+    finally:
+        store.close()
 
 
 def test_spki_lookup_uses_an_index(ledger: Ledger) -> None:
@@ -65,51 +79,51 @@ def test_add_peer_joins_the_callers_transaction(ledger: Ledger) -> None:
 
     def attempt() -> None:
         with store.transaction():
-            store.add_peer(peer("a.example/log", SPKI_A))
-            store.add_follow("a.example/log", store.list_peers()[0].vkey)
+            store.peers.add_peer(peer("a.example/log", SPKI_A))
+            ledger.follow("a.example/log", store.peers.list_peers()[0].vkey)
             raise RuntimeError("roll back")
 
     with pytest.raises(RuntimeError):
         attempt()
-    assert store.list_peers() == [] and store.list_follows() == []
+    assert store.peers.list_peers() == [] and store.peers.list_follows() == []
 
 
 def test_peer_status(ledger: Ledger) -> None:
-    store = ledger.store
-    store.record_peer_error("p", "timed out")
-    store.record_peer_error("p", "refused")
-    (s,) = store.peer_statuses()
+    peers = ledger.peers
+    peers.record_peer_error("p", "timed out")
+    peers.record_peer_error("p", "refused")
+    (s,) = peers.peer_statuses()
     assert (s.last_error, s.failures, s.last_ok_at) == ("refused", 2, None)
-    store.record_peer_ok("p")
-    (s,) = store.peer_statuses()
+    peers.record_peer_ok("p")
+    (s,) = peers.peer_statuses()
     assert s.failures == 0 and s.last_ok_at is not None and s.last_error == "refused"
 
 
 def test_follows(ledger: Ledger) -> None:
     store = ledger.store
     vkey = NoteSigner.generate("a.example/log").verifier().to_text()
-    store.add_follow("a.example/log", vkey)
-    store.add_follow("a.example/log", vkey)  # idempotent
-    assert [(f.origin, f.vkey) for f in store.list_follows()] == [("a.example/log", vkey)]
+    ledger.follow("a.example/log", vkey)
+    ledger.follow("a.example/log", vkey)  # idempotent
+    assert [(f.origin, f.vkey) for f in store.peers.list_follows()] == [("a.example/log", vkey)]
     other = NoteSigner.generate("a.example/log").verifier().to_text()
     with pytest.raises(ConfigError, match="another key"):
-        store.add_follow("a.example/log", other)
+        ledger.follow("a.example/log", other)
     with pytest.raises(ConfigError, match=r"not 'b\.example/log'"):
-        store.add_follow("b.example/log", vkey)
+        ledger.follow("b.example/log", vkey)
     with pytest.raises(ConfigError, match="not valid"):
-        store.add_follow("b.example/log", "garbage")
+        ledger.follow("b.example/log", "garbage")
     own = ledger.own_log
     with pytest.raises(ConfigError, match="own log"):
-        store.add_follow(own.origin, own.verifier_key)
+        ledger.follow(own.origin, own.verifier_key)
 
 
 def test_evidence_is_append_only_and_freezes(ledger: Ledger) -> None:
     store = ledger.store
-    assert store.add_evidence("a.example/log", b'{"x":1}', "peer-1") is True
-    assert store.add_evidence("a.example/log", b'{"x":1}', "peer-2") is False
-    assert store.frozen_origins() == {"a.example/log"}
-    assert store.is_frozen("a.example/log") and not store.is_frozen("b.example/log")
-    (record,) = store.list_evidence()
+    assert store.peers.add_evidence("a.example/log", b'{"x":1}', "peer-1") is True
+    assert store.peers.add_evidence("a.example/log", b'{"x":1}', "peer-2") is False
+    assert store.peers.frozen_origins() == {"a.example/log"}
+    assert store.peers.is_frozen("a.example/log") and not store.peers.is_frozen("b.example/log")
+    (record,) = store.peers.list_evidence()
     assert (record.origin, record.evidence_json, record.source) == (
         "a.example/log",
         b'{"x":1}',
@@ -187,8 +201,8 @@ def test_old_database_is_migrated_in_place(node_dir: Path, version: int) -> None
             proof = ledger.prove_inclusion(i)
             verify_inclusion(i, 41, proof.leaf_hash or b"", proof.hashes, root)
         assert ledger.status() == status
-        assert ledger.store.list_peers() == []
-        ledger.store.add_evidence("x.example/y", b"{}", "t")
+        assert ledger.peers.list_peers() == []
+        ledger.peers.add_evidence("x.example/y", b"{}", "t")
         for table in ("evidence", "entries", "nodes"):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 conn.execute(f"DELETE FROM {table}")

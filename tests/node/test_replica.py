@@ -427,8 +427,8 @@ def fork_of(src: Source, tmp_path: Path, name: str) -> Source:
 def _check_frozen(dst: Ledger, src: Source, kind_note: str) -> ForkEvidence:
     replica = dst.replica(SRC)
     assert replica.state().frozen
-    assert dst.store.frozen_origins() == {SRC}
-    (record,) = dst.store.list_evidence()
+    assert dst.peers.frozen_origins() == {SRC}
+    (record,) = dst.peers.list_evidence()
     evidence = ForkEvidence.from_json(record.evidence_json)
     verify_fork_evidence(evidence, NoteVerifier.from_text(src.vkey))
     assert replica.check_checkpoint(kind_note).kind == "frozen"
@@ -449,7 +449,7 @@ def test_fork_at_equal_size(src: Source, dst: Ledger, tmp_path: Path) -> None:
     assert verdict.evidence.proof == ()
     evidence = _check_frozen(dst, src, ours)
     assert evidence == verdict.evidence
-    assert dst.store.list_evidence()[0].source == "peer-x"
+    assert dst.peers.list_evidence()[0].source == "peer-x"
     twin.ledger.close()
 
 

@@ -292,7 +292,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     with Ledger.open(author, read_only=True) as ledger:
         vkey = ledger.own_log.verifier_key
     with Ledger.open(follower) as ledger:
-        ledger.store.add_follow(AUTHOR, vkey)
+        ledger.follow(AUTHOR, vkey)
     db = await Database.open(follower)
     try:
         yield World(author, follower, peer, db)
@@ -313,9 +313,9 @@ def add_card(node_dir: Path, of: Path, url: str, *, follow: bool = True) -> None
     follows its origin), as `hashmesh peer add` does with its card."""
     card = parse_card(card_json(of, url))
     with Ledger.open(node_dir) as ledger:
-        ledger.store.add_peer(card.peer_record("peer"))
+        ledger.peers.add_peer(card.peer_record("peer"))
         if follow:
-            ledger.store.add_follow(card.name, card.vkey)
+            ledger.follow(card.name, card.vkey)
 
 
 def introduce(a: Serving, b: Serving, *, follow: bool = True) -> None:
@@ -332,7 +332,7 @@ def follow(node_dir: Path, author_dir: Path) -> str:
     with Ledger.open(author_dir, read_only=True) as author:
         origin, vkey = author.own_log.origin, author.own_log.verifier_key
     with Ledger.open(node_dir) as ledger:
-        ledger.store.add_follow(origin, vkey)
+        ledger.follow(origin, vkey)
     return vkey
 
 

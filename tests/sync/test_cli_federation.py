@@ -46,7 +46,7 @@ def test_card_add_list_remove_and_errors(
     rows = json.loads(out)
     assert [(r["name"], r["role"], r["last_error"]) for r in rows] == [(A, "peer", None)]
     with Ledger.open(b, read_only=True) as ledger:
-        assert [f.origin for f in ledger.store.list_follows()] == [A]
+        assert [f.origin for f in ledger.peers.list_follows()] == [A]
 
     tampered = dict(doc, vkey=doc["vkey"].replace(A, B))
     bad_card = tmp_path / "bad.json"

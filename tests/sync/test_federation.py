@@ -115,7 +115,7 @@ async def test_removed_peer_is_not_synced_and_gets_403(tmp_path: Path) -> None:
         assert await once(b.node_dir) == [None]
         assert held(b.node_dir, A) == 1
         with Ledger.open(a.node_dir) as ledger:
-            assert ledger.store.remove_peer(B)
+            assert ledger.peers.remove_peer(B)
         errors = await once(b.node_dir)
         assert len(errors) == 1 and errors[0] is not None and "403" in errors[0]
     finally:
@@ -156,7 +156,7 @@ async def test_author_showing_two_histories_is_caught_on_first_contact(tmp_path:
         await once(c.node_dir)
         for node in (b.node_dir, c.node_dir):
             with Ledger.open(node, read_only=True) as ledger:
-                evidence = [e for e in ledger.store.list_evidence() if e.origin == A]
+                evidence = [e for e in ledger.peers.list_evidence() if e.origin == A]
                 assert evidence, f"{node.name} did not detect the fork"
                 assert ledger.replica(A).state().frozen
 

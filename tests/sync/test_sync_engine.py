@@ -97,7 +97,7 @@ async def test_bad_peer_gets_nothing_in(world: World, fault: str, reason: str) -
     assert reason.lower() in report.error.lower()
     assert snapshot(db_path) == before
     with Ledger.open(world.follower, read_only=True) as ledger:
-        statuses = {s.name: s for s in ledger.store.peer_statuses()}
+        statuses = {s.name: s for s in ledger.peers.peer_statuses()}
     assert statuses[AUTHOR].last_error == report.error
     # The fault gone, the same peer syncs fine.
     world.peer.faults.clear()

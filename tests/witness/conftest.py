@@ -102,7 +102,7 @@ def add_card(node_dir: Path, other_dir: Path, url: str, role: str = "peer") -> N
     """node_dir adds other_dir's node (reached at url) as `hashmesh peer add` does."""
     card = parse_card(card_json(other_dir, url))
     with Ledger.open(node_dir) as ledger:
-        ledger.store.add_peer(card.peer_record(role))
+        ledger.peers.add_peer(card.peer_record(role))
 
 
 async def ask_witnesses(node_dir: Path) -> list[CosignOutcome]:

@@ -182,7 +182,7 @@ async def test_split_view_is_caught_by_the_witness_and_the_policy(
 
         # Shown the cosigned one, it accepts it.
         with Ledger.open(follower) as ledger:
-            ledger.store.remove_peer(ORIGIN)
+            ledger.peers.remove_peer(ORIGIN)
         add_card(follower, origin_dir, a1.url)
         assert await once(follower) == [None]
         assert held(follower, ORIGIN) == 6
@@ -207,7 +207,7 @@ async def test_client_follows_409_to_the_witness_size(
         config = load_config(origin_dir)
         db = await Database.open(origin_dir)
         try:
-            peer = (await db.read(lambda ledger: ledger.store.list_peers()))[0]
+            peer = (await db.read(lambda ledger: ledger.peers.list_peers()))[0]
             async with WitnessClient(
                 peer, cert_path=config.tls_cert_path, key_path=config.tls_key_path
             ) as client:
