@@ -24,7 +24,8 @@ def test_token_bucket_refills_at_rate() -> None:
 async def test_server_answers_429_per_peer(
     serve_with: Callable[[ApiLimits], AsyncIterator[Served]],
 ) -> None:
-    async for served in serve_with(ApiLimits(peer_rate=0.5, peer_burst=3)):
+    # One token per 100 s: no refill can land between the requests, however slow the machine.
+    async for served in serve_with(ApiLimits(peer_rate=0.01, peer_burst=3)):
         async with served.session(served.peer) as s:
             statuses = []
             for _ in range(4):
@@ -33,7 +34,7 @@ async def test_server_answers_429_per_peer(
                     last = (await resp.json(), resp.headers.get("Retry-After"))
             assert statuses == [200, 200, 200, 429]
             body, retry_after = last
-            assert "exceeds 0.5 requests/s" in body["error"]
+            assert "exceeds 0.01 requests/s" in body["error"]
             assert retry_after is not None and int(retry_after) >= 1
         # Another peer still gets through while the first is limited.
         async with (

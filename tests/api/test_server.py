@@ -15,6 +15,7 @@ from node.ledger import Ledger
 from node.tls import client_ssl_context
 from protocol.entry import AddEntry
 from tests.api.conftest import ORIGIN, add_peer, make_identity, signal_value
+from tests.waiting import PATIENCE, eventually
 
 
 async def _start(node_dir: Path, **kwargs: object) -> tuple[asyncio.Task[None], RunningServer]:
@@ -22,7 +23,9 @@ async def _start(node_dir: Path, **kwargs: object) -> tuple[asyncio.Task[None], 
     task = asyncio.create_task(
         run_server(node_dir, "127.0.0.1:0", sync=False, on_started=started.set_result, **kwargs)  # type: ignore[arg-type]
     )
-    done, _ = await asyncio.wait({task, started}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {task, started}, timeout=PATIENCE, return_when=asyncio.FIRST_COMPLETED
+    )
     assert started in done, task.exception() if task.done() else "server did not start"
     return task, started.result()
 
@@ -40,16 +43,16 @@ async def test_serves_until_sigterm_and_announces_cli_writes(
             assert resp.status == 200
             assert (await resp.json())["origin"] == ORIGIN
         async with s.get(server.url + "/v1/events") as events:
-            await asyncio.wait_for(events.content.readuntil(b"\n\n"), 1)
+            await asyncio.wait_for(events.content.readuntil(b"\n\n"), PATIENCE)
             # a write by "the CLI" (another connection) is announced
             with Ledger.open(node_dir) as ledger:
                 size = ledger.append(
                     [AddEntry.create(signal_type="sha256", value=signal_value(99))]
                 ).checkpoint.size
-            block = await asyncio.wait_for(events.content.readuntil(b"\n\n"), 2)
+            block = await asyncio.wait_for(events.content.readuntil(b"\n\n"), PATIENCE)
             assert f'"size":{size}'.encode() in block
             os.kill(os.getpid(), signal.SIGTERM)
-            await asyncio.wait_for(task, 5)
+            await asyncio.wait_for(task, PATIENCE)
     assert task.done() and task.exception() is None
 
 
@@ -61,21 +64,21 @@ async def test_peer_added_by_cli_while_serving_can_connect(node_dir: Path, tmp_p
         server_pem = load_config(node_dir).tls_cert_path.read_text(encoding="ascii")
         ctx = client_ssl_context(late.cert_path, late.key_path, server_pem)
         add_peer(node_dir, late, "auditor")
-        status = None
-        for _ in range(40):
+
+        async def health() -> int | None:
             try:
                 async with (
                     aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s,
                     s.get(server.url + "/v1/health") as resp,
                 ):
-                    status = resp.status
-                    break
+                    return resp.status
             except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-        assert status == 200
+                return None  # refused: the server has not noticed the new peer yet
+
+        assert await eventually(health, what="the late peer to be accepted") == 200
     finally:
         stop.set()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, PATIENCE)
 
 
 async def test_sync_factory_runs_for_the_life_of_the_server(node_dir: Path) -> None:
@@ -97,5 +100,5 @@ async def test_sync_factory_runs_for_the_life_of_the_server(node_dir: Path) -> N
     task, _server = await _start(node_dir, stop=stop, sync_factory=factory)
     assert log == [f"start {ORIGIN}"]
     stop.set()
-    await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(task, PATIENCE)
     assert log == [f"start {ORIGIN}", "stop"]

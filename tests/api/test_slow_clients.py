@@ -10,34 +10,39 @@ from the same peer are answered.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 
 from node.api.state import ApiLimits
 from tests.api.conftest import Served
+from tests.waiting import PATIENCE
 
 SLOW_CLIENTS = 30
 DEADLINE = 1.0  # the keep-alive timeout the server is started with
+TRICKLE = 0.2  # seconds between the slow client's header lines
 
 
-async def _slow_header_client(served: Served) -> float:
-    """Seconds until the server closes a connection whose head never ends."""
+async def _slow_header_client(served: Served, opened: asyncio.Queue[None]) -> bool:
+    """Trickle a request head that never ends; True once the server closes the
+    connection, False if it still held it after PATIENCE (60 times its deadline)."""
     host, port = served.server.host, served.server.port
     reader, writer = await asyncio.open_connection(host, port, ssl=served.client_ctx(served.peer))
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + PATIENCE
     try:
         writer.write(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        while time.monotonic() - started < 15:
+        await writer.drain()
+        opened.put_nowait(None)
+        while loop.time() < give_up:
             writer.write(b"X-Slow: 1\r\n")
             await writer.drain()
             try:
-                if await asyncio.wait_for(reader.read(1), timeout=0.2) == b"":
-                    return time.monotonic() - started
+                if await asyncio.wait_for(reader.read(1), timeout=TRICKLE) == b"":
+                    return True
             except TimeoutError:
                 continue
-        return float("inf")
+        return False
     except ConnectionError:
-        return time.monotonic() - started
+        return True
     finally:
         writer.close()
 
@@ -46,17 +51,17 @@ async def test_slow_header_clients_are_cut_off_and_honest_requests_served(
     serve_with: Callable[..., AsyncIterator[Served]],
 ) -> None:
     async for served in serve_with(ApiLimits(), keepalive_timeout=DEADLINE):
-        slow = [asyncio.create_task(_slow_header_client(served)) for _ in range(SLOW_CLIENTS)]
-        await asyncio.sleep(0.2)
-        latencies: list[float] = []
+        opened: asyncio.Queue[None] = asyncio.Queue()
+        slow = [
+            asyncio.create_task(_slow_header_client(served, opened)) for _ in range(SLOW_CLIENTS)
+        ]
+        for _ in range(SLOW_CLIENTS):  # every slow client holds a connection
+            await asyncio.wait_for(opened.get(), PATIENCE)
         async with served.session(served.subscriber) as s:
             for _ in range(10):
-                started = time.monotonic()
                 async with s.get(served.url + "/v1/health") as resp:
                     assert resp.status == 200
-                latencies.append(time.monotonic() - started)
-                await asyncio.sleep(0.1)
-        held = await asyncio.gather(*slow)
-        # Every slow connection was closed near the deadline, none held on.
-        assert all(DEADLINE * 0.5 <= t <= DEADLINE + 3 for t in held), held
-        assert max(latencies) < 1.0, latencies
+        # Every slow connection was closed by the server, none held on. (How
+        # near its deadline, and honest latency meanwhile, are timings:
+        # benchmarks/bench_api.py measures them.)
+        assert all(await asyncio.gather(*slow))

@@ -21,7 +21,7 @@ from tests.audit.conftest import (
     serve,
     vkey_of,
 )
-from tests.sync.conftest import add_card, once, settle
+from tests.sync.conftest import add_card, once, trusted
 
 pytestmark = pytest.mark.integration
 
@@ -183,7 +183,7 @@ async def test_relay_serving_the_same_history_passes(tmp_path: Path, auditor: Id
         # B follows A and pulls its log once, as `hashmesh sync` does.
         add_card(b_dir, a_dir, a.url)
         add_card(a_dir, b_dir, "https://127.0.0.1:1", follow=False)
-        await settle()
+        await trusted(a, b_dir)
         assert await once(b_dir) == [None]
         b = await serve(b_dir, auditor)
         try:

@@ -30,7 +30,8 @@ from node.tls import client_ssl_context
 from protocol.entry import AddEntry
 from tests.api.conftest import Identity, add_peer, make_identity
 from tests.audit.conftest import Served, new_node, serve
-from tests.sync.conftest import add_card, once, settle
+from tests.sync.conftest import add_card, once, trusted
+from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.integration
 
@@ -130,11 +131,11 @@ async def _stream(
         if resp.status != 200:
             probe.add(route.path, resp.status, await resp.read())
             return
-        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=5)
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=PATIENCE)
         with Ledger.open(node_dir) as ledger:  # a new checkpoint is announced on the stream
             fresh = f"{next(_FRESH):032x}"
             ledger.append([AddEntry.create(signal_type="md5", value=fresh, labels=LABELS)])
-        event = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=5)
+        event = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=PATIENCE)
         probe.add(route.path, resp.status, first + event)
 
 
@@ -165,7 +166,7 @@ async def node_with_secrets(tmp_path: Path) -> AsyncIterator[tuple[Served, Ident
     try:
         add_card(a_dir, b_dir, b.url)
         add_card(b_dir, a_dir, "https://127.0.0.1:1", follow=False)
-        await settle()  # b's server picks up its new peer
+        await trusted(b, a_dir)
         assert await once(a_dir) == [None]
     finally:
         await b.close()

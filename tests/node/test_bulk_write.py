@@ -22,6 +22,7 @@ from node.storage import ledger_store
 from protocol.entry import AddEntry, parse_entry
 from protocol.hashing import hash_leaf
 from protocol.merkle import root_from_leaf_hashes, verify_inclusion
+from tests.waiting import PATIENCE
 
 
 def values(start: int, count: int) -> list[str]:
@@ -77,15 +78,15 @@ def test_bulk_allocation_restores_the_collector() -> None:
     def other() -> None:
         with bulk_allocation():
             inside.set()
-            release.wait(10)
+            release.wait(PATIENCE)
 
     worker = threading.Thread(target=other)
     with bulk_allocation():
         worker.start()
-        assert inside.wait(10)
+        assert inside.wait(PATIENCE)
     assert not gc.isenabled()  # the other thread's write is still going
     release.set()
-    worker.join(10)
+    worker.join(PATIENCE)
     assert gc.isenabled()
 
 

@@ -14,6 +14,7 @@ from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from protocol.entry import AddEntry
+from tests.waiting import PATIENCE
 
 
 def add(i: int) -> AddEntry:
@@ -28,12 +29,12 @@ async def test_reads_run_while_a_write_runs(node_dir: Path) -> None:
     def slow_write(ledger: Ledger) -> int:
         assert threading.get_ident() != loop_thread
         started.set()
-        release.wait(5)
+        release.wait(PATIENCE)
         return ledger.append([add(1)]).checkpoint.size
 
     try:
         write = asyncio.create_task(db.write(slow_write))
-        await asyncio.to_thread(started.wait, 5)
+        assert await asyncio.to_thread(started.wait, PATIENCE)
         # The writer is blocked mid-write; readers still answer, from the last commit.
         sizes = await asyncio.gather(
             *(db.read(lambda lg: lg.latest_checkpoint().size) for _ in range(6))

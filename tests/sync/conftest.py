@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import hashlib
 import ssl
@@ -20,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from node.api.server import RunningServer, run_server
+from node.api.state import HUB_KEY
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
@@ -31,8 +34,10 @@ from node.ledger.provision import init_node
 from node.sync.cards import make_card, parse_card
 from node.sync.client import MAX_BUNDLE_BYTES, PeerClient
 from node.sync.runner import sync_once
+from node.tls import client_ssl_context
 from protocol.entry import AddEntry
 from protocol.wire import ENTRY_BUNDLE_MEDIA_TYPE, encode_entry_bundle
+from tests.waiting import PATIENCE, eventually
 
 AUTHOR = "hotline-a.example/hashmesh"
 FOLLOWER = "hotline-b.example/hashmesh"
@@ -97,7 +102,7 @@ class Serving:
 
     async def close(self) -> None:
         self.stop.set()
-        await asyncio.wait_for(self.task, timeout=15)
+        await asyncio.wait_for(self.task, timeout=PATIENCE)
 
 
 async def serve(node_dir: Path, *, sync: bool, poll: float = 5.0) -> Serving:
@@ -113,7 +118,7 @@ async def serve(node_dir: Path, *, sync: bool, poll: float = 5.0) -> Serving:
             stop=stop,
         )
     )
-    server = await asyncio.wait_for(started, timeout=10)
+    server = await asyncio.wait_for(started, timeout=PATIENCE)
     return Serving(node_dir, server, stop, task)
 
 
@@ -323,9 +328,39 @@ def introduce(a: Serving, b: Serving, *, follow: bool = True) -> None:
     add_card(a.node_dir, b.node_dir, b.url, follow=follow)
 
 
-async def settle() -> None:
-    """Let running servers notice peers added by another connection (polled every 0.1 s)."""
-    await asyncio.sleep(0.4)
+async def accepts(server: Serving, client_dir: Path) -> bool:
+    """Whether ``server`` answers a mutual-TLS request made as the node in ``client_dir``."""
+    mine = load_config(client_dir)
+    ctx = client_ssl_context(mine.tls_cert_path, mine.tls_key_path, server.cert_pem)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+            session.get(server.url + "/v1/health") as resp,
+        ):
+            return resp.status == 200
+    except (aiohttp.ClientError, ssl.SSLError, OSError):
+        return False  # the handshake was refused: not (yet) a trusted peer
+
+
+async def trusted(server: Serving, *clients: Path) -> None:
+    """Wait until ``server`` accepts each of ``clients``, added as peers by another
+    connection (its watcher notices new peers by polling the database)."""
+    for client in clients:
+        await eventually(
+            functools.partial(accepts, server, client),
+            what=f"{server.node_dir.name} to accept TLS connections from {client.name}",
+        )
+
+
+async def listened(server: Serving, count: int) -> None:
+    """Wait until ``count`` clients listen to ``server``'s event stream: the peers'
+    sync runners are connected and will hear every announcement from now on."""
+    hub = server.server.runner.app[HUB_KEY]
+    await eventually(
+        lambda: hub.subscriber_count,
+        until=lambda n: n >= count,
+        what=f"{count} event-stream subscriber(s) at {server.node_dir.name}",
+    )
 
 
 def follow(node_dir: Path, author_dir: Path) -> str:
@@ -336,11 +371,19 @@ def follow(node_dir: Path, author_dir: Path) -> str:
     return vkey
 
 
+NO_POLL = 3600.0
+"""A poll interval no test outlives: whatever a node learns, it was told."""
+
+
 @pytest.fixture
 async def network(tmp_path: Path) -> AsyncIterator[tuple[Serving, Serving, Serving]]:
-    """A <-> B <-> C, C follows A (through B), every node serving and syncing live."""
+    """A <-> B <-> C, C follows A (through B), every node serving and syncing live.
+
+    The runners' fallback poll is an hour away (:data:`NO_POLL`): everything
+    travels by announcement, which is what the live tests mean to show.
+    """
     nodes = [
-        await serve(make_node(tmp_path, name, origin), sync=True)
+        await serve(make_node(tmp_path, name, origin), sync=True, poll=NO_POLL)
         for name, origin in (("a", A), ("b", B), ("c", C))
     ]
     a, b, c = nodes
@@ -349,8 +392,11 @@ async def network(tmp_path: Path) -> AsyncIterator[tuple[Serving, Serving, Servi
     introduce(b, c)
     introduce(c, b)
     follow(c.node_dir, a.node_dir)
-    await settle()  # servers trust the peers added by another connection
     try:
+        # Each runner listens to its peers' announcements before any test writes.
+        await listened(a, 1)
+        await listened(b, 2)
+        await listened(c, 1)
         yield a, b, c
     finally:
         await shutdown(*nodes)

@@ -11,7 +11,7 @@ import pytest
 from node.cli import main as cli
 from node.ledger import Ledger
 from protocol.entry import AddEntry
-from tests.sync.conftest import A, B, make_node, serve, settle, sha, shutdown
+from tests.sync.conftest import A, B, make_node, serve, sha, shutdown, trusted
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ async def test_sync_once_status_fsck_and_failure_report(
             assert cli(["--dir", str(src), "peer", "card", "--url", url]) == 0
             card.write_text(capsys.readouterr().out, encoding="utf-8")
             assert cli(["--dir", str(dst), "peer", "add", str(card), "--role", "peer"]) == 0
-        await settle()
+        await trusted(a, b_dir)
         # sync --once runs its own event loop: run it off this test's loop.
         status = await asyncio.to_thread(cli, ["--dir", str(b_dir), "sync", "--once"])
         out, err = capsys.readouterr()

@@ -7,10 +7,8 @@ The receipt C hands out is checked with nothing but A's verifier key.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from node.tls import client_ssl_context
 from protocol.__main__ import main as audit
 from protocol.entry import AddEntry, RetractEntry
 from tests.sync.conftest import A, B, Serving
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +45,13 @@ async def post_match(client: Path, server: Serving, body: dict[str, Any]) -> dic
 
 
 async def wait_hits(
-    client: Path, server: Serving, body: dict[str, Any], count: int, within: float
+    client: Path, server: Serving, body: dict[str, Any], count: int
 ) -> dict[str, Any]:
-    started = time.monotonic()
-    while True:
-        doc = await post_match(client, server, body)
-        hits = sum(len(m["hits"]) for m in doc["matches"])
-        if hits == count:
-            return doc
-        if time.monotonic() - started > within:
-            pytest.fail(f"expected {count} hit(s) within {within} s, got {doc}")
-        await asyncio.sleep(0.05)
+    return await eventually(
+        lambda: post_match(client, server, body),
+        until=lambda doc: sum(len(m["hits"]) for m in doc["matches"]) == count,
+        what=f"{count} hit(s) at {server.node_dir.name}",
+    )
 
 
 async def test_hash_added_at_a_matches_at_c_with_a_receipt_verified_by_a_key(
@@ -82,7 +77,7 @@ async def test_hash_added_at_a_matches_at_c_with_a_receipt_verified_by_a_key(
         "hashes": [{"type": "sha256", "value": SHA}, {"type": "pdq", "value": near}],
         "receipts": True,
     }
-    doc = await wait_hits(b.node_dir, c, body, 2, within=10)
+    doc = await wait_hits(b.node_dir, c, body, 2)
     exact, close = doc["matches"]
     (hit,) = exact["hits"]
     assert (hit["origin"], hit["index"], hit["labels"]) == (A, 0, ["iwf:category-a"])
@@ -98,19 +93,17 @@ async def test_hash_added_at_a_matches_at_c_with_a_receipt_verified_by_a_key(
     # B disputes the PDQ entry; the opinion travels B -> C and shows there.
     with Ledger.open(b.node_dir) as ledger:
         ledger.append([make_opinion(ledger, A, 1, "dispute", note="a cartoon")])
-    started = time.monotonic()
-    while True:
-        doc = await post_match(b.node_dir, c, {"hashes": body["hashes"]})
-        opinions = doc["matches"][1]["hits"][0]["opinions"]
-        if opinions:
-            break
-        assert time.monotonic() - started < 10, doc
-        await asyncio.sleep(0.05)
+    doc = await eventually(
+        lambda: post_match(b.node_dir, c, {"hashes": body["hashes"]}),
+        until=lambda doc: doc["matches"][1]["hits"][0]["opinions"],
+        what="B's opinion to show at C",
+    )
+    opinions = doc["matches"][1]["hits"][0]["opinions"]
     assert opinions == [
         {"origin": B, "index": 0, "verdict": "dispute", "note": "a cartoon", "trusted": True}
     ]
     # A retracts the PDQ entry: C stops matching it as soon as the retraction arrives.
     with Ledger.open(a.node_dir) as ledger:
         ledger.append([RetractEntry(index=1, reason="false positive")])
-    doc = await wait_hits(b.node_dir, c, body, 1, within=10)
+    doc = await wait_hits(b.node_dir, c, body, 1)
     assert [m["i"] for m in doc["matches"]] == [0]

@@ -18,8 +18,8 @@ from tests.sync.conftest import (
     make_node,
     once,
     serve,
-    settle,
     shutdown,
+    trusted,
 )
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,9 @@ async def test_follower_and_relay_cross_a_rotation(tmp_path: Path) -> None:
         introduce(c, b, follow=False)
         introduce(b, c, follow=False)
         old_vkey = follow(c.node_dir, a.node_dir)
-        await settle()
+        await trusted(a, b.node_dir)
+        await trusted(c, b.node_dir)
+        await trusted(b, c.node_dir)
         add_entries(a.node_dir, 0, 5)
         assert set(await once(b.node_dir)) == {None}
         with Ledger.open(a.node_dir) as ledger:

@@ -32,6 +32,7 @@ from protocol.errors import InvalidSignatureError, MalformedError, QuorumError, 
 from protocol.keys import NoteSigner
 from protocol.note import parse_note
 from protocol.witness import parse_cosignature_lines
+from tests.waiting import PATIENCE
 from tests.witness.conftest import ORIGIN, WITNESS, append, fork, request
 
 
@@ -204,13 +205,20 @@ def test_check_and_save_is_one_transaction(
 
     def held_clock() -> float:
         inside.set()
-        assert release.wait(10)
+        assert release.wait(PATIENCE)
         return time.time()
 
     results: dict[str, object] = {}
+    began = threading.Event()
 
     def run(name: str, req: object, clock: object) -> None:
         store = LedgerStore.open(witness_dir / "ledger.db")
+        if name == "two":
+            # SQLite reports a statement as it starts running, so this fires as
+            # t2 asks for the write lock t1 holds (and before it can get it).
+            store.conn.set_trace_callback(
+                lambda sql: began.set() if sql.startswith("BEGIN IMMEDIATE") else None
+            )
         try:
             with Ledger.open(witness_dir) as ledger:
                 signer = load_witness_signer(ledger.config)
@@ -223,14 +231,14 @@ def test_check_and_save_is_one_transaction(
 
     t1 = threading.Thread(target=run, args=("one", r1, held_clock))
     t1.start()
-    assert inside.wait(10)
+    assert inside.wait(PATIENCE)
     t2 = threading.Thread(target=run, args=("two", r2, time.time))
     t2.start()
-    time.sleep(0.3)  # t2 is now blocked on BEGIN IMMEDIATE
+    assert began.wait(PATIENCE)  # t2 is now blocked on BEGIN IMMEDIATE
     assert "two" not in results
     release.set()
-    t1.join(10)
-    t2.join(15)
+    t1.join(PATIENCE)
+    t2.join(PATIENCE)
     assert not isinstance(results["one"], Exception), results["one"]
     assert isinstance(results["two"], WitnessConflictError)
     assert results["two"].size == 5

@@ -7,8 +7,6 @@ on its own SQLite file; settings are written to ``config.toml`` as the
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,8 @@ from node.sync.client import PeerClient
 from node.sync.witness_client import WitnessClient, cosign_latest
 from protocol.checkpoint import open_checkpoint
 from protocol.keys import SIG_COSIGNATURE_V1, NoteSigner, NoteVerifier
-from tests.sync.conftest import once, serve, shutdown
+from tests.sync.conftest import once, serve, shutdown, trusted
+from tests.waiting import eventually
 from tests.witness.conftest import (
     ORIGIN,
     WITNESS,
@@ -70,15 +69,6 @@ def make_follower(tmp_path: Path, origin_dir: Path, wkey: NoteVerifier) -> Path:
     return path
 
 
-async def wait_until(check: object, within: float = 10.0) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        if check():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"condition not met within {within} s")
-
-
 async def test_cosignatures_travel_with_checkpoints(
     tmp_path: Path, origin_dir: Path, witness_dir: Path
 ) -> None:
@@ -92,11 +82,16 @@ async def test_cosignatures_travel_with_checkpoints(
         add_card(witness_dir, origin_dir, a.url)  # W accepts A's requests (W follows A)
         add_card(origin_dir, follower, UNREACHABLE, role="subscriber")
         add_card(follower, origin_dir, a.url)
-        await asyncio.sleep(0.3)  # both servers trust the new certificates
+        await trusted(w, origin_dir)
+        await trusted(a, follower)
 
         # A writes (as the CLI does); its runner asks W at once, live.
         append(origin_dir, 5)
-        await wait_until(lambda: 5 in cosigned_sizes(origin_dir, ORIGIN))
+        await eventually(
+            lambda: cosigned_sizes(origin_dir, ORIGIN),
+            until=lambda sizes: 5 in sizes,
+            what="W's cosignature of size 5 at A",
+        )
 
         # GET /v1/checkpoint carries W's line: k-of-n checks pass with protocol/ alone.
         config = load_config(follower)
@@ -158,7 +153,9 @@ async def test_split_view_is_caught_by_the_witness_and_the_policy(
         for face in (origin_dir, other):
             add_card(face, witness_dir, w.url)
             add_card(face, follower, UNREACHABLE, role="subscriber")
-        await asyncio.sleep(0.3)
+        await trusted(w, origin_dir)
+        await trusted(a1, follower)
+        await trusted(a2, follower)
 
         # The witness cosigns the first history it is shown...
         (first,) = await ask_witnesses(origin_dir)
@@ -202,7 +199,7 @@ async def test_client_follows_409_to_the_witness_size(
     try:
         add_card(witness_dir, origin_dir, UNREACHABLE)
         add_card(origin_dir, witness_dir, w.url)
-        await asyncio.sleep(0.3)
+        await trusted(w, origin_dir)
         append(origin_dir, 5)
         config = load_config(origin_dir)
         db = await Database.open(origin_dir)
