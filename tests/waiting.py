@@ -2,10 +2,10 @@
 
 Tests never sleep a fixed time hoping something happened meanwhile: on a
 loaded machine "meanwhile" stretches, and the test fails for the wrong
-reason. They wait on an event, or poll the actual condition with
-:func:`eventually` (:func:`eventually_sync` outside an event loop). The
-deadline only bounds a hang: it is generous, and reaching it is a failure
-that says what was awaited and what was last seen.
+reason. They wait on an event (with :data:`PATIENCE` as its deadline), or
+poll the actual condition with :func:`eventually`. The deadline only bounds
+a hang: it is generous, and reaching it is a failure that says what was
+awaited and what was last seen.
 """
 
 from __future__ import annotations
@@ -80,21 +80,3 @@ async def eventually(
         if time.monotonic() > deadline:
             raise _failure(what, within, value)
         await asyncio.sleep(_INTERVAL)
-
-
-def eventually_sync(
-    probe: Callable[[], T],
-    *,
-    until: Callable[[T], object] = bool,
-    what: str,
-    within: float = PATIENCE,
-) -> T:
-    """:func:`eventually` for code that runs outside an event loop."""
-    deadline = time.monotonic() + within
-    while True:
-        value = probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise _failure(what, within, value)
-        time.sleep(_INTERVAL)
