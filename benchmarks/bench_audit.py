@@ -126,9 +126,9 @@ def child_audit(args: list[str]) -> tuple[float, dict[str, object], float]:
 
 async def live(node_dir: Path, base: Path, n: int) -> dict[str, float]:
     from node.api.server import RunningServer, run_server
+    from node.cli.cards import make_card
     from node.config import load_config
     from node.ledger.service import Ledger
-    from node.sync.cards import make_card
     from tests.api.conftest import add_peer, make_identity
 
     auditor = make_identity(base, "auditor")

@@ -344,8 +344,8 @@ def make_node(base: Path, name: str, origin: str) -> Node:
 
 def introduce(node: Node, peer: Node, *, follow: Node | None = None) -> None:
     """``node`` adds ``peer`` (role peer), as `hashmesh peer add` does; may follow an origin."""
+    from node.cli.cards import make_card
     from node.ledger.service import Ledger
-    from node.sync.cards import make_card
 
     card = make_card(name=peer.origin, url=peer.url, tls_cert=peer.cert_pem(), vkey=peer.vkey())
     with Ledger.open(node.dir) as ledger:

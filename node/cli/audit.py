@@ -22,10 +22,10 @@ from node.audit.state import (
     locked_state,
     save_state,
 )
+from node.cli.cards import parse_card
 from node.cli.output import Command, Output
 from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError
-from node.sync.cards import parse_card
 from protocol.audit import CHECKS, Failure
 from protocol.errors import MalformedError
 from protocol.keys import SIG_ED25519, NoteVerifier

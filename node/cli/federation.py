@@ -13,12 +13,12 @@ import json
 import logging
 from pathlib import Path
 
+from node.cli.cards import ROLES, Card, make_card, parse_card
 from node.cli.output import Command, Output
 from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
 from node.ledger.database import Database
-from node.sync.cards import ROLES, Card, make_card, parse_card
 from node.sync.runner import sync_once
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier

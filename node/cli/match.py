@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from node.cli.cards import parse_card
 from node.cli.output import Command, Output
 from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError, NodeError, PeerProtocolError, PeerUnavailableError
@@ -39,7 +40,6 @@ from node.ledger.matching import (
     make_opinion,
     match,
 )
-from node.sync.cards import parse_card
 from node.tls import client_ssl_context
 from protocol.encoding import loads_strict
 from protocol.entry import OPINION_VERDICTS

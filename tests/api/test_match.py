@@ -14,9 +14,9 @@ import pytest
 
 from node.api.match import MAX_BODY
 from node.cli import main as cli
+from node.cli.cards import make_card
 from node.ledger import Ledger
 from node.ledger.matching import MAX_BATCH
-from node.sync.cards import make_card
 from protocol.entry import AddEntry, RetractEntry
 from protocol.keys import NoteVerifier
 from protocol.receipt import MatchReceipt, verify_receipt

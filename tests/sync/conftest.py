@@ -27,11 +27,11 @@ from aiohttp import web
 
 from node.api.server import RunningServer, run_server
 from node.api.state import HUB_KEY
+from node.cli.cards import make_card, parse_card
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
-from node.sync.cards import make_card, parse_card
 from node.sync.client import MAX_BUNDLE_BYTES, PeerClient
 from node.sync.runner import sync_once
 from node.tls import client_ssl_context

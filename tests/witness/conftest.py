@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from node.cli.cards import parse_card
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
 from node.ledger.witness import load_witness_signer
-from node.sync.cards import parse_card
 from node.sync.witness_client import CosignOutcome, cosign_once
 from protocol.entry import AddEntry
 from protocol.keys import NoteVerifier

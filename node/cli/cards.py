@@ -1,6 +1,8 @@
 """Peer cards: what one node hands another to be added as a peer.
 
-Layer: node.sync. Performs no I/O (callers read and write the files).
+Layer: node.cli. Performs no I/O (the commands read and write the files): the
+CLI alone uses cards (``peer card``, ``peer add``, ``follow --card``,
+``audit --card``, ``match --card``).
 
 A card is one JSON object::
 
