@@ -189,24 +189,34 @@ def loads_strict(data: bytes | str, *, field: str | None = None) -> Any:
     """
     if isinstance(data, bytes | bytearray | memoryview):
         raw = bytes(data)
-        if raw.startswith(b"\xef\xbb\xbf"):
-            raise MalformedError("JSON must not start with a byte order mark", field=field)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise MalformedError(f"not valid UTF-8 at byte {e.start}", field=field) from e
+        if raw.isascii():  # the common case: no BOM, no invalid UTF-8 possible
+            text = raw.decode("ascii")
+        else:
+            if raw.startswith(b"\xef\xbb\xbf"):
+                raise MalformedError("JSON must not start with a byte order mark", field=field)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise MalformedError(f"not valid UTF-8 at byte {e.start}", field=field) from e
     else:
         text = data
         if text.startswith("\ufeff"):
             raise MalformedError("JSON must not start with a byte order mark", field=field)
+    fractions: list[str] = []
+
+    def fraction(number: str) -> float:
+        fractions.append(number)
+        return float(number)
+
     # The C decoder turns pathological nesting into RecursionError (caught
-    # below); _check_text then bounds the depth we accept.
+    # below); the walk of _check_text then bounds the depth we accept.
     try:
         value = json.loads(
             text,
             object_pairs_hook=_object_pairs,
             parse_constant=_reject_constant,
             parse_int=_parse_json_int,
+            parse_float=fraction,
         )
     except MalformedError as e:
         if field is not None:
@@ -215,8 +225,32 @@ def loads_strict(data: bytes | str, *, field: str | None = None) -> Any:
         raise
     except (json.JSONDecodeError, RecursionError) as e:
         raise MalformedError(f"invalid JSON: {e}", field=field) from e
-    _check_text(value, field or "", 0)
+    # The walk costs a Python call per value (as much as matching a large
+    # request). ASCII text without \u escapes holds no lone surrogate, and
+    # fractions and depth are known without it, so for such text it runs
+    # only to name the field of a problem.
+    if fractions or not (text.isascii() and "\\u" not in text and _shallow(text, value)):
+        _check_text(value, field or "", 0)
     return value
+
+
+def _shallow(text: str, value: Any) -> bool:
+    """Whether no value of a parsed document sits deeper than MAX_JSON_DEPTH.
+
+    The brackets of the text bound the depth from above; only a document
+    with more of them is measured, one level of containers at a time (no
+    call per value, unlike the walk of _check_text).
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return True
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH + 1):
+        level = [c for v in level if type(v) is dict for c in v.values()] + [
+            c for v in level if type(v) is list for c in v
+        ]
+        if not level:
+            return True
+    return False
 
 
 def _parse_json_int(text: str) -> int:

@@ -35,7 +35,7 @@ here beyond the grammar.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,7 +59,9 @@ __all__ = [
     "OpinionEntry",
     "RetractEntry",
     "RotateEntry",
+    "parse_entries",
     "parse_entry",
+    "parse_entry_fast",
 ]
 
 MAX_ENTRY_BYTES = 4096
@@ -793,3 +795,97 @@ def parse_entry(data: bytes) -> Entry:
             "raw UTF-8)"
         )
     return entry
+
+
+# -- fast parsing ------------------------------------------------------------
+#
+# Logs are read in bulk (replication, audits, matching): the parsers below
+# accept exactly what parse_entry accepts and return equal values
+# (tests/protocol/test_entry_fast.py proves it with generated near misses), at
+# several times its speed for the common case, a note-less add.
+
+# The shape of a note-less add's encoding: it only finds the family fields
+# (labels, quality, type); the family's AddEntry.parser then accepts exactly
+# the canonical encodings.
+_ASCII = rb"[\x20\x21\x23-\x5b\x5d-\x7e]"
+_CANONICAL_ADD = re.compile(
+    rb'\{"kind":"add","labels":\[((?:"' + _ASCII + rb'*"(?:,"' + _ASCII + rb'*")*)?)\],'
+    rb'"signal":\{(?:"quality":(0|[1-9][0-9]{0,18}),)?"type":"(' + _ASCII + rb'*)",'
+    rb'"value":"(' + _ASCII + rb'*)"\},"v":' + str(PROTOCOL_VERSION).encode() + rb"\}"
+)
+
+_Parser = Callable[[bytes], AddEntry | None]
+_FAMILIES: dict[tuple[bytes, bytes, bytes | None], _Parser | None] = {}
+_MAX_FAMILIES = 1024
+_recent: list[_Parser | None] = [None]
+
+
+def parse_entry_fast(data: bytes) -> Entry:
+    """:func:`parse_entry`, with a fast path for note-less adds.
+
+    Raises:
+        MalformedError: exactly when :func:`parse_entry` does, with the same message.
+    """
+    # A log's entries come in long runs of one family (type, labels,
+    # quality): try the family of the previous entry first.
+    parse = _recent[0]
+    if parse is not None:
+        entry = parse(data)
+        if entry is not None:
+            return entry
+    m = _CANONICAL_ADD.fullmatch(data)
+    if m is not None:
+        labels_raw, quality, signal_type, _value = m.groups()
+        parse = _family(signal_type, labels_raw, quality)
+        if parse is not None:
+            entry = parse(data)
+            if entry is not None:
+                _recent[0] = parse
+                return entry
+    return parse_entry(data)
+
+
+def parse_entries(datas: Sequence[bytes], start: int = 0) -> list[Entry]:
+    """Parse a run of a log's entries (indexes from ``start``) with :func:`parse_entry_fast`.
+
+    Raises:
+        MalformedError: for the first entry that does not parse, its field
+            prefixed with ``entries[<index>]``.
+    """
+    try:
+        return [parse_entry_fast(data) for data in datas]
+    except MalformedError:
+        pass  # found again below, to name the entry; the common case pays nothing
+    for i, data in enumerate(datas):
+        try:
+            parse_entry_fast(data)
+        except MalformedError as e:
+            field = f"entries[{start + i}]" + (f".{e.field}" if e.field else "")
+            raise MalformedError(e.reason, field=field) from e
+    raise AssertionError("unreachable: an entry failed to parse once only")
+
+
+def _family(signal_type: bytes, labels_raw: bytes, quality: bytes | None) -> _Parser | None:
+    """The :meth:`AddEntry.parser` of a (type, labels, quality) as matched, or None.
+
+    None when those fields are invalid. The parser only accepts canonical
+    encodings, so a misspelt family (unsorted labels, say) yields entries
+    it returns None for, and :func:`parse_entry` names the error.
+    """
+    key = (signal_type, labels_raw, quality)
+    if key in _FAMILIES:
+        return _FAMILIES[key]
+    labels = tuple(x[1:-1].decode("ascii") for x in labels_raw.split(b",")) if labels_raw else ()
+    parse: _Parser | None
+    try:
+        parse = AddEntry.parser(
+            signal_type=signal_type.decode("ascii"),
+            labels=labels,
+            quality=None if quality is None else int(quality),
+        )
+    except MalformedError:
+        parse = None
+    if len(_FAMILIES) >= _MAX_FAMILIES:  # bounded: a hostile log cannot grow it
+        _FAMILIES.clear()
+    _FAMILIES[key] = parse
+    return parse

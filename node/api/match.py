@@ -36,7 +36,6 @@ announced commit (:func:`keep_current`), so requests rarely wait.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import weakref
 from collections.abc import AsyncGenerator, Mapping
@@ -120,51 +119,6 @@ def _parse_item(position: int, item: object) -> MatchQuery | dict[str, Any]:
         return _item_error(position, f"{where}.{e.field or 'value'}", e.reason)
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _value in pairs:
-            if key in seen:
-                raise MalformedError("duplicate key in JSON object", field=key)
-            seen.add(key)
-    return obj
-
-
-def _no_constants(text: str) -> Any:
-    raise MalformedError(f"{text} is not allowed in JSON")
-
-
-def _bounded_int(text: str) -> int:
-    if len(text) > 20:
-        raise MalformedError(f"integer of {len(text)} digits is too long")
-    return int(text)
-
-
-def _loads(body: bytes) -> Any:
-    r""":func:`protocol.encoding.loads_strict`, faster for the usual ASCII request.
-
-    Ten thousand items made the generic checks (a Python call per object and
-    per value) cost as much as the matching. ASCII text without ``\u``
-    escapes cannot hold a byte order mark, invalid UTF-8 or a lone
-    surrogate, so only duplicate keys, constants and overlong integers remain
-    to refuse, and the decoder's hooks do that cheaply; a fraction is left to
-    the shape checks, which accept no float anywhere. Anything else takes the
-    generic path.
-    """
-    if not (body.isascii() and b"\\u" not in body):
-        return loads_strict(body)
-    try:
-        return json.loads(
-            body,
-            object_pairs_hook=_unique_keys,
-            parse_constant=_no_constants,
-            parse_int=_bounded_int,
-        )
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise MalformedError(f"invalid JSON: {e}") from e
-
-
 def parse_match_request(body: bytes) -> MatchRequest:
     """Parse a match request body.
 
@@ -174,7 +128,7 @@ def parse_match_request(body: bytes) -> MatchRequest:
     """
     if not body:
         raise MalformedError("expected a JSON object with a hashes list; the body is empty")
-    doc = _loads(body)
+    doc = loads_strict(body)
     if not isinstance(doc, Mapping):
         raise MalformedError("expected a JSON object with a hashes list")
     for key in sorted(set(doc) - _REQUEST_KEYS):

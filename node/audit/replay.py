@@ -17,7 +17,6 @@ from collections.abc import Iterable
 
 from node.audit.client import AuditClient
 from node.audit.gather import BundleFile, leaf_hash_pages
-from node.ledger.replica import parse_entry_fast
 from protocol.audit import (
     AuditHead,
     BundleAudit,
@@ -28,6 +27,7 @@ from protocol.audit import (
     audit_bundle,
     checkpoint_size,
 )
+from protocol.entry import parse_entry_fast
 from protocol.errors import MalformedError
 from protocol.rotation import KeyChain
 

@@ -39,12 +39,11 @@ import numpy.typing as npt
 from node.config import MatchSettings
 from node.errors import LedgerError
 from node.ledger.pdq_index import MAX_DISTANCE_CAP, PdqIndex
-from node.ledger.replica import parse_entry_fast
 from node.ledger.service import Ledger
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from node.storage.match_store import MatchStore, OpinionRow
 from node.storage.schema import active_key
-from protocol.entry import AddEntry, OpinionEntry, parse_entry
+from protocol.entry import AddEntry, OpinionEntry, parse_entry, parse_entry_fast
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaf
 from protocol.receipt import MatchReceipt

@@ -26,8 +26,7 @@ than frozen, because we hold no signed note to prove it with.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,9 +43,8 @@ from node.ledger.integration import Integration
 from node.ledger.rotation import apply_rotations, load_key_chain
 from node.ledger.witness import keep_cosignatures, open_with_quorum
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
-from protocol import PROTOCOL_VERSION
 from protocol.checkpoint import Checkpoint
-from protocol.entry import AddEntry, Entry, parse_entry
+from protocol.entry import parse_entries
 from protocol.errors import MalformedError, RootMismatchError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.hashing import EMPTY_ROOT
@@ -55,7 +53,7 @@ from protocol.merkle import verify_consistency
 from protocol.rotation import KeyChain
 from protocol.tree import compute_consistency_proof
 
-__all__ = ["CheckpointKind", "CheckpointVerdict", "Replica", "ReplicaState", "parse_entry_fast"]
+__all__ = ["CheckpointKind", "CheckpointVerdict", "Replica", "ReplicaState"]
 
 CheckpointKind = Literal["ahead", "same", "behind", "fork", "frozen"]
 
@@ -315,7 +313,7 @@ class Replica:
         proof: Sequence[bytes] | None,
     ) -> ReplicaState:
         datas = [bytes(d) for d in entries]
-        parsed = [_parse_at(d, start + i) for i, d in enumerate(datas)]
+        parsed = parse_entries(datas, start)
         with self.store.transaction():
             if self.store.peers.is_frozen(self.origin):
                 raise FrozenLogError(
@@ -355,80 +353,3 @@ class Replica:
             if end == cp.size:
                 self._keep_cosignatures(cp, checkpoint_note)
             return self.state()
-
-
-def _parse_at(data: bytes, index: int) -> Entry:
-    try:
-        return parse_entry_fast(data)
-    except MalformedError as e:
-        field = f"entries[{index}]" + (f".{e.field}" if e.field else "")
-        raise MalformedError(e.reason, field=field) from e
-
-
-# The shape of a note-less add's encoding, the common case: it only finds the
-# family fields (labels, quality, type); the family's AddEntry.parser then
-# accepts exactly the canonical encodings, so this accepts exactly what
-# parse_entry accepts, at several times its speed.
-_ASCII = rb"[\x20\x21\x23-\x5b\x5d-\x7e]"
-_CANONICAL_ADD = re.compile(
-    rb'\{"kind":"add","labels":\[((?:"' + _ASCII + rb'*"(?:,"' + _ASCII + rb'*")*)?)\],'
-    rb'"signal":\{(?:"quality":(0|[1-9][0-9]{0,18}),)?"type":"(' + _ASCII + rb'*)",'
-    rb'"value":"(' + _ASCII + rb'*)"\},"v":' + str(PROTOCOL_VERSION).encode() + rb"\}"
-)
-
-
-def parse_entry_fast(data: bytes) -> Entry:
-    """:func:`protocol.entry.parse_entry`, with a fast path for note-less adds.
-
-    Raises:
-        MalformedError: exactly when :func:`~protocol.entry.parse_entry` does.
-    """
-    # A log's entries come in long runs of one family (type, labels,
-    # quality): try the family of the previous entry first.
-    parse = _recent[0]
-    if parse is not None:
-        entry = parse(data)
-        if entry is not None:
-            return entry
-    m = _CANONICAL_ADD.fullmatch(data)
-    if m is not None:
-        labels_raw, quality, signal_type, _value = m.groups()
-        parse = _family(signal_type, labels_raw, quality)
-        if parse is not None:
-            entry = parse(data)
-            if entry is not None:
-                _recent[0] = parse
-                return entry
-    return parse_entry(data)
-
-
-_Parser = Callable[[bytes], AddEntry | None]
-_FAMILIES: dict[tuple[bytes, bytes, bytes | None], _Parser | None] = {}
-_MAX_FAMILIES = 1024
-_recent: list[_Parser | None] = [None]
-
-
-def _family(signal_type: bytes, labels_raw: bytes, quality: bytes | None) -> _Parser | None:
-    """The :meth:`AddEntry.parser` of a (type, labels, quality) as matched, or None.
-
-    None when those fields are invalid. The parser only accepts canonical
-    encodings, so a misspelt family (unsorted labels, say) yields entries
-    it returns None for, and :func:`parse_entry` names the error.
-    """
-    key = (signal_type, labels_raw, quality)
-    if key in _FAMILIES:
-        return _FAMILIES[key]
-    labels = tuple(x[1:-1].decode("ascii") for x in labels_raw.split(b",")) if labels_raw else ()
-    parse: _Parser | None
-    try:
-        parse = AddEntry.parser(
-            signal_type=signal_type.decode("ascii"),
-            labels=labels,
-            quality=None if quality is None else int(quality),
-        )
-    except MalformedError:
-        parse = None
-    if len(_FAMILIES) >= _MAX_FAMILIES:  # bounded: a hostile log cannot grow it
-        _FAMILIES.clear()
-    _FAMILIES[key] = parse
-    return parse

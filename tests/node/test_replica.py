@@ -15,9 +15,8 @@ import pytest
 from node.errors import FrozenLogError, ReplicationError, UnknownLogError
 from node.ledger import Ledger
 from node.ledger.provision import init_node
-from node.ledger.replica import parse_entry_fast
 from protocol.checkpoint import Checkpoint, sign_checkpoint
-from protocol.entry import AddEntry, RetractEntry, parse_entry
+from protocol.entry import AddEntry, RetractEntry, parse_entry, parse_entry_fast
 from protocol.errors import (
     MalformedError,
     OriginMismatchError,
