@@ -37,22 +37,19 @@ of ``verify-bundle`` (canonical entries, retractions of earlier adds).
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import islice
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from protocol.bundle import BUNDLE_MAGIC
-from protocol.checkpoint import Checkpoint
-from protocol.encoding import decode_b64, parse_decimal
-from protocol.entry import AddEntry, Entry, RetractEntry, RotateEntry, parse_entry
+from protocol.bundle import BundleHeader, BundleReader
+from protocol.checkpoint import checkpoint_size
+from protocol.entry import Entry, RotateEntry, parse_entry
 from protocol.errors import MalformedError, ProofError, ProtocolError, VerificationError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.hashing import EMPTY_ROOT, HASH_SIZE, hash_children
-from protocol.note import parse_note
 from protocol.rotation import KeyChain
+from protocol.rules import LogRules, PendingRotations
 from protocol.tree import CompactRange, NodeId, compute_consistency_proof, consistency_subtrees
 
 __all__ = [
@@ -313,15 +310,6 @@ class TreeReplay:
         return reached
 
 
-def checkpoint_size(note: str) -> int:
-    """The tree size a note claims, before any signature is checked (to plan fetches).
-
-    Raises:
-        MalformedError: if the note or its body is malformed.
-    """
-    return Checkpoint.from_text(parse_note(note).text).size
-
-
 def judge_source(origin: str, view: SourceView) -> tuple[list[Failure], list[Conflict]]:
     """Check one source's checkpoints against the roots its own leaves produce.
 
@@ -554,130 +542,6 @@ def conflict_evidence(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BundleHeader:
-    """A bundle's origin, key and checkpoint notes (unverified), and its leaf count.
-
-    Attributes:
-        origin: the ``origin`` line.
-        vkey: the ``vkey`` line (the key the bundle carries; not trusted by itself).
-        checkpoints: ``(size, note, line number)`` by strictly increasing size.
-        leaf_count: the ``leaves`` count.
-    """
-
-    origin: str
-    vkey: str
-    checkpoints: tuple[tuple[int, str, int], ...]
-    leaf_count: int
-
-
-class BundleReader:
-    """Reads a bundle's lines in order: :meth:`header`, then :meth:`leaf_batches`."""
-
-    def __init__(self, lines: Iterable[bytes]) -> None:
-        """Read from ``lines`` (a binary file iterates this way, each with its newline)."""
-        self._it = iter(lines)
-        self.number = 0
-
-    def _next(self, what: str) -> str:
-        self.number += 1
-        raw = next(self._it, None)
-        where = f"line {self.number}"
-        if raw is None:
-            raise MalformedError(f"bundle ends early: expected {what}", field=where)
-        if not raw.endswith(b"\n") or raw.endswith(b"\r\n"):
-            raise MalformedError("line must end with a single \\n", field=where)
-        try:
-            return raw[:-1].decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise MalformedError("not valid UTF-8", field=where) from e
-
-    def _keyword(self, keyword: str) -> str:
-        line = self._next(f"'{keyword} ...'")
-        if not line.startswith(keyword + " "):
-            raise MalformedError(f"expected '{keyword} ...'", field=f"line {self.number}")
-        return line[len(keyword) + 1 :]
-
-    def header(self) -> BundleHeader:
-        """Read up to and including the ``leaves`` line.
-
-        Raises:
-            MalformedError: naming the line that is wrong.
-        """
-        if self._next("the header") != BUNDLE_MAGIC:
-            raise MalformedError(
-                f"not a bundle: first line must be {BUNDLE_MAGIC!r}", field="line 1"
-            )
-        origin = self._keyword("origin")
-        vkey = self._keyword("vkey")
-        count = parse_decimal(self._keyword("checkpoints"), field=f"line {self.number}")
-        checkpoints: list[tuple[int, str, int]] = []
-        for _ in range(count):
-            text = self._next("a checkpoint")
-            where = f"line {self.number}"
-            try:
-                note = decode_b64(text, field=where).decode("utf-8")
-                size = checkpoint_size(note)
-            except UnicodeDecodeError as e:
-                raise MalformedError("checkpoint note is not UTF-8", field=where) from e
-            except MalformedError as e:
-                raise MalformedError(e.reason, field=where) from e
-            if checkpoints and size <= checkpoints[-1][0]:
-                raise MalformedError(
-                    f"checkpoint sizes must increase: {size} after {checkpoints[-1][0]}",
-                    field=where,
-                )
-            checkpoints.append((size, note, self.number))
-        leaf_count = parse_decimal(self._keyword("leaves"), field=f"line {self.number}")
-        return BundleHeader(
-            origin=origin, vkey=vkey, checkpoints=tuple(checkpoints), leaf_count=leaf_count
-        )
-
-    def leaf_batches(self, leaf_count: int, batch: int = _BATCH) -> Iterator[list[bytes]]:
-        """Yield the exact leaf bytes in batches, then check the ``end`` line.
-
-        Each line must be canonical padded base64 ending in a single newline
-        (decoding and re-encoding must give the line back).
-
-        Raises:
-            MalformedError: naming the line that is wrong.
-        """
-        a2b, b2a = binascii.a2b_base64, binascii.b2a_base64
-        done = 0
-        while done < leaf_count:
-            lines = list(islice(self._it, min(batch, leaf_count - done)))
-            try:
-                datas = [a2b(line) for line in lines]
-                canonical = [b2a(d) for d in datas] == lines
-            except binascii.Error:
-                canonical = False
-            if not canonical or len(lines) < min(batch, leaf_count - done):
-                self._locate_bad(lines, done)
-            self.number += len(lines)
-            done += len(lines)
-            yield datas
-        if self._next("'end'") != "end":
-            raise MalformedError("expected 'end'", field=f"line {self.number}")
-        if next(self._it, None) is not None:
-            raise MalformedError("trailing data after 'end'", field=f"line {self.number + 1}")
-
-    def _locate_bad(self, lines: list[bytes], first_leaf: int) -> None:
-        for i, line in enumerate(lines):
-            where = f"line {self.number + i + 1} (leaf {first_leaf + i})"
-            try:
-                ok = binascii.b2a_base64(binascii.a2b_base64(line)) == line
-            except binascii.Error:
-                ok = False
-            if not ok:
-                raise MalformedError(
-                    "leaf is not canonical base64 ending in a single \\n", field=where
-                )
-        raise MalformedError(
-            "bundle ends early: expected more leaves",
-            field=f"line {self.number + len(lines) + 1}",
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class BundleAudit:
     """The outcome of :func:`audit_bundle`.
 
@@ -692,27 +556,6 @@ class BundleAudit:
     chain: KeyChain
     failures: tuple[Failure, ...]
     rotations: tuple[int, ...]
-
-
-@dataclass(slots=True)
-class _EntryRules:
-    """The per-entry rules of ``verify-bundle``, kept while streaming."""
-
-    parse: Callable[[bytes], Entry]
-    is_add: bytearray = field(default_factory=bytearray)
-    retracted: set[int] = field(default_factory=set)
-
-    def check(self, index: int, data: bytes) -> Entry:
-        entry = self.parse(data)
-        self.is_add.append(isinstance(entry, AddEntry))
-        if isinstance(entry, RetractEntry):
-            target = entry.index
-            if target >= index or not self.is_add[target]:
-                raise VerificationError(f"retracts entry {target}, which is not an earlier add")
-            if target in self.retracted:
-                raise VerificationError(f"retracts entry {target}, which is already retracted")
-            self.retracted.add(target)
-        return entry
 
 
 def audit_bundle(
@@ -755,9 +598,9 @@ def audit_bundle(
     pending = {size: (note, line) for size, note, line in header.checkpoints}
     replay = TreeReplay(CompactRange.empty(), [*marks, *pending])
     verified: list[SignedCheckpoint] = []
-    rotations: dict[int, RotateEntry] = {}
     applied: list[int] = []
-    rules = _EntryRules(check_entries) if check_entries is not None else None
+    rules = LogRules() if check_entries is not None else None
+    rotations = rules.rotations if rules is not None else PendingRotations()
 
     def fail(check: str, message: str, size: int | None = None) -> None:
         failures.append(
@@ -778,25 +621,17 @@ def audit_bundle(
                         size=size, root_hash=opened.root_hash, note=note, source=source
                     )
                 )
-        rotation = rotations.pop(size - 1, None)
-        if rotation is None:
+        if not rotations.due(size):
             return
-        if not (verified and verified[-1].size == size):
-            if rotation.verifier == chain.verifier_for(size):
-                return  # a rotation to the key already trusted here needs no attestation
-            fail(
-                "key",
-                f"rotate entry {size - 1} is not committed by a checkpoint of size {size} "
-                "signed by the old key; the new key is not trusted",
-                size,
-            )
-            return
+        # Each rotation's size r + 1 is a mark, so it is settled right there.
+        committed = bool(verified) and verified[-1].size == size
         try:
-            chain = chain.apply(size - 1, rotation, size)
+            chain = rotations.settle(chain, size, verified=committed)
         except ProtocolError as e:
             fail("key", str(e), size)
         else:
-            applied.append(size - 1)
+            if committed:
+                applied.append(size - 1)
 
     if 0 in pending:
         reached(0)
@@ -815,19 +650,25 @@ def audit_bundle(
             at = index + i
             entry: Entry | None = None
             if rules is not None:
+                assert check_entries is not None
                 try:
-                    entry = rules.check(at, data)
+                    entry = check_entries(data)
                 except ProtocolError as e:
                     fail("entries", f"leaf {at}: {e}")
-                    rules.is_add.extend(b"\x00" * (at + 1 - len(rules.is_add)))
+                try:
+                    rules.append(entry)
+                except ProtocolError as e:
+                    fail("entries", f"leaf {at}: {e}")
             if _ROTATE_MARK in data:
                 if entry is None:
                     try:
                         entry = parse_entry(data)
                     except ProtocolError as e:
                         fail("entries", f"leaf {at} looks like a rotation but: {e}")
+                    else:
+                        if rules is None and isinstance(entry, RotateEntry):
+                            rotations.add(at, entry)
                 if isinstance(entry, RotateEntry):
-                    rotations[at] = entry
                     replay.add_mark(at + 1)
         sha = hashlib.sha256
         for size in replay.feed([sha(b"\x00" + d).digest() for d in datas]):

@@ -16,7 +16,9 @@ each line ending in ``\\n``::
     <base64 of the exact entry bytes>              M lines, index 0 first
     end
 
-:func:`verify_bundle` checks it completely: every checkpoint is signed by the
+:class:`BundleReader` is the one parser of the format (the auditor's
+:func:`protocol.audit.audit_bundle` reads bundles with it too);
+:func:`verify_bundle` checks a bundle completely: every checkpoint is signed by the
 origin's key for that origin, every leaf is a canonical entry, every
 retraction names an earlier add of the same log not already retracted, the
 leaves hash (RFC 6962) to the root of every checkpoint at its size, and the
@@ -24,18 +26,24 @@ last checkpoint covers every leaf. Because every root is recomputed from the
 one leaf sequence, the checkpoints are also proven append-only with respect to
 each other. A log that rotated its key carries its first key; each checkpoint
 is verified with the key its size calls for, following the rotate entries
-among the leaves (``protocol.rotation``).
+among the leaves. The retraction and rotation rules are those of
+:class:`protocol.rules.LogRules`.
 """
 
 from __future__ import annotations
 
+import binascii
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from typing import cast
 
-from protocol.checkpoint import Checkpoint
+from protocol.checkpoint import Checkpoint, checkpoint_size
 from protocol.encoding import decode_b64, encode_b64, parse_decimal
-from protocol.entry import AddEntry, RetractEntry, RotateEntry, parse_entry
+from protocol.entry import AddEntry, RetractEntry, parse_entry
 from protocol.errors import (
+    InvalidRetractionError,
     MalformedError,
     OriginMismatchError,
     RootMismatchError,
@@ -45,12 +53,20 @@ from protocol.hashing import hash_leaves
 from protocol.keys import NoteVerifier
 from protocol.note import Note, parse_note
 from protocol.rotation import KeyChain
+from protocol.rules import LogRules
 from protocol.tree import CompactRange
 
-__all__ = ["BUNDLE_MAGIC", "BundleReport", "encode_bundle", "verify_bundle"]
+__all__ = [
+    "BUNDLE_MAGIC",
+    "BundleHeader",
+    "BundleReader",
+    "BundleReport",
+    "encode_bundle",
+    "verify_bundle",
+]
 
 BUNDLE_MAGIC = "hashmesh-bundle v1"
-_BATCH = 8192  # leaves hashed per CompactRange.extend call
+_BATCH = 8192  # leaves read (and hashed) per batch
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,43 +117,153 @@ def encode_bundle(
     yield "end\n"
 
 
-class _Lines:
-    """Numbered access to the bundle's lines with precise errors."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BundleHeader:
+    """A bundle's origin, key and checkpoint notes (unverified), and its leaf count.
+
+    Attributes:
+        origin: the ``origin`` line.
+        vkey: the ``vkey`` line (the key the bundle carries; not trusted by itself).
+        checkpoints: ``(size, note, line number)`` by strictly increasing size.
+        leaf_count: the ``leaves`` count.
+    """
+
+    origin: str
+    vkey: str
+    checkpoints: tuple[tuple[int, str, int], ...]
+    leaf_count: int
+
+
+class BundleReader:
+    """Reads a bundle's lines in order: :meth:`header`, then :meth:`leaf_batches`.
+
+    Every error is a :class:`MalformedError` whose field names the line.
+    """
 
     def __init__(self, lines: Iterable[bytes | str]) -> None:
-        self._it = iter(lines)
+        """Read from ``lines``, each with its newline (a binary file iterates this way).
+
+        Text lines are read as their UTF-8 encoding.
+        """
+        self._it = _as_bytes(lines)
         self.number = 0
+        """The number of the last line read (1-based)."""
 
-    def next(self, what: str) -> str:
+    def _raw(self) -> bytes | None:
+        return next(self._it, None)
+
+    def _next(self, what: str) -> str:
         self.number += 1
+        raw = self._raw()
+        where = f"line {self.number}"
+        if raw is None:
+            raise MalformedError(f"bundle ends early: expected {what}", field=where)
+        if not raw.endswith(b"\n") or raw.endswith(b"\r\n"):
+            raise MalformedError("line must end with a single \\n", field=where)
         try:
-            raw = next(self._it)
-        except StopIteration:
-            raise MalformedError(
-                f"bundle ends early: expected {what}", field=f"line {self.number}"
-            ) from None
-        if isinstance(raw, bytes):
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise MalformedError("not valid UTF-8", field=f"line {self.number}") from e
-        if not raw.endswith("\n") or raw.endswith("\r\n"):
-            raise MalformedError("line must end with a single \\n", field=f"line {self.number}")
-        return raw[:-1]
+            return raw[:-1].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MalformedError("not valid UTF-8", field=where) from e
 
-    def keyword(self, keyword: str) -> str:
-        line = self.next(f"'{keyword} ...'")
-        prefix = keyword + " "
-        if not line.startswith(prefix):
+    def _keyword(self, keyword: str) -> str:
+        line = self._next(f"'{keyword} ...'")
+        if not line.startswith(keyword + " "):
             raise MalformedError(f"expected '{keyword} ...'", field=f"line {self.number}")
-        return line[len(prefix) :]
+        return line[len(keyword) + 1 :]
 
-    def at_end(self) -> bool:
-        try:
-            next(self._it)
-        except StopIteration:
-            return True
-        return False
+    def header(self) -> BundleHeader:
+        """Read up to and including the ``leaves`` line.
+
+        Checkpoint notes are parsed only for their size; no signature is checked.
+
+        Raises:
+            MalformedError: naming the line that is wrong.
+        """
+        if self._next("the header") != BUNDLE_MAGIC:
+            raise MalformedError(
+                f"not a bundle: first line must be {BUNDLE_MAGIC!r}", field="line 1"
+            )
+        origin = self._keyword("origin")
+        vkey = self._keyword("vkey")
+        count = parse_decimal(self._keyword("checkpoints"), field=f"line {self.number}")
+        checkpoints: list[tuple[int, str, int]] = []
+        for _ in range(count):
+            text = self._next("a checkpoint")
+            where = f"line {self.number}"
+            try:
+                note = decode_b64(text, field=where).decode("utf-8")
+                size = checkpoint_size(note)
+            except UnicodeDecodeError as e:
+                raise MalformedError("checkpoint note is not UTF-8", field=where) from e
+            except MalformedError as e:
+                inner = f"{where} ({e.field})" if e.field and e.field != where else where
+                raise MalformedError(e.reason, field=inner) from e
+            if checkpoints and size <= checkpoints[-1][0]:
+                raise MalformedError(
+                    f"checkpoint sizes must increase: {size} after {checkpoints[-1][0]}",
+                    field=where,
+                )
+            checkpoints.append((size, note, self.number))
+        leaf_count = parse_decimal(self._keyword("leaves"), field=f"line {self.number}")
+        return BundleHeader(
+            origin=origin, vkey=vkey, checkpoints=tuple(checkpoints), leaf_count=leaf_count
+        )
+
+    def leaf_batches(self, leaf_count: int, batch: int = _BATCH) -> Iterator[list[bytes]]:
+        """Yield the exact leaf bytes in batches, then check the ``end`` line.
+
+        Each line must be canonical padded base64 ending in a single newline
+        (decoding and re-encoding must give the line back). After a batch is
+        yielded, :attr:`number` is the line of its last leaf.
+
+        Raises:
+            MalformedError: naming the line that is wrong.
+        """
+        a2b, b2a = binascii.a2b_base64, binascii.b2a_base64
+        done = 0
+        while done < leaf_count:
+            lines = list(islice(self._it, min(batch, leaf_count - done)))
+            try:
+                datas = [a2b(line) for line in lines]
+                canonical = [b2a(d) for d in datas] == lines
+            except binascii.Error:
+                canonical = False
+            if not canonical or len(lines) < min(batch, leaf_count - done):
+                self._locate_bad(lines, done)
+            self.number += len(lines)
+            done += len(lines)
+            yield datas
+        if self._next("'end'") != "end":
+            raise MalformedError("expected 'end'", field=f"line {self.number}")
+        if self._raw() is not None:
+            raise MalformedError("trailing data after 'end'", field=f"line {self.number + 1}")
+
+    def _locate_bad(self, lines: list[bytes], first_leaf: int) -> None:
+        for i, line in enumerate(lines):
+            where = f"line {self.number + i + 1} (leaf {first_leaf + i})"
+            try:
+                ok = binascii.b2a_base64(binascii.a2b_base64(line)) == line
+            except binascii.Error:
+                ok = False
+            if not ok:
+                raise MalformedError(
+                    "leaf is not canonical base64 ending in a single \\n", field=where
+                )
+        raise MalformedError(
+            "bundle ends early: expected more leaves",
+            field=f"line {self.number + len(lines) + 1}",
+        )
+
+
+def _as_bytes(lines: Iterable[bytes | str]) -> Iterator[bytes]:
+    """The lines as bytes; text lines (as tests and exports make them) are encoded."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, bytes):  # a binary file: no per-line work
+        return cast(Iterator[bytes], itertools.chain([first], it))
+    return (x.encode("utf-8") if isinstance(x, str) else x for x in itertools.chain([first], it))
 
 
 def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = None) -> BundleReport:
@@ -160,63 +286,41 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
         VerificationError: if a signature, origin, retraction or root check
             fails (:class:`RootMismatchError` names the checkpoint size).
     """
-    src = _Lines(lines)
-    if src.next("the header") != BUNDLE_MAGIC:
-        raise MalformedError(f"not a bundle: first line must be {BUNDLE_MAGIC!r}", field="line 1")
-    origin = src.keyword("origin")
-    vkey_text = src.keyword("vkey")
-    verifier = NoteVerifier.from_text(vkey_text)
+    reader = BundleReader(lines)
+    header = reader.header()
+    origin = header.origin
+    verifier = NoteVerifier.from_text(header.vkey)
     if verifier.name != origin:
         raise VerificationError(
             f"verifier key is for {verifier.name!r}, not the bundle origin {origin!r}"
         )
-    count = parse_decimal(src.keyword("checkpoints"), field=f"line {src.number}")
-    # Signatures are checked when the leaves reach each checkpoint's size:
-    # after a key rotation (protocol.rotation) the key depends on the rotate
-    # entries read so far.
     checkpoints: list[tuple[int, bytes, int, Note]] = []
-    for _ in range(count):
-        text = src.next("a checkpoint")
-        where = f"line {src.number}"
-        try:
-            note = parse_note(_b64(text, where))
-            cp = Checkpoint.from_text(note.text)
-        except MalformedError as e:
-            raise MalformedError(
-                e.reason, field=f"{where} ({e.field})" if e.field else where
-            ) from e
+    for size, text, line in header.checkpoints:
+        note = parse_note(text)
+        cp = Checkpoint.from_text(note.text)
         if cp.origin != origin:
             raise OriginMismatchError(
-                f"{where}: checkpoint is for origin {cp.origin!r}, expected {origin!r}"
+                f"line {line}: checkpoint is for origin {cp.origin!r}, expected {origin!r}"
             )
-        if checkpoints and cp.size <= checkpoints[-1][0]:
-            raise MalformedError(
-                f"checkpoint sizes must increase: {cp.size} after {checkpoints[-1][0]}",
-                field=where,
-            )
-        checkpoints.append((cp.size, cp.root_hash, src.number, note))
-    leaf_count = parse_decimal(src.keyword("leaves"), field=f"line {src.number}")
+        checkpoints.append((size, cp.root_hash, line, note))
     if not checkpoints:
         raise VerificationError("the bundle has no checkpoint; nothing is signed")
-    if checkpoints[-1][0] != leaf_count:
+    if checkpoints[-1][0] != header.leaf_count:
         raise VerificationError(
             f"the latest checkpoint has size {checkpoints[-1][0]} but the bundle "
-            f"has {leaf_count} leaves"
+            f"has {header.leaf_count} leaves"
         )
 
+    # Signatures are checked when the leaves reach each checkpoint's size:
+    # after a key rotation the key depends on the rotate entries read so far.
     chain = KeyChain.pinned(verifier)
-    rotations: list[tuple[int, RotateEntry]] = []
+    rules = LogRules()
     tree = CompactRange.empty()
-    is_add = bytearray()
-    retracted: set[int] = set()
     adds = retractions = 0
-    pending: list[bytes] = []
     next_cp = 0
 
     def settle() -> None:
         nonlocal next_cp, chain
-        tree.extend(hash_leaves(pending))
-        pending.clear()
         while next_cp < len(checkpoints) and checkpoints[next_cp][0] == tree.size:
             size, root, line, note = checkpoints[next_cp]
             try:
@@ -225,9 +329,7 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
                 # open raises only message-only subclasses, so the same type
                 # can be re-raised with the line added.
                 raise type(e)(f"line {line}: {e}") from e
-            for index, rotation in rotations:
-                chain = chain.apply(index, rotation, size)
-            rotations.clear()
+            chain = rules.rotations.settle(chain, size, verified=True)
             calculated = tree.root()
             if calculated != root:
                 raise RootMismatchError(
@@ -238,45 +340,34 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
             next_cp += 1
 
     settle()  # a checkpoint of size 0 is checked against the empty root
-    for index in range(leaf_count):
-        where = f"line {src.number + 1} (leaf {index})"
-        data = _b64(src.next(f"leaf {index}"), where)
-        try:
-            entry = parse_entry(data)
-        except MalformedError as e:
-            raise MalformedError(e.reason, field=f"{where} {e.field or ''}".strip()) from e
-        if isinstance(entry, AddEntry):
-            adds += 1
-            is_add.append(1)
-        else:
-            is_add.append(0)
-            if isinstance(entry, RetractEntry):
-                target = entry.index
-                if target >= index or not is_add[target]:
-                    raise VerificationError(
-                        f"{where}: retracts entry {target}, which is not an earlier add"
-                    )
-                if target in retracted:
-                    raise VerificationError(
-                        f"{where}: retracts entry {target}, which is already retracted"
-                    )
-                retracted.add(target)
-                retractions += 1
-            elif isinstance(entry, RotateEntry):
-                rotations.append((index, entry))
-        pending.append(data)
-        if len(pending) >= _BATCH or (
-            next_cp < len(checkpoints) and tree.size + len(pending) == checkpoints[next_cp][0]
-        ):
+    for datas in reader.leaf_batches(header.leaf_count):
+        first_line = reader.number - len(datas) + 1
+        # Up to each checkpoint's size at a time, so that failures are
+        # raised in log order.
+        pos = 0
+        while pos < len(datas):
+            end = min(len(datas), pos + checkpoints[next_cp][0] - tree.size)
+            for i in range(pos, end):
+                index = tree.size + i - pos
+                where = f"line {first_line + i} (leaf {index})"
+                try:
+                    entry = parse_entry(datas[i])
+                except MalformedError as e:
+                    raise MalformedError(e.reason, field=f"{where} {e.field or ''}".strip()) from e
+                try:
+                    rules.append(entry)
+                except InvalidRetractionError as e:
+                    raise InvalidRetractionError(f"{where}: {e}") from e
+                if isinstance(entry, AddEntry):
+                    adds += 1
+                elif isinstance(entry, RetractEntry):
+                    retractions += 1
+            tree.extend(hash_leaves(datas[pos:end]))
+            pos = end
             settle()
-    settle()
-    if src.next("'end'") != "end":
-        raise MalformedError("expected 'end'", field=f"line {src.number}")
-    if not src.at_end():
-        raise MalformedError("trailing data after 'end'", field=f"line {src.number + 1}")
-    if verifier_key is not None and verifier_key not in (vkey_text, chain.current.to_text()):
+    if verifier_key is not None and verifier_key not in (header.vkey, chain.current.to_text()):
         raise VerificationError(
-            f"the bundle's log starts with key {vkey_text!r} and is now signed by "
+            f"the bundle's log starts with key {header.vkey!r} and is now signed by "
             f"{chain.current.to_text()!r}; neither is the expected {verifier_key!r}"
         )
     return BundleReport(
@@ -287,7 +378,3 @@ def verify_bundle(lines: Iterable[bytes | str], *, verifier_key: str | None = No
         adds=adds,
         retractions=retractions,
     )
-
-
-def _b64(text: str, where: str) -> bytes:
-    return decode_b64(text, field=where)

@@ -37,6 +37,7 @@ from protocol.note import Note, VerifiedNote, open_note, parse_note, sign_note
 __all__ = [
     "Checkpoint",
     "VerifiedCheckpoint",
+    "checkpoint_size",
     "cosign_checkpoint",
     "open_checkpoint",
     "sign_checkpoint",
@@ -213,3 +214,12 @@ def open_checkpoint(
             + (f" ({', '.join(sorted(cosignatures))})" if cosignatures else "")
         )
     return VerifiedCheckpoint(checkpoint=checkpoint, note=opened.note, cosignatures=cosignatures)
+
+
+def checkpoint_size(note: str) -> int:
+    """The tree size a note claims, before any signature is checked (to plan fetches).
+
+    Raises:
+        MalformedError: if the note or its body is malformed.
+    """
+    return Checkpoint.from_text(parse_note(note).text).size

@@ -17,6 +17,8 @@ pyca/cryptography (``ValueError`` versus ``InvalidSignature``):
         ├── UnknownKeyError                  no trusted key for a name/key hash
         ├── RotationError                    a key rotation not attested by the
         │                                    key it replaces
+        ├── InvalidRetractionError           a retraction of a missing, non-add
+        │                                    or already retracted entry
         ├── OriginMismatchError              a checkpoint of another log
         ├── QuorumError                      too few witness cosignatures
         ├── ProofError                       a proof has the wrong shape
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 __all__ = [
     "InconsistencyError",
+    "InvalidRetractionError",
     "InvalidSignatureError",
     "MalformedError",
     "OriginMismatchError",
@@ -87,6 +90,13 @@ class RotationError(VerificationError):
     A log hands its signing role to a new key with a ``rotate`` entry at index
     ``r``, and the old key must sign the checkpoint of size ``r + 1`` that
     commits it; anything else could be forged by whoever holds the new key.
+    """
+
+
+class InvalidRetractionError(VerificationError):
+    """A retraction that does not name an earlier add of its log not yet retracted.
+
+    The rule is applied by :class:`protocol.rules.LogRules`.
     """
 
 
