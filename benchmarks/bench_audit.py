@@ -57,7 +57,7 @@ def import_entries(node_dir: Path, n: int, parts: int = 4, seed: int = 1) -> Non
 
 
 def bundle_leaves(path: Path) -> list[bytes]:
-    from protocol.audit import BundleReader
+    from protocol.bundle import BundleReader
 
     with path.open("rb") as f:
         reader = BundleReader(f)

@@ -43,7 +43,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.bundle import BundleHeader, BundleReader
-from protocol.checkpoint import checkpoint_size
 from protocol.entry import Entry, RotateEntry, parse_entry
 from protocol.errors import MalformedError, ProofError, ProtocolError, VerificationError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
@@ -57,15 +56,12 @@ __all__ = [
     "STATE_SOURCE",
     "AuditHead",
     "BundleAudit",
-    "BundleHeader",
-    "BundleReader",
     "Conflict",
     "Failure",
     "SignedCheckpoint",
     "SourceView",
     "TreeReplay",
     "audit_bundle",
-    "checkpoint_size",
     "conflict_evidence",
     "consistency_proof_from_leaves",
     "cross_check",

@@ -23,9 +23,8 @@ from protocol.audit import (
     Failure,
     SignedCheckpoint,
     SourceView,
-    checkpoint_size,
 )
-from protocol.checkpoint import Checkpoint
+from protocol.checkpoint import Checkpoint, checkpoint_size
 from protocol.errors import MalformedError, ProtocolError, UnknownKeyError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier

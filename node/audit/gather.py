@@ -2,7 +2,7 @@
 
 Layer: node.audit. Every network request and file read of an audit is made
 here, through :class:`~node.audit.client.AuditClient` (as an ``auditor``,
-over mutual TLS) or a :class:`~protocol.audit.BundleReader`. Nothing here
+over mutual TLS) or a :class:`~protocol.bundle.BundleReader`. Nothing here
 decides whether what it fetched is true: a failed request raises
 :class:`~node.errors.PeerError`, an unreadable file :class:`OSError`, a
 malformed bundle :class:`~protocol.errors.MalformedError`, and the run
@@ -22,13 +22,12 @@ from typing import IO
 from node.audit.client import AuditClient
 from node.sync.client import RemoteLog
 from protocol.audit import (
-    BundleHeader,
-    BundleReader,
     Conflict,
     consistency_proof_from_leaves,
     implied_prefix_root,
     root_of_leaves,
 )
+from protocol.bundle import BundleHeader, BundleReader
 from protocol.errors import MalformedError
 from protocol.evidence import ForkEvidence
 from protocol.hashing import hash_leaf

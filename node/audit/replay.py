@@ -20,13 +20,13 @@ from node.audit.gather import BundleFile, leaf_hash_pages
 from protocol.audit import (
     AuditHead,
     BundleAudit,
-    BundleHeader,
     SignedCheckpoint,
     SourceView,
     TreeReplay,
     audit_bundle,
-    checkpoint_size,
 )
+from protocol.bundle import BundleHeader
+from protocol.checkpoint import checkpoint_size
 from protocol.entry import parse_entry_fast
 from protocol.errors import MalformedError
 from protocol.rotation import KeyChain

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from protocol.audit import (
     STATE_SOURCE,
     AuditHead,
-    BundleReader,
     SignedCheckpoint,
     SourceView,
     TreeReplay,
@@ -21,7 +20,7 @@ from protocol.audit import (
     implied_prefix_root,
     judge_source,
 )
-from protocol.bundle import encode_bundle
+from protocol.bundle import BundleReader, encode_bundle
 from protocol.errors import MalformedError
 from protocol.merkle import root_from_leaf_hashes, verify_consistency
 from protocol.tree import CompactRange
