@@ -44,8 +44,14 @@ from dataclasses import dataclass
 
 from protocol.bundle import BundleHeader, BundleReader
 from protocol.entry import Entry, RotateEntry, parse_entry
-from protocol.errors import MalformedError, ProofError, ProtocolError, VerificationError
-from protocol.evidence import ForkEvidence, verify_fork_evidence
+from protocol.errors import (
+    MalformedError,
+    OriginMismatchError,
+    ProofError,
+    ProtocolError,
+    VerificationError,
+)
+from protocol.evidence import ForkEvidence, prove_fork
 from protocol.hashing import EMPTY_ROOT, HASH_SIZE, hash_children
 from protocol.rotation import KeyChain
 from protocol.rules import LogRules, PendingRotations
@@ -523,15 +529,17 @@ def conflict_evidence(
     root = conflict.prefix_root if conflict.prefix_root is not None else prefix_root
     if root is None:
         raise VerificationError(f"no prefix root of size {a.size} is known to make evidence")
-    evidence = ForkEvidence(
-        origin=origin,
-        note_a=a.note,
-        note_b=b.note,
+    if chain.origin != origin:
+        raise OriginMismatchError(
+            f"evidence is about origin {origin!r}, the key is for {chain.origin!r}"
+        )
+    return prove_fork(
+        chain,
+        older_note=a.note,
+        newer_note=b.note,
         prefix_root=root,
-        proof=tuple(proof) if a.size != b.size else (),
+        proof=proof if a.size != b.size else (),
     )
-    verify_fork_evidence(evidence, chain)
-    return evidence
 
 
 # -- bundles -------------------------------------------------------------------

@@ -23,7 +23,7 @@ in :mod:`protocol.wire`: exact keys, lowercase hex, no duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ from protocol.keys import NoteVerifier
 from protocol.merkle import MAX_PROOF_HASHES, verify_consistency
 from protocol.rotation import KeyChain
 
-__all__ = ["ForkEvidence", "verify_fork_evidence"]
+__all__ = ["ForkEvidence", "prove_fork", "verify_fork_evidence"]
 
 _KEYS = frozenset({"origin", "note_a", "note_b", "prefix_root", "proof"})
 
@@ -118,6 +118,42 @@ class ForkEvidence:
     def to_json(self) -> bytes:
         """Canonical JSON bytes of the evidence."""
         return dumps_canonical(self.to_json_obj())
+
+
+def prove_fork(
+    chain: KeyChain,
+    *,
+    older_note: str,
+    newer_note: str,
+    prefix_root: bytes,
+    proof: Sequence[bytes],
+) -> ForkEvidence:
+    """Fork evidence from two signed notes of ``chain``'s origin, verified before use.
+
+    The one place evidence is made (a replica that meets a fork, the
+    auditor's conflicts): it is checked as any third party would check it,
+    so a bug cannot freeze or accuse an honest log.
+
+    Args:
+        chain: the origin's key chain.
+        older_note: the note of the smaller (or equal) size.
+        newer_note: the note of the larger size.
+        prefix_root: the root of the first ``older`` size leaves of the newer tree.
+        proof: the newer tree's consistency proof from the older size
+            (empty for equal sizes).
+
+    Raises:
+        VerificationError, MalformedError: as :func:`verify_fork_evidence`.
+    """
+    evidence = ForkEvidence(
+        origin=chain.origin,
+        note_a=older_note,
+        note_b=newer_note,
+        prefix_root=prefix_root,
+        proof=tuple(proof),
+    )
+    verify_fork_evidence(evidence, chain)
+    return evidence
 
 
 def verify_fork_evidence(
