@@ -137,7 +137,7 @@ def judge_checkpoint(
             checkpoint=cp,
             note=note,
             reason=(
-                f"checkpoint of size {cp.size} conflicts with entries held beyond the latest "
+                f"checkpoint of size {cp.size} conflicts with entries held beyond our latest "
                 f"signed checkpoint (size {signed})"
             ),
         )

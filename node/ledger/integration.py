@@ -24,8 +24,10 @@ from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from node.storage.schema import TILE_LEVEL, active_key
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, parse_entry
+from protocol.errors import InvalidRetractionError
 from protocol.hashing import hash_leaves
 from protocol.keys import NoteSigner
+from protocol.rules import LogRules
 from protocol.tree import CompactRange, NodeRun
 
 __all__ = ["Duplicate", "Integration", "Sequenced"]
@@ -85,8 +87,8 @@ class Integration:
         )
         self.start = size
         self.duplicates: list[Duplicate] = []
-        # Retractions sequenced in this transaction, not yet visible in SQL.
-        self._retracted_here: set[int] = set()
+        self.rules = LogRules(size, None if log is None else _StoredLog(store, log.log_id))
+        """The log's entry rules (protocol.rules), shown every entry sequenced here."""
 
     @property
     def log_id(self) -> int:
@@ -108,6 +110,7 @@ class Integration:
             # Distinct adds, none listed yet: the common case of a bulk import.
             accepted: Sequence[Entry] = entries
             accepted_ids: list[tuple[str, str] | None] = identities
+            self.rules.extend_adds(len(entries))
         else:
             accepted, accepted_ids = [], []
             for position, entry in enumerate(entries):
@@ -121,8 +124,8 @@ class Integration:
                         self.duplicates.append(Duplicate(entry, existing, line))
                         continue
                     listed[identity] = index
-                elif isinstance(entry, RetractEntry):
-                    self._check_retraction(entry, index, accepted)
+                self._take(entry)
+                if isinstance(entry, RetractEntry):
                     # A hash retracted here may be listed again later in the batch.
                     target = self._target(entry.index, accepted, self.next_index)
                     if listed.get(target.identity) == entry.index:
@@ -145,10 +148,10 @@ class Integration:
             RetractionError: if a retraction targets a missing, non-add or
                 already retracted entry.
         """
-        start = self.next_index
-        for i, entry in enumerate(entries):
-            if isinstance(entry, RetractEntry):
-                self._check_retraction(entry, start + i, entries[:i])
+        try:
+            self.rules.extend(entries)
+        except InvalidRetractionError as e:
+            raise RetractionError(str(e)) from e
         return self._hash(entries, datas)
 
     def _hash(
@@ -223,29 +226,22 @@ class Integration:
         matching.add_pdq(log_id, pdq)
         matching.add_opinions(log_id, opinions)
 
+    def _take(self, entry: Entry) -> None:
+        try:
+            self.rules.append(entry)
+        except InvalidRetractionError as e:
+            raise RetractionError(str(e)) from e
+
     def _target(self, index: int, pending: Sequence[Entry], start: int) -> AddEntry:
+        """The add a retraction the rules accepted names (for its listed hash)."""
         if index >= start:
             entry = pending[index - start]
         else:
             data = self.store.get_entry(self.log_id, index)
-            if data is None:
-                raise RetractionError(f"entry {index} does not exist")
+            assert data is not None, "the rules found this entry"
             entry = parse_entry(data)
-        if not isinstance(entry, AddEntry):
-            raise RetractionError(f"entry {index} is a {entry.kind}, not an add")
+        assert isinstance(entry, AddEntry), "the rules found an add"
         return entry
-
-    def _check_retraction(self, entry: RetractEntry, index: int, pending: Sequence[Entry]) -> None:
-        if entry.index >= index:
-            raise RetractionError(
-                f"entry {entry.index} does not exist (the log has {index} entries)"
-            )
-        self._target(entry.index, pending, self.next_index)
-        by = self.store.retracted_by(self.log_id, entry.index)
-        if by is not None or entry.index in self._retracted_here:
-            where = f" by entry {by}" if by is not None else " earlier in this batch"
-            raise RetractionError(f"entry {entry.index} is already retracted{where}")
-        self._retracted_here.add(entry.index)
 
     def commit_checkpoint(self, signer: NoteSigner) -> CheckpointRecord:
         """Sign the new tree head and store it (still inside the transaction)."""
@@ -270,3 +266,20 @@ def _identities(entries: Sequence[Entry]) -> list[tuple[str, str] | None]:
 def _active_keys(identities: Iterable[tuple[str, str] | None]) -> dict[tuple[str, str], int]:
     """The ``active`` index key of every add identity (signal type, value)."""
     return {identity: active_key(*identity) for identity in identities if identity is not None}
+
+
+class _StoredLog:
+    """The entries of a stored log before a write, as the entry rules ask about them."""
+
+    __slots__ = ("_log_id", "_store")
+
+    def __init__(self, store: LedgerStore, log_id: int) -> None:
+        self._store = store
+        self._log_id = log_id
+
+    def kind_at(self, index: int) -> str | None:
+        data = self._store.get_entry(self._log_id, index)
+        return None if data is None else parse_entry(data).kind
+
+    def retracted_by(self, index: int) -> int | None:
+        return self._store.retracted_by(self._log_id, index)

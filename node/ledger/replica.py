@@ -11,10 +11,13 @@ entries is written only when the tree it produces is proven to be a prefix of
 (or equal to) a checkpoint the origin signed, and every batch is one
 transaction: a rejected batch leaves the database as it was.
 
-A checkpoint that contradicts what we hold (same size and another root, or a
-smaller size whose root is not our root at that size) is a fork. We then
-build :class:`protocol.evidence.ForkEvidence` from the stored tree, store it,
-and the origin is frozen: no more of its entries are accepted, and the
+Whether a checkpoint agrees with what we hold is decided by
+:func:`protocol.judgement.judge_checkpoint` (:meth:`Replica.judge_checkpoint`
+reads, :meth:`Replica.record_checkpoint` also stores what follows). One that
+contradicts what we hold (same size and another root, or a smaller size whose
+root is not our root at that size) is a fork: its
+:class:`protocol.evidence.ForkEvidence`, built from the stored tree, is
+stored and the origin is frozen: no more of its entries are accepted, and the
 evidence can be checked by anyone with ``python -m protocol verify-evidence``.
 
 Fork detection needs a signed note on our side. Entries committed beyond the
@@ -40,14 +43,15 @@ from node.errors import (
 )
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.integration import Integration
-from node.ledger.rotation import apply_rotations, load_key_chain
+from node.ledger.rotation import load_key_chain, save_rotations
 from node.ledger.witness import keep_cosignatures, open_with_quorum
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
-from protocol.checkpoint import Checkpoint
+from protocol.checkpoint import Checkpoint, VerifiedCheckpoint
 from protocol.entry import parse_entries
 from protocol.errors import MalformedError, RootMismatchError
-from protocol.evidence import ForkEvidence, verify_fork_evidence
+from protocol.evidence import ForkEvidence
 from protocol.hashing import EMPTY_ROOT
+from protocol.judgement import CheckpointJudgement, HeldTree, judge_checkpoint
 from protocol.keys import NoteVerifier
 from protocol.merkle import verify_consistency
 from protocol.rotation import KeyChain
@@ -172,12 +176,12 @@ class Replica:
         """The origin's key chain as stored (the pinned key, then its rotations)."""
         return load_key_chain(self.store, self.origin)
 
-    def _open(self, note: str) -> Checkpoint:
+    def _open(self, note: str) -> VerifiedCheckpoint:
         # The key depends on the checkpoint's size once the origin has rotated
         # its key (protocol.rotation); the chain is re-read because another
         # replica object may have extended it since this one was made. A
         # checkpoint without the witness quorum required raises QuorumError.
-        return open_with_quorum(self.key_chain(), note, self.witness_requirement).checkpoint
+        return open_with_quorum(self.key_chain(), note, self.witness_requirement)
 
     def _keep_cosignatures(self, cp: Checkpoint, note: str) -> None:
         # Cosignatures by witnesses we know, for a checkpoint we hold, are
@@ -186,75 +190,85 @@ class Replica:
         if log is not None:
             keep_cosignatures(self.store, log.log_id, cp, note, self.witness_keys)
 
-    def check_checkpoint(self, note: str, *, source: str = LOCAL_SOURCE) -> CheckpointVerdict:
-        """Verify a checkpoint of the origin and compare it with what we hold.
+    def judge_checkpoint(self, note: str) -> CheckpointJudgement:
+        """Verify a checkpoint of the origin and judge it against what we hold; writes nothing.
 
-        A ``fork`` stores the evidence (one transaction) and freezes the
-        origin. A ``same`` checkpoint whose note we do not hold yet is stored,
-        completing a catch-up whose last chunk was committed without it.
-
-        Args:
-            note: the exact signed checkpoint note.
-            source: who showed us the note (a peer name), kept with evidence.
+        The decision is :func:`protocol.judgement.judge_checkpoint`'s; a
+        fork's evidence is built from our stored tree and verified.
 
         Raises:
             MalformedError: if the note is malformed.
             VerificationError: if the origin's key did not sign it, or it is
                 for another origin; QuorumError if the witness policy for the
                 origin ([[witness.require]]) is not met.
+        """
+        return self._judge(self._open(note), note)
+
+    def _judge(self, opened: VerifiedCheckpoint, note: str) -> CheckpointJudgement:
+        state = self.state()
+        signed = state.checkpoint
+        held = HeldTree(
+            size=state.size,
+            root_hash=state.root_hash,
+            signed_size=None if signed is None else signed.size,
+            signed_note=None if signed is None else signed.note,
+        )
+        log = self._log()
+
+        def held_proof(old_size: int, new_size: int) -> list[bytes]:
+            assert log is not None  # a fork needs a stored signed checkpoint
+            return compute_consistency_proof(old_size, new_size, self.store.reader(log.log_id))
+
+        return judge_checkpoint(
+            opened, note, held, self.key_chain(), root_at=self.root_at, held_proof=held_proof
+        )
+
+    def record_checkpoint(self, note: str, *, source: str = LOCAL_SOURCE) -> CheckpointVerdict:
+        """Judge a checkpoint of the origin (:meth:`judge_checkpoint`) and store what follows.
+
+        In one transaction: a ``fork`` stores the evidence, which freezes the
+        origin; a ``same`` checkpoint whose note we do not hold yet is stored,
+        completing a catch-up whose last chunk was committed without it; a
+        ``same`` or ``behind`` one leaves the cosignatures of witnesses we
+        know. A frozen origin's checkpoints are not judged.
+
+        Args:
+            note: the exact signed checkpoint note.
+            source: who showed us the note (a peer name), kept with evidence.
+
+        Raises:
+            MalformedError, VerificationError: as :meth:`judge_checkpoint`.
             ReplicationError: if it conflicts with entries we hold beyond our
                 latest signed checkpoint (no evidence can be built).
         """
-        cp = self._open(note)
+        opened = self._open(note)
+        cp = opened.checkpoint
         with self.store.transaction():
-            state = self.state()
-            if state.frozen:
+            if self.store.peers.is_frozen(self.origin):
                 return CheckpointVerdict("frozen", cp.size, cp.root_hash)
-            if cp.size > state.size:
-                return CheckpointVerdict("ahead", cp.size, cp.root_hash)
-            ours = state.root_hash if cp.size == state.size else self.root_at(cp.size)
-            if ours == cp.root_hash:
-                if cp.size < state.size:
-                    self._keep_cosignatures(cp, note)
-                    return CheckpointVerdict("behind", cp.size, cp.root_hash)
+            judged = self._judge(opened, note)
+            relation = judged.relation
+            if relation == "unprovable":
+                raise ReplicationError(
+                    f"{self.origin}: {judged.reason}; the batch that added them was proven "
+                    "against another signed checkpoint, so the origin or a peer misbehaves"
+                )
+            if relation == "fork":
+                assert judged.evidence is not None
+                self.store.peers.add_evidence(self.origin, judged.evidence.to_json(), source)
+                return CheckpointVerdict("fork", cp.size, cp.root_hash, judged.evidence)
+            if relation == "same":
                 log = self._log()
                 if log is not None and self.store.get_checkpoint(log.log_id, cp.size) is None:
                     self.store.put_checkpoint(log.log_id, cp.size, cp.root_hash, note)
+            if relation != "ahead":
                 self._keep_cosignatures(cp, note)
-                return CheckpointVerdict("same", cp.size, cp.root_hash)
-            signed = state.checkpoint
-            if signed is None or cp.size > signed.size:
-                raise ReplicationError(
-                    f"{self.origin}: checkpoint of size {cp.size} conflicts with entries held "
-                    f"beyond our latest signed checkpoint (size "
-                    f"{0 if signed is None else signed.size}); the batch that added them was "
-                    "proven against another signed checkpoint, so the origin or a peer misbehaves"
-                )
-            evidence = self._evidence(note, cp.size, ours, signed)
-            self.store.peers.add_evidence(self.origin, evidence.to_json(), source)
-        return CheckpointVerdict("fork", cp.size, cp.root_hash, evidence)
+            assert relation in ("ahead", "same", "behind")
+            return CheckpointVerdict(relation, cp.size, cp.root_hash)
 
-    def _evidence(
-        self, note: str, size: int, our_root: bytes, signed: CheckpointRecord
-    ) -> ForkEvidence:
-        log = self._log()
-        assert log is not None
-        proof: tuple[bytes, ...] = ()
-        if size < signed.size:
-            proof = tuple(
-                compute_consistency_proof(size, signed.size, self.store.reader(log.log_id))
-            )
-        evidence = ForkEvidence(
-            origin=self.origin,
-            note_a=note,
-            note_b=signed.note,
-            prefix_root=our_root,
-            proof=proof,
-        )
-        # Check it as an auditor would before acting on it: a bug here must
-        # not freeze an honest log.
-        verify_fork_evidence(evidence, self.key_chain())
-        return evidence
+    def check_checkpoint(self, note: str, *, source: str = LOCAL_SOURCE) -> CheckpointVerdict:
+        """:meth:`record_checkpoint` under its former name (callers move to it)."""
+        return self.record_checkpoint(note, source=source)
 
     def append_verified(
         self,
@@ -286,7 +300,7 @@ class Replica:
                 invalid.
             FrozenLogError: if the origin is frozen.
         """
-        cp = self._open(checkpoint_note)
+        cp = self._open(checkpoint_note).checkpoint
         end = start + len(entries)
         if end > cp.size:
             raise ReplicationError(
@@ -346,7 +360,7 @@ class Replica:
             else:
                 assert proof is not None
                 verify_consistency(end, cp.size, root, cp.root_hash, list(proof))
-            apply_rotations(self.store, chain, start, parsed, cp.size)
+            save_rotations(self.store, chain, run.rules.rotations, cp.size)
             run.store_batch(batch)
             if end == cp.size and self.store.get_checkpoint(log.log_id, end) is None:
                 self.store.put_checkpoint(log.log_id, end, cp.root_hash, checkpoint_note)

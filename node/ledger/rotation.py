@@ -26,7 +26,6 @@ the chain's current key, so it is the one to use).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,18 +33,19 @@ from node.errors import ConfigError, LedgerError
 from node.ledger.integration import Integration
 from node.ledger.key_files import write_key_file
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
-from protocol.entry import Entry, RotateEntry
+from protocol.entry import RotateEntry
 from protocol.errors import MalformedError
 from protocol.keys import NoteSigner, NoteVerifier
 from protocol.rotation import KeyChain, KeyPeriod
+from protocol.rules import PendingRotations
 
 __all__ = [
     "RotationResult",
-    "apply_rotations",
     "current_signer",
     "load_key_chain",
     "next_key_path",
     "rotate_signing_key",
+    "save_rotations",
 ]
 
 
@@ -85,33 +85,28 @@ def load_key_chain(store: LedgerStore, origin: str) -> KeyChain:
         raise ConfigError(f"the stored key chain of {origin!r} is not valid: {e}") from e
 
 
-def apply_rotations(
-    store: LedgerStore,
-    chain: KeyChain,
-    start: int,
-    entries: Sequence[Entry],
-    checkpoint_size: int,
+def save_rotations(
+    store: LedgerStore, chain: KeyChain, rotations: PendingRotations, checkpoint_size: int
 ) -> KeyChain:
-    """Apply the rotate entries among ``entries`` (indexes from ``start``) and store new links.
+    """Settle the pending rotations by a verified checkpoint and store the new links.
 
     Call inside the transaction that stores the entries, after the
-    checkpoint of size ``checkpoint_size`` was verified with ``chain``.
+    checkpoint of size ``checkpoint_size`` was verified with ``chain``; the
+    rule is :meth:`protocol.rules.PendingRotations.settle`.
+
+    Returns:
+        The extended chain.
 
     Raises:
         RotationError: if a rotation is not attested by the key it replaces.
     """
-    for offset, entry in enumerate(entries):
-        if not isinstance(entry, RotateEntry):
-            continue
-        index = start + offset
-        extended = chain.apply(index, entry, checkpoint_size)
-        if extended is not chain:
-            store.add_key_period(chain.origin, index + 2, entry.key, index)
-            store.conn.execute(
-                "UPDATE logs SET verifier_key = ? WHERE origin = ?", (entry.key, chain.origin)
-            )
-            chain = extended
-    return chain
+    extended = rotations.settle(chain, checkpoint_size, verified=True)
+    for period in extended.periods[len(chain.periods) :]:
+        assert period.rotated_by is not None
+        key = period.verifier.to_text()
+        store.add_key_period(chain.origin, period.from_size, key, period.rotated_by)
+        store.conn.execute("UPDATE logs SET verifier_key = ? WHERE origin = ?", (key, chain.origin))
+    return extended
 
 
 def next_key_path(signing_key_path: Path) -> Path:
@@ -195,7 +190,7 @@ def rotate_signing_key(
         run.store_batch(run.sequence([entry], [entry.to_bytes()]))
         checkpoint = run.commit_checkpoint(signer)
         chain = load_key_chain(store, origin)
-        apply_rotations(store, chain, index, [entry], checkpoint.size)
+        save_rotations(store, chain, run.rules.rotations, checkpoint.size)
     os.replace(staged, key_path)
     _fsync_dir(key_path.parent)
     result = RotationResult(index, checkpoint, signer.verifier().to_text(), entry.key)
