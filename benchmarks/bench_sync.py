@@ -82,12 +82,12 @@ class _Clock:
 
 async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
     """One ``sync_once`` round of B against A; returns figures (stdout JSON)."""
-    import node.sync.client as client_mod
     from node.config import load_config
     from node.ledger.database import Database
     from node.ledger.service import Ledger
-    from node.sync.client import PeerClient
+    from node.sync.client import HttpPeerClient
     from node.sync.runner import sync_once
+    from node.sync.transport import Transport
 
     node_dir = Path(p["node"])
     config = load_config(node_dir)
@@ -97,12 +97,12 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
     requests: dict[str, int] = {}
 
     # Instrumentation only: count every body B receives, and time the waits.
-    read_capped = client_mod._read_capped
+    read_capped = Transport._read_capped
 
-    async def counting(resp: Any, cap: int, peer: str) -> bytes:
+    async def counting(transport: Transport, resp: Any, cap: int) -> bytes:
         nonlocal other_bytes
         started = time.perf_counter()
-        body = await read_capped(resp, cap, peer)
+        body = await read_capped(transport, resp, cap)
         path = resp.url.path
         clock.add(f"read body {path}", time.perf_counter() - started)
         requests[path] = requests.get(path, 0) + 1
@@ -112,7 +112,7 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
             other_bytes += len(body)
         return body
 
-    client_mod._read_capped = counting  # type: ignore[assignment]
+    Transport._read_capped = counting  # type: ignore[method-assign,assignment]
 
     def timed(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(*args: Any, **kwargs: Any) -> Any:
@@ -125,7 +125,7 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
         return run
 
     for name in ("entries", "consistency", "logs", "evidence"):
-        setattr(PeerClient, name, timed(f"PeerClient.{name}", getattr(PeerClient, name)))
+        setattr(HttpPeerClient, name, timed(f"PeerClient.{name}", getattr(HttpPeerClient, name)))
 
     loop_prof = cProfile.Profile() if p.get("profile") else None
     writer_prof = cProfile.Profile() if p.get("profile") else None
@@ -197,11 +197,11 @@ async def child_raw(p: dict[str, Any]) -> dict[str, Any]:
 
 async def child_fetch(p: dict[str, Any]) -> dict[str, Any]:
     """``PeerClient.entries`` against A's real server: fetch and decode, nothing kept."""
-    from node.sync.client import PeerClient
+    from node.sync.client import HttpPeerClient
 
     n = p["entries"]
     fetched = 0
-    async with PeerClient(
+    async with HttpPeerClient(
         p["origin"],
         p["url"],
         server_cert_pem=p["server_pem"],

@@ -1,6 +1,6 @@
 """The read API as an auditor uses it, over mutual TLS as an ``auditor`` peer.
 
-Layer: node.audit. The peer client (:class:`~node.sync.client.PeerClient`)
+Layer: node.audit. The peer client (:class:`~node.sync.client.HttpPeerClient`)
 plus what only an auditor asks for: a node's own origin, leaf hashes and the
 key rotations it holds. Answers are checked for shape here; whether they are
 true is decided elsewhere.
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from node.errors import PeerProtocolError
-from node.sync.client import PAGE_SIZE, PeerClient
+from node.sync.client import PAGE_SIZE, HttpPeerClient
 from protocol.encoding import decode_b64, decode_hex
 from protocol.errors import MalformedError
 from protocol.hashing import HASH_SIZE
@@ -38,7 +38,7 @@ class ServedRotation:
     proof: tuple[bytes, ...]
 
 
-class AuditClient(PeerClient):
+class AuditClient(HttpPeerClient):
     """The read API as an auditor uses it: the peer client plus health, leaf hashes, rotations."""
 
     async def health(self) -> str:

@@ -17,17 +17,15 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from node.cli.cards import parse_card
 from node.cli.output import Command, Output
 from node.config import load_config, resolve_node_dir
-from node.errors import ConfigError, NodeError, PeerProtocolError, PeerUnavailableError
+from node.errors import ConfigError, NodeError, PeerProtocolError
 from node.ledger import Ledger
 from node.ledger.filehash import FileHashes, hash_file, pdq_support
 from node.ledger.hashlist import signal_type_of
@@ -40,8 +38,9 @@ from node.ledger.matching import (
     make_opinion,
     match,
 )
+from node.sync.transport import Transport
 from node.tls import client_ssl_context
-from protocol.encoding import loads_strict
+from protocol.encoding import dumps_canonical
 from protocol.entry import OPINION_VERDICTS
 from protocol.errors import MalformedError
 from protocol.signal import SIGNAL_TYPES, normalise_signal_value
@@ -50,6 +49,9 @@ __all__ = ["register"]
 
 MAX_RESPONSE_BYTES = 512 * 1024 * 1024
 """Largest match response read from a remote node (10,000 hits with receipts fit)."""
+
+MATCH_TIMEOUT = 300.0
+"""Seconds one batch of a remote match may take (a cold PDQ index loads first)."""
 
 _TYPE_PREFIX = re.compile(r"([A-Za-z0-9]+)\s*[:,;\t ]\s*(.+)")
 
@@ -251,41 +253,30 @@ def _remote(args: argparse.Namespace) -> _Remote | None:
 
 
 async def _post_batches(remote: _Remote, args: argparse.Namespace, inputs: _Inputs) -> list[_Found]:
-    ctx = client_ssl_context(remote.cert, remote.key, remote.server_pem)
     found: list[_Found] = []
-    timeout = aiohttp.ClientTimeout(total=300, sock_connect=10)
-    url = remote.url + "/v1/match"
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx), timeout=timeout
-    ) as session:
+    async with Transport(
+        remote.url,
+        remote.url,
+        ssl_context=client_ssl_context(remote.cert, remote.key, remote.server_pem),
+        timeout=MATCH_TIMEOUT,
+        connect_timeout=10.0,
+    ) as transport:
         for _start, batch in _batches(inputs.queries):
             body = {
                 "hashes": [{"type": q.signal_type, "value": q.value} for q in batch],
                 "max_distance": args.max_distance,
                 "receipts": args.receipts,
             }
-            try:
-                async with session.post(url, json=body) as resp:
-                    data = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as e:
-                raise PeerUnavailableError(remote.url, f"/v1/match: {e or type(e).__name__}") from e
-            if len(data) > MAX_RESPONSE_BYTES:
-                raise PeerProtocolError(remote.url, "/v1/match: response too large")
-            try:
-                doc = loads_strict(data)
-            except MalformedError as e:
-                raise PeerProtocolError(remote.url, f"/v1/match answered {status}: {e}") from e
-            if status != 200 or not isinstance(doc, dict):
-                error = doc.get("error") if isinstance(doc, dict) else None
-                raise PeerProtocolError(remote.url, f"/v1/match answered {status}: {error}")
+            doc = await transport.post_json(
+                "/v1/match", dumps_canonical(body), cap=MAX_RESPONSE_BYTES
+            )
             # Positions in a response are relative to its batch.
             _take_remote(doc, batch, inputs, found, remote.url)
     return found
 
 
 def _take_remote(
-    doc: dict[str, Any],
+    doc: Mapping[str, Any],
     batch: Sequence[_Input],
     inputs: _Inputs,
     found: list[_Found],

@@ -1,27 +1,26 @@
 """HTTP client of one peer's read API, over mutually authenticated TLS.
 
-Layer: node.sync. Performs network I/O (aiohttp); decides nothing about trust.
+Layer: node.sync. Performs network I/O through :mod:`node.sync.transport`;
+decides nothing about trust.
 
 The client fetches and parses; it never stores and never trusts. Everything it
 returns is checked by :mod:`node.ledger.replica` against the origin's key
 before a byte is written. What it does enforce is the shape and size of what a
-peer may send: every body is read with a hard cap on its *decoded* size (so a
-compressed body that inflates past the cap is cut off), must have the media
-type we asked for (an HTML error page is an error, not data), and must parse
-strictly. Every failure is a :class:`~node.errors.PeerError` naming the peer.
+peer may send: the transport caps every body's *decoded* size, requires the
+media type asked for and translates every failure into a
+:class:`~node.errors.PeerError` naming the peer; this module parses every
+document strictly.
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self
 
-import aiohttp
-
-from node.errors import PeerProtocolError, PeerUnavailableError
+from node.errors import PeerProtocolError
+from node.sync.transport import Transport
 from node.tls import client_ssl_context
 from protocol.encoding import loads_strict
 from protocol.entry import MAX_ENTRY_BYTES
@@ -34,6 +33,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "MAX_NOTE_BYTES",
     "PAGE_SIZE",
+    "HttpPeerClient",
     "PeerClient",
     "RemoteLog",
 ]
@@ -51,7 +51,8 @@ each with its 2-byte length prefix."""
 MAX_NOTE_BYTES = 128 * 1024
 """Largest checkpoint note accepted (protocol.note.MAX_NOTE_BYTES)."""
 
-_MAX_EVENT_LINE = 4096
+_MAX_EVENT_LINE = 4096  # bytes
+_EVENTS_READ_TIMEOUT = 50.0  # seconds: three missed 15 s pings, with room
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +66,58 @@ class RemoteLog:
     frozen: bool
 
 
-class PeerClient:
-    """Read API of one peer. Use as ``async with PeerClient(...) as client``."""
+class PeerClient(Protocol):
+    """The read API of one peer, as the sync engine uses it.
+
+    :class:`HttpPeerClient` is the real one (mutual TLS); tests use an
+    in-memory one that serves a real ledger and can be told to misbehave
+    (``tests/sync/memory_peer.py``). Nothing returned is trusted: the replica
+    verifies it all against the origin's key.
+    """
+
+    @property
+    def name(self) -> str:
+        """The peer's name, as errors and reports carry it."""
+        ...
+
+    async def logs(self) -> list[RemoteLog]:
+        """The logs the peer holds, with their latest checkpoints (unverified)."""
+        ...
+
+    async def checkpoint(self, origin: str) -> str:
+        """The peer's latest checkpoint note of ``origin`` (unverified)."""
+        ...
+
+    async def entries(self, origin: str, start: int, end: int) -> list[bytes]:
+        """Entries [start, end) of ``origin``: exactly that many, or a PeerError."""
+        ...
+
+    async def consistency(self, origin: str, old: int, new: int) -> ConsistencyProof:
+        """The consistency proof ``old -> new`` of ``origin`` (unverified)."""
+        ...
+
+    async def checkpoints(self, origin: str, start: int = 0) -> list[tuple[int, str]]:
+        """One page of stored checkpoints of ``origin`` from size ``start``, by size."""
+        ...
+
+    async def evidence(self) -> list[ForkEvidence]:
+        """Fork evidence the peer holds (each to be verified by the caller)."""
+        ...
+
+    def events(self) -> AsyncIterator[tuple[str, int]]:
+        """Checkpoint announcements as ``(origin, size)``, until the stream ends."""
+        ...
+
+    async def close(self) -> None:
+        """Release the client's connections."""
+        ...
+
+
+class HttpPeerClient:
+    """:class:`PeerClient` over HTTPS with mutual TLS, through one :class:`Transport`.
+
+    Use as ``async with HttpPeerClient(...) as client``.
+    """
 
     def __init__(
         self,
@@ -79,81 +130,35 @@ class PeerClient:
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        self.name = name
+        self._name = name
         self.url = url.rstrip("/")
-        self._ssl: ssl.SSLContext = client_ssl_context(cert_path, key_path, server_cert_pem)
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout, sock_connect=connect_timeout, sock_read=timeout
+        self.transport = Transport(
+            name,
+            url,
+            ssl_context=client_ssl_context(cert_path, key_path, server_cert_pem),
+            timeout=timeout,
+            connect_timeout=connect_timeout,
         )
-        self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> PeerClient:
+    @property
+    def name(self) -> str:
+        """The peer's name, as errors and reports carry it."""
+        return self._name
+
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                raise_for_status=False,
-                # Auto-decompression stays on: the cap below counts decoded bytes.
-            )
-        return self._session
-
     async def close(self) -> None:
         """Close the connection pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    # -- transport ---------------------------------------------------------------
-
-    async def _get(
-        self, path: str, params: Mapping[str, str | int] | None, *, media: str, cap: int
-    ) -> bytes:
-        session = self._open()
-        query = {k: str(v) for k, v in (params or {}).items()}
-        try:
-            async with session.get(
-                self.url + path, params=query, headers={"Accept": media}
-            ) as resp:
-                body = await _read_capped(resp, cap, self.name)
-                if resp.status >= 500:
-                    raise PeerUnavailableError(self.name, f"{path} answered {resp.status}")
-                if resp.status != 200:
-                    raise PeerProtocolError(
-                        self.name, f"{path} answered {resp.status}: {_error_text(body)}"
-                    )
-                content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
-                if content_type != media:
-                    raise PeerProtocolError(
-                        self.name, f"{path}: expected {media}, got {content_type or 'nothing'}"
-                    )
-                return body
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
-            raise PeerUnavailableError(self.name, f"cannot reach {self.url}: {e}") from e
-        except aiohttp.ClientPayloadError as e:
-            raise PeerProtocolError(self.name, f"{path}: broken response body: {e}") from e
-        except TimeoutError as e:
-            raise PeerUnavailableError(self.name, f"{path}: timed out") from e
-        except aiohttp.ClientError as e:
-            raise PeerUnavailableError(self.name, f"{path}: {e}") from e
+        await self.transport.close()
 
     async def _get_json(
         self, path: str, params: Mapping[str, str | int] | None = None, *, cap: int = MAX_JSON_BYTES
     ) -> Mapping[str, Any]:
-        body = await self._get(path, params, media="application/json", cap=cap)
-        try:
-            value = loads_strict(body)
-        except MalformedError as e:
-            raise PeerProtocolError(self.name, f"{path}: {e}") from e
-        if not isinstance(value, Mapping):
-            raise PeerProtocolError(self.name, f"{path}: expected a JSON object")
-        return value
+        return await self.transport.get_json(path, params, cap=cap)
 
     # -- endpoints ---------------------------------------------------------------
 
@@ -181,7 +186,7 @@ class PeerClient:
 
     async def checkpoint(self, origin: str) -> str:
         """The peer's latest checkpoint note of ``origin`` (unverified)."""
-        body = await self._get(
+        body = await self.transport.get(
             "/v1/checkpoint", {"origin": origin}, media="text/plain", cap=MAX_NOTE_BYTES
         )
         try:
@@ -199,7 +204,7 @@ class PeerClient:
         while start + len(out) < end:
             at = start + len(out)
             asked = min(PAGE_SIZE, end - at)
-            body = await self._get(
+            body = await self.transport.get(
                 "/v1/entries",
                 {"origin": origin, "start": at, "end": at + asked},
                 media=ENTRY_BUNDLE_MEDIA_TYPE,
@@ -271,56 +276,20 @@ class PeerClient:
         The stream is long-lived: only the connect timeout applies, and a
         read timeout of three ping intervals detects a dead peer.
         """
-        session = self._open()
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=50)
-        try:
-            async with session.get(self.url + "/v1/events", timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise PeerProtocolError(self.name, f"/v1/events answered {resp.status}")
+        event = ""
+        async for text in self.transport.lines(
+            "/v1/events", max_line=_MAX_EVENT_LINE, read_timeout=_EVENTS_READ_TIMEOUT
+        ):
+            if text.startswith("event:"):
+                event = text[6:].strip()
+            elif text.startswith("data:") and event == "checkpoint":
+                try:
+                    data = loads_strict(text[5:].strip())
+                    yield _str(data, "origin"), _int(data, "size")
+                except MalformedError as e:
+                    raise PeerProtocolError(self.name, f"/v1/events: {e}") from e
+            elif not text:
                 event = ""
-                while True:
-                    line = await resp.content.readline()
-                    if not line:
-                        return
-                    if len(line) > _MAX_EVENT_LINE:
-                        raise PeerProtocolError(self.name, "/v1/events: line too long")
-                    text = line.decode("utf-8", "replace").rstrip("\r\n")
-                    if text.startswith("event:"):
-                        event = text[6:].strip()
-                    elif text.startswith("data:") and event == "checkpoint":
-                        try:
-                            data = loads_strict(text[5:].strip())
-                            yield _str(data, "origin"), _int(data, "size")
-                        except MalformedError as e:
-                            raise PeerProtocolError(self.name, f"/v1/events: {e}") from e
-                    elif not text:
-                        event = ""
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise PeerUnavailableError(self.name, f"/v1/events: {e or type(e).__name__}") from e
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int, peer: str) -> bytes:
-    declared = resp.content_length
-    if declared is not None and declared > cap:
-        raise PeerProtocolError(peer, f"response of {declared} bytes exceeds the cap of {cap}")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        total += len(chunk)
-        if total > cap:
-            raise PeerProtocolError(peer, f"response exceeds the cap of {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _error_text(body: bytes) -> str:
-    try:
-        doc = loads_strict(body)
-    except MalformedError:
-        return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
-    if isinstance(doc, Mapping) and isinstance(doc.get("error"), str):
-        return str(doc["error"])[:500]
-    return "(unexpected error body)"
 
 
 def _str(obj: Any, key: str) -> str:

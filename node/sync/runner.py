@@ -31,7 +31,7 @@ from node.errors import PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.storage.peer_store import PeerRecord
-from node.sync.client import PeerClient
+from node.sync.client import HttpPeerClient
 from node.sync.engine import PeerSyncReport, sync_peer
 from node.sync.witness_client import WitnessLoop
 
@@ -56,8 +56,8 @@ def _jitter(seconds: float) -> float:
     return seconds * random.uniform(0.8, 1.2)  # noqa: S311 - timing, not security
 
 
-def _client(peer: PeerRecord, cert_path: Path, key_path: Path) -> PeerClient:
-    return PeerClient(
+def _client(peer: PeerRecord, cert_path: Path, key_path: Path) -> HttpPeerClient:
+    return HttpPeerClient(
         peer.name,
         peer.url,
         server_cert_pem=peer.tls_cert,
@@ -160,7 +160,7 @@ class SyncRunner:
                 ]
                 self._tasks[name] = (peer, tasks)
 
-    async def _sync_loop(self, client: PeerClient, wake: asyncio.Event) -> None:
+    async def _sync_loop(self, client: HttpPeerClient, wake: asyncio.Event) -> None:
         backoff = self._settings.min_backoff
         try:
             while True:
@@ -181,7 +181,7 @@ class SyncRunner:
         finally:
             await client.close()
 
-    async def _listen(self, client: PeerClient, wake: asyncio.Event) -> None:
+    async def _listen(self, client: HttpPeerClient, wake: asyncio.Event) -> None:
         backoff = self._settings.min_backoff
         while True:
             try:

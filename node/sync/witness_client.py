@@ -1,7 +1,8 @@
 """Asking witnesses to cosign this node's own checkpoints (C2SP tlog-witness client).
 
-Layer: node.sync. Network I/O (aiohttp, mutual TLS) to the witnesses; storage
-through the :class:`~node.ledger.database.Database` facade.
+Layer: node.sync. Network I/O to the witnesses through
+:mod:`node.sync.transport` (mutual TLS); storage through the
+:class:`~node.ledger.database.Database` facade.
 
 The witnesses asked are the ``[[witness.ask]]`` entries of ``config.toml``:
 a peer (its URL and TLS certificate come from ``peers``) and the witness's
@@ -29,15 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from node.config import WitnessAsk
-from node.errors import NodeError, PeerError, PeerProtocolError, PeerUnavailableError
+from node.errors import NodeError, PeerError, PeerProtocolError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.service import Ledger
 from node.ledger.witness import verified_cosignatures
 from node.storage.peer_store import PeerRecord
+from node.sync.transport import Transport
 from node.tls import client_ssl_context
 from protocol.errors import MalformedError, ProtocolError
 from protocol.keys import NoteVerifier
@@ -99,7 +99,7 @@ class CosignOutcome:
 
 
 class WitnessClient:
-    """``POST add-checkpoint`` to one witness over mutual TLS."""
+    """``POST add-checkpoint`` to one witness over mutual TLS, through one :class:`Transport`."""
 
     def __init__(
         self,
@@ -110,10 +110,13 @@ class WitnessClient:
         timeout: float = 30.0,
     ) -> None:
         self.name = peer.name
-        self.url = peer.url.rstrip("/") + ADD_CHECKPOINT_PATH
-        self._ssl = client_ssl_context(cert_path, key_path, peer.tls_cert)
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5.0)
-        self._session: aiohttp.ClientSession | None = None
+        self.transport = Transport(
+            peer.name,
+            peer.url,
+            ssl_context=client_ssl_context(cert_path, key_path, peer.tls_cert),
+            timeout=timeout,
+            connections=2,
+        )
 
     async def __aenter__(self) -> WitnessClient:
         return self
@@ -123,9 +126,7 @@ class WitnessClient:
 
     async def close(self) -> None:
         """Close the connection pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.transport.close()
 
     async def add_checkpoint(self, request: AddCheckpointRequest) -> WitnessAnswer:
         """Send one request and parse the answer strictly.
@@ -135,43 +136,23 @@ class WitnessClient:
             PeerProtocolError: any other refusal (naming the status and the
                 witness's message), or a malformed answer.
         """
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2), timeout=self._timeout
-            )
+        path = ADD_CHECKPOINT_PATH
+        reply = await self.transport.request(
+            "POST",
+            path,
+            body=request.to_bytes(),
+            content_type="text/plain; charset=utf-8",
+            cap=MAX_ANSWER_BYTES,
+            accepted=(200, 409),
+        )
         try:
-            async with self._session.post(
-                self.url,
-                data=request.to_bytes(),
-                headers={"Content-Type": "text/plain; charset=utf-8"},
-            ) as resp:
-                body = await _read_capped(resp, self.name)
-                media = resp.headers.get("Content-Type", "").split(";")[0].strip()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise PeerUnavailableError(self.name, f"add-checkpoint: {e or type(e).__name__}") from e
-        try:
-            if status == 200:
-                return WitnessAnswer(signatures=parse_cosignature_lines(body))
-            if status == 409 and media == TLOG_SIZE_MEDIA_TYPE:
-                return WitnessAnswer(conflict_size=parse_size_body(body))
+            if reply.status == 200:
+                return WitnessAnswer(signatures=parse_cosignature_lines(reply.body))
+            if reply.media_type == TLOG_SIZE_MEDIA_TYPE:
+                return WitnessAnswer(conflict_size=parse_size_body(reply.body))
         except MalformedError as e:
-            raise PeerProtocolError(self.name, f"add-checkpoint answered {status}: {e}") from e
-        message = body[:300].decode("utf-8", "replace").strip() or "(empty body)"
-        if status >= 500:
-            raise PeerUnavailableError(self.name, f"add-checkpoint answered {status}: {message}")
-        raise PeerProtocolError(self.name, f"add-checkpoint answered {status}: {message}")
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, peer: str) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in resp.content.iter_chunked(4096):
-        total += len(chunk)
-        if total > MAX_ANSWER_BYTES:
-            raise PeerProtocolError(peer, f"add-checkpoint answer exceeds {MAX_ANSWER_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise PeerProtocolError(self.name, f"{path} answered {reply.status}: {e}") from e
+        raise self.transport.refusal(path, reply)
 
 
 @dataclass(frozen=True, slots=True)

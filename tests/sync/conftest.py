@@ -32,7 +32,7 @@ from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
-from node.sync.client import MAX_BUNDLE_BYTES, PeerClient
+from node.sync.client import MAX_BUNDLE_BYTES, HttpPeerClient
 from node.sync.runner import sync_once
 from node.tls import client_ssl_context
 from protocol.entry import AddEntry
@@ -274,9 +274,9 @@ class World:
     peer: ScriptedPeer
     db: Database
 
-    def client(self, **kwargs: Any) -> PeerClient:
+    def client(self, **kwargs: Any) -> HttpPeerClient:
         config = load_config(self.follower)
-        return PeerClient(
+        return HttpPeerClient(
             AUTHOR,
             self.peer.url,
             server_cert_pem=load_config(self.author).tls_cert_path.read_text(encoding="ascii"),

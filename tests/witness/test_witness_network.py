@@ -16,7 +16,7 @@ from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
 from node.storage.witness_store import WitnessStore
-from node.sync.client import PeerClient
+from node.sync.client import HttpPeerClient
 from node.sync.witness_client import WitnessClient, cosign_latest
 from protocol.checkpoint import open_checkpoint
 from protocol.keys import SIG_COSIGNATURE_V1, NoteSigner, NoteVerifier
@@ -95,7 +95,7 @@ async def test_cosignatures_travel_with_checkpoints(
 
         # GET /v1/checkpoint carries W's line: k-of-n checks pass with protocol/ alone.
         config = load_config(follower)
-        async with PeerClient(
+        async with HttpPeerClient(
             ORIGIN,
             a.url,
             server_cert_pem=load_config(origin_dir).tls_cert_path.read_text(),
