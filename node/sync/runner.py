@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from node.ledger.events import CheckpointHub
 from node.storage.peer_store import PeerRecord
 from node.sync.client import HttpPeerClient
 from node.sync.engine import PeerSyncReport, sync_peer
+from node.sync.poll import Backoff, PollTiming, run_polling
 from node.sync.witness_client import WitnessLoop
 
 __all__ = ["SyncRunner", "SyncSettings", "sync_once"]
@@ -50,10 +50,14 @@ class SyncSettings:
     max_backoff: float = 300.0
     peer_refresh: float = 1.0
 
-
-def _jitter(seconds: float) -> float:
-    # Spread retries so that many nodes restarting together do not pull in step.
-    return seconds * random.uniform(0.8, 1.2)  # noqa: S311 - timing, not security
+    @property
+    def timing(self) -> PollTiming:
+        """The poll interval and backoff bounds of the sync and witness loops."""
+        return PollTiming(
+            poll_interval=self.poll_interval,
+            min_backoff=self.min_backoff,
+            max_backoff=self.max_backoff,
+        )
 
 
 def _client(peer: PeerRecord, cert_path: Path, key_path: Path) -> HttpPeerClient:
@@ -108,13 +112,7 @@ class SyncRunner:
         self.rounds = 0
         # Asks the [[witness.ask]] witnesses to cosign each new own checkpoint.
         self.witness = WitnessLoop(
-            db,
-            hub,
-            cert_path=cert_path,
-            key_path=key_path,
-            poll_interval=self._settings.poll_interval,
-            min_backoff=self._settings.min_backoff,
-            max_backoff=self._settings.max_backoff,
+            db, hub, cert_path=cert_path, key_path=key_path, timing=self._settings.timing
         )
 
     def start(self) -> None:
@@ -161,34 +159,29 @@ class SyncRunner:
                 self._tasks[name] = (peer, tasks)
 
     async def _sync_loop(self, client: HttpPeerClient, wake: asyncio.Event) -> None:
-        backoff = self._settings.min_backoff
+        async def round_() -> bool:
+            report = await sync_peer(self._db, client, hub=self._hub)
+            self.rounds += 1
+            if report.error:
+                log.warning("sync with %s failed: %s", client.name, report.error)
+                return False
+            if report.appended:
+                log.info("synced %d entries from %s", report.appended, client.name)
+            return True
+
         try:
-            while True:
-                wake.clear()
-                report = await sync_peer(self._db, client, hub=self._hub)
-                self.rounds += 1
-                if report.error:
-                    log.warning("sync with %s failed: %s", client.name, report.error)
-                    delay = _jitter(backoff)
-                    backoff = min(backoff * 2, self._settings.max_backoff)
-                else:
-                    if report.appended:
-                        log.info("synced %d entries from %s", report.appended, client.name)
-                    delay = _jitter(self._settings.poll_interval)
-                    backoff = self._settings.min_backoff
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=delay)
+            await run_polling(round_, wake, self._settings.timing)
         finally:
             await client.close()
 
     async def _listen(self, client: HttpPeerClient, wake: asyncio.Event) -> None:
-        backoff = self._settings.min_backoff
+        # Reconnects after the stream ends or fails, backing off while it keeps failing.
+        backoff = Backoff(self._settings.timing)
         while True:
             try:
                 async for _origin, _size in client.events():
-                    backoff = self._settings.min_backoff
+                    backoff.reset()
                     wake.set()
             except PeerError as e:
                 log.debug("event stream of %s: %s", client.name, e)
-            await asyncio.sleep(_jitter(backoff))
-            backoff = min(backoff * 2, self._settings.max_backoff)
+            await asyncio.sleep(backoff.failed())

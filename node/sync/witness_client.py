@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from node.ledger.events import CheckpointHub
 from node.ledger.service import Ledger
 from node.ledger.witness import verified_cosignatures
 from node.storage.peer_store import PeerRecord
+from node.sync.poll import PollTiming, run_polling
 from node.sync.transport import Transport
 from node.tls import client_ssl_context
 from protocol.errors import MalformedError, ProtocolError
@@ -299,17 +299,13 @@ class WitnessLoop:
         *,
         cert_path: Path,
         key_path: Path,
-        poll_interval: float = 30.0,
-        min_backoff: float = 1.0,
-        max_backoff: float = 300.0,
+        timing: PollTiming | None = None,
     ) -> None:
         self._db = db
         self._hub = hub
         self._cert_path = cert_path
         self._key_path = key_path
-        self._poll = poll_interval
-        self._min_backoff = min_backoff
-        self._max_backoff = max_backoff
+        self._timing = timing or PollTiming()
         self._known: dict[str, int] = {}
         self.rounds = 0
         self.last: list[CosignOutcome] = []
@@ -322,30 +318,24 @@ class WitnessLoop:
         origin = await self._db.read(lambda ledger: ledger.own_log.origin)
         wake = asyncio.Event()
         listener = asyncio.create_task(self._listen(origin, wake), name="hashmesh-witness-wake")
-        backoff = self._min_backoff
+
+        async def round_() -> bool:
+            try:
+                outcomes = await self._round()
+            except NodeError as e:  # the database, say: retry later, never die
+                outcomes = [CosignOutcome("(all witnesses)", None, error=str(e))]
+            failed = [o for o in outcomes if o.error]
+            for o in failed:
+                log.warning("%s", o.error)
+            sizes = [o.size for o in outcomes if o.added and o.size is not None]
+            if sizes:
+                size = max(sizes)
+                log.info("checkpoint %d of %s cosigned; announcing it again", size, origin)
+                self._hub.publish(origin, size)
+            return not failed
+
         try:
-            while True:
-                wake.clear()
-                try:
-                    outcomes = await self._round()
-                except NodeError as e:  # the database, say: retry later, never die
-                    outcomes = [CosignOutcome("(all witnesses)", None, error=str(e))]
-                failed = [o for o in outcomes if o.error]
-                for o in failed:
-                    log.warning("%s", o.error)
-                sizes = [o.size for o in outcomes if o.added and o.size is not None]
-                if sizes:
-                    size = max(sizes)
-                    log.info("checkpoint %d of %s cosigned; announcing it again", size, origin)
-                    self._hub.publish(origin, size)
-                if failed:
-                    delay = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - timing only
-                    backoff = min(backoff * 2, self._max_backoff)
-                else:
-                    delay = self._poll
-                    backoff = self._min_backoff
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=delay)
+            await run_polling(round_, wake, self._timing)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
