@@ -49,7 +49,6 @@ from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
 from node.storage.peer_store import PEER_ROLES
 from node.tls import peer_spki
-from protocol.encoding import dumps_canonical
 from protocol.errors import MalformedError
 
 __all__ = [
@@ -115,17 +114,6 @@ _POLICY_KEY = web.AppKey("policy", dict[str, Route])
 _RETRY_AFTER = "1"
 
 
-def _error(
-    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status,
-        body=dumps_canonical({"error": message, "field": field}),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     headers: dict[str, str] = {}
     for name in ("Allow", "Retry-After"):
@@ -140,7 +128,7 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
         message = exc.text
     else:
         message = exc.reason.lower()
-    return _error(exc.status, message, None, headers)
+    return handlers.error_response(exc.status, message, None, headers)
 
 
 @web.middleware
@@ -152,20 +140,24 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         return _http_error(request, e)
     except MalformedError as e:
-        return _error(400, e.reason, e.field)
+        return handlers.error_response(400, e.reason, e.field)
     except UnknownLogError as e:
-        return _error(404, str(e), "origin")
+        return handlers.error_response(404, str(e), "origin")
     except EntryNotFoundError as e:
-        return _error(404, str(e), e.field)
+        return handlers.error_response(404, str(e), e.field)
     except StorageError as e:
         log.warning("database unavailable for %s: %s", request.path, e)
-        return _error(503, "the database is busy; retry shortly", None, {"Retry-After": "1"})
+        return handlers.error_response(
+            503, "the database is busy; retry shortly", None, {"Retry-After": "1"}
+        )
     except TimeoutError:
-        return _error(503, "the request took too long; retry shortly", None, {"Retry-After": "1"})
+        return handlers.error_response(
+            503, "the request took too long; retry shortly", None, {"Retry-After": "1"}
+        )
     except Exception:
         # A bug, not bad input: keep the JSON shape and log the traceback.
         log.exception("internal error answering %s %s", request.method, request.path)
-        return _error(500, "internal error; the node's log has the details")
+        return handlers.error_response(500, "internal error; the node's log has the details")
 
 
 @web.middleware

@@ -20,14 +20,18 @@ from node.api.state import DB_KEY, LEAVES_KEY, LIMITS_KEY, ORIGIN_KEY
 from node.errors import EntryNotFoundError, UnknownLogError
 from node.ledger.service import Ledger
 from node.storage.ledger_store import CheckpointRecord, LogRecord
-from protocol.encoding import (
-    decode_hex,
-    dumps_canonical,
-    encode_b64,
-    loads_strict,
-    parse_decimal,
+from protocol.api_documents import (
+    EntriesPage,
+    ErrorBody,
+    EvidenceList,
+    Health,
+    LeafHashesPage,
+    LogList,
+    RemoteLog,
 )
+from protocol.encoding import decode_hex, parse_decimal
 from protocol.errors import MalformedError
+from protocol.evidence import ForkEvidence
 from protocol.hashing import HASH_SIZE
 from protocol.wire import (
     ENTRY_BUNDLE_MEDIA_TYPE,
@@ -42,6 +46,7 @@ __all__ = [
     "checkpoint",
     "consistency_proof",
     "entries",
+    "error_response",
     "evidence",
     "health",
     "inclusion_proof",
@@ -59,8 +64,16 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 JSON = "application/json"
 
 
-def _json(value: object) -> web.Response:
-    return web.Response(body=dumps_canonical(value), content_type=JSON)
+def error_response(
+    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An error answer: :class:`~protocol.api_documents.ErrorBody` as JSON (docs/api.md)."""
+    return web.Response(
+        status=status,
+        body=ErrorBody(error=message, field=field).to_json(),
+        content_type=JSON,
+        headers=headers,
+    )
 
 
 def _params(
@@ -116,7 +129,8 @@ def _page_bounds(size: int, start: int, end: int | None, max_page: int) -> int:
 async def health(request: web.Request) -> web.Response:
     """``GET /v1/health``: liveness and the node's origin."""
     _params(request, ())
-    return _json({"status": "ok", "origin": request.app[ORIGIN_KEY], "version": VERSION})
+    doc = Health(status="ok", origin=request.app[ORIGIN_KEY], version=VERSION)
+    return web.Response(body=doc.to_json(), content_type=JSON)
 
 
 async def logs(request: web.Request) -> web.Response:
@@ -131,15 +145,15 @@ async def logs(request: web.Request) -> web.Response:
             if record is None:
                 continue
             items.append(
-                {
-                    "origin": log.origin,
-                    "vkey": log.verifier_key,
-                    "size": record.size,
-                    "checkpoint": ledger.served_note(log, record),
-                    "frozen": log.origin in frozen,
-                }
+                RemoteLog(
+                    origin=log.origin,
+                    vkey=log.verifier_key,
+                    size=record.size,
+                    checkpoint=ledger.served_note(log, record),
+                    frozen=log.origin in frozen,
+                )
             )
-        return dumps_canonical({"logs": items})
+        return LogList(logs=tuple(items)).to_json()
 
     body = await request.app[DB_KEY].read(read)
     return web.Response(body=body, content_type=JSON)
@@ -193,8 +207,8 @@ async def entries(request: web.Request) -> web.Response:
         rows = ledger.entries(log, start, stop)
         if bundle:
             return encode_entry_bundle(bytes(data) for _idx, data, _leaf in rows)
-        datas = [encode_b64(bytes(data)) for _idx, data, _leaf in rows]
-        return dumps_canonical({"origin": origin, "start": start, "entries": datas})
+        datas = tuple(bytes(data) for _idx, data, _leaf in rows)
+        return EntriesPage(origin=origin, start=start, entries=datas).to_json()
 
     body = await request.app[DB_KEY].read(read)
     return web.Response(body=body, content_type=ENTRY_BUNDLE_MEDIA_TYPE if bundle else JSON)
@@ -208,8 +222,8 @@ async def leaf_hashes(request: web.Request) -> web.Response:
     def read(ledger: Ledger) -> bytes:
         log, record = _latest(ledger, origin)
         stop = _page_bounds(record.size, start, end, max_page)
-        hashes = [bytes(leaf).hex() for _idx, _data, leaf in ledger.entries(log, start, stop)]
-        return dumps_canonical({"origin": origin, "start": start, "leaf_hashes": hashes})
+        hashes = tuple(bytes(leaf) for _idx, _data, leaf in ledger.entries(log, start, stop))
+        return LeafHashesPage(origin=origin, start=start, leaf_hashes=hashes).to_json()
 
     body = await request.app[DB_KEY].read(read)
     return web.Response(body=body, content_type=JSON)
@@ -284,8 +298,10 @@ async def evidence(request: web.Request) -> web.Response:
     _params(request, ())
 
     def read(ledger: Ledger) -> bytes:
-        docs = [loads_strict(record.evidence_json) for record in ledger.peers.list_evidence()]
-        return dumps_canonical({"evidence": docs})
+        items = tuple(
+            ForkEvidence.from_json(record.evidence_json) for record in ledger.peers.list_evidence()
+        )
+        return EvidenceList(evidence=items).to_json()
 
     body = await request.app[DB_KEY].read(read)
     return web.Response(body=body, content_type=JSON)

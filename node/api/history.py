@@ -19,7 +19,7 @@ from aiohttp import web
 from node.api.handlers import JSON, _latest, _optional_decimal, _origin, _params
 from node.api.state import DB_KEY
 from node.ledger.service import Ledger
-from protocol.encoding import dumps_canonical
+from protocol.api_documents import CheckpointList, ServedCheckpoint
 
 __all__ = ["MAX_CHECKPOINTS_PAGE", "checkpoints"]
 
@@ -37,8 +37,10 @@ async def checkpoints(request: web.Request) -> web.Response:
         log, _record = _latest(ledger, origin)  # 404 for an unknown or unsigned log
         records = itertools.islice(ledger.stored_checkpoints(log, start), MAX_CHECKPOINTS_PAGE)
         # Each note with its held witness cosignatures, as /v1/checkpoint serves it.
-        items = [{"size": r.size, "note": ledger.served_note(log, r)} for r in records]
-        return dumps_canonical({"origin": origin, "checkpoints": items})
+        items = tuple(
+            ServedCheckpoint(size=r.size, note=ledger.served_note(log, r)) for r in records
+        )
+        return CheckpointList(origin=origin, checkpoints=items).to_json()
 
     body = await request.app[DB_KEY].read(read)
     return web.Response(body=body, content_type=JSON)

@@ -40,7 +40,6 @@ import logging
 import weakref
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
@@ -58,7 +57,8 @@ from node.ledger.matching import (
     match,
 )
 from node.ledger.service import Ledger
-from protocol.encoding import dumps_canonical, loads_strict
+from protocol.api_documents import MatchFound, MatchItemError, MatchResponseBody
+from protocol.encoding import loads_strict
 from protocol.errors import MalformedError
 
 __all__ = [
@@ -85,16 +85,16 @@ class MatchRequest:
     """A parsed match request: valid queries by position, and per-item errors."""
 
     queries: tuple[tuple[int, MatchQuery], ...]
-    errors: tuple[dict[str, Any], ...]
+    errors: tuple[MatchItemError, ...]
     max_distance: int
     receipts: bool
 
 
-def _item_error(position: int, field: str, message: str) -> dict[str, Any]:
-    return {"i": position, "field": field, "error": message}
+def _item_error(position: int, field: str, message: str) -> MatchItemError:
+    return MatchItemError(i=position, field=field, error=message)
 
 
-def _parse_item(position: int, item: object) -> MatchQuery | dict[str, Any]:
+def _parse_item(position: int, item: object) -> MatchQuery | MatchItemError:
     if type(item) is dict and len(item) == 2:
         # The common case, checked without building error context.
         signal_type, value = item.get("type"), item.get("value")
@@ -152,7 +152,7 @@ def parse_match_request(body: bytes) -> MatchRequest:
     if not isinstance(receipts, bool):
         raise MalformedError("expected true or false", field="receipts")
     queries: list[tuple[int, MatchQuery]] = []
-    errors: list[dict[str, Any]] = []
+    errors: list[MatchItemError] = []
     for position, item in enumerate(hashes):
         parsed = _parse_item(position, item)
         if isinstance(parsed, MatchQuery):
@@ -162,27 +162,25 @@ def parse_match_request(body: bytes) -> MatchRequest:
     return MatchRequest(tuple(queries), tuple(errors), max_distance, receipts)
 
 
-def render_results(request: MatchRequest, results: list[ItemResult]) -> dict[str, Any]:
+def render_results(request: MatchRequest, results: list[ItemResult]) -> MatchResponseBody:
     """The response document of a match request."""
-    matches = []
-    for result in results:
-        if not result.hits and not result.hidden:
-            continue
-        matches.append(
-            {
-                "i": result.position,
-                "type": result.query.signal_type,
-                "value": result.query.value,
-                "hidden": result.hidden,
-                "hits": [h.to_json_obj(receipts=request.receipts) for h in result.hits],
-            }
+    matches = [
+        MatchFound(
+            i=result.position,
+            type=result.query.signal_type,
+            value=result.query.value,
+            hidden=result.hidden,
+            hits=tuple(h.to_json_obj(receipts=request.receipts) for h in result.hits),
         )
-    return {
-        "checked": len(request.queries),
-        "max_distance": request.max_distance,
-        "matches": matches,
-        "errors": list(request.errors),
-    }
+        for result in results
+        if result.hits or result.hidden
+    ]
+    return MatchResponseBody(
+        checked=len(request.queries),
+        max_distance=request.max_distance,
+        matches=tuple(matches),
+        errors=request.errors,
+    )
 
 
 class MatchService:
@@ -282,6 +280,6 @@ async def match_endpoint(request: web.Request) -> web.Response:
             max_distance=parsed.max_distance,
             receipts=parsed.receipts,
         )
-        return dumps_canonical(render_results(parsed, results))
+        return render_results(parsed, results).to_json()
 
     return web.Response(body=await db.read(run), content_type="application/json")

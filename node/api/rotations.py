@@ -20,8 +20,6 @@ request fails rather than hand entry bytes of another kind to an auditor.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from node.api.handlers import JSON, _latest, _origin, _params
@@ -29,14 +27,14 @@ from node.api.state import DB_KEY
 from node.errors import LedgerError
 from node.ledger.service import Ledger
 from node.storage.ledger_store import LogRecord
-from protocol.encoding import dumps_canonical, encode_b64
+from protocol.api_documents import RotationList, ServedRotation
 from protocol.entry import RotateEntry, parse_entry
 from protocol.errors import MalformedError
 
 __all__ = ["rotations"]
 
 
-def _rotation_item(ledger: Ledger, origin: str, log: LogRecord, index: int) -> dict[str, Any]:
+def _rotation_item(ledger: Ledger, origin: str, log: LogRecord, index: int) -> ServedRotation:
     """One rotation: the entry, the checkpoint of size ``index + 1`` (or None), the proof."""
     data = ledger.entry(log, index)
     try:
@@ -51,13 +49,13 @@ def _rotation_item(ledger: Ledger, origin: str, log: LogRecord, index: int) -> d
         )
     record = ledger.stored_checkpoint(log, index + 1)
     proof = ledger.prove_inclusion(index, index + 1, origin=origin)
-    return {
-        "index": index,
-        "entry_b64": encode_b64(bytes(data)),
+    return ServedRotation(
+        index=index,
+        entry=bytes(data),
         # A relay that jumped past this size holds no such checkpoint.
-        "checkpoint": None if record is None else ledger.served_note(log, record),
-        "proof": [h.hex() for h in proof.hashes],
-    }
+        checkpoint=None if record is None else ledger.served_note(log, record),
+        proof=proof.hashes,
+    )
 
 
 async def rotations(request: web.Request) -> web.Response:
@@ -68,8 +66,8 @@ async def rotations(request: web.Request) -> web.Response:
     def read(ledger: Ledger) -> bytes:
         log_record, latest = _latest(ledger, origin)  # 404 for an unknown or unsigned log
         indexes = [r for r in ledger.rotation_indexes(origin) if r < latest.size]
-        items = [_rotation_item(ledger, origin, log_record, r) for r in indexes]
-        return dumps_canonical({"origin": origin, "rotations": items})
+        items = tuple(_rotation_item(ledger, origin, log_record, r) for r in indexes)
+        return RotationList(origin=origin, rotations=items).to_json()
 
     body = await request.app[DB_KEY].read(read)
     return web.Response(body=body, content_type=JSON)

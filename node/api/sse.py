@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from node.api.state import HUB_KEY, LIMITS_KEY, STREAMS_KEY
-from protocol.encoding import dumps_canonical
+from protocol.api_documents import CheckpointEvent
 
 __all__ = ["events"]
 
@@ -29,7 +29,7 @@ _RETRY_AFTER = "5"
 
 
 def _event(origin: str, size: int) -> bytes:
-    data = dumps_canonical({"origin": origin, "size": size})
+    data = CheckpointEvent(origin=origin, size=size).to_json()
     return b"event: checkpoint\ndata: " + data + b"\n\n"
 
 

@@ -25,11 +25,11 @@ import logging
 
 from aiohttp import web
 
+from node.api.handlers import error_response
 from node.api.state import DB_KEY
 from node.errors import UnknownLogError, WitnessConflictError, WitnessProofError
 from node.ledger.service import Ledger
 from node.ledger.witness import Cosigned
-from protocol.encoding import dumps_canonical
 from protocol.errors import VerificationError
 from protocol.witness import (
     MAX_REQUEST_BYTES,
@@ -44,14 +44,6 @@ log = logging.getLogger("hashmesh.api")
 
 MAX_BODY = MAX_REQUEST_BYTES
 """Largest add-checkpoint body accepted (413 above)."""
-
-
-def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=dumps_canonical({"error": message, "field": field}),
-        content_type="application/json",
-    )
 
 
 async def add_checkpoint(request: web.Request) -> web.Response:
@@ -73,11 +65,13 @@ async def add_checkpoint(request: web.Request) -> web.Response:
             headers={"Content-Type": TLOG_SIZE_MEDIA_TYPE},
         )
     except WitnessProofError as e:
-        return _error(422, str(e), "proof")
+        return error_response(422, str(e), "proof")
     except UnknownLogError as e:
-        return _error(404, str(e), "origin")
+        return error_response(404, str(e), "origin")
     except VerificationError as e:
         log.warning("refused to cosign: %s", e)
-        return _error(403, f"the checkpoint is not signed by its origin's key: {e}", "checkpoint")
+        return error_response(
+            403, f"the checkpoint is not signed by its origin's key: {e}", "checkpoint"
+        )
     log.info("cosigned %s at size %d", cosigned.origin, cosigned.size)
     return web.Response(text=cosigned.line, content_type="text/plain", charset="utf-8")

@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from node.ledger.matching import (
 )
 from node.sync.transport import Transport
 from node.tls import client_ssl_context
-from protocol.encoding import dumps_canonical
+from protocol.api_documents import MatchRequestBody, MatchResponseBody, SignalQuery
 from protocol.entry import OPINION_VERDICTS
 from protocol.errors import MalformedError
 from protocol.signal import SIGNAL_TYPES, normalise_signal_value
@@ -160,14 +160,14 @@ def _gather_list(inputs: _Inputs, name: str, default_type: str | None) -> None:
         inputs.add(f"list line {number}", signal_type, value)
 
 
-def _gather(args: argparse.Namespace, out: Output) -> _Inputs:
+def _gather(request: MatchCommand, out: Output) -> _Inputs:
     inputs = _Inputs()
-    for i, raw in enumerate(args.values, start=1):
-        inputs.add(f"argument {i}", args.type, raw)
-    if args.file:
-        _gather_files(inputs, args.file, out)
-    if args.list:
-        _gather_list(inputs, args.list, args.type)
+    for i, raw in enumerate(request.values, start=1):
+        inputs.add(f"argument {i}", request.signal_type, raw)
+    if request.files:
+        _gather_files(inputs, request.files, out)
+    if request.hash_list:
+        _gather_list(inputs, request.hash_list, request.signal_type)
     return inputs
 
 
@@ -186,9 +186,9 @@ def _batches(items: Sequence[_Input]) -> Iterator[tuple[int, Sequence[_Input]]]:
         yield start, items[start : start + MAX_BATCH]
 
 
-def _match_local(args: argparse.Namespace, inputs: _Inputs, out: Output) -> list[_Found]:
+def _match_local(request: MatchCommand, inputs: _Inputs, out: Output) -> list[_Found]:
     found: list[_Found] = []
-    with Ledger.open(resolve_node_dir(args.dir), read_only=True) as ledger:
+    with Ledger.open(resolve_node_dir(request.node_dir), read_only=True) as ledger:
         pdq = None
         if any(q.signal_type == "pdq" for q in inputs.queries):
             started = time.monotonic()
@@ -203,14 +203,14 @@ def _match_local(args: argparse.Namespace, inputs: _Inputs, out: Output) -> list
                 ledger,
                 queries,
                 pdq=pdq,
-                max_distance=args.max_distance,
-                receipts=args.receipts,
+                max_distance=request.max_distance,
+                receipts=request.receipts,
             ):
                 if result.hits or result.hidden:
                     found.append(
                         _Found(
                             inputs.queries[result.position],
-                            [h.to_json_obj(receipts=args.receipts) for h in result.hits],
+                            [h.to_json_obj(receipts=request.receipts) for h in result.hits],
                             result.hidden,
                         )
                     )
@@ -225,34 +225,34 @@ class _Remote:
     key: Path
 
 
-def _remote(args: argparse.Namespace) -> _Remote | None:
-    if args.card:
+def _remote(request: MatchCommand) -> _Remote | None:
+    if request.card:
         try:
-            card = parse_card(Path(args.card).read_bytes())
+            card = parse_card(Path(request.card).read_bytes())
         except OSError as e:
-            raise ConfigError(f"cannot read card {args.card}: {e.strerror or e}") from e
-        url, pem = args.remote or card.url, card.tls_cert
-    elif args.remote:
-        if not args.server_cert:
+            raise ConfigError(f"cannot read card {request.card}: {e.strerror or e}") from e
+        url, pem = request.remote or card.url, card.tls_cert
+    elif request.remote:
+        if not request.server_cert:
             raise ConfigError("--remote needs --server-cert PEM (or use --card CARD_FILE)")
         try:
-            pem = Path(args.server_cert).read_text(encoding="ascii")
+            pem = Path(request.server_cert).read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read {args.server_cert}: {e}") from e
-        url = args.remote
+            raise ConfigError(f"cannot read {request.server_cert}: {e}") from e
+        url = request.remote
     else:
         return None
-    if args.cert and args.key:
-        cert, key = Path(args.cert), Path(args.key)
-    elif args.cert or args.key:
+    if request.cert and request.key:
+        cert, key = Path(request.cert), Path(request.key)
+    elif request.cert or request.key:
         raise ConfigError("give both --cert and --key, or neither (to use the node's)")
     else:
-        config = load_config(resolve_node_dir(args.dir))
+        config = load_config(resolve_node_dir(request.node_dir))
         cert, key = config.tls_cert_path, config.tls_key_path
     return _Remote(url.rstrip("/"), pem, cert, key)
 
 
-async def _post_batches(remote: _Remote, args: argparse.Namespace, inputs: _Inputs) -> list[_Found]:
+async def _post_batches(remote: _Remote, request: MatchCommand, inputs: _Inputs) -> list[_Found]:
     found: list[_Found] = []
     async with Transport(
         remote.url,
@@ -262,39 +262,36 @@ async def _post_batches(remote: _Remote, args: argparse.Namespace, inputs: _Inpu
         connect_timeout=10.0,
     ) as transport:
         for _start, batch in _batches(inputs.queries):
-            body = {
-                "hashes": [{"type": q.signal_type, "value": q.value} for q in batch],
-                "max_distance": args.max_distance,
-                "receipts": args.receipts,
-            }
-            doc = await transport.post_json(
-                "/v1/match", dumps_canonical(body), cap=MAX_RESPONSE_BYTES
+            body = MatchRequestBody(
+                hashes=tuple(SignalQuery(type=q.signal_type, value=q.value) for q in batch),
+                max_distance=request.max_distance,
+                receipts=request.receipts,
             )
+            doc = await transport.post_json("/v1/match", body.to_json(), cap=MAX_RESPONSE_BYTES)
+            try:
+                answer = MatchResponseBody.from_json(doc)
+            except MalformedError as e:
+                raise PeerProtocolError(remote.url, f"/v1/match: {e}") from e
             # Positions in a response are relative to its batch.
-            _take_remote(doc, batch, inputs, found, remote.url)
+            _take_remote(answer, batch, inputs, found, remote.url)
     return found
 
 
 def _take_remote(
-    doc: Mapping[str, Any],
+    answer: MatchResponseBody,
     batch: Sequence[_Input],
     inputs: _Inputs,
     found: list[_Found],
     peer: str,
 ) -> None:
-    matches, errors = doc.get("matches"), doc.get("errors")
-    if not isinstance(matches, list) or not isinstance(errors, list):
-        raise PeerProtocolError(peer, "/v1/match: expected matches and errors lists")
-    for item in matches:
-        i = item.get("i") if isinstance(item, dict) else None
-        if not isinstance(i, int) or not 0 <= i < len(batch) or not isinstance(item["hits"], list):
+    for item in answer.matches:
+        if item.i >= len(batch):
             raise PeerProtocolError(peer, "/v1/match: a match names no query of the batch")
-        found.append(_Found(batch[i], item["hits"], int(item.get("hidden", 0))))
-    for item in errors:
-        i = item.get("i") if isinstance(item, dict) else None
-        if isinstance(i, int) and 0 <= i < len(batch):
+        found.append(_Found(batch[item.i], [dict(h) for h in item.hits], item.hidden))
+    for error in answer.errors:
+        if error.i < len(batch):
             inputs.invalid.append(
-                {"source": batch[i].source, "field": item.get("field"), "error": item.get("error")}
+                {"source": batch[error.i].source, "field": error.field, "error": error.error}
             )
 
 
@@ -390,12 +387,64 @@ def _report_json(inputs: _Inputs, found: list[_Found], out: Output) -> None:
 # -- commands --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MatchCommand:
+    """What ``hashmesh match`` was asked to do, read once from the command line."""
+
+    values: tuple[str, ...]
+    signal_type: str | None
+    files: tuple[str, ...]
+    hash_list: str | None
+    max_distance: int
+    receipts: bool
+    save_receipts: str | None
+    as_json: bool
+    node_dir: str | None
+    card: str | None
+    remote: str | None
+    server_cert: str | None
+    cert: str | None
+    key: str | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> MatchCommand:
+        """The request of a parsed ``hashmesh match`` command line.
+
+        Raises:
+            ConfigError: if nothing to match was given.
+        """
+        if not (args.values or args.file or args.list):
+            raise ConfigError("give hash values, --file PATH or --list FILE")
+        return cls(
+            values=tuple(args.values),
+            signal_type=args.type,
+            files=tuple(args.file),
+            hash_list=args.list,
+            max_distance=args.max_distance,
+            receipts=args.receipts or bool(args.save_receipts),
+            save_receipts=args.save_receipts,
+            as_json=args.json,
+            node_dir=args.dir,
+            card=args.card,
+            remote=args.remote,
+            server_cert=args.server_cert,
+            cert=args.cert,
+            key=args.key,
+        )
+
+
 def cmd_match(args: argparse.Namespace, out: Output) -> int:
-    if not (args.values or args.file or args.list):
-        raise ConfigError("give hash values, --file PATH or --list FILE")
-    if args.save_receipts:
-        args.receipts = True
-    inputs = _gather(args, out)
+    return run_match(MatchCommand.from_args(args), out)
+
+
+def run_match(request: MatchCommand, out: Output) -> int:
+    """Gather, normalise and match what ``request`` names; report the hits on ``out``.
+
+    Raises:
+        NodeError: nothing valid to match, an unreadable input, or the remote
+            node failed (a :class:`~node.errors.PeerError`).
+    """
+    inputs = _gather(request, out)
     for change, count in sorted(inputs.notes.items()):
         out.note(f"normalised: {change} ({count:,})")
     for remark, count in sorted(inputs.remarks.items()):
@@ -405,14 +454,14 @@ def cmd_match(args: argparse.Namespace, out: Output) -> int:
         out.note(f"invalid: {where}: {bad['error']}")
     if not inputs.queries:
         raise NodeError("nothing to match: every input was invalid")
-    remote = _remote(args)
+    remote = _remote(request)
     if remote is None:
-        found = _match_local(args, inputs, out)
+        found = _match_local(request, inputs, out)
     else:
-        found = asyncio.run(_post_batches(remote, args, inputs))
-    if args.save_receipts:
-        _save_receipts(args.save_receipts, found, out)
-    if args.json:
+        found = asyncio.run(_post_batches(remote, request, inputs))
+    if request.save_receipts:
+        _save_receipts(request.save_receipts, found, out)
+    if request.as_json:
         _report_json(inputs, found, out)
     else:
         _report_text(inputs, found, out)

@@ -14,15 +14,20 @@ document strictly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 from node.errors import PeerProtocolError
 from node.sync.transport import Transport
 from node.tls import client_ssl_context
-from protocol.encoding import loads_strict
+from protocol.api_documents import (
+    CheckpointEvent,
+    CheckpointList,
+    EvidenceList,
+    LogList,
+    RemoteLog,
+)
 from protocol.entry import MAX_ENTRY_BYTES
 from protocol.errors import MalformedError
 from protocol.evidence import ForkEvidence
@@ -51,19 +56,10 @@ each with its 2-byte length prefix."""
 MAX_NOTE_BYTES = 128 * 1024
 """Largest checkpoint note accepted (protocol.note.MAX_NOTE_BYTES)."""
 
+_D = TypeVar("_D")
+
 _MAX_EVENT_LINE = 4096  # bytes
 _EVENTS_READ_TIMEOUT = 50.0  # seconds: three missed 15 s pings, with room
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteLog:
-    """A log as a peer lists it: not verified until the origin's key says so."""
-
-    origin: str
-    vkey: str
-    size: int
-    checkpoint: str
-    frozen: bool
 
 
 class PeerClient(Protocol):
@@ -155,34 +151,24 @@ class HttpPeerClient:
         """Close the connection pool."""
         await self.transport.close()
 
-    async def _get_json(
-        self, path: str, params: Mapping[str, str | int] | None = None, *, cap: int = MAX_JSON_BYTES
-    ) -> Mapping[str, Any]:
-        return await self.transport.get_json(path, params, cap=cap)
+    async def _document(
+        self,
+        path: str,
+        params: Mapping[str, str | int] | None,
+        parse: Callable[[Mapping[str, Any]], _D],
+    ) -> _D:
+        """``GET path`` parsed strictly into its :mod:`protocol.api_documents` type."""
+        doc = await self.transport.get_json(path, params, cap=MAX_JSON_BYTES)
+        try:
+            return parse(doc)
+        except MalformedError as e:
+            raise PeerProtocolError(self.name, f"{path}: {e}") from e
 
     # -- endpoints ---------------------------------------------------------------
 
     async def logs(self) -> list[RemoteLog]:
         """The logs the peer holds, with their latest checkpoints (unverified)."""
-        doc = await self._get_json("/v1/logs")
-        items = doc.get("logs")
-        if not isinstance(items, list):
-            raise PeerProtocolError(self.name, "/v1/logs: 'logs' must be a list")
-        logs: list[RemoteLog] = []
-        for i, item in enumerate(items):
-            try:
-                logs.append(
-                    RemoteLog(
-                        origin=_str(item, "origin"),
-                        vkey=_str(item, "vkey"),
-                        size=_int(item, "size"),
-                        checkpoint=_str(item, "checkpoint"),
-                        frozen=bool(item.get("frozen", False)),
-                    )
-                )
-            except MalformedError as e:
-                raise PeerProtocolError(self.name, f"/v1/logs: logs[{i}].{e}") from e
-        return logs
+        return list((await self._document("/v1/logs", None, LogList.from_json)).logs)
 
     async def checkpoint(self, origin: str) -> str:
         """The peer's latest checkpoint note of ``origin`` (unverified)."""
@@ -218,13 +204,11 @@ class HttpPeerClient:
 
     async def consistency(self, origin: str, old: int, new: int) -> ConsistencyProof:
         """The peer's consistency proof ``old -> new`` of ``origin`` (unverified)."""
-        doc = await self._get_json(
-            "/v1/proof/consistency", {"origin": origin, "old": old, "new": new}
+        proof = await self._document(
+            "/v1/proof/consistency",
+            {"origin": origin, "old": old, "new": new},
+            ConsistencyProof.from_json,
         )
-        try:
-            proof = ConsistencyProof.from_json(doc)
-        except MalformedError as e:
-            raise PeerProtocolError(self.name, f"/v1/proof/consistency: {e}") from e
         if (proof.old_size, proof.new_size) != (old, new):
             raise PeerProtocolError(
                 self.name,
@@ -240,35 +224,23 @@ class HttpPeerClient:
             ``(size, note)`` pairs in increasing size (unverified); empty when
             the peer holds none from ``start``.
         """
-        doc = await self._get_json("/v1/checkpoints", {"origin": origin, "start": start})
-        items = doc.get("checkpoints")
-        if doc.get("origin") != origin or not isinstance(items, list):
+        page = await self._document(
+            "/v1/checkpoints", {"origin": origin, "start": start}, CheckpointList.from_json
+        )
+        if page.origin != origin:
             raise PeerProtocolError(
-                self.name, "/v1/checkpoints: expected this origin and a 'checkpoints' list"
+                self.name, f"/v1/checkpoints: asked for {origin!r}, got {page.origin!r}"
             )
-        out: list[tuple[int, str]] = []
-        for i, item in enumerate(items):
-            try:
-                size, note = _int(item, "size"), _str(item, "note")
-            except MalformedError as e:
-                raise PeerProtocolError(self.name, f"/v1/checkpoints: checkpoints[{i}].{e}") from e
-            if size < start or (out and size <= out[-1][0]):
-                raise PeerProtocolError(
-                    self.name, f"/v1/checkpoints: checkpoints[{i}] is out of order (size {size})"
-                )
-            out.append((size, note))
-        return out
+        if page.checkpoints and page.checkpoints[0].size < start:
+            raise PeerProtocolError(
+                self.name,
+                f"/v1/checkpoints: asked from size {start}, got {page.checkpoints[0].size}",
+            )
+        return [(c.size, c.note) for c in page.checkpoints]
 
     async def evidence(self) -> list[ForkEvidence]:
         """Fork evidence the peer holds (each to be verified by the caller)."""
-        doc = await self._get_json("/v1/evidence")
-        items = doc.get("evidence")
-        if not isinstance(items, list):
-            raise PeerProtocolError(self.name, "/v1/evidence: 'evidence' must be a list")
-        try:
-            return [ForkEvidence.from_json(item) for item in items]
-        except MalformedError as e:
-            raise PeerProtocolError(self.name, f"/v1/evidence: {e}") from e
+        return list((await self._document("/v1/evidence", None, EvidenceList.from_json)).evidence)
 
     async def events(self) -> AsyncIterator[tuple[str, int]]:
         """Checkpoint announcements as ``(origin, size)``, until the stream ends.
@@ -284,23 +256,9 @@ class HttpPeerClient:
                 event = text[6:].strip()
             elif text.startswith("data:") and event == "checkpoint":
                 try:
-                    data = loads_strict(text[5:].strip())
-                    yield _str(data, "origin"), _int(data, "size")
+                    announced = CheckpointEvent.from_json(text[5:].strip())
                 except MalformedError as e:
                     raise PeerProtocolError(self.name, f"/v1/events: {e}") from e
+                yield announced.origin, announced.size
             elif not text:
                 event = ""
-
-
-def _str(obj: Any, key: str) -> str:
-    value = obj.get(key) if isinstance(obj, Mapping) else None
-    if not isinstance(value, str):
-        raise MalformedError("expected a string", field=key)
-    return value
-
-
-def _int(obj: Any, key: str) -> int:
-    value = obj.get(key) if isinstance(obj, Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise MalformedError("expected a non-negative integer", field=key)
-    return value

@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from node.errors import PeerError, PeerProtocolError, PeerUnavailableError
+from protocol.api_documents import ErrorBody
 from protocol.encoding import loads_strict
 from protocol.errors import MalformedError
 
@@ -408,11 +409,8 @@ class Transport:
 
 
 def _error_text(body: bytes) -> str:
-    """The peer's own error message: the ``error`` of a JSON body, else its first bytes."""
+    """The peer's own error message: an :class:`ErrorBody`'s, else the body's first bytes."""
     try:
-        doc = loads_strict(body)
+        return ErrorBody.from_json(body).error[:_MAX_ERROR_TEXT]
     except MalformedError:
         return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
-    if isinstance(doc, Mapping) and isinstance(doc.get("error"), str):
-        return str(doc["error"])[:_MAX_ERROR_TEXT]
-    return "(unexpected error body)"

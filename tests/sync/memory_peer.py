@@ -18,7 +18,6 @@ from pathlib import Path
 
 from node.errors import PeerError
 from node.ledger import Ledger
-from node.ledger.witness import served_note
 from node.sync.client import PAGE_SIZE, RemoteLog
 from protocol.evidence import ForkEvidence
 from protocol.wire import ConsistencyProof
@@ -71,14 +70,21 @@ class InMemoryPeerClient:
 
     async def logs(self) -> list[RemoteLog]:
         self._call("logs")
-        store = self.ledger.store
         out = []
-        for log in store.list_logs():
-            record = store.latest_checkpoint(log.log_id)
+        for log in self.ledger.logs():
+            record = self.ledger.stored_checkpoint(log)
             if record is None:
                 continue
-            note = self._note(served_note(store, log.log_id, record))
-            out.append(RemoteLog(log.origin, log.verifier_key, record.size, note, False))
+            note = self._note(self.ledger.served_note(log, record))
+            out.append(
+                RemoteLog(
+                    origin=log.origin,
+                    vkey=log.verifier_key,
+                    size=record.size,
+                    checkpoint=note,
+                    frozen=False,
+                )
+            )
         return out
 
     async def checkpoint(self, origin: str) -> str:
@@ -87,10 +93,10 @@ class InMemoryPeerClient:
 
     async def entries(self, origin: str, start: int, end: int) -> list[bytes]:
         self._call("entries")
-        log = self.ledger.store.get_log(origin)
+        log = self.ledger.log_for(origin)
         out: list[bytes] = []
         for at in range(start, end, PAGE_SIZE):
-            rows = self.ledger.store.iter_entries(log.log_id, at, min(end, at + PAGE_SIZE))
+            rows = self.ledger.entries(log, at, min(end, at + PAGE_SIZE))
             page = [bytes(data) for _index, data, _leaf in rows]
             out.extend(page if self.faults.page is None else self.faults.page(at, page))
         return out
@@ -104,16 +110,15 @@ class InMemoryPeerClient:
 
     async def checkpoints(self, origin: str, start: int = 0) -> list[tuple[int, str]]:
         self._call("checkpoints")
-        store = self.ledger.store
-        log = store.get_log(origin)
+        log = self.ledger.log_for(origin)
         return [
-            (r.size, self._note(served_note(store, log.log_id, r)))
-            for r in store.iter_checkpoints(log.log_id, start)
+            (r.size, self._note(self.ledger.served_note(log, r)))
+            for r in self.ledger.stored_checkpoints(log, start)
         ]
 
     async def evidence(self) -> list[ForkEvidence]:
         self._call("evidence")
-        return [ForkEvidence.from_json(r.evidence_json) for r in self.ledger.store.list_evidence()]
+        return [ForkEvidence.from_json(r.evidence_json) for r in self.ledger.peers.list_evidence()]
 
     async def events(self) -> AsyncIterator[tuple[str, int]]:
         self._call("events")

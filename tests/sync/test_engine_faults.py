@@ -43,7 +43,7 @@ class Setup:
 
     def last_error(self) -> str | None:
         with Ledger.open(self.follower, read_only=True) as ledger:
-            return {s.name: s for s in ledger.store.peer_statuses()}[PEER].last_error
+            return {s.name: s for s in ledger.peers.peer_statuses()}[PEER].last_error
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     with Ledger.open(author, read_only=True) as ledger:
         vkey = ledger.own_log.verifier_key
     with Ledger.open(follower) as ledger:
-        ledger.store.add_follow(AUTHOR, vkey)
+        ledger.follow(AUTHOR, vkey)
     db = await Database.open(follower)
     peer = InMemoryPeerClient(PEER, author)
     try:
@@ -155,7 +155,7 @@ async def test_a_forked_checkpoint_freezes_the_origin(setup: Setup, tmp_path: Pa
     assert [r.verdict for r in report.origins] == ["fork"]
     with Ledger.open(setup.follower, read_only=True) as ledger:
         assert ledger.replica(AUTHOR).state().frozen
-        assert [e.origin for e in ledger.store.list_evidence()] == [AUTHOR]
+        assert [e.origin for e in ledger.peers.list_evidence()] == [AUTHOR]
     # Frozen: the honest checkpoint is not taken either.
     setup.peer.faults.note = None
     report = await sync_peer(setup.db, setup.peer)

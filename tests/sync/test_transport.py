@@ -107,7 +107,7 @@ def http_date(when: datetime) -> str:
 @pytest.mark.parametrize("status", [429, 503])
 async def test_retry_after_seconds_is_honoured(pair: Pair, status: int) -> None:
     pair.server.answers = [
-        Answer(status, b'{"error":"slow down"}', headers={"Retry-After": "0"}),
+        Answer(status, b'{"error":"slow down","field":null}', headers={"Retry-After": "0"}),
         Answer(200, b'{"ok":true}'),
     ]
     async with pair.transport() as transport:
@@ -118,7 +118,7 @@ async def test_retry_after_seconds_is_honoured(pair: Pair, status: int) -> None:
 async def test_retry_after_http_date_is_honoured(pair: Pair) -> None:
     past = http_date(datetime.now(UTC) - timedelta(minutes=5))
     pair.server.answers = [
-        Answer(503, b'{"error":"busy"}', headers={"Retry-After": past}),
+        Answer(503, b'{"error":"busy","field":null}', headers={"Retry-After": past}),
         Answer(200, b"note\n", content_type="text/plain"),
     ]
     async with pair.transport() as transport:
@@ -136,7 +136,9 @@ async def test_retry_after_http_date_is_honoured(pair: Pair) -> None:
 async def test_a_wait_too_long_is_not_taken(
     pair: Pair, retry_after: str, deadline: float, reason: str
 ) -> None:
-    pair.server.answers = [Answer(429, b'{"error":"rate"}', headers={"Retry-After": retry_after})]
+    pair.server.answers = [
+        Answer(429, b'{"error":"rate","field":null}', headers={"Retry-After": retry_after})
+    ]
     async with pair.transport(retry=RetryPolicy(max_wait=30)) as transport:
         at = asyncio.get_running_loop().time() + deadline
         with pytest.raises(
@@ -147,7 +149,9 @@ async def test_a_wait_too_long_is_not_taken(
 
 
 async def test_retries_are_bounded(pair: Pair) -> None:
-    pair.server.answers = [Answer(429, b'{"error":"rate"}', headers={"Retry-After": "0"})]
+    pair.server.answers = [
+        Answer(429, b'{"error":"rate","field":null}', headers={"Retry-After": "0"})
+    ]
     async with pair.transport(retry=RetryPolicy(max_attempts=3)) as transport:
         with pytest.raises(PeerUnavailableError, match="429"):
             await transport.get_json("/v1/logs", cap=1024)
