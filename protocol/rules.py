@@ -20,9 +20,11 @@ one :class:`LogRules`: the node writing its own log or a replica
   A rotation to the key already trusted at that size changes nothing and
   needs no such checkpoint.
 
-Opinions (``opinion`` entries) may name any entry of any log, so no rule
-of a single log constrains them; they are bound to their target by its
-leaf hash (:class:`protocol.entry.OpinionEntry`).
+* An ``opinion`` entry may name any entry of any log, so no rule of its
+  own log constrains it. What counts about an entry is, of each author, the
+  latest opinion bound to that entry's exact bytes (its leaf hash): an
+  opinion about another version of the same index, in a forked log, says
+  nothing about this one (:func:`current_opinions`; matching applies it).
 
 Applying the rules costs one byte per entry shown and nothing per add of a
 batch known to hold only adds (:meth:`LogRules.extend_adds`), so the bulk
@@ -31,14 +33,14 @@ write path pays no per-entry Python work for them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, RotateEntry
 from protocol.errors import InvalidRetractionError, RotationError
 from protocol.rotation import KeyChain
 
-__all__ = ["LogHistory", "LogRules", "PendingRotations"]
+__all__ = ["LogHistory", "LogRules", "OpinionRecord", "PendingRotations", "current_opinions"]
 
 # The kind of each entry shown, one byte each.
 _INVALID, _ADD, _RETRACT, _OPINION, _ROTATE = range(5)
@@ -213,3 +215,42 @@ class PendingRotations:
                     f"{index + 1} signed by the old key; the new key is not trusted"
                 )
         return chain
+
+
+class OpinionRecord(Protocol):
+    """An opinion entry as a reader holds it: who, where, and the bytes it is bound to."""
+
+    @property
+    def author(self) -> str:
+        """The origin of the log holding the opinion entry."""
+        ...
+
+    @property
+    def index(self) -> int:
+        """The opinion entry's index in its author's log."""
+        ...
+
+    @property
+    def target_leaf_hash(self) -> bytes:
+        """The leaf hash of the entry the opinion is about."""
+        ...
+
+
+_Opinion = TypeVar("_Opinion", bound=OpinionRecord)
+
+
+def current_opinions(opinions: Iterable[_Opinion], leaf_hash: bytes) -> list[_Opinion]:
+    """The opinions that count about an entry with ``leaf_hash``, by author.
+
+    Of each author, the latest (highest index) of the opinions bound to
+    exactly ``leaf_hash``; the others are outdated or about another version
+    of the entry.
+    """
+    latest: dict[str, _Opinion] = {}
+    for opinion in opinions:
+        if opinion.target_leaf_hash != leaf_hash:
+            continue
+        held = latest.get(opinion.author)
+        if held is None or opinion.index > held.index:
+            latest[opinion.author] = opinion
+    return [latest[author] for author in sorted(latest)]

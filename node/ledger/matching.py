@@ -47,6 +47,7 @@ from protocol.entry import AddEntry, OpinionEntry, parse_entry, parse_entry_fast
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaf
 from protocol.receipt import MatchReceipt
+from protocol.rules import current_opinions
 from protocol.signal import SIGNAL_TYPES, detect_signal_type, validate_signal_value
 from protocol.tree import compute_inclusion_proof
 
@@ -495,17 +496,8 @@ def _attach_opinions(
         mine = about.get((origins[f.log_id], f.index))
         if not mine:
             continue
-        leaf_hash = hash_leaf(f.data)
-        latest: dict[str, OpinionRow] = {}
-        for row in mine:
-            # Bound to the exact bytes: an opinion about another version of
-            # this index (a forked log) says nothing about this entry.
-            if row.target_leaf_hash != leaf_hash:
-                continue
-            if row.author not in latest or row.index > latest[row.author].index:
-                latest[row.author] = row
-        for author in sorted(latest):
-            row = latest[author]
+        for row in current_opinions(mine, hash_leaf(f.data)):
+            author = row.author
             entry = parse_entry(row.data)
             note = entry.note if isinstance(entry, OpinionEntry) else None
             f.opinions.append(Opinion(author, row.index, row.verdict, note, author in trusted))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, RotateEntry
 from protocol.errors import InvalidRetractionError, RotationError
 from protocol.keys import NoteSigner
 from protocol.rotation import KeyChain
-from protocol.rules import LogRules, PendingRotations
+from protocol.rules import LogRules, PendingRotations, current_opinions
 
 ORIGIN = "hotline.example/log"
 OLD = NoteSigner.from_seed(ORIGIN, b"\x01" * 32).verifier()
@@ -122,3 +124,17 @@ def test_a_rotation_to_the_trusted_key_needs_no_checkpoint() -> None:
     pending.add(1, RotateEntry(key=OLD.to_text(), reason="same key"))
     chain = KeyChain.pinned(OLD)
     assert pending.settle(chain, 2, verified=False) is chain
+
+
+@dataclass(frozen=True)
+class Row:
+    author: str
+    index: int
+    target_leaf_hash: bytes
+
+
+def test_current_opinions_are_the_latest_of_each_author_bound_to_the_bytes() -> None:
+    mine, other = b"\x01" * 32, b"\x02" * 32
+    rows = [Row("b", 3, mine), Row("a", 9, other), Row("a", 2, mine), Row("b", 7, mine)]
+    assert current_opinions(rows, mine) == [Row("a", 2, mine), Row("b", 7, mine)]
+    assert current_opinions(rows, b"\x03" * 32) == []
