@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from protocol.encoding import MAX_UINT63, decode_b64, encode_b64, parse_decimal
 from protocol.errors import (
@@ -36,6 +37,7 @@ from protocol.note import Note, VerifiedNote, open_note, parse_note, sign_note
 
 __all__ = [
     "Checkpoint",
+    "CheckpointNote",
     "VerifiedCheckpoint",
     "checkpoint_size",
     "cosign_checkpoint",
@@ -106,6 +108,16 @@ class Checkpoint:
         return cls(origin=origin, size=size, root_hash=root, extensions=tuple(extensions))
 
 
+CheckpointNote: TypeAlias = str
+"""The exact text of a signed checkpoint note, as signed, served and stored.
+
+The one spelling of a checkpoint that stays text: what is signed, relayed,
+kept in evidence and in the database. Parsed, it is a :class:`Checkpoint`
+body; opened with the origin's key, a :class:`VerifiedCheckpoint`; stored,
+a ``CheckpointRecord`` (``node.storage``).
+"""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifiedCheckpoint:
     """A checkpoint whose log signature verified, with the witnesses that cosigned it.
@@ -115,14 +127,32 @@ class VerifiedCheckpoint:
         note: the parsed signed note (all signature lines, verified or not).
         cosignatures: witness name -> cosigned timestamp (None for plain
             Ed25519 witness signatures), for trusted witnesses that verified.
+        source: where it was seen, for a verifier comparing several sources
+            (a node URL, a bundle path); empty when there is only one.
     """
 
     checkpoint: Checkpoint
     note: Note
     cosignatures: Mapping[str, int | None]
+    source: str = ""
+
+    @property
+    def size(self) -> int:
+        """The tree size."""
+        return self.checkpoint.size
+
+    @property
+    def root_hash(self) -> bytes:
+        """The signed root hash."""
+        return self.checkpoint.root_hash
+
+    @property
+    def text(self) -> CheckpointNote:
+        """The signed note's text (signature lines included)."""
+        return self.note.to_text()
 
 
-def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner) -> str:
+def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner) -> CheckpointNote:
     """Sign a checkpoint as the log: the signed note text.
 
     Raises:
@@ -141,7 +171,9 @@ def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner) -> str:
     return sign_note(checkpoint.to_text(), [signer])
 
 
-def cosign_checkpoint(note: bytes | str | Note, witness: NoteSigner, timestamp: int) -> str:
+def cosign_checkpoint(
+    note: bytes | CheckpointNote | Note, witness: NoteSigner, timestamp: int
+) -> CheckpointNote:
     """Add a witness's signature line to a signed checkpoint note.
 
     The caller (a witness) must already have checked the checkpoint: this only
@@ -157,7 +189,7 @@ def cosign_checkpoint(note: bytes | str | Note, witness: NoteSigner, timestamp: 
 
 
 def open_checkpoint(
-    note: bytes | str | Note,
+    note: bytes | CheckpointNote | Note,
     verifier: NoteVerifier,
     *,
     origin: str | None = None,
@@ -216,7 +248,7 @@ def open_checkpoint(
     return VerifiedCheckpoint(checkpoint=checkpoint, note=opened.note, cosignatures=cosignatures)
 
 
-def checkpoint_size(note: str) -> int:
+def checkpoint_size(note: CheckpointNote) -> int:
     """The tree size a note claims, before any signature is checked (to plan fetches).
 
     Raises:

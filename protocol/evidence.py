@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.checkpoint import Checkpoint, open_checkpoint
+from protocol.checkpoint import Checkpoint, CheckpointNote, open_checkpoint
 from protocol.encoding import (
     decode_hex,
     dumps_canonical,
@@ -66,8 +66,8 @@ class ForkEvidence:
     """
 
     origin: str
-    note_a: str
-    note_b: str
+    note_a: CheckpointNote
+    note_b: CheckpointNote
     prefix_root: bytes
     proof: tuple[bytes, ...]
 
@@ -123,8 +123,8 @@ class ForkEvidence:
 def prove_fork(
     chain: KeyChain,
     *,
-    older_note: str,
-    newer_note: str,
+    older_note: CheckpointNote,
+    newer_note: CheckpointNote,
     prefix_root: bytes,
     proof: Sequence[bytes],
 ) -> ForkEvidence:

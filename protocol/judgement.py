@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from protocol.checkpoint import Checkpoint, VerifiedCheckpoint
+from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint
 from protocol.errors import ProofError
 from protocol.evidence import ForkEvidence, prove_fork
 from protocol.merkle import verify_consistency
@@ -57,7 +57,7 @@ class HeldTree:
     size: int
     root_hash: bytes
     signed_size: int | None = None
-    signed_note: str | None = None
+    signed_note: CheckpointNote | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,14 +67,14 @@ class CheckpointJudgement:
     Attributes:
         relation: see :data:`Relation`.
         checkpoint: the judged checkpoint (its signature verified).
-        note: its exact signed note.
+        note: its exact signed note text.
         evidence: the verified fork evidence, for ``fork``.
         reason: why it disagrees, for ``inconsistent`` and ``unprovable``.
     """
 
     relation: Relation
     checkpoint: Checkpoint
-    note: str
+    note: CheckpointNote
     evidence: ForkEvidence | None = None
     reason: str = ""
 
@@ -84,24 +84,25 @@ class CheckpointJudgement:
 
 def judge_checkpoint(
     opened: VerifiedCheckpoint,
-    note: str,
     held: HeldTree,
-    chain: KeyChain,
+    chain: KeyChain | None = None,
     *,
-    root_at: Callable[[int], bytes],
-    held_proof: Callable[[int, int], Sequence[bytes]],
+    root_at: Callable[[int], bytes] | None = None,
+    held_proof: Callable[[int, int], Sequence[bytes]] | None = None,
     proof_from_held: Sequence[bytes] | None = None,
 ) -> CheckpointJudgement:
     """Judge a verified checkpoint against the held tree.
 
     Args:
         opened: the checkpoint, opened with ``chain`` (and the witness policy).
-        note: its exact signed note text.
         held: what is held of the log.
-        chain: the origin's key chain (fork evidence is checked with it).
-        root_at: the held tree's root at a size below ``held.size``.
+        chain: the origin's key chain, which fork evidence is checked with;
+            needed when ``held`` has a signed note (else no evidence is made).
+        root_at: the held tree's root at a size below ``held.size``; None
+            when the holder keeps no tree (an auditor's head): a smaller
+            checkpoint is then ``unprovable``.
         held_proof: the held tree's consistency proof ``(old, new)``, for
-            evidence (``new`` is ``held.signed_size``).
+            evidence (``new`` is ``held.signed_size``); None as for ``root_at``.
         proof_from_held: for a larger checkpoint, the consistency proof
             ``held.size -> its size`` its source gave, if any; without one an
             ``ahead`` checkpoint is not yet known to extend the held tree.
@@ -114,7 +115,7 @@ def judge_checkpoint(
             verify (the held tree or its signed note is wrong: a bug or a
             damaged store, never the checkpoint's fault).
     """
-    cp = opened.checkpoint
+    cp, note = opened.checkpoint, opened.text
     if cp.size > held.size:
         if proof_from_held is not None:
             try:
@@ -126,11 +127,23 @@ def judge_checkpoint(
                     relation="inconsistent", checkpoint=cp, note=note, reason=str(e)
                 )
         return CheckpointJudgement(relation="ahead", checkpoint=cp, note=note)
-    ours = held.root_hash if cp.size == held.size else root_at(cp.size)
+    if cp.size < held.size and (root_at is None or held_proof is None):
+        return CheckpointJudgement(
+            relation="unprovable",
+            checkpoint=cp,
+            note=note,
+            reason=f"the held tree's root at size {cp.size} is not known",
+        )
+    ours = held.root_hash if root_at is None or cp.size == held.size else root_at(cp.size)
     if ours == cp.root_hash:
         relation: Relation = "same" if cp.size == held.size else "behind"
         return CheckpointJudgement(relation=relation, checkpoint=cp, note=note)
-    if held.signed_size is None or held.signed_note is None or cp.size > held.signed_size:
+    if (
+        chain is None
+        or held.signed_size is None
+        or held.signed_note is None
+        or cp.size > held.signed_size
+    ):
         signed = 0 if held.signed_size is None else held.signed_size
         return CheckpointJudgement(
             relation="unprovable",
@@ -141,7 +154,11 @@ def judge_checkpoint(
                 f"signed checkpoint (size {signed})"
             ),
         )
-    proof = held_proof(cp.size, held.signed_size) if cp.size < held.signed_size else ()
+    proof = (
+        held_proof(cp.size, held.signed_size)
+        if held_proof is not None and cp.size < held.signed_size
+        else ()
+    )
     evidence = prove_fork(
         chain, older_note=note, newer_note=held.signed_note, prefix_root=ours, proof=proof
     )

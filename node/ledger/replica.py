@@ -202,9 +202,9 @@ class Replica:
                 for another origin; QuorumError if the witness policy for the
                 origin ([[witness.require]]) is not met.
         """
-        return self._judge(self._open(note), note)
+        return self._judge(self._open(note))
 
-    def _judge(self, opened: VerifiedCheckpoint, note: str) -> CheckpointJudgement:
+    def _judge(self, opened: VerifiedCheckpoint) -> CheckpointJudgement:
         state = self.state()
         signed = state.checkpoint
         held = HeldTree(
@@ -220,7 +220,7 @@ class Replica:
             return compute_consistency_proof(old_size, new_size, self.store.reader(log.log_id))
 
         return judge_checkpoint(
-            opened, note, held, self.key_chain(), root_at=self.root_at, held_proof=held_proof
+            opened, held, self.key_chain(), root_at=self.root_at, held_proof=held_proof
         )
 
     def record_checkpoint(self, note: str, *, source: str = LOCAL_SOURCE) -> CheckpointVerdict:
@@ -246,7 +246,7 @@ class Replica:
         with self.store.transaction():
             if self.store.peers.is_frozen(self.origin):
                 return CheckpointVerdict("frozen", cp.size, cp.root_hash)
-            judged = self._judge(opened, note)
+            judged = self._judge(opened)
             relation = judged.relation
             if relation == "unprovable":
                 raise ReplicationError(

@@ -55,7 +55,6 @@ def judge(
     )
     return judge_checkpoint(
         CHAIN.open(text),
-        text,
         held_tree,
         CHAIN,
         root_at=lambda n: root_from_leaf_hashes(held[:n]),
@@ -98,3 +97,10 @@ def test_a_larger_checkpoint_must_extend_the_held_tree_when_a_proof_is_given() -
     bad = compute_consistency_proof(10, 12, Nodes(THEIRS))
     judged = judge(THEIRS, OURS, 10, bad)
     assert judged.relation == "inconsistent" and not judged
+
+
+def test_a_holder_without_a_tree_cannot_judge_a_smaller_checkpoint() -> None:
+    text = note(OURS[:4])
+    held = HeldTree(size=10, root_hash=root_from_leaf_hashes(OURS))
+    judged = judge_checkpoint(CHAIN.open(text), held, CHAIN)
+    assert judged.relation == "unprovable" and "size 4 is not known" in judged.reason
