@@ -22,7 +22,7 @@ def _close(ledger: Ledger) -> None:
 
 
 def _data_version(ledger: Ledger) -> int:
-    return ledger.store.data_version()
+    return ledger.data_version()
 
 
 class Database(ThreadedDatabase[Ledger]):

@@ -81,9 +81,7 @@ def export_lines(ledger: Ledger, fmt: ExportFormat, *, origin: str | None = None
     The export covers the log up to its latest signed checkpoint.
     """
     log = ledger.log_for(origin)
-    conn = ledger.store.conn
-    conn.execute("BEGIN")  # one read snapshot for the whole export
-    try:
+    with ledger.store.read_snapshot():  # one committed state for the whole export
         size = ledger.latest_checkpoint(log.origin).size
         if fmt == "ndjson":
             for row in _decoded(ledger, log.log_id, size):
@@ -114,5 +112,3 @@ def export_lines(ledger: Ledger, fmt: ExportFormat, *, origin: str | None = None
                 leaf_count=size,
                 leaves=(bytes(d) for _i, d, _h in ledger.store.iter_entries(log.log_id, 0, size)),
             )
-    finally:
-        conn.execute("COMMIT")

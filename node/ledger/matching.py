@@ -349,19 +349,11 @@ def match(
             f"expected an integer 0-{MAX_DISTANCE_CAP}, got {max_distance!r}",
             field="max_distance",
         )
-    store = ledger.store
     settings = settings if settings is not None else ledger.config.match
-    conn = store.conn
-    # One read transaction: the active rows checked and the entries, opinions
+    # One read snapshot: the active rows checked and the entries, opinions
     # and checkpoints read all belong to the same committed state.
-    own_txn = not conn.in_transaction
-    if own_txn:
-        conn.execute("BEGIN")
-    try:
+    with ledger.store.read_snapshot():
         return _match(ledger, queries, pdq, max_distance, receipts, settings)
-    finally:
-        if own_txn:
-            conn.execute("COMMIT")
 
 
 def _match(

@@ -105,7 +105,7 @@ def save_rotations(
         assert period.rotated_by is not None
         key = period.verifier.to_text()
         store.add_key_period(chain.origin, period.from_size, key, period.rotated_by)
-        store.conn.execute("UPDATE logs SET verifier_key = ? WHERE origin = ?", (key, chain.origin))
+        store.set_verifier_key(chain.origin, key)
     return extended
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from node.errors import StorageError
 
-__all__ = ["joined_transaction", "now_text", "write_transaction"]
+__all__ = ["joined_transaction", "now_text", "read_snapshot", "write_transaction"]
 
 
 def now_text() -> str:
@@ -52,6 +52,24 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     except sqlite3.Error as e:
         conn.execute("ROLLBACK")
         raise StorageError(f"commit failed and was rolled back: {e}") from e
+
+
+@contextmanager
+def read_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Read one committed state for the whole block (a deferred transaction).
+
+    Joins the caller's open transaction, if any. Without it, a long read
+    (an export, a batch of matches) could mix rows from before and after a
+    concurrent commit.
+    """
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
 
 
 @contextmanager

@@ -26,7 +26,12 @@ from pathlib import Path
 import numpy
 
 from node.errors import StorageError, UnknownLogError
-from node.storage.connection import joined_transaction, now_text, write_transaction
+from node.storage.connection import (
+    joined_transaction,
+    now_text,
+    read_snapshot,
+    write_transaction,
+)
 from node.storage.match_store import MatchStore
 from node.storage.peer_store import PeerStore
 from node.storage.schema import TILE_LEVEL, active_key, apply_pragmas, migrate
@@ -165,6 +170,14 @@ class LedgerStore:
             StorageError: if SQLite fails (the transaction is rolled back).
         """
         return write_transaction(self.conn)
+
+    def read_snapshot(self) -> AbstractContextManager[None]:
+        """Read one committed state for the whole block (joins an open transaction)."""
+        return read_snapshot(self.conn)
+
+    def set_verifier_key(self, origin: str, vkey: str) -> None:
+        """Make ``vkey`` the current key of the log of ``origin`` (after a rotation)."""
+        self.conn.execute("UPDATE logs SET verifier_key = ? WHERE origin = ?", (vkey, origin))
 
     def joined_transaction(self) -> AbstractContextManager[None]:
         """Join the caller's open transaction, or run the block in a new one."""
