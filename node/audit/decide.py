@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Sequence
 
-from node.audit.client import ServedRotation
 from node.audit.report import SourceReport
 from node.audit.state import OriginState
+from protocol.api_documents import ServedRotation
 from protocol.audit import (
     STATE_SOURCE,
     AuditHead,
