@@ -27,13 +27,13 @@ import argparse
 import hashlib
 import random
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_protocol import LevelStore, best_of  # noqa: E402
 from protocol.hashing import hash_leaves  # noqa: E402
 from protocol.merkle import root_from_leaf_hashes  # noqa: E402
 from protocol.tiles import (  # noqa: E402
@@ -47,33 +47,10 @@ from protocol.tiles import (  # noqa: E402
     tiles_for_size,
     verify_tiles,
 )
-from protocol.tree import CompactRange, NodeId  # noqa: E402
+from protocol.tree import CompactRange  # noqa: E402
 
 PUBLISH_TARGET = 500_000  # leaves/s, hashmesh publish end to end (issue 13)
 INCREMENT = 1_000  # new leaves in the incremental publish
-
-
-def best_of(repeats: int, fn: Callable[[], object]) -> float:
-    """Fastest wall time of ``repeats`` runs (least disturbed by other load)."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
-class LevelStore:
-    """A NodeReader over every perfect node: level -> hashes by index."""
-
-    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
-        self.levels: dict[int, list[bytes]] = {0: list(leaf_hashes)}
-        for run in CompactRange.empty().extend(leaf_hashes, collect=True):
-            self.levels.setdefault(run.level, []).extend(run.hashes)
-
-    def get_node_hashes(self, ids: Sequence[NodeId]) -> list[bytes]:
-        levels = self.levels
-        return [levels[n.level][n.index] for n in ids]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
 
-    store = LevelStore(all_leaves)
+    store = LevelStore(list(all_leaves))
+    store.add_runs(CompactRange.empty().extend(all_leaves, collect=True))
     t = best_of(repeats, lambda: compute_tiles(want, store))
     if compute_tiles(want, store) != [d for _, d in tiles]:
         raise AssertionError("compute_tiles over a node reader differs")

@@ -92,11 +92,13 @@ def _check_int(value: object, field: str) -> int:
     return value
 
 
-def _format_index(index: int) -> str:
+def _format_path(kind: str, index: int, width: int) -> str:
+    """``tile/<kind>/<N>[.p/<W>]``, the index in x-prefixed groups of 3 digits."""
     digits = str(index)
     digits = "0" * (-len(digits) % 3) + digits
     groups = [digits[i : i + 3] for i in range(0, len(digits), 3)]
-    return "/".join([*("x" + g for g in groups[:-1]), groups[-1]])
+    suffix = "" if width == TILE_WIDTH else f".p/{width}"
+    return "tile/" + kind + "/" + "/".join([*("x" + g for g in groups[:-1]), groups[-1]]) + suffix
 
 
 def _check_size(value: object, field: str) -> int:
@@ -152,8 +154,7 @@ class TileId:
 
     def to_path(self) -> str:
         """The canonical path, ``tile/<L>/<N>`` or ``tile/<L>/<N>.p/<W>``."""
-        suffix = "" if self.width == TILE_WIDTH else f".p/{self.width}"
-        return f"tile/{self.level}/{_format_index(self.index)}{suffix}"
+        return _format_path(str(self.level), self.index, self.width)
 
     @classmethod
     def from_path(cls, path: str) -> TileId:
@@ -231,8 +232,7 @@ class EntryBundleId:
 
     def to_path(self) -> str:
         """The canonical path, ``tile/entries/<N>`` or ``tile/entries/<N>.p/<W>``."""
-        suffix = "" if self.width == TILE_WIDTH else f".p/{self.width}"
-        return f"tile/entries/{_format_index(self.index)}{suffix}"
+        return _format_path("entries", self.index, self.width)
 
     @classmethod
     def from_path(cls, path: str) -> EntryBundleId:

@@ -12,15 +12,20 @@ SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 TLOG_VECTORS = SHARED_DIR / "vectors" / "tlog.json"
 
 
-def load_tlog_vectors() -> dict[str, Any]:
-    """Read the shared conformance vectors, or say plainly where they should be."""
-    if not TLOG_VECTORS.is_file():
+def load_shared_vectors(path: Path) -> dict[str, Any]:
+    """Read a file of shared conformance vectors, or say plainly where it should be."""
+    if not path.is_file():
         raise FileNotFoundError(
-            f"conformance vectors not found at {TLOG_VECTORS}: the tests expect the "
+            f"conformance vectors not found at {path}: the tests expect the "
             "project's shared/ folder beside the repository checkout"
         )
-    data: dict[str, Any] = json.loads(TLOG_VECTORS.read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
+
+
+def load_tlog_vectors() -> dict[str, Any]:
+    """Read the shared RFC 6962 and signed-note conformance vectors."""
+    return load_shared_vectors(TLOG_VECTORS)
 
 
 @pytest.fixture(scope="session")

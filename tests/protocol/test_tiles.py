@@ -16,7 +16,6 @@ tile named.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,25 +51,14 @@ from protocol.tree import (
     compute_consistency_proof,
     compute_inclusion_proof,
 )
-from tests.conftest import SHARED_DIR
+from tests.conftest import SHARED_DIR, load_shared_vectors
 from tests.protocol.test_merkle_properties import ListReader, ref_mth
 
 TILES_VECTORS = SHARED_DIR / "vectors" / "tiles.json"
 
 
-def load_tiles_vectors() -> dict[str, Any]:
-    """Read the shared tiles vectors, or say plainly where they should be."""
-    if not TILES_VECTORS.is_file():
-        raise FileNotFoundError(
-            f"tlog-tiles vectors not found at {TILES_VECTORS}: the tests expect the "
-            "project's shared/ folder beside the repository checkout"
-        )
-    data: dict[str, Any] = json.loads(TILES_VECTORS.read_text(encoding="utf-8"))
-    return data
-
-
 # Parametrisation needs the vectors at collection time.
-VECTORS = load_tiles_vectors()
+VECTORS = load_shared_vectors(TILES_VECTORS)
 VECTOR_LEAVES = [hash_leaf(base64.b64decode(b)) for b in VECTORS["leaves_b64"]]
 VECTOR_SIZES = VECTORS["sizes"]
 
