@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from protocol.checkpoint import CheckpointNote
 from protocol.encoding import (
     decode_b64,
     dumps_canonical,
@@ -244,7 +245,7 @@ class ServedCheckpoint(_Document):
     """One stored checkpoint note and its size (with the cosignatures held for it)."""
 
     size: int
-    note: str
+    note: CheckpointNote
 
     @classmethod
     def from_json(cls, data: bytes | str | Mapping[str, Any]) -> ServedCheckpoint:

@@ -40,9 +40,10 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protocol.bundle import BundleHeader, BundleReader
+from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint
 from protocol.entry import Entry, RotateEntry, parse_entry
 from protocol.errors import (
     MalformedError,
@@ -53,6 +54,7 @@ from protocol.errors import (
 )
 from protocol.evidence import ForkEvidence, prove_fork
 from protocol.hashing import EMPTY_ROOT, HASH_SIZE, hash_children
+from protocol.note import parse_note
 from protocol.rotation import KeyChain
 from protocol.rules import LogRules, PendingRotations
 from protocol.tree import CompactRange, NodeId, compute_consistency_proof, consistency_subtrees
@@ -64,7 +66,6 @@ __all__ = [
     "BundleAudit",
     "Conflict",
     "Failure",
-    "SignedCheckpoint",
     "SourceView",
     "TreeReplay",
     "audit_bundle",
@@ -98,23 +99,6 @@ _ROTATE_MARK = b'"kind":"rotate"'  # canonical JSON: quotes inside strings are e
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SignedCheckpoint:
-    """A checkpoint whose signature verified under the origin's key chain.
-
-    Attributes:
-        size: tree size.
-        root_hash: signed root.
-        note: the exact signed note as served.
-        source: where it came from (a node URL, a bundle path, the audit state).
-    """
-
-    size: int
-    root_hash: bytes
-    note: str
-    source: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditHead:
     """The last tree of an origin an audit verified: what the next audit must extend.
 
@@ -128,7 +112,7 @@ class AuditHead:
 
     size: int
     root_hash: bytes
-    note: str
+    note: CheckpointNote
     frontier: tuple[bytes, ...]
 
     def tree(self) -> CompactRange:
@@ -146,14 +130,22 @@ class AuditHead:
         return tree
 
     @classmethod
-    def from_tree(cls, tree: CompactRange, note: str) -> AuditHead:
+    def from_tree(cls, tree: CompactRange, note: CheckpointNote) -> AuditHead:
         """The head for a verified tree and its signed note."""
         return cls(size=tree.size, root_hash=tree.root(), note=note, frontier=tree.frontier)
 
-    def signed(self) -> SignedCheckpoint:
-        """The head as a signed checkpoint from :data:`STATE_SOURCE`."""
-        return SignedCheckpoint(
-            size=self.size, root_hash=self.root_hash, note=self.note, source=STATE_SOURCE
+    def verified(self) -> VerifiedCheckpoint:
+        """The head as a checkpoint seen at :data:`STATE_SOURCE`.
+
+        The saved state's note was verified when the state was loaded
+        (``node.audit.state``).
+        """
+        note = parse_note(self.note)
+        return VerifiedCheckpoint(
+            checkpoint=Checkpoint.from_text(note.text),
+            note=note,
+            cosignatures={},
+            source=STATE_SOURCE,
         )
 
 
@@ -208,8 +200,8 @@ class Conflict:
     """
 
     check: str
-    older: SignedCheckpoint
-    newer: SignedCheckpoint
+    older: VerifiedCheckpoint
+    newer: VerifiedCheckpoint
     prefix_root: bytes | None
 
     def message(self) -> str:
@@ -244,14 +236,14 @@ class SourceView:
 
     source: str
     authoritative: bool
-    checkpoints: tuple[SignedCheckpoint, ...]
+    checkpoints: tuple[VerifiedCheckpoint, ...]
     replay_from: int
     computed: Mapping[int, bytes]
     tree: CompactRange | None
     leaves_hashed: int
 
     @property
-    def latest(self) -> SignedCheckpoint | None:
+    def latest(self) -> VerifiedCheckpoint | None:
         """The largest verified checkpoint."""
         return self.checkpoints[-1] if self.checkpoints else None
 
@@ -348,7 +340,7 @@ def judge_source(origin: str, view: SourceView) -> tuple[list[Failure], list[Con
 
 def cross_check(
     views: Sequence[SourceView], head: AuditHead | None
-) -> tuple[list[Conflict], list[SignedCheckpoint]]:
+) -> tuple[list[Conflict], list[VerifiedCheckpoint]]:
     """Compare every source's checkpoints (and the saved head) with every other source.
 
     A source is *linked* once one of its checkpoints or replayed roots has
@@ -361,17 +353,17 @@ def cross_check(
         linked (the caller checks those with consistency proofs): the latest
         of a source whose leaves were replayed, else all of its checkpoints.
     """
-    signed: list[SignedCheckpoint] = [cp for v in views for cp in v.checkpoints]
+    signed: list[VerifiedCheckpoint] = [cp for v in views for cp in v.checkpoints]
     if head is not None:
-        signed.append(head.signed())
-    by_size: dict[int, list[SignedCheckpoint]] = {}
+        signed.append(head.verified())
+    by_size: dict[int, list[VerifiedCheckpoint]] = {}
     for cp in signed:
         by_size.setdefault(cp.size, []).append(cp)
     conflicts: list[Conflict] = []
     seen: set[tuple[str, int, str]] = set()
     linked: set[str] = set()
 
-    def kind(a: SignedCheckpoint, b: SignedCheckpoint) -> str:
+    def kind(a: VerifiedCheckpoint, b: VerifiedCheckpoint) -> str:
         return "consistency" if STATE_SOURCE in (a.source, b.source) else "split-view"
 
     # Equal sizes: two signatures on one size settle it without any leaves.
@@ -417,7 +409,7 @@ def cross_check(
                     prefix_root=view.computed[cp.size],
                 )
             )
-    unchecked: list[SignedCheckpoint] = []
+    unchecked: list[VerifiedCheckpoint] = []
     if len(views) + (head is not None) > 1:
         for view in views:
             if view.source in linked or view.latest is None:
@@ -535,8 +527,8 @@ def conflict_evidence(
         )
     return prove_fork(
         chain,
-        older_note=a.note,
-        newer_note=b.note,
+        older_note=a.text,
+        newer_note=b.text,
         prefix_root=root,
         proof=proof if a.size != b.size else (),
     )
@@ -601,7 +593,7 @@ def audit_bundle(
     failures: list[Failure] = []
     pending = {size: (note, line) for size, note, line in header.checkpoints}
     replay = TreeReplay(CompactRange.empty(), [*marks, *pending])
-    verified: list[SignedCheckpoint] = []
+    verified: list[VerifiedCheckpoint] = []
     applied: list[int] = []
     rules = LogRules() if check_entries is not None else None
     rotations = rules.rotations if rules is not None else PendingRotations()
@@ -616,15 +608,11 @@ def audit_bundle(
         if size in pending:
             note, line = pending.pop(size)
             try:
-                opened = chain.open(note).checkpoint
+                opened = chain.open(note)
             except ProtocolError as e:
                 fail("signature", f"checkpoint on line {line}: {e}", size)
             else:
-                verified.append(
-                    SignedCheckpoint(
-                        size=size, root_hash=opened.root_hash, note=note, source=source
-                    )
-                )
+                verified.append(replace(opened, source=source))
         if not rotations.due(size):
             return
         # Each rotation's size r + 1 is a mark, so it is settled right there.

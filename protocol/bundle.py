@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import cast
 
-from protocol.checkpoint import Checkpoint, checkpoint_size
+from protocol.checkpoint import Checkpoint, CheckpointNote, checkpoint_size
 from protocol.encoding import decode_b64, encode_b64, parse_decimal
 from protocol.entry import AddEntry, RetractEntry, parse_entry
 from protocol.errors import (
@@ -85,7 +85,7 @@ def encode_bundle(
     *,
     origin: str,
     verifier_key: str,
-    checkpoint_notes: Sequence[str],
+    checkpoint_notes: Sequence[CheckpointNote],
     leaf_count: int,
     leaves: Iterable[bytes],
 ) -> Iterator[str]:
@@ -130,7 +130,7 @@ class BundleHeader:
 
     origin: str
     vkey: str
-    checkpoints: tuple[tuple[int, str, int], ...]
+    checkpoints: tuple[tuple[int, CheckpointNote, int], ...]
     leaf_count: int
 
 
@@ -186,7 +186,7 @@ class BundleReader:
         origin = self._keyword("origin")
         vkey = self._keyword("vkey")
         count = parse_decimal(self._keyword("checkpoints"), field=f"line {self.number}")
-        checkpoints: list[tuple[int, str, int]] = []
+        checkpoints: list[tuple[int, CheckpointNote, int]] = []
         for _ in range(count):
             text = self._next("a checkpoint")
             where = f"line {self.number}"

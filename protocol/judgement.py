@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint
-from protocol.errors import ProofError
+from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, prove_fork
 from protocol.merkle import verify_consistency
 from protocol.rotation import KeyChain
@@ -122,7 +122,7 @@ def judge_checkpoint(
                 verify_consistency(
                     held.size, cp.size, held.root_hash, cp.root_hash, proof_from_held
                 )
-            except ProofError as e:  # RootMismatchError included
+            except ProtocolError as e:  # a wrong root, or a proof of the wrong shape
                 return CheckpointJudgement(
                     relation="inconsistent", checkpoint=cp, note=note, reason=str(e)
                 )

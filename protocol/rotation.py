@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from protocol.checkpoint import Checkpoint, VerifiedCheckpoint, open_checkpoint
+from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint, open_checkpoint
 from protocol.entry import RotateEntry, parse_entry
 from protocol.errors import MalformedError, RotationError, UnknownKeyError
 from protocol.hashing import hash_leaf
@@ -117,7 +117,7 @@ class KeyChain:
 
     def open(
         self,
-        note: bytes | str | Note,
+        note: bytes | CheckpointNote | Note,
         *,
         witnesses: Sequence[NoteVerifier] = (),
         witness_threshold: int = 0,
@@ -204,7 +204,7 @@ def apply_rotation_proof(
     index: int,
     entry_bytes: bytes,
     proof: Sequence[bytes],
-    checkpoint_note: bytes | str | Note,
+    checkpoint_note: bytes | CheckpointNote | Note,
 ) -> KeyChain:
     """The chain after a rotate entry proven by the checkpoint that commits it.
 

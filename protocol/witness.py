@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from protocol.checkpoint import Checkpoint
+from protocol.checkpoint import Checkpoint, CheckpointNote
 from protocol.encoding import decode_b64, encode_b64, parse_decimal
 from protocol.errors import MalformedError
 from protocol.hashing import HASH_SIZE
@@ -85,7 +85,7 @@ class AddCheckpointRequest:
 
     old_size: int
     proof: tuple[bytes, ...]
-    note: str
+    note: CheckpointNote
 
     def __post_init__(self) -> None:
         if isinstance(self.old_size, bool) or not isinstance(self.old_size, int):
@@ -218,7 +218,7 @@ def parse_cosignature_lines(data: bytes | str) -> tuple[NoteSignature, ...]:
     return tuple(parse_signature_line(line, f"line {i + 1}") for i, line in enumerate(lines))
 
 
-def attach_cosignatures(note: str | Note, signatures: Sequence[NoteSignature]) -> Note:
+def attach_cosignatures(note: CheckpointNote | Note, signatures: Sequence[NoteSignature]) -> Note:
     """The note with ``signatures`` appended, skipping keys that already signed it.
 
     A key is identified by its name and key ID, as verifiers do; a line for a

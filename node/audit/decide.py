@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from node.audit.report import SourceReport
 from node.audit.state import OriginState
@@ -21,14 +22,13 @@ from protocol.audit import (
     AuditHead,
     Conflict,
     Failure,
-    SignedCheckpoint,
     SourceView,
 )
-from protocol.checkpoint import Checkpoint, checkpoint_size
+from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint, checkpoint_size
 from protocol.errors import MalformedError, ProtocolError, UnknownKeyError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
+from protocol.judgement import HeldTree, judge_checkpoint
 from protocol.keys import NoteVerifier
-from protocol.merkle import verify_consistency
 from protocol.note import parse_note
 from protocol.rotation import KeyChain, apply_rotation_proof
 
@@ -273,8 +273,8 @@ def apply_rotations(
 
 
 def verify_checkpoints(
-    origin: str, source: str, chain: KeyChain, notes: Iterable[str]
-) -> tuple[tuple[SignedCheckpoint, ...], list[Failure]]:
+    origin: str, source: str, chain: KeyChain, notes: Iterable[CheckpointNote]
+) -> tuple[tuple[VerifiedCheckpoint, ...], list[Failure]]:
     """The notes whose signatures verify under ``chain``, one per size, by increasing size.
 
     Returns:
@@ -282,24 +282,22 @@ def verify_checkpoints(
         that does not verify.
     """
     failures: list[Failure] = []
-    signed: dict[int, SignedCheckpoint] = {}
+    signed: dict[int, VerifiedCheckpoint] = {}
     for note in notes:
         try:
-            cp = chain.open(note).checkpoint
+            opened = chain.open(note)
         except ProtocolError as e:
             size = None
             with contextlib.suppress(MalformedError):
                 size = checkpoint_size(note)
             failures.append(failure("signature", origin, source, f"checkpoint: {e}", new=size))
             continue
-        signed[cp.size] = SignedCheckpoint(
-            size=cp.size, root_hash=cp.root_hash, note=note, source=source
-        )
+        signed[opened.size] = replace(opened, source=source)
     return tuple(signed[s] for s in sorted(signed)), failures
 
 
 def history_failures(
-    origin: str, source: str, head: AuditHead, checkpoints: Sequence[SignedCheckpoint]
+    origin: str, source: str, head: AuditHead, checkpoints: Sequence[VerifiedCheckpoint]
 ) -> list[Failure]:
     """The origin's own node must still serve the head audited before, and no smaller tree.
 
@@ -378,17 +376,20 @@ def held_evidence(
 
 
 def proof_conflict(
-    check: str, older: SignedCheckpoint, newer: SignedCheckpoint, proof: Sequence[bytes]
+    check: str, older: VerifiedCheckpoint, newer: VerifiedCheckpoint, proof: Sequence[bytes]
 ) -> Conflict | None:
-    """A conflict when ``proof`` does not show ``newer`` extends ``older``; None when it does."""
-    try:
-        verify_consistency(older.size, newer.size, older.root_hash, newer.root_hash, proof)
-    except ProtocolError:
-        return Conflict(check=check, older=older, newer=newer, prefix_root=None)
-    return None
+    """A conflict when ``proof`` does not show ``newer`` extends ``older``; None when it does.
+
+    The decision is the one checkpoint judgement
+    (:func:`protocol.judgement.judge_checkpoint`), ``older`` as the tree held.
+    """
+    held = HeldTree(size=older.size, root_hash=older.root_hash)
+    if judge_checkpoint(newer, held, proof_from_held=proof):
+        return None
+    return Conflict(check=check, older=older, newer=newer, prefix_root=None)
 
 
-def _prover(cp: SignedCheckpoint, views: Sequence[SourceView]) -> SignedCheckpoint | None:
+def _prover(cp: VerifiedCheckpoint, views: Sequence[SourceView]) -> VerifiedCheckpoint | None:
     """The latest checkpoint of a live source (the origin's own node first) that covers ``cp``."""
     candidates = [
         v.latest
@@ -399,8 +400,8 @@ def _prover(cp: SignedCheckpoint, views: Sequence[SourceView]) -> SignedCheckpoi
 
 
 def plan_proof_checks(
-    origin: str, unchecked: Sequence[SignedCheckpoint], live: Sequence[SourceView]
-) -> tuple[list[tuple[SignedCheckpoint, SignedCheckpoint]], list[str]]:
+    origin: str, unchecked: Sequence[VerifiedCheckpoint], live: Sequence[SourceView]
+) -> tuple[list[tuple[VerifiedCheckpoint, VerifiedCheckpoint]], list[str]]:
     """Which consistency proofs to ask for, for the checkpoints nothing covered.
 
     Each checkpoint is proven against the latest tree of a live source that
@@ -416,7 +417,7 @@ def plan_proof_checks(
         ``(checkpoint, newer)`` pairs, ``newer.source`` being the node to ask;
         and notes for what is left unchecked.
     """
-    plan: list[tuple[SignedCheckpoint, SignedCheckpoint]] = []
+    plan: list[tuple[VerifiedCheckpoint, VerifiedCheckpoint]] = []
     notes: list[str] = []
     for cp in unchecked:
         newer = _prover(cp, live)
@@ -487,7 +488,7 @@ def next_head(views: Iterable[SourceView], head: AuditHead | None) -> AuditHead 
         and best.latest is not None
         and (head is None or best.tree.size > head.size)
     ):
-        return AuditHead.from_tree(best.tree, best.latest.note)
+        return AuditHead.from_tree(best.tree, best.latest.text)
     return head
 
 

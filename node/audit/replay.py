@@ -20,13 +20,12 @@ from node.audit.gather import BundleFile, leaf_hash_pages
 from protocol.audit import (
     AuditHead,
     BundleAudit,
-    SignedCheckpoint,
     SourceView,
     TreeReplay,
     audit_bundle,
 )
 from protocol.bundle import BundleHeader
-from protocol.checkpoint import checkpoint_size
+from protocol.checkpoint import CheckpointNote, VerifiedCheckpoint, checkpoint_size
 from protocol.entry import parse_entry_fast
 from protocol.errors import MalformedError
 from protocol.rotation import KeyChain
@@ -35,7 +34,7 @@ __all__ = ["node_view", "replay_bundle", "replay_marks", "replay_node"]
 
 
 def replay_marks(
-    head: AuditHead | None, notes: Iterable[str], headers: Iterable[BundleHeader]
+    head: AuditHead | None, notes: Iterable[CheckpointNote], headers: Iterable[BundleHeader]
 ) -> set[int]:
     """Every tree size any source signed (and the saved head's): the roots a replay records.
 
@@ -85,7 +84,7 @@ async def replay_node(replay: TreeReplay, client: AuditClient, origin: str, end:
 def node_view(
     source: str,
     authoritative: bool,
-    checkpoints: tuple[SignedCheckpoint, ...],
+    checkpoints: tuple[VerifiedCheckpoint, ...],
     replay_from: int,
     replay: TreeReplay | None,
 ) -> SourceView:

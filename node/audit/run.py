@@ -77,13 +77,13 @@ from protocol.audit import (
     AuditHead,
     Conflict,
     Failure,
-    SignedCheckpoint,
     SourceView,
     TreeReplay,
     conflict_evidence,
     cross_check,
     judge_source,
 )
+from protocol.checkpoint import VerifiedCheckpoint
 from protocol.errors import MalformedError, ProtocolError
 from protocol.evidence import ForkEvidence
 from protocol.rotation import KeyChain
@@ -414,7 +414,7 @@ async def _replay_node(
             except PeerError as e:
                 found.fail("fetch", url, e.reason, head.size, latest.size)
                 return node_view(url, authoritative, checkpoints, start, None)
-            conflict = proof_conflict("consistency", head.signed(), latest, proof.hashes)
+            conflict = proof_conflict("consistency", head.verified(), latest, proof.hashes)
             if conflict is not None:
                 conflicts.append(conflict)
                 proofs[(head.size, url, latest.size)] = proof.hashes
@@ -430,7 +430,7 @@ async def _replay_node(
 
 
 async def _check_uncovered(
-    found: _Found, unchecked: Sequence[SignedCheckpoint], live: Sequence[_Live], proofs: _Proofs
+    found: _Found, unchecked: Sequence[VerifiedCheckpoint], live: Sequence[_Live], proofs: _Proofs
 ) -> list[Conflict]:
     """Conflicts among the checkpoints nothing covered, by consistency proofs from live nodes."""
     origin = found.origin

@@ -43,6 +43,7 @@ from node.ledger.service import Ledger
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from node.storage.match_store import MatchStore, OpinionRow
 from node.storage.schema import active_key
+from protocol.checkpoint import CheckpointNote
 from protocol.entry import AddEntry, OpinionEntry, parse_entry, parse_entry_fast
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaf
@@ -521,7 +522,7 @@ def _receipt(
     )
 
 
-def _with_cosignatures(note: str, lines: Iterable[str]) -> str:
+def _with_cosignatures(note: CheckpointNote, lines: Iterable[str]) -> CheckpointNote:
     """The signed note with stored cosignature lines appended (each once)."""
     present = set(note.splitlines())
     extra = []

@@ -44,9 +44,9 @@ from node.errors import (
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.integration import Integration
 from node.ledger.rotation import load_key_chain, save_rotations
-from node.ledger.witness import keep_cosignatures, open_with_quorum
+from node.ledger.witness import open_with_quorum, save_cosignatures
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
-from protocol.checkpoint import Checkpoint, VerifiedCheckpoint
+from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint
 from protocol.entry import parse_entries
 from protocol.errors import MalformedError, RootMismatchError
 from protocol.evidence import ForkEvidence
@@ -176,21 +176,21 @@ class Replica:
         """The origin's key chain as stored (the pinned key, then its rotations)."""
         return load_key_chain(self.store, self.origin)
 
-    def _open(self, note: str) -> VerifiedCheckpoint:
+    def _open(self, note: CheckpointNote) -> VerifiedCheckpoint:
         # The key depends on the checkpoint's size once the origin has rotated
         # its key (protocol.rotation); the chain is re-read because another
         # replica object may have extended it since this one was made. A
         # checkpoint without the witness quorum required raises QuorumError.
         return open_with_quorum(self.key_chain(), note, self.witness_requirement)
 
-    def _keep_cosignatures(self, cp: Checkpoint, note: str) -> None:
+    def _save_cosignatures(self, cp: Checkpoint, note: CheckpointNote) -> None:
         # Cosignatures by witnesses we know, for a checkpoint we hold, are
         # kept so they are served with it even when it reached us without.
         log = self._log()
         if log is not None:
-            keep_cosignatures(self.store, log.log_id, cp, note, self.witness_keys)
+            save_cosignatures(self.store, log.log_id, cp, note, self.witness_keys)
 
-    def judge_checkpoint(self, note: str) -> CheckpointJudgement:
+    def judge_checkpoint(self, note: CheckpointNote) -> CheckpointJudgement:
         """Verify a checkpoint of the origin and judge it against what we hold; writes nothing.
 
         The decision is :func:`protocol.judgement.judge_checkpoint`'s; a
@@ -223,7 +223,9 @@ class Replica:
             opened, held, self.key_chain(), root_at=self.root_at, held_proof=held_proof
         )
 
-    def record_checkpoint(self, note: str, *, source: str = LOCAL_SOURCE) -> CheckpointVerdict:
+    def record_checkpoint(
+        self, note: CheckpointNote, *, source: str = LOCAL_SOURCE
+    ) -> CheckpointVerdict:
         """Judge a checkpoint of the origin (:meth:`judge_checkpoint`) and store what follows.
 
         In one transaction: a ``fork`` stores the evidence, which freezes the
@@ -262,17 +264,13 @@ class Replica:
                 if log is not None and self.store.get_checkpoint(log.log_id, cp.size) is None:
                     self.store.put_checkpoint(log.log_id, cp.size, cp.root_hash, note)
             if relation != "ahead":
-                self._keep_cosignatures(cp, note)
+                self._save_cosignatures(cp, note)
             assert relation in ("ahead", "same", "behind")
             return CheckpointVerdict(relation, cp.size, cp.root_hash)
 
-    def check_checkpoint(self, note: str, *, source: str = LOCAL_SOURCE) -> CheckpointVerdict:
-        """:meth:`record_checkpoint` under its former name (callers move to it)."""
-        return self.record_checkpoint(note, source=source)
-
     def append_verified(
         self,
-        checkpoint_note: str,
+        checkpoint_note: CheckpointNote,
         start: int,
         entries: Sequence[bytes],
         proof: Sequence[bytes] | None,
@@ -320,7 +318,7 @@ class Replica:
     def _append_verified(
         self,
         cp: Checkpoint,
-        checkpoint_note: str,
+        checkpoint_note: CheckpointNote,
         start: int,
         end: int,
         entries: Sequence[bytes],
@@ -365,5 +363,5 @@ class Replica:
             if end == cp.size and self.store.get_checkpoint(log.log_id, end) is None:
                 self.store.put_checkpoint(log.log_id, end, cp.root_hash, checkpoint_note)
             if end == cp.size:
-                self._keep_cosignatures(cp, checkpoint_note)
+                self._save_cosignatures(cp, checkpoint_note)
             return self.state()

@@ -19,7 +19,7 @@ safe to interrupt:
 
 A crash before step 2 commits leaves an unused ``.next`` file that the next
 rotation overwrites; a crash between 2 and 3 is finished by
-:func:`current_signer` when the node is next opened (the ``.next`` key is
+:func:`finish_rotation` when the node is next opened (the ``.next`` key is
 the chain's current key, so it is the one to use).
 """
 
@@ -41,7 +41,7 @@ from protocol.rules import PendingRotations
 
 __all__ = [
     "RotationResult",
-    "current_signer",
+    "finish_rotation",
     "load_key_chain",
     "next_key_path",
     "rotate_signing_key",
@@ -122,7 +122,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def current_signer(
+def finish_rotation(
     store: LedgerStore, origin: str, signer: NoteSigner, key_path: Path
 ) -> NoteSigner:
     """The signer to use, finishing a rotation interrupted before its last step.

@@ -26,7 +26,7 @@ from node.ledger.leaf_index import LeafHashIndex
 from node.ledger.replica import Replica
 from node.ledger.rotation import (
     RotationResult,
-    current_signer,
+    finish_rotation,
     load_key_chain,
     rotate_signing_key,
 )
@@ -135,7 +135,7 @@ class Ledger:
         store = LedgerStore.open(config.database_path, read_only=read_only)
         if signer is not None:
             try:
-                signer = current_signer(store, config.origin, signer, config.signing_key_path)
+                signer = finish_rotation(store, config.origin, signer, config.signing_key_path)
             except BaseException:
                 store.close()
                 raise

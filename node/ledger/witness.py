@@ -47,7 +47,7 @@ from node.errors import (
 from node.ledger.key_files import read_key_file, write_key_file
 from node.ledger.rotation import load_key_chain
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
-from protocol.checkpoint import Checkpoint, VerifiedCheckpoint
+from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint
 from protocol.cosignature import sign_cosignature, verify_cosignature
 from protocol.errors import MalformedError, ProtocolError, QuorumError
 from protocol.hashing import EMPTY_ROOT
@@ -61,9 +61,9 @@ __all__ = [
     "WITNESS_NAME_SUFFIX",
     "Cosigned",
     "Witness",
-    "keep_cosignatures",
     "load_witness_signer",
     "open_with_quorum",
+    "save_cosignatures",
     "served_note",
     "verified_cosignatures",
     "witness_name",
@@ -167,7 +167,9 @@ class Witness:
             )
         return load_key_chain(self.store, origin)
 
-    def add_checkpoint(self, old_size: int, proof: Sequence[bytes], note: str) -> Cosigned:
+    def add_checkpoint(
+        self, old_size: int, proof: Sequence[bytes], note: CheckpointNote
+    ) -> Cosigned:
         """Cosign ``note`` if it extends the checkpoint last cosigned for its origin.
 
         Args:
@@ -295,7 +297,7 @@ def _verify_each(
 
 
 def open_with_quorum(
-    chain: KeyChain, note: str | Note, requirement: WitnessRequirement | None
+    chain: KeyChain, note: CheckpointNote | Note, requirement: WitnessRequirement | None
 ) -> VerifiedCheckpoint:
     """Open a checkpoint with its origin's key chain and check the witness policy.
 
@@ -324,11 +326,11 @@ def open_with_quorum(
     )
 
 
-def keep_cosignatures(
+def save_cosignatures(
     store: LedgerStore,
     log_id: int,
     checkpoint: Checkpoint,
-    note: str | Note,
+    note: CheckpointNote | Note,
     witnesses: Sequence[NoteVerifier],
 ) -> int:
     """Store the cosignatures in ``note`` by known ``witnesses`` for a held checkpoint.

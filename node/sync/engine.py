@@ -7,7 +7,7 @@ For every origin we follow that the peer holds:
 
 1. take the peer's latest checkpoint and verify it against the *origin's* key
    (never the peer's: a relayed log is trusted exactly as much as its author);
-2. compare it with what we hold (:meth:`Replica.check_checkpoint`): ahead,
+2. compare it with what we hold (:meth:`Replica.record_checkpoint`): ahead,
    same, behind, or a fork (evidence is stored and the origin frozen);
 3. when ahead, fetch the missing entries in chunks; each chunk is proven a
    prefix of the signed tree by a consistency proof from the chunk's end to the
@@ -178,7 +178,7 @@ async def _catch_up(
 
     def check(ledger: Ledger) -> tuple[str, int, int]:
         replica = ledger.replica(origin)
-        verdict = replica.check_checkpoint(note)
+        verdict = replica.record_checkpoint(note)
         return verdict.kind, replica.state().size, verdict.size
 
     kind, have, want = await db.write(check)

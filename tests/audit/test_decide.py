@@ -6,6 +6,8 @@ replayed is written down here directly.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from node.audit.decide import (
     MAX_PROOF_CHECKS,
     bundle_key_problem,
@@ -21,8 +23,8 @@ from node.audit.decide import (
     proof_conflict,
     verify_checkpoints,
 )
-from protocol.audit import STATE_SOURCE, AuditHead, Conflict, SignedCheckpoint, SourceView
-from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.audit import STATE_SOURCE, AuditHead, Conflict, SourceView
+from protocol.checkpoint import Checkpoint, VerifiedCheckpoint, sign_checkpoint
 from protocol.hashing import hash_leaves
 from protocol.keys import NoteSigner
 from protocol.merkle import root_from_leaf_hashes
@@ -42,13 +44,8 @@ def note(size: int, signer: NoteSigner = KEY, leaves: list[bytes] = LEAVES) -> s
     return sign_checkpoint(Checkpoint(origin=ORIGIN, size=size, root_hash=root), signer)
 
 
-def signed(size: int, source: str = NODE, leaves: list[bytes] = LEAVES) -> SignedCheckpoint:
-    return SignedCheckpoint(
-        size=size,
-        root_hash=root_from_leaf_hashes(leaves[:size]),
-        note=note(size, leaves=leaves),
-        source=source,
-    )
+def signed(size: int, source: str = NODE, leaves: list[bytes] = LEAVES) -> VerifiedCheckpoint:
+    return replace(CHAIN.open(note(size, leaves=leaves)), source=source)
 
 
 def head(size: int) -> AuditHead:
@@ -157,7 +154,7 @@ def test_one_failure_per_pair_of_sources_at_the_first_divergence() -> None:
     )
     rewrite = Conflict(
         check="consistency",
-        older=head(2).signed(),
+        older=head(2).verified(),
         newer=signed(6, PEER, forked),
         prefix_root=None,
     )

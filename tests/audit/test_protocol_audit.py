@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from protocol.audit import (
     STATE_SOURCE,
     AuditHead,
-    SignedCheckpoint,
     SourceView,
     TreeReplay,
     consistency_proof_from_leaves,
@@ -21,8 +20,11 @@ from protocol.audit import (
     judge_source,
 )
 from protocol.bundle import BundleReader, encode_bundle
+from protocol.checkpoint import Checkpoint, VerifiedCheckpoint, sign_checkpoint
 from protocol.errors import MalformedError
+from protocol.keys import NoteSigner
 from protocol.merkle import root_from_leaf_hashes, verify_consistency
+from protocol.note import parse_note
 from protocol.tree import CompactRange
 
 
@@ -74,10 +76,25 @@ def test_prefix_root_implied_by_a_proof_and_proofs_from_leaves(n: int, data: st.
         assert implied == root_from_leaf_hashes(hs[:m])
 
 
-def _cp(size: int, hs: list[bytes], source: str) -> SignedCheckpoint:
-    return SignedCheckpoint(
-        size=size, root_hash=root_from_leaf_hashes(hs[:size]), note=f"n{size}", source=source
-    )
+SIGNER = NoteSigner.from_seed("o.example/log", b"\x05" * 32)
+
+
+def _note(size: int, root_hash: bytes) -> str:
+    return sign_checkpoint(Checkpoint(origin=SIGNER.name, size=size, root_hash=root_hash), SIGNER)
+
+
+def _signed(size: int, root_hash: bytes, source: str) -> VerifiedCheckpoint:
+    note = parse_note(_note(size, root_hash))
+    body = Checkpoint.from_text(note.text)
+    return VerifiedCheckpoint(checkpoint=body, note=note, cosignatures={}, source=source)
+
+
+def _head(tree: CompactRange) -> AuditHead:
+    return AuditHead.from_tree(tree, _note(tree.size, tree.root()))
+
+
+def _cp(size: int, hs: list[bytes], source: str) -> VerifiedCheckpoint:
+    return _signed(size, root_from_leaf_hashes(hs[:size]), source)
 
 
 def _view(source: str, hs: list[bytes], sizes: list[int], marks: set[int]) -> SourceView:
@@ -110,7 +127,7 @@ def test_cross_check_finds_the_split_and_the_rewrite() -> None:
     for c in conflicts:
         assert c.prefix_root != c.older.root_hash
 
-    head = AuditHead.from_tree(_tree(other[:5]), "head")
+    head = _head(_tree(other[:5]))
     conflicts, _ = cross_check([x], head)
     [c] = conflicts  # x signed 5 itself: two signatures on one size, the plainest evidence
     assert (c.check, c.older.source, c.older.size, c.newer.size) == (
@@ -120,7 +137,7 @@ def test_cross_check_finds_the_split_and_the_rewrite() -> None:
         5,
     )
     assert "rewritten since the last audit" in c.message()
-    head = AuditHead.from_tree(_tree(other[:7]), "head")
+    head = _head(_tree(other[:7]))
     x = _view("x", honest, [3, 5, 10], marks | {7})  # the engine marks the head's size
     [c] = cross_check([x], head)[0]  # no checkpoint of 7 at x: its leaves say the root
     assert (c.older.size, c.newer.size) == (7, 10)
@@ -131,7 +148,7 @@ def test_judge_source_separates_bad_leaves_from_inconsistent_checkpoints() -> No
     hs = leaves(8)
     view = _view("x", hs, [4, 8], set())
     assert judge_source("o", view) == ([], [])
-    forged = SignedCheckpoint(size=4, root_hash=b"\x01" * 32, note="n4", source="x")
+    forged = _signed(4, b"\x01" * 32, "x")
     inconsistent = SourceView(
         source="x",
         authoritative=True,
@@ -148,7 +165,7 @@ def test_judge_source_separates_bad_leaves_from_inconsistent_checkpoints() -> No
         authoritative=True,
         checkpoints=(
             view.checkpoints[0],
-            SignedCheckpoint(size=8, root_hash=b"\x02" * 32, note="n", source="x"),
+            _signed(8, b"\x02" * 32, "x"),
         ),
         replay_from=0,
         computed=view.computed,

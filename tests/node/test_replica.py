@@ -110,7 +110,7 @@ def db_of(node_dir: Path) -> Path:
 def test_replicates_whole_log_in_one_batch(src: Source, dst: Ledger) -> None:
     note = src.append([add(i) for i in range(37)])
     replica = dst.replica(SRC)
-    assert replica.check_checkpoint(note).kind == "ahead"
+    assert replica.record_checkpoint(note).kind == "ahead"
     state = replica.append_verified(note, 0, src.entries(0, 37), None)
     assert state.size == 37
     assert state.root_hash == src.ledger.latest_checkpoint().root_hash
@@ -120,7 +120,7 @@ def test_replicates_whole_log_in_one_batch(src: Source, dst: Ledger) -> None:
     assert dst.prove_consistency(5, 37, origin=SRC).hashes == src.proof(5, 37)
     assert dst.root_at(SRC, 20) == src.ledger.root_at(None, 20)
     assert dst.status(SRC).by_signal_type == {"md5": 37}
-    assert replica.check_checkpoint(note).kind == "same"
+    assert replica.record_checkpoint(note).kind == "same"
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 25])
@@ -155,11 +155,11 @@ def test_resumes_after_partial_sync_in_a_new_process(src: Source, dst_dir: Path)
         assert state.size == 16 and state.checkpoint is None
         # A newer checkpoint arrived meanwhile: resume against it.
         note2 = src.append([add(i) for i in range(40, 45)])
-        assert replica.check_checkpoint(note2).kind == "ahead"
+        assert replica.record_checkpoint(note2).kind == "ahead"
         state = replica.append_verified(note2, 16, src.entries(16, 45), None)
         assert state.size == 45 and state.checkpoint is not None
         assert state.checkpoint.note == note2
-        assert replica.check_checkpoint(note).kind == "behind"
+        assert replica.record_checkpoint(note).kind == "behind"
 
 
 def test_peer_behind_and_same(src: Source, dst: Ledger) -> None:
@@ -168,9 +168,9 @@ def test_peer_behind_and_same(src: Source, dst: Ledger) -> None:
     replica = dst.replica(SRC)
     replica.append_verified(new, 0, src.entries(0, 13), None)
     before = full_snapshot(db_of(dst.config.node_dir))
-    assert replica.check_checkpoint(old).kind == "behind"
-    assert replica.check_checkpoint(src.notes[0]).kind == "behind"
-    assert replica.check_checkpoint(new).kind == "same"
+    assert replica.record_checkpoint(old).kind == "behind"
+    assert replica.record_checkpoint(src.notes[0]).kind == "behind"
+    assert replica.record_checkpoint(new).kind == "same"
     assert full_snapshot(db_of(dst.config.node_dir)) == before
 
 
@@ -182,7 +182,7 @@ def test_same_stores_note_missing_after_catch_up(src: Source, dst: Ledger) -> No
     big = src.append([add(i) for i in range(9, 12)])
     replica.append_verified(big, 0, src.entries(0, 9), src.proof(9, 12))
     assert replica.state().checkpoint is None
-    assert replica.check_checkpoint(note).kind == "same"
+    assert replica.record_checkpoint(note).kind == "same"
     state = replica.state()
     assert state.checkpoint is not None and state.checkpoint.note == note
 
@@ -199,7 +199,7 @@ def test_empty_origin_log_is_replicated(src: Source, dst: Ledger) -> None:
     replica = dst.replica(SRC)
     state = replica.append_verified(src.notes[0], 0, [], None)
     assert state.checkpoint is not None and state.checkpoint.size == 0
-    assert replica.check_checkpoint(src.notes[0]).kind == "same"
+    assert replica.record_checkpoint(src.notes[0]).kind == "same"
 
 
 def test_replica_keeps_duplicates_verbatim(tmp_path: Path, dst_dir: Path) -> None:
@@ -385,7 +385,7 @@ def test_rejects_checkpoint_of_wrong_key_or_origin(
     impostor = NoteSigner.from_text(_keypair(tmp_path, SRC)[0])
     forged = sign_checkpoint(Checkpoint(origin=SRC, size=20, root_hash=root), impostor)
     _rejects(dst, UnknownKeyError, None, lambda: r.append_verified(forged, 10, entries, None))
-    _rejects(dst, UnknownKeyError, None, lambda: r.check_checkpoint(forged))
+    _rejects(dst, UnknownKeyError, None, lambda: r.record_checkpoint(forged))
     other = NoteSigner.from_text(_keypair(tmp_path, "other.example/log")[0])
     foreign = sign_checkpoint(
         Checkpoint(origin="other.example/log", size=20, root_hash=root), other
@@ -430,7 +430,7 @@ def _check_frozen(dst: Ledger, src: Source, kind_note: str) -> ForkEvidence:
     (record,) = dst.peers.list_evidence()
     evidence = ForkEvidence.from_json(record.evidence_json)
     verify_fork_evidence(evidence, NoteVerifier.from_text(src.vkey))
-    assert replica.check_checkpoint(kind_note).kind == "frozen"
+    assert replica.record_checkpoint(kind_note).kind == "frozen"
     with pytest.raises(FrozenLogError):
         replica.append_verified(kind_note, replica.state().size, [], None)
     return evidence
@@ -443,7 +443,7 @@ def test_fork_at_equal_size(src: Source, dst: Ledger, tmp_path: Path) -> None:
     theirs = twin.append([add(200), add(201)])
     replica = dst.replica(SRC)
     replica.append_verified(ours, 0, src.entries(0, 8), None)
-    verdict = replica.check_checkpoint(theirs, source="peer-x")
+    verdict = replica.record_checkpoint(theirs, source="peer-x")
     assert verdict.kind == "fork" and verdict.evidence is not None
     assert verdict.evidence.proof == ()
     evidence = _check_frozen(dst, src, ours)
@@ -462,7 +462,7 @@ def test_fork_at_smaller_size(
     ours = src.append([add(i) for i in range(1000, 1000 + ours_size - theirs_size + 1)])
     replica = dst.replica(SRC)
     replica.append_verified(ours, 0, src.entries(0, ours_size), None)
-    verdict = replica.check_checkpoint(theirs)
+    verdict = replica.record_checkpoint(theirs)
     assert verdict.kind == "fork" and verdict.evidence is not None
     assert len(verdict.evidence.proof) > 0
     _check_frozen(dst, src, ours)
@@ -482,7 +482,7 @@ def test_conflict_beyond_signed_checkpoint_is_refused_not_frozen(
         dst,
         ReplicationError,
         "beyond our latest signed checkpoint",
-        lambda: replica.check_checkpoint(theirs),
+        lambda: replica.record_checkpoint(theirs),
     )
     assert not replica.state().frozen
     twin.ledger.close()

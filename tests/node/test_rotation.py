@@ -175,7 +175,7 @@ def test_replica_refuses_old_key_after_rotation(src: Ledger, dst: Ledger, tmp_pa
     with pytest.raises(UnknownKeyError, match="rotated out"):
         dst.replica(SRC).append_verified(forged, 4, forged_datas[4:], None)
     with pytest.raises(UnknownKeyError):
-        dst.replica(SRC).check_checkpoint(forged)
+        dst.replica(SRC).record_checkpoint(forged)
     assert (full_snapshot(db), chain_rows(db)) == before
 
 

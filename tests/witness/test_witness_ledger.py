@@ -18,9 +18,9 @@ from node.ledger import Ledger
 from node.ledger.rotation import load_key_chain
 from node.ledger.witness import (
     Witness,
-    keep_cosignatures,
     load_witness_signer,
     open_with_quorum,
+    save_cosignatures,
     served_note,
     witness_name,
 )
@@ -312,16 +312,16 @@ def test_served_note_appends_held_cosignatures_once(origin_dir: Path, witness: W
         keys = [witness.signer.verifier()]
         with ledger.store.transaction():
             assert (
-                keep_cosignatures(ledger.store, own.log_id, cp, record.note + cosigned.line, keys)
+                save_cosignatures(ledger.store, own.log_id, cp, record.note + cosigned.line, keys)
                 == 1
             )
             assert (
-                keep_cosignatures(ledger.store, own.log_id, cp, record.note + cosigned.line, keys)
+                save_cosignatures(ledger.store, own.log_id, cp, record.note + cosigned.line, keys)
                 == 0
             )
             # Unknown keys are not kept.
             assert (
-                keep_cosignatures(ledger.store, own.log_id, cp, record.note + cosigned.line, [])
+                save_cosignatures(ledger.store, own.log_id, cp, record.note + cosigned.line, [])
                 == 0
             )
         served = served_note(ledger.store, own.log_id, record)
@@ -358,14 +358,14 @@ def test_replica_keeps_cosignatures_that_arrive_later(
         log = ledger.store.get_log(ORIGIN)
         record = ledger.latest_checkpoint(ORIGIN)
         assert served_note(ledger.store, log.log_id, record) == r.note
-        assert replica.check_checkpoint(r.note + line).kind == "same"
+        assert replica.record_checkpoint(r.note + line).kind == "same"
         assert served_note(ledger.store, log.log_id, record) == r.note + line
         # A line by a key the follower does not know is not kept.
         stranger = NoteSigner.generate("stranger.example/w", 0x04)
         from protocol.checkpoint import cosign_checkpoint
 
         other = cosign_checkpoint(r.note, stranger, 1)
-        assert replica.check_checkpoint(other).kind == "same"
+        assert replica.record_checkpoint(other).kind == "same"
         assert served_note(ledger.store, log.log_id, record) == r.note + line
 
 
