@@ -6,14 +6,20 @@ from dataclasses import dataclass
 
 import pytest
 
-from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, RotateEntry
+from protocol.audit import audit_bundle
+from protocol.bundle import BundleReader, encode_bundle, verify_bundle
+from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 from protocol.errors import InvalidRetractionError, RotationError
+from protocol.hashing import hash_leaf
 from protocol.keys import NoteSigner
+from protocol.merkle import root_from_leaf_hashes
 from protocol.rotation import KeyChain
 from protocol.rules import LogRules, PendingRotations, current_opinions
 
 ORIGIN = "hotline.example/log"
-OLD = NoteSigner.from_seed(ORIGIN, b"\x01" * 32).verifier()
+SIGNER = NoteSigner.from_seed(ORIGIN, b"\x01" * 32)
+OLD = SIGNER.verifier()
 NEW = NoteSigner.from_seed(ORIGIN, b"\x02" * 32).verifier()
 
 
@@ -138,3 +144,35 @@ def test_current_opinions_are_the_latest_of_each_author_bound_to_the_bytes() -> 
     rows = [Row("b", 3, mine), Row("a", 9, other), Row("a", 2, mine), Row("b", 7, mine)]
     assert current_opinions(rows, mine) == [Row("a", 2, mine), Row("b", 7, mine)]
     assert current_opinions(rows, b"\x03" * 32) == []
+
+
+def _bundle(entries: list[Entry]) -> list[bytes]:
+    leaves = [e.to_bytes() for e in entries]
+    root = root_from_leaf_hashes([hash_leaf(x) for x in leaves])
+    note = sign_checkpoint(Checkpoint(origin=ORIGIN, size=len(leaves), root_hash=root), SIGNER)
+    text = "".join(
+        encode_bundle(
+            origin=ORIGIN,
+            verifier_key=OLD.to_text(),
+            checkpoint_notes=[note],
+            leaf_count=len(leaves),
+            leaves=leaves,
+        )
+    )
+    return [line.encode() for line in text.splitlines(keepends=True)]
+
+
+def test_verify_bundle_and_the_bundle_audit_apply_the_same_retraction_rule() -> None:
+    lines = _bundle([add(0), retract(0), retract(0)])
+    with pytest.raises(
+        InvalidRetractionError,
+        match=r"line 9 \(leaf 2\): retracts entry 0, which is already retracted by entry 1",
+    ):
+        verify_bundle(lines)
+    reader = BundleReader(lines)
+    audit = audit_bundle(
+        reader, reader.header(), KeyChain.pinned(OLD), source="b", check_entries=parse_entry
+    )
+    assert [f.message for f in audit.failures] == [
+        "leaf 2: retracts entry 0, which is already retracted by entry 1"
+    ]
