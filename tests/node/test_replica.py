@@ -536,3 +536,24 @@ def test_fast_parser_agrees_with_parse_entry(data: bytes) -> None:
             return ("error", str(e))
 
     assert outcome(parse_entry_fast) == outcome(parse_entry)
+
+
+def test_judging_a_fork_writes_nothing_recording_it_freezes(
+    src: Source, dst: Ledger, tmp_path: Path
+) -> None:
+    src.append([add(i) for i in range(6)])
+    twin = fork_of(src, tmp_path, "twin")
+    ours = src.append([add(100), add(101)])
+    theirs = twin.append([add(200), add(201)])
+    replica = dst.replica(SRC)
+    replica.append_verified(ours, 0, src.entries(0, 8), None)
+    db = db_of(dst.config.node_dir)
+    before = full_snapshot(db)
+    judged = replica.judge_checkpoint(theirs)
+    assert judged.relation == "fork" and not judged and judged.evidence is not None
+    assert replica.judge_checkpoint(ours).relation == "same"
+    assert full_snapshot(db) == before  # the judgement only reads
+    verdict = replica.record_checkpoint(theirs)
+    assert verdict.kind == "fork" and verdict.evidence == judged.evidence
+    assert full_snapshot(db) != before and replica.state().frozen
+    twin.ledger.close()
