@@ -23,6 +23,9 @@ pyca/cryptography (``ValueError`` versus ``InvalidSignature``):
         ├── QuorumError                      too few witness cosignatures
         ├── ProofError                       a proof has the wrong shape
         │   └── RootMismatchError            a proof leads to another root
+        │       └── TileMismatchError        (in protocol.tiles, as it names a
+        │                                    TileId) a published tile that does
+        │                                    not hash to a trusted value
         └── InconsistencyError               two signed checkpoints that
                                              cannot both be true (evidence)
 

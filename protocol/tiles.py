@@ -530,8 +530,8 @@ def compute_new_tiles(
     return out
 
 
-def _tile_root(data: bytes) -> bytes:
-    """The Merkle tree hash of a full tile's 256 hashes."""
+def _root_of(data: bytes) -> bytes:
+    """The Merkle tree hash of concatenated hashes (a full tile, or an aligned run in one)."""
     tree = CompactRange.empty()
     tree.extend(_split_hashes(data))
     return tree.root()
@@ -630,10 +630,7 @@ class TileNodeReader:
             if shift == 0:
                 out.append(data[start : start + HASH_SIZE])
                 continue
-            tree = CompactRange.empty()
-            end = start + (HASH_SIZE << shift)
-            tree.extend([data[i : i + HASH_SIZE] for i in range(start, end, HASH_SIZE)])
-            out.append(tree.root())
+            out.append(_root_of(data[start : start + (HASH_SIZE << shift)]))
         return out
 
 
@@ -684,7 +681,7 @@ def _blame_right_edge(
         data = reader.read(tile)
         for i in range(tile.width):
             child = TileId(tile.level - 1, tile.index * TILE_WIDTH + i)
-            child_root = _tile_root(reader.read(child, keep=False))
+            child_root = _root_of(reader.read(child, keep=False))
             held = data[i * HASH_SIZE : (i + 1) * HASH_SIZE]
             if held != child_root:
                 return TileMismatchError(
@@ -753,12 +750,12 @@ def verify_tiles(
         raise _blame_right_edge(reader, root_hash, calculated)
     for tile in sorted((t for t in checked if t.is_full), key=lambda t: (-t.level, t.index)):
         level, index, offset = tile.parent_position()
-        parent = reader.read(reader.tile_at(level, index))
-        expected = parent[offset * HASH_SIZE : (offset + 1) * HASH_SIZE]
-        calculated = _tile_root(reader.read(tile, keep=tile.level > 0))
+        parent = reader.tile_at(level, index)
+        expected = reader.read(parent)[offset * HASH_SIZE : (offset + 1) * HASH_SIZE]
+        calculated = _root_of(reader.read(tile, keep=tile.level > 0))
         if calculated != expected:
             raise TileMismatchError(
-                f"tile {tile.to_path()} does not hash to hash {offset} of its parent tile",
+                f"tile {tile.to_path()} does not hash to hash {offset} of tile {parent.to_path()}",
                 tile=tile,
                 expected=expected,
                 calculated=calculated,

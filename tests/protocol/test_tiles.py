@@ -660,3 +660,30 @@ def test_tiles_of_another_tree_are_reported_as_such(tiles_70000: dict[TileId, by
         verify_tiles(size, root_from_leaf_hashes(LEAVES[1 : size + 1]), reader_of(tiles))
     assert info.value.tile is None
     assert "agree with each other but lead to another root" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("tile", "message"),
+    [
+        (TileId(0, 0), "tile tile/0/000 does not hash to hash 0 of tile tile/1/000: "),
+        (TileId(0, 256), "tile tile/0/256 does not hash to hash 0 of tile tile/1/001.p/17: "),
+        (
+            TileId(1, 1, 17),
+            "tile tile/1/001.p/17: hash 0 is not the root of tile tile/0/256, and the "
+            "tiles lead to another root than the checkpoint's: ",
+        ),
+        (
+            TileId(0, 273, 112),
+            "tile tile/0/273.p/112 is wrong: the other tiles agree with each other and it is "
+            "the only one left that decides the root: ",
+        ),
+    ],
+    ids=lambda v: v.to_path() if isinstance(v, TileId) else "",
+)
+def test_mismatch_messages(tiles_70000: dict[TileId, bytes], tile: TileId, message: str) -> None:
+    bad = dict(tiles_70000)
+    bad[tile] = flipped(bad[tile], 0, 0)
+    with pytest.raises(TileMismatchError) as info:
+        verify_tiles(70_000, root_from_leaf_hashes(LEAVES[:70_000]), reader_of(bad))
+    assert str(info.value).startswith(message)
+    assert str(info.value).endswith(f"expected {info.value.expected.hex()}")
