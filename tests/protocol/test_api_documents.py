@@ -117,6 +117,12 @@ BAD: list[tuple[Any, dict[str, Any], str]] = [
     ),
     (EntriesPage, {"entries": ["eyJ9="], "origin": "o", "start": 0}, "entries[0]"),
     (LeafHashesPage, {"leaf_hashes": [H.upper()], "origin": "o", "start": 0}, "leaf_hashes[0]"),
+    (
+        LeafHashesPage,
+        {"leaf_hashes": [H, H[:-2] + " a"], "origin": "o", "start": 0},
+        "leaf_hashes[1]",
+    ),
+    (LeafHashesPage, {"leaf_hashes": [H, H + "ab"], "origin": "o", "start": 0}, "leaf_hashes[1]"),
     (CheckpointEvent, {"origin": "o", "size": True}, "size"),
     (ErrorBody, {"error": "x", "field": 3}, "field"),
     (
