@@ -21,7 +21,7 @@ from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
-from protocol.receipt import MatchReceipt, verify_receipt
+from protocol.receipt import parse_receipt, verify_receipt
 from protocol.verify import verify_append_only, verify_entry_inclusion
 from protocol.wire import ConsistencyProof, InclusionProof
 
@@ -123,7 +123,7 @@ def _cmd_evidence(args: argparse.Namespace) -> str:
 
 
 def _cmd_receipt(args: argparse.Namespace) -> str:
-    receipt = MatchReceipt.from_json(_read(args.receipt, "receipt"))
+    receipt = parse_receipt(_read(args.receipt, "receipt"))
     verified = verify_receipt(
         receipt,
         _vkey(args.vkey),
@@ -243,13 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "verify-receipt",
         help="check a match receipt: an entry, its inclusion proof and a signed checkpoint",
-        description="Check a match receipt (the `receipt` object of `hashmesh match "
-        "--receipts --json`, saved to a file): the checkpoint's signature under the "
-        "origin's key, then the inclusion proof of the entry's exact bytes in the "
-        "signed tree. Prints what the receipt proves: which origin listed which "
-        "entry, at which index, no later than which checkpoint.",
+        description="Check a match receipt (written by `hashmesh match "
+        "--save-receipts DIR`, or the `receipt` object of `hashmesh match "
+        "--receipts --json` saved to a file), in either form: a JSON receipt "
+        "or a C2SP tlog-proof (*.tlog-proof, the entry's bytes as its extra "
+        "data), told apart by content. Checks the checkpoint's signature under "
+        "the origin's key, then the inclusion proof of the entry's exact bytes "
+        "in the signed tree, then that the bytes are a canonical entry. Prints "
+        "what the receipt proves: which origin listed which entry, at which "
+        "index, no later than which checkpoint.",
     )
-    p.add_argument("receipt", help="receipt JSON file")
+    p.add_argument("receipt", help="receipt file: JSON or C2SP tlog-proof")
     p.add_argument("--vkey", required=True, help=_VKEY_HELP)
     _witness_arguments(p)
     p.set_defaults(run=_cmd_receipt)

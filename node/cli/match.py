@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from node.cli.cards import parse_card
 from node.cli.output import Command, Output
@@ -43,6 +43,7 @@ from node.tls import client_ssl_context
 from protocol.api_documents import MatchRequestBody, MatchResponseBody, SignalQuery
 from protocol.entry import OPINION_VERDICTS
 from protocol.errors import MalformedError
+from protocol.receipt import MatchReceipt, ReceiptForm
 from protocol.signal import SIGNAL_TYPES, normalise_signal_value
 
 __all__ = ["register"]
@@ -302,7 +303,23 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", text)
 
 
-def _save_receipts(directory: str, found: list[_Found], out: Output) -> int:
+RECEIPT_FORMATS: tuple[ReceiptForm, ...] = get_args(ReceiptForm)
+"""How ``--save-receipts`` writes a receipt: today's JSON, or a C2SP tlog-proof."""
+
+
+def _receipt_file(receipt: dict[str, Any], fmt: ReceiptForm, stem: str) -> tuple[str, bytes]:
+    if fmt == "json":
+        return f"{stem}.receipt.json", (json.dumps(receipt, indent=2) + "\n").encode("utf-8")
+    # The node's JSON receipt holds everything a tlog-proof says; converting
+    # here keeps the match API as it is. A receipt that cannot be converted
+    # is malformed as served: stop rather than write a file that cannot verify.
+    try:
+        return f"{stem}.tlog-proof", MatchReceipt.from_json(receipt).to_tlog_proof()
+    except MalformedError as e:
+        raise NodeError(f"receipt {stem} is malformed, not saved: {e}") from e
+
+
+def _save_receipts(directory: str, found: list[_Found], fmt: ReceiptForm, out: Output) -> int:
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -312,8 +329,10 @@ def _save_receipts(directory: str, found: list[_Found], out: Output) -> int:
             if not receipt:
                 continue
             count += 1
-            name = f"{count:04d}-{_safe(hit['origin'])}-{hit['index']}.receipt.json"
-            (target / name).write_text(json.dumps(receipt, indent=2) + "\n", encoding="utf-8")
+            name, data = _receipt_file(
+                receipt, fmt, f"{count:04d}-{_safe(hit['origin'])}-{hit['index']}"
+            )
+            (target / name).write_bytes(data)
     out.note(
         f"saved {count} receipt(s) in {target}; check one with `python -m protocol "
         "verify-receipt FILE --vkey ORIGIN_KEY`"
@@ -398,6 +417,7 @@ class MatchCommand:
     max_distance: int
     receipts: bool
     save_receipts: str | None
+    receipt_format: ReceiptForm
     as_json: bool
     node_dir: str | None
     card: str | None
@@ -415,6 +435,8 @@ class MatchCommand:
         """
         if not (args.values or args.file or args.list):
             raise ConfigError("give hash values, --file PATH or --list FILE")
+        if args.receipt_format is not None and not args.save_receipts:
+            raise ConfigError("--receipt-format applies to --save-receipts DIR; give both")
         return cls(
             values=tuple(args.values),
             signal_type=args.type,
@@ -423,6 +445,7 @@ class MatchCommand:
             max_distance=args.max_distance,
             receipts=args.receipts or bool(args.save_receipts),
             save_receipts=args.save_receipts,
+            receipt_format=args.receipt_format or "json",
             as_json=args.json,
             node_dir=args.dir,
             card=args.card,
@@ -460,7 +483,7 @@ def run_match(request: MatchCommand, out: Output) -> int:
     else:
         found = asyncio.run(_post_batches(remote, request, inputs))
     if request.save_receipts:
-        _save_receipts(request.save_receipts, found, out)
+        _save_receipts(request.save_receipts, found, request.receipt_format, out)
     if request.as_json:
         _report_json(inputs, found, out)
     else:
@@ -548,7 +571,17 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--save-receipts",
         metavar="DIR",
-        help="write each hit's receipt to a file in DIR (implies --receipts)",
+        help="write each hit's receipt to a file in DIR (implies --receipts), checked "
+        "offline with `python -m protocol verify-receipt FILE --vkey ORIGIN_KEY`",
+    )
+    p.add_argument(
+        "--receipt-format",
+        choices=RECEIPT_FORMATS,
+        help="with --save-receipts: json (default) writes NNNN-ORIGIN-INDEX.receipt.json, "
+        "hashmesh's receipt document; tlog-proof writes NNNN-ORIGIN-INDEX.tlog-proof, a "
+        "C2SP tlog-proof (c2sp.org/tlog-proof: index, inclusion proof, the cosigned "
+        "checkpoint, the entry's bytes as its extra data) that other transparency-log "
+        "tools can read. Both prove the same thing",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--card", metavar="FILE", help="match on the node of this peer card")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -14,6 +15,10 @@ from node.cli import main as hashmesh
 from node.ledger import filehash
 from node.ledger.filehash import PDQ_MISSING, hash_file
 from protocol.__main__ import main as audit
+from protocol.entry import AddEntry
+from protocol.errors import RootMismatchError
+from protocol.keys import NoteVerifier
+from protocol.receipt import parse_receipt, verify_receipt
 
 ORIGIN = "match-cli.example/hashmesh"
 OTHER = "b" * 64
@@ -195,6 +200,64 @@ def test_receipts_saved_and_verified_offline(
     assert "verify-receipt" in err
     assert audit(["verify-receipt", str(saved), "--vkey", vkey]) == 0
     assert "entry 0 of " + ORIGIN in capsys.readouterr().out
+
+
+def test_receipts_saved_as_tlog_proofs_verify_with_protocol_alone(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(5):  # a tree of several levels, so the proof has hashes
+        add(capsys, node, "--type", "sha256", "--value", f"{i:064x}")
+    add(capsys, node, "--type", "sha256", "--value", OTHER, "--label", "iwf:category-a")
+    vkey = run(capsys, "--dir", node, "vkey")[1].strip()
+    folder = tmp_path / "receipts"
+    argv = ["--dir", node, "match", "--type", "sha256", OTHER, "--save-receipts", str(folder)]
+    status, _, err = run(capsys, *argv, "--receipt-format", "tlog-proof")
+    assert status == 0, err
+    (saved,) = folder.iterdir()
+    assert saved.name == "0001-match-cli.example_hashmesh-5.tlog-proof"
+    text = saved.read_text(encoding="utf-8")
+    assert text.split("\n")[0] == "c2sp.org/tlog-proof@v1"
+    assert text.split("\n")[2] == "index 5"
+    # With nothing but protocol/ and the origin's key.
+    verified = verify_receipt(parse_receipt(saved.read_bytes()), NoteVerifier.from_text(vkey))
+    assert (verified.origin, verified.index, verified.size) == (ORIGIN, 5, 6)
+    assert isinstance(verified.entry, AddEntry) and verified.entry.value == OTHER
+    # With the auditor's command line.
+    assert audit(["verify-receipt", str(saved), "--vkey", vkey]) == 0
+    assert "entry 5 of " + ORIGIN in capsys.readouterr().out
+    # The same hit saved as JSON proves the same thing.
+    json_folder = tmp_path / "json"
+    status, _, err = run(capsys, *argv[:-1], str(json_folder))
+    assert status == 0, err
+    (as_json,) = json_folder.iterdir()
+    assert as_json.name.endswith(".receipt.json")
+    assert parse_receipt(as_json.read_bytes()) == parse_receipt(saved.read_bytes())
+    # Another entry's bytes as the extra data: the proof no longer reaches the root.
+    lines = text.split("\n")
+    other = AddEntry.create(signal_type="sha256", value="c" * 64).to_bytes()
+    lines[1] = "extra " + base64.b64encode(other).decode()
+    saved.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(RootMismatchError):
+        verify_receipt(parse_receipt(saved.read_bytes()), NoteVerifier.from_text(vkey))
+    assert audit(["verify-receipt", str(saved), "--vkey", vkey]) == 1
+    assert "FAILED: RootMismatchError: inclusion proof for index 5" in capsys.readouterr().err
+    # A non-canonical index is named.
+    lines = text.split("\n")
+    lines[2] = "index 05"
+    saved.write_text("\n".join(lines), encoding="utf-8")
+    assert audit(["verify-receipt", str(saved), "--vkey", vkey]) == 1
+    assert "FAILED: MalformedError: index: expected a decimal" in capsys.readouterr().err
+
+
+def test_receipt_format_needs_save_receipts(node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    add(capsys, node, "--type", "sha256", "--value", OTHER)
+    status, _, err = run(
+        capsys, "--dir", node, "match", OTHER, "--type", "sha256", "--receipt-format", "json"
+    )
+    assert status != 0 and "--save-receipts" in err
+    with pytest.raises(SystemExit):
+        hashmesh(["match", "--help"])
+    assert "tlog-proof" in capsys.readouterr().out
 
 
 def test_opinion_command_and_results(node: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.__main__ import main
 from protocol.checkpoint import Checkpoint, cosign_checkpoint, sign_checkpoint
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry, OpinionEntry, RetractEntry
 from protocol.errors import (
+    InvalidSignatureError,
     MalformedError,
     OriginMismatchError,
     ProofError,
@@ -21,7 +27,7 @@ from protocol.errors import (
 )
 from protocol.hashing import hash_leaf, hash_leaves
 from protocol.keys import SIG_COSIGNATURE_V1, NoteSigner
-from protocol.receipt import MatchReceipt, verify_receipt
+from protocol.receipt import MatchReceipt, parse_receipt, verify_receipt
 from protocol.tree import CompactRange, NodeId, compute_inclusion_proof
 
 ORIGIN = "hotline-receipt.example/hashmesh"
@@ -209,3 +215,273 @@ def test_cli_verify_receipt(
     assert "hashes[0]" in capsys.readouterr().err
     # A missing file is a usage error.
     assert main(["verify-receipt", str(tmp_path / "nope.json"), "--vkey", vkey]) == 2
+    # The same command reads the tlog-proof form, told by content.
+    proof = tmp_path / "receipt.tlog-proof"
+    proof.write_bytes(tree.receipt(1, signer).to_tlog_proof())
+    assert main(["verify-receipt", str(proof), "--vkey", vkey]) == 0
+    assert f"entry 1 of {ORIGIN}" in capsys.readouterr().out
+    proof.write_text(_flip_first_proof_hash(proof.read_text()))
+    assert main(["verify-receipt", str(proof), "--vkey", vkey]) == 1
+    assert "FAILED: RootMismatchError: inclusion proof for index 1" in capsys.readouterr().err
+    proof.write_text(_swap_line(proof.read_text(), 3, "index 01"))
+    assert main(["verify-receipt", str(proof), "--vkey", vkey]) == 1
+    assert "index: expected a decimal number" in capsys.readouterr().err
+
+
+# -- the C2SP tlog-proof form ------------------------------------------------------------
+
+
+def _swap_line(text: str, number: int, line: str) -> str:
+    lines = text.split("\n")
+    lines[number - 1] = line
+    return "\n".join(lines)
+
+
+def _drop_line(text: str, number: int) -> str:
+    lines = text.split("\n")
+    del lines[number - 1]
+    return "\n".join(lines)
+
+
+def _flip_first_proof_hash(text: str) -> str:
+    lines = text.split("\n")
+    raw = bytearray(base64.b64decode(lines[3]))
+    raw[0] ^= 1
+    lines[3] = encode_b64(bytes(raw))
+    return "\n".join(lines)
+
+
+def _break_log_signature(text: str) -> str:
+    head, sig = text.rsplit("\n— ", 1)
+    name, b64 = sig.rstrip("\n").split(" ")
+    raw = bytearray(base64.b64decode(b64))
+    raw[-1] ^= 1
+    return f"{head}\n— {name} {encode_b64(bytes(raw))}\n"
+
+
+# (name, how the valid text of entry 3 of a 7-entry tree is damaged, the exact error).
+# Lines: 1 header, 2 extra, 3 index, 4-6 the proof, 7 empty, 8- the checkpoint.
+TLOG_PROOF_VECTORS: list[tuple[str, Callable[[str], str], type[Exception], str]] = [
+    (
+        "bad header",
+        lambda t: t.replace("c2sp.org/tlog-proof@v1", "c2sp.org/tlog-proof@v2", 1),
+        MalformedError,
+        "line 1: the first line must be c2sp.org/tlog-proof@v1",
+    ),
+    (
+        "header with CRLF",
+        lambda t: t.replace("\n", "\r\n", 1),
+        MalformedError,
+        "line 1: the first line must be c2sp.org/tlog-proof@v1",
+    ),
+    (
+        "index with a leading zero",
+        lambda t: _swap_line(t, 3, "index 03"),
+        MalformedError,
+        "index: expected a decimal number without sign or leading zeros",
+    ),
+    (
+        "index with a sign",
+        lambda t: _swap_line(t, 3, "index +3"),
+        MalformedError,
+        "index: expected a decimal number without sign or leading zeros",
+    ),
+    (
+        "index before extra",
+        lambda t: _swap_line(_swap_line(t, 2, "index 3"), 3, t.split("\n")[1]),
+        MalformedError,
+        "line 2: expected 'extra <base64 of the entry bytes>': a receipt carries its entry",
+    ),
+    (
+        "no extra data",
+        lambda t: _drop_line(t, 2),
+        MalformedError,
+        "line 2: expected 'extra <base64 of the entry bytes>': a receipt carries its entry",
+    ),
+    (
+        "no index line",
+        lambda t: _drop_line(t, 3),
+        MalformedError,
+        "line 3: expected 'index <decimal>'",
+    ),
+    (
+        "proof one hash short",
+        lambda t: _drop_line(t, 6),
+        ProofError,
+        "wrong proof size 2, want 3",
+    ),
+    (
+        "proof one hash long",
+        lambda t: _swap_line(t, 6, t.split("\n")[5] + "\n" + t.split("\n")[5]),
+        ProofError,
+        "wrong proof size 4, want 3",
+    ),
+    (
+        "proof hash in URL-safe base64",
+        lambda t: _swap_line(t, 4, "_" + t.split("\n")[3][1:]),
+        MalformedError,
+        "line 4: expected standard padded base64",
+    ),
+    (
+        "proof hash without padding",
+        lambda t: _swap_line(t, 4, t.split("\n")[3].rstrip("=")),
+        MalformedError,
+        "line 4: expected standard padded base64",
+    ),
+    (
+        "proof hash of 31 bytes",
+        lambda t: _swap_line(t, 4, encode_b64(b"\x01" * 31)),
+        MalformedError,
+        "line 4: expected 32 bytes, got 31",
+    ),
+    (
+        "extra data not base64",
+        lambda t: _swap_line(t, 2, "extra not*base64"),
+        MalformedError,
+        "extra: expected standard padded base64",
+    ),
+    (
+        "no empty line before the checkpoint",
+        lambda t: _drop_line(t, 7),
+        MalformedError,
+        "tlog-proof: no empty line between the inclusion proof and the checkpoint",
+    ),
+    (
+        "two empty lines before the checkpoint",
+        lambda t: _swap_line(t, 7, "\n"),
+        MalformedError,
+        "line 7: unexpected empty line: exactly one separates the proof from the checkpoint",
+    ),
+    (
+        "empty line inside the proof",
+        lambda t: _swap_line(t, 5, "\n" + t.split("\n")[4]),
+        MalformedError,
+        "line 5: unexpected empty line: exactly one separates the proof from the checkpoint",
+    ),
+    (
+        "empty line after the checkpoint",
+        lambda t: t + "\n",
+        MalformedError,
+        "checkpoint: empty line after the checkpoint",
+    ),
+    (
+        "checkpoint signature wrong",
+        _break_log_signature,
+        InvalidSignatureError,
+        "signature by {name} ({key_id}) does not verify",
+    ),
+    (
+        "proof not matching the root",
+        _flip_first_proof_hash,
+        RootMismatchError,
+        "inclusion proof for index 3 at size 7 does not match",
+    ),
+    (
+        "extra data of another entry",
+        lambda t: _swap_line(t, 2, "extra " + encode_b64(adds(7)[4])),
+        RootMismatchError,
+        "inclusion proof for index 3 at size 7 does not match",
+    ),
+]
+
+
+def _parse_and_verify(data: bytes, signer: NoteSigner) -> None:
+    verify_receipt(parse_receipt(data), signer.verifier())
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "message"),
+    [pytest.param(d, e, m, id=name) for name, d, e, m in TLOG_PROOF_VECTORS],
+)
+def test_tlog_proof_bad_input_is_named(
+    signer: NoteSigner, damage: Callable[[str], str], error: type[Exception], message: str
+) -> None:
+    text = Tree(adds(7)).receipt(3, signer).to_tlog_proof().decode()
+    _parse_and_verify(text.encode(), signer)  # the undamaged proof verifies
+    with pytest.raises(error) as info:
+        _parse_and_verify(damage(text).encode(), signer)
+    message = message.format(name=ORIGIN, key_id=f"{signer.verifier().key_id:08x}")
+    if error is RootMismatchError:  # the message goes on with both roots
+        assert str(info.value).startswith(message + ": calculated root ")
+    else:
+        assert str(info.value) == message
+
+
+def test_tlog_proof_extra_data_must_be_a_canonical_entry(signer: NoteSigner) -> None:
+    # Included in the signed tree, so only the entry check can refuse it.
+    datas = [*adds(2), b'{"kind": "add"}']
+    data = Tree(datas).receipt(2, signer).to_tlog_proof()
+    receipt = parse_receipt(data)
+    assert receipt.form == "tlog-proof"
+    with pytest.raises(MalformedError) as info:
+        verify_receipt(receipt, signer.verifier())
+    assert info.value.field is not None and info.value.field.startswith("extra")
+
+
+def test_tlog_proof_layout_follows_the_spec(signer: NoteSigner) -> None:
+    tree = Tree(adds(7))
+    receipt = tree.receipt(3, signer)
+    lines = receipt.to_tlog_proof().decode().split("\n")
+    assert lines[0] == "c2sp.org/tlog-proof@v1"
+    assert lines[1] == "extra " + encode_b64(tree.datas[3])
+    assert lines[2] == "index 3"
+    assert lines[3:6] == [encode_b64(h) for h in receipt.hashes]
+    assert lines[6] == ""
+    assert "\n".join(lines[7:]) == receipt.checkpoint
+    # A one-entry tree has an empty proof: the index line is followed by the empty line.
+    single = Tree(adds(1)).receipt(0, signer).to_tlog_proof().decode()
+    assert single.split("\n")[2:4] == ["index 0", ""]
+    assert verify_receipt(parse_receipt(single.encode()), signer.verifier()).index == 0
+
+
+def test_tlog_proof_keeps_cosignatures_and_refuses_a_mismatched_receipt(
+    signer: NoteSigner,
+) -> None:
+    receipt = Tree(adds(3)).receipt(1, signer)
+    witness = NoteSigner.generate("witness.example/w", SIG_COSIGNATURE_V1)
+    cosigned = replace(
+        receipt, checkpoint=cosign_checkpoint(receipt.checkpoint, witness, 1_700_000_000)
+    )
+    parsed = parse_receipt(cosigned.to_tlog_proof())
+    verified = verify_receipt(
+        parsed, signer.verifier(), witnesses=[witness.verifier()], witness_threshold=1
+    )
+    assert verified.cosignatures == {"witness.example/w": 1_700_000_000}
+    # The tlog-proof form reads origin and size from the checkpoint, so a
+    # receipt that says otherwise cannot be written in it.
+    with pytest.raises(MalformedError) as info:
+        replace(receipt, index=0, size=2).to_tlog_proof()
+    assert info.value.field == "checkpoint"
+
+
+_ROUND_TRIP_SIGNER = NoteSigner.generate(ORIGIN)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    entry=st.binary(min_size=1, max_size=300),
+    size=st.integers(min_value=1, max_value=2**63 - 1),
+    data=st.data(),
+    cosigned=st.booleans(),
+)
+def test_tlog_proof_round_trip(
+    entry: bytes, size: int, data: st.DataObject, cosigned: bool
+) -> None:
+    index = data.draw(st.integers(min_value=0, max_value=size - 1))
+    count = data.draw(st.integers(min_value=0, max_value=63))
+    hashes = tuple(data.draw(st.binary(min_size=32, max_size=32)) for _ in range(count))
+    root = data.draw(st.binary(min_size=32, max_size=32))
+    note = sign_checkpoint(Checkpoint(origin=ORIGIN, size=size, root_hash=root), _ROUND_TRIP_SIGNER)
+    if cosigned:
+        note = cosign_checkpoint(
+            note, NoteSigner.generate("witness.example/w", SIG_COSIGNATURE_V1), 1_700_000_000
+        )
+    receipt = MatchReceipt(
+        origin=ORIGIN, index=index, size=size, entry=entry, hashes=hashes, checkpoint=note
+    )
+    proof = receipt.to_tlog_proof()
+    parsed = parse_receipt(proof)
+    assert parsed == receipt and parsed.form == "tlog-proof"
+    assert parsed.to_tlog_proof() == proof
+    as_json = parse_receipt(receipt.to_json())
+    assert as_json == receipt and as_json.form == "json"

@@ -7,6 +7,7 @@ The receipt C hands out is checked with nothing but A's verifier key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
@@ -15,12 +16,15 @@ from typing import Any
 import aiohttp
 import pytest
 
+from node.cli import main as hashmesh
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.matching import make_opinion
 from node.tls import client_ssl_context
 from protocol.__main__ import main as audit
 from protocol.entry import AddEntry, RetractEntry
+from protocol.keys import NoteVerifier
+from protocol.receipt import parse_receipt, verify_receipt
 from tests.sync.conftest import A, B, Serving
 from tests.waiting import eventually
 
@@ -90,6 +94,28 @@ async def test_hash_added_at_a_matches_at_c_with_a_receipt_verified_by_a_key(
         assert audit(["verify-receipt", str(path), "--vkey", a_vkey]) == 0
         out = capsys.readouterr().out
         assert f"entry {found['index']} of {A} is in its signed log" in out
+    # The same hit through `hashmesh match` at C, as B, saved as a C2SP
+    # tlog-proof: it verifies with nothing but A's key.
+    folder = tmp_path / "tlog-proofs"
+    b_config, c_config = load_config(b.node_dir), load_config(c.node_dir)
+    argv = ["match", "--type", "sha256", SHA, "--remote", c.url]
+    argv += ["--server-cert", str(c_config.tls_cert_path)]
+    argv += ["--cert", str(b_config.tls_cert_path), "--key", str(b_config.tls_key_path)]
+    argv += ["--save-receipts", str(folder), "--receipt-format", "tlog-proof"]
+    capsys.readouterr()
+    status = await asyncio.to_thread(hashmesh, argv)
+    assert status == 0, capsys.readouterr().err
+    (saved,) = folder.iterdir()
+    assert saved.suffix == ".tlog-proof"
+    verified = verify_receipt(parse_receipt(saved.read_bytes()), NoteVerifier.from_text(a_vkey))
+    assert (verified.origin, verified.index) == (A, 0)
+    assert audit(["verify-receipt", str(saved), "--vkey", a_vkey]) == 0
+    assert f"entry 0 of {A} is in its signed log" in capsys.readouterr().out
+    # Under C's key (the node that served it) the receipt proves nothing.
+    with Ledger.open(c.node_dir, read_only=True) as ledger:
+        c_key = ledger.own_log.verifier_key
+    assert audit(["verify-receipt", str(saved), "--vkey", c_key]) == 1
+    assert "FAILED: UnknownKeyError" in capsys.readouterr().err
     # B disputes the PDQ entry; the opinion travels B -> C and shows there.
     with Ledger.open(b.node_dir) as ledger:
         ledger.append([make_opinion(ledger, A, 1, "dispute", note="a cartoon")])
