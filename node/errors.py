@@ -18,6 +18,7 @@ Layer: node (bottom). This module performs no I/O.
     │       ├── WitnessConflictError  old size is not ours, or same size, other root
     │       └── WitnessProofError     the consistency proof does not verify
     ├── ImportRejectedError      an import file had invalid lines (carries them)
+    ├── PublishError             publish refuses its output directory (another log's)
     ├── UnknownLogError          no log with that origin is held here
     └── PeerError                a peer failed us during sync (names the peer)
         ├── PeerUnavailableError    cannot connect, TLS refused, timed out, 5xx
@@ -44,6 +45,7 @@ __all__ = [
     "PeerError",
     "PeerProtocolError",
     "PeerUnavailableError",
+    "PublishError",
     "ReplicationError",
     "RetractionError",
     "SchemaVersionError",
@@ -81,6 +83,14 @@ class SchemaVersionError(StorageError):
 
 class LedgerError(NodeError):
     """The ledger refused a write; nothing was written."""
+
+
+class PublishError(NodeError):
+    """``hashmesh publish`` refuses its output directory; nothing was written.
+
+    The directory holds another origin's log, a tree this log does not
+    extend, or files it cannot read or replace.
+    """
 
 
 class RetractionError(LedgerError):

@@ -21,6 +21,7 @@ from node.cli.audit import register as register_audit
 from node.cli.federation import register as register_federation
 from node.cli.keys import register as register_keys
 from node.cli.match import register as register_match
+from node.cli.publish import register as register_publish
 from node.cli.witness import register as register_witness
 from node.config import DEFAULT_LISTEN, resolve_node_dir
 from node.errors import ImportRejectedError, NodeError
@@ -650,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_audit(command, common)
     register_match(command, common)
     register_keys(command, common)
+    register_publish(command, common)
     register_witness(command, common)
     return parser
 

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import NodeConfig, load_config
-from node.errors import ConfigError, ImportRejectedError, LedgerError, LineError, UnknownLogError
+from node.errors import (
+    ConfigError,
+    EntryNotFoundError,
+    ImportRejectedError,
+    LedgerError,
+    LineError,
+    UnknownLogError,
+)
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.hashlist import ParsedLine
 from node.ledger.integration import Duplicate, Integration
@@ -40,6 +47,7 @@ from protocol.errors import MalformedError
 from protocol.hashing import hash_leaves
 from protocol.keys import NoteSigner, NoteVerifier
 from protocol.rotation import KeyChain
+from protocol.tiles import TileId
 from protocol.tree import (
     CompactRange,
     NodeId,
@@ -303,6 +311,24 @@ class Ledger:
     def entry(self, log: LogRecord, index: int) -> bytes | None:
         """The exact bytes of entry ``index`` of ``log``, or None if not held."""
         return self.store.get_entry(log.log_id, index)
+
+    def hash_tile(self, log: LogRecord, tile: TileId, size: int) -> bytes:
+        """The bytes of a C2SP hash tile of ``log``'s tree of ``size`` leaves.
+
+        Hash tiles are public (docs/protocol.md): they hold leaf and node
+        hashes only. One range read of stored hashes, no hashing.
+
+        Raises:
+            EntryNotFoundError: if the tree of ``size`` has no such tile
+                (a tile past the tree); ``field`` is ``"tile"``.
+            StorageError: if ``size`` is beyond what is stored, or the
+                database is damaged.
+        """
+        if not tile.is_within(size):
+            raise EntryNotFoundError(
+                f"tile {tile.to_path()} lies beyond the tree of size {size}", field="tile"
+            )
+        return self.store.hash_tile(log.log_id, tile)
 
     def retracted_targets(self, log: LogRecord, start: int, end: int) -> dict[int, int]:
         """Entry index -> index of its retraction, for retracted entries in ``[start, end)``."""

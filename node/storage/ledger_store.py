@@ -38,6 +38,7 @@ from node.storage.schema import TILE_LEVEL, active_key, apply_pragmas, migrate
 from node.storage.witness_store import WitnessStore
 from protocol.entry import AddEntry, parse_entry
 from protocol.hashing import hash_children
+from protocol.tiles import TILE_HEIGHT, TileId
 from protocol.tree import CompactRange, NodeId, NodeRun, frontier_ids
 
 __all__ = [
@@ -341,6 +342,40 @@ class LedgerStore:
                 "INSERT INTO nodes (log_id, level, idx, hash)",
                 ([log_id] * m, [run.level] * m, range(run.start, run.start + m), run.hashes),
             )
+
+    def hash_tile(self, log_id: int, tile: TileId) -> bytes:
+        """The bytes of a C2SP hash tile (its hashes concatenated), in one range read.
+
+        A level-0 tile is ``tile.width`` leaf hashes from ``entries``; a
+        level-L tile the hashes of ``nodes`` of tree level ``8 * L``, which
+        are stored since ``8 * L >= TILE_LEVEL``. The caller checks that the
+        tile lies within the tree size it serves (:meth:`TileId.is_within`):
+        here every hash must exist.
+
+        Raises:
+            StorageError: if a hash of the tile is not stored (the tile lies
+                beyond the log, or the database is damaged).
+        """
+        first = tile.index << TILE_HEIGHT
+        end = first + tile.width
+        if tile.level == 0:
+            rows = self.conn.execute(
+                "SELECT leaf_hash FROM entries WHERE log_id = ? AND idx >= ? AND idx < ? "
+                "ORDER BY idx",
+                (log_id, first, end),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT hash FROM nodes WHERE log_id = ? AND level = ? AND idx >= ? AND idx < ? "
+                "ORDER BY idx",
+                (log_id, TILE_HEIGHT * tile.level, first, end),
+            ).fetchall()
+        if len(rows) != tile.width:
+            raise StorageError(
+                f"tile {tile.to_path()} needs {tile.width} hashes, {len(rows)} are stored: "
+                "it lies beyond the log, or the database is damaged (run `hashmesh fsck`)"
+            )
+        return b"".join([row[0] for row in rows])
 
     def leaf_hashes(self, log_id: int, start: int, end: int) -> list[bytes]:
         """The stored leaf hashes of entries [start, end), in order."""
