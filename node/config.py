@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "MatchSettings",
     "NodeConfig",
+    "PublicSettings",
     "WitnessAsk",
     "WitnessRequirement",
     "WitnessSettings",
@@ -167,6 +168,28 @@ class WitnessSettings:
         return () if requirement is None else requirement.verifiers()
 
 
+_ANY_HOST = frozenset({"0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
+
+DEFAULT_PUBLIC_RATE = 50.0
+DEFAULT_PUBLIC_BURST = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublicSettings:
+    """The ``[public]`` table of ``config.toml``: the public read listener (docs/api.md).
+
+    Attributes:
+        listen: ``HOST:PORT`` of the public HTTPS listener (no client
+            certificate; the public tree only); None (the default) starts none.
+        rate: requests per second each client IP may sustain (token bucket).
+        burst: requests a client IP may make at once before ``rate`` applies.
+    """
+
+    listen: str | None = None
+    rate: float = DEFAULT_PUBLIC_RATE
+    burst: int = DEFAULT_PUBLIC_BURST
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """Settings of one node, as read from ``config.toml``."""
@@ -176,6 +199,7 @@ class NodeConfig:
     listen: str = DEFAULT_LISTEN
     match: MatchSettings = MatchSettings()
     witness: WitnessSettings = WitnessSettings()
+    public: PublicSettings = PublicSettings()
 
     @property
     def config_path(self) -> Path:
@@ -240,7 +264,7 @@ def load_config(node_dir: Path) -> NodeConfig:
         ) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    unknown = set(raw) - {"origin", "listen", "match", "witness"}
+    unknown = set(raw) - {"origin", "listen", "match", "witness", "public"}
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     origin = raw.get("origin")
@@ -256,7 +280,33 @@ def load_config(node_dir: Path) -> NodeConfig:
         listen=listen,
         match=_match_settings(path, raw.get("match", {})),
         witness=_witness_settings(path, raw.get("witness", {})),
+        public=_public_settings(path, raw.get("public", {}), listen),
     )
+
+
+def _public_settings(path: Path, raw: object, api_listen: str) -> PublicSettings:
+    table = _section(path, "public", raw, {"listen", "rate", "burst"})
+    listen = table.get("listen")
+    if listen is not None:
+        if not isinstance(listen, str):
+            raise ConfigError(f"{path}: public.listen must be a string like '0.0.0.0:8444'")
+        try:
+            host, port = parse_listen(listen)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: public.listen: {e}") from e
+        api_host, api_port = parse_listen(api_listen)
+        if port != 0 and port == api_port and (host == api_host or {host, api_host} & _ANY_HOST):
+            raise ConfigError(
+                f"{path}: public.listen {listen!r} is the mutual-TLS API's address "
+                f"({api_listen!r}); give the public listener a port of its own"
+            )
+    rate = table.get("rate", DEFAULT_PUBLIC_RATE)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1e6:
+        raise ConfigError(f"{path}: public.rate must be requests per second per client, > 0")
+    burst = table.get("burst", DEFAULT_PUBLIC_BURST)
+    if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 1_000_000:
+        raise ConfigError(f"{path}: public.burst must be a whole number of requests, >= 1")
+    return PublicSettings(listen=listen, rate=float(rate), burst=burst)
 
 
 def _section(path: Path, name: str, table: object, known: set[str]) -> dict[str, object]:

@@ -45,6 +45,7 @@ __all__ = [
     "check_server_context",
     "client_ssl_context",
     "peer_spki",
+    "public_server_ssl_context",
     "server_ssl_context",
     "spki_fingerprint",
     "spki_from_der",
@@ -212,6 +213,22 @@ def server_ssl_context(
     for pem in trusted_peer_certs:
         add_trusted_cert(ctx, pem)
     check_server_context(ctx)
+    return ctx
+
+
+def public_server_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    """The public listener's server side: the node's certificate, no client certificate.
+
+    Only :func:`node.api.server.start_public_server` accepts it, and only
+    with the public application (the public tree, nothing else).
+
+    Raises:
+        ConfigError: if the identity files cannot be loaded.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = MIN_TLS_VERSION
+    ctx.verify_mode = ssl.CERT_NONE
+    _load_identity(ctx, cert_path, key_path)
     return ctx
 
 

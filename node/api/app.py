@@ -56,6 +56,7 @@ __all__ = [
     "ENTRY_READERS",
     "ROUTES",
     "Route",
+    "error_middleware",
     "make_app",
 ]
 
@@ -119,7 +120,9 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     for name in ("Allow", "Retry-After"):
         if name in exc.headers:
             headers[name] = exc.headers[name]
-    if exc.status == 404:
+    if exc.status == 404 and exc.text and not exc.text.startswith("404:"):
+        message = exc.text  # a handler's own reason (the public listener's entry bundles)
+    elif exc.status == 404:
         message = f"no endpoint {request.path}; see docs/api.md"
     elif exc.status == 405:
         allowed = exc.headers.get("Allow", "GET")
@@ -132,7 +135,11 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON :class:`~protocol.api_documents.ErrorBody` (4xx/503).
+
+    Used by the mutual-TLS API and the public listener alike.
+    """
     try:
         return await handler(request)
     except web.HTTPException as e:
@@ -246,7 +253,7 @@ def make_app(
     """
     limits = limits or ApiLimits()
     largest = max([limits.client_max_size, *(r.max_body or 0 for r in ROUTES)])
-    app = web.Application(middlewares=[_errors, _authorise], client_max_size=largest)
+    app = web.Application(middlewares=[error_middleware, _authorise], client_max_size=largest)
     app[DB_KEY] = db
     app[HUB_KEY] = hub
     app[ORIGIN_KEY] = origin

@@ -2,12 +2,15 @@
 
 Layer: node.api (uses node.sync for the sync runner ``hashmesh serve`` starts).
 
-:func:`start_server` is the one path that opens a listening socket, and it
-refuses a TLS context that does not require client certificates
+:func:`start_server` is the one path that opens the API's listening socket,
+and it refuses a TLS context that does not require client certificates
 (:func:`node.tls.check_server_context`), so no configuration mistake can serve
-hash data to an anonymous client. :func:`run_server` is ``hashmesh serve``:
-open the database, build the context from the peers table, serve until SIGINT
-or SIGTERM, then stop accepting, end event streams, let running requests
+hash data to an anonymous client. :func:`start_public_server` serves without
+client certificates, and only the public application
+(:mod:`node.api.public`: checkpoint and hash tiles). :func:`run_server` is
+``hashmesh serve``: open the database, build the context from the peers table,
+start the public listener too when ``[public] listen`` is set, serve until
+SIGINT or SIGTERM, then stop accepting, end event streams, let running requests
 finish (up to :data:`SHUTDOWN_TIMEOUT`), stop the sync runner and close the
 database.
 
@@ -34,12 +37,20 @@ from aiohttp import web
 
 from node.api.app import make_app
 from node.api.match import keep_current
+from node.api.public import PUBLIC_KEY, PublicLimits, make_public_app
 from node.api.state import ApiLimits
 from node.config import load_config, parse_listen
+from node.errors import ConfigError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.service import Ledger
-from node.tls import add_trusted_cert, check_server_context, server_ssl_context
+from node.tls import (
+    MIN_TLS_VERSION,
+    add_trusted_cert,
+    check_server_context,
+    public_server_ssl_context,
+    server_ssl_context,
+)
 
 __all__ = [
     "KEEPALIVE_TIMEOUT",
@@ -51,6 +62,7 @@ __all__ = [
     "RunningServer",
     "SyncFactory",
     "run_server",
+    "start_public_server",
     "start_server",
 ]
 
@@ -115,6 +127,50 @@ async def start_server(
         OSError: if the address cannot be bound.
     """
     check_server_context(ssl_context)
+    return await _serve(app, ssl_context, host, port, shutdown_timeout, keepalive_timeout)
+
+
+async def start_public_server(
+    app: web.Application,
+    ssl_context: ssl.SSLContext,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+) -> RunningServer:
+    """Serve the public listener (:mod:`node.api.public`) over TLS without client certificates.
+
+    Only an application made by :func:`~node.api.public.make_public_app` is
+    accepted, so no mistake can serve the mutual-TLS API (entries, hash
+    values) to anonymous clients.
+
+    Raises:
+        ConfigError: if ``app`` is not the public application, or the
+            context is not a TLS 1.2+ server context; nothing is started.
+        OSError: if the address cannot be bound.
+    """
+    if PUBLIC_KEY not in app:
+        raise ConfigError(
+            "only the public application (make_public_app) may be served without "
+            "client certificates; refusing to serve"
+        )
+    if ssl_context.protocol is not ssl.PROTOCOL_TLS_SERVER or (
+        ssl_context.minimum_version is ssl.TLSVersion.MINIMUM_SUPPORTED
+        or ssl_context.minimum_version < MIN_TLS_VERSION
+    ):
+        raise ConfigError("the public listener needs a TLS 1.2+ server context")
+    return await _serve(app, ssl_context, host, port, shutdown_timeout, keepalive_timeout)
+
+
+async def _serve(
+    app: web.Application,
+    ssl_context: ssl.SSLContext,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    keepalive_timeout: float,
+) -> RunningServer:
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -219,6 +275,7 @@ async def run_server(
     on_started: Callable[[RunningServer], None] | None = None,
     stop: asyncio.Event | None = None,
     limits: ApiLimits | None = None,
+    on_public_started: Callable[[RunningServer], None] | None = None,
 ) -> None:
     """``hashmesh serve``: serve the API until SIGINT/SIGTERM (or ``stop`` is set).
 
@@ -232,6 +289,8 @@ async def run_server(
         on_started: called once the socket is bound (tests: the real port).
         stop: an event that stops the server like a signal does.
         limits: API caps and timings.
+        on_public_started: called once the public listener (``[public]
+            listen`` in the config) is bound; not called when it is off.
 
     Raises:
         ConfigError: if the node directory or TLS identity is unusable.
@@ -252,6 +311,21 @@ async def run_server(
         extra = [] if sync_factory is None else [_sync_cleanup(sync_factory, db, hub)]
         app = make_app(db, hub, origin=config.origin, extra_cleanup=extra, limits=limits)
         server = await start_server(app, ctx, host=host, port=port)
+        public: RunningServer | None = None
+        if config.public.listen is not None:
+            try:
+                public_host, public_port = parse_listen(config.public.listen)
+                public = await start_public_server(
+                    make_public_app(
+                        db, PublicLimits(rate=config.public.rate, burst=config.public.burst)
+                    ),
+                    public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
+                    host=public_host,
+                    port=public_port,
+                )
+            except BaseException:
+                await server.close()
+                raise
         watcher = asyncio.create_task(
             _watch(
                 db,
@@ -268,12 +342,18 @@ async def run_server(
             log.info("serving %s on %s", config.origin, server.url)
             if on_started is not None:
                 on_started(server)
+            if public is not None:
+                log.info("serving the public tree of %s on %s", config.origin, public.url)
+                if on_public_started is not None:
+                    on_public_started(public)
             await _until_stopped(stop)
         finally:
             for task in (watcher, indexer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if public is not None:
+                await public.close()
             await server.close()
             hub.close()
     finally:

@@ -52,29 +52,58 @@ class ApiLimits:
 class PeerRateLimiter:
     """A token bucket per peer, so one busy or hostile peer cannot starve the others.
 
-    Buckets are keyed by the peer's certificate fingerprint and kept for
-    known peers only (the lookup happens after authentication), so the
-    table cannot be grown by strangers.
+    On the mutual-TLS API buckets are keyed by the peer's certificate
+    fingerprint and kept for known peers only (the lookup happens after
+    authentication), so the table cannot be grown by strangers. The public
+    listener keys them by client IP, which anyone can vary, so it passes
+    ``max_keys``: beyond it, buckets that have refilled (the same as a new
+    one) are dropped first, then the least recently used.
     """
 
     def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_keys: int | None = None,
     ) -> None:
         self.rate = rate
         self.burst = float(burst)
+        self.max_keys = max_keys
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        """Buckets held."""
+        return len(self._buckets)
 
     def take(self, peer: str) -> float:
         """Spend one token; 0.0 if allowed, else the seconds until one is available."""
         now = self._clock()
-        tokens, last = self._buckets.get(peer, (self.burst, now))
+        bucket = self._buckets.pop(peer, None)  # re-inserted below: dict order is recency
+        if bucket is None:
+            if self.max_keys is not None and len(self._buckets) >= self.max_keys:
+                self._evict(now)
+            bucket = (self.burst, now)
+        tokens, last = bucket
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens >= 1.0:
             self._buckets[peer] = (tokens - 1.0, now)
             return 0.0
         self._buckets[peer] = (tokens, now)
         return (1.0 - tokens) / self.rate
+
+    def _evict(self, now: float) -> None:
+        # Buckets are in order of last use, so the refilled ones come first.
+        refill = self.burst / self.rate  # seconds for any bucket to be full again
+        while self._buckets:
+            key, (_tokens, last) = next(iter(self._buckets.items()))
+            if now - last < refill:
+                break
+            del self._buckets[key]
+        if self.max_keys is not None and len(self._buckets) >= self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
 
 
 class StreamGate:

@@ -55,6 +55,11 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     out.note(f"serving {config.origin} on {_listen_url(listen)} (mutual TLS); Ctrl-C stops")
+    if config.public.listen is not None:
+        out.note(
+            f"serving the public tree (checkpoint, hash tiles) on "
+            f"{_listen_url(config.public.listen)} (no client certificate)"
+        )
     asyncio.run(
         run_server(
             node_dir,
@@ -278,7 +283,9 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         "serve the read API over mutual TLS and keep synced with peers",
         "Serve this node's logs to its peers over HTTPS with client certificates "
         "required, pull every followed origin from every peer (live, on their "
-        "announcements, with polling as fallback), until Ctrl-C.",
+        "announcements, with polling as fallback), until Ctrl-C. With [public] "
+        "listen in config.toml, also serve the own log's public tree (checkpoint "
+        "and hash tiles, C2SP tlog-tiles) over HTTPS without client certificates.",
     )
     p.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
     p.add_argument("--no-sync", action="store_true", help="serve only; do not pull from peers")
