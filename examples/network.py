@@ -194,6 +194,17 @@ def main() -> int:
                 nodes["C"], "match", "--list", str(seized), "--save-receipts", str(receipts)
             ).rstrip()
         )
+        # The same receipts as C2SP tlog-proofs, the format other log tools read.
+        hashmesh(
+            nodes["C"],
+            "match",
+            "--list",
+            str(seized),
+            "--save-receipts",
+            str(receipts),
+            "--receipt-format",
+            "tlog-proof",
+        )
         for receipt in sorted(receipts.iterdir()):
             print(
                 f"{receipt.name}: " + protocol_cli("verify-receipt", str(receipt), "--vkey", a_vkey)

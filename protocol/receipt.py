@@ -126,6 +126,8 @@ class MatchReceipt:
     form: ReceiptForm = field(default="json", compare=False)
 
     def __post_init__(self) -> None:
+        if self.form not in _ENTRY_FIELD:
+            raise MalformedError(f"unknown receipt form {self.form!r}", field="form")
         check_key_name(self.origin, field="origin")
         for name in ("index", "size"):
             value = getattr(self, name)

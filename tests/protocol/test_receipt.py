@@ -452,6 +452,9 @@ def test_tlog_proof_keeps_cosignatures_and_refuses_a_mismatched_receipt(
     with pytest.raises(MalformedError) as info:
         replace(receipt, index=0, size=2).to_tlog_proof()
     assert info.value.field == "checkpoint"
+    with pytest.raises(MalformedError) as info:
+        replace(receipt, form="yaml")  # type: ignore[arg-type]
+    assert info.value.field == "form"
 
 
 _ROUND_TRIP_SIGNER = NoteSigner.generate(ORIGIN)

@@ -30,6 +30,7 @@ def test_example_network_runs() -> None:
     # Matching at C, with a receipt that verifies with A's key alone.
     assert "MATCH md5 5d41402abc4b2a76b9719d911017c592" in out
     assert "OK: receipt verified: entry 1 of hotline-a.example/hashmesh" in out
+    assert ".tlog-proof: OK: receipt verified: entry 1 of hotline-a.example/hashmesh" in out
     # B's cosignature travelled with A's checkpoint to C (which requires it).
     assert "— hotline-b.example/hashmesh/witness " in out
     # The auditor's live audit and its bundle audit across A's key rotation.
