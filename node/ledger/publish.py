@@ -45,6 +45,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ class PublishResult:
         tile_bytes: bytes of tiles written.
         checkpoint_written: whether the checkpoint file changed (a new size,
             or new cosignatures on the same checkpoint).
+        tiles_seconds: time spent reading, writing and syncing the tiles.
+        checkpoint_seconds: time spent writing the marker and the checkpoint
+            (each fsynced with its directory).
     """
 
     origin: str
@@ -88,6 +92,8 @@ class PublishResult:
     partial_tiles: int
     tile_bytes: int
     checkpoint_written: bool
+    tiles_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
 
     @property
     def tiles(self) -> int:
@@ -303,6 +309,7 @@ def publish(ledger: Ledger, out: Path, *, origin: str | None = None) -> PublishR
         tiles = new_tiles(old_size, size)
         written: dict[TileId, bytes] = {}
         full = partial = nbytes = 0
+        started = time.perf_counter()
         with ThreadPoolExecutor(_WRITERS, thread_name_prefix="hashmesh-publish") as pool:
             writer = _TileWriter(out, pool)
             try:
@@ -324,6 +331,7 @@ def publish(ledger: Ledger, out: Path, *, origin: str | None = None) -> PublishR
             except BaseException:
                 writer.discard()
                 raise
+        tiles_done = time.perf_counter()
         checkpoint_path = out / CHECKPOINT_FILE
         try:
             if old_size != size or not (out / MARKER_FILE).exists():
@@ -334,6 +342,7 @@ def publish(ledger: Ledger, out: Path, *, origin: str | None = None) -> PublishR
                 _write_durably(checkpoint_path, note)
         except OSError as e:
             raise PublishError(f"cannot write the checkpoint into {out}: {e}") from e
+        checkpoint_done = time.perf_counter()
     return PublishResult(
         origin=log.origin,
         old_size=old_size,
@@ -342,6 +351,8 @@ def publish(ledger: Ledger, out: Path, *, origin: str | None = None) -> PublishR
         partial_tiles=partial,
         tile_bytes=nbytes,
         checkpoint_written=changed,
+        tiles_seconds=tiles_done - started,
+        checkpoint_seconds=checkpoint_done - tiles_done,
     )
 
 
