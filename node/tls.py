@@ -45,6 +45,7 @@ __all__ = [
     "check_server_context",
     "client_ssl_context",
     "peer_spki",
+    "public_client_ssl_context",
     "public_server_ssl_context",
     "server_ssl_context",
     "spki_fingerprint",
@@ -256,6 +257,29 @@ def client_ssl_context(cert_path: Path, key_path: Path, server_cert_pem: str) ->
     except (ValueError, UnicodeEncodeError, ssl.SSLError) as e:
         raise ConfigError(f"the server's tls_cert is not a usable PEM certificate: {e}") from e
     _load_identity(ctx, cert_path, key_path)
+    return ctx
+
+
+def public_client_ssl_context(ca_path: Path | None = None) -> ssl.SSLContext:
+    """A server-authenticated TLS client with no certificate of its own.
+
+    For reading what a log publishes to anyone (its tlog-tiles): the server
+    is verified, host name included, against the system's trust store, or
+    against ``ca_path`` alone (e.g. a node's self-signed certificate, whose
+    names include ``localhost`` and ``127.0.0.1``).
+
+    Raises:
+        ConfigError: if ``ca_path`` cannot be read as PEM certificates.
+    """
+    if ca_path is None:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the host name by default
+        try:
+            ctx.load_verify_locations(cafile=str(ca_path))
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"--ca {ca_path}: not a readable PEM certificate: {e}") from e
+    ctx.minimum_version = MIN_TLS_VERSION
     return ctx
 
 

@@ -18,10 +18,11 @@ from protocol.bundle import verify_bundle
 from protocol.checkpoint import open_checkpoint
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry
-from protocol.errors import ProtocolError
+from protocol.errors import MalformedError, ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
 from protocol.receipt import parse_receipt, verify_receipt
+from protocol.tiles import TileId, tiles_for_size, verify_tiles
 from protocol.verify import verify_append_only, verify_entry_inclusion
 from protocol.wire import ConsistencyProof, InclusionProof
 
@@ -154,6 +155,38 @@ def _cmd_receipt(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _cmd_tiles(args: argparse.Namespace) -> str:
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise _UsageError(f"{directory} is not a directory (a log published as tlog-tiles)")
+    verified = open_checkpoint(
+        _read(str(directory / "checkpoint"), "checkpoint"),
+        _vkey(args.vkey),
+        witnesses=[_vkey(w) for w in args.witness],
+        witness_threshold=args.witness_threshold,
+    )
+    cp = verified.checkpoint
+
+    def read_tile(tile: TileId) -> bytes:
+        # tile.to_path() is canonical (digits, 'x', '.p', '/'): it cannot leave the directory.
+        path = directory / tile.to_path()
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise MalformedError(
+                f"cannot read {path}: {e.strerror or e}", field=tile.to_path()
+            ) from e
+
+    verify_tiles(cp.size, cp.root_hash, read_tile)
+    line = (
+        f"tiles verified: origin {cp.origin}, size {cp.size}, root {encode_b64(cp.root_hash)}, "
+        f"{len(tiles_for_size(cp.size))} tiles hash to the signed root"
+    )
+    if verified.cosignatures:
+        line += f", cosigned by {', '.join(sorted(verified.cosignatures))}"
+    return line
+
+
 def _witness_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--witness",
@@ -257,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vkey", required=True, help=_VKEY_HELP)
     _witness_arguments(p)
     p.set_defaults(run=_cmd_receipt)
+
+    p = sub.add_parser(
+        "verify-tiles",
+        help="check a log published as C2SP tlog-tiles (a directory) against its checkpoint",
+        description="Check a published log's directory (`checkpoint` and hash tiles "
+        "`tile/<L>/<N>[.p/<W>]`, as `hashmesh publish --out DIR` writes it): the "
+        "checkpoint's signature under the origin's key, then every tile against the "
+        "signed root. A tile that does not hash to the checkpoint's root is named. "
+        "Consistency with an earlier audit is `hashmesh audit DIR`'s job.",
+    )
+    p.add_argument("directory", help="the published log's directory (holding `checkpoint`)")
+    p.add_argument("--vkey", required=True, help=_VKEY_HELP)
+    _witness_arguments(p)
+    p.set_defaults(run=_cmd_tiles)
     return parser
 
 

@@ -26,6 +26,12 @@ here from a bundle's leaves with :func:`consistency_proof_from_leaves`),
 :class:`~protocol.evidence.ForkEvidence` that verifies with the origin's key
 alone.
 
+A log published as C2SP tlog-tiles (:mod:`protocol.tiles`) is a source
+too: :func:`audit_tiles` checks its tiles against its signed checkpoint and
+gives the roots of its tree at the sizes of interest, each proven to be a
+prefix of the signed tree, so the published log is judged like any other
+source.
+
 Bundles (:mod:`protocol.bundle` format) are read by :class:`BundleReader` and
 audited by :func:`audit_bundle`, which follows the origin's key chain
 through ``rotate`` entries (:class:`protocol.rotation.KeyChain`). By default
@@ -54,10 +60,18 @@ from protocol.errors import (
 )
 from protocol.evidence import ForkEvidence, prove_fork
 from protocol.hashing import EMPTY_ROOT, HASH_SIZE, hash_children
+from protocol.merkle import verify_consistency
 from protocol.note import parse_note
 from protocol.rotation import KeyChain
 from protocol.rules import LogRules, PendingRotations
-from protocol.tree import CompactRange, NodeId, compute_consistency_proof, consistency_subtrees
+from protocol.tiles import TileId, TileNodeReader, verify_tiles
+from protocol.tree import (
+    CompactRange,
+    NodeId,
+    compute_consistency_proof,
+    consistency_subtrees,
+    frontier_ids,
+)
 
 __all__ = [
     "CHECKS",
@@ -67,8 +81,10 @@ __all__ = [
     "Conflict",
     "Failure",
     "SourceView",
+    "TilesAudit",
     "TreeReplay",
     "audit_bundle",
+    "audit_tiles",
     "conflict_evidence",
     "consistency_proof_from_leaves",
     "cross_check",
@@ -695,3 +711,92 @@ def audit_bundle(
         leaves_hashed=index,
     )
     return BundleAudit(view=view, chain=chain, failures=tuple(failures), rotations=tuple(applied))
+
+
+# -- published tiles -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TilesAudit:
+    """The outcome of :func:`audit_tiles`.
+
+    Attributes:
+        view: what the published log showed (for :func:`judge_source`,
+            :func:`cross_check`): its checkpoint, and its tree's root at
+            each size of interest.
+        proofs: for each size of interest ``m`` (``0 < m < size``), the
+            consistency proof ``m -> size`` computed from the tiles; fork
+            evidence about the published tree needs it.
+    """
+
+    view: SourceView
+    proofs: Mapping[int, Sequence[bytes]]
+
+
+def audit_tiles(
+    checkpoint: VerifiedCheckpoint,
+    read_tile: Callable[[TileId], bytes],
+    *,
+    since: int = 0,
+    marks: Iterable[int] = (),
+) -> TilesAudit:
+    """Audit a log published as tlog-tiles against its (verified) checkpoint.
+
+    First every tile new since the tree of ``since`` (all of them for 0) is
+    checked with :func:`~protocol.tiles.verify_tiles`, which names the first
+    tile that does not hash to a trusted value. Then, for every size ``m``
+    in ``marks`` up to the checkpoint's, the root of the first ``m`` leaves
+    is read from the tiles and proven with a consistency proof (also from
+    the tiles) to be the prefix of the signed tree, so the roots this
+    returns are as good as the checkpoint's signature even for tiles older
+    than ``since``, which were checked by an earlier audit and not re-read.
+    If an old tile breaks such a proof, every tile is re-checked from zero,
+    which names it.
+
+    Args:
+        checkpoint: the published checkpoint, its signature already verified.
+        read_tile: returns a tile's bytes (from files or HTTP); whatever it
+            raises (a missing tile) propagates.
+        since: a tree size whose tiles an earlier audit verified.
+        marks: sizes at which to give the root (the saved head's, other
+            sources' checkpoints); those above the checkpoint's size are ignored.
+
+    Returns:
+        The published log's view and the consistency proofs.
+
+    Raises:
+        TileMismatchError: naming the wrong tile.
+        MalformedError: if a tile has the wrong length (its path is the
+            error's ``field``) or ``since`` exceeds the checkpoint's size.
+    """
+    size, root = checkpoint.size, checkpoint.root_hash
+    verify_tiles(size, root, read_tile, since=since)
+    reader = TileNodeReader(size, read_tile)
+    computed: dict[int, bytes] = {size: root}
+    proofs: dict[int, Sequence[bytes]] = {}
+    for m in sorted({m for m in marks if 0 <= m < size}):
+        if m == 0:
+            computed[m] = EMPTY_ROOT
+            continue
+        prefix = CompactRange.from_frontier(m, reader.get_node_hashes(frontier_ids(m))).root()
+        proof = compute_consistency_proof(m, size, reader)
+        try:
+            verify_consistency(m, size, prefix, root, proof)
+        except ProofError:
+            if since == 0:  # pragma: no cover - every tile was checked: cannot happen
+                raise
+            # An old tile is wrong: checking every tile from zero names it.
+            return audit_tiles(checkpoint, read_tile, marks=marks)
+        computed[m] = prefix
+        proofs[m] = proof
+    tree = CompactRange.from_frontier(size, reader.get_node_hashes(frontier_ids(size)))
+    view = SourceView(
+        source=checkpoint.source,
+        authoritative=True,
+        checkpoints=(checkpoint,),
+        replay_from=since,
+        computed=computed,
+        tree=tree,
+        leaves_hashed=size - since,
+    )
+    return TilesAudit(view=view, proofs=proofs)

@@ -11,7 +11,8 @@ for which a key is trusted. Per origin:
 
 1. **Gather.** Each node's checkpoints from the saved head on
    (``/v1/checkpoints``, paged) and its latest (``/v1/logs``); each bundle's
-   header. Only sizes are read at this point, to plan the replays.
+   header; each published log's checkpoint. Only sizes are read at this
+   point, to plan the replays.
 2. **Replay bundles** from zero (:func:`protocol.audit.audit_bundle`),
    verifying each checkpoint with the key chain as the bundle's rotations
    extend it.
@@ -25,6 +26,13 @@ for which a key is trusted. Per origin:
    (``/v1/proof/consistency``); then its leaf hashes after the head
    (``/v1/leaf-hashes``, never entries) are replayed from the saved frontier,
    recording the root at every size any source signed.
+   A log published as tlog-tiles (no certificate needed) has its one
+   checkpoint verified with the same chain (entries are not public, so a
+   rotation cannot be followed from it), its tiles checked against that
+   checkpoint (:func:`protocol.audit.audit_tiles`, which names a wrong
+   tile; only tiles new since the saved head, unless ``full``), and its
+   tree's root read at every size any source signed, each proven a prefix
+   of the signed tree.
 4. **Decide.** Each source's checkpoints against its own leaves
    (:func:`~protocol.audit.judge_source`), every source against every other
    and against the saved head (:func:`~protocol.audit.cross_check`);
@@ -38,6 +46,7 @@ for which a key is trusted. Per origin:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +73,12 @@ from node.audit.decide import (
 from node.audit.gather import (
     BundleFile,
     LiveNode,
+    PublishedLog,
+    PublishedTarget,
     checkpoint_notes,
     open_bundle,
     open_node,
+    open_published,
     prove_prefix,
 )
 from node.audit.replay import node_view, replay_bundle, replay_marks, replay_node
@@ -79,6 +91,7 @@ from protocol.audit import (
     Failure,
     SourceView,
     TreeReplay,
+    audit_tiles,
     conflict_evidence,
     cross_check,
     judge_source,
@@ -87,9 +100,10 @@ from protocol.checkpoint import VerifiedCheckpoint
 from protocol.errors import MalformedError, ProtocolError
 from protocol.evidence import ForkEvidence
 from protocol.rotation import KeyChain
+from protocol.tiles import TileMismatchError
 from protocol.tree import CompactRange
 
-__all__ = ["AuditOptions", "NodeTarget", "run_audit"]
+__all__ = ["AuditOptions", "NodeTarget", "PublishedTarget", "run_audit"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,14 +147,16 @@ async def run_audit(
     bundles: Sequence[Path],
     state: AuditState,
     options: AuditOptions,
+    published: Sequence[PublishedTarget] = (),
 ) -> AuditReport:
-    """Audit live nodes and bundles against each other and the saved state.
+    """Audit live nodes, bundles and published logs against each other and the saved state.
 
     Args:
         nodes: nodes to audit live (as an ``auditor``).
         bundles: bundle files to audit.
         state: what earlier audits remembered.
         options: keys, TLS identity, modes.
+        published: logs published as tlog-tiles (HTTPS or directories).
 
     Returns:
         The failures, per-origin outcomes, notes and the state to save
@@ -149,6 +165,7 @@ async def run_audit(
     opened = _Found("")
     live_nodes: list[LiveNode] = []
     files: list[BundleFile] = []
+    logs: list[PublishedLog] = []
     reports: list[OriginReport] = []
     try:
         for target in nodes:
@@ -159,7 +176,15 @@ async def run_audit(
             bundle = _open_bundle(opened, path)
             if bundle is not None:
                 files.append(bundle)
-        held = {o for n in live_nodes for o in n.logs} | {b.header.origin for b in files}
+        for where in published:
+            log = await _open_published(opened, where)
+            if log is not None:
+                logs.append(log)
+        held = (
+            {o for n in live_nodes for o in n.logs}
+            | {b.header.origin for b in files}
+            | {p.origin for p in logs}
+        )
         origins, notes = origins_to_audit(held, options.origins)
         failures, notes = opened.failures, opened.notes + notes
         for origin in origins:
@@ -169,6 +194,7 @@ async def run_audit(
                 [b for b in files if b.header.origin == origin],
                 state.origins.get(origin),
                 options,
+                [p for p in logs if p.origin == origin],
             )
             failures += found.failures
             notes += found.notes
@@ -180,6 +206,8 @@ async def run_audit(
             await node.client.close()
         for bundle in files:
             bundle.file.close()
+        for log in logs:
+            await log.close()
     return AuditReport(
         failures=tuple(failures), origins=tuple(reports), notes=tuple(notes), state=state
     )
@@ -235,6 +263,18 @@ async def _open_node(found: _Found, target: NodeTarget, options: AuditOptions) -
         return None
 
 
+async def _open_published(found: _Found, target: PublishedTarget) -> PublishedLog | None:
+    try:
+        return await open_published(target)
+    except PeerError as e:
+        found.fail("fetch", target.location, e.reason)
+    except OSError as e:
+        found.fail("fetch", target.location, f"cannot read the checkpoint: {e.strerror or e}")
+    except MalformedError as e:
+        found.fail("format", target.location, f"the checkpoint: {e}")
+    return None
+
+
 def _open_bundle(found: _Found, path: Path) -> BundleFile | None:
     try:
         return open_bundle(path)
@@ -251,6 +291,7 @@ async def _audit_origin(
     bundles: Sequence[BundleFile],
     remembered: OriginState | None,
     options: AuditOptions,
+    published: Sequence[PublishedLog] = (),
 ) -> tuple[_Found, OriginReport, OriginState | None]:
     """Audit one origin; returns what was found, the report, and the state to remember."""
     found = _Found(origin)
@@ -277,7 +318,8 @@ async def _audit_origin(
             live.append(_Live(node, await checkpoint_notes(node, origin, start)))
         except PeerError as e:
             found.fail("fetch", node.url, e.reason)
-    marks = replay_marks(head, (n for lv in live for n in lv.notes), (b.header for b in bundles))
+    notes_seen = [*(n for lv in live for n in lv.notes), *(p.note for p in published)]
+    marks = replay_marks(head, notes_seen, (b.header for b in bundles))
 
     # Replay: bundles first, as the rotations among their leaves extend the chain.
     views: list[SourceView] = []
@@ -294,6 +336,10 @@ async def _audit_origin(
         lv.view = await _replay_node(found, lv, chain, head, start, marks, conflicts, proofs)
         if lv.view is not None:
             views.append(lv.view)
+    for log in published:
+        tiled = await _audit_published(found, log, chain, head, marks, options.full, proofs)
+        if tiled is not None:
+            views.append(tiled)
 
     # Decide.
     for node in nodes:
@@ -305,7 +351,9 @@ async def _audit_origin(
     more, unchecked = cross_check(views, head)
     conflicts += more
     conflicts += await _check_uncovered(found, unchecked, live, proofs)
-    await _report_conflicts(found, chain, conflicts, bundles, live, proofs)
+    await _report_conflicts(
+        found, chain, conflicts, bundles, live, proofs, {p.source for p in published}
+    )
 
     keys = tuple(p.verifier.to_text() for p in chain.periods)
     if found.failures:
@@ -429,6 +477,58 @@ async def _replay_node(
     return node_view(url, authoritative, checkpoints, tree.size, replay)
 
 
+async def _audit_published(
+    found: _Found,
+    log: PublishedLog,
+    chain: KeyChain,
+    head: AuditHead | None,
+    marks: set[int],
+    full: bool,
+    proofs: _Proofs,
+) -> SourceView | None:
+    """A published log's view: its verified checkpoint, its tiles checked, prefix roots proven.
+
+    The tiles new since the saved head are checked (all of them when
+    ``full``, or when the log is smaller than the head); the roots at the
+    other sources' sizes and the head's come with consistency proofs from the
+    tiles, kept in ``proofs`` for fork evidence.
+    """
+    origin, source = found.origin, log.source
+    checkpoints, failures = verify_checkpoints(origin, source, chain, [log.note])
+    found.add(failures)
+    if not checkpoints:
+        if needs_other_key(chain, log.note):
+            found.notes.append(
+                f"origin={origin}: {source} is signed by a key the trusted chain lacks; a "
+                "published log holds no entries, so a key rotation is followed by auditing "
+                "the origin's node or a bundle once"
+            )
+        return None
+    latest = checkpoints[-1]
+    if head is not None and latest.size < head.size:
+        found.add(history_failures(origin, source, head, checkpoints))
+    since = head.size if head is not None and not full and head.size <= latest.size else 0
+    try:
+        audited = await asyncio.to_thread(
+            audit_tiles, latest, log.read_tile, since=since, marks=marks
+        )
+    except TileMismatchError as e:
+        found.fail("leaves", source, str(e), since, latest.size)
+        return None
+    except MalformedError as e:
+        found.fail("format", source, str(e), new=latest.size)
+        return None
+    except PeerError as e:
+        found.fail("fetch", source, e.reason, new=latest.size)
+        return None
+    except OSError as e:
+        found.fail("fetch", source, f"cannot read {e.filename}: {e.strerror or e}", new=latest.size)
+        return None
+    for size, proof in audited.proofs.items():
+        proofs[(size, source, latest.size)] = proof
+    return audited.view
+
+
 async def _check_uncovered(
     found: _Found, unchecked: Sequence[VerifiedCheckpoint], live: Sequence[_Live], proofs: _Proofs
 ) -> list[Conflict]:
@@ -462,8 +562,13 @@ async def _report_conflicts(
     bundles: Sequence[BundleFile],
     live: Sequence[_Live],
     proofs: _Proofs,
+    published: set[str],
 ) -> None:
-    """A failure for each first divergence, with fork evidence when the newer source proves it."""
+    """A failure for each first divergence, with fork evidence when the newer source proves it.
+
+    A published log proves its prefixes with the proofs its tiles gave
+    (``proofs``); the conflict carries the prefix root, proven as well.
+    """
     origin = found.origin
     nodes = [lv.node for lv in live]
     for conflict in first_divergences(conflicts):
@@ -472,7 +577,10 @@ async def _report_conflicts(
         no_evidence = None
         try:
             known = proofs.get((a.size, b.source, b.size))
-            proof, prefix = await prove_prefix(origin, conflict, bundles, nodes, known)
+            if b.source in published:
+                proof, prefix = known or (), conflict.prefix_root
+            else:
+                proof, prefix = await prove_prefix(origin, conflict, bundles, nodes, known)
             evidence = conflict_evidence(origin, conflict, chain, proof=proof, prefix_root=prefix)
         except (ProtocolError, PeerError) as e:
             no_evidence = str(e)

@@ -12,9 +12,10 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from node.audit.report import AuditReport
-from node.audit.run import AuditOptions, NodeTarget, run_audit
+from node.audit.run import AuditOptions, NodeTarget, PublishedTarget, run_audit
 from node.audit.state import (
     STATE_ENV,
     default_state_path,
@@ -36,14 +37,24 @@ __all__ = ["register"]
 _DESCRIPTION = f"""\
 Audit hashmesh logs: live nodes over mutual TLS (as a peer with role
 'auditor', which sees checkpoints, proofs and leaf hashes but never hash
-values or labels) and audit bundles (`hashmesh export --format bundle`).
+values or labels), audit bundles (`hashmesh export --format bundle`), and
+logs published as C2SP tlog-tiles (a checkpoint and hash tiles, which
+anyone may read: no certificate needed).
+
+A target is a published log when it is a directory (`hashmesh publish --out
+DIR`) or an https URL with a path (https://HOST/PREFIX, serving
+PREFIX/checkpoint and PREFIX/tile/...); with --published every URL is one.
+Its server is trusted through the system's store, or only --ca PEM (a node's
+own certificate for its public listener). A bare https://HOST:PORT is a
+node's API, audited live over mutual TLS; any other file is a bundle.
 
 For every origin a target holds and a key is trusted for, it checks:
   signature     every checkpoint is signed by the origin's key (following
                 key rotations proven in bundles)
   consistency   every checkpoint extends the earlier ones, and the head saved
                 by the last audit (a history rewritten since is caught here)
-  leaves        the leaf hashes produce every signed root
+  leaves        the leaf hashes produce every signed root (a published
+                log's tiles hash to its checkpoint; a wrong tile is named)
   split-view    every node and bundle shows the same history of the origin
   history       the origin's own node still serves what was audited before
   key           a bundle's or the state's key agrees with the pinned one
@@ -69,6 +80,8 @@ examples:
   hashmesh audit https://10.0.0.5:8443 --server-cert a-tls.pem \\
       --cert me.crt --key me.key --vkey hotline-a.example/hashmesh+1a2b3c4d+AQ...
   hashmesh audit a.bundle b.bundle --vkey a.vkey --json
+  hashmesh audit https://hotline-a.example/log --vkey a.vkey
+  hashmesh audit ./published --vkey a.vkey
 """
 
 
@@ -95,7 +108,14 @@ def _read_pem(path: str) -> str:
         raise ConfigError(f"cannot read the certificate {path}: {e}") from e
 
 
-def _targets(args: argparse.Namespace) -> tuple[list[NodeTarget], list[Path], dict[str, str]]:
+def _is_published_url(url: str, every: bool) -> bool:
+    """A URL with a path (a prefix) is a published log; a bare host and port is a node's API."""
+    return every or urlsplit(url).path.strip("/") != ""
+
+
+def _targets(
+    args: argparse.Namespace,
+) -> tuple[list[NodeTarget], list[Path], list[PublishedTarget], dict[str, str]]:
     keys: dict[str, str] = {}
 
     def trust(origin: str, vkey: str, where: str) -> None:
@@ -115,10 +135,19 @@ def _targets(args: argparse.Namespace) -> tuple[list[NodeTarget], list[Path], di
         trust(card.name, card.vkey, f"card {path}")
         nodes[card.url] = NodeTarget(url=card.url, server_cert_pem=card.tls_cert, vkey=card.vkey)
     server_pems = "".join(_read_pem(p) for p in args.server_cert)
+    ca = Path(args.ca) if args.ca else None
+    if ca is not None:
+        _read_pem(args.ca)
     bundles: list[Path] = []
+    published: list[PublishedTarget] = []
     for target in args.targets:
         if target.startswith(("https://", "http://")):
             url = target.rstrip("/")
+            if _is_published_url(url, args.published):
+                if url.startswith("http://"):
+                    raise ConfigError(f"{target}: a published log is audited over https only")
+                published.append(PublishedTarget(url, ca))
+                continue
             if url.startswith("http://"):
                 raise ConfigError(f"{target}: nodes are audited over https (mutual TLS) only")
             if url in nodes:
@@ -129,9 +158,11 @@ def _targets(args: argparse.Namespace) -> tuple[list[NodeTarget], list[Path], di
                     "(or give its card with --card)"
                 )
             nodes[url] = NodeTarget(url=url, server_cert_pem=server_pems)
+        elif Path(target).is_dir():
+            published.append(PublishedTarget(target))
         else:
             bundles.append(Path(target))
-    return list(nodes.values()), bundles, keys
+    return list(nodes.values()), bundles, published, keys
 
 
 def _identity(args: argparse.Namespace, live: bool) -> tuple[Path | None, Path | None]:
@@ -264,9 +295,11 @@ def _text_report(
 
 
 def cmd_audit(args: argparse.Namespace, out: Output) -> int:
-    nodes, bundles, keys = _targets(args)
-    if not nodes and not bundles:
-        raise ConfigError("nothing to audit: give node URLs, --card files or bundle files")
+    nodes, bundles, published, keys = _targets(args)
+    if not nodes and not bundles and not published:
+        raise ConfigError(
+            "nothing to audit: give node URLs, --card files, bundle files or published logs"
+        )
     cert, key = _identity(args, bool(nodes))
     state_path = Path(args.state) if args.state else default_state_path()
     options = AuditOptions(
@@ -279,7 +312,7 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
     )
     with locked_state(state_path):
         state = load_state(state_path)
-        report = asyncio.run(run_audit(nodes, bundles, state, options))
+        report = asyncio.run(run_audit(nodes, bundles, state, options, published))
         saved = not args.no_save and report.state != state
         if saved:
             save_state(state_path, report.state)
@@ -304,7 +337,8 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         "targets",
         nargs="*",
         metavar="TARGET",
-        help="a node URL (https://HOST:PORT) or an audit bundle file",
+        help="a node URL (https://HOST:PORT), an audit bundle file, or a published log "
+        "(https://HOST/PREFIX or a directory)",
     )
     p.add_argument(
         "--card",
@@ -320,6 +354,17 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PEM",
         help="TLS certificate to pin for node URLs given without a card (repeatable)",
+    )
+    p.add_argument(
+        "--published",
+        action="store_true",
+        help="every URL target is a published log (tlog-tiles), even one without a path",
+    )
+    p.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="trust only this certificate for published logs over https (default: the "
+        "system's trust store)",
     )
     p.add_argument("--cert", metavar="PEM", help="the auditor's TLS certificate")
     p.add_argument("--key", metavar="PEM", help="the auditor's TLS private key")

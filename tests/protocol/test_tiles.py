@@ -24,10 +24,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.audit import audit_tiles
+from protocol.checkpoint import Checkpoint, VerifiedCheckpoint, sign_checkpoint
 from protocol.encoding import MAX_UINT63
 from protocol.errors import MalformedError, RootMismatchError
 from protocol.hashing import EMPTY_ROOT, hash_leaf, hash_leaves
+from protocol.keys import NoteSigner
 from protocol.merkle import root_from_leaf_hashes, verify_consistency, verify_inclusion
+from protocol.note import parse_note
 from protocol.tiles import (
     MAX_TILE_LEVEL,
     TILE_WIDTH,
@@ -687,3 +691,48 @@ def test_mismatch_messages(tiles_70000: dict[TileId, bytes], tile: TileId, messa
         verify_tiles(70_000, root_from_leaf_hashes(LEAVES[:70_000]), reader_of(bad))
     assert str(info.value).startswith(message)
     assert str(info.value).endswith(f"expected {info.value.expected.hex()}")
+
+
+# --------------------------------------------------------------------------
+# A published log as an audit source (protocol.audit.audit_tiles).
+# --------------------------------------------------------------------------
+
+
+def signed_at(size: int) -> VerifiedCheckpoint:
+    checkpoint = Checkpoint(
+        origin="example.org/log", size=size, root_hash=root_from_leaf_hashes(LEAVES[:size])
+    )
+    note = parse_note(sign_checkpoint(checkpoint, NoteSigner.generate("example.org/log")))
+    return VerifiedCheckpoint(checkpoint=checkpoint, note=note, cosignatures={}, source="pub")
+
+
+def test_audit_tiles_gives_proven_prefix_roots(tiles_70000: dict[TileId, bytes]) -> None:
+    latest = signed_at(70_000)
+    audited = audit_tiles(
+        latest, reader_of(tiles_70000), since=69_000, marks=[0, 4, 69_000, 99_999]
+    )
+    view = audited.view
+    assert view.computed == {
+        0: EMPTY_ROOT,
+        4: root_from_leaf_hashes(LEAVES[:4]),
+        69_000: root_from_leaf_hashes(LEAVES[:69_000]),
+        70_000: latest.root_hash,
+    }
+    assert view.leaves_ok and (view.replay_from, view.leaves_hashed) == (69_000, 1_000)
+    assert view.tree is not None and view.tree.root() == latest.root_hash
+    assert set(audited.proofs) == {4, 69_000}
+    for m, proof in audited.proofs.items():
+        verify_consistency(m, 70_000, view.computed[m], latest.root_hash, proof)
+
+
+def test_audit_tiles_names_a_wrong_old_tile_that_breaks_a_prefix(
+    tiles_70000: dict[TileId, bytes],
+) -> None:
+    # verify_tiles(since=69_000) does not re-read tile 0/3; the prefix proof of 1,000
+    # does, fails, and a check from zero names the tile.
+    bad = dict(tiles_70000)
+    bad[TileId(0, 3)] = flipped(bad[TileId(0, 3)], 0, 0)
+    audit_tiles(signed_at(70_000), reader_of(bad), since=69_000)
+    with pytest.raises(TileMismatchError) as info:
+        audit_tiles(signed_at(70_000), reader_of(bad), since=69_000, marks=[1_000])
+    assert info.value.tile == TileId(0, 3)
