@@ -73,18 +73,16 @@ from node.audit.decide import (
 from node.audit.gather import (
     BundleFile,
     LiveNode,
-    PublishedLog,
-    PublishedTarget,
     checkpoint_notes,
     open_bundle,
     open_node,
-    open_published,
     prove_prefix,
 )
 from node.audit.replay import node_view, replay_bundle, replay_marks, replay_node
 from node.audit.report import AuditReport, OriginReport
 from node.audit.state import AuditState, OriginState, now_utc
 from node.errors import PeerError
+from node.sync.published import PublishedLog, PublishedTarget, open_published
 from protocol.audit import (
     AuditHead,
     Conflict,
@@ -499,9 +497,9 @@ async def _audit_published(
     if not checkpoints:
         if needs_other_key(chain, log.note):
             found.notes.append(
-                f"origin={origin}: {source} is signed by a key the trusted chain lacks; a "
-                "published log holds no entries, so a key rotation is followed by auditing "
-                "the origin's node or a bundle once"
+                f"origin={origin}: {source} is signed by a key the trusted chain lacks; if "
+                "the origin rotated its key, audit its node or a bundle once to follow the "
+                "rotation (a published log holds no entries, so no rotate entry either)"
             )
         return None
     latest = checkpoints[-1]

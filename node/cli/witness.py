@@ -10,6 +10,9 @@ Layer: node.cli (composition root). See docs/witness.md.
   a followed origin only when cosigned by N of these witnesses
   (``[[witness.require]]``).
 * ``witness ask``: ask every configured witness now, once.
+* ``witness feed TARGET``: cosign a followed origin's checkpoint read from
+  where it publishes its log (tlog-tiles, a directory or https), with the
+  consistency proof computed from its public tiles.
 * ``witness status``: what this node witnessed, asks and requires.
 
 Settings take effect when ``hashmesh serve`` starts (restart it after a change).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from node.cli.output import Command, Output
 from node.config import (
@@ -28,12 +32,16 @@ from node.config import (
     load_config,
     resolve_node_dir,
 )
-from node.errors import ConfigError
+from node.errors import ConfigError, PeerError, WitnessConflictError
 from node.ledger import Ledger
 from node.ledger.database import Database
-from node.ledger.witness import load_witness_signer
+from node.ledger.witness import Cosigned, load_witness_signer
+from node.sync.published import PublishedLog, PublishedTarget, open_published
 from node.sync.witness_client import cosign_once
+from protocol.checkpoint import checkpoint_size
 from protocol.encoding import encode_b64
+from protocol.tiles import TileNodeReader
+from protocol.tree import compute_consistency_proof
 
 __all__ = ["register"]
 
@@ -98,6 +106,63 @@ def cmd_witness_ask(args: argparse.Namespace, out: Output) -> int:
         return 1 if failed else 0
 
     return asyncio.run(run())
+
+
+async def _feed(node_dir: Path, log: PublishedLog) -> Cosigned:
+    """Cosign ``log``'s checkpoint, proving it extends what this witness cosigned last."""
+    with Ledger.open(node_dir, read_only=True) as ledger:
+        state = ledger.witnessing.get_state(log.origin)
+    old = 0 if state is None else state.size
+    new = checkpoint_size(log.note)
+    if old > new:
+        raise WitnessConflictError(
+            f"{log.origin}: {log.source} publishes size {new}, smaller than the size {old} this "
+            "witness cosigned: the log went backwards; nothing was cosigned",
+            origin=log.origin,
+            size=old,
+        )
+    proof: list[bytes] = []
+    if 0 < old < new:
+        # The witness checks the proof against the root it cosigned: the tiles need no trust.
+        reader = TileNodeReader(new, log.read_tile)
+        proof = await asyncio.to_thread(compute_consistency_proof, old, new, reader)
+    with Ledger.open(node_dir) as ledger:
+        return ledger.witness().add_checkpoint(old, proof, log.note)
+
+
+def cmd_witness_feed(args: argparse.Namespace, out: Output) -> int:
+    node_dir = resolve_node_dir(args.dir)
+    location = args.target
+    if location.startswith("http://"):
+        raise ConfigError(f"{location}: a published log is read over https only")
+    if not location.startswith("https://") and not Path(location).is_dir():
+        raise ConfigError(f"{location}: not an https URL or a directory of a published log")
+    target = PublishedTarget(location.rstrip("/"), Path(args.ca) if args.ca else None)
+
+    async def run() -> tuple[Cosigned, str]:
+        try:
+            log = await open_published(target)
+        except OSError as e:
+            raise ConfigError(f"cannot read {location}/checkpoint: {e.strerror or e}") from e
+        try:
+            return await _feed(node_dir, log), log.note
+        except OSError as e:
+            raise ConfigError(f"{location}: cannot read {e.filename}: {e.strerror or e}") from e
+        finally:
+            await log.close()
+
+    try:
+        cosigned, note = asyncio.run(run())
+    except PeerError as e:
+        raise ConfigError(f"{location}: {e.reason}") from e
+    line = cosigned.signature.to_line()
+    out.print(f"cosigned {cosigned.origin} at size {cosigned.size} from {location}")
+    if args.out:
+        Path(args.out).write_text(note + line, encoding="utf-8")
+        out.print(f"wrote the cosigned checkpoint to {args.out}")
+    else:
+        out.print(line.rstrip("\n"))
+    return 0
 
 
 def cmd_witness_status(args: argparse.Namespace, out: Output) -> int:
@@ -192,6 +257,25 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     q.set_defaults(run=cmd_witness_require)
     q = sub.add_parser("ask", help="ask every configured witness now, once", parents=[common])
     q.set_defaults(run=cmd_witness_ask)
+    q = sub.add_parser(
+        "feed",
+        help="cosign a followed origin's published checkpoint (tlog-tiles)",
+        description="Read the checkpoint a followed origin publishes (a directory, or "
+        "https://HOST/PREFIX serving PREFIX/checkpoint and PREFIX/tile/...; no client "
+        "certificate), compute the consistency proof from the size this witness last "
+        "cosigned out of the public tiles, and cosign it if it extends that size, as "
+        "for POST /v1/witness/add-checkpoint. Prints the cosignature line, or writes "
+        "the cosigned checkpoint with --out.",
+        parents=[common],
+    )
+    q.add_argument("target", help="the published log: https://HOST/PREFIX or a directory")
+    q.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="trust only this certificate for the https server (default: the system's store)",
+    )
+    q.add_argument("--out", metavar="FILE", help="write the cosigned checkpoint note here")
+    q.set_defaults(run=cmd_witness_feed)
     q = sub.add_parser(
         "status", help="what this node witnessed, asks and requires", parents=[common]
     )

@@ -285,3 +285,44 @@ async def test_wrong_key_fails(tmp_path: Path, node: Path) -> None:
     assert f"FAIL signature origin={ORIGIN} source={out} size {ENTRIES}:" in result.stdout
     alone = await run_cli("verify-tiles", str(out), "--vkey", vkey_of(impostor), module="protocol")
     assert alone.status == 1
+
+
+async def test_witness_fed_from_the_published_log(
+    tmp_path: Path, node: Path, https: tuple[StaticServer, Path, Path]
+) -> None:
+    server, out, ca = https
+    witness = new_node(tmp_path, "w", origin="witness.example/hashmesh")
+    with Ledger.open(witness) as ledger:
+        ledger.follow(ORIGIN, vkey_of(node))
+    node_copy = fork_node(node, tmp_path / "a-at-600")  # same key, free to diverge later
+    feed = ["--dir", str(witness), "witness", "feed", server.url, "--ca", str(ca)]
+    first = await run_cli(*feed, "--out", str(tmp_path / "cosigned.txt"))
+    assert first.status == 0, first.stdout + first.stderr
+    assert f"cosigned {ORIGIN} at size {ENTRIES} from {server.url}" in first.stdout
+    wkey = (await run_cli("--dir", str(witness), "witness", "vkey")).stdout.strip()
+    check = await run_cli(
+        "verify-checkpoint", str(tmp_path / "cosigned.txt"), "--vkey", vkey_of(node),
+        "--witness", wkey, "--witness-threshold", "1", module="protocol",
+    )  # fmt: skip
+    assert check.status == 0, check.stderr
+
+    # Growth: the consistency proof from the cosigned size comes from the public tiles.
+    add_hashes(node, ENTRIES, 300, batch=300)
+    publish(node, out)
+    second = await run_cli(*feed)
+    assert second.status == 0, second.stdout + second.stderr
+    assert f"cosigned {ORIGIN} at size 900" in second.stdout
+    assert second.stdout.splitlines()[-1].startswith("— witness.example/hashmesh/witness ")
+
+    # Another history, the copy's, is refused at the cosigned size and past it.
+    for extra in (300, 301):
+        rewritten = fork_node(node_copy, tmp_path / f"a-rewritten-{extra}")
+        add_hashes(rewritten, 50_000, extra, batch=extra)
+        publish(rewritten, tmp_path / f"rewritten-{extra}")
+        refused = await run_cli(
+            "--dir", str(witness), "witness", "feed", str(tmp_path / f"rewritten-{extra}")
+        )
+        assert refused.status == 1, refused.stdout
+        assert (
+            "another root hash was already cosigned" if extra == 300 else "does not verify"
+        ) in refused.stderr, refused.stderr

@@ -1,0 +1,167 @@
+"""A log published as C2SP tlog-tiles, read as anyone can: no client certificate.
+
+Layer: node.sync. Performs network I/O (through the one capped
+:class:`~node.sync.transport.Transport`, with a server-authenticated TLS
+context from :func:`node.tls.public_client_ssl_context`) or file reads (a
+published directory). Decides nothing: the auditor
+(:mod:`node.audit.run`) and the witness (``hashmesh witness feed``) verify
+what it reads with :mod:`protocol`.
+
+A published log is ``<prefix>/checkpoint`` (a signed note) and its hash
+tiles ``<prefix>/tile/<L>/<N>[.p/<W>]``. The checkpoint is read when the log
+is opened; tiles are read on demand by :meth:`PublishedLog.read_tile`, a
+blocking call for the pure code of :mod:`protocol.tiles` running in a worker
+thread. Bodies are capped: a checkpoint at
+:data:`~protocol.note.MAX_NOTE_BYTES`, a tile at :data:`MAX_TILE_BYTES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from node.errors import PeerProtocolError
+from node.sync.transport import Transport
+from node.tls import public_client_ssl_context
+from protocol.checkpoint import Checkpoint
+from protocol.hashing import HASH_SIZE
+from protocol.note import MAX_NOTE_BYTES, parse_note
+from protocol.tiles import TILE_WIDTH, TileId
+
+__all__ = ["MAX_TILE_BYTES", "PublishedLog", "PublishedTarget", "open_published"]
+
+MAX_TILE_BYTES = TILE_WIDTH * HASH_SIZE
+"""The largest tile (a full one, 8,192 bytes): the cap on a tile's body."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedTarget:
+    """A log published as C2SP tlog-tiles, to read as anyone can (to audit or witness it).
+
+    Attributes:
+        location: ``https://HOST[:PORT]/PREFIX`` or a directory.
+        ca_path: for HTTPS, the only certificate(s) to trust for the server
+            (default: the system's trust store).
+    """
+
+    location: str
+    ca_path: Path | None = None
+
+
+class _TileSource(Protocol):
+    async def read_checkpoint(self) -> bytes: ...
+
+    def read_tile(self, tile: TileId) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class PublishedLog:
+    """A published log, opened: its checkpoint (unverified) and a reader of its tiles.
+
+    Attributes:
+        source: the log's name in reports (its URL or directory).
+        origin: the origin its checkpoint names.
+        note: the signed checkpoint note as published.
+    """
+
+    def __init__(self, source: str, origin: str, note: str, tiles: _TileSource) -> None:
+        self.source = source
+        self.origin = origin
+        self.note = note
+        self._tiles = tiles
+
+    def read_tile(self, tile: TileId) -> bytes:
+        """A tile's bytes (at most :data:`MAX_TILE_BYTES` + 1); blocking.
+
+        Call it from a worker thread (``asyncio.to_thread``), never on the
+        event loop: an HTTPS log's tiles are fetched on that loop.
+
+        Raises:
+            PeerError: an HTTPS log did not serve the tile (a missing tile
+                is a :class:`~node.errors.PeerProtocolError` naming it).
+            OSError: a directory's tile cannot be read.
+        """
+        return self._tiles.read_tile(tile)
+
+    async def close(self) -> None:
+        """Close the connection pool of an HTTPS log."""
+        await self._tiles.close()
+
+
+class _DirectoryTiles:
+    """A published directory: ``<dir>/checkpoint`` and ``<dir>/tile/...``."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+
+    def _read(self, path: Path, cap: int) -> bytes:
+        with path.open("rb") as f:
+            return f.read(cap + 1)  # one byte more: an oversized file is then refused
+
+    async def read_checkpoint(self) -> bytes:
+        return await asyncio.to_thread(self._read, self._dir / "checkpoint", MAX_NOTE_BYTES)
+
+    def read_tile(self, tile: TileId) -> bytes:
+        # A canonical tile path (digits, 'x', '.p', '/') cannot leave the directory.
+        return self._read(self._dir / tile.to_path(), MAX_TILE_BYTES)
+
+    async def close(self) -> None:
+        return None
+
+
+class _HttpTiles:
+    """A published HTTPS log, read through the capped transport without a client certificate."""
+
+    def __init__(self, transport: Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+
+    async def _get(self, path: str, cap: int, what: str) -> bytes:
+        reply = await self._transport.request("GET", path, cap=cap, accepted=(200, 404))
+        if reply.status == 404:
+            raise PeerProtocolError(
+                self._transport.peer, f"{what} is missing ({path} answered 404)"
+            )
+        return reply.body
+
+    async def read_checkpoint(self) -> bytes:
+        return await self._get("/checkpoint", MAX_NOTE_BYTES, "the checkpoint")
+
+    def read_tile(self, tile: TileId) -> bytes:
+        path = tile.to_path()
+        future = asyncio.run_coroutine_threadsafe(
+            self._get("/" + path, MAX_TILE_BYTES, f"tile {path}"), self._loop
+        )
+        return future.result()
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+
+async def open_published(target: PublishedTarget) -> PublishedLog:
+    """Open a published log and read its checkpoint (not verified here).
+
+    Raises:
+        PeerError: an HTTPS log did not serve its checkpoint.
+        OSError: a directory's checkpoint cannot be read.
+        MalformedError: the checkpoint is not a checkpoint note.
+        ConfigError: ``ca_path`` is not a usable certificate file.
+    """
+    tiles: _TileSource
+    if target.location.startswith("https://"):
+        source = target.location.rstrip("/")
+        transport = Transport(source, source, ssl_context=public_client_ssl_context(target.ca_path))
+        tiles = _HttpTiles(transport, asyncio.get_running_loop())
+    else:
+        source = target.location
+        tiles = _DirectoryTiles(Path(target.location))
+    try:
+        note = parse_note(await tiles.read_checkpoint())  # refuses MAX_NOTE_BYTES + 1
+        origin = Checkpoint.from_text(note.text).origin
+    except BaseException:
+        await tiles.close()
+        raise
+    return PublishedLog(source, origin, note.to_text(), tiles)
