@@ -178,7 +178,7 @@ async def test_directory_missing_tile_is_a_clear_error(tmp_path: Path, node: Pat
 @pytest.mark.parametrize(
     ("tile", "named"),
     [
-        ("tile/0/001", "tile tile/0/001 does not hash to hash 1 of its parent tile"),
+        ("tile/0/001", "tile tile/0/001 does not hash to hash 1 of tile tile/1/000.p/2"),
         ("tile/0/002.p/88", "tile tile/0/002.p/88 is wrong"),
         ("tile/1/000.p/2", "tile tile/1/000.p/2: hash 0 is not the root of tile tile/0/000"),
     ],
