@@ -2,8 +2,10 @@
 
 The public tree is made from a real ledger (real SQLite, real keys) with
 ``protocol.tiles`` directly, written as ``hashmesh publish --out DIR`` lays it
-out, and served by a small aiohttp static server over real TLS on 127.0.0.1
-with the node's own certificate (which the auditor trusts with ``--ca``).
+out (so a test can damage it freely), and served by a small aiohttp static
+server over real TLS on 127.0.0.1 with the node's own certificate (which the
+auditor trusts with ``--ca``). The last tests go end to end through
+``hashmesh publish`` itself and the node's public listener.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from node.api.public import PublicLimits, make_public_app
+from node.api.server import start_public_server
 from node.config import load_config
 from node.ledger import Ledger
+from node.ledger.database import Database
+from node.tls import public_server_ssl_context
 from protocol.checkpoint import cosign_checkpoint
 from protocol.keys import NoteSigner
 from protocol.tiles import compute_tiles_from_leaf_hashes
@@ -326,3 +332,57 @@ async def test_witness_fed_from_the_published_log(
         assert (
             "another root hash was already cosigned" if extra == 300 else "does not verify"
         ) in refused.stderr, refused.stderr
+
+
+# End to end: through `hashmesh publish --out DIR` and the node's public listener.
+
+
+async def test_audit_of_what_hashmesh_publish_writes(tmp_path: Path, node: Path) -> None:
+    out, state = tmp_path / "published", tmp_path / "state.json"
+    args = ["audit", str(out), "--vkey", vkey_of(node), "--state", str(state)]
+    for size, grown in ((ENTRIES, 0), (ENTRIES + 300, 300)):
+        if grown:
+            add_hashes(node, ENTRIES, grown, batch=grown)
+        wrote = await run_cli("--dir", str(node), "publish", "--out", str(out))
+        assert wrote.status == 0, wrote.stderr
+        audited = await run_cli(*args, "--json")
+        assert audited.status == 0, audited.stdout + audited.stderr
+        [origin] = audited.json()["origins"]  # type: ignore[misc]
+        assert origin["head_after"]["size"] == size
+    alone = await run_cli("verify-tiles", str(out), "--vkey", vkey_of(node), module="protocol")
+    assert alone.status == 0, alone.stderr
+
+
+async def test_audit_and_witness_from_the_public_listener(tmp_path: Path, node: Path) -> None:
+    config = load_config(node)
+    db = await Database.open(node)
+    server = await start_public_server(
+        make_public_app(db, PublicLimits()),
+        public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
+    )
+    try:
+        # The listener serves at the root of its host: --published says it is a published log.
+        args = [
+            "audit", server.url, "--published", "--ca", str(config.tls_cert_path),
+            "--vkey", vkey_of(node), "--state", str(tmp_path / "state.json"),
+        ]  # fmt: skip
+        first = await run_cli(*args)
+        assert first.status == 0, first.stdout + first.stderr
+        assert f"{server.url}: size {ENTRIES}, 1 checkpoint(s) verified" in first.stdout
+        add_hashes(node, ENTRIES, 100, batch=100)
+        second = await run_cli(*args)
+        assert second.status == 0, second.stdout + second.stderr
+        assert f"(from size {ENTRIES}, head now {ENTRIES + 100})" in second.stdout
+
+        witness = new_node(tmp_path, "w", origin="witness.example/hashmesh")
+        with Ledger.open(witness) as ledger:
+            ledger.follow(ORIGIN, vkey_of(node))
+        fed = await run_cli(
+            "--dir", str(witness), "witness", "feed", server.url,
+            "--ca", str(config.tls_cert_path),
+        )  # fmt: skip
+        assert fed.status == 0, fed.stdout + fed.stderr
+        assert f"cosigned {ORIGIN} at size {ENTRIES + 100}" in fed.stdout
+    finally:
+        await server.close()
+        await db.close()
