@@ -7,6 +7,7 @@ Layer: node.ledger. Reads the ledger; writes files under the output directory.
     DIR/checkpoint               the latest signed checkpoint, with held cosignatures
     DIR/tile/<L>/<N>[.p/<W>]     hash tiles (protocol.tiles)
     DIR/.hashmesh-publish.json   marker: origin, published size and root
+    DIR/.hashmesh-publish.lock   empty; locked while a publish runs, so two never interleave
 
 Entry bundles (``tile/entries/...``) hold hash values and are never written.
 Any static web server, CDN or object store can serve ``DIR``;

@@ -8,7 +8,9 @@ against the signed checkpoint, and must never include entry bundles.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 from pathlib import Path
 
@@ -250,3 +252,51 @@ def test_cli_publish_help(capsys: pytest.CaptureFixture[str]) -> None:
     text = " ".join(capsys.readouterr().out.split())
     for words in ("--out DIR", "C2SP tlog-tiles", "never written", "checkpoint last"):
         assert words in text
+
+
+def test_a_failed_publish_leaves_the_published_tree_as_it_was(
+    node_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "public"
+    with Ledger.open(node_dir) as ledger:
+        add_random(ledger, 300, seed=12)
+        publish(ledger, out)
+        files = published_files(out)
+        checkpoint = (out / CHECKPOINT_FILE).read_bytes()
+        marker = (out / MARKER_FILE).read_bytes()
+        add_random(ledger, 800, seed=13)
+        written: list[Path] = []
+
+        def failing_write(path: Path, data: bytes) -> None:
+            if len(written) == 2:
+                raise OSError(28, "No space left on device")
+            written.append(path)
+            path.write_bytes(data)
+
+        monkeypatch.setattr("node.ledger.publish._write_file", failing_write)
+        with pytest.raises(PublishError, match="No space left on device"):
+            publish(ledger, out)
+        # Nothing new is visible, no staged file is left behind ...
+        assert published_files(out) == files
+        assert (out / CHECKPOINT_FILE).read_bytes() == checkpoint
+        assert (out / MARKER_FILE).read_bytes() == marker
+        assert not list(out.rglob("*.tmp"))
+        # ... and the next run publishes everything since the last good one.
+        monkeypatch.undo()
+        result = publish(ledger, out)
+        vkey = ledger.own_log.verifier_key
+    assert (result.old_size, result.size) == (300, 1100)
+    assert verify_published(out, vkey) == 1100
+
+
+def test_two_publishes_into_one_directory_do_not_interleave(node_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "public"
+    out.mkdir()
+    fd = os.open(out / ".hashmesh-publish.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with Ledger.open(node_dir) as ledger, pytest.raises(PublishError, match="another"):
+            publish(ledger, out)
+    finally:
+        os.close(fd)
+    assert not (out / CHECKPOINT_FILE).exists()
