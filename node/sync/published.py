@@ -11,13 +11,15 @@ A published log is ``<prefix>/checkpoint`` (a signed note) and its hash
 tiles ``<prefix>/tile/<L>/<N>[.p/<W>]``. The checkpoint is read when the log
 is opened; tiles are read on demand by :meth:`PublishedLog.read_tile`, a
 blocking call for the pure code of :mod:`protocol.tiles` running in a worker
-thread. Bodies are capped: a checkpoint at
+thread; over HTTPS the next few full tiles of a level are fetched ahead
+(bounded), as a verification reads them in order. Bodies are capped: a checkpoint at
 :data:`~protocol.note.MAX_NOTE_BYTES`, a tile at :data:`MAX_TILE_BYTES`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +30,7 @@ from node.tls import public_client_ssl_context
 from protocol.checkpoint import Checkpoint
 from protocol.hashing import HASH_SIZE
 from protocol.note import MAX_NOTE_BYTES, parse_note
-from protocol.tiles import TILE_WIDTH, TileId
+from protocol.tiles import TILE_HEIGHT, TILE_WIDTH, TileId
 
 __all__ = ["MAX_TILE_BYTES", "PublishedLog", "PublishedTarget", "open_published"]
 
@@ -112,12 +114,23 @@ class _DirectoryTiles:
         return None
 
 
+_READ_AHEAD = 8
+"""Full tiles of a level fetched ahead of the one read: ``verify_tiles`` reads
+them in order, and one round trip at a time a large log's audit would mostly wait."""
+
+_MAX_AHEAD = 32
+"""Tiles fetched ahead and not read yet, at most (a bound on memory and requests)."""
+
+
 class _HttpTiles:
     """A published HTTPS log, read through the capped transport without a client certificate."""
 
     def __init__(self, transport: Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
+        self.size = 0
+        """The published tree's size, once known: tiles are read ahead only within it."""
+        self._ahead: dict[TileId, concurrent.futures.Future[bytes]] = {}
 
     async def _get(self, path: str, cap: int, what: str) -> bytes:
         reply = await self._transport.request("GET", path, cap=cap, accepted=(200, 404))
@@ -130,14 +143,31 @@ class _HttpTiles:
     async def read_checkpoint(self) -> bytes:
         return await self._get("/checkpoint", MAX_NOTE_BYTES, "the checkpoint")
 
-    def read_tile(self, tile: TileId) -> bytes:
+    def _fetch(self, tile: TileId) -> concurrent.futures.Future[bytes]:
         path = tile.to_path()
-        future = asyncio.run_coroutine_threadsafe(
+        return asyncio.run_coroutine_threadsafe(
             self._get("/" + path, MAX_TILE_BYTES, f"tile {path}"), self._loop
         )
+
+    def read_tile(self, tile: TileId) -> bytes:
+        future = self._ahead.pop(tile, None) or self._fetch(tile)
+        if tile.is_full:
+            level_shift = TILE_HEIGHT * tile.level
+            for n in range(tile.index + 1, tile.index + 1 + _READ_AHEAD):
+                if (
+                    len(self._ahead) >= _MAX_AHEAD
+                    or ((n + 1) * TILE_WIDTH) << level_shift > self.size
+                ):
+                    break
+                ahead = TileId(tile.level, n)
+                if ahead not in self._ahead:
+                    self._ahead[ahead] = self._fetch(ahead)
         return future.result()
 
     async def close(self) -> None:
+        for future in self._ahead.values():
+            future.cancel()
+        self._ahead.clear()
         await self._transport.close()
 
 
@@ -160,8 +190,11 @@ async def open_published(target: PublishedTarget) -> PublishedLog:
         tiles = _DirectoryTiles(Path(target.location))
     try:
         note = parse_note(await tiles.read_checkpoint())  # refuses MAX_NOTE_BYTES + 1
-        origin = Checkpoint.from_text(note.text).origin
+        checkpoint = Checkpoint.from_text(note.text)
     except BaseException:
         await tiles.close()
         raise
+    if isinstance(tiles, _HttpTiles):
+        tiles.size = checkpoint.size
+    origin = checkpoint.origin
     return PublishedLog(source, origin, note.to_text(), tiles)
