@@ -35,7 +35,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CYCLES = 50
 
 
-def check_invariants(node_dir: Path, acked: dict[int, str]) -> tuple[int, int]:
+def check_invariants(
+    node_dir: Path, acked: dict[int, str], parsed: dict[bytes, str | None] | None = None
+) -> tuple[int, int]:
+    """Check everything; ``parsed`` remembers each entry's parse across calls.
+
+    Parsing is a function of the entry's bytes alone, so looking the bytes up
+    checks exactly what parsing them again would, without re-parsing the
+    whole log every cycle (which made the test quadratic in its length).
+    """
+    parsed = {} if parsed is None else parsed
     with Ledger.open(node_dir, read_only=True) as ledger:
         store = ledger.store
         assert store.integrity_check() == ["ok"]
@@ -55,10 +64,14 @@ def check_invariants(node_dir: Path, acked: dict[int, str]) -> tuple[int, int]:
         values: set[str] = set()
         listed = 0
         for idx, data, _leaf in store.iter_entries(log.log_id):
-            entry = parse_entry(bytes(data))
-            if isinstance(entry, AddEntry) and idx not in retracted:
+            raw = bytes(data)
+            if raw not in parsed:
+                entry = parse_entry(raw)
+                parsed[raw] = entry.value if isinstance(entry, AddEntry) else None
+            value = parsed[raw]
+            if value is not None and idx not in retracted:
                 listed += 1
-                values.add(entry.value)
+                values.add(value)
         # A retracted hash may be listed again later, but never twice at once.
         assert listed == len(values), "a hash is listed twice"
         return count, store.retraction_count(log.log_id)
@@ -132,11 +145,15 @@ ACKS = (0, 0, 1, 2, 3, 5)
 WHERE = ("now", "write", "import")
 
 
+# Fifty writer processes and fifty full checks: minutes on a loaded machine.
+# Every wait inside has its own deadline (PATIENCE); this one bounds the whole.
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_sigkill_during_writes(node_dir: Path) -> None:
     rng = random.Random(20261122)
     acked: dict[int, str] = {}
     plans: set[tuple[bool, str]] = set()
+    parsed: dict[bytes, str | None] = {}
     for cycle in range(CYCLES):
         acks, where = rng.choice(ACKS), rng.choice(WHERE)
         writer = Writer(node_dir, cycle)
@@ -151,7 +168,7 @@ def test_sigkill_during_writes(node_dir: Path) -> None:
         assert writer.acks >= acks
         acked.update(writer.acked)
         plans.add((acks == 0, where))
-        check_invariants(node_dir, acked)
+        check_invariants(node_dir, acked, parsed)
     count, _retracted = check_invariants(node_dir, acked)
     assert count > 0 and acked, "the writer never committed: test is not testing"
     # Every kind of kill point was chosen, before the first commit and after.

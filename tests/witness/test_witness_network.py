@@ -20,7 +20,7 @@ from node.sync.client import HttpPeerClient
 from node.sync.witness_client import WitnessClient, cosign_latest
 from protocol.checkpoint import open_checkpoint
 from protocol.keys import SIG_COSIGNATURE_V1, NoteSigner, NoteVerifier
-from tests.sync.conftest import once, serve, shutdown, trusted
+from tests.sync.conftest import NO_POLL, once, serve, shutdown, trusted
 from tests.waiting import eventually
 from tests.witness.conftest import (
     ORIGIN,
@@ -75,7 +75,8 @@ async def test_cosignatures_travel_with_checkpoints(
     wkey = witness_vkey(witness_dir)
     append_witness_setting(origin_dir, WitnessAsk(peer=WITNESS, key=wkey.to_text()))
     follower = make_follower(tmp_path, origin_dir, wkey)
-    a = await serve(origin_dir, sync=True, poll=30.0)
+    # No polling: only the announcement of A's own write can make its runner ask W.
+    a = await serve(origin_dir, sync=True, poll=NO_POLL)
     w = await serve(witness_dir, sync=False)
     try:
         add_card(origin_dir, witness_dir, w.url)  # whom A asks
