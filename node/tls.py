@@ -43,6 +43,7 @@ __all__ = [
     "MIN_TLS_VERSION",
     "add_trusted_cert",
     "check_server_context",
+    "check_tls_server_context",
     "client_ssl_context",
     "peer_spki",
     "public_client_ssl_context",
@@ -174,13 +175,25 @@ def check_server_context(ctx: ssl.SSLContext) -> None:
     Raises:
         ConfigError: naming what is wrong with the context.
     """
-    if ctx.protocol is not ssl.PROTOCOL_TLS_SERVER:
-        raise ConfigError(f"server TLS context must be PROTOCOL_TLS_SERVER, not {ctx.protocol!r}")
+    check_tls_server_context(ctx)
     if ctx.verify_mode is not ssl.CERT_REQUIRED:
         raise ConfigError(
             f"server TLS context must require client certificates (CERT_REQUIRED), "
             f"not {ctx.verify_mode.name}; refusing to serve"
         )
+
+
+def check_tls_server_context(ctx: ssl.SSLContext) -> None:
+    """Refuse a context that is not a TLS 1.2+ server context (client certificates aside).
+
+    The public listener's check; :func:`check_server_context` adds the
+    client-certificate requirement of the API.
+
+    Raises:
+        ConfigError: naming what is wrong with the context.
+    """
+    if ctx.protocol is not ssl.PROTOCOL_TLS_SERVER:
+        raise ConfigError(f"server TLS context must be PROTOCOL_TLS_SERVER, not {ctx.protocol!r}")
     # MINIMUM_SUPPORTED is a magic value below every real version.
     if ctx.minimum_version is ssl.TLSVersion.MINIMUM_SUPPORTED or (
         ctx.minimum_version < MIN_TLS_VERSION

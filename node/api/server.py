@@ -45,9 +45,9 @@ from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.service import Ledger
 from node.tls import (
-    MIN_TLS_VERSION,
     add_trusted_cert,
     check_server_context,
+    check_tls_server_context,
     public_server_ssl_context,
     server_ssl_context,
 )
@@ -155,11 +155,7 @@ async def start_public_server(
             "only the public application (make_public_app) may be served without "
             "client certificates; refusing to serve"
         )
-    if ssl_context.protocol is not ssl.PROTOCOL_TLS_SERVER or (
-        ssl_context.minimum_version is ssl.TLSVersion.MINIMUM_SUPPORTED
-        or ssl_context.minimum_version < MIN_TLS_VERSION
-    ):
-        raise ConfigError("the public listener needs a TLS 1.2+ server context")
+    check_tls_server_context(ssl_context)
     return await _serve(app, ssl_context, host, port, shutdown_timeout, keepalive_timeout)
 
 

@@ -279,6 +279,10 @@ async def test_servers_refuse_the_wrong_app_or_context(public_node: Path) -> Non
             await start_public_server(api, public_ctx)
         with pytest.raises(ConfigError, match="CERT_REQUIRED"):
             await start_server(make_public_app(db), public_ctx)
+        old_tls = public_server_ssl_context(config.tls_cert_path, config.tls_key_path)
+        old_tls.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        with pytest.raises(ConfigError, match="the minimum is TLSv1_2"):
+            await start_public_server(make_public_app(db), old_tls)
         mtls_ctx = server_ssl_context(config.tls_cert_path, config.tls_key_path, [])
         public_app = make_public_app(db)
         server = await start_public_server(public_app, mtls_ctx)  # stricter: allowed
