@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+# How long to wait for a server or an entry: generous, because a busy machine is
+# slow; the times printed say how long it really took.
+WAIT = 120.0
 
 ORIGINS = {
     "A": "hotline-a.example/hashmesh",
@@ -85,6 +88,19 @@ def wait_for(node: Path, origin: str, size: int, timeout: float) -> float:
     raise SystemExit(f"{node.name} did not reach size {size} of {origin} in {timeout} s")
 
 
+def wait_listening(port: int, timeout: float) -> None:
+    """Wait until a server accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s") from None
+            time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the node directories")
@@ -94,10 +110,9 @@ def main() -> int:
     servers: list[subprocess.Popen[bytes]] = []
     try:
         say("Three nodes are created: hotline A, hotline B, agency C")
+        ports = {name: free_port() for name in ORIGINS}
         for name, node in nodes.items():
-            hashmesh(
-                node, "init", "--origin", ORIGINS[name], "--listen", f"127.0.0.1:{free_port()}"
-            )
+            hashmesh(node, "init", "--origin", ORIGINS[name], "--listen", f"127.0.0.1:{ports[name]}")
             print(f"{name}: {ORIGINS[name]}")
         cards = {}
         for name, node in nodes.items():
@@ -142,7 +157,8 @@ def main() -> int:
                     stderr=(base / f"{node.name}.log").open("wb"),
                 )
             )
-        time.sleep(1.5)
+        for port in ports.values():
+            wait_listening(port, timeout=WAIT)
 
         say("Hotline A's analyst lists three hashes")
         values = [
@@ -156,7 +172,7 @@ def main() -> int:
             ).strip()
             print(f"A: {kind} {value} is entry {index}")
 
-        took = wait_for(nodes["C"], ORIGINS["A"], 3, timeout=20)
+        took = wait_for(nodes["C"], ORIGINS["A"], 3, timeout=WAIT)
         say(f"C holds A's three entries {took:.2f} s later, relayed by B")
         print(hashmesh(nodes["C"], "log", "--origin", ORIGINS["A"]).rstrip())
 
@@ -230,7 +246,7 @@ def main() -> int:
 
         say("A retracts entry 1 (a false positive); the retraction travels the same way")
         hashmesh(nodes["A"], "retract", "1", "--reason", "false positive, reviewed by analyst")
-        took = wait_for(nodes["C"], ORIGINS["A"], 4, timeout=20)
+        took = wait_for(nodes["C"], ORIGINS["A"], 4, timeout=WAIT)
         doc = status(nodes["C"], ORIGINS["A"]) or {}
         print(
             f"C has A's retraction {took:.2f} s later: size {doc.get('size')}, "
@@ -244,7 +260,7 @@ def main() -> int:
         hashmesh(
             nodes["A"], "add", "--type", "sha256", "--value", "ab" * 32, "--label", "iwf:category-a"
         )
-        took = wait_for(nodes["C"], ORIGINS["A"], 6, timeout=20)
+        took = wait_for(nodes["C"], ORIGINS["A"], 6, timeout=WAIT)
         print(f"C verified A's next entry under the new key {took:.2f} s later:")
         print(hashmesh(nodes["C"], "key", "chain", "--origin", ORIGINS["A"]).rstrip())
 
