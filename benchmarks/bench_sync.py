@@ -415,7 +415,8 @@ async def wait_held(node: Node, origin: str, size: int, *, within: float) -> Non
 def raw_leaf_rate(n: int) -> float:
     sha = __import__("hashlib").sha256
     datas = [
-        b'{"kind":"add","labels":[],"signal":{"type":"sha256","value":"%064x"},"v":1}' % i
+        b'{"kind":"add","labels":[],"salt":"%032x","signal":{"type":"sha256","value":"%064x"},'
+        b'"v":2}' % (i, i)
         for i in range(n)
     ]
     started = time.perf_counter()

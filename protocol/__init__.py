@@ -6,7 +6,10 @@ database I/O; an auditor can use it alone.
 
 from __future__ import annotations
 
-PROTOCOL_VERSION = 1
-"""Version of the entry encoding this implementation writes and reads."""
+PROTOCOL_VERSION = 2
+"""Version of the entry encoding this implementation writes (salted entries)."""
 
-__all__ = ["PROTOCOL_VERSION"]
+READ_VERSIONS = (1, 2)
+"""Versions of the entry encoding this implementation reads and verifies."""
+
+__all__ = ["PROTOCOL_VERSION", "READ_VERSIONS"]

@@ -9,14 +9,23 @@ leaf hash of exactly these bytes (RFC 9162 section 2.1.1), so the encoding
 must be unique: :func:`parse_entry` accepts only bytes that it would itself
 produce. Four kinds exist::
 
-    {"kind":"add","labels":["iwf:category-a"],"note":"...",
-     "signal":{"quality":90,"type":"pdq","value":"<64 hex>"},"v":1}
-    {"index":12,"kind":"retract","reason":"...","v":1}
+    {"kind":"add","labels":["iwf:category-a"],"note":"...","salt":"<32 hex>",
+     "signal":{"quality":90,"type":"pdq","value":"<64 hex>"},"v":2}
+    {"index":12,"kind":"retract","reason":"...","salt":"<32 hex>","v":2}
     {"index":7,"kind":"opinion","leaf_hash":"<64 hex>","note":"...",
-     "origin":"hotline-b.example/hashmesh","v":1,"verdict":"dispute"}
-    {"key":"<origin>+<key id>+<base64 key>","kind":"rotate","reason":"...","v":1}
+     "origin":"hotline-b.example/hashmesh","salt":"<32 hex>","v":2,"verdict":"dispute"}
+    {"key":"<origin>+<key id>+<base64 key>","kind":"rotate","reason":"...",
+     "salt":"<32 hex>","v":2}
 
-(shown wrapped; the real encoding has no whitespace). ``note`` is optional;
+(shown wrapped; the real encoding has no whitespace). Version 2 entries
+carry a ``salt``: 16 bytes from the writer's CSPRNG, one per entry, as 32
+lowercase hex digits. It makes the leaf hash a hiding commitment: nobody
+who knows a listed value and every label can recompute the leaf hash
+without the entry's bytes. Version 1 entries (no salt, ``"v":1``) still
+parse and verify (test vectors, older logs) but are never written: entries
+built here without a salt are drafts, and the writer salts every entry it
+appends (:func:`salt_entries`). The salt is not part of an entry's
+identity (duplicate detection) nor of matching. ``note`` is optional;
 ``signal.quality`` is required for types whose registry row says
 ``requires_quality`` (PDQ) and forbidden for every other type, which also
 catches a SHA-256 value submitted as PDQ. A retraction names an earlier add by
@@ -36,10 +45,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from protocol import PROTOCOL_VERSION
+from protocol import PROTOCOL_VERSION, READ_VERSIONS
 from protocol.encoding import MAX_UINT63, decode_hex, dumps_canonical, loads_strict
 from protocol.errors import MalformedError, UnsupportedVersionError
 from protocol.keys import SIG_ED25519, NoteVerifier, check_key_name
@@ -54,6 +63,7 @@ __all__ = [
     "MAX_REASON_CHARS",
     "MIN_QUALITY",
     "OPINION_VERDICTS",
+    "SALT_BYTES",
     "AddEntry",
     "Entry",
     "OpinionEntry",
@@ -62,7 +72,11 @@ __all__ = [
     "parse_entries",
     "parse_entry",
     "parse_entry_fast",
+    "salt_entries",
 ]
+
+SALT_BYTES = 16
+"""Bytes of random salt in a version 2 entry (written as 32 lowercase hex digits)."""
 
 MAX_ENTRY_BYTES = 4096
 """Largest encoded entry, in bytes; checked before any parsing."""
@@ -94,15 +108,15 @@ _LABEL = re.compile(LABEL_PATTERN)
 # be encoded as UTF-8; control characters break one-line displays and logs.
 _FORBIDDEN_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
-_ADD_KEYS = frozenset({"kind", "labels", "note", "signal", "v"})
+_ADD_KEYS = frozenset({"kind", "labels", "note", "salt", "signal", "v"})
 _ADD_REQUIRED = ("kind", "labels", "signal", "v")
 _SIGNAL_KEYS = frozenset({"quality", "type", "value"})
 _SIGNAL_REQUIRED = ("type", "value")
-_RETRACT_KEYS = frozenset({"index", "kind", "reason", "v"})
+_RETRACT_KEYS = frozenset({"index", "kind", "reason", "salt", "v"})
 _RETRACT_REQUIRED = ("index", "kind", "reason", "v")
-_OPINION_KEYS = frozenset({"index", "kind", "leaf_hash", "note", "origin", "v", "verdict"})
+_OPINION_KEYS = frozenset({"index", "kind", "leaf_hash", "note", "origin", "salt", "v", "verdict"})
 _OPINION_REQUIRED = ("index", "kind", "leaf_hash", "origin", "v", "verdict")
-_ROTATE_KEYS = frozenset({"key", "kind", "reason", "v"})
+_ROTATE_KEYS = frozenset({"key", "kind", "reason", "salt", "v"})
 _ROTATE_REQUIRED = ("key", "kind", "reason", "v")
 
 OPINION_VERDICTS = ("confirm", "dispute", "false-positive")
@@ -112,10 +126,11 @@ OPINION_VERDICTS = ("confirm", "dispute", "false-positive")
 # with room to spare; only entries whose bound exceeds MAX_ENTRY_BYTES are
 # actually encoded to measure them. UTF-8 takes at most 4 bytes per code point
 # and the escapes dumps_canonical may emit here (\" and \\) take 2.
-_ADD_OVERHEAD = 128
-_RETRACT_OVERHEAD = 64
-_OPINION_OVERHEAD = 256
-_ROTATE_OVERHEAD = 128
+# A salt field takes 42 more.
+_ADD_OVERHEAD = 176
+_RETRACT_OVERHEAD = 112
+_OPINION_OVERHEAD = 304
+_ROTATE_OVERHEAD = 176
 
 
 def _json_type(value: object) -> str:
@@ -139,6 +154,18 @@ def _check_index(value: object, field: str) -> None:
         raise MalformedError(f"expected an integer, got {_json_type(value)}", field=field)
     if not 0 <= value <= MAX_UINT63:
         raise MalformedError(f"expected an integer 0-{MAX_UINT63}, got {value}", field=field)
+
+
+def _check_salt(salt: object) -> None:
+    if salt is None:
+        return
+    if not isinstance(salt, str):
+        raise MalformedError(f"expected a string, got {_json_type(salt)}", field="salt")
+    decode_hex(salt, field="salt", length=SALT_BYTES)
+
+
+def _version(salt: str | None) -> int:
+    return 1 if salt is None else 2
 
 
 def _check_text(value: object, field: str, max_chars: int) -> None:
@@ -262,6 +289,8 @@ class AddEntry:
         labels: sorted, unique labels matching :data:`LABEL_PATTERN`.
         note: free text of 1 to :data:`MAX_NOTE_CHARS` characters, or None.
         quality: quality score, required exactly for types that need it.
+        salt: the salt (:data:`SALT_BYTES` bytes as lowercase hex) of a
+            version 2 entry, or None for a version 1 entry or a draft.
     """
 
     signal_type: str
@@ -269,10 +298,12 @@ class AddEntry:
     labels: tuple[str, ...]
     note: str | None = None
     quality: int | None = None
+    salt: str | None = None
 
     def __post_init__(self) -> None:
         validate_signal_value(self.signal_type, self.value)
         bound = _check_add_fields(self.signal_type, self.labels, self.note, self.quality)
+        _check_salt(self.salt)
         _check_encoded_size(self, bound + len(self.value))
 
     @classmethod
@@ -284,6 +315,7 @@ class AddEntry:
         labels: Iterable[str] = (),
         note: str | None = None,
         quality: int | None = None,
+        salt: str | None = None,
     ) -> AddEntry:
         """Build an add entry, sorting and de-duplicating the labels.
 
@@ -297,6 +329,8 @@ class AddEntry:
             labels: labels in any order, possibly repeated.
             note: optional free text.
             quality: quality score, for types that require one.
+            salt: the salt of a version 2 entry; None makes a draft, which
+                the writer salts.
 
         Returns:
             The validated entry.
@@ -310,6 +344,7 @@ class AddEntry:
             labels=_sorted_labels(labels),
             note=note,
             quality=quality,
+            salt=salt,
         )
 
     @classmethod
@@ -340,7 +375,7 @@ class AddEntry:
         def make(value: str) -> AddEntry:
             if canonical is None or not isinstance(value, str) or not canonical(value):
                 validate_signal_value(signal_type, value)
-            entry = build(value)
+            entry = build(value, None)
             _check_encoded_size(entry, base + len(value))
             return entry
 
@@ -353,6 +388,7 @@ class AddEntry:
         signal_type: str,
         labels: Iterable[str] = (),
         quality: int | None = None,
+        version: int = PROTOCOL_VERSION,
     ) -> Callable[[bytes], AddEntry | None]:
         """A function recognising the encodings of note-less adds with these fields.
 
@@ -362,15 +398,20 @@ class AddEntry:
         anything else, which the caller then parses in full with
         :func:`parse_entry` (which names what is wrong). So
         ``parser(...)(data)`` is either None or equal to ``parse_entry(data)``.
+        ``version`` is the entry version recognised (version 2 entries with
+        any salt).
 
         Raises:
             MalformedError: if a field is invalid.
         """
         sorted_labels = _sorted_labels(labels)
         _check_add_fields(signal_type, sorted_labels, None, quality)
+        if version not in READ_VERSIONS:
+            raise MalformedError(f"unknown entry version {version}", field="v")
         row = SIGNAL_TYPES[signal_type]
-        before, after = cls.encoding_frame(signal_type, sorted_labels, quality)
-        if len(before) + row.text_length + len(after) > MAX_ENTRY_BYTES:
+        frame = cls.encoding_frame(signal_type, sorted_labels, quality, version=version)
+        holes = row.text_length + (0 if version == 1 else 2 * SALT_BYTES)
+        if sum(map(len, frame)) + holes > MAX_ENTRY_BYTES:
             return lambda data: None
         # Hex values: the signal type's canonical pattern is the whole rule.
         # Base64 values: the class only finds the value; validate_signal_value
@@ -382,22 +423,52 @@ class AddEntry:
             if canonical is not None
             else rb"[A-Za-z0-9+/=]{%d}" % row.text_length
         )
-        match = re.compile(re.escape(before) + rb"(" + value + rb")" + re.escape(after)).fullmatch
         build = _unchecked_add_builder(signal_type, sorted_labels, None, quality)
+        if version == 1:
+            before, after = frame
+            match = re.compile(
+                re.escape(before) + rb"(" + value + rb")" + re.escape(after)
+            ).fullmatch
 
-        def parse(data: bytes) -> AddEntry | None:
-            m = match(data)
+            def parse(data: bytes) -> AddEntry | None:
+                m = match(data)
+                if m is None:
+                    return None
+                value = m.group(1).decode("ascii")
+                if not checked:
+                    try:
+                        validate_signal_value(signal_type, value)
+                    except MalformedError:
+                        return None
+                return build(value, None)
+
+            return parse
+
+        head, middle, tail = frame
+        match_salted = re.compile(
+            re.escape(head)
+            + rb"([0-9a-f]{%d})" % (2 * SALT_BYTES)
+            + re.escape(middle)
+            + rb"("
+            + value
+            + rb")"
+            + re.escape(tail)
+        ).fullmatch
+
+        def parse_salted(data: bytes) -> AddEntry | None:
+            m = match_salted(data)
             if m is None:
                 return None
-            value = m.group(1).decode("ascii")
+            salt, value = m.group(1, 2)
+            text = value.decode("ascii")
             if not checked:
                 try:
-                    validate_signal_value(signal_type, value)
+                    validate_signal_value(signal_type, text)
                 except MalformedError:
                     return None
-            return build(value)
+            return build(text, salt.decode("ascii"))
 
-        return parse
+        return parse_salted
 
     @property
     def kind(self) -> Literal["add"]:
@@ -406,8 +477,20 @@ class AddEntry:
 
     @property
     def identity(self) -> tuple[str, str]:
-        """``(signal_type, value)``: what duplicate detection compares."""
+        """``(signal_type, value)``: what duplicate detection compares (never the salt)."""
         return (self.signal_type, self.value)
+
+    @property
+    def version(self) -> int:
+        """The entry version: 2 with a salt, 1 without."""
+        return _version(self.salt)
+
+    def salted(self, salt: str) -> AddEntry:
+        """This entry as version 2 with ``salt`` (validated), whatever its salt was."""
+        _check_salt(salt)
+        return _unchecked_add_builder(self.signal_type, self.labels, self.note, self.quality)(
+            self.value, salt
+        )
 
     def to_json_obj(self) -> dict[str, Any]:
         """The entry as a JSON object (dicts, lists, str, int)."""
@@ -418,70 +501,86 @@ class AddEntry:
             "kind": "add",
             "labels": list(self.labels),
             "signal": signal,
-            "v": PROTOCOL_VERSION,
+            "v": _version(self.salt),
         }
         if self.note is not None:
             obj["note"] = self.note
+        if self.salt is not None:
+            obj["salt"] = self.salt
         return obj
 
     @staticmethod
     def encoding_frame(
-        signal_type: str, labels: tuple[str, ...], quality: int | None
-    ) -> tuple[bytes, bytes]:
-        """What surrounds the value in the encoding of a note-less add.
+        signal_type: str,
+        labels: tuple[str, ...],
+        quality: int | None,
+        *,
+        version: int = PROTOCOL_VERSION,
+    ) -> tuple[bytes, ...]:
+        """What surrounds the salt and the value in the encoding of a note-less add.
 
         For an add without a note whose fields are these (``labels`` sorted,
-        as the entry holds them), ``to_bytes()`` is ``before + value + after``.
+        as the entry holds them), ``to_bytes()`` is ``head + salt + middle +
+        value + tail`` for ``(head, middle, tail)`` of version 2, and
+        ``before + value + after`` for ``(before, after)`` of version 1.
         Bulk parsers use it to check a whole family of encodings once.
         """
-        before, after = _add_frame(signal_type, labels, quality)
-        return before.encode("ascii"), after.encode("ascii")
+        if version == 1:
+            return tuple(p.encode("ascii") for p in _add_frame(signal_type, labels, quality))
+        return tuple(p.encode("ascii") for p in _salted_add_frame(signal_type, labels, quality))
 
     def to_bytes(self) -> bytes:
         """The canonical encoding: the leaf data of the Merkle tree."""
         if self.note is not None:
             return dumps_canonical(self.to_json_obj())
         # Without a note every string is validated ASCII that JSON needs no
-        # escape for (type names, hex/base64 values, label grammar), so the
-        # canonical form is the value between a prefix and a suffix that
-        # depend only on the other fields: this is the import and sync hot
-        # path. tests/protocol/test_entry.py checks it equals dumps_canonical.
-        before, after = _add_frame(self.signal_type, self.labels, self.quality)
-        return (before + self.value + after).encode("ascii")
+        # escape for (type names, hex salt, hex/base64 values, label
+        # grammar), so the canonical form is the salt and the value between
+        # strings that depend only on the other fields: this is the import
+        # and sync hot path. tests/protocol/test_entry.py checks it equals
+        # dumps_canonical.
+        if self.salt is None:
+            before, after = _add_frame(self.signal_type, self.labels, self.quality)
+            return (before + self.value + after).encode("ascii")
+        head, middle, tail = _salted_add_frame(self.signal_type, self.labels, self.quality)
+        return (head + self.salt + middle + self.value + tail).encode("ascii")
 
 
 def _unchecked_add_builder(
     signal_type: str, labels: tuple[str, ...], note: str | None, quality: int | None
-) -> Callable[[str], AddEntry]:
-    """A builder of adds with these fields around a value, without checks.
+) -> Callable[[str, str | None], AddEntry]:
+    """A builder of adds with these fields around a value and a salt, without checks.
 
-    For the caller that validated the fields and validates each value: the
-    frozen constructor's checks, skipped.
+    For the caller that validated the fields and validates each value and
+    salt: the frozen constructor's checks, skipped.
     """
     new = object.__new__
     setattr_ = object.__setattr__
 
-    def build(value: str) -> AddEntry:
+    def build(value: str, salt: str | None) -> AddEntry:
         entry = new(AddEntry)
         setattr_(entry, "signal_type", signal_type)
         setattr_(entry, "value", value)
         setattr_(entry, "labels", labels)
         setattr_(entry, "note", note)
         setattr_(entry, "quality", quality)
+        setattr_(entry, "salt", salt)
         return entry
 
     return build
 
 
 # (signal type, labels, quality) -> the encoding of a note-less add around
-# its value. Entries of one list share a few such combinations; bounded so
-# a log with many distinct label sets cannot grow it without limit.
+# its value (version 1) or its salt and value (version 2). Entries of one
+# list share a few such combinations; bounded so a log with many distinct
+# label sets cannot grow them without limit.
 _ADD_FRAMES: dict[tuple[str, tuple[str, ...], int | None], tuple[str, str]] = {}
+_SALTED_ADD_FRAMES: dict[tuple[str, tuple[str, ...], int | None], tuple[str, str, str]] = {}
 _MAX_ADD_FRAMES = 1024
 
 
 def _add_frame(signal_type: str, labels: tuple[str, ...], quality: int | None) -> tuple[str, str]:
-    """What precedes and follows the value in a note-less add's encoding."""
+    """What precedes and follows the value in a note-less version 1 add's encoding."""
     key = (signal_type, labels, quality)
     frame = _ADD_FRAMES.get(key)
     if frame is None:
@@ -490,11 +589,31 @@ def _add_frame(signal_type: str, labels: tuple[str, ...], quality: int | None) -
         frame = (
             f'{{"kind":"add","labels":[{quoted}],"signal":{{{quality_field}"type":'
             f'"{signal_type}","value":"',
-            f'"}},"v":{PROTOCOL_VERSION}}}',
+            '"},"v":1}',
         )
         if len(_ADD_FRAMES) >= _MAX_ADD_FRAMES:
             _ADD_FRAMES.clear()
         _ADD_FRAMES[key] = frame
+    return frame
+
+
+def _salted_add_frame(
+    signal_type: str, labels: tuple[str, ...], quality: int | None
+) -> tuple[str, str, str]:
+    """What surrounds the salt and the value in a note-less version 2 add's encoding."""
+    key = (signal_type, labels, quality)
+    frame = _SALTED_ADD_FRAMES.get(key)
+    if frame is None:
+        quoted = ",".join(f'"{label}"' for label in labels)
+        quality_field = "" if quality is None else f'"quality":{quality},'
+        frame = (
+            f'{{"kind":"add","labels":[{quoted}],"salt":"',
+            f'","signal":{{{quality_field}"type":"{signal_type}","value":"',
+            '"},"v":2}',
+        )
+        if len(_SALTED_ADD_FRAMES) >= _MAX_ADD_FRAMES:
+            _SALTED_ADD_FRAMES.clear()
+        _SALTED_ADD_FRAMES[key] = frame
     return frame
 
 
@@ -505,14 +624,18 @@ class RetractEntry:
     Attributes:
         index: 0-based index of the add entry being retracted.
         reason: why, 1 to :data:`MAX_REASON_CHARS` characters.
+        salt: the salt (:data:`SALT_BYTES` bytes as lowercase hex) of a
+            version 2 entry, or None for a version 1 entry or a draft.
     """
 
     index: int
     reason: str
+    salt: str | None = None
 
     def __post_init__(self) -> None:
         _check_index(self.index, "index")
         _check_text(self.reason, "reason", MAX_REASON_CHARS)
+        _check_salt(self.salt)
         _check_encoded_size(self, _RETRACT_OVERHEAD + 4 * len(self.reason))
 
     @property
@@ -520,14 +643,26 @@ class RetractEntry:
         """The entry kind, ``"retract"``."""
         return "retract"
 
+    @property
+    def version(self) -> int:
+        """The entry version: 2 with a salt, 1 without."""
+        return _version(self.salt)
+
+    def salted(self, salt: str) -> RetractEntry:
+        """This entry as version 2 with ``salt`` (validated), whatever its salt was."""
+        return replace(self, salt=salt)
+
     def to_json_obj(self) -> dict[str, Any]:
         """The entry as a JSON object (dicts, lists, str, int)."""
-        return {
+        obj: dict[str, Any] = {
             "index": self.index,
             "kind": "retract",
             "reason": self.reason,
-            "v": PROTOCOL_VERSION,
+            "v": _version(self.salt),
         }
+        if self.salt is not None:
+            obj["salt"] = self.salt
+        return obj
 
     def to_bytes(self) -> bytes:
         """The canonical encoding: the leaf data of the Merkle tree."""
@@ -548,6 +683,8 @@ class OpinionEntry:
         leaf_hash: the target's leaf hash (32 bytes).
         verdict: one of :data:`OPINION_VERDICTS`.
         note: free text of 1 to :data:`MAX_NOTE_CHARS` characters, or None.
+        salt: the salt (:data:`SALT_BYTES` bytes as lowercase hex) of a
+            version 2 entry, or None for a version 1 entry or a draft.
     """
 
     origin: str
@@ -555,6 +692,7 @@ class OpinionEntry:
     leaf_hash: bytes
     verdict: str
     note: str | None = None
+    salt: str | None = None
 
     def __post_init__(self) -> None:
         check_key_name(self.origin, field="origin")
@@ -575,12 +713,22 @@ class OpinionEntry:
         if self.note is not None:
             _check_text(self.note, "note", MAX_NOTE_CHARS)
             bound += 4 * len(self.note)
+        _check_salt(self.salt)
         _check_encoded_size(self, bound)
 
     @property
     def kind(self) -> Literal["opinion"]:
         """The entry kind, ``"opinion"``."""
         return "opinion"
+
+    @property
+    def version(self) -> int:
+        """The entry version: 2 with a salt, 1 without."""
+        return _version(self.salt)
+
+    def salted(self, salt: str) -> OpinionEntry:
+        """This entry as version 2 with ``salt`` (validated), whatever its salt was."""
+        return replace(self, salt=salt)
 
     def to_json_obj(self) -> dict[str, Any]:
         """The entry as a JSON object (dicts, lists, str, int)."""
@@ -589,11 +737,13 @@ class OpinionEntry:
             "kind": "opinion",
             "leaf_hash": self.leaf_hash.hex(),
             "origin": self.origin,
-            "v": PROTOCOL_VERSION,
+            "v": _version(self.salt),
             "verdict": self.verdict,
         }
         if self.note is not None:
             obj["note"] = self.note
+        if self.salt is not None:
+            obj["salt"] = self.salt
         return obj
 
     def to_bytes(self) -> bytes:
@@ -614,10 +764,13 @@ class RotateEntry:
         key: the new verifier key, in the C2SP note verifier key text form,
             an Ed25519 (0x01) key.
         reason: why, 1 to :data:`MAX_REASON_CHARS` characters.
+        salt: the salt (:data:`SALT_BYTES` bytes as lowercase hex) of a
+            version 2 entry, or None for a version 1 entry or a draft.
     """
 
     key: str
     reason: str
+    salt: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str):
@@ -631,6 +784,7 @@ class RotateEntry:
                 "a log signs its checkpoints with an Ed25519 (0x01) key", field="key"
             )
         _check_text(self.reason, "reason", MAX_REASON_CHARS)
+        _check_salt(self.salt)
         _check_encoded_size(self, _ROTATE_OVERHEAD + len(self.key) + 4 * len(self.reason))
 
     @property
@@ -639,13 +793,30 @@ class RotateEntry:
         return "rotate"
 
     @property
+    def version(self) -> int:
+        """The entry version: 2 with a salt, 1 without."""
+        return _version(self.salt)
+
+    def salted(self, salt: str) -> RotateEntry:
+        """This entry as version 2 with ``salt`` (validated), whatever its salt was."""
+        return replace(self, salt=salt)
+
+    @property
     def verifier(self) -> NoteVerifier:
         """The new key, parsed."""
         return NoteVerifier.from_text(self.key)
 
     def to_json_obj(self) -> dict[str, Any]:
         """The entry as a JSON object (dicts, lists, str, int)."""
-        return {"key": self.key, "kind": "rotate", "reason": self.reason, "v": PROTOCOL_VERSION}
+        obj: dict[str, Any] = {
+            "key": self.key,
+            "kind": "rotate",
+            "reason": self.reason,
+            "v": _version(self.salt),
+        }
+        if self.salt is not None:
+            obj["salt"] = self.salt
+        return obj
 
     def to_bytes(self) -> bytes:
         """The canonical encoding: the leaf data of the Merkle tree."""
@@ -654,6 +825,39 @@ class RotateEntry:
 
 Entry = AddEntry | RetractEntry | OpinionEntry | RotateEntry
 """Any ledger entry."""
+
+
+def salt_entries(entries: Sequence[Entry], random: bytes) -> list[bytes]:
+    """The version 2 encodings of the entries, each with its own salt cut from ``random``.
+
+    The writer's one way to salt: it draws ``SALT_BYTES * len(entries)``
+    bytes from the OS CSPRNG in one call (this module does no I/O), and
+    every entry, draft or not, is written with a fresh salt, so no salt is
+    ever reused or chosen by whoever built the entry. Entry ``i`` gets the
+    salt ``random[16 * i : 16 * (i + 1)]``: the result is
+    ``[e.salted(salt_i).to_bytes() for ...]``, without building the salted
+    entries (the bulk import's hot path; tests/protocol/test_entry.py
+    checks the equality).
+
+    Raises:
+        ValueError: if ``random`` is not exactly ``SALT_BYTES`` bytes per entry.
+    """
+    if len(random) != SALT_BYTES * len(entries):
+        raise ValueError(f"expected {SALT_BYTES * len(entries)} random bytes, got {len(random)}")
+    text = random.hex()
+    width = 2 * SALT_BYTES
+    out: list[bytes] = []
+    append = out.append
+    frame = _salted_add_frame
+    for i, entry in enumerate(entries):
+        salt = text[i * width : (i + 1) * width]
+        if type(entry) is AddEntry and entry.note is None:
+            # As AddEntry.to_bytes: validated ASCII fields, a hex salt.
+            head, middle, tail = frame(entry.signal_type, entry.labels, entry.quality)
+            append((head + salt + middle + entry.value + tail).encode("ascii"))
+        else:
+            append(entry.salted(salt).to_bytes())
+    return out
 
 
 def _check_keys(
@@ -673,7 +877,7 @@ def _expect_str(value: object, field: str) -> str:
     return value
 
 
-def _parse_add(obj: dict[str, Any]) -> AddEntry:
+def _parse_add(obj: dict[str, Any], salt: str | None) -> AddEntry:
     _check_keys(obj, _ADD_KEYS, _ADD_REQUIRED, "")
     signal = obj["signal"]
     if not isinstance(signal, dict):
@@ -697,15 +901,16 @@ def _parse_add(obj: dict[str, Any]) -> AddEntry:
         labels=tuple(labels),
         note=note,
         quality=quality,
+        salt=salt,
     )
 
 
-def _parse_retract(obj: dict[str, Any]) -> RetractEntry:
+def _parse_retract(obj: dict[str, Any], salt: str | None) -> RetractEntry:
     _check_keys(obj, _RETRACT_KEYS, _RETRACT_REQUIRED, "")
-    return RetractEntry(index=obj["index"], reason=_expect_str(obj["reason"], "reason"))
+    return RetractEntry(index=obj["index"], reason=_expect_str(obj["reason"], "reason"), salt=salt)
 
 
-def _parse_opinion(obj: dict[str, Any]) -> OpinionEntry:
+def _parse_opinion(obj: dict[str, Any], salt: str | None) -> OpinionEntry:
     _check_keys(obj, _OPINION_KEYS, _OPINION_REQUIRED, "")
     note = obj.get("note")
     if "note" in obj:
@@ -717,17 +922,35 @@ def _parse_opinion(obj: dict[str, Any]) -> OpinionEntry:
         leaf_hash=leaf_hash,
         verdict=_expect_str(obj["verdict"], "verdict"),
         note=note,
+        salt=salt,
     )
 
 
-def _parse_rotate(obj: dict[str, Any]) -> RotateEntry:
+def _parse_rotate(obj: dict[str, Any], salt: str | None) -> RotateEntry:
     _check_keys(obj, _ROTATE_KEYS, _ROTATE_REQUIRED, "")
     return RotateEntry(
-        key=_expect_str(obj["key"], "key"), reason=_expect_str(obj["reason"], "reason")
+        key=_expect_str(obj["key"], "key"),
+        reason=_expect_str(obj["reason"], "reason"),
+        salt=salt,
     )
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any]], Entry]] = {
+def _parse_salt(obj: dict[str, Any], version: int) -> str | None:
+    """The salt field as the version requires it: absent in 1, 32 lowercase hex in 2."""
+    if version == 1:
+        if "salt" in obj:
+            raise MalformedError("a version 1 entry has no salt", field="salt")
+        return None
+    if "salt" not in obj:
+        raise MalformedError(f"missing required field (version {version})", field="salt")
+    salt = obj["salt"]
+    if not isinstance(salt, str):
+        raise MalformedError(f"expected a string, got {_json_type(salt)}", field="salt")
+    _check_salt(salt)
+    return salt
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], str | None], Entry]] = {
     "add": _parse_add,
     "retract": _parse_retract,
     "opinion": _parse_opinion,
@@ -740,9 +963,11 @@ def parse_entry(data: bytes) -> Entry:
 
     Checks, in order: size (at most :data:`MAX_ENTRY_BYTES`), strict JSON
     (:func:`protocol.encoding.loads_strict`), a top-level object, version
-    ``v`` (must be :data:`protocol.PROTOCOL_VERSION`), a known ``kind``,
-    exactly the allowed fields, field types and values, and finally that
-    ``data`` is byte for byte the canonical encoding of the result.
+    ``v`` (one of :data:`protocol.READ_VERSIONS`), a known ``kind``, the
+    salt (required in version 2: 32 lowercase hex digits; forbidden in
+    version 1), exactly the allowed fields, field types and values, and
+    finally that ``data`` is byte for byte the canonical encoding of the
+    result.
 
     Args:
         data: the leaf data.
@@ -772,10 +997,10 @@ def parse_entry(data: bytes) -> Entry:
         raise MalformedError(f"expected an integer, got {_json_type(version)}", field="v")
     if version < 1:
         raise MalformedError(f"expected a version number of 1 or more, got {version}", field="v")
-    if version != PROTOCOL_VERSION:
+    if version not in READ_VERSIONS:
         raise UnsupportedVersionError(
             f"entry version {version} is not supported (this implementation reads "
-            f"version {PROTOCOL_VERSION})",
+            "versions " + " and ".join(map(str, READ_VERSIONS)) + ")",
             field="v",
         )
     if "kind" not in obj:
@@ -788,7 +1013,7 @@ def parse_entry(data: bytes) -> Entry:
             f"unknown kind {shown}; expected one of " + ", ".join(repr(k) for k in _PARSERS),
             field="kind",
         )
-    entry = parser(obj)
+    entry = parser(obj, _parse_salt(obj, version))
     if entry.to_bytes() != raw:
         raise MalformedError(
             "entry is not in canonical form (sorted keys, no whitespace, minimal escapes, "
@@ -810,12 +1035,13 @@ def parse_entry(data: bytes) -> Entry:
 _ASCII = rb"[\x20\x21\x23-\x5b\x5d-\x7e]"
 _CANONICAL_ADD = re.compile(
     rb'\{"kind":"add","labels":\[((?:"' + _ASCII + rb'*"(?:,"' + _ASCII + rb'*")*)?)\],'
+    rb'(?:"salt":"' + _ASCII + rb'*",)?'
     rb'"signal":\{(?:"quality":(0|[1-9][0-9]{0,18}),)?"type":"(' + _ASCII + rb'*)",'
-    rb'"value":"(' + _ASCII + rb'*)"\},"v":' + str(PROTOCOL_VERSION).encode() + rb"\}"
+    rb'"value":"' + _ASCII + rb'*"\},"v":([12])\}'
 )
 
 _Parser = Callable[[bytes], AddEntry | None]
-_FAMILIES: dict[tuple[bytes, bytes, bytes | None], _Parser | None] = {}
+_FAMILIES: dict[tuple[bytes, bytes, bytes | None, bytes], _Parser | None] = {}
 _MAX_FAMILIES = 1024
 _recent: list[_Parser | None] = [None]
 
@@ -835,8 +1061,8 @@ def parse_entry_fast(data: bytes) -> Entry:
             return entry
     m = _CANONICAL_ADD.fullmatch(data)
     if m is not None:
-        labels_raw, quality, signal_type, _value = m.groups()
-        parse = _family(signal_type, labels_raw, quality)
+        labels_raw, quality, signal_type, version = m.groups()
+        parse = _family(signal_type, labels_raw, quality, version)
         if parse is not None:
             entry = parse(data)
             if entry is not None:
@@ -865,14 +1091,16 @@ def parse_entries(datas: Sequence[bytes], start: int = 0) -> list[Entry]:
     raise AssertionError("unreachable: an entry failed to parse once only")
 
 
-def _family(signal_type: bytes, labels_raw: bytes, quality: bytes | None) -> _Parser | None:
-    """The :meth:`AddEntry.parser` of a (type, labels, quality) as matched, or None.
+def _family(
+    signal_type: bytes, labels_raw: bytes, quality: bytes | None, version: bytes
+) -> _Parser | None:
+    """The :meth:`AddEntry.parser` of a (type, labels, quality, version) as matched, or None.
 
     None when those fields are invalid. The parser only accepts canonical
     encodings, so a misspelt family (unsorted labels, say) yields entries
     it returns None for, and :func:`parse_entry` names the error.
     """
-    key = (signal_type, labels_raw, quality)
+    key = (signal_type, labels_raw, quality, version)
     if key in _FAMILIES:
         return _FAMILIES[key]
     labels = tuple(x[1:-1].decode("ascii") for x in labels_raw.split(b",")) if labels_raw else ()
@@ -882,6 +1110,7 @@ def _family(signal_type: bytes, labels_raw: bytes, quality: bytes | None) -> _Pa
             signal_type=signal_type.decode("ascii"),
             labels=labels,
             quality=None if quality is None else int(quality),
+            version=int(version),
         )
     except MalformedError:
         parse = None

@@ -12,10 +12,16 @@ it happened; a checkpoint is returned to the caller only after the commit.
 The own log (:class:`node.ledger.service.Ledger`), replicas
 (:class:`node.ledger.replica.Replica`) and key rotation
 (:mod:`node.ledger.rotation`) all write through it.
+
+Every entry the own log appends is written as version 2: :func:`salted`
+encodes it with a fresh salt from the OS CSPRNG (whatever the caller
+built), so its leaf hash cannot be recomputed from its value and labels.
+Replicas store their origin's bytes verbatim, version 1 or 2.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,14 +29,31 @@ from node.errors import RetractionError, StorageError
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from node.storage.schema import TILE_LEVEL, active_key
 from protocol.checkpoint import Checkpoint, sign_checkpoint
-from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, parse_entry
+from protocol.entry import (
+    SALT_BYTES,
+    AddEntry,
+    Entry,
+    OpinionEntry,
+    RetractEntry,
+    parse_entry,
+    salt_entries,
+)
 from protocol.errors import InvalidRetractionError
 from protocol.hashing import hash_leaves
 from protocol.keys import NoteSigner
 from protocol.rules import LogRules
 from protocol.tree import CompactRange, NodeRun
 
-__all__ = ["Duplicate", "Integration", "Sequenced"]
+__all__ = ["Duplicate", "Integration", "Sequenced", "salted"]
+
+
+def salted(entries: Sequence[Entry]) -> list[bytes]:
+    """The version 2 encodings of the entries, each with a fresh salt from the OS CSPRNG.
+
+    One ``os.urandom`` call per batch, sliced: a bulk import pays no
+    system call per entry.
+    """
+    return salt_entries(entries, os.urandom(SALT_BYTES * len(entries)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +67,12 @@ class Duplicate:
 
 @dataclass(frozen=True, slots=True)
 class Sequenced:
-    """A validated batch, hashed into the tree but not yet written."""
+    """A validated batch, hashed into the tree but not yet written.
+
+    ``datas`` are the leaf data written. For the own log they are the
+    salted (version 2) encodings of ``entries``, which may be unsalted
+    drafts: nothing but the encoding depends on the salt.
+    """
 
     start: int
     entries: Sequence[Entry]
@@ -134,8 +162,9 @@ class Integration:
                 accepted_ids.append(identity)
         if not accepted:
             return
-        # Every accepted add was checked against the index just above.
-        batch = self._hash(accepted, [e.to_bytes() for e in accepted], accepted_ids, keys)
+        # Every accepted add was checked against the index just above. The
+        # salts live in the encodings only: nothing below reads them.
+        batch = self._hash(accepted, salted(accepted), accepted_ids, keys)
         self.store_batch(batch, checked=True)
 
     def sequence(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> Sequenced:

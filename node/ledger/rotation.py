@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import ConfigError, LedgerError
-from node.ledger.integration import Integration
+from node.ledger.integration import Integration, salted
 from node.ledger.key_files import write_key_file
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from protocol.entry import RotateEntry
@@ -187,7 +187,7 @@ def rotate_signing_key(
     with store.transaction():
         run = Integration(store, store.own_log())
         index = run.next_index
-        run.store_batch(run.sequence([entry], [entry.to_bytes()]))
+        run.store_batch(run.sequence([entry], salted([entry])))
         checkpoint = run.commit_checkpoint(signer)
         chain = load_key_chain(store, origin)
         save_rotations(store, chain, run.rules.rotations, checkpoint.size)

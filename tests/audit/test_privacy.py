@@ -55,7 +55,7 @@ def planted(tag: str) -> list[AddEntry]:
 
 
 def spellings(node_dir: Path) -> set[bytes]:
-    """Every form a secret could travel in: values, raw bytes, labels, notes, entry bytes."""
+    """Every form a secret could travel in: values, raw bytes, labels, notes, salts, entry bytes."""
     out: set[bytes] = {NOTE.encode(), NOTE.split()[2].encode()}
     for label in LABELS:
         out |= {label.encode(), label.split(":", 1)[1].encode()}
@@ -64,6 +64,9 @@ def spellings(node_dir: Path) -> set[bytes]:
             for _i, data, _leaf in ledger.store.iter_entries(log.log_id):
                 raw_entry = bytes(data)
                 out |= {base64.b64encode(raw_entry), raw_entry.hex().encode(), raw_entry}
+                salt = json.loads(raw_entry).get("salt")
+                if salt is not None:  # lives only where the entry's bytes do
+                    out |= {salt.encode(), base64.b64encode(bytes.fromhex(salt))}
                 signal = json.loads(raw_entry).get("signal")
                 if signal is None:
                     continue  # a retraction carries no hash value

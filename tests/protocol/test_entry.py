@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import PROTOCOL_VERSION
+from protocol import PROTOCOL_VERSION, READ_VERSIONS
 from protocol.encoding import MAX_UINT63, dumps_canonical
 from protocol.entry import (
     LABEL_PATTERN,
@@ -18,15 +18,19 @@ from protocol.entry import (
     MAX_LABELS,
     MAX_NOTE_CHARS,
     MAX_REASON_CHARS,
+    SALT_BYTES,
     AddEntry,
     Entry,
+    OpinionEntry,
     RetractEntry,
     parse_entry,
+    salt_entries,
 )
 from protocol.errors import MalformedError, UnsupportedVersionError
 from protocol.signal import SIGNAL_TYPES
 
 H16 = "ab" * 16
+SALT = "5a" * 16
 H20 = "cd" * 20
 H32 = "ef" * 32
 PHOTODNA = base64.b64encode(bytes(range(144))).decode("ascii")
@@ -66,11 +70,19 @@ enc = dumps_canonical
 
 
 def test_benchmark_form_is_exact() -> None:
-    # benchmarks/bench_ledger.py writes these bytes directly.
+    # A version 1 vector (still read, never written) ...
     data = b'{"kind":"add","labels":[],"signal":{"type":"sha256","value":"%064x"},"v":1}' % 7
     entry = parse_entry(data)
     assert entry == AddEntry.create(signal_type="sha256", value=f"{7:064x}")
-    assert entry.to_bytes() == data
+    assert entry.to_bytes() == data and entry.version == 1
+    # ... and the version 2 form benchmarks/bench_ledger.py hashes directly.
+    data = (
+        b'{"kind":"add","labels":[],"salt":"%032x","signal":{"type":"sha256","value":"%064x"},'
+        b'"v":2}' % (7, 7)
+    )
+    entry = parse_entry(data)
+    assert entry == AddEntry.create(signal_type="sha256", value=f"{7:064x}", salt=f"{7:032x}")
+    assert entry.to_bytes() == data and entry.version == 2
 
 
 def test_pdq_form_is_exact() -> None:
@@ -104,14 +116,98 @@ ROUND_TRIP: list[Entry] = [
     RetractEntry(index=0, reason="r"),
     RetractEntry(index=MAX_UINT63, reason="\U0001f600" * 100),
 ]
+# The same entries as written (version 2): one salt each.
+ROUND_TRIP += [e.salted(f"{i:032x}") for i, e in enumerate(ROUND_TRIP)]
 
 
-@pytest.mark.parametrize("entry", ROUND_TRIP, ids=lambda e: f"{e.kind}")
+@pytest.mark.parametrize("entry", ROUND_TRIP, ids=lambda e: f"{e.kind}-v{e.version}")
 def test_round_trip(entry: Entry) -> None:
     data = entry.to_bytes()
     assert parse_entry(data) == entry
     assert dumps_canonical(entry.to_json_obj()) == data
-    assert entry.to_json_obj()["v"] == PROTOCOL_VERSION
+    assert entry.to_json_obj()["v"] == entry.version == (1 if entry.salt is None else 2)
+    assert ('"salt":' in data.decode()) == (entry.version == PROTOCOL_VERSION)
+
+
+def test_salted_forms_are_exact() -> None:
+    # The salt sits where sorting puts it: after "note", before "signal".
+    entry = AddEntry.create(signal_type="md5", value=H16, labels=["a:b"], salt=SALT)
+    assert entry.to_bytes() == (
+        b'{"kind":"add","labels":["a:b"],"salt":"' + SALT.encode() + b'",'
+        b'"signal":{"type":"md5","value":"' + H16.encode() + b'"},"v":2}'
+    )
+    noted = AddEntry.create(signal_type="md5", value=H16, note="n", salt=SALT)
+    assert noted.to_bytes() == (
+        b'{"kind":"add","labels":[],"note":"n","salt":"' + SALT.encode() + b'",'
+        b'"signal":{"type":"md5","value":"' + H16.encode() + b'"},"v":2}'
+    )
+    assert RetractEntry(index=12, reason="dup", salt=SALT).to_bytes() == (
+        b'{"index":12,"kind":"retract","reason":"dup","salt":"' + SALT.encode() + b'","v":2}'
+    )
+    assert PROTOCOL_VERSION == 2 and READ_VERSIONS == (1, 2)
+
+
+def test_salt_entries_is_salted_to_bytes() -> None:
+    # The writer's bulk encoder equals salting each entry and encoding it,
+    # for every kind and with or without a note; any given salt is replaced.
+    entries = [
+        *ROUND_TRIP,
+        OpinionEntry(origin="a.example/x", index=1, leaf_hash=bytes(32), verdict="confirm"),
+    ]
+    random = bytes(range(256)) * (len(entries) * SALT_BYTES // 256 + 1)
+    random = random[: len(entries) * SALT_BYTES]
+    datas = salt_entries(entries, random)
+    for i, (entry, data) in enumerate(zip(entries, datas, strict=True)):
+        salt = random[i * SALT_BYTES : (i + 1) * SALT_BYTES].hex()
+        assert data == entry.salted(salt).to_bytes()
+        assert parse_entry(data) == entry.salted(salt) and parse_entry(data).version == 2
+    with pytest.raises(ValueError):
+        salt_entries(entries, random[:-1])
+    # Different random bytes, different encodings and leaf hashes, same identities.
+    again = salt_entries(entries, bytes(len(random)))
+    assert all(a != b for a, b in zip(datas, again, strict=True))
+
+
+def test_salt_is_not_identity() -> None:
+    a = AddEntry.create(signal_type="md5", value=H16, labels=["a:b"], salt=SALT)
+    b = a.salted("00" * 16)
+    assert a.identity == b.identity == (a.salted(SALT).identity)
+    assert a != b and a.to_bytes() != b.to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        (add_obj(v=2), "missing required field"),
+        (retract_obj(v=2), "missing required field"),
+        (add_obj(salt=SALT), "version 1 entry has no salt"),
+        (retract_obj(salt=SALT), "version 1 entry has no salt"),
+        (add_obj(v=2, salt=SALT.upper()), "lowercase hex"),
+        (add_obj(v=2, salt=SALT[:-2]), "expected 32 hex characters"),
+        (add_obj(v=2, salt=SALT + "00"), "expected 32 hex characters"),
+        (add_obj(v=2, salt="g" * 32), "lowercase hex"),
+        (add_obj(v=2, salt=base64.b64encode(bytes(16)).decode()), "hex characters"),
+        (add_obj(v=2, salt=5), "string"),
+        (add_obj(v=2, salt=None), "string"),
+    ],
+)
+def test_salt_is_checked_and_named(obj: dict[str, Any], reason: str) -> None:
+    with pytest.raises(MalformedError) as info:
+        parse_entry(enc(obj))
+    assert not isinstance(info.value, UnsupportedVersionError)
+    assert info.value.field == "salt"
+    assert reason in info.value.reason
+
+
+def test_salt_is_checked_on_construction() -> None:
+    for bad in ("AB" * 16, "ab" * 15, "", "zz" * 16):
+        with pytest.raises(MalformedError) as info:
+            AddEntry.create(signal_type="md5", value=H16, salt=bad)
+        assert info.value.field == "salt"
+        with pytest.raises(MalformedError):
+            RetractEntry(index=1, reason="r").salted(bad)
+        with pytest.raises(MalformedError):
+            AddEntry.create(signal_type="md5", value=H16).salted(bad)
 
 
 def test_every_registered_type_round_trips() -> None:
@@ -397,7 +493,7 @@ def test_bad_corpus_ids_are_unique() -> None:
     assert len(ids) == len(set(ids))
 
 
-@pytest.mark.parametrize("version", [2, 100, MAX_UINT63])
+@pytest.mark.parametrize("version", [3, 100, MAX_UINT63])
 def test_unknown_version_is_unsupported(version: int) -> None:
     # Version is checked first: a future version may have other kinds/fields.
     for obj in (add_obj(v=version), retract_obj(v=version), {"kind": "merge", "v": version}):
@@ -613,28 +709,41 @@ PARSER_FIELDS = [
 ]
 
 
+@pytest.mark.parametrize("salt", [None, SALT])
 @pytest.mark.parametrize(("signal_type", "quality", "value"), PARSER_FIELDS)
 def test_parser_accepts_exactly_the_family_encodings(
-    signal_type: str, quality: int | None, value: str
+    signal_type: str, quality: int | None, value: str, salt: str | None
 ) -> None:
     labels = ["src:b", "src:a", "src:b"]
-    parse = AddEntry.parser(signal_type=signal_type, labels=labels, quality=quality)
-    entry = AddEntry.create(signal_type=signal_type, value=value, labels=labels, quality=quality)
+    version = 1 if salt is None else 2
+    parse = AddEntry.parser(
+        signal_type=signal_type, labels=labels, quality=quality, version=version
+    )
+    entry = AddEntry.create(
+        signal_type=signal_type, value=value, labels=labels, quality=quality, salt=salt
+    )
     data = entry.to_bytes()
     assert parse(data) == entry == parse_entry(data)
     other = dataclasses.replace(entry, labels=("src:a",))
     noted = dataclasses.replace(entry, note="seen")
     upper = data.replace(value.encode(), value.upper().encode())
     # Anything else is not for this parser: another family, a note, a
-    # non-canonical value, a changed byte, trailing bytes, a retraction.
+    # non-canonical value or salt, a changed byte, trailing bytes, the
+    # other version, a retraction.
     for foreign in (
         other.to_bytes(),
         noted.to_bytes(),
         upper,
+        data.replace(SALT.encode(), SALT.upper().encode()),
+        data.replace(SALT.encode(), SALT[:-2].encode()),
         data[:-1],
         data + b" ",
         data.replace(b'"v":1', b'"v":2'),
-        RetractEntry(index=1, reason="r").to_bytes(),
+        data.replace(b'"v":2', b'"v":1'),
+        entry.salted("00" * 16).to_bytes()
+        if salt is None
+        else dataclasses.replace(entry, salt=None).to_bytes(),
+        RetractEntry(index=1, reason="r", salt=salt).to_bytes(),
     ):
         got = parse(foreign)
         if got is not None:  # only possible when the change left it canonical
@@ -644,7 +753,9 @@ def test_parser_accepts_exactly_the_family_encodings(
 
 def test_parser_rejects_non_canonical_base64() -> None:
     parse = AddEntry.parser(signal_type="photodna")
-    good = AddEntry.create(signal_type="photodna", value=base64.b64encode(bytes(144)).decode())
+    good = AddEntry.create(
+        signal_type="photodna", value=base64.b64encode(bytes(144)).decode(), salt=SALT
+    )
     assert parse(good.to_bytes()) == good
     # Same length, valid alphabet, but not the canonical base64 of 144 bytes.
     bad = good.to_bytes().replace(b"AAAA", b"AA==", 1)
@@ -653,11 +764,16 @@ def test_parser_rejects_non_canonical_base64() -> None:
         parse_entry(bad)
 
 
-@given(st.binary(min_size=16, max_size=16), st.sampled_from([[], ["a:b"], ["x:y", "a:b"]]))
+@given(
+    st.binary(min_size=16, max_size=16),
+    st.sampled_from([[], ["a:b"], ["x:y", "a:b"]]),
+    st.none() | st.binary(min_size=16, max_size=16).map(bytes.hex),
+)
 @settings(max_examples=200, deadline=None)
-def test_parser_agrees_with_parse_entry(raw: bytes, labels: list[str]) -> None:
-    entry = AddEntry.create(signal_type="md5", value=raw.hex(), labels=labels)
-    assert AddEntry.parser(signal_type="md5", labels=labels)(entry.to_bytes()) == entry
+def test_parser_agrees_with_parse_entry(raw: bytes, labels: list[str], salt: str | None) -> None:
+    entry = AddEntry.create(signal_type="md5", value=raw.hex(), labels=labels, salt=salt)
+    parse = AddEntry.parser(signal_type="md5", labels=labels, version=entry.version)
+    assert parse(entry.to_bytes()) == entry == parse_entry(entry.to_bytes())
 
 
 def test_parser_checks_its_fields() -> None:

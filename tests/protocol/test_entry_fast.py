@@ -4,7 +4,8 @@
 parsers ``parse_entry_fast`` builds) are checked against the strict
 ``parse_entry`` on generated canonical entries of every kind and on near
 misses of them: reordered keys, whitespace, escapes, upper-case hex, extra
-fields, non-canonical numbers and random byte edits.
+fields, non-canonical numbers, salts dropped, added or misspelt, and random
+byte edits; both entry versions (1: no salt, 2: salted) are generated.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ text = st.text(
     max_size=40,
 )
 index = st.integers(min_value=0, max_value=2**63 - 1)
+# Mostly version 2 (as written), some version 1 (vectors, older logs).
+salts = st.none() | st.binary(min_size=16, max_size=16).map(bytes.hex)
 
 
 @st.composite
@@ -60,6 +63,7 @@ def adds(draw: st.DrawFn) -> AddEntry:
         labels=draw(labels),
         note=draw(st.none() | st.none() | text),
         quality=quality,
+        salt=draw(salts),
     )
 
 
@@ -67,16 +71,18 @@ def adds(draw: st.DrawFn) -> AddEntry:
 def others(draw: st.DrawFn) -> Entry:
     reason = draw(text)
     kind = draw(st.sampled_from(["retract", "opinion", "rotate"]))
+    salt = draw(salts)
     if kind == "retract":
-        return RetractEntry(index=draw(index), reason=reason)
+        return RetractEntry(index=draw(index), reason=reason, salt=salt)
     if kind == "opinion":
         return OpinionEntry(
             origin=ORIGIN,
             index=draw(index),
             leaf_hash=draw(st.binary(min_size=32, max_size=32)),
             verdict=draw(st.sampled_from(OPINION_VERDICTS)),
+            salt=salt,
         )
-    return RotateEntry(key=draw(st.sampled_from(KEYS)), reason=reason)
+    return RotateEntry(key=draw(st.sampled_from(KEYS)), reason=reason, salt=salt)
 
 
 entries = adds() | adds() | others()
@@ -111,6 +117,8 @@ def near_misses(draw: st.DrawFn) -> bytes:
                 "ascii",
                 "bytes",
                 "value",
+                "salt",
+                "version",
             ]
         )
     )
@@ -134,8 +142,8 @@ def near_misses(draw: st.DrawFn) -> bytes:
         return text_form.upper().encode("utf-8")
     if how == "extra":
         target = obj.get("signal", obj) if draw(st.booleans()) else obj
-        target[draw(st.sampled_from(["x", "note", "quality", "v", "aaa"]))] = draw(
-            st.sampled_from([1, "x", None, [], 90])
+        target[draw(st.sampled_from(["x", "note", "quality", "v", "aaa", "salt"]))] = draw(
+            st.sampled_from([1, "x", None, [], 90, "00" * 16])
         )
         return _dump(obj).encode("utf-8")
     if how == "number":
@@ -159,6 +167,23 @@ def near_misses(draw: st.DrawFn) -> bytes:
         at = draw(st.integers(0, len(value) - 1))
         ch = draw(st.sampled_from("0aAfFgG+/==="))
         obj["signal"]["value"] = value[:at] + ch + value[at + 1 :]
+        return _dump(obj).encode("utf-8")
+    if how == "salt":
+        # The salt dropped, added, or one character of it replaced (the
+        # wrong case or alphabet), shortened or lengthened.
+        if "salt" not in obj or draw(st.booleans()):
+            if "salt" in obj:
+                del obj["salt"]
+            else:
+                obj["salt"] = draw(salts) or "ab" * 16
+            return _dump(obj).encode("utf-8")
+        salt = obj["salt"]
+        at = draw(st.integers(0, len(salt) - 1))
+        ch = draw(st.sampled_from(["0", "a", "A", "F", "g", "=", "", "00"]))
+        obj["salt"] = salt[:at] + ch + salt[at + 1 :]
+        return _dump(obj).encode("utf-8")
+    if how == "version":
+        obj["v"] = draw(st.sampled_from([1, 2, 3]))
         return _dump(obj).encode("utf-8")
     if how == "bytes":
         at = draw(st.integers(0, len(data) - 1))
@@ -198,23 +223,27 @@ def test_a_family_parser_returns_none_or_what_parse_entry_returns(
     family: AddEntry, data: bytes
 ) -> None:
     parse = AddEntry.parser(
-        signal_type=family.signal_type, labels=family.labels, quality=family.quality
+        signal_type=family.signal_type,
+        labels=family.labels,
+        quality=family.quality,
+        version=family.version,
     )
     got = parse(data)
     if got is not None:
         assert got == parse_entry(data)
-        assert (got.signal_type, got.labels, got.quality, got.note) == (
+        assert (got.signal_type, got.labels, got.quality, got.note, got.version) == (
             family.signal_type,
             family.labels,
             family.quality,
             None,
+            family.version,
         )
     expected = _outcome(parse_entry, data)
     if (
         isinstance(expected, AddEntry)
         and expected.note is None
-        and (expected.signal_type, expected.labels, expected.quality)
-        == (family.signal_type, family.labels, family.quality)
+        and (expected.signal_type, expected.labels, expected.quality, expected.version)
+        == (family.signal_type, family.labels, family.quality, family.version)
     ):
         assert got == expected  # the family parser misses none of its own
 
