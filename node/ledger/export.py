@@ -4,6 +4,11 @@ Layer: node.ledger. Reads the database; the caller writes the lines.
 
 Every export reads one consistent snapshot: a read transaction is held for
 the whole export, so entries appended meanwhile are not half included.
+
+Salts (``docs/protocol.md`` §1.0) appear only where exact entry bytes do:
+in ``leaves`` and ``bundle``. The decoded rows of ``ndjson`` and ``csv``
+name each entry's fields and leaf hash but not its salt, which is of use
+only to recompute a leaf hash from the bytes.
 """
 
 from __future__ import annotations

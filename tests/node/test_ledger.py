@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import sqlite3
@@ -83,7 +84,13 @@ def test_add_signs_checkpoint_and_proves_inclusion(ledger: Ledger) -> None:
     result = ledger.append(entries)
     assert list(result.indexes) == list(range(7))
     cp = open_checkpoint(result.checkpoint.note, verifier(ledger), origin=ORIGIN).checkpoint
-    leaves = [hash_leaf(e.to_bytes()) for e in entries]
+    stored = list(ledger.entries(ledger.own_log))
+    leaves = [bytes(h) for _i, _d, h in stored]
+    # Written as version 2: the drafts' entries with a fresh salt each.
+    for entry, (_i, data, leaf) in zip(entries, stored, strict=True):
+        written = parse_entry(bytes(data))
+        assert written.version == 2 and written == entry.salted(written.salt or "")
+        assert leaf == hash_leaf(bytes(data)) != hash_leaf(entry.to_bytes())
     assert cp.size == 7
     assert cp.root_hash == root_from_leaf_hashes(leaves)
     for index in range(7):
@@ -316,6 +323,12 @@ def test_ndjson_and_leaves_exports(ledger: Ledger) -> None:
     assert len(leaves) == 3
     csv_lines = list(export_lines(ledger, "csv"))
     assert csv_lines[0].startswith("index,kind,")
+    # Salts travel with exact entry bytes (leaves) only, not in decoded rows.
+    salts = [parse_entry(base64.b64decode(line)).salt for line in leaves]
+    assert all(salt is not None and len(salt) == 32 for salt in salts)
+    decoded = "".join(rows) + "".join(csv_lines)
+    assert "salt" not in decoded
+    assert not any(salt and salt in decoded for salt in salts)
 
 
 def test_duplicates_are_found_when_every_index_key_collides(

@@ -6,6 +6,7 @@ every fork must leave evidence that protocol/ alone verifies.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,14 +305,18 @@ def test_rejects_one_flipped_byte(synced: tuple[Source, Ledger, str]) -> None:
         lambda d: d.replace(b'"kind":"add",', b'"kind": "add",'),  # whitespace
         lambda d: d.replace(b'"labels"', b'"zlabels"'),  # unknown field
         lambda d: d[:-1] + b",}",  # not JSON
-        lambda d: d.replace(b'"v":1', b'"v":01'),  # non-canonical number
+        lambda d: d.replace(b'"v":2', b'"v":02'),  # non-canonical number
+        lambda d: re.sub(rb'"salt":"[0-9a-f]{32}",', b"", d),  # version 2 without its salt
+        lambda d: d.replace(b'"salt":"', b'"salt":"A', 1),  # not 32 lowercase hex
     ],
 )
 def test_rejects_non_canonical_entry(synced: tuple[Source, Ledger, str], mangle: object) -> None:
     src, dst, note = synced
     r = dst.replica(SRC)
     entries = src.entries(10, 20)
+    assert b'"v":2' in entries[3] and b'"salt":"' in entries[3]  # the origin writes version 2
     bad = [*entries[:3], mangle(entries[3]), *entries[4:]]  # type: ignore[operator]
+    assert bad[3] != entries[3]
     _rejects(dst, MalformedError, r"entries\[13\]", lambda: r.append_verified(note, 10, bad, None))
 
 
@@ -525,6 +530,25 @@ def test_conflict_beyond_signed_checkpoint_is_refused_not_frozen(
         + b'"},"v":1}',
         b'{"kind":"add","labels":[],"signal":{"quality":090,"type":"pdq","value":"'
         + b"b" * 64
+        + b'"},"v":1}',
+        # Version 2: salted, a salt missing, misspelt, or on a version 1 entry.
+        add(1).salted("c" * 32).to_bytes(),
+        AddEntry.create(signal_type="pdq", value="b" * 64, quality=90, salt="d" * 32).to_bytes(),
+        b'{"kind":"add","labels":[],"signal":{"type":"md5","value":"' + b"a" * 32 + b'"},"v":2}',
+        b'{"kind":"add","labels":[],"salt":"'
+        + b"C" * 32
+        + b'","signal":{"type":"md5","value":"'
+        + b"a" * 32
+        + b'"},"v":2}',
+        b'{"kind":"add","labels":[],"salt":"'
+        + b"c" * 31
+        + b'","signal":{"type":"md5","value":"'
+        + b"a" * 32
+        + b'"},"v":2}',
+        b'{"kind":"add","labels":[],"salt":"'
+        + b"c" * 32
+        + b'","signal":{"type":"md5","value":"'
+        + b"a" * 32
         + b'"},"v":1}',
     ],
 )
