@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import protocol.entry as entry_module
 from protocol.entry import (
     LABEL_PATTERN,
     OPINION_VERDICTS,
@@ -260,3 +261,21 @@ def test_parse_entries_names_the_first_bad_entry(datas: list[bytes], start: int)
         parse_entries(datas, start)
     assert caught.value.field is not None
     assert caught.value.field.startswith(f"entries[{start + bad[0]}]")
+
+
+def test_salted_adds_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A replica's sync chunk is mostly note-less version 2 adds: none of them
+    # may fall back to the strict parser (the slow path).
+    datas = [
+        AddEntry.create(
+            signal_type="sha256", value=f"{i:064x}", labels=["src:x"], salt=f"{i:032x}"
+        ).to_bytes()
+        for i in range(50)
+    ]
+    expected = [parse_entry(d) for d in datas]
+
+    def strict(_data: bytes) -> Entry:
+        raise AssertionError("fell back to parse_entry")
+
+    monkeypatch.setattr(entry_module, "parse_entry", strict)
+    assert parse_entries(datas) == expected

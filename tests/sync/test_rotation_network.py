@@ -8,6 +8,7 @@ import pytest
 
 from node.ledger import Ledger
 from node.ledger.rotation import load_key_chain
+from protocol.entry import parse_entry
 from tests.sync.conftest import (
     A,
     B,
@@ -62,5 +63,12 @@ async def test_follower_and_relay_cross_a_rotation(tmp_path: Path) -> None:
             Ledger.open(c.node_dir, read_only=True) as ledger_c,
         ):
             assert ledger_c.recompute_root(A) == ledger_a.recompute_root()
+            # The relayed entries are A's version 2 bytes, salts and all, the
+            # rotate entry included; the roots above are A's signed ones.
+            at_a = [bytes(d) for _i, d, _h in ledger_a.entries(ledger_a.own_log)]
+            at_c = [bytes(d) for _i, d, _h in ledger_c.entries(ledger_c.store.get_log(A))]
+            assert at_c == at_a
+            assert [parse_entry(d).version for d in at_c] == [2] * 9
+            assert parse_entry(at_c[5]).kind == "rotate"
     finally:
         await shutdown(a, b, c)
