@@ -297,30 +297,41 @@ def verify_checkpoints(
 
 
 def history_failures(
-    origin: str, source: str, head: AuditHead, checkpoints: Sequence[VerifiedCheckpoint]
+    origin: str,
+    source: str,
+    head: AuditHead,
+    checkpoints: Sequence[VerifiedCheckpoint],
+    *,
+    published: bool = False,
 ) -> list[Failure]:
     """The origin's own node must still serve the head audited before, and no smaller tree.
 
+    A published log (``published``) holds only its latest checkpoint: it
+    must not be smaller than the head; that it extends the head is checked
+    with its tiles.
+
     Args:
         origin: the origin.
-        source: the URL of the origin's own node.
+        source: the URL of the origin's own node, or of its published log.
         head: the head saved by the last audit.
         checkpoints: the node's verified checkpoints, by size (at least one).
+        published: the source is the origin's published log (tlog-tiles).
     """
     latest = checkpoints[-1]
     if latest.size < head.size:
+        what = "the origin's published log" if published else "the origin's own node"
         return [
             failure(
                 "history",
                 origin,
                 source,
-                f"the origin's own node serves size {latest.size}, smaller than the size "
+                f"{what} serves size {latest.size}, smaller than the size "
                 f"{head.size} audited before: its log lost or hides entries",
                 head.size,
                 latest.size,
             )
         ]
-    if head.size > 0 and all(cp.size != head.size for cp in checkpoints):
+    if not published and head.size > 0 and all(cp.size != head.size for cp in checkpoints):
         return [
             failure(
                 "history",

@@ -304,8 +304,17 @@ async def _audit_origin(
     head_before = head.size if head else None
     if key_problem is not None:
         found.fail("key", "command line", key_problem)
+    if chain is None and key_problem is None:
+        # A published log carries no key, and was named as a target: not a silent skip.
+        for log in published:
+            found.fail(
+                "key",
+                log.source,
+                f"no key is trusted for {origin}, the origin of this published log: pass "
+                "its --vkey KEY",
+            )
     if chain is None:
-        status = "failed" if key_problem else "skipped"
+        status = "failed" if found.failures else "skipped"
         return found, _report(origin, status, (), head_before, head, ()), None
     start = head.size if head is not None and not options.full else 0
 
@@ -503,8 +512,8 @@ async def _audit_published(
             )
         return None
     latest = checkpoints[-1]
-    if head is not None and latest.size < head.size:
-        found.add(history_failures(origin, source, head, checkpoints))
+    if head is not None:
+        found.add(history_failures(origin, source, head, checkpoints, published=True))
     since = head.size if head is not None and not full and head.size <= latest.size else 0
     try:
         audited = await asyncio.to_thread(

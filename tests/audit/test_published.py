@@ -277,7 +277,10 @@ async def test_rolled_back_log_is_a_history_failure(tmp_path: Path) -> None:
     ).status == 0
     back = await run_cli("audit", str(small_out), "--vkey", vkey, "--state", str(state))
     assert back.status == 1
-    assert f"FAIL history origin={ORIGIN} source={small_out} 310 -> 300:" in back.stdout
+    assert (
+        f"FAIL history origin={ORIGIN} source={small_out} 310 -> 300: the origin's published "
+        "log serves size 300, smaller than the size 310 audited before"
+    ) in back.stdout
 
 
 async def test_wrong_key_fails(tmp_path: Path, node: Path) -> None:
@@ -291,6 +294,16 @@ async def test_wrong_key_fails(tmp_path: Path, node: Path) -> None:
     assert f"FAIL signature origin={ORIGIN} source={out} size {ENTRIES}:" in result.stdout
     alone = await run_cli("verify-tiles", str(out), "--vkey", vkey_of(impostor), module="protocol")
     assert alone.status == 1
+
+    # A key for another origin leaves the published log's origin without one: a failure too.
+    other = new_node(tmp_path, "other", origin="hotline-other.example/hashmesh")
+    unkeyed = await run_cli(
+        "audit", str(out), "--vkey", vkey_of(other), "--state", str(tmp_path / "s.json")
+    )
+    assert unkeyed.status == 1
+    assert f"FAIL key origin={ORIGIN} source={out}: no key is trusted for {ORIGIN}" in (
+        unkeyed.stdout
+    )
 
 
 async def test_witness_fed_from_the_published_log(
