@@ -27,7 +27,17 @@ from node.tls import public_server_ssl_context
 from protocol.checkpoint import cosign_checkpoint
 from protocol.keys import NoteSigner
 from protocol.tiles import compute_tiles_from_leaf_hashes
-from tests.audit.conftest import ORIGIN, add_hashes, fork_node, new_node, run_cli, vkey_of
+from tests.api.conftest import Identity
+from tests.audit.conftest import (
+    ORIGIN,
+    add_hashes,
+    fork_node,
+    ident_args,
+    new_node,
+    run_cli,
+    serve,
+    vkey_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -399,3 +409,37 @@ async def test_audit_and_witness_from_the_public_listener(tmp_path: Path, node: 
     finally:
         await server.close()
         await db.close()
+
+
+async def test_live_node_and_published_logs_compared_in_one_run(
+    tmp_path: Path, node: Path, auditor: Identity
+) -> None:
+    twin = fork_node(node, tmp_path / "a-twin")  # same key, another entry 600
+    add_hashes(node, ENTRIES, 1)
+    add_hashes(twin, 70_000, 1)
+    honest_out, twin_out = tmp_path / "honest", tmp_path / "twin"
+    publish(node, honest_out)
+    publish(twin, twin_out)
+    served = await serve(node, auditor)
+    try:
+        base = [
+            "audit", "--card", str(served.card(tmp_path)), *ident_args(auditor),
+            "--state", str(tmp_path / "state.json"), "--no-save",
+        ]  # fmt: skip
+        same = await run_cli(*base, str(honest_out), "--json")
+        assert same.status == 0, same.stdout + same.stderr
+        [origin] = same.json()["origins"]  # type: ignore[misc]
+        assert {s["source"] for s in origin["sources"]} == {served.url, str(honest_out)}
+
+        split = await run_cli(*base, str(twin_out), "--evidence-dir", str(tmp_path / "ev"))
+    finally:
+        await served.close()
+    assert split.status == 1, split.stdout
+    size = ENTRIES + 1
+    assert f"FAIL split-view origin={ORIGIN} source=" in split.stdout
+    assert f"size {size}: " in split.stdout and "were shown different histories" in split.stdout
+    [evidence] = (tmp_path / "ev").iterdir()
+    check = await run_cli(
+        "verify-evidence", str(evidence), "--vkey", vkey_of(node), module="protocol"
+    )
+    assert check.status == 0, check.stderr
