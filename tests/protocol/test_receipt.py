@@ -418,6 +418,26 @@ def test_tlog_proof_extra_data_must_be_a_canonical_entry(signer: NoteSigner) -> 
     assert info.value.field is not None and info.value.field.startswith("extra")
 
 
+def test_v1_and_v2_entries_are_carried_as_opaque_bytes(signer: NoteSigner) -> None:
+    # Version 2 (salted, what the writer appends) and version 1 (older logs)
+    # side by side in one tree; a receipt of each verifies in both forms.
+    v2 = [
+        AddEntry.create(signal_type="sha256", value=f"{i:064x}").salted(f"{i:032x}").to_bytes()
+        for i in range(3)
+    ]
+    tree = Tree([*adds(2), *v2])
+    for index in (1, 3):
+        receipt = tree.receipt(index, signer)
+        for data in (receipt.to_json(), receipt.to_tlog_proof()):
+            verified = verify_receipt(parse_receipt(data), signer.verifier())
+            assert verified.leaf_hash == hash_leaf(tree.datas[index])
+            assert isinstance(verified.entry, AddEntry)
+            assert verified.entry.to_bytes() == tree.datas[index]
+        extra = receipt.to_tlog_proof().decode().split("\n")[1]
+        assert extra == "extra " + encode_b64(tree.datas[index])
+        assert (b'"salt":' in base64.b64decode(extra[6:])) == (index == 3)
+
+
 def test_tlog_proof_layout_follows_the_spec(signer: NoteSigner) -> None:
     tree = Tree(adds(7))
     receipt = tree.receipt(3, signer)
