@@ -3,7 +3,8 @@
 The attacker holds everything the auditor role can read over the real
 mutual-TLS API (leaf hashes, checkpoints, inclusion proofs, including the
 ``leaf_hash=`` look-up that answers 404 for a hash not in the log), the
-public hash tiles of the tree (``protocol.tiles``), every value listed in
+public hash tiles of the tree (as ``hashmesh publish`` writes them, and as
+``protocol.tiles`` computes them), every value listed in
 the ledger and the whole label vocabulary of ``docs/labels.md``. It
 recomputes candidate leaf hashes for every value under every plausible
 label set and looks for them. On a version 2 (salted) log it finds
@@ -26,6 +27,7 @@ import aiohttp
 import pytest
 
 from node.ledger import Ledger
+from node.ledger.publish import publish
 from node.tls import client_ssl_context
 from protocol.entry import LABEL_PATTERN, AddEntry, parse_entry
 from protocol.hashing import hash_leaf
@@ -96,6 +98,17 @@ def attack(
     }
 
 
+def published_hashes(out: Path) -> set[bytes]:
+    """Every 32-byte hash in every file ``hashmesh publish`` wrote (the public surface)."""
+    out_hashes: set[bytes] = set()
+    for path in out.rglob("*"):
+        if path.is_file() and path.parts[len(out.parts)] == "tile":
+            data = path.read_bytes()
+            assert len(data) % 32 == 0
+            out_hashes |= {data[i : i + 32] for i in range(0, len(data), 32)}
+    return out_hashes
+
+
 def tile_hashes(leaf_hashes: list[bytes]) -> set[bytes]:
     """Every hash in the public hash tiles of a tree with these leaves (all levels)."""
     out: set[bytes] = set()
@@ -154,6 +167,15 @@ async def test_the_auditor_view_confirms_no_listed_value(tmp_path: Path) -> None
     written = [parse_entry(d) for d in stored]
     assert [e.version for e in written] == [2] * len(written)
     values = [(e.signal_type, e.value) for e in drafts]
+    with Ledger.open(node) as ledger:
+        publish(ledger, tmp_path / "public")
+    public = published_hashes(tmp_path / "public")
+    # The published tree holds no entry bytes and no salt.
+    published_text = b"".join(
+        p.read_bytes() for p in (tmp_path / "public").rglob("*") if p.is_file()
+    )
+    assert not any(e.salt and e.salt.encode() in published_text for e in written)
+    assert not (tmp_path / "public" / "tile" / "entries").exists()
 
     auditor = make_identity(tmp_path, "auditor")
     served = await serve(node, auditor)
@@ -162,7 +184,8 @@ async def test_the_auditor_view_confirms_no_listed_value(tmp_path: Path) -> None
         leaf_hashes = view["leaf_hashes"]
         assert isinstance(leaf_hashes, list)
         assert leaf_hashes == [hash_leaf(d) for d in stored]
-        known = set(leaf_hashes) | tile_hashes(leaf_hashes)
+        known = set(leaf_hashes) | tile_hashes(leaf_hashes) | public
+        assert set(leaf_hashes) <= public  # the published level-0 tiles are the leaf hashes
         # No salt reaches the auditor: the entry bytes are the only place it lives.
         seen = repr(view).encode()
         for entry in written:
