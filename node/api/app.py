@@ -78,6 +78,10 @@ class Route:
         max_body: the largest request body accepted, in bytes (413 above);
             None means :attr:`ApiLimits.client_max_size`. Only POST routes
             have bodies.
+        pattern: the path aiohttp registers when it differs from the
+            documented template :attr:`path` (a ``{name:regex}`` variable);
+            both have the same canonical form, by which the authorisation
+            policy finds the route.
     """
 
     path: str
@@ -86,6 +90,7 @@ class Route:
     streaming: bool = False
     method: str = "GET"
     max_body: int | None = None
+    pattern: str | None = None
 
 
 ROUTES: tuple[Route, ...] = (
@@ -95,6 +100,14 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/checkpoints", history.checkpoints, ALL_ROLES),
     Route("/v1/rotations", rotations.rotations, ALL_ROLES),
     Route("/v1/entries", handlers.entries, ENTRY_READERS),
+    Route(
+        "/v1/tile/entries/{bundle}",
+        handlers.entry_bundle,
+        ENTRY_READERS,
+        # The bundle path has slashes (x001/234, 002.p/88): match them all and
+        # let protocol.tiles parse the raw target strictly.
+        pattern="/v1/tile/entries/{bundle:.+}",
+    ),
     Route("/v1/leaf-hashes", handlers.leaf_hashes, ALL_ROLES),
     Route("/v1/proof/inclusion", handlers.inclusion_proof, ALL_ROLES),
     Route("/v1/proof/consistency", handlers.consistency_proof, ALL_ROLES),
@@ -261,12 +274,19 @@ def make_app(
     app[STREAMS_KEY] = StreamGate(limits.max_streams)
     app[RATE_KEY] = PeerRateLimiter(limits.peer_rate, limits.peer_burst)
     app[LEAVES_KEY] = LeafHashIndex()
-    app[_POLICY_KEY] = {route.path: route for route in ROUTES}
+    policy: dict[str, Route] = {}
     for route in ROUTES:
+        path = route.pattern or route.path
         if route.method == "GET":
-            app.router.add_get(route.path, route.handler, allow_head=False)
+            registered = app.router.add_get(path, route.handler, allow_head=False)
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            registered = app.router.add_route(route.method, path, route.handler)
+        resource = registered.resource
+        assert resource is not None
+        # What _authorise looks up: the resource's canonical form, which for a
+        # pattern is the documented template.
+        policy[resource.canonical] = route
+    app[_POLICY_KEY] = policy
     app.on_shutdown.append(_close_streams)
     app.cleanup_ctx.extend(extra_cleanup)
     return app

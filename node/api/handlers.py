@@ -33,6 +33,7 @@ from protocol.encoding import decode_hex, parse_decimal
 from protocol.errors import MalformedError
 from protocol.evidence import ForkEvidence
 from protocol.hashing import HASH_SIZE
+from protocol.tiles import EntryBundleId
 from protocol.wire import (
     ENTRY_BUNDLE_MEDIA_TYPE,
     ConsistencyProof,
@@ -46,12 +47,14 @@ __all__ = [
     "checkpoint",
     "consistency_proof",
     "entries",
+    "entry_bundle",
     "error_response",
     "evidence",
     "health",
     "inclusion_proof",
     "leaf_hashes",
     "logs",
+    "raw_target_path",
 ]
 
 MAX_ORIGIN_PARAM = 255
@@ -74,6 +77,17 @@ def error_response(
         content_type=JSON,
         headers=headers,
     )
+
+
+def raw_target_path(request: web.Request) -> str:
+    """The request target's path exactly as sent: not percent-decoded, no dot segments folded.
+
+    Tile paths are checked by the strict parser
+    (:func:`protocol.tiles.parse_tile_path`), which must see what the client
+    sent: ``request.path`` would turn ``%30`` into ``0`` and accept a
+    non-canonical spelling.
+    """
+    return request.raw_path.partition("?")[0]
 
 
 def _params(
@@ -212,6 +226,42 @@ async def entries(request: web.Request) -> web.Response:
 
     body = await request.app[DB_KEY].read(read)
     return web.Response(body=body, content_type=ENTRY_BUNDLE_MEDIA_TYPE if bundle else JSON)
+
+
+_BUNDLE_PREFIX = "/v1/"
+
+
+async def entry_bundle(request: web.Request) -> web.Response:
+    """``GET /v1/tile/entries/<N>[.p/<W>]?origin=O``: a C2SP tlog-tiles entry bundle.
+
+    The entries ``[N*256, N*256+W)`` as an entry bundle
+    (:func:`~protocol.wire.encode_entry_bundle`), whose leaf hashes are the
+    level-0 hash tile of the same path. Only the canonical path is accepted
+    (400 naming the field); a bundle past the latest checkpoint's tree is 404.
+    """
+    origin = _origin(_params(request, ("origin",)))
+    raw = raw_target_path(request)
+    if not raw.startswith(_BUNDLE_PREFIX):  # pragma: no cover - the router matched /v1/...
+        raise MalformedError("does not start with '/v1/'", field="path")
+    bundle = EntryBundleId.from_path(raw.removeprefix(_BUNDLE_PREFIX))
+
+    def read(ledger: Ledger) -> bytes:
+        log, record = _latest(ledger, origin)
+        if not bundle.tile.is_within(record.size):
+            raise EntryNotFoundError(
+                f"{bundle.to_path()} lies beyond the tree size {record.size} of {origin}",
+                field="bundle",
+            )
+        datas = [bytes(data) for _idx, data, _leaf in ledger.entries(log, bundle.start, bundle.end)]
+        if len(datas) != bundle.width:
+            raise EntryNotFoundError(
+                f"{bundle.to_path()}: {len(datas)} of {bundle.width} entries held",
+                field="bundle",
+            )
+        return encode_entry_bundle(datas)
+
+    body = await request.app[DB_KEY].read(read)
+    return web.Response(body=body, content_type=ENTRY_BUNDLE_MEDIA_TYPE)
 
 
 async def leaf_hashes(request: web.Request) -> web.Response:

@@ -13,7 +13,8 @@ publish`` writes, and nothing else::
 
 Hash tiles hold leaf and node hashes only. Entry bundles
 (``/tile/entries/...``) hold hash values and are never served here (404);
-peers read entries over the mutual-TLS API.
+peers and subscribers read them over the mutual-TLS API
+(``/v1/tile/entries/...``, :func:`node.api.handlers.entry_bundle`).
 
 Paths are read from the raw request target (never percent-decoded or
 normalised) and must be the one canonical spelling
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from node.api.app import error_middleware
+from node.api.handlers import raw_target_path
 from node.api.state import PeerRateLimiter
 from node.errors import UnknownLogError
 from node.ledger.database import Database
@@ -142,9 +144,7 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     state = request.app[PUBLIC_KEY]
     if request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-    # The raw target, not request.path: no percent-decoding or dot-segment
-    # folding happens before the strict parser sees it.
-    path = request.raw_path.partition("?")[0]
+    path = raw_target_path(request)
     if path == "/checkpoint":
         note = await state.checkpoint()
         return web.Response(
@@ -158,7 +158,8 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(
             text=(
                 f"{path} is an entry bundle: entry bundles hold hash values and are never "
-                "public; peers read entries over the mutual-TLS API"
+                "public; peers and subscribers read them over the mutual-TLS API "
+                "(GET /v1/tile/entries/...?origin=O)"
             )
         )
     data = await state.tile(parsed)

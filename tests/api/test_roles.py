@@ -21,11 +21,14 @@ QUERIES = {
     "/v1/checkpoints": {"origin": ORIGIN},
     "/v1/rotations": {"origin": ORIGIN},
     "/v1/entries": {"origin": ORIGIN, "start": "0"},
+    "/v1/tile/entries/{bundle}": {"origin": ORIGIN},
     "/v1/leaf-hashes": {"origin": ORIGIN, "start": "0"},
     "/v1/proof/inclusion": {"origin": ORIGIN, "index": "0"},
     "/v1/proof/consistency": {"origin": ORIGIN, "old": "1"},
     "/v1/evidence": {},
 }
+TARGETS = {"/v1/tile/entries/{bundle}": "/v1/tile/entries/000.p/6"}
+"""Where a route with a path variable is asked (the fixture's log has 6 entries)."""
 
 
 def _secrets(node_dir: Path) -> list[bytes]:
@@ -64,7 +67,7 @@ async def test_auditor_never_receives_hash_values_or_labels(served: Served) -> N
     statuses: dict[str, int] = {}
     async with served.session(served.auditor) as s:
         for path, params in QUERIES.items():
-            status, body = await _body(s, served.url + path, params)
+            status, body = await _body(s, served.url + TARGETS.get(path, path), params)
             statuses[path] = status
             for secret in secrets:
                 assert secret not in body, f"{path} leaked {secret[:20]!r} to an auditor"
@@ -78,6 +81,7 @@ async def test_auditor_never_receives_hash_values_or_labels(served: Served) -> N
             for secret in secrets:
                 assert secret not in event
     assert statuses.pop("/v1/entries") == 403
+    assert statuses.pop("/v1/tile/entries/{bundle}") == 403
     assert set(statuses.values()) == {200}
 
 
@@ -92,8 +96,12 @@ async def test_subscriber_and_peer_read_entries(served: Served) -> None:
     for ident in (served.subscriber, served.peer):
         async with served.session(ident) as s:
             status, body = await _body(s, served.url + "/v1/entries", QUERIES["/v1/entries"])
-        assert status == 200
-        assert VALUES[0].encode() not in body  # base64 inside JSON, not raw
+            assert status == 200
+            assert VALUES[0].encode() not in body  # base64 inside JSON, not raw
+            route = "/v1/tile/entries/{bundle}"
+            status, body = await _body(s, served.url + TARGETS[route], QUERIES[route])
+            assert status == 200
+            assert VALUES[0].encode() in body  # an entry bundle: the entries' exact bytes
 
 
 def _snapshot(node_dir: Path) -> str:
@@ -109,7 +117,8 @@ async def test_nobody_can_write(served: Served, method: str) -> None:
     before = _snapshot(served.node_dir)
     for ident in (served.subscriber, served.peer, served.auditor):
         async with served.session(ident) as s:
-            for path in [*QUERIES, "/v1/events", "/v1/entries/0", "/v1/peers"]:
+            for route in [*QUERIES, "/v1/events", "/v1/entries/0", "/v1/peers"]:
+                path = TARGETS.get(route, route)
                 async with s.request(
                     method, served.url + path, params={"origin": ORIGIN}, json={"x": 1}
                 ) as resp:
