@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import hashlib
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,14 +139,49 @@ class Served:
 ServeFactory = Callable[..., "AsyncIterator[Served]"]
 
 
-@pytest.fixture
-def node_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "node"
+async def raw_request(
+    host: str, port: int, ctx: ssl.SSLContext, method: str, target: str
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request with exactly this target (no client-side normalising).
+
+    Returns:
+        The status, the headers (names in lower case) and the body.
+    """
+    reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+    try:
+        writer.write(
+            f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            "Content-Length: 0\r\n\r\n".encode("ascii")
+        )
+        await writer.drain()
+        data = await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def init_api_node(path: Path, values: Sequence[str]) -> Path:
+    """A node of :data:`ORIGIN` whose log holds an add of each value, labelled :data:`LABELS`."""
     init_node(path, ORIGIN, listen="127.0.0.1:0")
     with Ledger.open(path) as ledger:
         ledger.append(
-            [AddEntry.create(signal_type="sha256", value=v, labels=LABELS) for v in VALUES]
+            [AddEntry.create(signal_type="sha256", value=v, labels=LABELS) for v in values]
         )
+    return path
+
+
+@pytest.fixture
+def node_dir(tmp_path: Path) -> Path:
+    path = init_api_node(tmp_path / "node", VALUES)
+    with Ledger.open(path) as ledger:
         ledger.retract(1, "listed by mistake")
     return path
 

@@ -9,11 +9,8 @@ normalising).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
-import ssl
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,12 +18,10 @@ import pytest
 
 from node.api.app import ROUTES
 from node.ledger import Ledger
-from node.ledger.provision import init_node
 from protocol.encoding import decode_hex
-from protocol.entry import AddEntry
 from protocol.tiles import EntryBundleId, TileId, compute_tiles_from_leaf_hashes
 from protocol.wire import ENTRY_BUNDLE_MEDIA_TYPE, decode_entry_bundle
-from tests.api.conftest import LABELS, ORIGIN, Identity, Served, signal_value
+from tests.api.conftest import ORIGIN, Identity, Served, init_api_node, raw_request, signal_value
 
 SIZE = 300
 QUERY = "?origin=" + quote(ORIGIN, safe="")
@@ -35,42 +30,16 @@ QUERY = "?origin=" + quote(ORIGIN, safe="")
 @pytest.fixture
 def node_dir(tmp_path: Path) -> Path:
     """Overrides conftest's: a log with one full and one partial entry bundle."""
-    path = tmp_path / "node"
-    init_node(path, ORIGIN, listen="127.0.0.1:0")
-    with Ledger.open(path) as ledger:
-        ledger.append(
-            [
-                AddEntry.create(signal_type="sha256", value=signal_value(i), labels=LABELS)
-                for i in range(SIZE)
-            ]
-        )
-    return path
+    return init_api_node(tmp_path / "node", [signal_value(i) for i in range(SIZE)])
 
 
 async def raw_get(
     served: Served, ident: Identity, target: str
 ) -> tuple[int, dict[str, str], bytes]:
-    """One GET with exactly this request target; status, headers (lower-case) and body."""
-    reader, writer = await asyncio.open_connection(
-        served.server.host, served.server.port, ssl=served.client_ctx(ident)
+    """One GET as ``ident`` with exactly this request target."""
+    return await raw_request(
+        served.server.host, served.server.port, served.client_ctx(ident), "GET", target
     )
-    try:
-        writer.write(
-            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode("ascii")
-        )
-        await writer.drain()
-        data = await reader.read()
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, ssl.SSLError):
-            await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body
 
 
 async def level0_tiles(served: Served, size: int) -> dict[TileId, bytes]:

@@ -11,7 +11,6 @@ mutual-TLS API beside it still refuses clients without certificates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import ssl
@@ -42,7 +41,7 @@ from node.ledger.provision import init_node
 from node.ledger.publish import publish
 from node.tls import public_server_ssl_context, server_ssl_context
 from protocol.tiles import compute_tiles_from_leaf_hashes, tiles_for_size
-from tests.api.conftest import Served
+from tests.api.conftest import Served, raw_request
 
 ORIGIN = "hotline-public.example/hashmesh"
 SIZE = 600
@@ -66,27 +65,9 @@ class Public:
 
     async def raw(self, method: str, target: str) -> tuple[int, dict[str, str], bytes]:
         """Send one request with exactly this target; return status, headers, body."""
-        reader, writer = await asyncio.open_connection(
-            self.server.host, self.server.port, ssl=self.client_ctx
+        return await raw_request(
+            self.server.host, self.server.port, self.client_ctx, method, target
         )
-        try:
-            writer.write(
-                f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                "Content-Length: 0\r\n\r\n".encode("ascii")
-            )
-            await writer.drain()
-            data = await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(lines[0].split()[1]), headers, body
 
 
 def trusting_ctx(cert_path: Path) -> ssl.SSLContext:
