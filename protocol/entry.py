@@ -848,13 +848,22 @@ def salt_entries(entries: Sequence[Entry], random: bytes) -> list[bytes]:
     width = 2 * SALT_BYTES
     out: list[bytes] = []
     append = out.append
-    frame = _salted_add_frame
-    for i, entry in enumerate(entries):
-        salt = text[i * width : (i + 1) * width]
+    # A bulk import is one family (type, labels, quality) after another: the
+    # frame is looked up only when the family changes, and one f-string
+    # builds each encoding (0.65 -> 0.44 us per entry, benchmarks.md).
+    family: tuple[str, tuple[str, ...], int | None] | None = None
+    head = middle = tail = ""
+    start = 0
+    for entry in entries:
+        salt = text[start : start + width]
+        start += width
         if type(entry) is AddEntry and entry.note is None:
             # As AddEntry.to_bytes: validated ASCII fields, a hex salt.
-            head, middle, tail = frame(entry.signal_type, entry.labels, entry.quality)
-            append((head + salt + middle + entry.value + tail).encode("ascii"))
+            key = (entry.signal_type, entry.labels, entry.quality)
+            if key != family:
+                head, middle, tail = _salted_add_frame(*key)
+                family = key
+            append(f"{head}{salt}{middle}{entry.value}{tail}".encode("ascii"))
         else:
             append(entry.salted(salt).to_bytes())
     return out

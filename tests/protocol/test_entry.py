@@ -168,6 +168,32 @@ def test_salt_entries_is_salted_to_bytes() -> None:
     assert all(a != b for a, b in zip(datas, again, strict=True))
 
 
+def test_salt_entries_across_changing_families() -> None:
+    # The encoder reuses a family's frame while the family stays the same:
+    # runs of one family, a switch back, a note in between, a PDQ quality.
+    def add(type_: str, value: str, labels: list[str], **kw: Any) -> AddEntry:
+        return AddEntry.create(signal_type=type_, value=value, labels=labels, **kw)
+
+    entries: list[Entry] = [
+        add("sha256", H32, ["a:b"]),
+        add("sha256", "01" * 32, ["a:b"]),
+        add("sha256", "02" * 32, ["a:c"]),
+        add("md5", H16, ["a:c"]),
+        add("sha256", "03" * 32, ["a:b"]),
+        add("sha256", "04" * 32, ["a:b"], note="seen twice"),
+        add("sha256", "05" * 32, ["a:b"]),
+        add("pdq", "0f" * 32, [], quality=90),
+        add("pdq", "f0" * 32, [], quality=80),
+        RetractEntry(index=0, reason="wrong"),
+        add("pdq", "ff" * 32, [], quality=80),
+    ]
+    random = bytes(range(len(entries) * SALT_BYTES))
+    datas = salt_entries(entries, random)
+    for i, (entry, data) in enumerate(zip(entries, datas, strict=True)):
+        salt = random[i * SALT_BYTES : (i + 1) * SALT_BYTES].hex()
+        assert data == entry.salted(salt).to_bytes()
+
+
 def test_salt_is_not_identity() -> None:
     a = AddEntry.create(signal_type="md5", value=H16, labels=["a:b"], salt=SALT)
     b = a.salted("00" * 16)
