@@ -13,11 +13,12 @@ A node directory holds::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.errors import ConfigError
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "MatchSettings",
     "NodeConfig",
+    "OpsSettings",
     "PublicSettings",
     "WitnessAsk",
     "WitnessRequirement",
@@ -191,6 +193,22 @@ class PublicSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OpsSettings:
+    """The ``[ops]`` table of ``config.toml``: the operations listener (docs/configuration.md).
+
+    Attributes:
+        listen: ``HOST:PORT`` of the plain-HTTP listener serving ``/healthz``,
+            ``/readyz`` and ``/metrics``; None (the default) starts none.
+        token: the bearer token every request must carry (from ``token`` or
+            the file named by ``token_file``); None asks for none, which is
+            only allowed on a loopback address.
+    """
+
+    listen: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """Settings of one node, as read from ``config.toml``."""
 
@@ -200,6 +218,7 @@ class NodeConfig:
     match: MatchSettings = MatchSettings()
     witness: WitnessSettings = WitnessSettings()
     public: PublicSettings = PublicSettings()
+    ops: OpsSettings = OpsSettings()
 
     @property
     def config_path(self) -> Path:
@@ -264,7 +283,7 @@ def load_config(node_dir: Path) -> NodeConfig:
         ) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    unknown = set(raw) - {"origin", "listen", "match", "witness", "public"}
+    unknown = set(raw) - {"origin", "listen", "match", "witness", "public", "ops"}
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     origin = raw.get("origin")
@@ -274,14 +293,64 @@ def load_config(node_dir: Path) -> NodeConfig:
     if not isinstance(listen, str):
         raise ConfigError(f"{path}: 'listen' must be a string like '127.0.0.1:8443'")
     parse_listen(listen)
+    public = _public_settings(path, raw.get("public", {}), listen)
     return NodeConfig(
         node_dir=node_dir,
         origin=check_origin(origin),
         listen=listen,
         match=_match_settings(path, raw.get("match", {})),
         witness=_witness_settings(path, raw.get("witness", {})),
-        public=_public_settings(path, raw.get("public", {}), listen),
+        public=public,
+        ops=_ops_settings(path, raw.get("ops", {}), (listen, public.listen)),
     )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def _ops_settings(path: Path, raw: object, taken: tuple[str | None, ...]) -> OpsSettings:
+    table = _section(path, "ops", raw, {"listen", "token", "token_file"})
+    listen = table.get("listen")
+    if listen is None:
+        return OpsSettings()
+    if not isinstance(listen, str):
+        raise ConfigError(f"{path}: ops.listen must be a string like '127.0.0.1:9443'")
+    try:
+        host, port = parse_listen(listen)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: ops.listen: {e}") from e
+    for other in taken:
+        if port != 0 and other == listen:
+            raise ConfigError(
+                f"{path}: ops.listen {listen!r} is already another listener's address; "
+                "give the operations listener a port of its own"
+            )
+    token = table.get("token")
+    token_file = table.get("token_file")
+    if token is not None and token_file is not None:
+        raise ConfigError(f"{path}: give ops.token or ops.token_file, not both")
+    if token_file is not None:
+        if not isinstance(token_file, str):
+            raise ConfigError(f"{path}: ops.token_file must be a path (relative to the node)")
+        try:
+            token = (path.parent / token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: ops.token_file: cannot read it: {e}") from e
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        raise ConfigError(f"{path}: ops.token must be a string of at least 16 characters")
+    if token is None and not _is_loopback(host):
+        raise ConfigError(
+            f"{path}: ops.listen {listen!r} is not a loopback address; the operations "
+            "listener is plain HTTP, so set ops.token (or ops.token_file) before "
+            "serving it beyond this machine"
+        )
+    return OpsSettings(listen=listen, token=token)
 
 
 def _public_settings(path: Path, raw: object, api_listen: str) -> PublicSettings:

@@ -130,7 +130,7 @@ _RETRY_AFTER = "1"
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     headers: dict[str, str] = {}
-    for name in ("Allow", "Retry-After"):
+    for name in ("Allow", "Retry-After", "WWW-Authenticate"):
         if name in exc.headers:
             headers[name] = exc.headers[name]
     if exc.status == 404 and exc.text and not exc.text.startswith("404:"):

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import signal
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from aiohttp import web
 
 from node.api.app import make_app
 from node.api.match import keep_current
+from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
 from node.api.public import PUBLIC_KEY, PublicLimits, make_public_app
 from node.api.state import ApiLimits
 from node.config import load_config, parse_listen
@@ -57,11 +58,13 @@ __all__ = [
     "MAX_FIELD_SIZE",
     "MAX_HEADERS",
     "MAX_LINE_SIZE",
+    "OPS_MOUNTS",
     "OWN_LOG_POLL",
     "SHUTDOWN_TIMEOUT",
     "RunningServer",
     "SyncFactory",
     "run_server",
+    "start_ops_server",
     "start_public_server",
     "start_server",
 ]
@@ -82,6 +85,10 @@ OWN_LOG_POLL = 0.05
 Half of it is, on average, the first hop's share of propagation latency
 (docs/benchmarks.md); the check is one pragma on its own connection."""
 
+OPS_MOUNTS: tuple[OpsMount, ...] = ()
+"""Sub-applications ``hashmesh serve`` mounts on the operations listener
+(``[ops] listen``); see :mod:`node.api.ops` for how to add one."""
+
 SyncFactory = Callable[[Database, CheckpointHub], AbstractAsyncContextManager[object]]
 """Builds what runs beside the server (normally the sync runner)."""
 
@@ -93,12 +100,13 @@ class RunningServer:
     runner: web.AppRunner
     host: str
     port: int
+    scheme: str = "https"
 
     @property
     def url(self) -> str:
-        """``https://host:port`` with the bound port."""
+        """``https://host:port`` (``http://`` for the ops listener) with the bound port."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     async def close(self) -> None:
         """Stop accepting, end streams, wait for requests, run cleanups."""
@@ -159,9 +167,35 @@ async def start_public_server(
     return await _serve(app, ssl_context, host, port, shutdown_timeout, keepalive_timeout)
 
 
+async def start_ops_server(
+    app: web.Application,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+) -> RunningServer:
+    """Serve the operations listener (:mod:`node.api.ops`) over plain HTTP.
+
+    Only an application made by :func:`~node.api.ops.make_ops_app` is
+    accepted, so no mistake can serve the peer API without TLS.
+
+    Raises:
+        ConfigError: if ``app`` is not the operations application.
+        OSError: if the address cannot be bound.
+    """
+    if OPS_KEY not in app:
+        raise ConfigError(
+            "only the operations application (make_ops_app) may be served over plain "
+            "HTTP; refusing to serve"
+        )
+    server = await _serve(app, None, host, port, shutdown_timeout, keepalive_timeout)
+    return RunningServer(server.runner, server.host, server.port, scheme="http")
+
+
 async def _serve(
     app: web.Application,
-    ssl_context: ssl.SSLContext,
+    ssl_context: ssl.SSLContext | None,
     host: str,
     port: int,
     shutdown_timeout: float,
@@ -272,6 +306,8 @@ async def run_server(
     stop: asyncio.Event | None = None,
     limits: ApiLimits | None = None,
     on_public_started: Callable[[RunningServer], None] | None = None,
+    on_ops_started: Callable[[RunningServer], None] | None = None,
+    ops_mounts: Sequence[OpsMount] = OPS_MOUNTS,
 ) -> None:
     """``hashmesh serve``: serve the API until SIGINT/SIGTERM (or ``stop`` is set).
 
@@ -287,6 +323,8 @@ async def run_server(
         limits: API caps and timings.
         on_public_started: called once the public listener (``[public]
             listen`` in the config) is bound; not called when it is off.
+        on_ops_started: the same for the operations listener (``[ops] listen``).
+        ops_mounts: sub-applications served on the operations listener.
 
     Raises:
         ConfigError: if the node directory or TLS identity is unusable.
@@ -322,6 +360,24 @@ async def run_server(
             except BaseException:
                 await server.close()
                 raise
+        ops: RunningServer | None = None
+        if config.ops.listen is not None:
+            try:
+                ops_host, ops_port = parse_listen(config.ops.listen)
+                ops = await start_ops_server(
+                    make_ops_app(
+                        OpsContext(db=db, hub=hub, config=config),
+                        token=config.ops.token,
+                        mounts=ops_mounts,
+                    ),
+                    host=ops_host,
+                    port=ops_port,
+                )
+            except BaseException:
+                if public is not None:
+                    await public.close()
+                await server.close()
+                raise
         watcher = asyncio.create_task(
             _watch(
                 db,
@@ -342,12 +398,18 @@ async def run_server(
                 log.info("serving the public tree of %s on %s", config.origin, public.url)
                 if on_public_started is not None:
                     on_public_started(public)
+            if ops is not None:
+                log.info("serving operations endpoints (/healthz) on %s", ops.url)
+                if on_ops_started is not None:
+                    on_ops_started(ops)
             await _until_stopped(stop)
         finally:
             for task in (watcher, indexer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if ops is not None:
+                await ops.close()
             if public is not None:
                 await public.close()
             await server.close()

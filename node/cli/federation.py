@@ -60,6 +60,11 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
             f"serving the public tree (checkpoint, hash tiles) on "
             f"{_listen_url(config.public.listen)} (no client certificate)"
         )
+    if config.ops.listen is not None:
+        out.note(
+            f"serving operations endpoints (/healthz) on http://{config.ops.listen} "
+            + ("(bearer token required)" if config.ops.token else "(no token; loopback only)")
+        )
     asyncio.run(
         run_server(
             node_dir,
