@@ -27,7 +27,7 @@ from node.config import DEFAULT_LISTEN, resolve_node_dir
 from node.errors import ImportRejectedError, NodeError
 from node.ledger import Ledger
 from node.ledger.export import EXPORT_FORMATS, export_lines
-from node.ledger.hashlist import FORMATS, Format, HashListReader
+from node.ledger.hashlist import FORMATS, Format, HashListReader, LabelColumn, load_label_map
 from node.ledger.provision import init_node
 from node.ledger.service import AppendResult, LogStatus
 from protocol.encoding import encode_b64
@@ -148,9 +148,30 @@ class _Progress:
             self.stream.write("\n")
 
 
+def _label_columns(args: argparse.Namespace) -> list[LabelColumn]:
+    mapping = None
+    if args.label_map:
+        if not args.label_from:
+            raise NodeError("--label-map renames the values of --label-from COLUMN=NAMESPACE:")
+        try:
+            text = Path(args.label_map).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise NodeError(f"cannot read {args.label_map}: {e}") from e
+        mapping = load_label_map(text, args.label_map)
+    if args.label_from and (args.format or _guess_format(args.file)) != "csv":
+        raise NodeError("--label-from reads a CSV column; this input is not CSV (see --format)")
+    return [LabelColumn.parse(spec, mapping) for spec in args.label_from]
+
+
 def cmd_import(args: argparse.Namespace, out: _Out) -> int:
     fmt: Format = args.format or _guess_format(args.file)
-    reader = HashListReader(fmt=fmt, default_type=args.type, extra_labels=args.label)
+    reader = HashListReader(
+        fmt=fmt,
+        default_type=args.type,
+        extra_labels=args.label,
+        default_quality=args.quality,
+        label_columns=_label_columns(args),
+    )
     if args.file == "-":
         stream: TextIO = open(  # noqa: SIM115 - closed below
             sys.stdin.fileno(),
@@ -466,6 +487,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _quality(text: str) -> int:
+    value = _non_negative(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected 0-100, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hashmesh``."""
     # SUPPRESS: a subcommand's own default must not overwrite `--dir` given
@@ -558,9 +586,13 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint. Upper-case hex, CRLF, a byte order mark and stray spaces "
         "are normalised and reported. Invalid lines are listed with line "
         "number and field, and nothing is imported unless --skip-invalid. "
-        "CSV needs a header with a 'value' (or 'hash') column and optional "
-        "'type', 'labels' (separated by ';'), 'note', 'quality'. NDJSON lines "
-        "are objects with 'type', 'value', 'labels', 'note', 'quality'.",
+        "CSV needs a header (any case) with a 'value' (or 'hash') column, or "
+        "columns named after signal types (md5, sha1, sha256, pdq, photodna; "
+        "several per row give one entry each), and optional 'type', 'labels' "
+        "(separated by ';'), 'note', 'quality'. NDJSON lines are objects with "
+        "'type', 'value', 'labels', 'note', 'quality'. A pdq list (--type pdq) "
+        "has lines HASH, HASH,QUALITY or HASH,QUALITY,ANYTHING (the PDQ "
+        "hasher's output).",
     )
     p.add_argument("file", help="the hash list, or - for standard input")
     p.add_argument(
@@ -585,6 +617,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-invalid",
         action="store_true",
         help="import the valid lines and list the skipped ones",
+    )
+    p.add_argument(
+        "--quality",
+        type=_quality,
+        metavar="N",
+        help="PDQ quality (0-100) for pdq values whose line gives none",
+    )
+    p.add_argument(
+        "--label-from",
+        action="append",
+        default=[],
+        metavar="COLUMN=NAMESPACE:",
+        help="CSV: turn COLUMN's cells into labels NAMESPACE:VALUE (lower-cased, spaces as "
+        "'-'), e.g. --label-from Category=iwf: (repeatable)",
+    )
+    p.add_argument(
+        "--label-map",
+        metavar="FILE",
+        help="with --label-from: CSV lines FROM,TO renaming cell values (TO may be a whole "
+        "NS:VALUE label, or empty for no label); a cell not in FILE is an invalid line",
     )
     p.add_argument("--report", metavar="FILE", help="write the list of invalid/skipped lines here")
     p.add_argument(

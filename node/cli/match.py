@@ -28,7 +28,7 @@ from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError, NodeError, PeerProtocolError
 from node.ledger import Ledger
 from node.ledger.filehash import FileHashes, hash_file, pdq_support
-from node.ledger.hashlist import signal_type_of
+from node.ledger.hashlist import candidate_types, signal_type_of
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
     MAX_BATCH,
@@ -64,6 +64,9 @@ class _Input:
     source: str
     signal_type: str
     value: str
+    # Set when a value of no stated type fits several (64 hex digits: sha256 and
+    # pdq) and is looked up as each of them.
+    tried_as: tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,6 +81,11 @@ class _Inputs:
 
     def add(self, source: str, signal_type: str | None, raw: str) -> None:
         """Normalise one value; record it, or why it is invalid."""
+        if signal_type is None:
+            candidates = candidate_types(raw)
+            if len(candidates) > 1:
+                self._add_each_way(source, raw, candidates)
+                return
         try:
             if signal_type is None:
                 signal_type = signal_type_of(raw)
@@ -88,6 +96,16 @@ class _Inputs:
         for change in changes:
             self.notes[change] += 1
         self.queries.append(_Input(source, signal_type, value))
+
+    def _add_each_way(self, source: str, raw: str, candidates: tuple[str, ...]) -> None:
+        """Look a value of no stated type up as each type it fits (exact, or PDQ near)."""
+        changes: list[str] = []
+        for signal_type in candidates:
+            value, changes = normalise_signal_value(signal_type, raw)
+            self.queries.append(_Input(source, signal_type, value, candidates))
+        for change in changes:
+            self.notes[change] += 1
+        self.notes[f"looked up as each of {' and '.join(candidates)} (no --type)"] += 1
 
 
 # -- gathering -----------------------------------------------------------------------
@@ -340,6 +358,11 @@ def _save_receipts(directory: str, found: list[_Found], fmt: ReceiptForm, out: O
     return count
 
 
+def _matched_as(signal_type: str) -> str:
+    """How a value tried as several types matched: exactly, or PDQ near."""
+    return f"{signal_type} ({'near' if signal_type == 'pdq' else 'exact'})"
+
+
 def _hit_line(hit: dict[str, Any]) -> str:
     parts = [f"{hit['origin']} #{hit['index']}"]
     if hit["type"] == "pdq":
@@ -357,7 +380,11 @@ def _hit_line(hit: dict[str, Any]) -> str:
 
 def _report_text(inputs: _Inputs, found: list[_Found], out: Output) -> None:
     for f in found:
-        out.print(f"MATCH {f.input.signal_type} {f.input.value}  ({f.input.source})")
+        source = f.input.source
+        if f.input.tried_as:
+            tried = " and ".join(_matched_as(t) for t in f.input.tried_as)
+            source += f"; tried as {tried}, matched as {_matched_as(f.input.signal_type)}"
+        out.print(f"MATCH {f.input.signal_type} {f.input.value}  ({source})")
         for hit in f.hits:
             out.print(_hit_line(hit))
         if f.hidden:
@@ -379,6 +406,14 @@ def _report_json(inputs: _Inputs, found: list[_Found], out: Output) -> None:
                     "source": f.input.source,
                     "type": f.input.signal_type,
                     "value": f.input.value,
+                    **(
+                        {
+                            "tried_as": list(f.input.tried_as),
+                            "matched_as": _matched_as(f.input.signal_type),
+                        }
+                        if f.input.tried_as
+                        else {}
+                    ),
                     "hidden": f.hidden,
                     "hits": f.hits,
                 }
@@ -541,8 +576,8 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         "--type",
         choices=sorted(SIGNAL_TYPES),
         metavar="TYPE",
-        help="signal type of VALUEs and list lines that do not say (needed for 64 hex digits: "
-        "sha256 or pdq)",
+        help="signal type of VALUEs and list lines that do not say; without it, 64 hex digits "
+        "are looked up both as sha256 (exact) and as pdq (near), and each hit says which",
     )
     p.add_argument(
         "--file",

@@ -2,6 +2,13 @@
 
 Layer: node.ledger. Reads a text stream; writes nothing.
 
+CSV comes as people have it: headers in any case, a value column named after
+its signal type (``MD5,Category`` as NCMEC and IWF lists are shaped, several
+typed columns per row allowed) and a classification column turned into labels
+(:class:`LabelColumn`, ``--label-from``). PDQ lists come as the hasher writes
+them (``HASH,QUALITY,FILENAME``) or as bare hashes with one quality for the
+whole list (``--quality``).
+
 Forgiving at the edge, strict on the wire: real lists come with a byte order
 mark, CRLF line ends, upper-case hex, stray spaces and ``0x`` prefixes. Those
 are normalised to the one canonical form (by
@@ -15,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -34,7 +41,10 @@ __all__ = [
     "FORMATS",
     "Format",
     "HashListReader",
+    "LabelColumn",
     "ParsedLine",
+    "candidate_types",
+    "load_label_map",
     "normalise_labels",
     "signal_type_of",
 ]
@@ -47,6 +57,89 @@ _CSV_VALUE_COLUMNS = ("value", "hash")
 _CSV_KNOWN = {*_CSV_TYPE_COLUMNS, *_CSV_VALUE_COLUMNS, "labels", "note", "quality"}
 _NDJSON_KNOWN = {"type", "signal_type", "value", "labels", "note", "quality"}
 _MAKER_CACHE = 256  # distinct (type, labels, note, quality) combinations kept
+_QUALITY_HINT = "pass --quality N for a list that carries none"
+
+
+@dataclass(frozen=True, slots=True)
+class LabelColumn:
+    """A CSV column whose cells become labels (``--label-from COLUMN=NAMESPACE:``).
+
+    Attributes:
+        column: the header name, compared case-insensitively.
+        namespace: the label namespace, without the colon.
+        mapping: cell value (lower-cased, stripped) to label value; a target
+            with a colon is a whole label, an empty one means "no label".
+            When given, a cell not in it is an error: labels are permanent.
+    """
+
+    column: str
+    namespace: str
+    mapping: Mapping[str, str] | None = None
+
+    @classmethod
+    def parse(cls, text: str, mapping: Mapping[str, str] | None = None) -> LabelColumn:
+        """Read ``COLUMN=NAMESPACE:`` as given on the command line.
+
+        Raises:
+            MalformedError: if the text is not of that shape.
+        """
+        column, sep, namespace = text.partition("=")
+        if not sep or not column.strip() or not namespace.endswith(":") or len(namespace) < 2:
+            raise MalformedError(
+                f"--label-from expects COLUMN=NAMESPACE: (e.g. Category=iwf:), got {text!r}",
+                field="label-from",
+            )
+        return cls(column.strip().lower(), namespace[:-1].strip().lower(), mapping)
+
+    def label(self, cell: str, notes: Counter[str]) -> str | None:
+        """The label for one cell, or None for an empty cell or one mapped to nothing.
+
+        Raises:
+            MalformedError: (field: the column) for a cell the mapping lacks.
+        """
+        raw = cell.strip()
+        if not raw:
+            return None
+        key = raw.lower()
+        if self.mapping is not None:
+            target = self.mapping.get(key)
+            if target is None:
+                raise MalformedError(f"{raw!r} is not in the --label-map file", field=self.column)
+            if not target:
+                return None
+            return target if ":" in target else f"{self.namespace}:{target}"
+        value = "-".join(key.split())
+        if value != raw:
+            notes[f"label from column {self.column}: lower-cased, spaces as '-'"] += 1
+        return f"{self.namespace}:{value}"
+
+
+def load_label_map(text: str, name: str) -> dict[str, str]:
+    """Read a ``--label-map`` file: CSV lines ``FROM,TO`` (``#`` comments, blank lines).
+
+    ``FROM`` is compared case-insensitively; ``TO`` is the label value after the
+    namespace, a whole ``ns:value`` label, or empty for "no label".
+
+    Raises:
+        MalformedError: naming the file and line of a line that is not two columns,
+            or a ``FROM`` given twice.
+    """
+    mapping: dict[str, str] = {}
+    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) != 2:
+            raise MalformedError(
+                f"{name} line {number}: expected FROM,TO, got {len(row)} columns",
+                field="label-map",
+            )
+        key = row[0].strip().lower()
+        if key in mapping:
+            raise MalformedError(
+                f"{name} line {number}: {row[0]!r} mapped twice", field="label-map"
+            )
+        mapping[key] = row[1].strip().lower()
+    return mapping
 
 
 def signal_type_of(raw_value: str) -> str:
@@ -63,6 +156,24 @@ def signal_type_of(raw_value: str) -> str:
             field="type",
         )
     return signal_type
+
+
+def candidate_types(raw_value: str) -> tuple[str, ...]:
+    """Every hex signal type whose length fits the value (64 digits: sha256 and pdq).
+
+    For a lookup, where trying each is harmless; an import must be told (``--type``).
+    """
+    text = "".join(raw_value.split())
+    if text.startswith(("0x", "0X")):
+        text = text[2:]
+    if not text or not text.isascii() or not _HEX_DIGITS.issuperset(text.lower()):
+        return ()
+    return tuple(
+        t.name for t in SIGNAL_TYPES.values() if t.encoding == "hex" and 2 * t.length == len(text)
+    )
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 class ParsedLine(NamedTuple):
@@ -95,6 +206,8 @@ class HashListReader:
         fmt: ``lines``, ``csv`` or ``ndjson``.
         default_type: signal type for lines that do not say (``--type``).
         extra_labels: labels added to every entry (``--label``).
+        default_quality: quality of PDQ values whose line gives none (``--quality``).
+        label_columns: CSV columns turned into labels (``--label-from``).
         notes: what normalisation did, counted by kind, filled while reading.
         skipped_blank: blank and ``#`` comment lines passed over.
     """
@@ -102,6 +215,8 @@ class HashListReader:
     fmt: Format = "lines"
     default_type: str | None = None
     extra_labels: Sequence[str] = ()
+    default_quality: int | None = None
+    label_columns: Sequence[LabelColumn] = ()
     notes: Counter[str] = field(default_factory=Counter)
     skipped_blank: int = 0
     ignored_columns: tuple[str, ...] = ()
@@ -215,6 +330,9 @@ class HashListReader:
         # Upper-case hex (many lists, NCMEC's MD5s among them) needs only
         # lower-casing: done here, noted as normalise_signal_value would.
         row = None if self.default_type is None else SIGNAL_TYPES.get(self.default_type)
+        if row is not None and row.requires_quality:
+            yield from self._read_quality_lines(lines, row.name)
+            return
         hex_type = row is not None and row.encoding == "hex"
         for number, line in lines:
             text = line.strip()
@@ -239,6 +357,40 @@ class HashListReader:
                         yield ParsedLine(number, entry)
                         continue
             yield self._entry(number, self.default_type, text)
+
+    def _read_quality_lines(
+        self, lines: Iterator[tuple[int, str]], signal_type: str
+    ) -> Iterator[ParsedLine]:
+        """``HASH``, ``HASH,QUALITY`` or ``HASH,QUALITY,ANYTHING`` (the PDQ hasher's output)."""
+        for number, line in lines:
+            text = line.strip()
+            if not text or text.startswith("#"):
+                self.skipped_blank += 1
+                continue
+            parts = text.split(",", 2)
+            if len(parts) > 1 and parts[1].strip():
+                try:
+                    quality: int | None = _parse_quality(parts[1])
+                except MalformedError as e:
+                    yield ParsedLine(number, error=LineError(number, e.field, e.reason))
+                    continue
+            elif self.default_quality is not None:
+                quality = self.default_quality
+            else:
+                yield ParsedLine(
+                    number,
+                    error=LineError(
+                        number, "quality", f"a {signal_type} line needs a quality; {_QUALITY_HINT}"
+                    ),
+                )
+                continue
+            yield self._entry(number, signal_type, parts[0], quality=quality)
+
+    def _quality_for(self, signal_type: str | None, quality: int | None) -> int | None:
+        if quality is not None or self.default_quality is None:
+            return quality
+        row = SIGNAL_TYPES.get(signal_type or "")
+        return self.default_quality if row is not None and row.requires_quality else None
 
     def _read_ndjson(self, lines: Iterator[tuple[int, str]]) -> Iterator[ParsedLine]:
         for number, line in lines:
@@ -267,13 +419,14 @@ class HashListReader:
             except MalformedError as e:
                 yield ParsedLine(number, error=LineError(number, e.field, e.reason))
                 continue
+            signal_type = signal_type or self.default_type
             yield self._entry(
                 number,
-                signal_type or self.default_type,
+                signal_type,
                 value,
                 labels,
                 _opt_str(obj, "note"),
-                quality,
+                self._quality_for(signal_type, quality),
             )
 
     def _read_csv(self, lines: Iterator[tuple[int, str]]) -> Iterator[ParsedLine]:
@@ -291,17 +444,31 @@ class HashListReader:
         columns = [h.strip().lower() for h in header]
         type_col = _first_index(columns, _CSV_TYPE_COLUMNS)
         value_col = _first_index(columns, _CSV_VALUE_COLUMNS)
-        if value_col is None:
-            yield ParsedLine(
-                numbers[-1],
-                error=LineError(
-                    numbers[-1],
-                    "header",
-                    "CSV header needs a 'value' (or 'hash') column",
-                ),
+        # A column named after a signal type holds values of that type.
+        typed = [(i, name) for i, name in enumerate(columns) if name in SIGNAL_TYPES]
+        value_cols: list[tuple[int, str | None]] = list(typed)
+        if value_col is not None:
+            value_cols.insert(0, (value_col, None))
+        problem = None
+        if not value_cols:
+            problem = (
+                "CSV header needs a 'value' (or 'hash') column, or a column named after "
+                f"a signal type ({', '.join(SIGNAL_TYPES)})"
             )
+        label_cols: list[tuple[int, LabelColumn]] = []
+        for spec in self.label_columns:
+            index = _first_index(columns, (spec.column,))
+            if index is None:
+                problem = problem or f"no column {spec.column!r} for --label-from"
+            else:
+                label_cols.append((index, spec))
+        if problem is not None:
+            yield ParsedLine(numbers[-1], error=LineError(numbers[-1], "header", problem))
             return
-        self.ignored_columns = tuple(c for c in columns if c not in _CSV_KNOWN)
+        used = {i for i, _ in value_cols} | {i for i, _ in label_cols}
+        self.ignored_columns = tuple(
+            c for i, c in enumerate(columns) if c not in _CSV_KNOWN and i not in used
+        )
         label_col = _first_index(columns, ("labels",))
         note_col = _first_index(columns, ("note",))
         quality_col = _first_index(columns, ("quality",))
@@ -319,24 +486,65 @@ class HashListReader:
                 )
                 continue
             quality: int | None = None
-            if quality_col is not None and row[quality_col].strip():
-                text = row[quality_col].strip()
-                if not (text.isascii() and text.isdigit()):
-                    yield ParsedLine(number, error=LineError(number, "quality", "expected 0-100"))
-                    continue
-                quality = int(text)
             labels: list[str] = []
-            if label_col is not None:
-                labels = [x for x in row[label_col].replace(";", " ").split() if x]
-            signal_type = row[type_col].strip().lower() if type_col is not None else None
-            yield self._entry(
-                number,
-                signal_type or self.default_type,
-                row[value_col],
-                labels,
-                (row[note_col] or None) if note_col is not None else None,
-                quality,
-            )
+            try:
+                if quality_col is not None and row[quality_col].strip():
+                    quality = _parse_quality(row[quality_col])
+                if label_col is not None:
+                    labels = [x for x in row[label_col].replace(";", " ").split() if x]
+                for index, spec in label_cols:
+                    label = spec.label(row[index], self.notes)
+                    if label is not None:
+                        labels.append(label)
+            except MalformedError as e:
+                yield ParsedLine(number, error=LineError(number, e.field, e.reason))
+                continue
+            row_type = row[type_col].strip().lower() if type_col is not None else ""
+            note = (row[note_col] or None) if note_col is not None else None
+            found = False
+            for index, column_type in value_cols:
+                cell = row[index]
+                if not cell.strip():
+                    continue  # rows may fill only some of the value columns
+                found = True
+                signal_type = column_type or row_type or self.default_type
+                # A row's quality belongs to its perceptual column, not its md5 beside it.
+                own_quality = (
+                    quality
+                    if column_type is None or SIGNAL_TYPES[column_type].requires_quality
+                    else None
+                )
+                parsed = self._entry(
+                    number,
+                    signal_type,
+                    cell,
+                    labels,
+                    note,
+                    self._quality_for(signal_type, own_quality),
+                )
+                if parsed.error is not None and column_type is not None:
+                    # Name the column the value came from, not the generic field.
+                    error = parsed.error
+                    field_name = columns[index] if error.field == "value" else error.field
+                    parsed = ParsedLine(number, error=LineError(number, field_name, error.reason))
+                yield parsed
+            if not found:
+                yield ParsedLine(
+                    number,
+                    error=LineError(
+                        number,
+                        None,
+                        "no hash: every value column is empty "
+                        f"({', '.join(columns[i] for i, _ in value_cols)})",
+                    ),
+                )
+
+
+def _parse_quality(text: str) -> int:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > 100:
+        raise MalformedError(f"expected 0-100, got {text[:20]!r}", field="quality")
+    return int(text)
 
 
 def _first_index(columns: Sequence[str], names: Sequence[str]) -> int | None:

@@ -251,8 +251,12 @@ class Ledger:
             run = Integration(self.store, self.own_log)
             batch: list[Entry] = []
             batch_lines: list[int] = []
+            last_line = -1
             for parsed in lines:
-                read += 1
+                # A CSV row or a VICS media item may give several entries.
+                if parsed.line != last_line:
+                    read += 1
+                    last_line = parsed.line
                 if parsed.error is not None:
                     errors.append(parsed.error)
                     continue

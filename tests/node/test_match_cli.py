@@ -67,7 +67,21 @@ def test_values_are_normalised_and_reported(node: str, capsys: pytest.CaptureFix
 
 def test_ambiguous_and_invalid_values(node: str, capsys: pytest.CaptureFixture[str]) -> None:
     add(capsys, node, "--type", "sha256", "--value", OTHER)
-    status, out, err = run(capsys, "--dir", node, "match", OTHER, "xyz")
+    near = "b" * 63 + "8"  # two bits from OTHER
+    add(capsys, node, "--type", "pdq", "--quality", "90", "--value", "d" * 64)
+    # 64 hex digits and no --type: looked up as sha256 (exact) and as pdq (near).
+    status, out, err = run(capsys, "--dir", node, "match", OTHER.upper(), "D" * 63 + "c")
+    assert status == 0, err
+    assert f"MATCH sha256 {OTHER}  (argument 1; tried as sha256 (exact) and pdq (near), " in out
+    assert "matched as sha256 (exact))" in out
+    assert f"MATCH pdq {'d' * 63}c  (argument 2; " in out and "matched as pdq (near))" in out
+    assert "distance 1" in out
+    assert "MATCH pdq " + OTHER not in out  # the sha256 entry is no PDQ hash
+    assert "looked up as each of sha256 and pdq (no --type) (2)" in err
+    status, out, err = run(capsys, "--dir", node, "match", near, "--json")
+    doc = json.loads(out)
+    assert doc["matches"] == []  # a near miss of a sha256 is no match at all
+    status, out, err = run(capsys, "--dir", node, "match", "xyz", "c" * 33)
     # Each bad input is named; with nothing left to match, the run fails.
     assert status == 1 and out == ""
     assert "invalid: argument 1, type: cannot tell the signal type" in err
