@@ -202,10 +202,17 @@ class OpsSettings:
         token: the bearer token every request must carry (from ``token`` or
             the file named by ``token_file``); None asks for none, which is
             only allowed on a loopback address.
+        peer_failing_after: seconds a peer may keep failing before
+            ``/readyz`` reports the node not ready.
+        certificate_warn_days: ``/readyz`` reports the node not ready when
+            its own TLS certificate expires within this many days (and
+            names peer certificates that do).
     """
 
     listen: str | None = None
     token: str | None = field(default=None, repr=False)
+    peer_failing_after: float = 600.0
+    certificate_warn_days: int = 30
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,10 +322,22 @@ def _is_loopback(host: str) -> bool:
 
 
 def _ops_settings(path: Path, raw: object, taken: tuple[str | None, ...]) -> OpsSettings:
-    table = _section(path, "ops", raw, {"listen", "token", "token_file"})
+    table = _section(
+        path,
+        "ops",
+        raw,
+        {"listen", "token", "token_file", "peer_failing_after", "certificate_warn_days"},
+    )
+    defaults = OpsSettings()
+    failing = table.get("peer_failing_after", defaults.peer_failing_after)
+    if isinstance(failing, bool) or not isinstance(failing, int | float) or not failing > 0:
+        raise ConfigError(f"{path}: ops.peer_failing_after must be seconds, > 0")
+    warn_days = table.get("certificate_warn_days", defaults.certificate_warn_days)
+    if isinstance(warn_days, bool) or not isinstance(warn_days, int) or warn_days < 0:
+        raise ConfigError(f"{path}: ops.certificate_warn_days must be a whole number of days")
     listen = table.get("listen")
     if listen is None:
-        return OpsSettings()
+        return OpsSettings(peer_failing_after=float(failing), certificate_warn_days=warn_days)
     if not isinstance(listen, str):
         raise ConfigError(f"{path}: ops.listen must be a string like '127.0.0.1:9443'")
     try:
@@ -350,7 +369,12 @@ def _ops_settings(path: Path, raw: object, taken: tuple[str | None, ...]) -> Ops
             "listener is plain HTTP, so set ops.token (or ops.token_file) before "
             "serving it beyond this machine"
         )
-    return OpsSettings(listen=listen, token=token)
+    return OpsSettings(
+        listen=listen,
+        token=token,
+        peer_failing_after=float(failing),
+        certificate_warn_days=warn_days,
+    )
 
 
 def _public_settings(path: Path, raw: object, api_listen: str) -> PublicSettings:

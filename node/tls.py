@@ -42,6 +42,7 @@ __all__ = [
     "CERT_VALIDITY_DAYS",
     "MIN_TLS_VERSION",
     "add_trusted_cert",
+    "certificate_expiry",
     "check_server_context",
     "check_tls_server_context",
     "client_ssl_context",
@@ -121,6 +122,22 @@ def write_node_identity(key_path: Path, cert_path: Path, *, common_name: str, ho
         f.write(pem)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return spki_fingerprint(cert)
+
+
+@functools.lru_cache(maxsize=256)
+def certificate_expiry(pem: str) -> datetime.datetime:
+    """When a PEM certificate stops being valid (its notAfter, in UTC).
+
+    Cached: a page listing every peer asks for the same few certificates.
+
+    Raises:
+        ConfigError: if ``pem`` is not a PEM certificate.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as e:
+        raise ConfigError(f"not a PEM certificate: {e}") from e
+    return cert.not_valid_after_utc
 
 
 def spki_fingerprint(cert: x509.Certificate) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from node.api import handlers, history, match, rotations, sse, witness
+from node.api.access import LISTENER_KEY, METRICS_KEY, facts_middleware, request_facts
 from node.api.state import (
     DB_KEY,
     HUB_KEY,
@@ -47,6 +48,7 @@ from node.errors import EntryNotFoundError, StorageError, UnknownLogError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
+from node.metrics import NodeMetrics
 from node.storage.peer_store import PEER_ROLES
 from node.tls import peer_spki
 from protocol.errors import MalformedError
@@ -184,24 +186,31 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def _authorise(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app
     limits = app[LIMITS_KEY]
+    facts = request_facts(request)
+    refusals = app[METRICS_KEY].refusals
     length = request.content_length
     cap = _body_cap(app, request)
     if length is not None and length > cap:
+        refusals.labels("", "too_large").inc()
         raise web.HTTPRequestEntityTooLarge(
             max_size=cap, actual_size=length, text=f"request body of {length} bytes exceeds {cap}"
         )
     spki = peer_spki(request)
     if spki is None:
+        refusals.labels("", "no_certificate").inc()
         log.warning("refused %s %s: no client certificate", request.method, request.path)
         raise web.HTTPForbidden(text="a client certificate is required")
     peer = await app[DB_KEY].read(lambda ledger: ledger.peers.peer_by_spki(spki))
     if peer is None:
+        refusals.labels("", "unknown_certificate").inc()
         log.warning(
             "refused %s %s: unknown certificate sha256:%s", request.method, request.path, spki
         )
         raise web.HTTPForbidden(text="this certificate does not belong to a known peer")
+    facts.peer, facts.role = peer.name, peer.role
     wait = app[RATE_KEY].take(spki)
     if wait > 0:
+        refusals.labels(peer.name, "rate_limit").inc()
         log.warning("refused %s %s to %s: rate limit", request.method, request.path, peer.name)
         raise web.HTTPTooManyRequests(
             text=f"peer {peer.name} exceeds {limits.peer_rate:g} requests/s; retry later",
@@ -219,6 +228,7 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
         # a route's own cap is enforced here (the app's is the largest).
         request = request.clone(client_max_size=cap)
     if peer.role not in route.roles:
+        refusals.labels(peer.name, "role").inc()
         log.warning("refused %s to %s (role %s)", request.path, peer.name, peer.role)
         raise web.HTTPForbidden(text=f"role {peer.role!r} may not read {route.path}")
     if route.streaming:
@@ -250,6 +260,7 @@ def make_app(
     origin: str,
     extra_cleanup: Sequence[CleanupContext] = (),
     limits: ApiLimits | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> web.Application:
     """Build the API application.
 
@@ -260,13 +271,20 @@ def make_app(
         extra_cleanup: ``cleanup_ctx`` callables run with the app, e.g. the
             sync runner; they get the application and yield once.
         limits: caps and timings (defaults: :class:`ApiLimits`).
+        metrics: where requests, refusals and matches are counted (the
+            serving node's, shown by the ops listener); a private one if None.
 
     Returns:
         The application, ready for an :class:`aiohttp.web.AppRunner`.
     """
     limits = limits or ApiLimits()
     largest = max([limits.client_max_size, *(r.max_body or 0 for r in ROUTES)])
-    app = web.Application(middlewares=[error_middleware, _authorise], client_max_size=largest)
+    app = web.Application(
+        middlewares=[facts_middleware("none"), error_middleware, _authorise],
+        client_max_size=largest,
+    )
+    app[LISTENER_KEY] = "api"
+    app[METRICS_KEY] = metrics or NodeMetrics()
     app[DB_KEY] = db
     app[HUB_KEY] = hub
     app[ORIGIN_KEY] = origin

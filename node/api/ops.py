@@ -9,6 +9,24 @@ it is off by default. With ``[ops] token`` (or ``token_file``) every request
 must carry ``Authorization: Bearer TOKEN``; the config refuses a listen
 address that is not loopback without one (:func:`node.config.load_config`).
 
+Endpoints:
+
+* ``GET /healthz``: 200 while the process and its event loop answer.
+* ``GET /readyz``: 200 ``{"ready": true, ...}`` when every
+  :data:`READINESS_CHECKS` check passes, else 503 with ``reasons``: one
+  line each (database not writable, PDQ index not loaded, a peer failing for
+  longer than ``[ops] peer_failing_after``, the own certificate expiring
+  within ``[ops] certificate_warn_days``). Peer certificates that expire
+  soon are listed under ``warnings`` without failing the check.
+* ``GET /metrics``: Prometheus text format (:mod:`node.metrics` for what
+  is counted as it happens; :func:`snapshot` for what is read from the
+  database at each scrape).
+
+A check is an ``async`` function of the :class:`OpsContext` returning the
+reasons it fails (empty: passes); add one to :data:`READINESS_CHECKS`.
+Gauges read at scrape time come from :data:`SNAPSHOT_READERS`, functions of
+the ledger (run in a reader thread) returning metric families.
+
 Other parts of the node add pages here through :class:`OpsMount`: a prefix
 and a function that builds a sub-application from the :class:`OpsContext`
 (database, checkpoint hub, config). ``hashmesh serve`` mounts
@@ -28,24 +46,41 @@ path of the listener needs the token when one is set.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from node.api.app import error_middleware
+from node.api.match import match_service
 from node.config import NodeConfig
+from node.errors import ConfigError, NodeError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.ledger.service import Ledger
+from node.metrics import NodeMetrics
+from node.tls import certificate_expiry
+from protocol.keys import NoteVerifier
 
 __all__ = [
     "OPS_CONTEXT_KEY",
     "OPS_KEY",
+    "READINESS_CHECKS",
+    "SNAPSHOT_READERS",
     "OpsContext",
     "OpsMount",
+    "ReadinessCheck",
     "make_ops_app",
+    "snapshot",
 ]
 
 log = logging.getLogger("hashmesh.ops")
@@ -61,11 +96,14 @@ class OpsContext:
         db: the node's database facade (owned by ``serve``; do not close it).
         hub: checkpoint announcements (own log and replicas).
         config: the node's settings.
+        metrics: the counters of this serving node (``/metrics`` renders
+            them beside the gauges read from the database).
     """
 
     db: Database
     hub: CheckpointHub
     config: NodeConfig
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +172,272 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
 
 
+# -- readiness ------------------------------------------------------------------
+
+ReadinessCheck = Callable[[OpsContext], Awaitable[list[str]]]
+"""A readiness check: the reasons the node is not ready (empty when it is)."""
+
+PROBE_TIMEOUT = 5.0
+"""Seconds a readiness probe of the database may take before it counts as failed."""
+
+
+def _parse_time(text: str) -> float:
+    """Seconds since the epoch of a stored ``*_at`` timestamp (``...Z``, UTC)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def database_writable(context: OpsContext) -> list[str]:
+    """The writer can open a write transaction (lock free, file writable) within the timeout."""
+
+    def probe(ledger: Ledger) -> None:
+        with ledger.transaction():
+            pass  # BEGIN IMMEDIATE takes the write lock; committing nothing changes nothing
+
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            await context.db.write(probe)
+    except TimeoutError:
+        return [f"database: no write transaction within {PROBE_TIMEOUT:g} s"]
+    except NodeError as e:
+        return [f"database: not writable: {e}"]
+    return []
+
+
+async def indexes_loaded(context: OpsContext) -> list[str]:
+    """The PDQ index has been loaded (``serve`` loads it at start)."""
+    if not match_service(context.db).loaded:
+        return ["indexes: the PDQ index is still loading"]
+    return []
+
+
+async def peers_syncing(context: OpsContext) -> list[str]:
+    """No peer has failed every sync round for longer than ``[ops] peer_failing_after``."""
+    limit = context.config.ops.peer_failing_after
+
+    def read(ledger: Ledger) -> list[str]:
+        peers = {p.name: p for p in ledger.peers.list_peers() if p.role == "peer"}
+        now = time.time()
+        reasons = []
+        for status in ledger.peers.peer_statuses():
+            peer = peers.get(status.name)
+            if peer is None or status.failures == 0:
+                continue
+            since = _parse_time(status.last_ok_at or peer.added_at)
+            if now - since > limit:
+                reasons.append(
+                    f"peer {status.name}: failing for {now - since:.0f} s "
+                    f"({status.failures} rounds): {status.last_error}"
+                )
+        return reasons
+
+    return await context.db.read(read)
+
+
+async def certificate_valid(context: OpsContext) -> list[str]:
+    """The own TLS certificate does not expire within ``[ops] certificate_warn_days``."""
+    days = context.config.ops.certificate_warn_days
+    try:
+        pem = context.config.tls_cert_path.read_text(encoding="ascii")
+        expires = certificate_expiry(pem)
+    except (OSError, UnicodeDecodeError, ConfigError) as e:
+        return [f"certificate: cannot read {context.config.tls_cert_path}: {e}"]
+    left = (expires - datetime.now(UTC)).total_seconds() / 86400
+    if left < days:
+        return [
+            f"certificate: the node's TLS certificate expires in {left:.1f} days "
+            f"({expires:%Y-%m-%d}); renew it (hashmesh tls renew)"
+        ]
+    return []
+
+
+READINESS_CHECKS: tuple[ReadinessCheck, ...] = (
+    database_writable,
+    indexes_loaded,
+    peers_syncing,
+    certificate_valid,
+)
+"""What ``/readyz`` checks, in order. A corrupt log (fsck) belongs here too."""
+
+
+def _peer_certificate_warnings(ledger: Ledger, days: int) -> list[str]:
+    now = datetime.now(UTC)
+    warnings = []
+    for peer in ledger.peers.list_peers():
+        try:
+            expires = certificate_expiry(peer.tls_cert)
+        except ConfigError:
+            continue
+        left = (expires - now).total_seconds() / 86400
+        if left < days:
+            warnings.append(
+                f"peer {peer.name}: its TLS certificate expires in {left:.1f} days "
+                f"({expires:%Y-%m-%d})"
+            )
+    return warnings
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: 200 when every readiness check passes, else 503 with the reasons."""
+    app = request.app
+    context = app[OPS_CONTEXT_KEY]
+    results = await asyncio.gather(*(check(context) for check in app[_CHECKS_KEY]))
+    reasons = [reason for result in results for reason in result]
+    days = context.config.ops.certificate_warn_days
+    warnings = await context.db.read(lambda ledger: _peer_certificate_warnings(ledger, days))
+    body = {"ready": not reasons, "reasons": reasons, "warnings": warnings}
+    return web.json_response(
+        body, status=503 if reasons else 200, headers={"Cache-Control": "no-store"}
+    )
+
+
+# -- metrics --------------------------------------------------------------------
+
+SnapshotReader = Callable[[Ledger, OpsContext], Iterable[Metric]]
+"""Reads gauges from the database at scrape time (in a reader thread)."""
+
+
+def _log_gauges(ledger: Ledger, _context: OpsContext) -> Iterator[Metric]:
+    entries = GaugeMetricFamily(
+        "hashmesh_log_entries",
+        "Entries in a held log's latest checkpoint.",
+        labels=["origin", "kind"],
+    )
+    age = GaugeMetricFamily(
+        "hashmesh_log_checkpoint_age_seconds",
+        "Seconds since the latest checkpoint of a held log was stored.",
+        labels=["origin"],
+    )
+    now = time.time()
+    for log in ledger.logs():
+        record = ledger.stored_checkpoint(log)
+        if record is None:
+            continue
+        entries.add_metric([log.origin, "own" if log.is_own else "replica"], record.size)
+        age.add_metric([log.origin], max(0.0, now - _parse_time(record.recorded_at)))
+    yield entries
+    yield age
+
+
+def _peer_gauges(ledger: Ledger, _context: OpsContext) -> Iterator[Metric]:
+    failures = GaugeMetricFamily(
+        "hashmesh_peer_sync_consecutive_failures",
+        "Sync rounds with a peer that failed in a row (0: the last one succeeded).",
+        labels=["peer"],
+    )
+    last_ok = GaugeMetricFamily(
+        "hashmesh_peer_last_sync_timestamp_seconds",
+        "When the last sync round with a peer succeeded (Unix time).",
+        labels=["peer"],
+    )
+    expiry = GaugeMetricFamily(
+        "hashmesh_peer_tls_certificate_expiry_timestamp_seconds",
+        "When a peer's pinned TLS certificate expires (Unix time).",
+        labels=["peer"],
+    )
+    peers = ledger.peers.list_peers()
+    for peer in peers:
+        # An unreadable pinned certificate cannot be used for TLS either.
+        with contextlib.suppress(ConfigError):
+            expiry.add_metric([peer.name], certificate_expiry(peer.tls_cert).timestamp())
+    known = {p.name for p in peers}
+    for status in ledger.peers.peer_statuses():
+        if status.name not in known:
+            continue
+        failures.add_metric([status.name], status.failures)
+        if status.last_ok_at is not None:
+            last_ok.add_metric([status.name], _parse_time(status.last_ok_at))
+    evidence = GaugeMetricFamily(
+        "hashmesh_fork_evidence",
+        "Fork evidence records held (each freezes its origin), by origin.",
+        labels=["origin"],
+    )
+    counts: dict[str, int] = {}
+    for record in ledger.peers.list_evidence():
+        counts[record.origin] = counts.get(record.origin, 0) + 1
+    for origin, n in sorted(counts.items()):
+        evidence.add_metric([origin], n)
+    yield from (failures, last_ok, expiry, evidence)
+
+
+def _witness_gauges(ledger: Ledger, context: OpsContext) -> Iterator[Metric]:
+    family = GaugeMetricFamily(
+        "hashmesh_witness_cosignatures",
+        "Cosignatures of the own log's latest checkpoint from the witnesses asked "
+        "([[witness.ask]]), collected or missing.",
+        labels=["state"],
+    )
+    asked = {NoteVerifier.from_text(a.key).name for a in context.config.witness.ask}
+    own = ledger.own_log
+    record = ledger.stored_checkpoint(own)
+    collected = 0
+    if record is not None and asked:
+        held = {c.witness for c in ledger.witnessing.cosignatures(own.log_id, record.size)}
+        collected = len(asked & held)
+    family.add_metric(["collected"], collected)
+    family.add_metric(["missing"], len(asked) - collected)
+    yield family
+
+
+SNAPSHOT_READERS: tuple[SnapshotReader, ...] = (_log_gauges, _peer_gauges, _witness_gauges)
+"""What ``/metrics`` reads from the database at each scrape (scrub progress belongs here)."""
+
+
+async def snapshot(context: OpsContext) -> list[Metric]:
+    """The gauges of one scrape: every :data:`SNAPSHOT_READERS` reader, plus in-memory state."""
+
+    def read(ledger: Ledger) -> list[Metric]:
+        return [m for reader in SNAPSHOT_READERS for m in reader(ledger, context)]
+
+    metrics = await context.db.read(read)
+    pdq = GaugeMetricFamily("hashmesh_pdq_index_hashes", "PDQ hashes in the in-memory index.")
+    pdq.add_metric([], len(match_service(context.db).pdq))
+    metrics.append(pdq)
+    try:
+        pem = context.config.tls_cert_path.read_text(encoding="ascii")
+        expires = certificate_expiry(pem).timestamp()
+    except (OSError, UnicodeDecodeError, ConfigError):
+        pass  # /readyz says why
+    else:
+        own = GaugeMetricFamily(
+            "hashmesh_tls_certificate_expiry_timestamp_seconds",
+            "When this node's own TLS certificate expires (Unix time).",
+        )
+        own.add_metric([], expires)
+        metrics.append(own)
+    return metrics
+
+
+class _Scraped(Collector):
+    """The gauges read for one scrape, as a collector of a registry of their own."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text format, the counters then this scrape's gauges."""
+    context = request.app[OPS_CONTEXT_KEY]
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(_Scraped(await snapshot(context)))
+    body = generate_latest(context.metrics.registry) + generate_latest(scrape)
+    response = web.Response(body=body, headers={"Cache-Control": "no-store"})
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response
+
+
+_CHECKS_KEY = web.AppKey("ops_checks", tuple[ReadinessCheck, ...])
+
+
 def make_ops_app(
     context: OpsContext,
     *,
     token: str | None = None,
     mounts: Sequence[OpsMount] = (),
+    checks: Sequence[ReadinessCheck] = READINESS_CHECKS,
 ) -> web.Application:
     """Build the operations application.
 
@@ -146,6 +445,7 @@ def make_ops_app(
         context: the node's database, hub and config.
         token: the bearer token every request must present (None: none).
         mounts: sub-applications to serve beside the listener's own routes.
+        checks: what ``/readyz`` checks.
 
     Returns:
         The application, to be served by :func:`node.api.server.start_ops_server`.
@@ -157,7 +457,10 @@ def make_ops_app(
         app[_TOKEN_KEY] = token
     app[_OPEN_PREFIXES_KEY] = tuple(m.prefix for m in mounts if m.own_auth)
     app[_MOUNT_PREFIXES_KEY] = tuple(m.prefix for m in mounts)
+    app[_CHECKS_KEY] = tuple(checks)
     app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", metrics_endpoint, allow_head=False)
     for mount in mounts:
         app.add_subapp(mount.prefix, mount.build(context))
     return app

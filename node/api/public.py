@@ -39,12 +39,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from node.api.access import LISTENER_KEY, METRICS_KEY, facts_middleware
 from node.api.app import error_middleware
 from node.api.handlers import raw_target_path
 from node.api.state import PeerRateLimiter
 from node.errors import UnknownLogError
 from node.ledger.database import Database
 from node.ledger.service import Ledger
+from node.metrics import NodeMetrics
 from protocol.tiles import EntryBundleId, TileId, parse_tile_path
 
 __all__ = [
@@ -182,19 +184,26 @@ async def _limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
 
 
-def make_public_app(db: Database, limits: PublicLimits | None = None) -> web.Application:
+def make_public_app(
+    db: Database, limits: PublicLimits | None = None, metrics: NodeMetrics | None = None
+) -> web.Application:
     """Build the public read application (see the module docs).
 
     Args:
         db: the node's database facade (the app does not close it).
         limits: rate limit, cache and timeout (defaults: :class:`PublicLimits`).
+        metrics: where its requests are counted (listener ``public``).
 
     Returns:
         The application, for :func:`node.api.server.start_public_server`.
     """
     state = PublicState(db, limits or PublicLimits())
     # Requests have no body: a small cap refuses any that send one.
-    app = web.Application(middlewares=[error_middleware, _limit], client_max_size=1024)
+    app = web.Application(
+        middlewares=[facts_middleware("public"), error_middleware, _limit], client_max_size=1024
+    )
     app[PUBLIC_KEY] = state
+    app[LISTENER_KEY] = "public"
+    app[METRICS_KEY] = metrics or NodeMetrics()
     app.router.add_route("*", "/{tail:.*}", _serve)
     return app

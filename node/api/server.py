@@ -35,6 +35,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from node.api.access import ACCESS_LOGGER, LISTENER_KEY, AccessLog
 from node.api.app import make_app
 from node.api.match import keep_current
 from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
@@ -45,6 +46,7 @@ from node.errors import ConfigError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.service import Ledger
+from node.metrics import NodeMetrics
 from node.tls import (
     add_trusted_cert,
     check_server_context,
@@ -205,7 +207,10 @@ async def _serve(
         app,
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,
-        access_log=None,
+        # The API and public listeners log every request (node.api.access);
+        # the ops listener's probes and scrapes would only drown them.
+        access_log_class=AccessLog,
+        access_log=ACCESS_LOGGER if LISTENER_KEY in app else None,
         max_line_size=MAX_LINE_SIZE,
         max_field_size=MAX_FIELD_SIZE,
         max_headers=MAX_HEADERS,
@@ -235,7 +240,9 @@ def _sync_cleanup(
     return ctx
 
 
-def _runner_factory(cert_path: Path, key_path: Path, poll_interval: float | None) -> SyncFactory:
+def _runner_factory(
+    cert_path: Path, key_path: Path, poll_interval: float | None, metrics: NodeMetrics
+) -> SyncFactory:
     # Imported here: serving without sync (and the API tests) need none of it.
     from node.sync.runner import SyncRunner, SyncSettings
 
@@ -245,7 +252,9 @@ def _runner_factory(cert_path: Path, key_path: Path, poll_interval: float | None
 
     @contextlib.asynccontextmanager
     async def factory(db: Database, hub: CheckpointHub) -> AsyncIterator[object]:
-        runner = SyncRunner(db, hub, cert_path=cert_path, key_path=key_path, settings=settings)
+        runner = SyncRunner(
+            db, hub, cert_path=cert_path, key_path=key_path, settings=settings, metrics=metrics
+        )
         runner.start()
         try:
             yield runner
@@ -340,10 +349,15 @@ async def run_server(
             config.tls_cert_path, config.tls_key_path, [p.tls_cert for p in peers]
         )
         hub = CheckpointHub()
+        metrics = NodeMetrics()
         if sync_factory is None and sync:
-            sync_factory = _runner_factory(config.tls_cert_path, config.tls_key_path, poll_interval)
+            sync_factory = _runner_factory(
+                config.tls_cert_path, config.tls_key_path, poll_interval, metrics
+            )
         extra = [] if sync_factory is None else [_sync_cleanup(sync_factory, db, hub)]
-        app = make_app(db, hub, origin=config.origin, extra_cleanup=extra, limits=limits)
+        app = make_app(
+            db, hub, origin=config.origin, extra_cleanup=extra, limits=limits, metrics=metrics
+        )
         server = await start_server(app, ctx, host=host, port=port)
         public: RunningServer | None = None
         if config.public.listen is not None:
@@ -351,7 +365,9 @@ async def run_server(
                 public_host, public_port = parse_listen(config.public.listen)
                 public = await start_public_server(
                     make_public_app(
-                        db, PublicLimits(rate=config.public.rate, burst=config.public.burst)
+                        db,
+                        PublicLimits(rate=config.public.rate, burst=config.public.burst),
+                        metrics,
                     ),
                     public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
                     host=public_host,
@@ -366,7 +382,7 @@ async def run_server(
                 ops_host, ops_port = parse_listen(config.ops.listen)
                 ops = await start_ops_server(
                     make_ops_app(
-                        OpsContext(db=db, hub=hub, config=config),
+                        OpsContext(db=db, hub=hub, config=config, metrics=metrics),
                         token=config.ops.token,
                         mounts=ops_mounts,
                     ),
@@ -399,7 +415,7 @@ async def run_server(
                 if on_public_started is not None:
                     on_public_started(public)
             if ops is not None:
-                log.info("serving operations endpoints (/healthz) on %s", ops.url)
+                log.info("serving /healthz, /readyz and /metrics on %s", ops.url)
                 if on_ops_started is not None:
                     on_ops_started(ops)
             await _until_stopped(stop)

@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         )
     if config.ops.listen is not None:
         out.note(
-            f"serving operations endpoints (/healthz) on http://{config.ops.listen} "
+            f"serving /healthz, /readyz and /metrics on http://{config.ops.listen} "
             + ("(bearer token required)" if config.ops.token else "(no token; loopback only)")
         )
     asyncio.run(

@@ -34,6 +34,7 @@ from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.replica import ReplicaState
 from node.ledger.service import Ledger
+from node.metrics import error_kind
 from node.sync.client import PeerClient, RemoteLog
 from protocol.errors import ProtocolError, UnknownKeyError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
@@ -68,6 +69,8 @@ class PeerSyncReport:
     origins: list[OriginResult] = field(default_factory=list)
     evidence_added: int = 0
     error: str | None = None
+    error_kind: str | None = None
+    """A bounded name for the error (``peer_unavailable``, ``bad_signature``): a metrics label."""
 
     @property
     def appended(self) -> int:
@@ -109,6 +112,7 @@ async def sync_peer(
             report.origins.append(await _sync_origin(db, client, log, hub=hub, chunk=chunk))
     except (PeerError, ProtocolError, NodeError) as e:
         report.error = str(e) if isinstance(e, PeerError) else f"peer {client.name}: {e}"
+        report.error_kind = error_kind(e)
         reason = report.error
         await db.write(lambda ledger: ledger.peers.record_peer_error(client.name, reason))
         return report

@@ -29,6 +29,7 @@ from pathlib import Path
 from node.errors import PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.metrics import NodeMetrics
 from node.storage.peer_store import PeerRecord
 from node.sync.client import HttpPeerClient
 from node.sync.engine import PeerSyncReport, sync_peer
@@ -100,8 +101,10 @@ class SyncRunner:
         cert_path: Path,
         key_path: Path,
         settings: SyncSettings | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics or NodeMetrics()
         self._hub = hub
         self._cert_path = cert_path
         self._key_path = key_path
@@ -148,6 +151,7 @@ class SyncRunner:
                 for task in tasks:
                     task.cancel()
                 del self._tasks[name]
+                self._metrics.forget_peer(name)
         for name, peer in wanted.items():
             if name not in self._tasks:
                 wake = asyncio.Event()
@@ -159,13 +163,24 @@ class SyncRunner:
                 self._tasks[name] = (peer, tasks)
 
     async def _sync_loop(self, client: HttpPeerClient, wake: asyncio.Event) -> None:
+        metrics = self._metrics
+
         async def round_() -> bool:
             report = await sync_peer(self._db, client, hub=self._hub)
             self.rounds += 1
+            for result in report.origins:
+                if result.verdict == "fork":
+                    metrics.forks_detected.labels(result.origin).inc()
             if report.error:
                 log.warning("sync with %s failed: %s", client.name, report.error)
+                metrics.sync_rounds.labels(client.name, "error").inc()
+                metrics.sync_errors.labels(client.name, report.error_kind or "error").inc()
+                metrics.peer_up.labels(client.name).set(0)
                 return False
+            metrics.sync_rounds.labels(client.name, "ok").inc()
+            metrics.peer_up.labels(client.name).set(1)
             if report.appended:
+                metrics.sync_entries.labels(client.name).inc(report.appended)
                 log.info("synced %d entries from %s", report.appended, client.name)
             return True
 
@@ -175,13 +190,27 @@ class SyncRunner:
             await client.close()
 
     async def _listen(self, client: HttpPeerClient, wake: asyncio.Event) -> None:
-        # Reconnects after the stream ends or fails, backing off while it keeps failing.
+        # Reconnects after the stream ends or fails, backing off while it keeps
+        # failing. A failure is a WARNING when it happens (the stream was up, or
+        # this is the first try); while it keeps failing, DEBUG, so a dead peer
+        # does not fill the log; coming back is INFO.
         backoff = Backoff(self._settings.timing)
+        failing = False
         while True:
             try:
                 async for _origin, _size in client.events():
+                    if failing:
+                        log.info("event stream of %s is back", client.name)
+                        failing = False
                     backoff.reset()
                     wake.set()
             except PeerError as e:
-                log.debug("event stream of %s: %s", client.name, e)
+                self._metrics.sync_errors.labels(client.name, "event_stream").inc()
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "event stream of %s failed: %s (retrying)", client.name, e)
+                failing = True
+            else:
+                # It was up, then ended: the peer is restarting or shutting down.
+                log.info("event stream of %s ended; reconnecting", client.name)
+                failing = False
             await asyncio.sleep(backoff.failed())
