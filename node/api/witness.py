@@ -26,7 +26,7 @@ import logging
 from aiohttp import web
 
 from node.api.handlers import error_response
-from node.api.state import DB_KEY
+from node.api.state import DB_KEY, HUB_KEY
 from node.errors import UnknownLogError, WitnessConflictError, WitnessProofError
 from node.ledger.service import Ledger
 from node.ledger.witness import Cosigned
@@ -74,4 +74,8 @@ async def add_checkpoint(request: web.Request) -> web.Response:
             403, f"the checkpoint is not signed by its origin's key: {e}", "checkpoint"
         )
     log.info("cosigned %s at size %d", cosigned.origin, cosigned.size)
+    if cosigned.relayed:
+        # Followers that sync this origin through us and wait for our
+        # cosignature fetch it now, not with the origin's next checkpoint.
+        request.app[HUB_KEY].publish(cosigned.origin, cosigned.size)
     return web.Response(text=cosigned.line, content_type="text/plain", charset="utf-8")

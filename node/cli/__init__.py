@@ -23,6 +23,7 @@ from node.cli.keys import register as register_keys
 from node.cli.match import register as register_match
 from node.cli.publish import register as register_publish
 from node.cli.witness import register as register_witness
+from node.cli.witness import wait_line
 from node.config import DEFAULT_LISTEN, resolve_node_dir
 from node.errors import ImportRejectedError, NodeError
 from node.ledger import Ledger
@@ -295,10 +296,12 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         else:
             frozen = False
         status = ledger.status(args.origin)
+        waits = [w for w in ledger.witness_waits() if args.origin in (None, w.origin)]
     if args.json:
         doc = _status_json(status)
         doc["logs_held"] = origins
         doc["frozen"] = frozen
+        doc["witness_waits"] = [w.to_json() for w in waits]
         out.json(doc)
         return 0
     out.print(f"origin:           {status.origin}{'' if status.is_own else ' (replicated)'}")
@@ -317,6 +320,8 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
             out.print(f"  {name:<30}  {count:,}")
     out.print(f"retracted:        {status.retracted:,}")
     out.print(f"logs held:        {', '.join(origins)}")
+    for w in waits:
+        out.print(f"waiting:          {wait_line(w)}")
     return 0
 
 

@@ -224,6 +224,9 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
                 f"{r.origin} {r.verdict} size {r.size} (+{r.appended})" for r in report.origins
             ]
             out.print(f"{report.peer}: " + ("; ".join(parts) or "holds no followed origin"))
+            for r in report.origins:
+                if r.waiting:
+                    out.note(f"{report.peer}: {r.waiting}")
             if report.evidence_added:
                 out.note(f"{report.peer}: {report.evidence_added} new fork evidence stored")
         return 1 if failed else 0

@@ -35,7 +35,7 @@ from node.config import (
 from node.errors import ConfigError, PeerError, WitnessConflictError
 from node.ledger import Ledger
 from node.ledger.database import Database
-from node.ledger.witness import Cosigned, load_witness_signer
+from node.ledger.witness import Cosigned, QuorumWait, load_witness_signer
 from node.sync.published import PublishedLog, PublishedTarget, open_published
 from node.sync.witness_client import cosign_once
 from protocol.checkpoint import checkpoint_size
@@ -165,6 +165,15 @@ def cmd_witness_feed(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def wait_line(wait: QuorumWait) -> str:
+    """One line saying which cosignatures a held-back checkpoint waits for, since when."""
+    return (
+        f"{wait.origin} size {wait.size:,} since {wait.since}: {len(wait.signed)} of "
+        f"{wait.threshold} cosignatures (signed: {', '.join(wait.signed) or 'none'}; "
+        f"waiting for {', '.join(wait.missing)})"
+    )
+
+
 def cmd_witness_status(args: argparse.Namespace, out: Output) -> int:
     node_dir = resolve_node_dir(args.dir)
     with Ledger.open(node_dir, read_only=True) as ledger:
@@ -174,6 +183,7 @@ def cmd_witness_status(args: argparse.Namespace, out: Output) -> int:
         own = ledger.own_log
         latest = ledger.latest_checkpoint()
         held = store.cosignatures(own.log_id, latest.size)
+        waits = ledger.witness_waits()
     doc = {
         "witnessed": [
             {
@@ -193,6 +203,7 @@ def cmd_witness_status(args: argparse.Namespace, out: Output) -> int:
             "size": latest.size,
             "cosigned_by": sorted({c.witness for c in held}),
         },
+        "waiting": [w.to_json() for w in waits],
     }
     if args.json:
         out.json(doc)
@@ -203,6 +214,8 @@ def cmd_witness_status(args: argparse.Namespace, out: Output) -> int:
         out.print(f"asks {a.peer} ({a.key})")
     for r in config.witness.require:
         out.print(f"requires {r.threshold} of {len(r.keys)} witness(es) for {r.origin}")
+    for w in waits:
+        out.print(f"waiting: {wait_line(w)}")
     if not states:
         out.print("witnessed: nothing yet (peers ask with POST /v1/witness/add-checkpoint)")
     for s in states:

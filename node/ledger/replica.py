@@ -44,16 +44,17 @@ from node.errors import (
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.integration import Integration
 from node.ledger.rotation import load_key_chain, save_rotations
-from node.ledger.witness import open_with_quorum, save_cosignatures
+from node.ledger.witness import save_cosignatures, weigh_cosignatures
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint
 from protocol.entry import parse_entries
-from protocol.errors import MalformedError, RootMismatchError
+from protocol.errors import MalformedError, QuorumError, RootMismatchError
 from protocol.evidence import ForkEvidence
 from protocol.hashing import EMPTY_ROOT
 from protocol.judgement import CheckpointJudgement, HeldTree, judge_checkpoint
 from protocol.keys import NoteVerifier
 from protocol.merkle import verify_consistency
+from protocol.note import Note
 from protocol.rotation import KeyChain
 from protocol.tree import compute_consistency_proof
 
@@ -96,12 +97,15 @@ class CheckpointVerdict:
         size: the checkpoint's tree size.
         root_hash: the checkpoint's root hash.
         evidence: the fork evidence, for ``fork``.
+        cosigned: cosignature lines newly stored for a checkpoint we already
+            held (``same``, ``behind``): worth announcing to our followers.
     """
 
     kind: CheckpointKind
     size: int
     root_hash: bytes
     evidence: ForkEvidence | None = None
+    cosigned: int = 0
 
 
 class Replica:
@@ -176,19 +180,59 @@ class Replica:
         """The origin's key chain as stored (the pinned key, then its rotations)."""
         return load_key_chain(self.store, self.origin)
 
-    def _open(self, note: CheckpointNote) -> VerifiedCheckpoint:
+    def _open(self, note: CheckpointNote, *, keep: bool = True) -> VerifiedCheckpoint:
         # The key depends on the checkpoint's size once the origin has rotated
         # its key (protocol.rotation); the chain is re-read because another
-        # replica object may have extended it since this one was made. A
-        # checkpoint without the witness quorum required raises QuorumError.
-        return open_with_quorum(self.key_chain(), note, self.witness_requirement)
+        # replica object may have extended it since this one was made.
+        chain = self.key_chain()
+        requirement = self.witness_requirement
+        if requirement is None:
+            return chain.open(note)
+        # Cosignatures of one checkpoint may reach us on different paths (k
+        # of n witnesses, each relaying its own line): the lines collected
+        # while waiting count with the ones this copy carries.
+        wait = self.store.witnessing.get_wait(self.origin)
+        weighed = weigh_cosignatures(
+            chain, note, requirement, collected=None if wait is None else wait.note
+        )
+        if weighed.met:
+            return weighed.opened
+        larger = wait is not None and wait.size > weighed.opened.size
+        since = self._wait_for(weighed.opened, larger) if keep else None
+        reason = weighed.refusal()
+        if since is not None:
+            reason += f"; waiting since {since} for {', '.join(weighed.missing)}"
+        raise QuorumError(reason)
 
-    def _save_cosignatures(self, cp: Checkpoint, note: CheckpointNote) -> None:
+    def _wait_for(self, opened: VerifiedCheckpoint, larger_waiting: bool) -> str | None:
+        """Keep a checkpoint short of the policy, with its good cosignatures, until it is met.
+
+        Only a checkpoint beyond what we hold, and not smaller than one
+        already waited for, is kept. Committed at once (its own transaction,
+        or the caller's): the refusal that follows must not roll it back.
+
+        Returns:
+            Since when we wait, or None if it was not kept.
+        """
+        if larger_waiting:
+            return None
+        cp = opened.checkpoint
+        log = self._log()
+        held = None if log is None else self.store.latest_checkpoint(log.log_id)
+        if held is not None and held.size >= cp.size:
+            return None
+        with self.store.joined_transaction():
+            return self.store.witnessing.save_wait(
+                self.origin, cp.size, cp.root_hash, opened.note.to_text()
+            )
+
+    def _save_cosignatures(self, cp: Checkpoint, note: CheckpointNote | Note) -> int:
         # Cosignatures by witnesses we know, for a checkpoint we hold, are
         # kept so they are served with it even when it reached us without.
         log = self._log()
-        if log is not None:
-            save_cosignatures(self.store, log.log_id, cp, note, self.witness_keys)
+        if log is None:
+            return 0
+        return save_cosignatures(self.store, log.log_id, cp, note, self.witness_keys)
 
     def judge_checkpoint(self, note: CheckpointNote) -> CheckpointJudgement:
         """Verify a checkpoint of the origin and judge it against what we hold; writes nothing.
@@ -202,7 +246,7 @@ class Replica:
                 for another origin; QuorumError if the witness policy for the
                 origin ([[witness.require]]) is not met.
         """
-        return self._judge(self._open(note))
+        return self._judge(self._open(note, keep=False))
 
     def _judge(self, opened: VerifiedCheckpoint) -> CheckpointJudgement:
         state = self.state()
@@ -263,10 +307,12 @@ class Replica:
                 log = self._log()
                 if log is not None and self.store.get_checkpoint(log.log_id, cp.size) is None:
                     self.store.put_checkpoint(log.log_id, cp.size, cp.root_hash, note)
+                self.store.witnessing.end_wait(self.origin, cp.size)
+            cosigned = 0
             if relation != "ahead":
-                self._save_cosignatures(cp, note)
+                cosigned = self._save_cosignatures(cp, opened.note)
             assert relation in ("ahead", "same", "behind")
-            return CheckpointVerdict(relation, cp.size, cp.root_hash)
+            return CheckpointVerdict(relation, cp.size, cp.root_hash, cosigned=cosigned)
 
     def append_verified(
         self,
@@ -298,7 +344,8 @@ class Replica:
                 invalid.
             FrozenLogError: if the origin is frozen.
         """
-        cp = self._open(checkpoint_note).checkpoint
+        opened = self._open(checkpoint_note)
+        cp = opened.checkpoint
         end = start + len(entries)
         if end > cp.size:
             raise ReplicationError(
@@ -313,17 +360,18 @@ class Replica:
             )
         # Parsing and writing a chunk allocate millions of short-lived objects.
         with bulk_allocation():
-            return self._append_verified(cp, checkpoint_note, start, end, entries, proof)
+            return self._append_verified(opened, checkpoint_note, start, end, entries, proof)
 
     def _append_verified(
         self,
-        cp: Checkpoint,
+        opened: VerifiedCheckpoint,
         checkpoint_note: CheckpointNote,
         start: int,
         end: int,
         entries: Sequence[bytes],
         proof: Sequence[bytes] | None,
     ) -> ReplicaState:
+        cp = opened.checkpoint
         datas = [bytes(d) for d in entries]
         parsed = parse_entries(datas, start)
         with self.store.transaction():
@@ -363,5 +411,7 @@ class Replica:
             if end == cp.size and self.store.get_checkpoint(log.log_id, end) is None:
                 self.store.put_checkpoint(log.log_id, end, cp.root_hash, checkpoint_note)
             if end == cp.size:
-                self._save_cosignatures(cp, checkpoint_note)
+                # With the cosignatures collected on other paths, if any.
+                self._save_cosignatures(cp, opened.note)
+                self.store.witnessing.end_wait(self.origin, cp.size)
             return self.state()

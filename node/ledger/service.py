@@ -37,7 +37,13 @@ from node.ledger.rotation import (
     load_key_chain,
     rotate_signing_key,
 )
-from node.ledger.witness import Witness, load_witness_signer, served_note
+from node.ledger.witness import (
+    QuorumWait,
+    Witness,
+    load_witness_signer,
+    quorum_waits,
+    served_note,
+)
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from node.storage.match_store import MatchStore
 from node.storage.peer_store import PeerStore
@@ -554,6 +560,10 @@ class Ledger:
     def replicas(self) -> list[Replica]:
         """One :class:`~node.ledger.replica.Replica` per followed origin."""
         return [self.replica(f.origin) for f in self.peers.list_follows()]
+
+    def witness_waits(self) -> list[QuorumWait]:
+        """Followed origins' checkpoints held back until enough witnesses cosign them."""
+        return quorum_waits(self.store, self.config)
 
     def witness(self) -> Witness:
         """This node as a witness (:mod:`node.ledger.witness`), its key made on first use.

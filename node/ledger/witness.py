@@ -60,12 +60,16 @@ from protocol.witness import attach_cosignatures, parse_cosignature_lines
 __all__ = [
     "WITNESS_NAME_SUFFIX",
     "Cosigned",
+    "QuorumWait",
+    "Weighed",
     "Witness",
     "load_witness_signer",
     "open_with_quorum",
+    "quorum_waits",
     "save_cosignatures",
     "served_note",
     "verified_cosignatures",
+    "weigh_cosignatures",
     "witness_name",
 ]
 
@@ -118,12 +122,16 @@ class Cosigned:
         size: the checkpoint's tree size.
         timestamp: the cosigned time (POSIX seconds).
         signature: the signature line's parts.
+        relayed: whether this node holds that very checkpoint of the origin
+            (it replicates the log), so it serves it with the new line and
+            should announce it to its own followers at once.
     """
 
     origin: str
     size: int
     timestamp: int
     signature: NoteSignature
+    relayed: bool = False
 
     @property
     def line(self) -> str:
@@ -241,28 +249,40 @@ class Witness:
                 name=self.signer.name, key_id=self.signer.verifier().key_id, signature=raw
             )
             self.state.save_state(origin, size, checkpoint.root_hash, note)
-            self._keep_own(origin, checkpoint, signature)
-        return Cosigned(origin, size, timestamp, signature)
+            relayed = self._keep_own(origin, checkpoint, signature)
+        return Cosigned(origin, size, timestamp, signature, relayed)
 
-    def _keep_own(self, origin: str, checkpoint: Checkpoint, signature: NoteSignature) -> None:
+    def _keep_own(self, origin: str, checkpoint: Checkpoint, signature: NoteSignature) -> bool:
         """Serve our cosignature with the origin's checkpoint when we relay its log.
 
         Followers downstream (C syncing A's log from us, B) then receive the
         cosignature with the note. The entries may not have arrived yet: the
         line waits for the checkpoint of that size, and is never attached to a
         checkpoint of that size with another root (that would be a fork).
+
+        Returns:
+            Whether the checkpoint itself is held here: then it is served with
+            the line from now on and should be announced at once; otherwise
+            the sync that brings it announces it.
         """
         try:
             log_ = self.store.get_log(origin)
         except UnknownLogError:
-            return  # nothing replicated yet; the origin's own copy carries it
+            # Nothing replicated yet: register the log as the replica's first
+            # batch would (its pinned key), so the line is kept for the
+            # checkpoint our sync is about to fetch, and served with it.
+            follow = self.store.peers.get_follow(origin)
+            if follow is None:
+                return False
+            log_ = self.store.create_log(origin, follow.vkey, is_own=False)
         held = self.store.get_checkpoint(log_.log_id, checkpoint.size)
         if held is not None and held.root_hash != checkpoint.root_hash:
-            return
+            return False
         line = signature.to_line()[:-1]
         self.state.add_cosignatures(
             log_.log_id, checkpoint.size, [(signature.name, signature.key_id, line)]
         )
+        return held is not None
 
 
 def verified_cosignatures(
@@ -296,34 +316,177 @@ def _verify_each(
     return good
 
 
+@dataclass(frozen=True, slots=True)
+class Weighed:
+    """A checkpoint opened with its origin's key chain, and its cosignatures counted.
+
+    Attributes:
+        opened: the verified checkpoint; its note carries the origin's
+            signature(s) and every verified cosignature by a required
+            witness, from the note and from the lines collected before.
+        signed: the required witnesses whose cosignature verified, by name.
+        threshold: how many the policy requires.
+        counted: every required witness, by name.
+    """
+
+    opened: VerifiedCheckpoint
+    signed: tuple[str, ...]
+    threshold: int
+    counted: tuple[str, ...]
+
+    @property
+    def met(self) -> bool:
+        """Whether the policy is met."""
+        return len(self.signed) >= self.threshold
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The required witnesses whose cosignature is not held."""
+        return tuple(n for n in self.counted if n not in self.signed)
+
+    def refusal(self) -> str:
+        """The one-line reason a checkpoint short of the policy is refused."""
+        return (
+            f"{self.opened.checkpoint.origin}: checkpoint of size {self.opened.checkpoint.size} "
+            f"is cosigned by {len(self.signed)} of the {self.threshold} required witness(es) "
+            f"(signed: {', '.join(self.signed) or 'none'}; counted: {', '.join(self.counted)}); "
+            "nothing was written"
+        )
+
+
+def weigh_cosignatures(
+    chain: KeyChain,
+    note: CheckpointNote | Note,
+    requirement: WitnessRequirement,
+    *,
+    collected: CheckpointNote | Note | None = None,
+) -> Weighed:
+    """Open a checkpoint with its origin's key chain and count its required cosignatures.
+
+    Args:
+        chain: the origin's key chain.
+        note: the checkpoint as received.
+        requirement: the witness policy for the origin.
+        collected: the same checkpoint as seen before (another peer's copy,
+            kept while waiting); its verified lines count too when its text
+            is the same. Lines of another checkpoint never verify, so they
+            never count.
+
+    Raises:
+        MalformedError, VerificationError: as :meth:`KeyChain.open`.
+    """
+    opened = chain.open(note)
+    witnesses = requirement.verifiers()
+    good = _verify_each(opened.note, opened.note.signatures, witnesses)
+    if collected is not None:
+        earlier = collected if isinstance(collected, Note) else parse_note(collected)
+        if earlier.text == opened.note.text:
+            good += _verify_each(opened.note, earlier.signatures, witnesses)
+    by_name: dict[str, tuple[NoteSignature, int]] = {}
+    for sig, timestamp in good:
+        by_name.setdefault(sig.name, (sig, timestamp))
+    # A line under a required key that did not verify is dropped, so it
+    # cannot shadow a good line for that key collected from elsewhere.
+    required = {(w.name, w.key_id) for w in witnesses}
+    kept = tuple(s for s in opened.note.signatures if (s.name, s.key_id) not in required)
+    merged = attach_cosignatures(
+        Note(text=opened.note.text, signatures=kept), [sig for sig, _t in by_name.values()]
+    )
+    return Weighed(
+        opened=VerifiedCheckpoint(
+            checkpoint=opened.checkpoint,
+            note=merged,
+            cosignatures={**opened.cosignatures, **{n: t for n, (_s, t) in by_name.items()}},
+        ),
+        signed=tuple(sorted(by_name)),
+        threshold=requirement.threshold,
+        counted=tuple(w.name for w in witnesses),
+    )
+
+
 def open_with_quorum(
-    chain: KeyChain, note: CheckpointNote | Note, requirement: WitnessRequirement | None
+    chain: KeyChain,
+    note: CheckpointNote | Note,
+    requirement: WitnessRequirement | None,
+    *,
+    collected: CheckpointNote | Note | None = None,
 ) -> VerifiedCheckpoint:
     """Open a checkpoint with its origin's key chain and check the witness policy.
+
+    ``collected`` is as for :func:`weigh_cosignatures`.
 
     Raises:
         MalformedError, VerificationError: as :meth:`KeyChain.open`.
         QuorumError: if fewer than ``requirement.threshold`` of its witnesses
             cosigned, naming the origin, the size, who signed and who counts.
     """
-    opened = chain.open(note)
     if requirement is None:
-        return opened
-    witnesses = requirement.verifiers()
-    good = {s.name: t for s, t in _verify_each(opened.note, opened.note.signatures, witnesses)}
-    signed = sorted(good)
-    if len(signed) < requirement.threshold:
-        raise QuorumError(
-            f"{chain.origin}: checkpoint of size {opened.checkpoint.size} is cosigned by "
-            f"{len(signed)} of the {requirement.threshold} required witness(es) "
-            f"(signed: {', '.join(signed) or 'none'}; counted: "
-            f"{', '.join(w.name for w in witnesses)}); nothing was written"
+        return chain.open(note)
+    weighed = weigh_cosignatures(chain, note, requirement, collected=collected)
+    if not weighed.met:
+        raise QuorumError(weighed.refusal())
+    return weighed.opened
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumWait:
+    """A followed origin's checkpoint this node holds back until enough witnesses cosign it.
+
+    Attributes:
+        origin: the followed origin.
+        size: the checkpoint's tree size.
+        since: when the node started waiting (UTC text, as stored).
+        threshold: how many cosignatures the policy requires.
+        signed: the required witnesses whose cosignature is held.
+        missing: the required witnesses whose cosignature is not held.
+    """
+
+    origin: str
+    size: int
+    since: str
+    threshold: int
+    signed: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """The wait as ``status --json`` and the metrics show it."""
+        return {
+            "origin": self.origin,
+            "size": self.size,
+            "since": self.since,
+            "threshold": self.threshold,
+            "signed": list(self.signed),
+            "waiting_for": list(self.missing),
+        }
+
+
+def quorum_waits(store: LedgerStore, config: NodeConfig) -> list[QuorumWait]:
+    """The checkpoints this node holds back for cosignatures, by origin.
+
+    The cosignatures held are counted again against the current policy (a
+    restart may have changed it); a row whose origin has no policy any
+    more is not listed.
+    """
+    waits: list[QuorumWait] = []
+    for row in store.witnessing.list_waits():
+        requirement = config.witness.requirement_for(row.origin)
+        if requirement is None:
+            continue
+        note = parse_note(row.note)
+        signed = sorted(
+            {s.name for s, _t in _verify_each(note, note.signatures, requirement.verifiers())}
         )
-    return VerifiedCheckpoint(
-        checkpoint=opened.checkpoint,
-        note=opened.note,
-        cosignatures={**opened.cosignatures, **good},
-    )
+        waits.append(
+            QuorumWait(
+                origin=row.origin,
+                size=row.size,
+                since=row.since,
+                threshold=requirement.threshold,
+                signed=tuple(signed),
+                missing=tuple(w.name for w in requirement.verifiers() if w.name not in set(signed)),
+            )
+        )
+    return waits
 
 
 def save_cosignatures(

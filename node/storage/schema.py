@@ -51,6 +51,12 @@ Version 4 adds matching, witnessing and key rotation:
 * ``origin_keys`` (append-only): each origin's key chain; a key signs the
   checkpoints of sizes ``>= from_size`` up to the next row's. The migration
   seeds one row per held log with its current key.
+
+Version 5 adds ``witness_waits``: per followed origin whose witness policy
+a newer checkpoint does not meet yet, that checkpoint with every verified
+cosignature collected for it from any peer, and since when this node waits.
+It is state, not ledger data: the row goes when a checkpoint that large is
+held, and is replaced by a larger waiting checkpoint.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ from node.errors import SchemaVersionError
 
 __all__ = ["SCHEMA_VERSION", "TILE_LEVEL", "active_key", "apply_pragmas", "migrate"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 TILE_LEVEL = 4
 """Lowest level of the tree nodes stored (schema version 3 and later)."""
@@ -248,6 +254,20 @@ CREATE TABLE origin_keys (
 """
 
 
+_V5 = """
+-- A followed origin's newest checkpoint still short of its witness policy,
+-- with every verified cosignature collected for it so far (from any peer).
+CREATE TABLE witness_waits (
+    origin TEXT PRIMARY KEY,
+    size INTEGER NOT NULL CHECK (size >= 0),
+    root_hash BLOB NOT NULL CHECK (length(root_hash) = 32),
+    note TEXT NOT NULL,
+    since TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID
+"""
+
+
 def _upgrade_v4(conn: sqlite3.Connection) -> None:
     # Opinions and rotations did not exist before v4: only pdq rows and the
     # first link of each key chain are derived from what is held.
@@ -290,6 +310,7 @@ _MIGRATIONS: dict[int, tuple[str, tuple[str, ...], Callable[[sqlite3.Connection]
     2: (_V2, ("evidence",), None),
     3: (_V3, (), _upgrade_v3),
     4: (_V4, ("cosignatures", "origin_keys"), _upgrade_v4),
+    5: (_V5, (), None),
 }
 
 

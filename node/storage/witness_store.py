@@ -1,8 +1,8 @@
-"""Witness state and collected cosignatures (schema version 4).
+"""Witness state, collected cosignatures and checkpoints waiting for them (schema 4, 5).
 
 Layer: node.storage. Performs SQLite I/O on the connection it is given.
 
-Two tables:
+Three tables:
 
 * ``witness_state``: for each origin this node witnesses, the latest
   checkpoint it cosigned. The witness (:mod:`node.ledger.witness`) reads and
@@ -13,6 +13,11 @@ Two tables:
 * ``cosignatures`` (append-only, by trigger): witness signature lines held
   for checkpoints of any log this node holds, one per (checkpoint, witness
   key); served appended to the checkpoint's note.
+* ``witness_waits``: per followed origin, the newest checkpoint that does not
+  meet this node's witness policy yet, holding every verified cosignature
+  collected for it so far from any peer (so k of n lines met on different
+  paths add up), and since when the node waits. ``hashmesh status`` and the
+  metrics read it; a row goes once a checkpoint that large is held.
 
 Like :class:`~node.storage.ledger_store.LedgerStore`, nothing here signs or
 verifies: the ledger layer decides what to write.
@@ -23,11 +28,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from node.errors import StorageError
 from node.storage.connection import now_text
 
-__all__ = ["CosignatureRecord", "WitnessStateRecord", "WitnessStore"]
+__all__ = ["CosignatureRecord", "WitnessStateRecord", "WitnessStore", "WitnessWaitRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,28 @@ class CosignatureRecord:
     key_id: str
     line: str
     received_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessWaitRecord:
+    """A followed origin's checkpoint waiting for witness cosignatures.
+
+    Attributes:
+        origin: the followed origin.
+        size: the checkpoint's tree size.
+        root_hash: its root hash.
+        note: the checkpoint note with the verified cosignatures collected.
+        since: when this node started waiting (UTC; kept when a larger
+            checkpoint replaces the one waited for).
+        updated_at: when a checkpoint or cosignature last changed the row.
+    """
+
+    origin: str
+    size: int
+    root_hash: bytes
+    note: str
+    since: str
+    updated_at: str
 
 
 class WitnessStore:
@@ -145,3 +173,59 @@ class WitnessStore:
             (log_id, witness, f"{key_id:08x}"),
         ).fetchone()
         return None if row[0] is None else int(row[0])
+
+    # -- checkpoints waiting for cosignatures --------------------------------
+
+    def get_wait(self, origin: str) -> WitnessWaitRecord | None:
+        """The checkpoint of ``origin`` waiting for cosignatures, if any."""
+        row = self.conn.execute(
+            "SELECT origin, size, root_hash, note, since, updated_at FROM witness_waits "
+            "WHERE origin = ?",
+            (origin,),
+        ).fetchone()
+        return None if row is None else _wait(row)
+
+    def list_waits(self) -> list[WitnessWaitRecord]:
+        """Every checkpoint waiting for cosignatures, by origin."""
+        rows = self.conn.execute(
+            "SELECT origin, size, root_hash, note, since, updated_at FROM witness_waits "
+            "ORDER BY origin"
+        ).fetchall()
+        return [_wait(r) for r in rows]
+
+    def save_wait(self, origin: str, size: int, root_hash: bytes, note: str) -> str:
+        """Record (or update) the checkpoint of ``origin`` waiting for cosignatures.
+
+        ``since`` is kept from an existing row: the node has waited since
+        then, whichever checkpoint it waits for now.
+
+        Returns:
+            Since when the node waits.
+        """
+        now = now_text()
+        self.conn.execute(
+            "INSERT INTO witness_waits (origin, size, root_hash, note, since, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET "
+            "size = excluded.size, root_hash = excluded.root_hash, note = excluded.note, "
+            "updated_at = excluded.updated_at",
+            (origin, size, root_hash, note, now, now),
+        )
+        row = self.conn.execute(
+            "SELECT since FROM witness_waits WHERE origin = ?", (origin,)
+        ).fetchone()
+        return str(row[0])
+
+    def end_wait(self, origin: str, held_size: int) -> bool:
+        """Drop the wait of ``origin`` if a checkpoint of ``held_size`` covers it.
+
+        Returns:
+            Whether a row was dropped.
+        """
+        cur = self.conn.execute(
+            "DELETE FROM witness_waits WHERE origin = ? AND size <= ?", (origin, held_size)
+        )
+        return cur.rowcount > 0
+
+
+def _wait(row: sqlite3.Row | tuple[Any, ...]) -> WitnessWaitRecord:
+    return WitnessWaitRecord(row[0], int(row[1]), bytes(row[2]), row[3], row[4], row[5])

@@ -36,7 +36,7 @@ from node.ledger.replica import ReplicaState
 from node.ledger.service import Ledger
 from node.metrics import error_kind
 from node.sync.client import PeerClient, RemoteLog
-from protocol.errors import ProtocolError, UnknownKeyError
+from protocol.errors import ProtocolError, QuorumError, UnknownKeyError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.rotation import KeyChain
 
@@ -59,6 +59,13 @@ class OriginResult:
     verdict: str
     appended: int = 0
     size: int = 0
+    cosigned: int = 0
+    """Cosignature lines newly stored for a checkpoint already held."""
+    waiting: str | None = None
+    """Why the peer's checkpoint is held back (``verdict`` ``waiting``): it
+    lacks cosignatures this node's witness policy requires. Not the peer's
+    fault: the announcement of the cosigned copy (from this peer or another)
+    brings it, so the peer is not marked failed and not backed off."""
 
 
 @dataclass(slots=True)
@@ -129,6 +136,12 @@ async def _sync_origin(
         try:
             await _catch_up(db, client, origin, log.checkpoint, result, chunk)
             break
+        except QuorumError as e:
+            # Nothing was written; its good cosignatures are kept (the
+            # replica's wait), and count with those another path brings.
+            result.verdict, result.waiting = "waiting", str(e)
+            logger.info("%s (via %s)", e, client.name)
+            break
         except UnknownKeyError:
             # The head may be signed by a key the origin rotated to after our
             # size: first catch up to the checkpoint that commits the
@@ -137,7 +150,9 @@ async def _sync_origin(
             if step is None:
                 raise
             await _catch_up(db, client, origin, step, result, chunk)
-    if hub is not None and result.appended:
+    # New cosignatures of a held checkpoint are news too: a follower of ours
+    # that requires them fetches the checkpoint again at once.
+    if hub is not None and (result.appended or result.cosigned):
         hub.publish(origin, result.size)
     return result
 
@@ -180,13 +195,14 @@ async def _catch_up(
 ) -> None:
     """Verify ``note`` against what we hold and fetch what it adds, chunk by chunk."""
 
-    def check(ledger: Ledger) -> tuple[str, int, int]:
+    def check(ledger: Ledger) -> tuple[str, int, int, int]:
         replica = ledger.replica(origin)
         verdict = replica.record_checkpoint(note)
-        return verdict.kind, replica.state().size, verdict.size
+        return verdict.kind, replica.state().size, verdict.size, verdict.cosigned
 
-    kind, have, want = await db.write(check)
+    kind, have, want, cosigned = await db.write(check)
     result.verdict, result.size = kind, have
+    result.cosigned += cosigned
     if kind == "fork":
         logger.error(
             "FORK: %s signed a checkpoint of size %d (via %s) that contradicts the log we "

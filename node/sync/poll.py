@@ -76,6 +76,7 @@ async def run_polling(
     timing: PollTiming,
     *,
     rng: random.Random | None = None,
+    wake_in_backoff: bool = True,
 ) -> NoReturn:
     """Run ``round_`` now and again after each delay or wake-up, until cancelled.
 
@@ -86,10 +87,20 @@ async def run_polling(
             each round, so a wake-up during a round starts another one).
         timing: the poll interval and backoff bounds.
         rng: the source of jitter.
+        wake_in_backoff: whether a wake-up also cuts a backoff short. Off
+            for a peer that is asked for every new checkpoint (a witness):
+            while it is down, the wake-ups only make the next round, after
+            the backoff, ask for the latest one, instead of one request each.
     """
     backoff = Backoff(timing, rng)
     while True:
         wake.clear()
-        delay = backoff.succeeded() if await round_() else backoff.failed()
+        if await round_():
+            delay = backoff.succeeded()
+        else:
+            delay = backoff.failed()
+            if not wake_in_backoff:
+                await asyncio.sleep(delay)
+                continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)

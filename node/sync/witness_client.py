@@ -14,16 +14,18 @@ table), else 0. A 409 answer names the witness's size, and the request is
 made again from there. The cosignature lines are stored in
 ``cosignatures``; the API serves them appended to the checkpoint's note.
 
-:class:`WitnessLoop` runs beside the sync runner: it asks whenever the own
-log announces a new checkpoint (the server's watcher publishes on the hub),
-polls as a fallback, backs off on failure, and announces the checkpoint
-again once it has new cosignatures, so followers fetch it with them.
+:class:`WitnessLoop` runs beside the sync runner, one task per witness: it
+asks whenever the own log announces a new checkpoint (the server's watcher
+publishes on the hub), polls as a fallback, backs off on failure, and
+announces the checkpoint again as soon as a witness's cosignature is stored,
+so followers fetch it with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,7 +292,17 @@ def _asks_and_peers(ledger: Ledger) -> tuple[tuple[WitnessAsk, ...], dict[str, P
 
 
 class WitnessLoop:
-    """Keeps the own log's latest checkpoint cosigned by every configured witness."""
+    """Keeps the own log's latest checkpoint cosigned by every configured witness.
+
+    One task per witness: a slow or down witness holds up only the
+    followers that need its cosignature, never the other witnesses' (nor
+    the log's writes, which never wait for this loop). Each cosignature is
+    announced on the hub as soon as it is stored, so followers waiting for
+    it fetch the cosigned checkpoint at once. A witness that failed is asked
+    again only after its backoff, and then only for the latest checkpoint,
+    whose cosignature covers every earlier size (C2SP tlog-witness): a
+    witness that comes back gets one request, not one per checkpoint missed.
+    """
 
     def __init__(
         self,
@@ -308,7 +320,8 @@ class WitnessLoop:
         self._timing = timing or PollTiming()
         self._known: dict[str, int] = {}
         self.rounds = 0
-        self.last: list[CosignOutcome] = []
+        self.last: dict[str, CosignOutcome] = {}
+        """The latest outcome per witness peer (for tests and monitoring)."""
 
     async def run(self) -> None:
         """Ask the witnesses until cancelled (returns at once when none is configured)."""
@@ -316,54 +329,63 @@ class WitnessLoop:
         if not asks:
             return
         origin = await self._db.read(lambda ledger: ledger.own_log.origin)
-        wake = asyncio.Event()
-        listener = asyncio.create_task(self._listen(origin, wake), name="hashmesh-witness-wake")
-
-        async def round_() -> bool:
-            try:
-                outcomes = await self._round()
-            except NodeError as e:  # the database, say: retry later, never die
-                outcomes = [CosignOutcome("(all witnesses)", None, error=str(e))]
-            failed = [o for o in outcomes if o.error]
-            for o in failed:
-                log.warning("%s", o.error)
-            sizes = [o.size for o in outcomes if o.added and o.size is not None]
-            if sizes:
-                size = max(sizes)
-                log.info("checkpoint %d of %s cosigned; announcing it again", size, origin)
-                self._hub.publish(origin, size)
-            return not failed
-
-        try:
-            await run_polling(round_, wake, self._timing)
-        finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-
-    async def _round(self) -> list[CosignOutcome]:
-        asks, peers = await self._db.read(_asks_and_peers)
-        outcomes = await asyncio.gather(
+        wakes = [asyncio.Event() for _ in asks]
+        tasks = [
+            asyncio.create_task(self._listen(origin, wakes), name="hashmesh-witness-wake"),
             *(
-                _ask(
-                    self._db,
-                    a,
-                    peers,
-                    cert_path=self._cert_path,
-                    key_path=self._key_path,
-                    known_size=self._known.get(a.peer),
+                asyncio.create_task(
+                    run_polling(
+                        functools.partial(self._round, ask, origin),
+                        wake,
+                        self._timing,
+                        wake_in_backoff=False,
+                    ),
+                    name=f"hashmesh-witness {ask.peer}",
                 )
-                for a in asks
-            )
-        )
-        for o in outcomes:
-            if o.witness_size is not None:
-                self._known[o.peer] = o.witness_size
-        self.rounds += 1
-        self.last = list(outcomes)
-        return self.last
+                for ask, wake in zip(asks, wakes, strict=True)
+            ),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
-    async def _listen(self, origin: str, wake: asyncio.Event) -> None:
+    async def _round(self, ask: WitnessAsk, origin: str) -> bool:
+        try:
+            _asks, peers = await self._db.read(_asks_and_peers)
+            outcome = await _ask(
+                self._db,
+                ask,
+                peers,
+                cert_path=self._cert_path,
+                key_path=self._key_path,
+                known_size=self._known.get(ask.peer),
+            )
+        except NodeError as e:  # the database, say: retry later, never die
+            outcome = CosignOutcome(ask.peer, None, error=str(e))
+        if outcome.witness_size is not None:
+            self._known[ask.peer] = outcome.witness_size
+        self.rounds += 1
+        self.last[ask.peer] = outcome
+        if outcome.error:
+            log.warning("%s", outcome.error)
+            return False
+        if outcome.added and outcome.size is not None:
+            log.info(
+                "checkpoint %d of %s cosigned by %s; announcing it again",
+                outcome.size,
+                origin,
+                ask.peer,
+            )
+            self._hub.publish(origin, outcome.size)
+        return True
+
+    async def _listen(self, origin: str, wakes: list[asyncio.Event]) -> None:
         async for event_origin, _size in self._hub.subscribe():
             if event_origin == origin:
-                wake.set()
+                for wake in wakes:
+                    wake.set()

@@ -105,13 +105,16 @@ class Serving:
         await asyncio.wait_for(self.task, timeout=PATIENCE)
 
 
-async def serve(node_dir: Path, *, sync: bool, poll: float = 5.0) -> Serving:
+async def serve(
+    node_dir: Path, *, sync: bool, poll: float = 5.0, listen: str = "127.0.0.1:0"
+) -> Serving:
+    """Run the node as `hashmesh serve` does; ``listen`` a fixed port to restart it there."""
     started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
     task = asyncio.create_task(
         run_server(
             node_dir,
-            "127.0.0.1:0",
+            listen,
             sync=sync,
             poll_interval=poll,
             on_started=started.set_result,
