@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sync.py [--entries 1000000] [--samples 200]
     .venv/bin/python benchmarks/bench_sync.py --quick [--profile]
+    .venv/bin/python benchmarks/bench_sync.py --witnessed [--samples 30]
 
 Initial sync: node A holds N random sha256 entries in its own log (set up
 with ``Ledger.import_lines``, not measured) and serves its API in this
@@ -22,6 +23,19 @@ process appends one entry at a time to A with its own ``Ledger`` connection
 sync round of the runners is timed in this process, so a sample's latency
 splits into: A noticing its own commit and B hearing of it, B's round, C
 hearing of B's commit, C's round.
+
+``--witnessed`` runs only the propagation with witness cosignatures (issue
+19): A asks B, D and E to witness its log; each of them follows A and
+relays its log; C follows A through B (1 of 1: C requires B's cosignature,
+syncs from B only) or through B, D and E (2 of 3). Every node serves with
+its sync runner at the default poll interval (30 s). A child process
+writes single entries at A at random intervals of 0.5 to 5 s, as the CLI
+does, and polls C's database until C holds the entry (C holds nothing
+short of its policy). The cosignatures and announcements are timed in
+this process, so each sample splits into: A commit -> the k-th witness
+cosignature, -> the first announcement carrying it on C's path (a
+witness's event stream), -> C holds the entry. A sample over 10 s would
+have waited for a poll; none may.
 
 ``--profile`` runs a second initial sync of a fresh copy of B under
 cProfile, separately for the event-loop thread (fetching, parsing) and the
@@ -259,8 +273,46 @@ def child_prop(p: dict[str, Any]) -> dict[str, Any]:
     return {"samples": samples[p["warmup"] :], "timeouts": timeouts}
 
 
+def child_witnessed(p: dict[str, Any]) -> dict[str, Any]:
+    """Single entries at A at random 0.5-5 s intervals; time until C holds each."""
+    from node.config import load_config
+    from node.ledger.service import Ledger
+    from node.storage.ledger_store import LedgerStore
+    from protocol.entry import AddEntry
+
+    c = LedgerStore.open(load_config(Path(p["c"])).database_path, read_only=True)
+    rng = random.Random(p["seed"])
+    samples: list[dict[str, float | int]] = []
+    timeouts = 0
+    for _ in range(p["samples"]):
+        time.sleep(rng.uniform(0.5, 5.0))
+        value = f"{rng.getrandbits(256):064x}"
+        with Ledger.open(Path(p["a"])) as ledger:  # a CLI write: its own connection
+            result = ledger.append([AddEntry.create(signal_type="sha256", value=value)])
+        committed = time.monotonic()
+        size = result.checkpoint.size
+        while True:
+            try:
+                have = c.entry_count(c.get_log(p["origin"]).log_id)
+            except Exception:  # noqa: BLE001 - C holds no entry of A yet
+                have = 0
+            now = time.monotonic()
+            if have >= size:
+                samples.append({"size": size, "committed": committed, "at_c": now})
+                break
+            if now - committed > p["timeout"]:
+                timeouts += 1
+                break
+            time.sleep(0.002)
+    c.close()
+    return {"samples": samples, "timeouts": timeouts}
+
+
 def run_child(mode: str, params: str) -> None:
     p = json.loads(params)
+    if mode == "witnessed":
+        print(json.dumps(child_witnessed(p)))
+        return
     if mode == "sync":
         out = asyncio.run(child_sync(p))
     elif mode == "raw":
@@ -513,6 +565,204 @@ def first_round(rounds: list[Round], peer: str, size: int) -> Round | None:
     return None
 
 
+# -- propagation with witness cosignatures (issue 19) --------------------------------
+
+ORIGIN_D = "witness-d.example/hashmesh"
+ORIGIN_E = "witness-e.example/hashmesh"
+WITNESSED_TIMEOUT = 10.0  # seconds: a sample this slow waited for a poll
+
+
+@dataclass
+class Timeline:
+    """When each witness cosigned and each node announced a checkpoint (this process)."""
+
+    cosigned: list[tuple[str, int, float]] = field(default_factory=list)
+    announced: list[tuple[str, str, int, float]] = field(default_factory=list)
+    hubs: dict[int, str] = field(default_factory=dict)
+
+
+def record_witnessing(timeline: Timeline) -> None:
+    """Time every cosignature made and every announcement (instrumentation only)."""
+    from node.ledger.events import CheckpointHub
+    from node.ledger.witness import Cosigned, Witness
+    from protocol.checkpoint import CheckpointNote
+
+    add_checkpoint = Witness.add_checkpoint
+    publish = CheckpointHub.publish
+
+    def cosign(self: Witness, old: int, proof: Any, note: CheckpointNote) -> Cosigned:
+        done = add_checkpoint(self, old, proof, note)
+        timeline.cosigned.append((self.signer.name, done.size, time.monotonic()))
+        return done
+
+    def announce(self: CheckpointHub, origin: str, size: int) -> None:
+        timeline.announced.append(
+            (timeline.hubs.get(id(self), "?"), origin, size, time.monotonic())
+        )
+        publish(self, origin, size)
+
+    Witness.add_checkpoint = cosign  # type: ignore[method-assign]
+    CheckpointHub.publish = announce  # type: ignore[method-assign]
+
+
+async def serve_witnessed(node: Node, timeline: Timeline) -> Serving:
+    """Serve like `hashmesh serve` at the default poll interval; name the node's hub."""
+    from node.api.server import RunningServer, run_server
+    from node.api.state import HUB_KEY
+
+    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_server(node.dir, node.listen, sync=True, on_started=started.set_result, stop=stop)
+    )
+    server = await asyncio.wait_for(started, timeout=30)
+    timeline.hubs[id(server.runner.app[HUB_KEY])] = node.origin
+    return Serving(stop, task)
+
+
+def witness_key(node: Node) -> str:
+    from node.config import load_config
+    from node.ledger.witness import load_witness_signer
+
+    return load_witness_signer(load_config(node.dir)).verifier().to_text()
+
+
+async def witnessed_run(
+    work: Path, *, threshold: int, samples: int, timeline: Timeline
+) -> dict[str, Any]:
+    """One network A; B, D, E witnesses; C requiring ``threshold`` of them."""
+    from node.config import WitnessAsk, WitnessRequirement, append_witness_setting
+
+    a = make_node(work, "a", ORIGIN_A)
+    witnesses = [
+        make_node(work, n, o) for n, o in (("b", ORIGIN_B), ("d", ORIGIN_D), ("e", ORIGIN_E))
+    ]
+    c = make_node(work, "c", ORIGIN_C)
+    counted = witnesses[:1] if threshold <= 1 else witnesses
+    for w in witnesses:
+        introduce(a, w)
+        introduce(w, a, follow=a)
+        append_witness_setting(a.dir, WitnessAsk(peer=w.origin, key=witness_key(w)))
+    for w in counted:
+        introduce(w, c)
+        introduce(c, w)
+    with __import__("node.ledger.service").ledger.service.Ledger.open(c.dir) as ledger:
+        ledger.follow(ORIGIN_A, a.vkey())
+    keys = tuple(witness_key(w) for w in counted)
+    if threshold:
+        append_witness_setting(
+            c.dir, WitnessRequirement(origin=ORIGIN_A, keys=keys, threshold=threshold)
+        )
+    servings = [await serve_witnessed(n, timeline) for n in (a, *witnesses, c)]
+    try:
+        await asyncio.sleep(3.0)  # every runner on every event stream, witness loops started
+        timeline.cosigned.clear()
+        timeline.announced.clear()
+        prop = await spawn(
+            "witnessed",
+            {
+                "a": str(a.dir),
+                "c": str(c.dir),
+                "origin": ORIGIN_A,
+                "samples": samples,
+                "seed": threshold,
+                "timeout": WITNESSED_TIMEOUT,
+            },
+        )
+    finally:
+        await shutdown(*servings)
+    names = {w.origin: f"{w.origin}/witness" for w in counted}
+    return {"prop": prop, "counted": names}
+
+
+def report_witnessed(label: str, threshold: int, run: dict[str, Any], tl: Timeline) -> float:
+    """Print one run's latencies and breakdown; returns its p50 in ms."""
+    got = run["prop"]["samples"]
+    counted: dict[str, str] = run["counted"]  # relay origin -> its witness key name
+    total = [(s["at_c"] - s["committed"]) * 1000 for s in got]
+    parts: dict[str, list[float]] = {
+        "A commit -> the k-th witness cosignature": [],
+        "k-th cosignature -> announced on C's path (a witness's event stream)": [],
+        "announcement -> C holds the entry (C's round: fetch, verify, commit)": [],
+    }
+    for s in got if threshold else ():
+        size = int(s["size"])
+        cosigns = sorted(t for name, n, t in tl.cosigned if n == size and name in counted.values())
+        if len(cosigns) < threshold:
+            continue
+        cosign = cosigns[threshold - 1]
+        # Each counted witness announces the checkpoint once it both holds it
+        # and has cosigned it; C can accept at the k-th such announcement.
+        own = {name: t for name, n, t in tl.cosigned if n == size}
+        ready = sorted(
+            min(
+                (
+                    t
+                    for hub, origin, n, t in tl.announced
+                    if hub == relay and origin == ORIGIN_A and n >= size and t >= own.get(key, 1e18)
+                ),
+                default=math.inf,
+            )
+            for relay, key in counted.items()
+        )
+        announce = ready[threshold - 1]
+        if announce == math.inf or announce > s["at_c"]:
+            continue
+        for key, v in zip(
+            parts,
+            (cosign - s["committed"], announce - cosign, s["at_c"] - announce),
+            strict=True,
+        ):
+            parts[key].append(max(v, 0.0) * 1000)
+    p50, p95, p99 = (percentile(total, q) for q in (0.5, 0.95, 0.99))
+    ok = p50 <= P50_TARGET_MS and p99 <= P99_TARGET_MS and not run["prop"]["timeouts"]
+    targets = f"targets p50 <= {P50_TARGET_MS:.0f}, p99 <= {P99_TARGET_MS:.0f}: " + (
+        "met" if ok else "MISSED"
+    )
+    print(
+        f"\n  {label}: {len(got)} single entries at random 0.5-5 s intervals "
+        f"({run['prop']['timeouts']} over {WITNESSED_TIMEOUT:.0f} s), A commit -> C holds it:"
+    )
+    print(
+        f"    p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms, max {max(total):.0f} ms"
+        + (f" ({targets})" if threshold else "")
+    )
+    if threshold:
+        explained = len(parts[next(iter(parts))])
+        print(f"    where a sample's time goes (medians over {explained} samples):")
+    for key, values in parts.items():
+        if values:
+            print(
+                f"      {statistics.median(values):>6.1f} ms  (p95 {percentile(values, 0.95):>6.1f})  {key}"
+            )
+    return p50
+
+
+async def bench_witnessed(args: argparse.Namespace, work: Path) -> None:
+    logging.getLogger("hashmesh").setLevel(logging.ERROR)
+    samples = args.samples if args.samples is not None else 30
+    print(
+        f"hashmesh witnessed propagation benchmark, python {sys.version.split()[0]}, "
+        f"{samples} samples per policy, poll interval 30 s (default)"
+    )
+    timeline = Timeline()
+    record_witnessing(timeline)
+    baseline: float | None = None
+    for threshold, label in (
+        (0, "baseline, no policy (C syncs from B, requires nothing)"),
+        (1, "1 of 1 (C requires B, syncs from B)"),
+        (2, "2 of 3 (C requires 2 of B, D, E, syncs from all three)"),
+    ):
+        run_dir = work / f"k{threshold}"
+        run_dir.mkdir()
+        run = await witnessed_run(run_dir, threshold=threshold, samples=samples, timeline=timeline)
+        p50 = report_witnessed(label, threshold, run, timeline)
+        if baseline is None:
+            baseline = p50
+        else:
+            print(f"    p50 is {p50 / baseline:.2f}x the baseline's (same process, same machine)")
+
+
 # -- main ---------------------------------------------------------------------------
 
 
@@ -700,7 +950,17 @@ def main() -> None:
     )
     parser.add_argument("--entries", type=int, default=None, help="default 1,000,000")
     parser.add_argument("--quick", action="store_true", help="100,000 entries, 50 latency samples")
-    parser.add_argument("--samples", type=int, default=None, help="latency samples (default 200)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="latency samples (default 200; --witnessed: 30 per policy)",
+    )
+    parser.add_argument(
+        "--witnessed",
+        action="store_true",
+        help="only the propagation with witness cosignatures (1 of 1, 2 of 3), a few minutes",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="also profile an initial sync (cProfile)"
     )
@@ -713,7 +973,7 @@ def main() -> None:
     if args.entries is None:
         args.entries = 100_000 if args.quick else 1_000_000
     with tempfile.TemporaryDirectory(prefix="hashmesh-bench-sync-") as tmp:
-        asyncio.run(bench(args, Path(tmp)))
+        asyncio.run((bench_witnessed if args.witnessed else bench)(args, Path(tmp)))
 
 
 if __name__ == "__main__":

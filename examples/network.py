@@ -150,7 +150,7 @@ def main() -> int:
         for node in nodes.values():
             servers.append(
                 subprocess.Popen(
-                    [PY, "-m", "node", "--dir", str(node), "serve", "--poll", "2"],
+                    [PY, "-m", "node", "--dir", str(node), "serve"],
                     cwd=ROOT,
                     env=env,
                     stdout=subprocess.DEVNULL,

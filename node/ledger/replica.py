@@ -29,6 +29,7 @@ than frozen, because we hold no signed note to prove it with.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -59,6 +60,8 @@ from protocol.rotation import KeyChain
 from protocol.tree import compute_consistency_proof
 
 __all__ = ["CheckpointKind", "CheckpointVerdict", "Replica", "ReplicaState"]
+
+logger = logging.getLogger("hashmesh.witness")
 
 CheckpointKind = Literal["ahead", "same", "behind", "fork", "frozen"]
 
@@ -226,6 +229,18 @@ class Replica:
                 self.origin, cp.size, cp.root_hash, opened.note.to_text()
             )
 
+    def _end_wait(self, cp: Checkpoint) -> None:
+        ended = self.store.witnessing.end_wait(self.origin, cp.size)
+        if ended is not None:
+            logger.info(
+                "%s: checkpoint of size %d is held, cosigned as the policy requires "
+                "(waited since %s for size %d)",
+                self.origin,
+                cp.size,
+                ended.since,
+                ended.size,
+            )
+
     def _save_cosignatures(self, cp: Checkpoint, note: CheckpointNote | Note) -> int:
         # Cosignatures by witnesses we know, for a checkpoint we hold, are
         # kept so they are served with it even when it reached us without.
@@ -307,7 +322,7 @@ class Replica:
                 log = self._log()
                 if log is not None and self.store.get_checkpoint(log.log_id, cp.size) is None:
                     self.store.put_checkpoint(log.log_id, cp.size, cp.root_hash, note)
-                self.store.witnessing.end_wait(self.origin, cp.size)
+                self._end_wait(cp)
             cosigned = 0
             if relation != "ahead":
                 cosigned = self._save_cosignatures(cp, opened.note)
@@ -413,5 +428,5 @@ class Replica:
             if end == cp.size:
                 # With the cosignatures collected on other paths, if any.
                 self._save_cosignatures(cp, opened.note)
-                self.store.witnessing.end_wait(self.origin, cp.size)
+                self._end_wait(cp)
             return self.state()

@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from node.config import NodeConfig, WitnessRequirement
 from node.errors import (
@@ -447,6 +448,13 @@ class QuorumWait:
     threshold: int
     signed: tuple[str, ...]
     missing: tuple[str, ...]
+
+    @property
+    def since_unix(self) -> float:
+        """When the node started waiting, in POSIX seconds (a metrics gauge)."""
+        return (
+            datetime.strptime(self.since, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        )
 
     def to_json(self) -> dict[str, object]:
         """The wait as ``status --json`` and the metrics show it."""

@@ -215,16 +215,17 @@ class WitnessStore:
         ).fetchone()
         return str(row[0])
 
-    def end_wait(self, origin: str, held_size: int) -> bool:
+    def end_wait(self, origin: str, held_size: int) -> WitnessWaitRecord | None:
         """Drop the wait of ``origin`` if a checkpoint of ``held_size`` covers it.
 
         Returns:
-            Whether a row was dropped.
+            The wait that ended, or None.
         """
-        cur = self.conn.execute(
-            "DELETE FROM witness_waits WHERE origin = ? AND size <= ?", (origin, held_size)
-        )
-        return cur.rowcount > 0
+        wait = self.get_wait(origin)
+        if wait is None or wait.size > held_size:
+            return None
+        self.conn.execute("DELETE FROM witness_waits WHERE origin = ?", (origin,))
+        return wait
 
 
 def _wait(row: sqlite3.Row | tuple[Any, ...]) -> WitnessWaitRecord:

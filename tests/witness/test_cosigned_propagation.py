@@ -11,6 +11,7 @@ cosignature used to wait for the origin's next checkpoint or a poll.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -134,9 +135,7 @@ async def nodes() -> AsyncIterator[list[Serving]]:
     await shutdown(*(n for n in running if not n.task.done()))
 
 
-async def test_one_of_one_through_the_witness_relay(
-    tmp_path: Path, nodes: list[Serving]
-) -> None:
+async def test_one_of_one_through_the_witness_relay(tmp_path: Path, nodes: list[Serving]) -> None:
     """The README's demo: C follows A only through B and requires B's cosignature."""
     a = make(tmp_path, "a", ORIGIN)
     b = make(tmp_path, "b", B, follows=a)
@@ -242,6 +241,7 @@ async def test_a_down_witness_delays_only_who_needs_it(
     )
 
     await sb.close()
+    down_at = time.time()
     sizes = []
     for _ in range(4):  # A's writes go on, each entry alone
         sizes.append(write_one(a))
@@ -257,6 +257,7 @@ async def test_a_down_witness_delays_only_who_needs_it(
     (wait,) = waits(c)
     assert wait.origin == ORIGIN and wait.missing == (witness_vkey(b).name,)
     assert wait.signed == () and wait.threshold == 1
+    assert down_at <= wait.since_unix <= time.time()  # the gauge metrics would show
 
     # `hashmesh status` says which cosignature C waits for, and since when.
     assert cli(["--dir", str(c), "status", "--origin", ORIGIN]) == 0

@@ -394,3 +394,62 @@ def test_witness_serves_its_own_cosignature_on_the_relayed_log(
     assert cosigned.line in served
     lines = parse_cosignature_lines(served[len(later.note) :])
     assert [sig.name for sig in lines] == [witness_name(WITNESS)]
+
+
+def test_cosignatures_of_one_checkpoint_add_up_across_copies(
+    tmp_path: Path, origin_dir: Path
+) -> None:
+    """2 of 3: each copy carries one witness's line; the replica counts them together."""
+    from node.config import append_witness_setting
+    from node.ledger.provision import init_node
+    from protocol.checkpoint import cosign_checkpoint
+
+    b, d, e = (NoteSigner.generate(f"witness-{n}.example/witness", 0x04) for n in "bde")
+    follower = tmp_path / "f"
+    init_node(follower, "agency-f.example/hashmesh")
+    with Ledger.open(origin_dir, read_only=True) as origin:
+        vkey = origin.own_log.verifier_key
+    with Ledger.open(follower) as ledger:
+        ledger.follow(ORIGIN, vkey)
+    keys = tuple(w.verifier().to_text() for w in (b, d, e))
+    append_witness_setting(follower, WitnessRequirement(origin=ORIGIN, keys=keys, threshold=2))
+    append(origin_dir, 3)
+    three = request(origin_dir, 0).note
+    append(origin_dir, 1)
+    four = request(origin_dir, 0).note
+    with Ledger.open(origin_dir, read_only=True) as origin:
+        entries = [bytes(x) for _i, x, _h in origin.store.iter_entries(origin.own_log.log_id)]
+
+    with Ledger.open(follower) as ledger:
+        replica = ledger.replica(ORIGIN)
+        with pytest.raises(QuorumError, match=r"1 of the 2 required.*waiting since .* for"):
+            replica.record_checkpoint(cosign_checkpoint(three, b, 1))
+        (wait,) = ledger.witness_waits()
+        assert (wait.size, wait.signed, wait.missing) == (3, (b.name,), (d.name, e.name))
+
+        # B's line is for size 3: it does not count for size 4, which replaces
+        # the checkpoint waited for (the wait keeps its start).
+        with pytest.raises(QuorumError, match="1 of the 2 required"):
+            replica.record_checkpoint(cosign_checkpoint(four, d, 2))
+        (later,) = ledger.witness_waits()
+        assert (later.size, later.signed, later.since) == (4, (d.name,), wait.since)
+
+        # A copy with a forged line under D's key and E's good line: the forged
+        # line cannot shadow the D line collected before; D + E make 2 of 3.
+        good_e = cosign_checkpoint(four, e, 3)
+        forged = cosign_checkpoint(four, d, 4)
+        forged_line = forged.rsplit("\n", 2)[-2]
+        junk = forged_line[:-6] + ("A" if forged_line[-6] != "A" else "B") + forged_line[-5:]
+        spoiled = good_e + junk + "\n"
+        assert replica.record_checkpoint(spoiled).kind == "ahead"
+        replica.append_verified(spoiled, 0, entries, None)
+        assert replica.state().size == 4
+        assert ledger.witness_waits() == []
+        log_id = ledger.log_for(ORIGIN).log_id
+        assert {c.witness for c in ledger.witnessing.cosignatures(log_id, 4)} == {d.name, e.name}
+
+        # A copy short of the policy of a checkpoint already held starts no wait.
+        with pytest.raises(QuorumError) as info:
+            replica.record_checkpoint(cosign_checkpoint(three, e, 5))
+        assert "waiting since" not in str(info.value)
+        assert ledger.witness_waits() == []
