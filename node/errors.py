@@ -145,16 +145,19 @@ class EntryNotFoundError(NodeError):
 
 @dataclass(frozen=True, slots=True)
 class LineError:
-    """One rejected line of an import file."""
+    """One rejected line of an import file (or record: ``record`` names it then)."""
 
     line: int
     field: str | None
     reason: str
+    # Where a record of a structured document is, when a line number says
+    # nothing (a VICS media item: "value[0].Media[17]").
+    record: str | None = None
 
     def __str__(self) -> str:
-        where = f"line {self.line}"
+        where = f"line {self.line}" if self.record is None else self.record
         if self.field:
-            where += f", {self.field}"
+            where += f", {self.field}" if self.record is None else f".{self.field}"
         return f"{where}: {self.reason}"
 
 

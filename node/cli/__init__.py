@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,10 +28,12 @@ from node.cli.witness import wait_line
 from node.config import DEFAULT_LISTEN, resolve_node_dir
 from node.errors import ImportRejectedError, NodeError
 from node.ledger import Ledger
-from node.ledger.export import EXPORT_FORMATS, export_lines
+from node.ledger.export import EXPORT_FORMATS, FILE_EXPORTS, export_lines, listed_adds
+from node.ledger.feeds import ReplacingFile, write_misp_feed, write_stix_bundle
 from node.ledger.hashlist import FORMATS, Format, HashListReader, LabelColumn, load_label_map
 from node.ledger.provision import init_node
-from node.ledger.service import AppendResult, LogStatus
+from node.ledger.service import AppendResult, ImportResult, LogStatus
+from node.ledger.vics import PROFILES, VicsReader, load_profile, looks_like_vics, write_vics
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 from protocol.errors import ProtocolError
@@ -164,7 +167,50 @@ def _label_columns(args: argparse.Namespace) -> list[LabelColumn]:
     return [LabelColumn.parse(spec, mapping) for spec in args.label_from]
 
 
+def _is_vics(args: argparse.Namespace) -> bool:
+    if args.format is not None:
+        return bool(args.format == "vics")
+    if args.file == "-" or Path(args.file).suffix.lower() != ".json":
+        return False
+    try:
+        with open(args.file, "rb") as f:
+            return looks_like_vics(f.read(4096))
+    except OSError as e:
+        raise NodeError(f"cannot read {args.file}: {e.strerror or e}") from e
+
+
+def _import_vics(args: argparse.Namespace, out: _Out) -> int:
+    if args.file == "-":
+        raise NodeError("a VICS document is read from a file, not standard input")
+    if not args.profile:
+        raise NodeError(f"a VICS document needs --profile ({', '.join(PROFILES)} or FILE)")
+    if args.type or args.quality is not None or args.label_from:
+        raise NodeError("--type, --quality and --label-from do not apply to a VICS document")
+    reader = VicsReader(load_profile(args.profile), extra_labels=tuple(args.label))
+    progress = _Progress(out.stderr, None)
+    started = time.monotonic()
+    with _open(args) as ledger:
+        try:
+            result = ledger.import_lines(
+                reader.read(Path(args.file)), skip_invalid=args.skip_invalid, progress=progress
+            )
+        except ImportRejectedError as e:
+            progress.done()
+            _write_line_report(args, out, e.errors, skipped=False)
+            raise
+    progress.done()
+    out.note(f"VICS document: {reader.context} ({reader.media_read:,} media items)")
+    for reason, count in sorted(reader.skipped.items()):
+        out.note(f"skipped {count:,} media items: {reason}")
+    _report_import(args, out, result, reader.notes, time.monotonic() - started, "media items")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace, out: _Out) -> int:
+    if _is_vics(args):
+        return _import_vics(args, out)
+    if args.profile:
+        raise NodeError("--profile applies to a VICS document (--format vics)")
     fmt: Format = args.format or _guess_format(args.file)
     reader = HashListReader(
         fmt=fmt,
@@ -210,27 +256,37 @@ def cmd_import(args: argparse.Namespace, out: _Out) -> int:
     finally:
         stream.close()
     progress.done()
-    elapsed = time.monotonic() - started
-    append = result.append
-    for change, count in sorted(reader.notes.items()):
-        out.note(f"normalised: {change} ({count:,} lines)")
     if reader.ignored_columns:
         out.note(f"ignored CSV columns: {', '.join(reader.ignored_columns)}")
+    _report_import(args, out, result, reader.notes, time.monotonic() - started, "lines")
+    if reader.skipped_blank:
+        out.print(f"passed over {reader.skipped_blank:,} blank or comment lines")
+    return 0
+
+
+def _report_import(
+    args: argparse.Namespace,
+    out: _Out,
+    result: ImportResult,
+    notes: Counter[str],
+    elapsed: float,
+    unit: str,
+) -> None:
+    append = result.append
+    for change, count in sorted(notes.items()):
+        out.note(f"normalised: {change} ({count:,} {unit})")
     if result.skipped:
         _write_line_report(args, out, result.skipped, skipped=True)
     first = f" (indexes {append.start}..{append.start + append.count - 1})" if append.count else ""
     out.print(
-        f"imported {append.count:,} entries{first} from {result.lines_read:,} lines "
+        f"imported {append.count:,} entries{first} from {result.lines_read:,} {unit} "
         f"in {elapsed:.1f} s"
     )
     if append.duplicates:
         out.print(f"skipped {len(append.duplicates):,} hashes already listed")
     if result.skipped:
-        out.print(f"skipped {len(result.skipped):,} invalid lines (--skip-invalid)")
-    if reader.skipped_blank:
-        out.print(f"passed over {reader.skipped_blank:,} blank or comment lines")
+        out.print(f"skipped {len(result.skipped):,} invalid {unit} (--skip-invalid)")
     out.print(f"log size {append.checkpoint.size:,}, checkpoint signed")
-    return 0
 
 
 def _write_line_report(
@@ -400,7 +456,42 @@ def cmd_prove(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def _export_for_tools(args: argparse.Namespace, out: _Out) -> int:
+    """VICS, MISP and STIX exports: listed entries only, to a place the operator names."""
+    if not args.out:
+        what = "DIR" if args.format == "misp" else "FILE"
+        raise NodeError(f"--format {args.format} needs --out {what} (exports hold hash values)")
+    if args.format == "vics" and not args.profile:
+        raise NodeError(f"--format vics needs --profile ({', '.join(PROFILES)} or FILE)")
+    target = Path(args.out)
+    with _open(args, read_only=True) as ledger:
+        origin = ledger.log_for(args.origin).origin
+        entries = listed_adds(ledger, args.origin)
+        if args.format == "misp":
+            events, attributes, left_out = write_misp_feed(target, origin, entries)
+            out.note(
+                f"wrote a MISP feed of {attributes:,} attributes in {events:,} events to {target}"
+            )
+        else:
+            with ReplacingFile(target) as f:
+                if args.format == "stix":
+                    count = write_stix_bundle(f, origin, entries)
+                    left_out = Counter()
+                else:
+                    left_out = write_vics(f, entries, load_profile(args.profile))
+                    count = -1
+            if count >= 0:
+                out.note(f"wrote a STIX 2.1 bundle of {count:,} indicators to {target}")
+            else:
+                out.note(f"wrote a VICS document to {target}")
+    for reason, number in sorted(left_out.items()):
+        out.note(f"left out {number:,} entries: {reason}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, out: _Out) -> int:
+    if args.format in FILE_EXPORTS:
+        return _export_for_tools(args, out)
     if args.format == "bundle" and not args.out:
         raise NodeError("--format bundle needs --out FILE")
     with _open(args, read_only=True) as ledger:
@@ -597,13 +688,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(separated by ';'), 'note', 'quality'. NDJSON lines are objects with "
         "'type', 'value', 'labels', 'note', 'quality'. A pdq list (--type pdq) "
         "has lines HASH, HASH,QUALITY or HASH,QUALITY,ANYTHING (the PDQ "
-        "hasher's output).",
+        "hasher's output). A Project VIC / CAID VICS document (JSON with an "
+        "@odata.context) is streamed: one entry per hash of each media item, "
+        "labels from its Category through --profile; non-pertinent items are "
+        "skipped and counted, invalid ones named by JSON path.",
     )
     p.add_argument("file", help="the hash list, or - for standard input")
     p.add_argument(
         "--format",
-        choices=FORMATS,
-        help="default: by extension (.csv, .ndjson/.jsonl, else lines)",
+        choices=(*FORMATS, "vics"),
+        help="default: by extension (.csv, .ndjson/.jsonl, a .json VICS document, else lines)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="PROFILE",
+        help=f"vics: what each Category means ({', '.join(PROFILES)} or a profile FILE; "
+        "docs/labels.md)",
     )
     p.add_argument(
         "--type",
@@ -697,10 +797,22 @@ def build_parser() -> argparse.ArgumentParser:
         "Export a log up to its latest checkpoint. ndjson/csv: decoded entries "
         "with index and retraction state. leaves: base64 of each exact leaf. "
         "bundle: verifier key, every checkpoint and every leaf, checked by "
-        "`python -m protocol verify-bundle FILE`.",
+        "`python -m protocol verify-bundle FILE`. For other tools, the listed "
+        "(not retracted) entries: vics (a Project VIC / CAID document, --profile), "
+        "misp (a MISP feed directory: manifest.json, one event per 10,000 entries), "
+        "stix (a STIX 2.1 bundle of indicators); docs/integrations.md.",
     )
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    p.add_argument("--out", metavar="FILE", help="write here (default: standard output)")
+    p.add_argument("--format", required=True, choices=(*EXPORT_FORMATS, *FILE_EXPORTS))
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write here (default: standard output; vics, stix: a FILE and misp: a DIR, required)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="PROFILE",
+        help=f"vics: how labels become categories ({', '.join(PROFILES)} or a profile FILE)",
+    )
     p.add_argument("--origin", help="a replicated log instead of the own log")
 
     command("fsck", cmd_fsck, "check the database, every signature and every root")

@@ -25,9 +25,11 @@ from protocol.bundle import encode_bundle
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 
-__all__ = ["EXPORT_FORMATS", "export_lines"]
+__all__ = ["EXPORT_FORMATS", "FILE_EXPORTS", "export_lines", "listed_adds"]
 
 EXPORT_FORMATS = ("ndjson", "csv", "leaves", "bundle")
+FILE_EXPORTS = ("vics", "misp", "stix")
+"""Exports for other tools (node.ledger.vics, node.ledger.feeds): listed entries only."""
 ExportFormat = Literal["ndjson", "csv", "leaves", "bundle"]
 
 _CSV_COLUMNS = [
@@ -117,3 +119,20 @@ def export_lines(ledger: Ledger, fmt: ExportFormat, *, origin: str | None = None
                 leaf_count=size,
                 leaves=(bytes(d) for _i, d, _h in ledger.store.iter_entries(log.log_id, 0, size)),
             )
+
+
+def listed_adds(ledger: Ledger, origin: str | None = None) -> Iterator[tuple[int, AddEntry]]:
+    """``(index, entry)`` of every add entry not retracted, up to the latest checkpoint.
+
+    Read in one snapshot, like every export.
+    """
+    log = ledger.log_for(origin)
+    with ledger.store.read_snapshot():
+        size = ledger.latest_checkpoint(log.origin).size
+        retracted = ledger.store.retracted_targets(log.log_id, 0, size)
+        for index, data, _leaf_hash in ledger.store.iter_entries(log.log_id, 0, size):
+            if index in retracted:
+                continue
+            entry = parse_entry(bytes(data))
+            if isinstance(entry, AddEntry):
+                yield index, entry
