@@ -230,3 +230,28 @@ async def test_checkpoint_that_does_not_verify_stops_before_anything(
         api = HashmeshSignalExchange.for_collab(collab(tmp_path, node_dir, url, stranger))
         got, refusal = await fetch_until_refused(api, None)
         assert got == [] and str(refusal).startswith(ORIGIN)
+
+
+def test_config_checkpoint_and_record_survive_threatexchange_json(tmp_path: Path) -> None:
+    """HMA stores collaborations, checkpoints and records with threatexchange's dataclass_json."""
+    from threatexchange.utils import dataclass_json
+
+    config = dataclass_json.dataclass_load_dict(
+        {"name": "HOTLINE_A", "api": "hashmesh", "enabled": True, "card": "a.card.json"},
+        HashmeshCollabConfig,
+    )
+    assert config.card == "a.card.json" and config.page_size == 10_000
+    checkpoint = HashmeshCheckpoint(ORIGIN, 3, ["ab" * 32, "cd" * 32])
+    again = dataclass_json.dataclass_load_dict(
+        dataclass_json.dataclass_dump_dict(checkpoint), HashmeshCheckpoint
+    )
+    assert again == checkpoint and again.compact_range().size == 3
+    record = HashmeshRecord(ORIGIN, 2, "pdq", PDQ, ["src:x"], 90, "confirm")
+    assert (
+        dataclass_json.dataclass_load_dict(
+            dataclass_json.dataclass_dump_dict(record), HashmeshRecord
+        )
+        == record
+    )
+    with pytest.raises(HashmeshFetchError, match="damaged"):
+        HashmeshCheckpoint(ORIGIN, 3, ["ab" * 32]).compact_range()
