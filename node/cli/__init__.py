@@ -197,7 +197,10 @@ def _import_vics(args: argparse.Namespace, out: _Out) -> int:
         except ImportRejectedError as e:
             progress.done()
             _write_line_report(args, out, e.errors, skipped=False)
-            raise
+            raise NodeError(
+                f"{len(e.errors):,} invalid field(s) in {reader.media_read:,} media items; "
+                f"nothing was imported (first: {e.errors[0]}). Fix them, or pass --skip-invalid"
+            ) from e
     progress.done()
     out.note(f"VICS document: {reader.context} ({reader.media_read:,} media items)")
     for reason, count in sorted(reader.skipped.items()):

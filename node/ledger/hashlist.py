@@ -58,6 +58,7 @@ _CSV_KNOWN = {*_CSV_TYPE_COLUMNS, *_CSV_VALUE_COLUMNS, "labels", "note", "qualit
 _NDJSON_KNOWN = {"type", "signal_type", "value", "labels", "note", "quality"}
 _MAKER_CACHE = 256  # distinct (type, labels, note, quality) combinations kept
 _QUALITY_HINT = "pass --quality N for a list that carries none"
+_LABEL_CACHE = 4096  # distinct cells remembered per --label-from column
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,9 @@ class LabelColumn:
     column: str
     namespace: str
     mapping: Mapping[str, str] | None = None
+    _seen: dict[str, tuple[str | None, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def parse(cls, text: str, mapping: Mapping[str, str] | None = None) -> LabelColumn:
@@ -97,6 +101,21 @@ class LabelColumn:
         Raises:
             MalformedError: (field: the column) for a cell the mapping lacks.
         """
+        # A column holds few distinct values: each is worked out once.
+        known = self._seen.get(cell)
+        if known is not None:
+            label, note = known
+            if note:
+                notes[note] += 1
+            return label
+        changed = Counter[str]()
+        label = self._label(cell, changed)
+        if len(self._seen) < _LABEL_CACHE:
+            self._seen[cell] = (label, next(iter(changed), ""))
+        notes.update(changed)
+        return label
+
+    def _label(self, cell: str, notes: Counter[str]) -> str | None:
         raw = cell.strip()
         if not raw:
             return None
@@ -271,7 +290,19 @@ class HashListReader:
                     # would change nothing, and make() validates it fully.
                     entry = make(raw_value)
                 except MalformedError:
-                    pass
+                    lowered = _lowered_hex(signal_type, raw_value)
+                    if lowered is not None:
+                        # Upper-case hex (NCMEC's and most tools' lists) needs only
+                        # lower-casing, noted as normalise_signal_value would.
+                        try:
+                            entry = make(lowered)
+                        except MalformedError:
+                            pass
+                        else:
+                            self.notes[LOWER_CASED_HEX] += 1
+                            if label_notes:
+                                self.notes.update(label_notes)
+                            return ParsedLine(number, entry=entry)
                 else:
                     if label_notes:
                         self.notes.update(label_notes)
@@ -538,6 +569,17 @@ class HashListReader:
                         f"({', '.join(columns[i] for i, _ in value_cols)})",
                     ),
                 )
+
+
+_HEX_TYPES = frozenset(t.name for t in SIGNAL_TYPES.values() if t.encoding == "hex")
+
+
+def _lowered_hex(signal_type: str, raw: str) -> str | None:
+    """``raw`` lower-cased, when that is a change that could make it canonical hex."""
+    if signal_type not in _HEX_TYPES or not raw.isascii():
+        return None
+    lowered = raw.lower()
+    return None if lowered == raw else lowered
 
 
 def _parse_quality(text: str) -> int:

@@ -241,8 +241,10 @@ class VicsReader:
                     self.media_read += 1
                     yield from self._media(ordinal, media, pending)
         except ijson.JSONError as e:
+            # yajl's message carries a drawing of the spot on further lines.
+            first = (str(e).strip().splitlines() or ["cut short"])[0].strip()
             raise NodeError(
-                f"{path}: not a complete JSON document ({e}); nothing was imported"
+                f"{path}: not a complete JSON document ({first}); nothing was imported"
             ) from e
         except OSError as e:
             raise NodeError(f"cannot read {path}: {e.strerror or e}") from e
