@@ -16,9 +16,8 @@ import json
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
@@ -27,8 +26,8 @@ from node.cli.output import Command, Output
 from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError, NodeError, PeerProtocolError
 from node.ledger import Ledger
-from node.ledger.filehash import FileHashes, hash_file, pdq_support
-from node.ledger.hashlist import candidate_types, signal_type_of
+from node.ledger.filehash import hash_file, pdq_support
+from node.ledger.lookup import HashInput, HashInputs, decode_hash_list
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
     MAX_BATCH,
@@ -44,7 +43,7 @@ from protocol.api_documents import MatchRequestBody, MatchResponseBody, SignalQu
 from protocol.entry import OPINION_VERDICTS
 from protocol.errors import MalformedError
 from protocol.receipt import MatchReceipt, ReceiptForm
-from protocol.signal import SIGNAL_TYPES, normalise_signal_value
+from protocol.signal import SIGNAL_TYPES
 
 __all__ = ["register"]
 
@@ -53,60 +52,6 @@ MAX_RESPONSE_BYTES = 512 * 1024 * 1024
 
 MATCH_TIMEOUT = 300.0
 """Seconds one batch of a remote match may take (a cold PDQ index loads first)."""
-
-_TYPE_PREFIX = re.compile(r"([A-Za-z0-9]+)\s*[:,;\t ]\s*(.+)")
-
-
-@dataclass(frozen=True, slots=True)
-class _Input:
-    """One hash to match and where it came from (``file x.jpg``, ``list line 7``)."""
-
-    source: str
-    signal_type: str
-    value: str
-    # Set when a value of no stated type fits several (64 hex digits: sha256 and
-    # pdq) and is looked up as each of them.
-    tried_as: tuple[str, ...] = ()
-
-
-@dataclass
-class _Inputs:
-    """Everything gathered for one ``match`` run."""
-
-    queries: list[_Input] = field(default_factory=list)
-    invalid: list[dict[str, Any]] = field(default_factory=list)
-    notes: Counter[str] = field(default_factory=Counter)
-    remarks: Counter[str] = field(default_factory=Counter)
-    files: list[FileHashes] = field(default_factory=list)
-
-    def add(self, source: str, signal_type: str | None, raw: str) -> None:
-        """Normalise one value; record it, or why it is invalid."""
-        if signal_type is None:
-            candidates = candidate_types(raw)
-            if len(candidates) > 1:
-                self._add_each_way(source, raw, candidates)
-                return
-        try:
-            if signal_type is None:
-                signal_type = signal_type_of(raw)
-            value, changes = normalise_signal_value(signal_type, raw)
-        except MalformedError as e:
-            self.invalid.append({"source": source, "field": e.field, "error": e.reason})
-            return
-        for change in changes:
-            self.notes[change] += 1
-        self.queries.append(_Input(source, signal_type, value))
-
-    def _add_each_way(self, source: str, raw: str, candidates: tuple[str, ...]) -> None:
-        """Look a value of no stated type up as each type it fits (exact, or PDQ near)."""
-        changes: list[str] = []
-        for signal_type in candidates:
-            value, changes = normalise_signal_value(signal_type, raw)
-            self.queries.append(_Input(source, signal_type, value, candidates))
-        for change in changes:
-            self.notes[change] += 1
-        self.notes[f"looked up as each of {' and '.join(candidates)} (no --type)"] += 1
-
 
 # -- gathering -----------------------------------------------------------------------
 
@@ -123,7 +68,7 @@ def _files(paths: Sequence[str]) -> Iterator[Path]:
             yield path
 
 
-def _gather_files(inputs: _Inputs, paths: Sequence[str], out: Output) -> None:
+def _gather_files(inputs: HashInputs, paths: Sequence[str], out: Output) -> None:
     missing = pdq_support()
     if missing is not None:
         out.note(f"note: {missing}; matching by MD5, SHA-1 and SHA-256 only")
@@ -135,12 +80,8 @@ def _gather_files(inputs: _Inputs, paths: Sequence[str], out: Output) -> None:
                 {"source": f"file {path}", "field": None, "error": e.strerror or str(e)}
             )
             continue
-        inputs.files.append(hashes)
-        source = f"file {path}"
-        for signal_type in ("md5", "sha1", "sha256"):
-            inputs.queries.append(_Input(source, signal_type, getattr(hashes, signal_type)))
+        inputs.add_file(hashes, f"file {path}")
         if hashes.pdq is not None:
-            inputs.queries.append(_Input(source, "pdq", hashes.pdq))
             if hashes.low_quality:
                 out.note(
                     f"note: {path}: PDQ quality {hashes.pdq_quality} is below 50; "
@@ -150,37 +91,16 @@ def _gather_files(inputs: _Inputs, paths: Sequence[str], out: Output) -> None:
             inputs.remarks[f"no PDQ hash: {hashes.pdq_skipped}"] += 1
 
 
-def _gather_list(inputs: _Inputs, name: str, default_type: str | None) -> None:
+def _gather_list(inputs: HashInputs, name: str, default_type: str | None) -> None:
     try:
         raw = Path(name).read_bytes()
     except OSError as e:
         raise NodeError(f"cannot read {name}: {e.strerror or e}") from e
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-        inputs.notes["removed byte order mark"] += 1
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise NodeError(f"{name} is not UTF-8 text (byte {e.start})") from e
-    for number, line in enumerate(text.splitlines(keepends=True), start=1):
-        if line.endswith("\r\n"):
-            inputs.notes["converted CRLF line ends"] += 1
-        body = line.rstrip("\r\n")
-        stripped = body.strip()
-        if not stripped or stripped.startswith("#"):
-            inputs.notes["passed over blank or comment lines"] += 1
-            continue
-        if stripped != body:
-            inputs.notes["removed surrounding spaces"] += 1
-        signal_type, value = default_type, stripped
-        prefixed = _TYPE_PREFIX.fullmatch(stripped)
-        if prefixed is not None and prefixed.group(1).lower() in SIGNAL_TYPES:
-            signal_type, value = prefixed.group(1).lower(), prefixed.group(2)
-        inputs.add(f"list line {number}", signal_type, value)
+    inputs.add_lines(decode_hash_list(raw, name, inputs.notes), default_type)
 
 
-def _gather(request: MatchCommand, out: Output) -> _Inputs:
-    inputs = _Inputs()
+def _gather(request: MatchCommand, out: Output) -> HashInputs:
+    inputs = HashInputs()
     for i, raw in enumerate(request.values, start=1):
         inputs.add(f"argument {i}", request.signal_type, raw)
     if request.files:
@@ -195,17 +115,17 @@ def _gather(request: MatchCommand, out: Output) -> _Inputs:
 
 @dataclass
 class _Found:
-    input: _Input
+    input: HashInput
     hits: list[dict[str, Any]]
     hidden: int
 
 
-def _batches(items: Sequence[_Input]) -> Iterator[tuple[int, Sequence[_Input]]]:
+def _batches(items: Sequence[HashInput]) -> Iterator[tuple[int, Sequence[HashInput]]]:
     for start in range(0, len(items), MAX_BATCH):
         yield start, items[start : start + MAX_BATCH]
 
 
-def _match_local(request: MatchCommand, inputs: _Inputs, out: Output) -> list[_Found]:
+def _match_local(request: MatchCommand, inputs: HashInputs, out: Output) -> list[_Found]:
     found: list[_Found] = []
     with Ledger.open(resolve_node_dir(request.node_dir), read_only=True) as ledger:
         pdq = None
@@ -271,7 +191,7 @@ def _remote(request: MatchCommand) -> _Remote | None:
     return _Remote(url.rstrip("/"), pem, cert, key)
 
 
-async def _post_batches(remote: _Remote, request: MatchCommand, inputs: _Inputs) -> list[_Found]:
+async def _post_batches(remote: _Remote, request: MatchCommand, inputs: HashInputs) -> list[_Found]:
     found: list[_Found] = []
     async with Transport(
         remote.url,
@@ -298,8 +218,8 @@ async def _post_batches(remote: _Remote, request: MatchCommand, inputs: _Inputs)
 
 def _take_remote(
     answer: MatchResponseBody,
-    batch: Sequence[_Input],
-    inputs: _Inputs,
+    batch: Sequence[HashInput],
+    inputs: HashInputs,
     found: list[_Found],
     peer: str,
 ) -> None:
@@ -378,7 +298,7 @@ def _hit_line(hit: dict[str, Any]) -> str:
     return "    " + "  ".join(parts)
 
 
-def _report_text(inputs: _Inputs, found: list[_Found], out: Output) -> None:
+def _report_text(inputs: HashInputs, found: list[_Found], out: Output) -> None:
     for f in found:
         source = f.input.source
         if f.input.tried_as:
@@ -397,7 +317,7 @@ def _report_text(inputs: _Inputs, found: list[_Found], out: Output) -> None:
     )
 
 
-def _report_json(inputs: _Inputs, found: list[_Found], out: Output) -> None:
+def _report_json(inputs: HashInputs, found: list[_Found], out: Output) -> None:
     out.json(
         {
             "checked": len(inputs.queries),
@@ -421,19 +341,7 @@ def _report_json(inputs: _Inputs, found: list[_Found], out: Output) -> None:
             ],
             "invalid": inputs.invalid,
             "normalised": dict(sorted(inputs.notes.items())),
-            "files": [
-                {
-                    "path": str(h.path),
-                    "size": h.size,
-                    "md5": h.md5,
-                    "sha1": h.sha1,
-                    "sha256": h.sha256,
-                    "pdq": h.pdq,
-                    "pdq_quality": h.pdq_quality,
-                    "pdq_skipped": h.pdq_skipped,
-                }
-                for h in inputs.files
-            ],
+            "files": [h.to_json_obj() for h in inputs.files],
         }
     )
 

@@ -18,12 +18,13 @@ made there.
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["PDQ_MISSING", "FileHashes", "hash_file", "pdq_support"]
+__all__ = ["PDQ_MISSING", "FileHashes", "hash_bytes", "hash_file", "pdq_support"]
 
 PDQ_MISSING = (
     "PDQ needs the optional pdq extra (the pdqhash and Pillow packages): "
@@ -58,6 +59,19 @@ class FileHashes:
     pdq_quality: int | None = None
     pdq_skipped: str | None = None
 
+    def to_json_obj(self) -> dict[str, Any]:
+        """What was computed, as a JSON-ready dict (``path`` as given)."""
+        return {
+            "path": str(self.path),
+            "size": self.size,
+            "md5": self.md5,
+            "sha1": self.sha1,
+            "sha256": self.sha256,
+            "pdq": self.pdq,
+            "pdq_quality": self.pdq_quality,
+            "pdq_skipped": self.pdq_skipped,
+        }
+
     @property
     def low_quality(self) -> bool:
         """Whether the PDQ hash has a quality below 50 (unreliable for matching)."""
@@ -79,7 +93,7 @@ def pdq_support() -> str | None:
     return None if _pdq_modules() is not None else PDQ_MISSING
 
 
-def _pdq(path: Path) -> tuple[str | None, int | None, str | None]:
+def _pdq(path: Path | IO[bytes]) -> tuple[str | None, int | None, str | None]:
     modules = _pdq_modules()
     if modules is None:
         return None, None, PDQ_MISSING
@@ -125,6 +139,31 @@ def hash_file(path: Path, *, pdq: bool = True) -> FileHashes:
             sha1.update(chunk)
             sha256.update(chunk)
     value, quality, skipped = _pdq(path) if pdq else (None, None, "not asked for")
+    return _hashes(path, size, (md5, sha1, sha256), (value, quality, skipped))
+
+
+def hash_bytes(data: bytes, name: str, *, pdq: bool = True) -> FileHashes:
+    """Like :func:`hash_file`, for a file's bytes held in memory (an upload; never stored).
+
+    ``name`` is only reported back (as :attr:`FileHashes.path`).
+    """
+    digests = (
+        hashlib.md5(data),  # noqa: S324 - lists use them
+        hashlib.sha1(data),  # noqa: S324
+        hashlib.sha256(data),
+    )
+    found = _pdq(io.BytesIO(data)) if pdq else (None, None, "not asked for")
+    return _hashes(Path(name), len(data), digests, found)
+
+
+def _hashes(
+    path: Path,
+    size: int,
+    digests: tuple[Any, Any, Any],
+    found: tuple[str | None, int | None, str | None],
+) -> FileHashes:
+    md5, sha1, sha256 = digests
+    value, quality, skipped = found
     return FileHashes(
         path=path,
         size=size,

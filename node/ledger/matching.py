@@ -37,14 +37,14 @@ import numpy as np
 import numpy.typing as npt
 
 from node.config import MatchSettings
-from node.errors import LedgerError
+from node.errors import EntryNotFoundError, LedgerError
 from node.ledger.pdq_index import MAX_DISTANCE_CAP, PdqIndex
 from node.ledger.service import Ledger
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from node.storage.match_store import MatchStore, OpinionRow
 from node.storage.schema import active_key
 from protocol.checkpoint import CheckpointNote
-from protocol.entry import AddEntry, OpinionEntry, parse_entry, parse_entry_fast
+from protocol.entry import AddEntry, Entry, OpinionEntry, parse_entry, parse_entry_fast
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaf
 from protocol.receipt import MatchReceipt
@@ -59,11 +59,13 @@ __all__ = [
     "LOAD_CHUNK",
     "MAX_BATCH",
     "MAX_DISTANCE_CAP",
+    "EntryView",
     "Hit",
     "ItemResult",
     "LivePdqIndex",
     "MatchQuery",
     "Opinion",
+    "describe_entry",
     "make_opinion",
     "match",
 ]
@@ -395,7 +397,9 @@ def _match(
                 continue
             receipt = None
             if receipts:
-                receipt = _receipt(store, matching, origins[f.log_id], f, checkpoints)
+                receipt = _receipt(
+                    store, matching, origins[f.log_id], (f.log_id, f.index, f.data), checkpoints
+                )
             e = f.entry
             hits.append(
                 Hit(
@@ -500,23 +504,25 @@ def _receipt(
     store: LedgerStore,
     matching: MatchStore,
     origin: str,
-    f: _Found,
+    at: tuple[int, int, bytes],
     checkpoints: dict[int, CheckpointRecord | None],
 ) -> MatchReceipt | None:
-    if f.log_id not in checkpoints:
-        checkpoints[f.log_id] = store.latest_checkpoint(f.log_id)
-    record = checkpoints[f.log_id]
-    if record is None or f.index >= record.size:
+    """The receipt of entry ``at`` = (log id, index, bytes) under its log's latest checkpoint."""
+    log_id, index, data = at
+    if log_id not in checkpoints:
+        checkpoints[log_id] = store.latest_checkpoint(log_id)
+    record = checkpoints[log_id]
+    if record is None or index >= record.size:
         # A replica mid catch-up: the entry is verified, but the note that
         # covers it is stored only with the last chunk.
         return None
-    hashes = compute_inclusion_proof(f.index, record.size, store.reader(f.log_id))
-    note = _with_cosignatures(record.note, matching.cosignature_lines(f.log_id, record.size))
+    hashes = compute_inclusion_proof(index, record.size, store.reader(log_id))
+    note = _with_cosignatures(record.note, matching.cosignature_lines(log_id, record.size))
     return MatchReceipt(
         origin=origin,
-        index=f.index,
+        index=index,
         size=record.size,
-        entry=f.data,
+        entry=data,
         hashes=tuple(hashes),
         checkpoint=note,
     )
@@ -532,6 +538,73 @@ def _with_cosignatures(note: CheckpointNote, lines: Iterable[str]) -> Checkpoint
             present.add(line)
             extra.append(line + "\n")
     return note + "".join(extra)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    """One held entry as an analyst sees it: what it says, who disputes it, its proof.
+
+    Attributes:
+        origin: the log holding it.
+        index: its index there.
+        data: its exact bytes.
+        leaf_hash: the RFC 6962 leaf hash of ``data``.
+        entry: ``data`` parsed.
+        opinions: the latest opinion of each origin about it (adds only).
+        retracted_by: the index of the retraction naming it, or None.
+        receipt: its receipt under the latest stored checkpoint, or None when
+            no stored checkpoint covers it yet.
+    """
+
+    origin: str
+    index: int
+    data: bytes
+    leaf_hash: bytes
+    entry: Entry
+    opinions: tuple[Opinion, ...]
+    retracted_by: int | None
+    receipt: MatchReceipt | None
+
+
+def describe_entry(ledger: Ledger, origin: str, index: int) -> EntryView:
+    """Entry ``index`` of ``origin`` with its opinions, retraction and receipt (one snapshot).
+
+    Raises:
+        UnknownLogError: if no log of ``origin`` is held.
+        EntryNotFoundError: if the log holds no entry ``index`` (field ``index``).
+    """
+    store = ledger.store
+    with store.read_snapshot():
+        log = store.get_log(origin)
+        data = store.get_entry(log.log_id, index)
+        if data is None:
+            held = store.entry_count(log.log_id)
+            raise EntryNotFoundError(
+                f"{origin} holds {held} entries; there is no entry {index}", field="index"
+            )
+        entry = parse_entry(data)
+        matching = store.matching
+        opinions: tuple[Opinion, ...] = ()
+        if isinstance(entry, AddEntry):
+            found = _Found(0, log.log_id, index, data, entry, 0)
+            _attach_opinions(
+                matching,
+                {log.log_id: origin},
+                {0: [found]},
+                _trusted_origins(ledger, ledger.config.match),
+            )
+            opinions = tuple(found.opinions)
+        receipt = _receipt(store, matching, origin, (log.log_id, index, data), {})
+        return EntryView(
+            origin=origin,
+            index=index,
+            data=data,
+            leaf_hash=hash_leaf(data),
+            entry=entry,
+            opinions=opinions,
+            retracted_by=store.retracted_by(log.log_id, index),
+            receipt=receipt,
+        )
 
 
 def make_opinion(

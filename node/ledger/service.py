@@ -344,6 +344,22 @@ class Ledger:
         """Entry index -> index of its retraction, for retracted entries in ``[start, end)``."""
         return self.store.retracted_targets(log.log_id, start, end)
 
+    def recent_checkpoints(self, log: LogRecord, limit: int) -> list[CheckpointRecord]:
+        """The ``limit`` latest stored checkpoints of ``log``, latest first (one per write)."""
+        return self.store.recent_checkpoints(log.log_id, limit)
+
+    def size_by_day(self, log: LogRecord, since: str) -> list[tuple[str, int]]:
+        """``(UTC day, size at that day's last checkpoint)`` from ``since`` (``YYYY-MM-DD``) on.
+
+        Preceded by the last day before ``since`` that has a checkpoint, if any,
+        so growth on the first day can be told.
+        """
+        return self.store.size_by_day(log.log_id, since)
+
+    def recent_retractions(self, log: LogRecord, limit: int) -> list[tuple[int, int]]:
+        """The ``limit`` latest retractions of ``log``: ``(target, retracting index)``."""
+        return self.store.recent_retractions(log.log_id, limit)
+
     def key_chain(self, origin: str) -> KeyChain:
         """The stored key chain of ``origin`` (see :func:`node.ledger.rotation.load_key_chain`)."""
         return load_key_chain(self.store, origin)

@@ -577,6 +577,46 @@ class LedgerStore:
         ):
             yield CheckpointRecord(row[0], bytes(row[1]), row[2], row[3])
 
+    def recent_checkpoints(self, log_id: int, limit: int) -> list[CheckpointRecord]:
+        """The ``limit`` largest stored checkpoints of a log, largest first."""
+        return [
+            CheckpointRecord(row[0], bytes(row[1]), row[2], row[3])
+            for row in self.conn.execute(
+                "SELECT size, root_hash, note, recorded_at FROM checkpoints "
+                "WHERE log_id = ? ORDER BY size DESC LIMIT ?",
+                (log_id, limit),
+            )
+        ]
+
+    def size_by_day(self, log_id: int, since: str) -> list[tuple[str, int]]:
+        """``(YYYY-MM-DD, largest size signed that UTC day)`` from day ``since`` on, by day.
+
+        Also the last such pair before ``since`` (the size the period starts
+        from), when there is one.
+        """
+        before = self.conn.execute(
+            "SELECT substr(recorded_at, 1, 10), size FROM checkpoints "
+            "WHERE log_id = ? AND recorded_at < ? ORDER BY size DESC LIMIT 1",
+            (log_id, since),
+        ).fetchall()
+        days = self.conn.execute(
+            "SELECT substr(recorded_at, 1, 10) AS day, max(size) FROM checkpoints "
+            "WHERE log_id = ? AND recorded_at >= ? GROUP BY day ORDER BY day",
+            (log_id, since),
+        ).fetchall()
+        return [(str(d), int(n)) for d, n in [*before, *days]]
+
+    def recent_retractions(self, log_id: int, limit: int) -> list[tuple[int, int]]:
+        """The ``limit`` latest retractions of a log, latest first: ``(target, retracted by)``."""
+        return [
+            (int(t), int(r))
+            for t, r in self.conn.execute(
+                "SELECT target, retracted_by FROM retractions WHERE log_id = ? "
+                "ORDER BY retracted_by DESC LIMIT ?",
+                (log_id, limit),
+            )
+        ]
+
     def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: changes when another connection commits."""
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])

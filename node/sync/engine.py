@@ -36,6 +36,7 @@ from node.ledger.replica import ReplicaState
 from node.ledger.service import Ledger
 from node.metrics import error_kind
 from node.sync.client import PeerClient, RemoteLog
+from node.sync.heads import peer_heads
 from protocol.errors import ProtocolError, QuorumError, UnknownKeyError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.rotation import KeyChain
@@ -203,6 +204,9 @@ async def _catch_up(
     kind, have, want, cosigned = await db.write(check)
     result.verdict, result.size = kind, have
     result.cosigned += cosigned
+    if kind in ("ahead", "same", "behind"):
+        # Verified against the origin's key chain by record_checkpoint.
+        peer_heads(db).record(client.name, origin, want)
     if kind == "fork":
         logger.error(
             "FORK: %s signed a checkpoint of size %d (via %s) that contradicts the log we "

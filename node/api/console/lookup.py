@@ -1,0 +1,316 @@
+"""The Look up page: pasted hashes, uploaded hash lists and image files, matched here.
+
+Layer: node.api. Reads the upload into memory with a cap per part and in
+all, hashes files in a worker thread (:func:`node.ledger.filehash.hash_bytes`:
+MD5, SHA-1, SHA-256, and PDQ for images) and forgets them: nothing uploaded
+is written anywhere, and no image is ever sent back. Values are normalised as
+``hashmesh match`` normalises them (:class:`node.ledger.lookup.HashInputs`)
+and matched by :func:`node.ledger.matching.match` in reader threads, against
+the same PDQ index as ``POST /v1/match``.
+
+Bad input is answered on the page, naming what was wrong: a paste or file
+over its cap, a binary file given as a hash list, an image that does not
+decode, a value of the wrong length, too many hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from node.api.console.render import (
+    CONSOLE_DB_KEY,
+    ConsoleInputError,
+    Page,
+    check_csrf,
+    render,
+)
+from node.api.match import match_service
+from node.errors import NodeError
+from node.ledger.filehash import hash_bytes, pdq_support
+from node.ledger.lookup import HashInputs, decode_hash_list
+from node.ledger.matching import (
+    DEFAULT_MAX_DISTANCE,
+    MAX_BATCH,
+    MAX_DISTANCE_CAP,
+    ItemResult,
+    MatchQuery,
+    match,
+)
+from node.ledger.service import Ledger
+from protocol.signal import SIGNAL_TYPES
+
+__all__ = [
+    "MAX_FILES",
+    "MAX_FILE_BYTES",
+    "MAX_HASHES",
+    "MAX_PASTE_BYTES",
+    "MAX_REQUEST_BYTES",
+    "lookup",
+]
+
+MAX_PASTE_BYTES = 8 * 1024 * 1024
+"""Largest paste or hash list: 50,000 hashes of any type fit with room."""
+MAX_FILE_BYTES = 32 * 1024 * 1024
+"""Largest image file hashed."""
+MAX_FILES = 50
+"""Most files in one look-up."""
+MAX_REQUEST_BYTES = 128 * 1024 * 1024
+"""Largest form read at all; a larger one is refused before it is read."""
+MAX_HASHES = 50_000
+"""Most hashes matched in one look-up (five match batches)."""
+MAX_INVALID_SHOWN = 200
+"""Invalid values listed on the page (all are counted)."""
+
+_CHUNK = 256 * 1024
+_MB = 1024 * 1024
+
+
+@dataclass
+class _Form:
+    """The look-up form as read, within its caps."""
+
+    csrf: str | None = None
+    paste: str = ""
+    signal_type: str | None = None
+    max_distance: int = DEFAULT_MAX_DISTANCE
+    lists: list[tuple[str, bytes]] = field(default_factory=list)
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _size(n: int) -> str:
+    return f"{n / _MB:.1f} MB" if n >= _MB else f"{n:,} bytes"
+
+
+async def _read_part(part: BodyPartReader, cap: int, what: str, form: _Form) -> bytes | None:
+    """The part's bytes, or None (and a problem noted) when it exceeds ``cap``; drains it."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(_CHUNK):
+        size += len(chunk)
+        if size <= cap:
+            chunks.append(chunk)
+        else:
+            chunks.clear()
+    if size > cap:
+        form.problems.append(
+            f"{what} is {_size(size)}; at most {_size(cap)} is read - nothing of it was used"
+        )
+        return None
+    return b"".join(chunks)
+
+
+def _text_field(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConsoleInputError(
+            f"the {name} field is not UTF-8 text (byte {e.start})", field=name
+        ) from e
+
+
+async def _read_multipart(request: web.Request) -> _Form:
+    length = request.content_length
+    if length is not None and length > MAX_REQUEST_BYTES:
+        raise ConsoleInputError(
+            f"the form is {_size(length)}; at most {_size(MAX_REQUEST_BYTES)} is accepted",
+            status=413,
+        )
+    form = _Form()
+    reader = await request.multipart()
+    total = 0
+    while True:
+        part = await reader.next()
+        if part is None:
+            break
+        if not isinstance(part, BodyPartReader):
+            raise ConsoleInputError("nested multipart forms are not accepted")
+        name = part.name or ""
+        filename = part.filename
+        if name == "hashes":
+            raw = await _read_part(part, MAX_PASTE_BYTES, "the pasted text", form)
+            if raw is not None:
+                form.paste = _text_field(raw, "hashes")
+                total += len(raw)
+        elif name in ("list", "files") and filename is not None:
+            if not filename:
+                await part.release()  # an empty file input
+                continue
+            if len(form.lists) + len(form.files) >= MAX_FILES:
+                await part.release()
+                form.problems.append(f"{filename}: more than {MAX_FILES} files; left out")
+                continue
+            cap = MAX_PASTE_BYTES if name == "list" else MAX_FILE_BYTES
+            raw = await _read_part(part, cap, filename, form)
+            if raw is None:
+                continue
+            total += len(raw)
+            (form.lists if name == "list" else form.files).append((filename, raw))
+        elif name in ("csrf", "type", "max_distance"):
+            raw = await _read_part(part, 4096, f"the {name} field", form)
+            value = _text_field(raw or b"", name).strip()
+            if name == "csrf":
+                form.csrf = value
+            elif name == "type":
+                form.signal_type = _signal_type(value)
+            else:
+                form.max_distance = _distance(value)
+        else:
+            await part.release()
+            raise ConsoleInputError(f"unknown form field {name!r}", field=name)
+        if total > MAX_REQUEST_BYTES:
+            raise ConsoleInputError("the form is too large", status=413)
+    return form
+
+
+def _signal_type(value: str) -> str | None:
+    if value in ("", "auto"):
+        return None
+    if value not in SIGNAL_TYPES:
+        raise ConsoleInputError(
+            f"type must be auto or one of {', '.join(sorted(SIGNAL_TYPES))}, got {value!r}",
+            field="type",
+        )
+    return value
+
+
+def _distance(value: str) -> int:
+    if value == "":
+        return DEFAULT_MAX_DISTANCE
+    if not value.isdigit() or int(value) > MAX_DISTANCE_CAP:
+        raise ConsoleInputError(
+            f"PDQ distance must be a whole number from 0 to {MAX_DISTANCE_CAP}, got {value!r}",
+            field="max_distance",
+        )
+    return int(value)
+
+
+async def _read_form(request: web.Request) -> _Form:
+    if request.content_type == "multipart/form-data":
+        form = await _read_multipart(request)
+        check_csrf(request, form.csrf)
+        return form
+    # urlencoded (checked for CSRF by the guard): a paste only.
+    posted = await request.post()
+    form = _Form()
+    for key in posted:
+        if key not in ("csrf", "hashes", "type", "max_distance"):
+            raise ConsoleInputError(f"unknown form field {key!r}", field=key)
+    paste = posted.get("hashes", "")
+    form.paste = paste if isinstance(paste, str) else ""
+    kind = posted.get("type", "")
+    form.signal_type = _signal_type(kind.strip() if isinstance(kind, str) else "")
+    distance = posted.get("max_distance", "")
+    form.max_distance = _distance(distance.strip() if isinstance(distance, str) else "")
+    return form
+
+
+async def _gather(form: _Form) -> HashInputs:
+    inputs = HashInputs()
+    if form.paste.strip():
+        inputs.add_lines(form.paste, form.signal_type, source="pasted")
+    for name, raw in form.lists:
+        try:
+            text = decode_hash_list(raw, name, inputs.notes)
+        except NodeError as e:
+            form.problems.append(str(e))
+            continue
+        inputs.add_lines(text, form.signal_type, source=name)
+    if form.files:
+        missing = pdq_support()
+        if missing is not None:
+            form.problems.append(f"{missing}; files are matched by MD5, SHA-1 and SHA-256 only")
+        for name, raw in form.files:
+            # PDQ and three digests of up to 32 MB: off the event loop.
+            hashes = await asyncio.to_thread(hash_bytes, raw, name, pdq=missing is None)
+            inputs.add_file(hashes, f"file {name}")
+            if hashes.pdq is None and missing is None:
+                form.problems.append(
+                    f"{name}: no PDQ hash ({hashes.pdq_skipped}); matched by its digests only"
+                )
+            elif hashes.low_quality:
+                form.problems.append(
+                    f"{name}: PDQ quality {hashes.pdq_quality} is below 50; "
+                    "near matches are unreliable"
+                )
+    return inputs
+
+
+async def _match_all(
+    request: web.Request, inputs: HashInputs, max_distance: int
+) -> list[ItemResult]:
+    db = request.app[CONSOLE_DB_KEY]
+    queries = [MatchQuery.parse(q.signal_type, q.value) for q in inputs.queries]
+    if any(q.signal_type == "pdq" for q in queries):
+        await match_service(db).ensure_current()
+    pdq = match_service(db).pdq
+    results: list[ItemResult] = []
+    for start in range(0, len(queries), MAX_BATCH):
+        batch = list(enumerate(queries[start : start + MAX_BATCH], start=start))
+
+        def run(ledger: Ledger, batch: list[tuple[int, MatchQuery]] = batch) -> list[ItemResult]:
+            return match(ledger, batch, pdq=pdq, max_distance=max_distance)
+
+        results.extend(await db.read(run))
+    return results
+
+
+def _results_doc(form: _Form, inputs: HashInputs, results: list[ItemResult]) -> dict[str, Any]:
+    matches: list[dict[str, Any]] = []
+    for result in results:
+        source = inputs.queries[result.position]
+        matches.append(
+            {
+                "source": source.source,
+                "type": source.signal_type,
+                "value": source.value,
+                "hidden": result.hidden,
+                "hits": [hit.to_json_obj() for hit in result.hits],
+            }
+        )
+    return {
+        "checked": len(inputs.queries),
+        "matched": sum(1 for m in matches if m["hits"]),
+        "hit_count": sum(len(m["hits"]) for m in matches),
+        "max_distance": form.max_distance,
+        "matches": matches,
+        "invalid": inputs.invalid[:MAX_INVALID_SHOWN],
+        "invalid_count": len(inputs.invalid),
+        "normalised": dict(sorted(inputs.notes.items())),
+        "problems": form.problems,
+        "files": [h.to_json_obj() for h in inputs.files],
+    }
+
+
+def _form_view() -> dict[str, Any]:
+    return {
+        "types": sorted(SIGNAL_TYPES),
+        "default_distance": DEFAULT_MAX_DISTANCE,
+        "max_distance_cap": MAX_DISTANCE_CAP,
+        "max_hashes": MAX_HASHES,
+        "max_paste_mb": MAX_PASTE_BYTES // _MB,
+        "max_file_mb": MAX_FILE_BYTES // _MB,
+    }
+
+
+async def lookup(request: web.Request) -> web.StreamResponse:
+    """GET: the form. POST: match what was pasted or uploaded and show the hits."""
+    if request.method == "GET":
+        return render(request, Page("lookup.html", "Look up", {"results": None}, _form_view()))
+    form = await _read_form(request)
+    inputs = await _gather(form)
+    if len(inputs.queries) > MAX_HASHES:
+        raise ConsoleInputError(
+            f"{len(inputs.queries):,} hashes given; at most {MAX_HASHES:,} per look-up: "
+            "split the list",
+            status=413,
+        )
+    if not inputs.queries and not inputs.invalid and not form.problems:
+        raise ConsoleInputError("nothing to look up: paste hashes or choose a file", field="hashes")
+    results = await _match_all(request, inputs, form.max_distance) if inputs.queries else []
+    doc = _results_doc(form, inputs, results)
+    return render(request, Page("lookup.html", "Look up", {"results": doc}, _form_view()))

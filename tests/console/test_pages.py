@@ -1,0 +1,230 @@
+"""The console's pages over real HTTP: HTML and JSON from the same handlers, guards, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from node.api.console import check_console_bind
+from node.errors import ConfigError
+from node.ledger import Ledger
+from protocol.keys import NoteVerifier
+from protocol.receipt import parse_receipt, verify_receipt
+from tests.console.conftest import LABELS, ORIGIN, PLANTED, Console, serve_console, unlisted
+
+CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def _session() -> aiohttp.ClientSession:
+    # unsafe: keep cookies of an IP-address host (127.0.0.1), as a browser does.
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def _csrf(session: aiohttp.ClientSession, console: Console) -> str:
+    async with session.get(console.url("lookup")) as r:
+        assert r.status == 200
+        match = CSRF_FIELD.search(await r.text())
+    assert match is not None
+    return match.group(1)
+
+
+def _form(csrf: str, hashes: str, **files: tuple[str, bytes]) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("csrf", csrf)
+    if len(hashes) > 1024 * 1024:
+        # as a stream, the way a browser sends a large textarea
+        form.add_field("hashes", io.BytesIO(hashes.encode()), content_type="text/plain")
+    else:
+        form.add_field("hashes", hashes)
+    for field, (name, data) in files.items():
+        form.add_field(field, data, filename=name, content_type="application/octet-stream")
+    return form
+
+
+async def test_overview_json_and_html_from_one_handler(console: Console) -> None:
+    async with _session() as session:
+        async with session.get(console.url("overview.json")) as r:
+            assert r.status == 200
+            doc = await r.json()
+        async with session.get(
+            console.url("overview"), headers={"Accept": "application/json"}
+        ) as r:
+            assert (await r.json())["size"] == doc["size"]
+        async with session.get(console.url("overview")) as r:
+            html = await r.text()
+            csp = r.headers["Content-Security-Policy"]
+    assert doc["origin"] == ORIGIN
+    assert doc["size"] == len(PLANTED) + 1  # six adds and a retraction
+    assert doc["logs"][0] == {**doc["logs"][0], "origin": ORIGIN, "own": True, "state": "ok"}
+    assert sum(doc["entries_per_day"][ORIGIN].values()) == len(PLANTED) + 1
+    assert f'<b id="own-size">{len(PLANTED) + 1}</b>' in html
+    assert "<svg" in html and "<script" not in html
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert "style-src 'sha256-" in csp
+
+
+async def test_lookup_paste_finds_planted_hits_and_reports_bad_values(console: Console) -> None:
+    paste = "\n".join(
+        [
+            "# a mixed list",
+            "SHA256: " + PLANTED[0].upper(),  # normalised
+            f"sha256:{PLANTED[2]}",
+            f"md5:{unlisted(0)[:32]}",
+            f"SHA256 {unlisted(1)}",
+            f"sha256:{PLANTED[1]}",  # retracted: no longer matches
+            "sha1:abc",  # wrong length
+        ]
+    )
+    async with _session() as session:
+        csrf = await _csrf(session, console)
+        async with session.post(
+            console.url("lookup.json"), data=_form(csrf, paste)
+        ) as r:
+            assert r.status == 200, await r.text()
+            doc = (await r.json())["results"]
+        async with session.post(console.url("lookup"), data=_form(csrf, paste)) as r:
+            html = await r.text()
+    found = {m["value"]: m["hits"] for m in doc["matches"]}
+    assert set(found) == {PLANTED[0], PLANTED[2]}
+    assert [(h["origin"], h["index"], h["labels"]) for h in found[PLANTED[2]]] == [
+        (ORIGIN, 2, list(LABELS))
+    ]
+    assert doc["checked"] == 5
+    assert doc["invalid_count"] == 1
+    assert doc["invalid"][0]["source"] == "pasted line 7"
+    assert doc["invalid"][0]["error"] == "expected 40 hex characters, got 3"
+    assert doc["normalised"]
+    assert html.count('class="hit"') == 2
+    assert "pasted line 7" in html
+
+
+async def test_receipt_downloads_and_verifies(console: Console) -> None:
+    with Ledger.open(console.node_dir, read_only=True) as ledger:
+        vkey = ledger.own_log.verifier_key
+    async with _session() as session:
+        for form in ("json", "tlog-proof"):
+            async with session.get(
+                console.url("receipt"), params={"origin": ORIGIN, "index": "3", "format": form}
+            ) as r:
+                assert r.status == 200
+                assert "attachment" in r.headers["Content-Disposition"]
+                body = await r.read()
+            verified = verify_receipt(parse_receipt(body), NoteVerifier.from_text(vkey))
+            assert verified.index == 3
+            assert verified.entry.value == PLANTED[3]  # type: ignore[union-attr]
+
+
+async def test_entry_page_verifies_inclusion_and_shows_retraction(console: Console) -> None:
+    async with _session() as session:
+        async with session.get(
+            console.url("entry.json"), params={"origin": ORIGIN, "index": "1", "verify": "1"}
+        ) as r:
+            doc = await r.json()
+        async with session.get(
+            console.url("entry"), params={"origin": ORIGIN, "index": "99"}
+        ) as r:
+            missing = r.status, await r.text()
+        async with session.get(console.url("entry"), params={"origin": ORIGIN, "index": "x"}) as r:
+            bad = r.status, await r.text()
+    assert doc["retracted_by"] == 6
+    assert doc["verification"]["ok"] is True
+    assert doc["checkpoint"]["size"] == 7
+    assert len(doc["inclusion_proof"]) == 3
+    assert missing[0] == 404 and "there is no entry 99" in missing[1]
+    assert bad[0] == 400 and "index must be an entry number" in bad[1]
+
+
+@pytest.mark.parametrize(
+    ("what", "expected"),
+    [
+        ("paste", "the pasted text is 50.0 MB"),
+        ("binary", "evil.txt is not a text file"),
+        ("image", "broken.jpg: no PDQ hash"),
+    ],
+)
+async def test_bad_input_gets_a_clear_message(console: Console, what: str, expected: str) -> None:
+    async with _session() as session:
+        csrf = await _csrf(session, console)
+        if what == "paste":
+            form = _form(csrf, "a" * (50 * 1024 * 1024))
+        elif what == "binary":
+            form = _form(csrf, "", list=("evil.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00IHDR" * 50))
+        else:
+            form = _form(csrf, "", files=("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg"))
+        async with session.post(console.url("lookup"), data=form) as r:
+            assert r.status < 500
+            html = await r.text()
+    assert expected in html
+
+
+async def test_cross_site_post_is_refused(console: Console) -> None:
+    async with _session() as session:
+        csrf = await _csrf(session, console)
+        async with session.post(
+            console.url("lookup.json"),
+            data=_form(csrf, PLANTED[0]),
+            headers={"Origin": "http://127.0.0.1:1"},
+        ) as r:
+            cross_origin = r.status, await r.text()
+        async with session.post(
+            console.url("lookup.json"),
+            data=_form(csrf, PLANTED[0]),
+            headers={"Sec-Fetch-Site": "cross-site"},
+        ) as r:
+            cross_site = r.status
+        async with session.post(console.url("lookup.json"), data=_form("forged" * 7, PLANTED[0])) as r:
+            forged = r.status
+        async with session.post(console.url("lookup.json"), data={"hashes": PLANTED[0]}) as r:
+            missing = r.status
+    assert cross_origin[0] == 403 and "not from this console" in cross_origin[1]
+    assert cross_site == forged == missing == 403
+
+
+async def test_token_is_required_beyond_loopback(console_node: Path) -> None:
+    with pytest.raises(ConfigError, match="without a token"):
+        check_console_bind("0.0.0.0", None)
+    check_console_bind("127.0.0.1", None)
+    check_console_bind("0.0.0.0", "s3cret-token")
+    async for console in serve_console(console_node, token="s3cret-token"):
+        async with _session() as session:
+            async with session.get(console.url("overview.json")) as r:
+                assert r.status == 401
+            async with session.get(console.url("overview"), allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"].endswith("/login")
+            async with session.get(
+                console.url("overview.json"), headers={"Authorization": "Bearer s3cret-token"}
+            ) as r:
+                assert r.status == 200
+            async with session.get(console.url("login")) as r:
+                csrf = CSRF_FIELD.search(await r.text())
+            assert csrf is not None
+            async with session.post(
+                console.url("login"), data={"csrf": csrf.group(1), "token": "wrong"}
+            ) as r:
+                assert r.status == 403
+            async with session.post(
+                console.url("login"), data={"csrf": csrf.group(1), "token": "s3cret-token"}
+            ) as r:
+                assert r.status == 200 and "Overview" in await r.text()
+            # the session cookie never holds the token itself
+            assert all("s3cret" not in c.value for c in session.cookie_jar)
+
+
+async def test_evidence_and_activity_pages(console: Console) -> None:
+    async with _session() as session:
+        async with session.get(console.url("evidence.json")) as r:
+            evidence = await r.json()
+        async with session.get(console.url("activity.json")) as r:
+            activity = await r.json()
+        async with session.get(console.url("nowhere")) as r:
+            nowhere = r.status, await r.text()
+    assert evidence == {"forks": []}
+    assert activity["retractions"] == [{"index": 6, "target": 1, "reason": "listed by mistake"}]
+    assert [w["added"] for w in activity["writes"]] == [1, 6]
+    assert nowhere[0] == 404 and "no console page" in nowhere[1]
+    json.dumps(activity)
