@@ -22,6 +22,7 @@ from typing import Any
 from node.errors import NodeError
 from node.ledger.filehash import FileHashes
 from node.ledger.hashlist import candidate_types, signal_type_of
+from node.ledger.matching import MatchQuery
 from protocol.errors import MalformedError
 from protocol.signal import SIGNAL_TYPES, normalise_signal_value
 
@@ -72,6 +73,16 @@ class HashInputs:
             candidates = candidate_types(raw)
             if len(candidates) > 1:
                 self._add_each_way(source, raw, candidates)
+                return
+        else:
+            # Most values of a long list are canonical already: one regex
+            # match (MatchQuery's fast path) instead of the general normaliser.
+            try:
+                query = MatchQuery.parse(signal_type, raw)
+            except MalformedError:
+                pass
+            else:
+                self.queries.append(HashInput(source, signal_type, query.value))
                 return
         try:
             if signal_type is None:

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from node.api.console import ConsoleSettings, make_console_app
+from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
 from node.ledger.provision import init_node
@@ -57,16 +58,19 @@ class Console:
         return f"{self.base}{PREFIX}/{page}"
 
 
-async def serve_console(
-    node_dir: Path, *, token: str | None = None
-) -> AsyncIterator[Console]:
+async def serve_console(node_dir: Path, *, token: str | None = None) -> AsyncIterator[Console]:
     """Serve the console of ``node_dir`` on 127.0.0.1 (random port), mounted at /console."""
     db = await Database.open(node_dir)
     try:
         root = web.Application()
         root.add_subapp(
             PREFIX + "/",
-            make_console_app(db, ConsoleSettings(origin=ORIGIN, token=token, node_dir=node_dir)),
+            make_console_app(
+                db,
+                ConsoleSettings(
+                    origin=load_config(node_dir).origin, token=token, node_dir=node_dir
+                ),
+            ),
         )
         runner = web.AppRunner(root, access_log=None)
         await runner.setup()

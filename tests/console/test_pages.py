@@ -82,9 +82,7 @@ async def test_lookup_paste_finds_planted_hits_and_reports_bad_values(console: C
     )
     async with _session() as session:
         csrf = await _csrf(session, console)
-        async with session.post(
-            console.url("lookup.json"), data=_form(csrf, paste)
-        ) as r:
+        async with session.post(console.url("lookup.json"), data=_form(csrf, paste)) as r:
             assert r.status == 200, await r.text()
             doc = (await r.json())["results"]
         async with session.post(console.url("lookup"), data=_form(csrf, paste)) as r:
@@ -125,9 +123,7 @@ async def test_entry_page_verifies_inclusion_and_shows_retraction(console: Conso
             console.url("entry.json"), params={"origin": ORIGIN, "index": "1", "verify": "1"}
         ) as r:
             doc = await r.json()
-        async with session.get(
-            console.url("entry"), params={"origin": ORIGIN, "index": "99"}
-        ) as r:
+        async with session.get(console.url("entry"), params={"origin": ORIGIN, "index": "99"}) as r:
             missing = r.status, await r.text()
         async with session.get(console.url("entry"), params={"origin": ORIGIN, "index": "x"}) as r:
             bad = r.status, await r.text()
@@ -177,7 +173,9 @@ async def test_cross_site_post_is_refused(console: Console) -> None:
             headers={"Sec-Fetch-Site": "cross-site"},
         ) as r:
             cross_site = r.status
-        async with session.post(console.url("lookup.json"), data=_form("forged" * 7, PLANTED[0])) as r:
+        async with session.post(
+            console.url("lookup.json"), data=_form("forged" * 7, PLANTED[0])
+        ) as r:
             forged = r.status
         async with session.post(console.url("lookup.json"), data={"hashes": PLANTED[0]}) as r:
             missing = r.status

@@ -11,7 +11,7 @@ from the same code. Each page is registered twice, at ``/NAME`` and
 ``/NAME.json``.
 
 Middleware (outermost first): **headers** (CSP, no caching, no sniffing,
-no framing, no referrer on every response), **errors** (bad input and
+no framing, no referrer to other sites, on every response), **errors** (bad input and
 unknown logs or entries become a 4xx page naming what was wrong; an
 unexpected failure a 500 page without a traceback, logged), **guard** (token
 or session when one is set; CSRF checks on every POST).
@@ -84,7 +84,9 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
     headers["Content-Security-Policy"] = request.app[_CSP_KEY]
     headers["X-Content-Type-Options"] = "nosniff"
     headers["X-Frame-Options"] = "DENY"
-    headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: with no-referrer a browser sends Origin: null
+    # on the console's own POSTs, which could then not be told from forged ones.
+    headers["Referrer-Policy"] = "same-origin"
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
     headers.setdefault("Cache-Control", "no-store")

@@ -68,6 +68,7 @@ overflow-wrap:anywhere}
 .facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(180px,1fr));gap:.5rem}
 .facts div{border:1px solid var(--line);border-radius:6px;padding:.5rem .7rem}
 .facts b{display:block;font-size:1.2rem}
+.facts b.hash{font-size:.95rem}
 .error{border:1px solid var(--bad);background:#fff5f5;border-radius:6px;padding:.6rem .9rem}
 textarea{width:100%;min-height:10rem;font-family:ui-monospace,monospace;font-size:.85rem}
 label{display:block;margin:.5rem 0 .2rem;font-weight:600}
@@ -76,7 +77,11 @@ svg{max-width:100%;height:auto}
 svg text{font-size:11px;fill:#57606a;font-family:system-ui,sans-serif}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;background:var(--soft);padding:.5rem;
 border-radius:6px;font-size:.8rem}
-@media (max-width:600px){main{padding:.6rem}th,td{padding:.25rem .3rem}body{font-size:14px}}
+@media (max-width:600px){main{padding:.6rem}th,td{padding:.25rem .3rem}body{font-size:14px}
+table.stack thead{display:none}table.stack tr{display:block;border-bottom:2px solid var(--line);
+padding:.3rem 0}table.stack td{display:block;border:0;padding:.1rem .3rem}
+table.stack td[data-label]::before{content:attr(data-label) ": ";font-weight:600;color:var(--muted)}
+table.stack td.num{text-align:left}}
 """.strip()
 """The one style sheet, inline in every page and allowed by its hash in the CSP."""
 
@@ -140,7 +145,8 @@ def render(request: web.Request, page: Page) -> web.StreamResponse:
     """The page as JSON or HTML, whichever the client asked for."""
     if wants_json(request):
         return web.Response(
-            text=json.dumps(page.data, indent=1, sort_keys=True) + "\n",
+            # Compact: a look-up's answer may hold thousands of hits.
+            text=json.dumps(page.data, sort_keys=True, separators=(",", ":")) + "\n",
             content_type="application/json",
             status=page.status,
         )
