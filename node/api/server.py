@@ -37,6 +37,7 @@ from aiohttp import web
 
 from node.api.access import ACCESS_LOGGER, LISTENER_KEY, AccessLog
 from node.api.app import make_app
+from node.api.console import CONSOLE_MOUNT
 from node.api.match import keep_current
 from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
 from node.api.public import PUBLIC_KEY, PublicLimits, make_public_app
@@ -87,7 +88,7 @@ OWN_LOG_POLL = 0.05
 Half of it is, on average, the first hop's share of propagation latency
 (docs/benchmarks.md); the check is one pragma on its own connection."""
 
-OPS_MOUNTS: tuple[OpsMount, ...] = ()
+OPS_MOUNTS: tuple[OpsMount, ...] = (CONSOLE_MOUNT,)
 """Sub-applications ``hashmesh serve`` mounts on the operations listener
 (``[ops] listen``); see :mod:`node.api.ops` for how to add one."""
 
@@ -416,6 +417,7 @@ async def run_server(
                     on_public_started(public)
             if ops is not None:
                 log.info("serving /healthz, /readyz and /metrics on %s", ops.url)
+                log.info("analyst console: %s/console/", ops.url)
                 if on_ops_started is not None:
                     on_ops_started(ops)
             await _until_stopped(stop)

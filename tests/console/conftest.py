@@ -1,21 +1,20 @@
-"""Fixtures for console tests: a real node's database, the console served on 127.0.0.1."""
+"""Fixtures for console tests: a real node served on 127.0.0.1, its console on the ops listener."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from node.api.console import ConsoleSettings, make_console_app
-from node.config import load_config
+from node.api.server import RunningServer, run_server
 from node.ledger import Ledger
-from node.ledger.database import Database
 from node.ledger.provision import init_node
 from protocol.entry import AddEntry
+from tests.waiting import PATIENCE
 
 ORIGIN = "hotline-console.example/hashmesh"
 LABELS = ("category:console-a1", "series:console-b2")
@@ -48,41 +47,50 @@ def init_console_node(path: Path) -> Path:
 
 @dataclass
 class Console:
-    """A running console: its base URL and the database behind it."""
+    """A node served as ``hashmesh serve`` serves it, with its console on the ops listener."""
 
     base: str
-    db: Database
     node_dir: Path
 
     def url(self, page: str) -> str:
         return f"{self.base}{PREFIX}/{page}"
 
 
-async def serve_console(node_dir: Path, *, token: str | None = None) -> AsyncIterator[Console]:
-    """Serve the console of ``node_dir`` on 127.0.0.1 (random port), mounted at /console."""
-    db = await Database.open(node_dir)
-    try:
-        root = web.Application()
-        root.add_subapp(
-            PREFIX + "/",
-            make_console_app(
-                db,
-                ConsoleSettings(
-                    origin=load_config(node_dir).origin, token=token, node_dir=node_dir
-                ),
-            ),
+def with_ops(node_dir: Path, token: str | None = None, listen: str = "127.0.0.1:0") -> None:
+    """Turn the operations listener (and so the console) on in ``config.toml``."""
+    table = f'listen = "{listen}"\n' + (f'token = "{token}"\n' if token else "")
+    with (node_dir / "config.toml").open("a", encoding="utf-8") as f:
+        f.write(f"\n[ops]\n{table}")
+
+
+async def serve_console(
+    node_dir: Path, *, token: str | None = None, sync: bool = False, poll: float = 3600.0
+) -> AsyncIterator[Console]:
+    """Run ``hashmesh serve`` for ``node_dir`` in this process (``run_server``) with
+    ``[ops] listen`` on 127.0.0.1 (random port); yield its console."""
+    with_ops(node_dir, token)
+    stop = asyncio.Event()
+    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_server(
+            node_dir,
+            sync=sync,
+            poll_interval=poll,
+            stop=stop,
+            on_ops_started=started.set_result,
         )
-        runner = web.AppRunner(root, access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            yield Console(f"http://{host}:{port}", db, node_dir)
-        finally:
-            await runner.cleanup()
+    )
+    try:
+        done, _ = await asyncio.wait(
+            {task, started}, timeout=PATIENCE, return_when="FIRST_COMPLETED"
+        )
+        if started not in done:
+            raise AssertionError(f"the ops listener did not start: {task}")
+        ops = started.result()
+        yield Console(f"http://{ops.host}:{ops.port}", node_dir)
     finally:
-        await db.close()
+        stop.set()
+        await asyncio.wait_for(task, timeout=PATIENCE)
 
 
 @pytest.fixture

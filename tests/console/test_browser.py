@@ -14,6 +14,7 @@ the ones docs/console.md shows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from selenium.webdriver.common.by import By
@@ -31,12 +33,13 @@ from node.storage.peer_store import PeerRecord
 from tests.api.conftest import make_identity
 from tests.console.browser import DESKTOP, PHONE, chromium, screenshot
 from tests.console.conftest import PLANTED, Console, init_console_node, serve_console
-from tests.sync.conftest import A, Serving, add_card, add_entries, make_node, once, serve, sha
-from tests.waiting import PATIENCE
+from tests.sync.conftest import A, Serving, add_card, add_entries, make_node, serve, sha, trusted
+from tests.waiting import PATIENCE, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AUTHOR_ENTRIES = 25
+DEAD = "unreachable.example/hashmesh"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Seen:
     """What the browser showed, collected in its thread and checked afterwards."""
 
     log_sizes: dict[str, str] = field(default_factory=dict)
+    log_lags: dict[str, str] = field(default_factory=dict)
     peer_states: dict[str, str] = field(default_factory=dict)
     hits: list[tuple[str, str, str]] = field(default_factory=list)
     summary: str = ""
@@ -72,27 +76,40 @@ async def network(tmp_path: Path) -> AsyncIterator[Network]:
         with Ledger.open(b_dir) as ledger:
             ledger.peers.add_peer(
                 PeerRecord(
-                    name="unreachable.example/hashmesh",
+                    name=DEAD,
                     url="https://127.0.0.1:1",
                     tls_cert=dead.pem,
                     spki=dead.spki,
-                    vkey="unreachable.example/hashmesh+00000000+AAAA",
+                    vkey=f"{DEAD}+00000000+AAAA",
                     role="peer",
                     added_at="2026-01-01T00:00:00Z",
                 )
             )
         with Ledger.open(a.node_dir, read_only=True) as ledger:
             vkey_a = ledger.own_log.verifier_key
-        # A's watcher trusts B's certificate once it sees the new peer row.
-        deadline = time.monotonic() + PATIENCE
-        while (errors := await once(b_dir))[0] is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert errors[0] is None, errors
-        assert errors[1] is not None
-        async for console in serve_console(b_dir):
+        await trusted(a, b_dir)  # A's watcher trusts B once it sees the peer row
+        # B serves and syncs live: its runner proves A's head, which gives the
+        # overview its lag column, and records the unreachable peer's failure.
+        async for console in serve_console(b_dir, sync=True):
+            await eventually(
+                functools.partial(_overview, console),
+                until=_settled,
+                what="B synced from A and failed to reach the other peer",
+            )
             yield Network(a, console, vkey_a)
     finally:
         await a.close()
+
+
+async def _overview(console: Console) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(console.url("overview.json")) as r:
+        return dict(await r.json())
+
+
+def _settled(doc: dict[str, Any]) -> bool:
+    lags = {log["origin"]: log["lag"] for log in doc["logs"]}
+    states = {peer["name"]: peer["state"] for peer in doc["peers"]}
+    return lags.get(A) == 0 and states == {A: "ok", DEAD: "failing"}
 
 
 async def _attacker_page(target: str) -> AsyncIterator[str]:
@@ -166,6 +183,9 @@ def _walk(
     for row in driver.find_elements(By.CSS_SELECTOR, "#logs tbody tr"):
         size = row.find_element(By.CLASS_NAME, "size").text
         seen.log_sizes[row.get_attribute("data-origin") or ""] = size
+        seen.log_lags[row.get_attribute("data-origin") or ""] = row.find_element(
+            By.CLASS_NAME, "lag"
+        ).text
     for row in driver.find_elements(By.CSS_SELECTOR, "#peers tbody tr"):
         state = row.find_element(By.CLASS_NAME, "state").text
         seen.peer_states[row.get_attribute("data-peer") or ""] = state
@@ -212,15 +232,17 @@ async def test_analyst_walks_through_the_console(network: Network, tmp_path: Pat
 
     own = next(iter(seen.log_sizes))
     assert seen.log_sizes == {own: str(len(PLANTED) + 1), A: str(AUTHOR_ENTRIES)}
+    assert seen.log_lags == {own: "author", A: "0"}
     assert seen.peer_states[A] == "ok"
-    assert seen.peer_states["unreachable.example/hashmesh"].startswith("failing (")
-    assert set(seen.peer_states) == {A, "unreachable.example/hashmesh"}
+    assert seen.peer_states[DEAD].startswith("failing (")
+    assert set(seen.peer_states) == {A, DEAD}
 
     assert seen.summary.startswith("Checked 3 hash(es): 2 matched (2 hit(s)), 1 invalid")
     assert sorted(seen.hits) == sorted([(PLANTED[2], own, "2"), (sha(7), A, "7")])
 
     assert seen.receipt is not None
-    check = subprocess.run(
+    check = await asyncio.to_thread(
+        subprocess.run,
         [
             sys.executable,
             "-m",

@@ -5,18 +5,28 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from node.api.console import check_console_bind
-from node.errors import ConfigError
 from node.ledger import Ledger
 from protocol.keys import NoteVerifier
 from protocol.receipt import parse_receipt, verify_receipt
-from tests.console.conftest import LABELS, ORIGIN, PLANTED, Console, serve_console, unlisted
+from tests.console.conftest import (
+    LABELS,
+    ORIGIN,
+    PLANTED,
+    Console,
+    serve_console,
+    unlisted,
+    with_ops,
+)
+from tests.waiting import PATIENCE
 
+TOKEN = "s3cret-console-token-0123"
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -183,19 +193,29 @@ async def test_cross_site_post_is_refused(console: Console) -> None:
     assert cross_site == forged == missing == 403
 
 
-async def test_token_is_required_beyond_loopback(console_node: Path) -> None:
-    with pytest.raises(ConfigError, match="without a token"):
-        check_console_bind("0.0.0.0", None)
-    check_console_bind("127.0.0.1", None)
-    check_console_bind("0.0.0.0", "s3cret-token")
-    async for console in serve_console(console_node, token="s3cret-token"):
+def test_serve_refuses_a_console_beyond_loopback_without_a_token(console_node: Path) -> None:
+    with_ops(console_node, listen="0.0.0.0:0")
+    run = subprocess.run(
+        [sys.executable, "-m", "node", "--dir", str(console_node), "serve", "--no-sync"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert "not a loopback address" in run.stderr and "ops.token" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+async def test_token_is_asked_and_login_sets_a_session(console_node: Path) -> None:
+    async for console in serve_console(console_node, token=TOKEN):
         async with _session() as session:
             async with session.get(console.url("overview.json")) as r:
                 assert r.status == 401
             async with session.get(console.url("overview"), allow_redirects=False) as r:
                 assert r.status == 303 and r.headers["Location"].endswith("/login")
             async with session.get(
-                console.url("overview.json"), headers={"Authorization": "Bearer s3cret-token"}
+                console.url("overview.json"), headers={"Authorization": f"Bearer {TOKEN}"}
             ) as r:
                 assert r.status == 200
             async with session.get(console.url("login")) as r:
@@ -206,11 +226,11 @@ async def test_token_is_required_beyond_loopback(console_node: Path) -> None:
             ) as r:
                 assert r.status == 403
             async with session.post(
-                console.url("login"), data={"csrf": csrf.group(1), "token": "s3cret-token"}
+                console.url("login"), data={"csrf": csrf.group(1), "token": TOKEN}
             ) as r:
                 assert r.status == 200 and "Overview" in await r.text()
             # the session cookie never holds the token itself
-            assert all("s3cret" not in c.value for c in session.cookie_jar)
+            assert all(TOKEN not in c.value for c in session.cookie_jar)
 
 
 async def test_evidence_and_activity_pages(console: Console) -> None:

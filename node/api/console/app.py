@@ -48,11 +48,12 @@ from node.api.console.security import (
     session_value,
     token_matches,
 )
+from node.api.ops import OpsContext, OpsMount
 from node.errors import EntryNotFoundError, StorageError, UnknownLogError
 from node.ledger.database import Database
 from protocol.errors import MalformedError
 
-__all__ = ["make_console_app"]
+__all__ = ["CONSOLE_MOUNT", "CONSOLE_PREFIX", "build_console", "make_console_app"]
 
 log = logging.getLogger("hashmesh.console")
 
@@ -220,3 +221,20 @@ def make_console_app(db: Database, settings: ConsoleSettings) -> web.Application
         "/evidence/download", pages.evidence_file, name="evidence-file", allow_head=False
     )
     return app
+
+
+def build_console(context: OpsContext) -> web.Application:
+    """The console of the serving node, for the operations listener (its token, its database)."""
+    config = context.config
+    return make_console_app(
+        context.db,
+        ConsoleSettings(origin=config.origin, token=config.ops.token, node_dir=config.node_dir),
+    )
+
+
+CONSOLE_PREFIX = "/console"
+"""Where the operations listener serves the console."""
+
+CONSOLE_MOUNT = OpsMount(CONSOLE_PREFIX, build_console, own_auth=True)
+"""The console on the operations listener; it checks the token itself (own_auth):
+a browser logs in once instead of sending a header."""

@@ -3,8 +3,9 @@
 Layer: node.api. No storage.
 
 * **Token.** Bound to loopback the console needs none (whoever can reach
-  127.0.0.1 can read the database file anyway); bound to anything else it
-  refuses to start without one (:func:`check_console_bind`). With a token,
+  127.0.0.1 can read the database file anyway); bound to anything else the
+  node refuses to start without ``[ops] token`` (:func:`node.config.load_config`
+  holds that rule for the whole operations listener). With a token,
   a request is let in by ``Authorization: Bearer TOKEN`` (scripts) or by the
   session cookie the login form sets (browsers cannot add a header without
   scripts). The cookie holds a digest of the token, never the token.
@@ -24,22 +25,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import secrets
 
 from aiohttp import web
-
-from node.errors import ConfigError
 
 __all__ = [
     "CSRF_COOKIE",
     "CSRF_FIELD",
     "SESSION_COOKIE",
-    "check_console_bind",
     "content_security_policy",
     "csrf_token",
     "has_bearer",
-    "is_loopback",
     "refuse_forged_post",
     "session_value",
     "token_matches",
@@ -48,32 +44,6 @@ __all__ = [
 CSRF_COOKIE = "hashmesh-csrf"
 CSRF_FIELD = "csrf"
 SESSION_COOKIE = "hashmesh-console"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a listen address) reaches this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_console_bind(host: str, token: str | None) -> None:
-    """Refuse to serve the console beyond loopback without a token.
-
-    Raises:
-        ConfigError: if ``host`` is not a loopback address and ``token`` is
-            empty; nothing should be started.
-    """
-    if token:
-        return
-    if not is_loopback(host):
-        raise ConfigError(
-            f"the console would listen on {host}, beyond this machine, without a token; "
-            "set [ops] token (or listen on 127.0.0.1) - refusing to start"
-        )
 
 
 def content_security_policy(style: str) -> str:
