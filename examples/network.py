@@ -9,12 +9,15 @@ through B, verified at every hop against A's key. C matches hashes against
 every log it holds and checks each hit's receipt with nothing but A's key; an
 auditor audits A live without seeing a hash value. Then A retracts one entry,
 rotates its signing key, and C follows; the auditor checks A's bundle across
-the rotation. Everything it does is an ordinary ``hashmesh`` command.
+the rotation. Everything it does is an ordinary ``hashmesh`` command. Each node
+also serves its analyst console (docs/console.md) on its operations listener;
+the demo prints their URLs (``--stay`` keeps the nodes serving at the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +108,11 @@ def wait_listening(port: int, timeout: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the node directories")
+    parser.add_argument(
+        "--stay",
+        action="store_true",
+        help="keep the three nodes serving at the end, until Ctrl-C, to browse their consoles",
+    )
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="hashmesh-network-"))
     nodes = {name: base / name for name in ORIGINS}
@@ -111,8 +120,14 @@ def main() -> int:
     try:
         say("Three nodes are created: hotline A, hotline B, agency C")
         ports = {name: free_port() for name in ORIGINS}
+        ops_ports = {name: free_port() for name in ORIGINS}
         for name, node in nodes.items():
-            hashmesh(node, "init", "--origin", ORIGINS[name], "--listen", f"127.0.0.1:{ports[name]}")
+            hashmesh(
+                node, "init", "--origin", ORIGINS[name], "--listen", f"127.0.0.1:{ports[name]}"
+            )
+            # The operations listener (health, and the analyst console at /console/).
+            with (node / "config.toml").open("a", encoding="utf-8") as f:
+                f.write(f'\n[ops]\nlisten = "127.0.0.1:{ops_ports[name]}"\n')
             print(f"{name}: {ORIGINS[name]}")
         cards = {}
         for name, node in nodes.items():
@@ -157,8 +172,12 @@ def main() -> int:
                     stderr=(base / f"{node.name}.log").open("wb"),
                 )
             )
-        for port in ports.values():
+        for port in [*ports.values(), *ops_ports.values()]:
             wait_listening(port, timeout=WAIT)
+        consoles = {name: f"http://127.0.0.1:{port}/console/" for name, port in ops_ports.items()}
+        print("Analyst consoles (read-only; open one in a browser):")
+        for name, url in consoles.items():
+            print(f"  {name} ({ORIGINS[name]}): {url}")
 
         say("Hotline A's analyst lists three hashes")
         values = [
@@ -273,9 +292,22 @@ def main() -> int:
             ).rstrip()
         )
 
+        say("C's console, read as JSON (every console page is also JSON)")
+        with urllib.request.urlopen(consoles["C"] + "overview.json", timeout=WAIT) as answer:
+            overview = json.load(answer)
+        for held in overview["logs"]:
+            print(f"C's console: {held['origin']} size {held['size']} ({held['state']})")
+
         say("Peers as B sees them")
         print(hashmesh(nodes["B"], "peer", "list").rstrip())
         print("\nDone: three nodes, no central database, every entry verified against its author.")
+        print("Consoles: " + "  ".join(f"{name} {url}" for name, url in consoles.items()))
+        if args.stay:
+            print("The nodes keep serving; Ctrl-C stops them.", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
+        else:
+            print("(run with --stay to keep them serving and browse the consoles)")
         return 0
     finally:
         for proc in servers:

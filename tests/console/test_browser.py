@@ -29,7 +29,9 @@ from aiohttp import web
 from selenium.webdriver.common.by import By
 
 from node.ledger import Ledger
+from node.ledger.matching import make_opinion
 from node.storage.peer_store import PeerRecord
+from protocol.entry import AddEntry
 from tests.api.conftest import make_identity
 from tests.console.browser import DESKTOP, PHONE, chromium, screenshot
 from tests.console.conftest import PLANTED, Console, init_console_node, serve_console
@@ -39,6 +41,8 @@ from tests.waiting import PATIENCE, eventually
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AUTHOR_ENTRIES = 25
+PDQ_LISTED = "f" * 16 + "0" * 16 + "a5" * 16
+PDQ_NEAR = "e" + "f" * 15 + "0" * 15 + "1" + "a5" * 15 + "a4"  # 3 bits away
 DEAD = "unreachable.example/hashmesh"
 
 
@@ -49,7 +53,8 @@ class Seen:
     log_sizes: dict[str, str] = field(default_factory=dict)
     log_lags: dict[str, str] = field(default_factory=dict)
     peer_states: dict[str, str] = field(default_factory=dict)
-    hits: list[tuple[str, str, str]] = field(default_factory=list)
+    hits: list[tuple[str, str, str, str]] = field(default_factory=list)
+    distances: list[str] = field(default_factory=list)
     summary: str = ""
     receipt: Path | None = None
     verification: str = ""
@@ -70,6 +75,14 @@ async def network(tmp_path: Path) -> AsyncIterator[Network]:
     try:
         add_entries(a.node_dir, 0, AUTHOR_ENTRIES)
         b_dir = init_console_node(tmp_path / "b")
+        with Ledger.open(b_dir) as ledger:
+            ledger.append(
+                [
+                    AddEntry.create(
+                        signal_type="pdq", value=PDQ_LISTED, quality=90, labels=("series:pdq-c3",)
+                    )
+                ]
+            )
         add_card(b_dir, a.node_dir, a.url)
         add_card(a.node_dir, b_dir, "https://127.0.0.1:1", follow=False)
         dead = make_identity(tmp_path, "dead")
@@ -96,6 +109,8 @@ async def network(tmp_path: Path) -> AsyncIterator[Network]:
                 until=_settled,
                 what="B synced from A and failed to reach the other peer",
             )
+            with Ledger.open(b_dir) as ledger:  # B's analyst disputes one of A's entries
+                ledger.append([make_opinion(ledger, A, 7, "dispute", "not the reported material")])
             yield Network(a, console, vkey_a)
     finally:
         await a.close()
@@ -192,14 +207,24 @@ def _walk(
     snap("overview")
 
     driver.find_element(By.LINK_TEXT, "Look up").click()
-    pasted = [f"sha256:{PLANTED[2]}", f"sha256:{sha(7)}", f"sha256:{sha(1000)}", "md5:xyz"]
+    pasted = [
+        f"sha256:{PLANTED[2]}",
+        f"sha256:{sha(7)}",
+        f"sha256:{sha(1000)}",
+        "md5:xyz",
+        f"PDQ {PDQ_NEAR.upper()}",
+    ]
     driver.find_element(By.ID, "hashes").send_keys("\n".join(pasted))
     driver.find_element(By.ID, "lookup-submit").click()
     seen.summary = driver.find_element(By.ID, "summary").text
     for row in driver.find_elements(By.CSS_SELECTOR, "#hits tr.hit"):
         origin = row.find_element(By.CLASS_NAME, "origin").text
         index = row.find_element(By.CLASS_NAME, "index").text
-        seen.hits.append((row.get_attribute("data-value") or "", origin, index))
+        verdicts = row.find_element(By.CLASS_NAME, "opinions").find_elements(By.TAG_NAME, "b")
+        opinion = ",".join(v.text for v in verdicts)
+        seen.hits.append((row.get_attribute("data-value") or "", origin, index, opinion))
+        if row.get_attribute("data-type") == "pdq":
+            seen.distances.append(row.find_element(By.CLASS_NAME, "distance").text)
     snap("lookup")
 
     row = next(
@@ -231,14 +256,18 @@ async def test_analyst_walks_through_the_console(network: Network, tmp_path: Pat
         seen = await asyncio.to_thread(_browse, console, attacker, tmp_path)
 
     own = next(iter(seen.log_sizes))
-    assert seen.log_sizes == {own: str(len(PLANTED) + 1), A: str(AUTHOR_ENTRIES)}
+    # six adds, a retraction, a PDQ add and an opinion
+    assert seen.log_sizes == {own: str(len(PLANTED) + 3), A: str(AUTHOR_ENTRIES)}
     assert seen.log_lags == {own: "author", A: "0"}
     assert seen.peer_states[A] == "ok"
     assert seen.peer_states[DEAD].startswith("failing (")
     assert set(seen.peer_states) == {A, DEAD}
 
-    assert seen.summary.startswith("Checked 3 hash(es): 2 matched (2 hit(s)), 1 invalid")
-    assert sorted(seen.hits) == sorted([(PLANTED[2], own, "2"), (sha(7), A, "7")])
+    assert seen.summary.startswith("Checked 4 hash(es): 3 matched (3 hit(s)), 1 invalid")
+    assert sorted(seen.hits) == sorted(
+        [(PLANTED[2], own, "2", ""), (sha(7), A, "7", "dispute"), (PDQ_NEAR, own, "7", "")]
+    )
+    assert seen.distances == ["3"]
 
     assert seen.receipt is not None
     check = await asyncio.to_thread(

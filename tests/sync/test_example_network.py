@@ -44,3 +44,6 @@ def test_example_network_runs() -> None:
     assert out.count("every check passed") == 2
     assert "sizes >= 6: hotline-a.example/hashmesh+" in out
     assert "Done: three nodes" in out
+    # Each node's analyst console is served, and C's answered the demo.
+    assert out.count("/console/") >= 6
+    assert "C's console: hotline-a.example/hashmesh size 6 (ok)" in out

@@ -212,7 +212,9 @@ async def _read_form(request: web.Request) -> _Form:
 async def _gather(form: _Form) -> HashInputs:
     inputs = HashInputs()
     if form.paste.strip():
-        inputs.add_lines(form.paste, form.signal_type, source="pasted")
+        # Browsers send a textarea's lines with CRLF (HTML's form encoding):
+        # not the analyst's doing, so not reported as a normalisation.
+        inputs.add_lines(form.paste.replace("\r\n", "\n"), form.signal_type, source="pasted")
     for name, raw in form.lists:
         try:
             text = decode_hash_list(raw, name, inputs.notes)
