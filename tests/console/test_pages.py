@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from node.config import load_config
 from node.ledger import Ledger
+from node.ledger.key_files import load_signer
+from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.evidence import ForkEvidence
 from protocol.keys import NoteVerifier
 from protocol.receipt import parse_receipt, verify_receipt
 from tests.console.conftest import (
@@ -246,3 +252,45 @@ async def test_evidence_and_activity_pages(console: Console) -> None:
     assert [w["added"] for w in activity["writes"]] == [1, 6]
     assert nowhere[0] == 404 and "no console page" in nowhere[1]
     json.dumps(activity)
+
+
+async def test_evidence_page_offers_the_fork_and_the_command_that_checks_it(
+    console_node: Path, tmp_path: Path
+) -> None:
+    signer = load_signer(load_config(console_node))
+    notes = [
+        sign_checkpoint(Checkpoint(origin=ORIGIN, size=7, root_hash=bytes([n]) * 32), signer)
+        for n in (1, 2)
+    ]
+    evidence = ForkEvidence(
+        origin=ORIGIN, note_a=notes[0], note_b=notes[1], prefix_root=b"\x02" * 32, proof=()
+    )
+    with Ledger.open(console_node) as ledger:
+        ledger.peers.add_evidence(ORIGIN, evidence.to_json(), "peer hotline-z.example/hashmesh")
+    async for console in serve_console(console_node):
+        async with _session() as session:
+            async with session.get(console.url("evidence.json")) as r:
+                (fork,) = (await r.json())["forks"]
+            async with session.get(console.url("evidence")) as r:
+                html = await r.text()
+            async with session.get(console.url("evidence/download"), params={"id": "0"}) as r:
+                assert "attachment" in r.headers["Content-Disposition"]
+                (tmp_path / "fork.json").write_bytes(await r.read())
+            async with session.get(console.url("evidence/download"), params={"id": "5"}) as r:
+                missing = r.status
+            async with session.get(console.url("overview.json")) as r:
+                overview = await r.json()
+    assert fork["origin"] == ORIGIN and fork["source"] == "peer hotline-z.example/hashmesh"
+    assert [c["size"] for c in fork["checkpoints"]] == [7, 7]
+    assert fork["verify_command"] in html.replace("&#39;", "'")
+    assert missing == 404
+    assert overview["logs"][0]["state"] == "forked (frozen)"
+    command = fork["verify_command"].replace("FILE", str(tmp_path / "fork.json"))
+    check = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, *shlex.split(command)[1:]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -26,7 +26,7 @@ from node.api.console.render import (
     Page,
     render,
 )
-from node.errors import ConfigError
+from node.errors import ConfigError, NodeError
 from node.ledger.matching import EntryView, describe_entry
 from node.ledger.service import Ledger
 from node.sync.heads import PeerHeads, peer_heads
@@ -304,11 +304,19 @@ class _Evidence:
 
 
 def _evidence_records(ledger: Ledger) -> list[_Evidence]:
-    follows = {f.origin: f.vkey for f in ledger.peers.list_follows()}
-    return [
-        _Evidence(r.origin, r.source, r.detected_at, r.evidence_json, follows.get(r.origin))
-        for r in ledger.peers.list_evidence()
-    ]
+    records = []
+    for r in ledger.peers.list_evidence():
+        # The key the verify command needs: the origin's key for the larger
+        # checkpoint's size, from the key chain this node holds.
+        vkey = None
+        try:
+            found = ForkEvidence.from_json(r.evidence_json)
+            size = Checkpoint.from_text(_checkpoint_text(found.note_b)).size
+            vkey = ledger.key_chain(r.origin).verifier_for(size).to_text()
+        except (ProtocolError, NodeError):
+            pass
+        records.append(_Evidence(r.origin, r.source, r.detected_at, r.evidence_json, vkey))
+    return records
 
 
 async def evidence(request: web.Request) -> web.StreamResponse:
