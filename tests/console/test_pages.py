@@ -294,3 +294,14 @@ async def test_evidence_page_offers_the_fork_and_the_command_that_checks_it(
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_a_value_of_no_stated_type_is_tried_both_ways(console: Console) -> None:
+    async with _session() as session:
+        csrf = await _csrf(session, console)
+        async with session.post(console.url("lookup.json"), data=_form(csrf, PLANTED[4])) as r:
+            doc = (await r.json())["results"]
+    assert doc["checked"] == 2  # as sha256 and as pdq
+    (found,) = doc["matches"]
+    assert (found["type"], found["tried_as"]) == ("sha256", ["sha256", "pdq"])
+    assert [h["index"] for h in found["hits"]] == [4]

@@ -270,6 +270,8 @@ def _results_doc(form: _Form, inputs: HashInputs, results: list[ItemResult]) -> 
                 "source": source.source,
                 "type": source.signal_type,
                 "value": source.value,
+                # a value of no stated type looked up as each type it fits
+                "tried_as": list(source.tried_as),
                 "hidden": result.hidden,
                 "hits": [hit.to_json_obj() for hit in result.hits],
             }
