@@ -75,6 +75,7 @@ async def test_overview_json_and_html_from_one_handler(console: Console) -> None
             html = await r.text()
             csp = r.headers["Content-Security-Policy"]
     assert doc["origin"] == ORIGIN
+    assert 820 <= doc["certificate_days_left"] <= 825  # a fresh self-signed certificate
     assert doc["size"] == len(PLANTED) + 1  # six adds and a retraction
     assert doc["logs"][0] == {**doc["logs"][0], "origin": ORIGIN, "own": True, "state": "ok"}
     assert sum(doc["entries_per_day"][ORIGIN].values()) == len(PLANTED) + 1

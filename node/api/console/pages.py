@@ -55,11 +55,9 @@ CERT_WARN_DAYS = 30
 
 
 def _parse_time(text: str) -> float:
-    return (
-        datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
-        .replace(tzinfo=datetime.UTC)
-        .timestamp()
-    )
+    # fromisoformat, not strptime: a fraction of the cost (no locale look-up);
+    # stored times end in Z, which 3.11 reads as UTC.
+    return datetime.datetime.fromisoformat(text).timestamp()
 
 
 def age_text(seconds: float) -> str:
@@ -150,7 +148,12 @@ def overview_facts(ledger: Ledger, heads: PeerHeads, now: float) -> dict[str, An
             }
         )
     own = logs[0]
+    try:
+        own_pem = config.tls_cert_path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        own_pem = ""
     return {
+        "certificate_days_left": _days_left(own_pem, now),
         "origin": own["origin"],
         "size": own["size"],
         "checkpoint_age_s": own["checkpoint_age_s"],
