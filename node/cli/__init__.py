@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 from node.cli.audit import register as register_audit
 from node.cli.federation import register as register_federation
+from node.cli.fsck import register as register_fsck
 from node.cli.keys import register as register_keys
 from node.cli.match import register as register_match
 from node.cli.publish import register as register_publish
@@ -34,10 +36,10 @@ from node.ledger.hashlist import FORMATS, Format, HashListReader, LabelColumn, l
 from node.ledger.provision import init_node
 from node.ledger.service import AppendResult, ImportResult, LogStatus
 from node.ledger.vics import PROFILES, VicsReader, load_profile, looks_like_vics, write_vics
+from node.storage.connection import describe_sqlite_error
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry, parse_entry
 from protocol.errors import ProtocolError
-from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.signal import SIGNAL_TYPES, normalise_signal_value
 
 __all__ = ["build_parser", "main"]
@@ -65,6 +67,13 @@ class _Out:
 
     def json(self, value: Any) -> None:
         print(json.dumps(value, indent=2, ensure_ascii=False), file=self.stdout)
+
+
+def _database_path(args: argparse.Namespace) -> Path | None:
+    try:
+        return resolve_node_dir(getattr(args, "dir", None)) / "ledger.db"
+    except NodeError:
+        return None
 
 
 def _open(args: argparse.Namespace, *, read_only: bool = False) -> Ledger:
@@ -371,12 +380,13 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
     out.print(f"last checkpoint:  {status.checkpoint_recorded_at}")
     listed = sum(status.by_signal_type.values())
     out.print(f"listed hashes:    {listed:,}")
+    # str(): an entry damaged on disk has no readable type or label.
     for name, count in status.by_signal_type.items():
-        out.print(f"  {name:<14}  {count:,}")
+        out.print(f"  {name!s:<14}  {count:,}")
     if status.by_label:
         out.print("by label:")
         for name, count in status.by_label.items():
-            out.print(f"  {name:<30}  {count:,}")
+            out.print(f"  {name!s:<30}  {count:,}")
     out.print(f"retracted:        {status.retracted:,}")
     out.print(f"logs held:        {', '.join(origins)}")
     for w in waits:
@@ -512,64 +522,6 @@ def cmd_export(args: argparse.Namespace, out: _Out) -> int:
         else:
             for line in lines:
                 out.stdout.write(line)
-    return 0
-
-
-def cmd_fsck(args: argparse.Namespace, out: _Out) -> int:
-    problems: list[str] = []
-    with _open(args, read_only=True) as ledger:
-        integrity = ledger.integrity_check()
-        if integrity != ["ok"]:
-            problems.append("sqlite integrity_check: " + "; ".join(integrity[:5]))
-        for log in ledger.logs():
-            # The key of each checkpoint follows from its size once the
-            # origin has rotated (protocol.rotation).
-            chain = ledger.key_chain(log.origin)
-            count = 0
-            for record in ledger.stored_checkpoints(log):
-                count += 1
-                try:
-                    cp = chain.open(record.note).checkpoint
-                except ProtocolError as e:
-                    problems.append(f"{log.origin}: checkpoint {record.size}: {e}")
-                    continue
-                if (cp.size, cp.root_hash) != (record.size, record.root_hash):
-                    problems.append(
-                        f"{log.origin}: checkpoint {record.size} row disagrees with its note"
-                    )
-            latest = ledger.stored_checkpoint(log)
-            size, root = ledger.recompute_root(log.origin)
-            if latest is not None and not log.is_own and size > latest.size:
-                # A replica mid catch-up holds verified entries past its latest
-                # signed checkpoint; the signed prefix must still recompute.
-                out.note(f"{log.origin}: {size - latest.size:,} entries past the latest checkpoint")
-                size, root = ledger.recompute_root(log.origin, latest.size)
-            if latest is None:
-                if log.is_own:
-                    problems.append(f"{log.origin}: no checkpoint")
-                else:
-                    out.note(f"{log.origin}: {size:,} entries, first catch-up not finished")
-            elif (size, root) != (latest.size, latest.root_hash):
-                problems.append(
-                    f"{log.origin}: {size} stored entries hash to {encode_b64(root)}, "
-                    f"latest checkpoint says size {latest.size} root {encode_b64(latest.root_hash)}"
-                )
-            out.note(f"{log.origin}: {size:,} entries, {count:,} checkpoints checked")
-        for item in ledger.peers.list_evidence():
-            follow = ledger.peers.get_follow(item.origin)
-            try:
-                evidence = ForkEvidence.from_json(item.evidence_json)
-                if follow is not None:
-                    verify_fork_evidence(evidence, ledger.key_chain(item.origin))
-            except ProtocolError as e:
-                problems.append(f"{item.origin}: stored fork evidence does not verify: {e}")
-            else:
-                out.note(f"{item.origin}: FROZEN by verified fork evidence ({item.detected_at})")
-    if problems:
-        for problem in problems:
-            out.print(f"PROBLEM: {problem}")
-        return 1
-    out.print("ok: database intact, every checkpoint verifies, roots recompute")
     return 0
 
 
@@ -818,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--origin", help="a replicated log instead of the own log")
 
-    command("fsck", cmd_fsck, "check the database, every signature and every root")
+    register_fsck(command, common)
     register_federation(command, common)
     register_audit(command, common)
     register_match(command, common)
@@ -840,7 +792,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         out.note(f"error: {e}")
         return 1
+    except sqlite3.Error as e:
+        # A query deep inside a command met a damaged page, a full disk or a
+        # lock: one line naming the cause (any open transaction was rolled back).
+        if args.verbose:
+            raise
+        out.note(f"error: database: {describe_sqlite_error(e, _database_path(args))}")
+        return 1
+    except UnicodeDecodeError as e:
+        if args.verbose:
+            raise
+        out.note(
+            f"error: database: a stored text is not valid UTF-8 ({e.reason}): the database "
+            "is damaged; run `hashmesh fsck`"
+        )
+        return 1
+    except OSError as e:
+        if args.verbose:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        out.note(f"error: {e.strerror or e}{where}")
+        return 1
     except KeyboardInterrupt:
         out.note("interrupted: nothing from the unfinished command was written")
         return 130
+    except Exception as e:
+        # Last resort: values a damaged database holds can break any reader
+        # (a column whose type a flipped byte changed). One line, not a
+        # traceback; every write was one transaction, rolled back.
+        if args.verbose:
+            raise
+        out.note(
+            f"error: unexpected {type(e).__name__}: {e}; if the database is damaged, "
+            "`hashmesh fsck` names what is wrong (--verbose shows the traceback)"
+        )
+        return 1
     return status

@@ -25,6 +25,7 @@ from node.errors import (
     LineError,
     UnknownLogError,
 )
+from node.ledger.damage import DamageRegister
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.hashlist import ParsedLine
 from node.ledger.integration import Duplicate, Integration
@@ -173,6 +174,9 @@ class Ledger:
     def _require_signer(self) -> NoteSigner:
         if self._signer is None:
             raise LedgerError("this ledger was opened read-only; it cannot sign")
+        # A checkpoint over a damaged tree would commit us to a history we
+        # never had (node.ledger.damage).
+        DamageRegister(self.config.node_dir).check_writable(self.config.origin)
         return self._signer
 
     # -- writes -----------------------------------------------------------
@@ -592,7 +596,10 @@ class Ledger:
     def recompute_root(
         self, origin: str | None = None, size: int | None = None
     ) -> tuple[int, bytes]:
-        """Recompute a log's root from its stored entry bytes (an fsck check).
+        """Recompute a log's root from its stored entry bytes (a quick check).
+
+        ``hashmesh fsck`` goes further (:mod:`node.ledger.fsck`): every
+        checkpoint's root, every stored node and the derived tables.
 
         Covers the first ``size`` entries, or every entry held when ``size``
         is None; returns the number of entries hashed and their root.

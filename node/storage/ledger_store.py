@@ -27,6 +27,7 @@ import numpy
 
 from node.errors import StorageError, UnknownLogError
 from node.storage.connection import (
+    describe_sqlite_error,
     joined_transaction,
     now_text,
     read_snapshot,
@@ -34,7 +35,14 @@ from node.storage.connection import (
 )
 from node.storage.match_store import MatchStore
 from node.storage.peer_store import PeerStore
-from node.storage.schema import TILE_LEVEL, active_key, apply_pragmas, migrate
+from node.storage.schema import (
+    TILE_LEVEL,
+    active_key,
+    apply_pragmas,
+    migrate,
+    rebuilt_tables,
+    suspended_triggers,
+)
 from node.storage.witness_store import WitnessStore
 from protocol.entry import AddEntry, parse_entry
 from protocol.hashing import hash_children
@@ -138,6 +146,12 @@ class LedgerStore:
         Raises:
             StorageError: if the file cannot be opened or migrated.
         """
+        if path.is_file() and path.stat().st_size == 0:
+            raise StorageError(
+                f"database {path} is empty (0 bytes): it was truncated or overwritten; "
+                "restore it from a backup"
+            )
+        conn: sqlite3.Connection | None = None
         try:
             if read_only:
                 conn = sqlite3.connect(
@@ -151,8 +165,20 @@ class LedgerStore:
             apply_pragmas(conn, read_only=read_only)
             if not read_only:
                 migrate(conn)
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot open database {path}: {e}") from e
+            elif conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                raise StorageError(
+                    f"database {path} has no hashmesh tables: it is damaged or not a "
+                    "hashmesh database; run `hashmesh fsck`"
+                )
+        except (sqlite3.Error, StorageError) as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, StorageError):
+                raise
+            written = "" if read_only else "; nothing was written"
+            raise StorageError(
+                f"cannot open database {path}: {describe_sqlite_error(e, path)}{written}"
+            ) from e
         return cls(conn)
 
     def close(self) -> None:
@@ -621,9 +647,98 @@ class LedgerStore:
         """SQLite's ``PRAGMA data_version``: changes when another connection commits."""
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
+    # -- checking and rebuilding derived data (node.ledger.fsck) -------------
+
+    def node_hashes(self, log_id: int, level: int, start: int, end: int) -> dict[int, bytes]:
+        """Stored tree nodes of one level with index in [start, end): index -> hash."""
+        return {
+            int(idx): bytes(h)
+            for idx, h in self.conn.execute(
+                "SELECT idx, hash FROM nodes WHERE log_id = ? AND level = ? AND idx >= ? "
+                "AND idx < ?",
+                (log_id, level, start, end),
+            )
+        }
+
+    def entries_by_index(self, log_id: int, indexes: Sequence[int]) -> dict[int, bytes]:
+        """The exact bytes of chosen entries: index -> data (missing ones left out)."""
+        return {int(i): bytes(d) for i, d in self._entries_at(log_id, sorted(set(indexes)))}
+
+    def derived_rows(self, log_id: int, table: str) -> list[tuple[int, object]]:
+        """One log's rows of a derived table, keyed by entry index.
+
+        ``active``: (index, key); ``pdq``: (index, hash); ``opinions``:
+        (index, (target origin, target index, leaf hash, verdict));
+        ``retractions``: (target, retracting index).
+        """
+        if table == "active":
+            sql = "SELECT idx, key FROM active WHERE log_id = ?"
+        elif table == "pdq":
+            sql = "SELECT idx, hash FROM pdq WHERE log_id = ?"
+        elif table == "retractions":
+            sql = "SELECT target, retracted_by FROM retractions WHERE log_id = ?"
+        elif table == "opinions":
+            return [
+                (int(idx), (str(o), int(t), bytes(h), str(v)))
+                for idx, o, t, h, v in self.conn.execute(
+                    "SELECT idx, target_origin, target_idx, target_leaf_hash, verdict "
+                    "FROM opinions WHERE log_id = ?",
+                    (log_id,),
+                )
+            ]
+        else:
+            raise ValueError(f"{table!r} is not a derived table")
+        return [
+            (int(idx), bytes(v) if isinstance(v, bytes) else v)
+            for idx, v in self.conn.execute(sql, (log_id,))
+        ]
+
+    def rebuilding(self, tables: Sequence[str]) -> AbstractContextManager[None]:
+        """Drop derived tables and make them again, empty, for the block to refill.
+
+        Call inside :meth:`transaction`; see :func:`~node.storage.schema.rebuilt_tables`.
+        """
+        return rebuilt_tables(self.conn, tables)
+
+    def fill_derived(
+        self,
+        log_id: int,
+        *,
+        active: Sequence[tuple[int, int]],
+        pdq: Sequence[tuple[int, bytes]],
+        opinions: Sequence[tuple[int, str, int, bytes, str]],
+        retractions: Sequence[tuple[int, int]],
+        leaf_fixes: Sequence[tuple[int, bytes]],
+    ) -> None:
+        """Refill one log's derived rows (inside :meth:`rebuilding`).
+
+        ``active`` rows are (key, index); ``leaf_fixes`` the (index, leaf
+        hash) of entries whose stored leaf hash is wrong.
+        """
+        self.add_active(log_id, [k for k, _i in active], [i for _k, i in active])
+        self.matching.add_pdq(log_id, pdq)
+        self.matching.add_opinions(log_id, opinions)
+        self.conn.executemany(
+            "INSERT INTO retractions (log_id, target, retracted_by) VALUES (?, ?, ?)",
+            [(log_id, t, b) for t, b in retractions],
+        )
+        if leaf_fixes:
+            with suspended_triggers(self.conn, "entries"):
+                self.conn.executemany(
+                    "UPDATE entries SET leaf_hash = ? WHERE log_id = ? AND idx = ?",
+                    [(h, log_id, i) for i, h in leaf_fixes],
+                )
+
     def integrity_check(self) -> list[str]:
         """SQLite's ``PRAGMA integrity_check`` result lines (["ok"] when sound)."""
-        return [r[0] for r in self.conn.execute("PRAGMA integrity_check").fetchall()]
+        # Its messages may quote damaged text: decode them leniently.
+        factory = self.conn.text_factory
+        self.conn.text_factory = bytes
+        try:
+            rows = self.conn.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            self.conn.text_factory = factory
+        return [bytes(r[0]).decode("utf-8", "replace") for r in rows]
 
 
 def _fold_leaves(leaves: dict[int, bytes], node_id: NodeId) -> bytes | None:

@@ -63,13 +63,22 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import sqlite_utils
 
 from node.errors import SchemaVersionError
 
-__all__ = ["SCHEMA_VERSION", "TILE_LEVEL", "active_key", "apply_pragmas", "migrate"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "TILE_LEVEL",
+    "active_key",
+    "apply_pragmas",
+    "migrate",
+    "rebuilt_tables",
+    "suspended_triggers",
+]
 
 SCHEMA_VERSION = 5
 
@@ -384,5 +393,64 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> None:
         conn.execute(f"PRAGMA user_version = {max(version, target)}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
+
+
+def _table_sql(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
+    """(type, CREATE statement) of a table and of its indexes and triggers, table first."""
+    rows = conn.execute(
+        "SELECT type, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+        "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END",
+        (table,),
+    ).fetchall()
+    if not rows or rows[0][0] != "table":
+        raise SchemaVersionError(f"the database has no table {table!r}; it is damaged")
+    return [(str(kind), str(sql)) for kind, sql in rows]
+
+
+@contextmanager
+def rebuilt_tables(conn: sqlite3.Connection, tables: Sequence[str]) -> Iterator[None]:
+    """Drop derived tables and create them again, empty, for the block to refill.
+
+    Runs inside the caller's transaction: a failure anywhere rolls the
+    tables back as they were. Dropping (rather than deleting rows) also
+    discards a damaged B-tree. The statements are the database's own (from
+    ``sqlite_master``), so the tables come back exactly as this schema
+    version made them; their triggers (append-only ones included) are made
+    again after the block has refilled them.
+    """
+    saved = {table: _table_sql(conn, table) for table in tables}
+    for table in tables:
+        conn.execute(f"DROP TABLE {table}")
+    for statements in saved.values():
+        for kind, sql in statements:
+            if kind != "trigger":
+                conn.execute(sql)
+    yield
+    for statements in saved.values():
+        for kind, sql in statements:
+            if kind == "trigger":
+                conn.execute(sql)
+
+
+@contextmanager
+def suspended_triggers(conn: sqlite3.Connection, table: str) -> Iterator[None]:
+    """Lift a table's triggers for the block (inside the caller's transaction).
+
+    Only repair uses it: to rewrite a stored leaf hash that no longer matches
+    its entry's bytes, on an append-only table.
+    """
+    triggers = [sql for kind, sql in _table_sql(conn, table) if kind == "trigger"]
+    names = [
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,)
+        )
+    ]
+    for name in names:
+        conn.execute(f"DROP TRIGGER {name}")
+    yield
+    for sql in triggers:
+        conn.execute(sql)

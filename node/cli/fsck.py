@@ -1,0 +1,247 @@
+"""``hashmesh fsck``: check the log against its checkpoints and derived data against the log.
+
+Layer: node.cli (composition root). The checks live in :mod:`node.ledger.fsck`;
+the record of damaged logs in :mod:`node.ledger.damage`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from node.cli.output import Command, Output
+from node.config import resolve_node_dir
+from node.errors import NodeError
+from node.ledger import Ledger
+from node.ledger.damage import DamageRegister
+from node.ledger.fsck import Finding, LogScan, check_log, repair_derived
+from node.storage.connection import describe_sqlite_error
+from protocol.errors import ProtocolError
+from protocol.evidence import ForkEvidence, verify_fork_evidence
+
+__all__ = ["register", "run_checks"]
+
+
+class _Report:
+    """What one fsck run found, over every log."""
+
+    def __init__(self) -> None:
+        self.database: list[str] = []
+        self.scans: list[LogScan] = []
+        self.errors: list[Finding] = []  # a log that could not even be read
+        self.notes: list[str] = []
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for s in self.scans for f in s.findings] + self.errors
+
+    @property
+    def damaged_logs(self) -> dict[str, int | None]:
+        """Origin -> first bad index of every log whose entries or checkpoints fail."""
+        found: dict[str, int | None] = {}
+        for finding in self.findings:
+            if finding.part == "log" and finding.origin not in found:
+                found[finding.origin] = finding.index
+        for scan in self.scans:
+            if scan.log_damaged:
+                found[scan.log.origin] = scan.first_bad_index
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.database and not self.findings
+
+    @property
+    def only_derived(self) -> bool:
+        """Everything wrong can be rebuilt from the log."""
+        return (
+            not self.database
+            and not self.damaged_logs
+            and all(f.part == "derived" for f in self.findings)
+        )
+
+
+def run_checks(ledger: Ledger) -> _Report:
+    """Every check of ``hashmesh fsck``, each failure turned into a finding (never raised)."""
+    report = _Report()
+    try:
+        integrity = ledger.integrity_check()
+    except Exception as e:  # noqa: BLE001 - SQLite's message itself may quote damaged bytes
+        integrity = [_describe(e)]
+    if integrity != ["ok"]:
+        report.database.append("sqlite integrity_check: " + "; ".join(integrity[:5]))
+    try:
+        logs = ledger.logs()
+    except Exception as e:  # noqa: BLE001 - fsck reports damage, whatever form it takes
+        report.database.append(f"cannot list the logs: {_describe(e)}")
+        return report
+    for log in logs:
+        try:
+            scan = check_log(ledger.store, log)
+        except (sqlite3.Error, NodeError, ProtocolError) as e:
+            detail = describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else str(e)
+            report.errors.append(
+                Finding(log.origin, "log", "entries", None, f"unreadable: {detail}")
+            )
+            continue
+        report.scans.append(scan)
+        if scan.size > scan.signed_size and not log.is_own:
+            report.notes.append(
+                f"{log.origin}: {scan.size - scan.signed_size:,} entries past the latest "
+                "checkpoint (a catch-up in progress)"
+            )
+        verified = "every entry" if not scan.log_damaged else f"{scan.position:,} entries"
+        report.notes.append(
+            f"{log.origin}: {scan.size:,} entries held, {verified} checked, "
+            f"{scan.checkpoints_checked:,} checkpoints"
+        )
+    try:
+        for item in ledger.peers.list_evidence():
+            follow = ledger.peers.get_follow(item.origin)
+            try:
+                evidence = ForkEvidence.from_json(item.evidence_json)
+                if follow is not None:
+                    verify_fork_evidence(evidence, ledger.key_chain(item.origin))
+            except ProtocolError as e:
+                report.errors.append(
+                    Finding(
+                        item.origin,
+                        "log",
+                        "evidence",
+                        None,
+                        f"stored fork evidence does not verify: {e}",
+                    )
+                )
+            else:
+                report.notes.append(
+                    f"{item.origin}: FROZEN by verified fork evidence ({item.detected_at})"
+                )
+    except Exception as e:  # noqa: BLE001 - fsck reports damage, whatever form it takes
+        report.database.append(f"cannot read fork evidence: {_describe(e)}")
+    return report
+
+
+def _describe(e: Exception) -> str:
+    """A failure met while reading a damaged database, in one line."""
+    if isinstance(e, sqlite3.Error):
+        return describe_sqlite_error(e)
+    if isinstance(e, (NodeError, ProtocolError)):
+        return str(e)
+    if isinstance(e, UnicodeDecodeError):
+        return f"a stored text is not valid UTF-8 ({e.reason})"
+    return f"{type(e).__name__}: {e}"
+
+
+def _record(register: DamageRegister, report: _Report, out: Output) -> None:
+    """Mark damaged logs; clear the records of logs that verify again."""
+    damaged = report.damaged_logs
+    for origin, index in damaged.items():
+        first = next(f for f in report.findings if f.origin == origin and f.part == "log")
+        register.mark(origin, index, first.detail, "fsck")
+    for scan in report.scans:
+        if scan.log.origin not in damaged and register.clear(scan.log.origin):
+            out.note(f"{scan.log.origin}: verifies again; its damage record is cleared")
+
+
+def _print(report: _Report, out: Output, *, as_json: bool, repaired: bool) -> None:
+    if as_json:
+        doc: dict[str, Any] = {
+            "ok": report.ok,
+            "repaired": repaired,
+            "database": report.database,
+            "logs": [
+                {
+                    "origin": s.log.origin,
+                    "entries": s.position,
+                    "checkpoints": s.checkpoints_checked,
+                    "first_bad_index": s.first_bad_index,
+                    "log_damaged": s.log_damaged,
+                }
+                for s in report.scans
+            ],
+            "findings": [f.to_json() for f in report.findings],
+            "notes": report.notes,
+        }
+        out.json(doc)
+        return
+    for note in report.notes:
+        out.note(note)
+    for problem in report.database:
+        out.print(f"PROBLEM: {problem}")
+    for finding in report.findings:
+        out.print(f"PROBLEM: {finding}")
+    for origin, index in report.damaged_logs.items():
+        where = "" if index is None else f" from entry {index}"
+        out.print(
+            f"DAMAGED: log {origin}{where}: not served or signed until repaired; "
+            "run `hashmesh repair --from-peers`"
+        )
+    if report.ok:
+        out.print(
+            "ok: database intact, every checkpoint verifies, roots recompute, "
+            "derived data matches the log"
+        )
+    elif report.only_derived:
+        out.print("derived data only: `hashmesh fsck --repair` rebuilds it from the log")
+
+
+def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
+    node_dir = resolve_node_dir(args.dir)
+    register = DamageRegister(node_dir)
+    with Ledger.open(node_dir, read_only=True) as ledger:
+        report = run_checks(ledger)
+    _record(register, report, out)
+    repaired = False
+    if args.repair and not report.ok:
+        if not report.only_derived:
+            _print(report, out, as_json=args.json, repaired=False)
+            raise NodeError(
+                "fsck --repair rebuilds derived data only from logs that verify: "
+                + (
+                    "repair the damaged log(s) first (`hashmesh repair --from-peers`); "
+                    if report.damaged_logs
+                    else "the database itself is damaged (see above); restore it from a backup; "
+                )
+                + "nothing was written"
+            )
+        report = _repair(node_dir)
+        repaired = True
+        _record(register, report, out)
+    _print(report, out, as_json=args.json, repaired=repaired)
+    if repaired and report.ok and not args.json:
+        out.print(
+            "repaired: derived data rebuilt from the log in one transaction; checked again: ok"
+        )
+    return 0 if report.ok else 1
+
+
+def _repair(node_dir: Path) -> _Report:
+    # Ledger.open in write mode: the repair needs the write lock, not the key.
+    with Ledger.open(node_dir, read_only=False) as ledger:
+        repair_derived(ledger.store)
+        return run_checks(ledger)
+
+
+def register(command: Command, common: argparse.ArgumentParser) -> None:
+    """Add ``fsck`` to the ``hashmesh`` parser."""
+    del common
+    p = command(
+        "fsck",
+        cmd_fsck,
+        "check the database, every signature, every root and all derived data",
+        "Check the database: SQLite's own integrity check; every stored checkpoint "
+        "against its signature; every entry against the roots of the signed "
+        "checkpoints (the first bad entry is named, and the log is then neither "
+        "served nor signed until repaired from a peer: `hashmesh repair "
+        "--from-peers`); and every derived table against the log itself: stored "
+        "leaf hashes and tree nodes, the active index (hash -> entry), PDQ rows, "
+        "opinions, retraction state. Exit status 1 when anything is wrong.",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild derived data from the verified log in one transaction, then check again",
+    )
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")

@@ -1,0 +1,493 @@
+"""Check a held log: the log against its signed checkpoints, derived data against the log.
+
+Layer: node.ledger. Reads through :mod:`node.storage`; :func:`repair_derived`
+writes in one transaction.
+
+What a node stores falls in two kinds:
+
+* **The log**: entry bytes and the signed checkpoints. Nothing on this node
+  can recompute them; a damaged entry is found because its leaves no longer
+  hash to the roots its own signed checkpoints commit to, and only a peer
+  holding the same log can give it back (``hashmesh repair --from-peers``).
+* **Derived data**: each entry's stored leaf hash, the stored tree nodes,
+  the ``active`` index (hash -> listing entry; what matching and duplicate
+  checks read, and what ``status`` counts), ``pdq`` rows, ``opinions``, the
+  ``retractions`` table and the current verifier key of each log. All of it
+  follows from the entries; :func:`repair_derived` rebuilds it from a log
+  that verifies.
+
+SQLite's ``integrity_check`` sees neither kind of damage when a flipped byte
+still leaves a well-formed page (a changed entry number in ``active`` makes a
+listed hash silently stop matching), so :class:`LogScan` replays the log:
+it hashes every entry, rebuilds the tree and the derived rows as the write
+path (:mod:`node.ledger.integration`) would, and compares. The scan is
+incremental (:meth:`LogScan.scan` takes a slice at a time), which is how the
+background scrub of ``hashmesh serve`` (:mod:`node.ledger.scrub`) uses it.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy
+
+from node.errors import StorageError
+from node.ledger.rotation import load_key_chain
+from node.storage.ledger_store import LedgerStore, LogRecord
+from node.storage.schema import TILE_LEVEL, active_key
+from protocol.entry import AddEntry, Entry, OpinionEntry, RetractEntry, parse_entry
+from protocol.errors import ProtocolError
+from protocol.hashing import hash_leaves
+from protocol.rotation import KeyChain
+from protocol.tree import CompactRange
+
+__all__ = [
+    "DERIVED_TABLES",
+    "Finding",
+    "LogScan",
+    "check_log",
+    "repair_derived",
+]
+
+DERIVED_TABLES = ("active", "pdq", "opinions", "retractions", "nodes")
+"""Tables :func:`repair_derived` rebuilds from the log (plus ``entries.leaf_hash``)."""
+
+_BATCH = 20_000  # entries read and hashed at a time
+_SHOWN = 5  # findings of one kind listed before they are counted
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing found wrong.
+
+    Attributes:
+        origin: the log it concerns.
+        part: ``log`` (entries or checkpoints: only a peer can restore them)
+            or ``derived`` (rebuilt by ``hashmesh fsck --repair``).
+        table: where it was found (``entries``, ``checkpoints``, ``active``, ...).
+        index: the first entry index concerned, when there is one.
+        detail: what is wrong, in one line.
+    """
+
+    origin: str
+    part: str
+    table: str
+    index: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        at = "" if self.index is None else f" at entry {self.index}"
+        return f"{self.origin}: {self.table}{at}: {self.detail}"
+
+    def to_json(self) -> dict[str, object]:
+        """The finding as a JSON object (``fsck --json``, ``status --json``)."""
+        return {
+            "origin": self.origin,
+            "part": self.part,
+            "table": self.table,
+            "index": self.index,
+            "detail": self.detail,
+        }
+
+
+@dataclass(slots=True)
+class _Expected:
+    """Derived rows rebuilt from the entries scanned so far."""
+
+    add_keys: array[int] = field(default_factory=lambda: array("q"))
+    add_indexes: array[int] = field(default_factory=lambda: array("q"))
+    retractions: dict[int, int] = field(default_factory=dict)  # target -> retracting index
+    pdq: dict[int, bytes] = field(default_factory=dict)  # every PDQ add, listed or not
+    opinions: list[tuple[int, str, int, bytes, str]] = field(default_factory=list)
+    leaf_fixes: list[tuple[int, bytes]] = field(default_factory=list)  # index, true leaf hash
+
+
+class LogScan:
+    """A replay of one log from its first entry, a slice at a time.
+
+    Call :meth:`scan` until :attr:`done`, then :meth:`derived_findings`.
+    Findings about the log itself stop the scan at the first bad index
+    (everything after it is unverifiable here); findings about derived data
+    are collected and the scan goes on.
+    """
+
+    def __init__(self, store: LedgerStore, log: LogRecord) -> None:
+        self.log = log
+        self.position = 0
+        """Entries scanned so far."""
+        self.findings: list[Finding] = []
+        self.first_bad_index: int | None = None
+        """The first entry that does not verify against the signed checkpoints."""
+        self.checkpoints_checked = 0
+        self._tree = CompactRange.empty()
+        self._expected = _Expected()
+        self._counts: dict[str, int] = {}
+        self._sizes = _checkpoint_sizes(store, log, self)
+        self.size = store.entry_count(log.log_id)
+        """Entries held when the scan started (a replica may hold more than it has signed)."""
+        self.signed_size = self._sizes[-1][0] if self._sizes else 0
+        """Size of the latest checkpoint whose signature verifies."""
+        if self.signed_size > self.size:
+            self._log_finding(
+                "entries",
+                self.size,
+                f"the latest checkpoint has size {self.signed_size:,} but only {self.size:,} "
+                "entries are stored",
+            )
+
+    @property
+    def done(self) -> bool:
+        """Every entry has been scanned, or the log itself was found damaged."""
+        return self.first_bad_index is not None or self.position >= self.size
+
+    @property
+    def log_damaged(self) -> bool:
+        """The entries or checkpoints do not verify: only a peer can repair them."""
+        return any(f.part == "log" for f in self.findings)
+
+    def scan(self, store: LedgerStore, limit: int = _BATCH) -> int:
+        """Scan up to ``limit`` more entries; returns how many were scanned."""
+        if self.done:
+            return 0
+        start = self.position
+        end = min(self.size, start + limit)
+        indexes: list[int] = []
+        datas: list[bytes] = []
+        stored: list[bytes] = []
+        for idx, data, leaf_hash in store.iter_entries(self.log.log_id, start, end):
+            if not isinstance(data, bytes):
+                # A flipped byte in a record header can change a column's type.
+                self._log_finding("entries", int(idx), f"entry stored as {type(data).__name__}")
+                return 0
+            indexes.append(int(idx))
+            datas.append(data)
+            stored.append(leaf_hash if isinstance(leaf_hash, bytes) else b"")
+        expected_indexes = range(start, start + len(indexes))
+        if indexes != list(expected_indexes) or len(indexes) != end - start:
+            missing = next(
+                (i for i, got in zip(expected_indexes, indexes, strict=False) if i != got),
+                start + len(indexes),
+            )
+            self._log_finding("entries", missing, "entry missing from the database")
+            return 0
+        leaves = hash_leaves(datas)
+        # Checkpoint sizes inside the slice: the tree is checked at each.
+        at = start
+        for size, root in [s for s in self._sizes if start < s[0] <= end]:
+            if not self._extend(store, leaves[at - start : size - start], at):
+                return at - start
+            at = size
+            if self._tree.root() != root:
+                self._root_mismatch(start, size, stored, leaves)
+                return at - start
+        if not self._extend(store, leaves[at - start :], at):
+            return end - start
+        self._replay(store, start, datas, stored, leaves)
+        self.position = end
+        return end - start
+
+    def _extend(self, store: LedgerStore, leaves: Sequence[bytes], start: int) -> bool:
+        runs = self._tree.extend(leaves, collect=True, min_level=TILE_LEVEL)
+        for run in runs:
+            got = store.node_hashes(
+                self.log.log_id, run.level, run.start, run.start + len(run.hashes)
+            )
+            for offset, computed in enumerate(run.hashes):
+                index = run.start + offset
+                if got.get(index) != computed:
+                    first_leaf = index << run.level
+                    state = "missing" if index not in got else "wrong"
+                    self._derived(
+                        "nodes",
+                        first_leaf,
+                        f"stored tree node (level {run.level}, index {index}) is {state}",
+                    )
+        return True
+
+    def _root_mismatch(
+        self, start: int, size: int, stored: Sequence[bytes], leaves: Sequence[bytes]
+    ) -> None:
+        # The first entry whose bytes no longer hash to its stored leaf hash
+        # is where the damage starts (both are written together); without
+        # one, the damage lies before this slice's checkpoint somewhere we
+        # cannot tell more precisely than the previous checkpoint.
+        bad = next(
+            (start + i for i, (s, h) in enumerate(zip(stored, leaves, strict=False)) if s != h),
+            None,
+        )
+        previous = max((s for s, _r in self._sizes if s < size), default=0)
+        index = bad if bad is not None else previous
+        self._log_finding(
+            "entries",
+            index,
+            f"entries do not hash to the root of the signed checkpoint of size {size:,}",
+        )
+
+    def _replay(
+        self,
+        store: LedgerStore,
+        start: int,
+        datas: Sequence[bytes],
+        stored: Sequence[bytes],
+        leaves: Sequence[bytes],
+    ) -> None:
+        expected = self._expected
+        for offset, data in enumerate(datas):
+            index = start + offset
+            if stored[offset] != leaves[offset]:
+                # The tree (from the entry bytes) verified: the column is wrong.
+                self._derived("entries", index, "stored leaf hash differs from the entry's hash")
+                expected.leaf_fixes.append((index, leaves[offset]))
+            try:
+                entry: Entry = parse_entry(data)
+            except ProtocolError as e:
+                self._log_finding("entries", index, f"entry does not parse: {e}")
+                return
+            if type(entry) is AddEntry:
+                expected.add_keys.append(active_key(entry.signal_type, entry.value))
+                expected.add_indexes.append(index)
+                if entry.signal_type == "pdq":
+                    expected.pdq[index] = bytes.fromhex(entry.value)
+            elif isinstance(entry, RetractEntry):
+                expected.retractions[entry.index] = index
+            elif isinstance(entry, OpinionEntry):
+                expected.opinions.append(
+                    (index, entry.origin, entry.index, entry.leaf_hash, entry.verdict)
+                )
+
+    def _log_finding(self, table: str, index: int | None, detail: str) -> None:
+        if self.first_bad_index is None or (index is not None and index < self.first_bad_index):
+            self.first_bad_index = index if index is not None else 0
+        self.findings.append(Finding(self.log.origin, "log", table, index, detail))
+
+    def _derived(self, table: str, index: int | None, detail: str) -> None:
+        count = self._counts.get(table, 0) + 1
+        self._counts[table] = count
+        if count <= _SHOWN:
+            self.findings.append(Finding(self.log.origin, "derived", table, index, detail))
+
+    # -- derived tables, once every entry is scanned ---------------------------
+
+    def derived_findings(self, store: LedgerStore) -> list[Finding]:
+        """Compare the derived tables with what the scanned log says; adds to :attr:`findings`."""
+        if not self.done or self.log_damaged:
+            return []
+        before = len(self.findings)
+        listed = self.expected_listed(store)
+        self._compare_active(store, listed)
+        self._compare_rows(
+            "pdq",
+            {idx: h for idx, h in self._expected.pdq.items() if idx in listed},
+            dict(store.derived_rows(self.log.log_id, "pdq")),
+            lambda idx, want: (
+                f"listed PDQ hash {'missing from' if want else 'wrongly in'} the index"
+            ),
+        )
+        self._compare_rows(
+            "opinions",
+            {row[0]: row[1:] for row in self._expected.opinions},
+            dict(store.derived_rows(self.log.log_id, "opinions")),
+            lambda idx, want: f"opinion entry {'missing from' if want else 'wrongly in'} the table",
+        )
+        self._compare_rows(
+            "retractions",
+            {target: by for target, by in self._expected.retractions.items()},
+            dict(store.derived_rows(self.log.log_id, "retractions")),
+            lambda idx, want: f"retraction state {'missing' if want else 'wrong'}",
+        )
+        for table, count in self._counts.items():
+            if count > _SHOWN:
+                self.findings.append(
+                    Finding(
+                        self.log.origin,
+                        "derived",
+                        table,
+                        None,
+                        f"{count - _SHOWN:,} more rows wrong (first {_SHOWN} listed)",
+                    )
+                )
+        return self.findings[before:]
+
+    def expected_listed(self, store: LedgerStore) -> dict[int, int]:
+        """Index of each listing add -> its active key, as the write path leaves them.
+
+        A hash is listed by its first add not yet retracted; a later add of
+        the same hash (kept verbatim by a replica) lists nothing. Keys shared
+        by several adds, and retracted adds, are replayed exactly from the
+        entries; the rest (nearly all) are listed as they stand.
+        """
+        keys = numpy.frombuffer(self._expected.add_keys, dtype=numpy.int64)
+        indexes = numpy.frombuffer(self._expected.add_indexes, dtype=numpy.int64)
+        unique, inverse, counts = numpy.unique(keys, return_inverse=True, return_counts=True)
+        shared = counts[inverse] > 1
+        retracted = set(self._expected.retractions)
+        listed: dict[int, int] = {}
+        replay: list[int] = []
+        for key, idx, many in zip(keys.tolist(), indexes.tolist(), shared.tolist(), strict=True):
+            if many or idx in retracted:
+                replay.append(idx)
+            else:
+                listed[idx] = key
+        if replay:
+            listed.update(self._replay_listing(store, replay))
+        del unique
+        return listed
+
+    def _replay_listing(self, store: LedgerStore, adds: list[int]) -> dict[int, int]:
+        datas = store.entries_by_index(self.log.log_id, adds)
+        events: list[tuple[int, int, tuple[str, str]]] = []  # (index, 0 add / 1 retract, identity)
+        identities: dict[int, tuple[str, str]] = {}
+        for idx in adds:
+            entry = parse_entry(datas[idx])
+            assert isinstance(entry, AddEntry)
+            identities[idx] = entry.identity
+            events.append((idx, 0, entry.identity))
+        targets: dict[int, int] = {}  # retracting index -> target
+        for target, by in self._expected.retractions.items():
+            if target in identities:
+                events.append((by, 1, identities[target]))
+                targets[by] = target
+        current: dict[tuple[str, str], int] = {}
+        for idx, kind, identity in sorted(events):
+            if kind == 0:
+                current.setdefault(identity, idx)
+            elif current.get(identity) == targets[idx]:
+                del current[identity]
+        return {idx: active_key(*identity) for identity, idx in current.items()}
+
+    def _compare_active(self, store: LedgerStore, listed: dict[int, int]) -> None:
+        rows = store.derived_rows(self.log.log_id, "active")  # (idx, key)
+        have: dict[int, object] = {}
+        for idx, key in rows:
+            if idx in have:
+                self._derived("active", idx, "entry listed twice in the active index")
+            have[idx] = key
+        for idx in sorted(set(listed) | set(have)):
+            want = listed.get(idx)
+            got = have.get(idx)
+            if want == got:
+                continue
+            if got is None:
+                detail = "listed hash missing from the active index: it would not match"
+            elif want is None:
+                detail = "active index names an entry that lists nothing"
+            else:
+                detail = "active index holds the wrong key: the hash would not match"
+            self._derived("active", idx, detail)
+
+    def _compare_rows(
+        self,
+        table: str,
+        want: dict[int, object],
+        got: dict[int, object],
+        describe: Callable[[int, bool], str],
+    ) -> None:
+        for idx in sorted(set(want) | set(got)):
+            if want.get(idx) != got.get(idx):
+                self._derived(table, idx, describe(idx, idx in want))
+
+    # -- repair ------------------------------------------------------------
+
+    def rebuild(self, store: LedgerStore) -> None:
+        """Write this log's derived rows as the scan computed them (inside a transaction)."""
+        if not self.done or self.log_damaged:
+            raise StorageError(
+                f"log {self.log.origin} does not verify; its derived data is not rebuilt"
+            )
+        log_id = self.log.log_id
+        listed = self.expected_listed(store)
+        store.fill_derived(
+            log_id,
+            active=sorted((key, idx) for idx, key in listed.items()),
+            pdq=sorted((idx, h) for idx, h in self._expected.pdq.items() if idx in listed),
+            opinions=self._expected.opinions,
+            retractions=sorted(self._expected.retractions.items()),
+            leaf_fixes=self._expected.leaf_fixes,
+        )
+        tree = CompactRange.empty()
+        for start in range(0, self.size, _BATCH):
+            datas = [bytes(d) for _i, d, _h in store.iter_entries(log_id, start, start + _BATCH)]
+            runs = tree.extend(hash_leaves(datas), collect=True, min_level=TILE_LEVEL)
+            store.append_entries(log_id, start, [], [], runs)
+
+
+def _checkpoint_sizes(store: LedgerStore, log: LogRecord, scan: LogScan) -> list[tuple[int, bytes]]:
+    """(size, root) of every checkpoint whose note verifies with the log's key chain, by size."""
+    try:
+        chain: KeyChain | None = load_key_chain(store, log.origin)
+    except ProtocolError as e:
+        scan.findings.append(Finding(log.origin, "log", "origin_keys", None, f"key chain: {e}"))
+        chain = None
+    sizes: list[tuple[int, bytes]] = []
+    for record in store.iter_checkpoints(log.log_id):
+        scan.checkpoints_checked += 1
+        if chain is None:
+            continue
+        try:
+            cp = chain.open(record.note).checkpoint
+        except ProtocolError as e:
+            scan.findings.append(
+                Finding(log.origin, "log", "checkpoints", None, f"checkpoint {record.size:,}: {e}")
+            )
+            continue
+        if (cp.size, cp.root_hash) != (record.size, record.root_hash):
+            scan.findings.append(
+                Finding(
+                    log.origin,
+                    "log",
+                    "checkpoints",
+                    None,
+                    f"checkpoint {record.size:,}: the row disagrees with its signed note",
+                )
+            )
+            continue
+        sizes.append((cp.size, cp.root_hash))
+    return sizes
+
+
+def check_log(store: LedgerStore, log: LogRecord, *, batch: int = _BATCH) -> LogScan:
+    """Scan a whole log and its derived data; the returned scan holds the findings."""
+    scan = LogScan(store, log)
+    with store.read_snapshot():
+        while not scan.done:
+            if scan.scan(store, batch) == 0 and not scan.done:
+                break
+        scan.derived_findings(store)
+    return scan
+
+
+def repair_derived(store: LedgerStore) -> list[LogScan]:
+    """Rebuild every derived table from every held log, in one transaction, then check again.
+
+    Every log must verify against its signed checkpoints first: derived data
+    rebuilt from a damaged log would only copy the damage.
+
+    Returns:
+        The scans made after the repair (their findings should be empty).
+
+    Raises:
+        StorageError: if a log does not verify (nothing is written), or the
+            rebuild fails (rolled back).
+    """
+    logs = store.list_logs()
+    scans = [check_log(store, log) for log in logs]
+    damaged = [s for s in scans if s.log_damaged]
+    if damaged:
+        first = damaged[0]
+        raise StorageError(
+            f"log {first.log.origin} is damaged from entry {first.first_bad_index}: derived "
+            "data is rebuilt only from a log that verifies; run `hashmesh repair --from-peers` "
+            "first (nothing was written)"
+        )
+    with store.transaction(), store.rebuilding(DERIVED_TABLES):
+        for scan in scans:
+            scan.rebuild(store)
+    return [check_log(store, log) for log in logs]
+
+
+def iter_findings(scans: Sequence[LogScan]) -> Iterator[Finding]:
+    """Every finding of the scans, in order."""
+    for scan in scans:
+        yield from scan.findings
