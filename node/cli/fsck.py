@@ -16,7 +16,7 @@ from node.config import resolve_node_dir
 from node.errors import NodeError
 from node.ledger import Ledger
 from node.ledger.damage import DamageRegister
-from node.ledger.fsck import Finding, LogScan, check_log, repair_derived
+from node.ledger.fsck import Finding, LogScan
 from node.storage.connection import describe_sqlite_error
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
@@ -32,6 +32,7 @@ class _Report:
         self.scans: list[LogScan] = []
         self.errors: list[Finding] = []  # a log that could not even be read
         self.notes: list[str] = []
+        self.unlisted = False  # the logs table itself could not be read
 
     @property
     def findings(self) -> list[Finding]:
@@ -55,9 +56,14 @@ class _Report:
 
     @property
     def only_derived(self) -> bool:
-        """Everything wrong can be rebuilt from the log."""
+        """Every log verifies, so a rebuild of derived data may fix the rest.
+
+        SQLite's integrity check may also fail then (a broken B-tree of a
+        derived table, which the rebuild drops); the check after the repair
+        says whether it did.
+        """
         return (
-            not self.database
+            not self.unlisted
             and not self.damaged_logs
             and all(f.part == "derived" for f in self.findings)
         )
@@ -76,10 +82,11 @@ def run_checks(ledger: Ledger) -> _Report:
         logs = ledger.logs()
     except Exception as e:  # noqa: BLE001 - fsck reports damage, whatever form it takes
         report.database.append(f"cannot list the logs: {_describe(e)}")
+        report.unlisted = True
         return report
     for log in logs:
         try:
-            scan = check_log(ledger.store, log)
+            scan = ledger.check(log)
         except (sqlite3.Error, NodeError, ProtocolError) as e:
             detail = describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else str(e)
             report.errors.append(
@@ -183,8 +190,13 @@ def _print(report: _Report, out: Output, *, as_json: bool, repaired: bool) -> No
             "ok: database intact, every checkpoint verifies, roots recompute, "
             "derived data matches the log"
         )
-    elif report.only_derived:
+    elif report.only_derived and not report.database:
         out.print("derived data only: `hashmesh fsck --repair` rebuilds it from the log")
+    elif report.only_derived:
+        out.print(
+            "every log verifies: `hashmesh fsck --repair` rebuilds the derived data, which "
+            "may also mend the database (it checks again); otherwise restore from a backup"
+        )
 
 
 def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
@@ -202,7 +214,7 @@ def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
                 + (
                     "repair the damaged log(s) first (`hashmesh repair --from-peers`); "
                     if report.damaged_logs
-                    else "the database itself is damaged (see above); restore it from a backup; "
+                    else "the logs cannot be read (see above); restore the database from a backup; "
                 )
                 + "nothing was written"
             )
@@ -220,7 +232,7 @@ def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
 def _repair(node_dir: Path) -> _Report:
     # Ledger.open in write mode: the repair needs the write lock, not the key.
     with Ledger.open(node_dir, read_only=False) as ledger:
-        repair_derived(ledger.store)
+        ledger.repair_derived()
         return run_checks(ledger)
 
 

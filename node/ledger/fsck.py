@@ -27,9 +27,11 @@ background scrub of ``hashmesh serve`` (:mod:`node.ledger.scrub`) uses it.
 
 from __future__ import annotations
 
+import sqlite3
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy
 
@@ -126,6 +128,7 @@ class LogScan:
         self._counts: dict[str, int] = {}
         self._sizes = _checkpoint_sizes(store, log, self)
         self.size = store.entry_count(log.log_id)
+        self._held = self.size  # entries held when the derived tables are compared
         """Entries held when the scan started (a replica may hold more than it has signed)."""
         self.signed_size = self._sizes[-1][0] if self._sizes else 0
         """Size of the latest checkpoint whose signature verifies."""
@@ -157,13 +160,16 @@ class LogScan:
         datas: list[bytes] = []
         stored: list[bytes] = []
         for idx, data, leaf_hash in store.iter_entries(self.log.log_id, start, end):
-            if not isinstance(data, bytes):
-                # A flipped byte in a record header can change a column's type.
-                self._log_finding("entries", int(idx), f"entry stored as {type(data).__name__}")
+            # A flipped byte in a record header can change a column's type:
+            # the row says bytes, the file may hold text, a number or NULL.
+            value: object = data
+            if not isinstance(value, bytes):
+                self._log_finding("entries", int(idx), f"entry stored as {type(value).__name__}")
                 return 0
+            held: object = leaf_hash
             indexes.append(int(idx))
-            datas.append(data)
-            stored.append(leaf_hash if isinstance(leaf_hash, bytes) else b"")
+            datas.append(value)
+            stored.append(held if isinstance(held, bytes) else b"")
         expected_indexes = range(start, start + len(indexes))
         if indexes != list(expected_indexes) or len(indexes) != end - start:
             missing = next(
@@ -271,31 +277,46 @@ class LogScan:
     # -- derived tables, once every entry is scanned ---------------------------
 
     def derived_findings(self, store: LedgerStore) -> list[Finding]:
-        """Compare the derived tables with what the scanned log says; adds to :attr:`findings`."""
+        """Compare the derived tables with what the scanned log says; adds to :attr:`findings`.
+
+        Only rows about the :attr:`size` entries scanned are compared, so a
+        scan spread over time (the scrub) is not misled by entries appended
+        since it started: rows of later entries are skipped, and so are the
+        entries a later retraction changed.
+        """
         if not self.done or self.log_damaged:
             return []
         before = len(self.findings)
-        listed = self.expected_listed(store)
-        self._compare_active(store, listed)
+        log_id = self.log.log_id
+        self._held = store.entry_count(log_id)
+        later = {
+            target
+            for target, by in store.derived_rows(log_id, "retractions")
+            if isinstance(by, int) and by >= self.size
+        }
+        listed_idx, listed_key = self.expected_listed(store)
+        self._compare_active(store, listed_idx, listed_key, later)
+        listed = set(listed_idx.tolist())
         self._compare_rows(
             "pdq",
             {idx: h for idx, h in self._expected.pdq.items() if idx in listed},
-            dict(store.derived_rows(self.log.log_id, "pdq")),
-            lambda idx, want: (
-                f"listed PDQ hash {'missing from' if want else 'wrongly in'} the index"
-            ),
+            store.derived_rows(log_id, "pdq"),
+            later,
+            lambda want: f"listed PDQ hash {'missing from' if want else 'wrongly in'} the index",
         )
         self._compare_rows(
             "opinions",
             {row[0]: row[1:] for row in self._expected.opinions},
-            dict(store.derived_rows(self.log.log_id, "opinions")),
-            lambda idx, want: f"opinion entry {'missing from' if want else 'wrongly in'} the table",
+            store.derived_rows(log_id, "opinions"),
+            set(),
+            lambda want: f"opinion entry {'missing from' if want else 'wrongly in'} the table",
         )
         self._compare_rows(
             "retractions",
-            {target: by for target, by in self._expected.retractions.items()},
-            dict(store.derived_rows(self.log.log_id, "retractions")),
-            lambda idx, want: f"retraction state {'missing' if want else 'wrong'}",
+            dict(self._expected.retractions),
+            [(t, b) for t, b in store.derived_rows(log_id, "retractions") if t not in later],
+            set(),
+            lambda want: f"retraction state {'missing' if want else 'wrong'}",
         )
         for table, count in self._counts.items():
             if count > _SHOWN:
@@ -310,30 +331,41 @@ class LogScan:
                 )
         return self.findings[before:]
 
-    def expected_listed(self, store: LedgerStore) -> dict[int, int]:
-        """Index of each listing add -> its active key, as the write path leaves them.
+    def expected_listed(
+        self, store: LedgerStore
+    ) -> tuple[
+        numpy.ndarray[Any, numpy.dtype[numpy.int64]], numpy.ndarray[Any, numpy.dtype[numpy.int64]]
+    ]:
+        """The listing add of each listed hash and its active key, as the write path leaves them.
 
-        A hash is listed by its first add not yet retracted; a later add of
-        the same hash (kept verbatim by a replica) lists nothing. Keys shared
-        by several adds, and retracted adds, are replayed exactly from the
-        entries; the rest (nearly all) are listed as they stand.
+        Returns two arrays (entry index, active key), by index. A hash is
+        listed by its first add not yet retracted; a later add of the same
+        hash (kept verbatim by a replica) lists nothing. Adds whose key is
+        shared by another add, and retracted adds, are replayed exactly from
+        the entries; the rest (nearly all) are listed as they stand, in numpy,
+        so a log of ten million adds costs arrays, not Python objects.
         """
         keys = numpy.frombuffer(self._expected.add_keys, dtype=numpy.int64)
         indexes = numpy.frombuffer(self._expected.add_indexes, dtype=numpy.int64)
-        unique, inverse, counts = numpy.unique(keys, return_inverse=True, return_counts=True)
-        shared = counts[inverse] > 1
-        retracted = set(self._expected.retractions)
-        listed: dict[int, int] = {}
-        replay: list[int] = []
-        for key, idx, many in zip(keys.tolist(), indexes.tolist(), shared.tolist(), strict=True):
-            if many or idx in retracted:
-                replay.append(idx)
-            else:
-                listed[idx] = key
-        if replay:
-            listed.update(self._replay_listing(store, replay))
-        del unique
-        return listed
+        _unique, inverse, counts = numpy.unique(keys, return_inverse=True, return_counts=True)
+        retracted = numpy.fromiter(self._expected.retractions, dtype=numpy.int64)
+        special = (counts[inverse] > 1) | numpy.isin(indexes, retracted)
+        out_idx = indexes[~special]
+        out_key = keys[~special]
+        if special.any():
+            replayed = self._replay_listing(store, indexes[special].tolist())
+            out_idx = numpy.concatenate(
+                [out_idx, numpy.fromiter(replayed, dtype=numpy.int64, count=len(replayed))]
+            )
+            out_key = numpy.concatenate(
+                [
+                    out_key,
+                    numpy.fromiter(replayed.values(), dtype=numpy.int64, count=len(replayed)),
+                ]
+            )
+            order = numpy.argsort(out_idx, kind="stable")
+            out_idx, out_key = out_idx[order], out_key[order]
+        return out_idx, out_key
 
     def _replay_listing(self, store: LedgerStore, adds: list[int]) -> dict[int, int]:
         datas = store.entries_by_index(self.log.log_id, adds)
@@ -357,36 +389,63 @@ class LogScan:
                 del current[identity]
         return {idx: active_key(*identity) for identity, idx in current.items()}
 
-    def _compare_active(self, store: LedgerStore, listed: dict[int, int]) -> None:
-        rows = store.derived_rows(self.log.log_id, "active")  # (idx, key)
-        have: dict[int, object] = {}
-        for idx, key in rows:
-            if idx in have:
-                self._derived("active", idx, "entry listed twice in the active index")
-            have[idx] = key
-        for idx in sorted(set(listed) | set(have)):
-            want = listed.get(idx)
-            got = have.get(idx)
-            if want == got:
-                continue
-            if got is None:
-                detail = "listed hash missing from the active index: it would not match"
-            elif want is None:
-                detail = "active index names an entry that lists nothing"
-            else:
-                detail = "active index holds the wrong key: the hash would not match"
+    def _compare_active(
+        self,
+        store: LedgerStore,
+        want_idx: numpy.ndarray[Any, numpy.dtype[numpy.int64]],
+        want_key: numpy.ndarray[Any, numpy.dtype[numpy.int64]],
+        later: set[int],
+    ) -> None:
+        have_idx, have_key = store.active_arrays(self.log.log_id)
+        # Rows of entries appended since the scan began are not judged; rows
+        # naming entries that do not exist at all are wrong.
+        keep = (have_idx < self.size) | (have_idx >= self._held)
+        if later:
+            skip = numpy.fromiter(later, dtype=numpy.int64, count=len(later))
+            keep &= ~numpy.isin(have_idx, skip)
+            wanted = ~numpy.isin(want_idx, skip)
+            want_idx, want_key = want_idx[wanted], want_key[wanted]
+        have_idx, have_key = have_idx[keep], have_key[keep]
+        order = numpy.argsort(have_idx, kind="stable")
+        have_idx, have_key = have_idx[order], have_key[order]
+        problems: list[tuple[int, str]] = []
+        twice = have_idx[1:][numpy.diff(have_idx) == 0]
+        problems += [(int(i), "entry listed twice in the active index") for i in twice[:_SHOWN]]
+        missing = numpy.setdiff1d(want_idx, have_idx)
+        problems += [
+            (int(i), "listed hash missing from the active index: it would not match")
+            for i in missing[:_SHOWN]
+        ]
+        extra = numpy.setdiff1d(have_idx, want_idx)
+        problems += [
+            (int(i), "active index names an entry that lists nothing") for i in extra[:_SHOWN]
+        ]
+        _both, at_want, at_have = numpy.intersect1d(
+            want_idx, have_idx, assume_unique=False, return_indices=True
+        )
+        wrong = want_idx[at_want[want_key[at_want] != have_key[at_have]]]
+        problems += [
+            (int(i), "active index holds the wrong key: the hash would not match")
+            for i in wrong[:_SHOWN]
+        ]
+        total = len(twice) + len(missing) + len(extra) + len(wrong)
+        for idx, detail in sorted(problems)[:_SHOWN]:
             self._derived("active", idx, detail)
+        # The rest are counted, not listed.
+        self._counts["active"] = self._counts.get("active", 0) + max(0, total - _SHOWN)
 
     def _compare_rows(
         self,
         table: str,
         want: dict[int, object],
-        got: dict[int, object],
-        describe: Callable[[int, bool], str],
+        rows: Sequence[tuple[int, object]],
+        skip: set[int],
+        describe: Callable[[bool], str],
     ) -> None:
-        for idx in sorted(set(want) | set(got)):
+        got = {idx: value for idx, value in rows if idx < self.size and idx not in skip}
+        for idx in sorted((set(want) | set(got)) - skip):
             if want.get(idx) != got.get(idx):
-                self._derived(table, idx, describe(idx, idx in want))
+                self._derived(table, idx, describe(idx in want))
 
     # -- repair ------------------------------------------------------------
 
@@ -397,10 +456,11 @@ class LogScan:
                 f"log {self.log.origin} does not verify; its derived data is not rebuilt"
             )
         log_id = self.log.log_id
-        listed = self.expected_listed(store)
+        listed_idx, listed_key = self.expected_listed(store)
+        listed = set(listed_idx.tolist())
         store.fill_derived(
             log_id,
-            active=sorted((key, idx) for idx, key in listed.items()),
+            active=(listed_key.tolist(), listed_idx.tolist()),
             pdq=sorted((idx, h) for idx, h in self._expected.pdq.items() if idx in listed),
             opinions=self._expected.opinions,
             retractions=sorted(self._expected.retractions.items()),
@@ -454,7 +514,13 @@ def check_log(store: LedgerStore, log: LogRecord, *, batch: int = _BATCH) -> Log
         while not scan.done:
             if scan.scan(store, batch) == 0 and not scan.done:
                 break
-        scan.derived_findings(store)
+        try:
+            scan.derived_findings(store)
+        except (sqlite3.Error, UnicodeDecodeError, TypeError, ValueError) as e:
+            # The log verified: whatever broke is derived, and rebuilt by repair.
+            scan.findings.append(
+                Finding(log.origin, "derived", "derived tables", None, f"unreadable: {e}")
+            )
     return scan
 
 

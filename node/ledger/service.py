@@ -26,6 +26,7 @@ from node.errors import (
     UnknownLogError,
 )
 from node.ledger.damage import DamageRegister
+from node.ledger.fsck import LogScan, check_log, repair_derived
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.hashlist import ParsedLine
 from node.ledger.integration import Duplicate, Integration
@@ -592,6 +593,14 @@ class Ledger:
             ConfigError: if the witness key is unreadable or not this node's.
         """
         return Witness(self.store, load_witness_signer(self.config))
+
+    def check(self, log: LogRecord) -> LogScan:
+        """Check a log against its checkpoints and its derived data against it (``fsck``)."""
+        return check_log(self.store, log)
+
+    def repair_derived(self) -> list[LogScan]:
+        """Rebuild every derived table from the verified logs (node.ledger.fsck)."""
+        return repair_derived(self.store)
 
     def recompute_root(
         self, origin: str | None = None, size: int | None = None

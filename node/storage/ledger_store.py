@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy
 
@@ -660,6 +662,17 @@ class LedgerStore:
             )
         }
 
+    def active_arrays(self, log_id: int) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any]]:
+        """One log's ``active`` rows as two int64 arrays: (entry index, key)."""
+        idx = array("q")
+        keys = array("q")
+        for i, k in self.conn.execute("SELECT idx, key FROM active WHERE log_id = ?", (log_id,)):
+            # A damaged row may hold another type: it then shows as wrong.
+            if isinstance(i, int):
+                idx.append(i)
+                keys.append(k if isinstance(k, int) else 0)
+        return numpy.frombuffer(idx, dtype=numpy.int64), numpy.frombuffer(keys, dtype=numpy.int64)
+
     def entries_by_index(self, log_id: int, indexes: Sequence[int]) -> dict[int, bytes]:
         """The exact bytes of chosen entries: index -> data (missing ones left out)."""
         return {int(i): bytes(d) for i, d in self._entries_at(log_id, sorted(set(indexes)))}
@@ -704,7 +717,7 @@ class LedgerStore:
         self,
         log_id: int,
         *,
-        active: Sequence[tuple[int, int]],
+        active: tuple[Sequence[int], Sequence[int]],
         pdq: Sequence[tuple[int, bytes]],
         opinions: Sequence[tuple[int, str, int, bytes, str]],
         retractions: Sequence[tuple[int, int]],
@@ -712,10 +725,10 @@ class LedgerStore:
     ) -> None:
         """Refill one log's derived rows (inside :meth:`rebuilding`).
 
-        ``active`` rows are (key, index); ``leaf_fixes`` the (index, leaf
-        hash) of entries whose stored leaf hash is wrong.
+        ``active`` is (keys, indexes); ``leaf_fixes`` the (index, leaf hash)
+        of entries whose stored leaf hash is wrong.
         """
-        self.add_active(log_id, [k for k, _i in active], [i for _k, i in active])
+        self.add_active(log_id, *active)
         self.matching.add_pdq(log_id, pdq)
         self.matching.add_opinions(log_id, opinions)
         self.conn.executemany(
