@@ -33,6 +33,7 @@ __all__ = [
     "NodeConfig",
     "OpsSettings",
     "PublicSettings",
+    "ScrubSettings",
     "WitnessAsk",
     "WitnessRequirement",
     "WitnessSettings",
@@ -192,6 +193,24 @@ class PublicSettings:
     burst: int = DEFAULT_PUBLIC_BURST
 
 
+DEFAULT_SCRUB_RATE = 200.0
+DEFAULT_SCRUB_SLICE = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScrubSettings:
+    """The ``[scrub]`` table of ``config.toml``: the scrub of ``serve`` (docs/integrity.md).
+
+    Attributes:
+        entries_per_second: the pace (200: ten million entries in about
+            fourteen hours); 0 turns the scrub off.
+        slice: entries read and checked at a time, in one read.
+    """
+
+    entries_per_second: float = DEFAULT_SCRUB_RATE
+    slice: int = DEFAULT_SCRUB_SLICE
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpsSettings:
     """The ``[ops]`` table of ``config.toml``: the operations listener (docs/configuration.md).
@@ -226,6 +245,7 @@ class NodeConfig:
     witness: WitnessSettings = WitnessSettings()
     public: PublicSettings = PublicSettings()
     ops: OpsSettings = OpsSettings()
+    scrub: ScrubSettings = ScrubSettings()
 
     @property
     def config_path(self) -> Path:
@@ -290,7 +310,7 @@ def load_config(node_dir: Path) -> NodeConfig:
         ) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    unknown = set(raw) - {"origin", "listen", "match", "witness", "public", "ops"}
+    unknown = set(raw) - {"origin", "listen", "match", "witness", "public", "ops", "scrub"}
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     origin = raw.get("origin")
@@ -309,6 +329,7 @@ def load_config(node_dir: Path) -> NodeConfig:
         witness=_witness_settings(path, raw.get("witness", {})),
         public=public,
         ops=_ops_settings(path, raw.get("ops", {}), (listen, public.listen)),
+        scrub=_scrub_settings(path, raw.get("scrub", {})),
     )
 
 
@@ -375,6 +396,19 @@ def _ops_settings(path: Path, raw: object, taken: tuple[str | None, ...]) -> Ops
         peer_failing_after=float(failing),
         certificate_warn_days=warn_days,
     )
+
+
+def _scrub_settings(path: Path, raw: object) -> ScrubSettings:
+    table = _section(path, "scrub", raw, {"entries_per_second", "slice"})
+    rate = table.get("entries_per_second", DEFAULT_SCRUB_RATE)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1e9:
+        raise ConfigError(
+            f"{path}: scrub.entries_per_second must be a number >= 0 (0 turns the scrub off)"
+        )
+    size = table.get("slice", DEFAULT_SCRUB_SLICE)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1_000_000:
+        raise ConfigError(f"{path}: scrub.slice must be a whole number of entries, 1 to 1000000")
+    return ScrubSettings(entries_per_second=float(rate), slice=size)
 
 
 def _public_settings(path: Path, raw: object, api_listen: str) -> PublicSettings:

@@ -35,6 +35,7 @@ from node.api.access import LISTENER_KEY, METRICS_KEY, facts_middleware, request
 from node.api.state import (
     DB_KEY,
     HUB_KEY,
+    INTEGRITY_KEY,
     LEAVES_KEY,
     LIMITS_KEY,
     ORIGIN_KEY,
@@ -43,11 +44,13 @@ from node.api.state import (
     ApiLimits,
     PeerRateLimiter,
     StreamGate,
+    refuse_damaged,
 )
 from node.errors import EntryNotFoundError, StorageError, UnknownLogError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
+from node.ledger.scrub import IntegrityState
 from node.metrics import NodeMetrics
 from node.storage.peer_store import PEER_ROLES
 from node.tls import peer_spki
@@ -231,6 +234,8 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
         refusals.labels(peer.name, "role").inc()
         log.warning("refused %s to %s (role %s)", request.path, peer.name, peer.role)
         raise web.HTTPForbidden(text=f"role {peer.role!r} may not read {route.path}")
+    if route.path != "/v1/evidence":  # fork evidence is not the log's data
+        refuse_damaged(app.get(INTEGRITY_KEY), request.query.get("origin"))
     if route.streaming:
         return await handler(request)
     async with asyncio.timeout(limits.handler_timeout):
@@ -261,6 +266,7 @@ def make_app(
     extra_cleanup: Sequence[CleanupContext] = (),
     limits: ApiLimits | None = None,
     metrics: NodeMetrics | None = None,
+    integrity: IntegrityState | None = None,
 ) -> web.Application:
     """Build the API application.
 
@@ -273,6 +279,8 @@ def make_app(
         limits: caps and timings (defaults: :class:`ApiLimits`).
         metrics: where requests, refusals and matches are counted (the
             serving node's, shown by the ops listener); a private one if None.
+        integrity: damaged logs and scrub progress; a log recorded as
+            damaged is answered 503 on every route naming it.
 
     Returns:
         The application, ready for an :class:`aiohttp.web.AppRunner`.
@@ -292,6 +300,8 @@ def make_app(
     app[STREAMS_KEY] = StreamGate(limits.max_streams)
     app[RATE_KEY] = PeerRateLimiter(limits.peer_rate, limits.peer_burst)
     app[LEAVES_KEY] = LeafHashIndex()
+    if integrity is not None:
+        app[INTEGRITY_KEY] = integrity
     policy: dict[str, Route] = {}
     for route in ROUTES:
         path = route.pattern or route.path

@@ -42,9 +42,10 @@ from aiohttp import web
 from node.api.access import LISTENER_KEY, METRICS_KEY, facts_middleware
 from node.api.app import error_middleware
 from node.api.handlers import raw_target_path
-from node.api.state import PeerRateLimiter
+from node.api.state import INTEGRITY_KEY, ORIGIN_KEY, PeerRateLimiter, refuse_damaged
 from node.errors import UnknownLogError
 from node.ledger.database import Database
+from node.ledger.scrub import IntegrityState
 from node.ledger.service import Ledger
 from node.metrics import NodeMetrics
 from protocol.tiles import EntryBundleId, TileId, parse_tile_path
@@ -146,6 +147,9 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     state = request.app[PUBLIC_KEY]
     if request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    integrity = request.app.get(INTEGRITY_KEY)
+    if integrity is not None:
+        refuse_damaged(integrity, request.app[ORIGIN_KEY])
     path = raw_target_path(request)
     if path == "/checkpoint":
         note = await state.checkpoint()
@@ -185,7 +189,12 @@ async def _limit(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def make_public_app(
-    db: Database, limits: PublicLimits | None = None, metrics: NodeMetrics | None = None
+    db: Database,
+    limits: PublicLimits | None = None,
+    metrics: NodeMetrics | None = None,
+    *,
+    integrity: IntegrityState | None = None,
+    origin: str | None = None,
 ) -> web.Application:
     """Build the public read application (see the module docs).
 
@@ -193,6 +202,9 @@ def make_public_app(
         db: the node's database facade (the app does not close it).
         limits: rate limit, cache and timeout (defaults: :class:`PublicLimits`).
         metrics: where its requests are counted (listener ``public``).
+        integrity: damaged logs; with ``origin`` (the own log's), a damaged
+            own log is answered 503.
+        origin: the own log's origin.
 
     Returns:
         The application, for :func:`node.api.server.start_public_server`.
@@ -205,5 +217,8 @@ def make_public_app(
     app[PUBLIC_KEY] = state
     app[LISTENER_KEY] = "public"
     app[METRICS_KEY] = metrics or NodeMetrics()
+    if integrity is not None and origin is not None:
+        app[INTEGRITY_KEY] = integrity
+        app[ORIGIN_KEY] = origin
     app.router.add_route("*", "/{tail:.*}", _serve)
     return app

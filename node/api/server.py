@@ -46,6 +46,7 @@ from node.config import load_config, parse_listen
 from node.errors import ConfigError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.ledger.scrub import IntegrityState, Scrubber
 from node.ledger.service import Ledger
 from node.metrics import NodeMetrics
 from node.tls import (
@@ -356,8 +357,15 @@ async def run_server(
                 config.tls_cert_path, config.tls_key_path, poll_interval, metrics
             )
         extra = [] if sync_factory is None else [_sync_cleanup(sync_factory, db, hub)]
+        integrity = IntegrityState(node_dir, enabled=config.scrub.entries_per_second > 0)
         app = make_app(
-            db, hub, origin=config.origin, extra_cleanup=extra, limits=limits, metrics=metrics
+            db,
+            hub,
+            origin=config.origin,
+            extra_cleanup=extra,
+            limits=limits,
+            metrics=metrics,
+            integrity=integrity,
         )
         server = await start_server(app, ctx, host=host, port=port)
         public: RunningServer | None = None
@@ -369,6 +377,8 @@ async def run_server(
                         db,
                         PublicLimits(rate=config.public.rate, burst=config.public.burst),
                         metrics,
+                        integrity=integrity,
+                        origin=config.origin,
                     ),
                     public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
                     host=public_host,
@@ -407,6 +417,12 @@ async def run_server(
         )
         # Matching: load the PDQ index now and extend it after every commit.
         indexer = asyncio.create_task(keep_current(db, hub), name="hashmesh-match-index")
+        tasks = [watcher, indexer]
+        if integrity.enabled:
+            scrubber = Scrubber(db, node_dir, config.scrub, integrity)
+            tasks.append(asyncio.create_task(scrubber.run(), name="hashmesh-scrub"))
+        for damage in integrity.damaged.values():
+            log.error("%s: not served until repaired", damage)
         try:
             log.info("serving %s on %s", config.origin, server.url)
             if on_started is not None:
@@ -422,7 +438,7 @@ async def run_server(
                     on_ops_started(ops)
             await _until_stopped(stop)
         finally:
-            for task in (watcher, indexer):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

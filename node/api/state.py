@@ -15,10 +15,12 @@ from aiohttp import web
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
+from node.ledger.scrub import IntegrityState
 
 __all__ = [
     "DB_KEY",
     "HUB_KEY",
+    "INTEGRITY_KEY",
     "LIMITS_KEY",
     "ORIGIN_KEY",
     "RATE_KEY",
@@ -133,3 +135,17 @@ LIMITS_KEY = web.AppKey("limits", ApiLimits)
 STREAMS_KEY = web.AppKey("streams", StreamGate)
 RATE_KEY = web.AppKey("rate", PeerRateLimiter)
 LEAVES_KEY = web.AppKey("leaves", LeafHashIndex)
+INTEGRITY_KEY = web.AppKey("integrity", IntegrityState)
+"""Scrub progress and damaged logs (node.ledger.scrub); a damaged log is not served."""
+
+
+def refuse_damaged(integrity: IntegrityState | None, origin: str | None) -> None:
+    """Answer 503 for a log recorded as damaged (node.ledger.damage)."""
+    if integrity is None or not origin:
+        return
+    damage = integrity.damage(origin)
+    if damage is not None:
+        raise web.HTTPServiceUnavailable(
+            text=f"{damage}; this node does not serve it until it is repaired",
+            headers={"Retry-After": "600"},
+        )

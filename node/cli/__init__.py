@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from node.cli.audit import register as register_audit
 from node.cli.federation import register as register_federation
+from node.cli.fsck import integrity_json, integrity_lines
 from node.cli.fsck import register as register_fsck
 from node.cli.keys import register as register_keys
 from node.cli.match import register as register_match
@@ -365,11 +366,13 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
             frozen = False
         status = ledger.status(args.origin)
         waits = [w for w in ledger.witness_waits() if args.origin in (None, w.origin)]
+    node_dir = resolve_node_dir(args.dir)
     if args.json:
         doc = _status_json(status)
         doc["logs_held"] = origins
         doc["frozen"] = frozen
         doc["witness_waits"] = [w.to_json() for w in waits]
+        doc["integrity"] = integrity_json(node_dir)
         out.json(doc)
         return 0
     out.print(f"origin:           {status.origin}{'' if status.is_own else ' (replicated)'}")
@@ -391,6 +394,8 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
     out.print(f"logs held:        {', '.join(origins)}")
     for w in waits:
         out.print(f"waiting:          {wait_line(w)}")
+    for line in integrity_lines(node_dir):
+        out.print(line)
     return 0
 
 

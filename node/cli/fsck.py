@@ -17,11 +17,12 @@ from node.errors import NodeError
 from node.ledger import Ledger
 from node.ledger.damage import DamageRegister
 from node.ledger.fsck import Finding, LogScan
+from node.ledger.scrub import read_progress
 from node.storage.connection import describe_sqlite_error
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 
-__all__ = ["register", "run_checks"]
+__all__ = ["integrity_json", "integrity_lines", "register", "run_checks"]
 
 
 class _Report:
@@ -234,6 +235,37 @@ def _repair(node_dir: Path) -> _Report:
     with Ledger.open(node_dir, read_only=False) as ledger:
         ledger.repair_derived()
         return run_checks(ledger)
+
+
+def integrity_json(node_dir: Path) -> dict[str, Any]:
+    """Damaged logs and the last scrub's progress, for ``status --json``."""
+    try:
+        damaged = [d.to_json() for d in DamageRegister(node_dir).load().values()]
+    except NodeError as e:
+        damaged = [{"origin": None, "detail": str(e)}]
+    return {"damaged": damaged, "scrub": read_progress(node_dir)}
+
+
+def integrity_lines(node_dir: Path) -> list[str]:
+    """Damaged logs and the last scrub's progress, as ``status`` prints them."""
+    doc = integrity_json(node_dir)
+    lines = [
+        f"DAMAGED:          {d['origin']} from entry {d.get('first_bad_index')} "
+        f"({d['detail']}; found by {d.get('found_by')}); not served or signed until repaired"
+        for d in doc["damaged"]
+    ]
+    scrub = doc["scrub"]
+    if isinstance(scrub, dict):
+        logs = scrub.get("logs") or []
+        done = sum(int(entry.get("position", 0)) for entry in logs if isinstance(entry, dict))
+        held = sum(int(entry.get("size", 0)) for entry in logs if isinstance(entry, dict))
+        findings = scrub.get("findings") or []
+        lines.append(
+            f"scrub:            {scrub.get('passes', 0)} passes since {scrub.get('started_at')}, "
+            f"{done:,} of {held:,} entries in this pass, {len(findings)} findings "
+            f"(at {scrub.get('updated_at')})"
+        )
+    return lines
 
 
 def register(command: Command, common: argparse.ArgumentParser) -> None:

@@ -6,7 +6,9 @@ mask, so it really changes), :func:`flip_random` draws offsets from a seeded
 :class:`random.Random` (a failing case is re-run from its seed), and
 :func:`table_offsets` narrows the offsets to the pages of one SQLite table or
 index, so a test can aim at derived data (``active``) or at the log itself
-(``entries``). :func:`restore` undoes a list of flips.
+(``entries``). :func:`restore` undoes a list of flips. :func:`tamper` changes chosen rows
+(what a flipped bit does to one value) through SQL, append-only triggers
+lifted for the moment, when a test needs damage at an exact place.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Flip", "flip", "flip_random", "restore", "table_offsets", "truncate"]
+__all__ = ["Flip", "flip", "flip_random", "restore", "table_offsets", "tamper", "truncate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +96,22 @@ def table_offsets(path: Path, name: str) -> list[int]:
     if not pages:
         raise ValueError(f"{path} has no table or index named {name!r}")
     return [(p - 1) * page_size + i for p in pages for i in range(page_size)]
+
+
+def tamper(db: Path, *statements: str) -> None:
+    """Run raw SQL on a database with its triggers lifted (what bit rot can do to a row)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        triggers = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+        ).fetchall()
+        conn.execute("BEGIN IMMEDIATE")
+        for name, _sql in triggers:
+            conn.execute(f"DROP TRIGGER {name}")
+        for statement in statements:
+            conn.execute(statement)
+        for _name, sql in triggers:
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()

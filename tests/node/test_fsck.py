@@ -22,7 +22,7 @@ from node.ledger.matching import LivePdqIndex, MatchQuery, make_opinion, match
 from node.ledger.provision import init_node
 from protocol.entry import AddEntry
 from protocol.merkle import verify_inclusion
-from tests.adversary.corrupter import flip, flip_random, table_offsets
+from tests.adversary.corrupter import flip, flip_random, table_offsets, tamper
 
 ORIGIN = "fsck.example/hashmesh"
 
@@ -85,25 +85,6 @@ def harmless(node: Path, listed: list[tuple[str, str]]) -> str | None:
 def node(tmp_path: Path) -> tuple[Path, list[tuple[str, str]]]:
     path = tmp_path / "node"
     return path, build_node(path)
-
-
-def tamper(db: Path, *statements: str) -> None:
-    """Run raw SQL on the database with its append-only triggers lifted (what bit rot can do)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        triggers = conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
-        ).fetchall()
-        conn.execute("BEGIN")
-        for name, _sql in triggers:
-            conn.execute(f"DROP TRIGGER {name}")
-        for statement in statements:
-            conn.execute(statement)
-        for _name, sql in triggers:
-            conn.execute(sql)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 DERIVED_DAMAGE = {
