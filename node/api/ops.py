@@ -66,6 +66,8 @@ from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.ledger.damage import DamageRegister
+from node.ledger.scrub import IntegrityState
 from node.ledger.service import Ledger
 from node.metrics import NodeMetrics
 from node.tls import certificate_expiry
@@ -98,12 +100,16 @@ class OpsContext:
         config: the node's settings.
         metrics: the counters of this serving node (``/metrics`` renders
             them beside the gauges read from the database).
+        integrity: scrub progress and damaged logs of the serving node
+            (:mod:`node.ledger.scrub`; read it, do not change it); None: the
+            damage record is read from the node directory instead.
     """
 
     db: Database
     hub: CheckpointHub
     config: NodeConfig
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    integrity: IntegrityState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,13 +256,25 @@ async def certificate_valid(context: OpsContext) -> list[str]:
     return []
 
 
+async def logs_sound(context: OpsContext) -> list[str]:
+    """No held log is recorded as damaged (by ``hashmesh fsck`` or the scrub; docs/integrity.md)."""
+    if context.integrity is not None:
+        return context.integrity.readiness_reasons()
+    try:
+        damaged = DamageRegister(context.config.node_dir).load()
+    except ConfigError as e:
+        return [f"damage record: {e}"]
+    return [f"{d}: not served until repaired" for d in damaged.values()]
+
+
 READINESS_CHECKS: tuple[ReadinessCheck, ...] = (
     database_writable,
     indexes_loaded,
     peers_syncing,
     certificate_valid,
+    logs_sound,
 )
-"""What ``/readyz`` checks, in order. A corrupt log (fsck) belongs here too."""
+"""What ``/readyz`` checks, in order."""
 
 
 def _peer_certificate_warnings(ledger: Ledger, days: int) -> list[str]:
@@ -378,8 +396,55 @@ def _witness_gauges(ledger: Ledger, context: OpsContext) -> Iterator[Metric]:
     yield family
 
 
-SNAPSHOT_READERS: tuple[SnapshotReader, ...] = (_log_gauges, _peer_gauges, _witness_gauges)
-"""What ``/metrics`` reads from the database at each scrape (scrub progress belongs here)."""
+def _integrity_gauges(_ledger: Ledger, context: OpsContext) -> Iterator[Metric]:
+    integrity = context.integrity
+    if integrity is None:
+        return
+    passes = GaugeMetricFamily(
+        "hashmesh_scrub_passes",
+        "Complete scrub passes over every held log since serve started.",
+    )
+    passes.add_metric([], integrity.passes)
+    checked = GaugeMetricFamily(
+        "hashmesh_scrub_entries_checked",
+        "Entries of a log the scrub has checked in its current pass.",
+        labels=["origin"],
+    )
+    held = GaugeMetricFamily(
+        "hashmesh_scrub_entries_held",
+        "Entries of a log when the scrub's current pass over it began.",
+        labels=["origin"],
+    )
+    for progress in integrity.logs.values():
+        checked.add_metric([progress.origin], progress.position)
+        held.add_metric([progress.origin], progress.size)
+    findings = GaugeMetricFamily(
+        "hashmesh_scrub_findings",
+        "Problems the scrub found (the last 50 kept), by log.",
+        labels=["origin"],
+    )
+    counts: dict[str, int] = {}
+    for finding in integrity.findings:
+        counts[finding.origin] = counts.get(finding.origin, 0) + 1
+    for origin, n in sorted(counts.items()):
+        findings.add_metric([origin], n)
+    damaged = GaugeMetricFamily(
+        "hashmesh_log_damaged",
+        "1 for a log recorded as damaged (not served or signed until repaired).",
+        labels=["origin"],
+    )
+    for origin in sorted(integrity.damaged):
+        damaged.add_metric([origin], 1)
+    yield from (passes, checked, held, findings, damaged)
+
+
+SNAPSHOT_READERS: tuple[SnapshotReader, ...] = (
+    _log_gauges,
+    _peer_gauges,
+    _witness_gauges,
+    _integrity_gauges,
+)
+"""What ``/metrics`` reads at each scrape (in a reader thread)."""
 
 
 async def snapshot(context: OpsContext) -> list[Metric]:

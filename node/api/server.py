@@ -393,7 +393,9 @@ async def run_server(
                 ops_host, ops_port = parse_listen(config.ops.listen)
                 ops = await start_ops_server(
                     make_ops_app(
-                        OpsContext(db=db, hub=hub, config=config, metrics=metrics),
+                        OpsContext(
+                            db=db, hub=hub, config=config, metrics=metrics, integrity=integrity
+                        ),
                         token=config.ops.token,
                         mounts=ops_mounts,
                     ),
