@@ -7,18 +7,21 @@ the record of damaged logs in :mod:`node.ledger.damage`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from node.cli.output import Command, Output
-from node.config import resolve_node_dir
+from node.config import load_config, resolve_node_dir
 from node.errors import NodeError
 from node.ledger import Ledger
 from node.ledger.damage import DamageRegister
+from node.ledger.database import Database
 from node.ledger.fsck import Finding, LogScan
 from node.ledger.scrub import read_progress
 from node.storage.connection import describe_sqlite_error
+from node.sync.repair import RepairReport, repair_from_peers
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 
@@ -268,9 +271,78 @@ def integrity_lines(node_dir: Path) -> list[str]:
     return lines
 
 
+def cmd_repair(args: argparse.Namespace, out: Output) -> int:
+    if not args.from_peers:
+        raise NodeError(
+            "say where the good copy comes from: `hashmesh repair --from-peers` (derived "
+            "data alone is rebuilt by `hashmesh fsck --repair`)"
+        )
+    node_dir = resolve_node_dir(args.dir)
+    config = load_config(node_dir)
+    if args.origin is not None:
+        origins = [args.origin]
+    else:
+        origins = sorted(DamageRegister(node_dir).load()) or [config.origin]
+
+    async def run() -> list[RepairReport]:
+        db = await Database.open(node_dir, readers=1)
+        try:
+            return [
+                await repair_from_peers(
+                    db,
+                    node_dir,
+                    origin,
+                    cert_path=config.tls_cert_path,
+                    key_path=config.tls_key_path,
+                    only_peer=args.peer,
+                )
+                for origin in origins
+            ]
+        finally:
+            await db.close()
+
+    reports = asyncio.run(run())
+    for report in reports:
+        for refusal in report.refusals:
+            out.note(f"refused: {refusal}")
+        if not report.ranges:
+            out.print(
+                f"{report.origin}: verifies; nothing to fetch (derived data checked and rebuilt)"
+            )
+            continue
+        for plan, peer, written in report.ranges:
+            out.print(
+                f"{report.origin}: entries {plan.start}..{plan.end - 1} from {peer} give our "
+                f"signed root of size {plan.end}: {written} damaged entries replaced"
+            )
+        out.print(f"{report.origin}: repaired; derived data rebuilt; served and signed again")
+    return 0
+
+
 def register(command: Command, common: argparse.ArgumentParser) -> None:
-    """Add ``fsck`` to the ``hashmesh`` parser."""
+    """Add ``fsck`` and ``repair`` to the ``hashmesh`` parser."""
     del common
+    p = command(
+        "repair",
+        cmd_repair,
+        "fetch a damaged log's entries again from peers holding the same log",
+        "Fetch the damaged entries of a log (named by `hashmesh fsck`) from peers "
+        "(role peer) that hold the same log, range by range, and write a range only "
+        "if, after our verified entries, it gives exactly the root of our own signed "
+        "checkpoint: a peer with another history cannot. Then rebuild the derived "
+        "data and clear the damage record, so the log is served and signed again. "
+        "Stop `hashmesh serve` first or not: the writes are transactions.",
+    )
+    p.add_argument(
+        "--from-peers",
+        action="store_true",
+        help="fetch from the peers in the peers table (the only source for now)",
+    )
+    p.add_argument(
+        "--origin",
+        help="the damaged log (default: every log recorded as damaged, else the own log)",
+    )
+    p.add_argument("--peer", metavar="NAME", help="ask only this peer")
     p = command(
         "fsck",
         cmd_fsck,

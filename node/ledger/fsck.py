@@ -49,8 +49,11 @@ __all__ = [
     "DERIVED_TABLES",
     "Finding",
     "LogScan",
+    "RepairRange",
     "check_log",
+    "plan_repair",
     "repair_derived",
+    "restore_entries",
 ]
 
 DERIVED_TABLES = ("active", "pdq", "opinions", "retractions", "nodes")
@@ -123,6 +126,8 @@ class LogScan:
         self.first_bad_index: int | None = None
         """The first entry that does not verify against the signed checkpoints."""
         self.checkpoints_checked = 0
+        self.verified_size = 0
+        """The largest checkpoint size whose root the entries reproduced."""
         self._tree = CompactRange.empty()
         self._expected = _Expected()
         self._counts: dict[str, int] = {}
@@ -139,6 +144,11 @@ class LogScan:
                 f"the latest checkpoint has size {self.signed_size:,} but only {self.size:,} "
                 "entries are stored",
             )
+
+    @property
+    def sizes(self) -> list[tuple[int, bytes]]:
+        """(size, root) of every stored checkpoint whose signature verifies, by size."""
+        return list(self._sizes)
 
     @property
     def done(self) -> bool:
@@ -188,6 +198,7 @@ class LogScan:
             if self._tree.root() != root:
                 self._root_mismatch(start, size, stored, leaves)
                 return at - start
+            self.verified_size = size
         if not self._extend(store, leaves[at - start :], at):
             return end - start
         self._replay(store, start, datas, stored, leaves)
@@ -547,7 +558,7 @@ def repair_derived(store: LedgerStore) -> list[LogScan]:
             "data is rebuilt only from a log that verifies; run `hashmesh repair --from-peers` "
             "first (nothing was written)"
         )
-    with store.transaction(), store.rebuilding(DERIVED_TABLES):
+    with store.joined_transaction(), store.rebuilding(DERIVED_TABLES):
         for scan in scans:
             scan.rebuild(store)
     return [check_log(store, log) for log in logs]
@@ -557,3 +568,98 @@ def iter_findings(scans: Sequence[LogScan]) -> Iterator[Finding]:
     """Every finding of the scans, in order."""
     for scan in scans:
         yield from scan.findings
+
+
+# -- repair of the log itself from a peer's copy ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RepairRange:
+    """Entries of a damaged log to fetch again: ``[start, end)``, then checked.
+
+    ``start`` is the size of the last checkpoint our entries still reproduce,
+    ``end`` the size of the first one they no longer do (or the first after
+    the damaged entry): fetched entries in between must give exactly the root
+    our own signed checkpoint of size ``end`` commits to.
+    """
+
+    origin: str
+    start: int
+    end: int
+    first_bad_index: int
+
+
+def plan_repair(store: LedgerStore, log: LogRecord) -> RepairRange | None:
+    """The first range of ``log`` to fetch again, or None when its entries verify.
+
+    Raises:
+        StorageError: if the damage lies where no signed checkpoint covers it
+            (past the latest one) or in the checkpoints themselves.
+    """
+    scan = LogScan(store, log)
+    with store.read_snapshot():
+        while not scan.done:
+            if scan.scan(store) == 0 and not scan.done:
+                break
+    if not scan.log_damaged:
+        return None
+    bad = scan.first_bad_index
+    if bad is None or not any(f.table == "entries" for f in scan.findings):
+        first = scan.findings[0]
+        raise StorageError(
+            f"{first}: only damaged entries are fetched from peers; restore the database "
+            "from a backup"
+        )
+    end = next((size for size, _root in scan.sizes if size > bad), None)
+    if end is None:
+        raise StorageError(
+            f"log {log.origin}: entry {bad} lies past the latest signed checkpoint; no peer's "
+            "copy of it can be verified here"
+        )
+    return RepairRange(log.origin, scan.verified_size, end, bad)
+
+
+def restore_entries(
+    store: LedgerStore, log: LogRecord, plan: RepairRange, datas: Sequence[bytes]
+) -> int:
+    """Put a peer's copy of entries ``[plan.start, plan.end)`` in place of ours, if it verifies.
+
+    Our entries up to ``plan.start`` reproduce our own checkpoint of that
+    size (checked again here, from their bytes); extended with the peer's,
+    they must give the root of our own signed checkpoint of size
+    ``plan.end``. Only then are the differing rows rewritten, in the caller's
+    transaction. Returns how many entries were rewritten.
+
+    Raises:
+        StorageError: if the peer's entries do not give our signed root (or
+            are not entries): nothing is written.
+    """
+    if len(datas) != plan.end - plan.start:
+        raise StorageError(f"expected {plan.end - plan.start} entries, got {len(datas)}")
+    sizes = dict(LogScan(store, log).sizes)
+    tree = CompactRange.empty()
+    for start in range(0, plan.start, _BATCH):
+        chunk = store.entries_by_index(log.log_id, range(start, min(plan.start, start + _BATCH)))
+        tree.extend(hash_leaves([chunk[i] for i in sorted(chunk)]))
+    if tree.size != plan.start or (plan.start and tree.root() != sizes.get(plan.start)):
+        raise StorageError(
+            f"log {log.origin}: our entries below {plan.start} no longer verify; "
+            "nothing was written"
+        )
+    leaves = hash_leaves(datas)
+    tree.extend(leaves)
+    if tree.root() != sizes.get(plan.end):
+        raise StorageError(
+            f"the entries {plan.start}..{plan.end - 1} offered do not give the root of our "
+            f"own signed checkpoint of size {plan.end}: refused, nothing was written"
+        )
+    for data in datas:
+        parse_entry(data)  # the root matched: a failure here is a bug, not the peer
+    ours = store.entries_by_index(log.log_id, range(plan.start, plan.end))
+    changed = [
+        (plan.start + i, data, leaf)
+        for i, (data, leaf) in enumerate(zip(datas, leaves, strict=True))
+        if ours.get(plan.start + i) != data
+    ]
+    store.rewrite_entries(log.log_id, changed)
+    return len(changed)

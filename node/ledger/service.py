@@ -26,7 +26,14 @@ from node.errors import (
     UnknownLogError,
 )
 from node.ledger.damage import DamageRegister
-from node.ledger.fsck import LogScan, check_log, repair_derived
+from node.ledger.fsck import (
+    LogScan,
+    RepairRange,
+    check_log,
+    plan_repair,
+    repair_derived,
+    restore_entries,
+)
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.hashlist import ParsedLine
 from node.ledger.integration import Duplicate, Integration
@@ -601,6 +608,19 @@ class Ledger:
     def repair_derived(self) -> list[LogScan]:
         """Rebuild every derived table from the verified logs (node.ledger.fsck)."""
         return repair_derived(self.store)
+
+    def plan_repair(self, origin: str) -> RepairRange | None:
+        """The first damaged range of a log to fetch from peers, or None if it verifies."""
+        return plan_repair(self.store, self.log_for(origin))
+
+    def restore_entries(self, plan: RepairRange, datas: Sequence[bytes]) -> int:
+        """Put a peer's copy of a damaged range in place, if it gives our signed root.
+
+        One transaction; returns the entries rewritten (see
+        :func:`node.ledger.fsck.restore_entries`).
+        """
+        with self.store.transaction():
+            return restore_entries(self.store, self.log_for(plan.origin), plan, datas)
 
     def recompute_root(
         self, origin: str | None = None, size: int | None = None

@@ -742,6 +742,21 @@ class LedgerStore:
                     [(h, log_id, i) for i, h in leaf_fixes],
                 )
 
+    def rewrite_entries(self, log_id: int, rows: Sequence[tuple[int, bytes, bytes]]) -> None:
+        """Put verified bytes back in place of damaged entries: rows of (index, data, leaf hash).
+
+        Only repair calls this (:func:`node.ledger.fsck.restore_entries`), inside
+        :meth:`transaction`, after the bytes reproduced a signed root: the
+        append-only triggers are lifted for the statement and restored.
+        """
+        if not rows:
+            return
+        with suspended_triggers(self.conn, "entries"):
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO entries (log_id, idx, data, leaf_hash) VALUES (?, ?, ?, ?)",
+                [(log_id, idx, data, leaf) for idx, data, leaf in rows],
+            )
+
     def integrity_check(self) -> list[str]:
         """SQLite's ``PRAGMA integrity_check`` result lines (["ok"] when sound)."""
         # Its messages may quote damaged text: decode them leniently.

@@ -1,0 +1,110 @@
+"""``hashmesh repair --from-peers``: a damaged log fetched again from a follower, over real mTLS.
+
+A (the author) and B (its follower) are real node directories; B is served
+by ``run_server``; A's database is damaged on disk and repaired by the real
+command line. B's scrub is off, so B serves whatever its file holds: the
+check that matters is A's own (the root of A's own signed checkpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from node.cli import main as hashmesh
+from node.ledger import Ledger
+from node.ledger.damage import DamageRegister
+from tests.adversary.corrupter import tamper
+from tests.sync.conftest import (
+    AUTHOR,
+    FOLLOWER,
+    Serving,
+    add_entries,
+    introduce,
+    make_node,
+    once,
+    serve,
+    shutdown,
+    trusted,
+)
+
+DAMAGE = (
+    'UPDATE entries SET data = CAST(replace(CAST(data AS TEXT), \'"value":"\', '
+    '\'"value":"f\') AS BLOB) WHERE idx = 25 AND log_id = (SELECT log_id FROM logs '
+    f"WHERE origin = '{AUTHOR}')"
+)
+
+
+async def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    # The command runs its own event loop: give it a thread.
+    status = await asyncio.to_thread(hashmesh, list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+async def follower_of(tmp_path: Path) -> tuple[Path, Path, Serving]:
+    """A with 40 entries (checkpoints at 20 and 40), B holding A's log, B served."""
+    a = make_node(tmp_path, "a", AUTHOR)
+    b = make_node(tmp_path, "b", FOLLOWER)
+    with (b / "config.toml").open("a", encoding="utf-8") as f:
+        f.write("\n[scrub]\nentries_per_second = 0\n")
+    add_entries(a, 0, 20)
+    add_entries(a, 20, 20)
+    served_a = await serve(a, sync=False)
+    served_b = await serve(b, sync=False)
+    try:
+        introduce(served_b, served_a)
+        introduce(served_a, served_b, follow=False)
+        await trusted(served_a, b)
+        assert await once(b) == [None]
+    finally:
+        await shutdown(served_a)
+    return a, b, served_b
+
+
+async def test_a_damaged_entry_is_fetched_again_from_a_follower(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, _b, served_b = await follower_of(tmp_path)
+    try:
+        await trusted(served_b, a)
+        tamper(a / "ledger.db", DAMAGE)
+        status, out, _ = await run(capsys, "--dir", str(a), "fsck")
+        assert status == 1 and f"DAMAGED: log {AUTHOR} from entry 25" in out
+        status, out, err = await run(capsys, "--dir", str(a), "repair", "--from-peers")
+        assert status == 0, out + err
+        assert f"{AUTHOR}: entries 20..39 from {FOLLOWER} give our signed root of size 40" in out
+        assert "1 damaged entries replaced" in out
+        assert DamageRegister(a).load() == {}
+        status, out, err = await run(capsys, "--dir", str(a), "fsck")
+        assert status == 0 and out.startswith("ok:"), out + err
+        # Signed and served again: a new entry is accepted.
+        add_entries(a, 40, 1)
+        with Ledger.open(a, read_only=True) as ledger:
+            assert ledger.latest_checkpoint().size == 41
+    finally:
+        await shutdown(served_b)
+
+
+async def test_a_copy_that_does_not_give_our_root_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b, served_b = await follower_of(tmp_path)
+    try:
+        await trusted(served_b, a)
+        tamper(a / "ledger.db", DAMAGE)
+        # B's copy is damaged too (differently): its bytes cannot give A's root.
+        tamper(b / "ledger.db", DAMAGE.replace('\'"value":"f\'', '\'"value":"e\''))
+        assert (await run(capsys, "--dir", str(a), "fsck"))[0] == 1
+        status, out, err = await run(capsys, "--dir", str(a), "repair", "--from-peers")
+        assert status == 1 and err.count("\n") == 1, err
+        assert "no peer gave entries 20..39 that give our signed root of size 40" in err
+        assert "do not give the root of our own signed checkpoint" in err
+        assert "nothing was written" in err
+        assert DamageRegister(a).get(AUTHOR) is not None
+        status, out, _ = await run(capsys, "--dir", str(a), "fsck")
+        assert status == 1 and f"DAMAGED: log {AUTHOR} from entry 25" in out
+    finally:
+        await shutdown(served_b)
