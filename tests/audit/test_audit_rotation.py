@@ -60,7 +60,15 @@ def vkey(signer: NoteSigner) -> str:
 
 
 def tamper(node: Path, trigger: str, sql: str, args: tuple[object, ...]) -> None:
-    """Edit the node's database as a dishonest operator could (dropping a guard trigger)."""
+    """Edit the node's database as a dishonest operator could (dropping a guard trigger).
+
+    Such an operator also turns off the node's own scrub, which would otherwise
+    refuse to serve the forged log (node.ledger.scrub) before the auditor sees it.
+    """
+    config = node / "config.toml"
+    if "[scrub]" not in config.read_text(encoding="utf-8"):
+        with config.open("a", encoding="utf-8") as f:
+            f.write("\n[scrub]\nentries_per_second = 0\n")
     conn = sqlite3.connect(node / "ledger.db")
     try:
         with conn:
