@@ -64,9 +64,9 @@ from node.api.app import error_middleware
 from node.api.match import match_service
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
+from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
-from node.ledger.damage import DamageRegister
 from node.ledger.scrub import IntegrityState
 from node.ledger.service import Ledger
 from node.metrics import NodeMetrics

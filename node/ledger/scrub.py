@@ -82,8 +82,9 @@ class IntegrityState:
     """Scrub progress, findings and damaged logs of a serving node (read it, do not change it).
 
     The API refuses a damaged log's endpoints through :meth:`damage`; the
-    operations listener can show :meth:`readiness_reasons` and
-    :meth:`metrics`; ``status`` reads what :meth:`to_json` saved.
+    operations listener shows :meth:`readiness_reasons` in ``/readyz`` and
+    the progress, findings and damaged logs in ``/metrics``; ``status`` reads
+    what :meth:`to_json` saved.
     """
 
     def __init__(self, node_dir: Path, *, enabled: bool = True) -> None:
@@ -145,16 +146,6 @@ class IntegrityState:
     def readiness_reasons(self) -> list[str]:
         """One line per damaged log (empty when every log is sound), for a readiness check."""
         return [f"{d}: not served until repaired" for d in self.reload_damage().values()]
-
-    def metrics(self) -> dict[str, float]:
-        """Gauges for ``/metrics``: passes, entries read in this pass, damaged logs, findings."""
-        return {
-            "hashmesh_scrub_passes_total": float(self.passes),
-            "hashmesh_scrub_entries_checked": float(sum(p.position for p in self.logs.values())),
-            "hashmesh_scrub_entries_held": float(sum(p.size for p in self.logs.values())),
-            "hashmesh_damaged_logs": float(len(self._damaged)),
-            "hashmesh_scrub_findings": float(len(self.findings)),
-        }
 
     def to_json(self) -> dict[str, object]:
         """The state as ``scrub.json`` keeps it and ``status --json`` shows it."""

@@ -31,6 +31,7 @@ from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.tls import client_ssl_context
 from protocol.entry import AddEntry
+from tests.adversary.corrupter import tamper
 from tests.sync.conftest import A, B, add_card, make_node, sha
 from tests.waiting import PATIENCE, eventually
 
@@ -297,3 +298,55 @@ async def test_readyz_reports_an_unloaded_index_and_a_locked_database(
         ]
     finally:
         await db.close()
+
+
+async def test_readyz_and_metrics_show_a_log_the_scrub_found_damaged(tmp_path: Path) -> None:
+    node_dir = configure(
+        make_node(tmp_path, "a", A), "\n[scrub]\nentries_per_second = 100000\nslice = 4"
+    )
+    with Ledger.open(node_dir) as ledger:
+        ledger.append([AddEntry.create(signal_type="sha256", value=sha(i)) for i in range(8)])
+    # Entry 5's bytes damaged on disk (one more character in its value).
+    tamper(
+        node_dir / "ledger.db",
+        'UPDATE entries SET data = CAST(replace(CAST(data AS TEXT), \'"value":"\', '
+        '\'"value":"f\') AS BLOB) WHERE idx = 5',
+    )
+    node = await start(node_dir, sync=False)
+    try:
+
+        async def damaged() -> float | None:
+            return value(await node.samples(), "hashmesh_log_damaged", origin=A)
+
+        assert await eventually(damaged, what="the scrub to find the damage") == 1.0
+        samples = await node.samples()
+        assert value(samples, "hashmesh_scrub_findings", origin=A) == 1.0
+        status, body = await node.get("/readyz")
+        assert status == 503
+        reasons = json.loads(body)["reasons"]
+        assert any(
+            r.startswith(f"log {A} is damaged from entry 5") and "not served until repaired" in r
+            for r in reasons
+        ), reasons
+    finally:
+        await node.close()
+
+
+async def test_metrics_show_scrub_progress_of_a_sound_node(tmp_path: Path) -> None:
+    node_dir = configure(
+        make_node(tmp_path, "a", A), "\n[scrub]\nentries_per_second = 100000\nslice = 4"
+    )
+    with Ledger.open(node_dir) as ledger:
+        ledger.append([AddEntry.create(signal_type="sha256", value=sha(i)) for i in range(8)])
+    node = await start(node_dir, sync=False)
+    try:
+
+        async def passes() -> float | None:
+            return value(await node.samples(), "hashmesh_scrub_passes")
+
+        await eventually(passes, until=lambda n: n is not None and n >= 1, what="a scrub pass")
+        samples = await node.samples()
+        assert value(samples, "hashmesh_scrub_entries_held", origin=A) == 8.0
+        assert value(samples, "hashmesh_log_damaged", origin=A) is None
+    finally:
+        await node.close()
