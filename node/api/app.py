@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
 from node.ledger.scrub import IntegrityState
 from node.metrics import NodeMetrics
+from node.storage.connection import describe_sqlite_error
 from node.storage.peer_store import PEER_ROLES
 from node.tls import peer_spki
 from protocol.errors import MalformedError
@@ -174,6 +176,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("database unavailable for %s: %s", request.path, e)
         return handlers.error_response(
             503, "the database is busy; retry shortly", None, {"Retry-After": "1"}
+        )
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+        # Locked or busy is passing; anything else is a damaged file.
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            return handlers.error_response(
+                503, "the database is busy; retry shortly", None, {"Retry-After": "1"}
+            )
+        detail = describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else str(e)
+        log.error("database damaged answering %s: %s", request.path, detail)
+        return handlers.error_response(
+            503,
+            "this node's database is damaged; its operator must run `hashmesh fsck`",
+            None,
+            {"Retry-After": "600"},
         )
     except TimeoutError:
         return handlers.error_response(

@@ -14,7 +14,7 @@ from typing import Any
 
 from node.cli.output import Command, Output
 from node.config import load_config, resolve_node_dir
-from node.errors import NodeError
+from node.errors import NodeError, StorageError
 from node.ledger import Ledger
 from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
@@ -148,12 +148,16 @@ def _describe(e: Exception) -> str:
 def _record(register: DamageRegister, report: _Report, out: Output) -> None:
     """Mark damaged logs; clear the records of logs that verify again."""
     damaged = report.damaged_logs
-    for origin, index in damaged.items():
-        first = next(f for f in report.findings if f.origin == origin and f.part == "log")
-        register.mark(origin, index, first.detail, "fsck")
-    for scan in report.scans:
-        if scan.log.origin not in damaged and register.clear(scan.log.origin):
-            out.note(f"{scan.log.origin}: verifies again; its damage record is cleared")
+    try:
+        for origin, index in damaged.items():
+            first = next(f for f in report.findings if f.origin == origin and f.part == "log")
+            register.mark(origin, index, first.detail, "fsck")
+        for scan in report.scans:
+            if scan.log.origin not in damaged and register.clear(scan.log.origin):
+                out.note(f"{scan.log.origin}: verifies again; its damage record is cleared")
+    except OSError as e:
+        # The findings still get printed; the record is what could not be kept.
+        report.database.append(f"cannot update {register.path}: {e.strerror or e}")
 
 
 def _print(report: _Report, out: Output, *, as_json: bool, repaired: bool) -> None:
@@ -206,7 +210,16 @@ def _print(report: _Report, out: Output, *, as_json: bool, repaired: bool) -> No
 def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
     node_dir = resolve_node_dir(args.dir)
     register = DamageRegister(node_dir)
-    with Ledger.open(node_dir, read_only=True) as ledger:
+    try:
+        ledger = Ledger.open(node_dir, read_only=True)
+    except StorageError as e:
+        out.print(f"PROBLEM: {str(e).removesuffix('; run `hashmesh fsck`')}")
+        out.print(
+            "DAMAGED: the database file cannot be read at all; restore it from a backup "
+            "(`hashmesh repair --from-peers` needs a readable database)"
+        )
+        return 1
+    with ledger:
         report = run_checks(ledger)
     _record(register, report, out)
     repaired = False

@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from node.ledger.damage import Damage, DamageRegister
 from node.ledger.database import Database
 from node.ledger.fsck import Finding, LogScan
 from node.ledger.service import Ledger
-from node.storage.connection import now_text
+from node.storage.connection import describe_sqlite_error, now_text
 from node.storage.ledger_store import LogRecord
 
 __all__ = ["SCRUB_FILE", "IntegrityState", "LogProgress", "Scrubber", "read_progress"]
@@ -169,6 +170,14 @@ def read_progress(node_dir: Path) -> dict[str, object] | None:
     return doc if isinstance(doc, dict) else None
 
 
+_UNREADABLE = (NodeError, sqlite3.Error, UnicodeDecodeError, TypeError, ValueError)
+"""What reading a damaged database raises (a flipped byte may change a column's type)."""
+
+
+def _describe(e: Exception) -> str:
+    return describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else str(e)
+
+
 class Scrubber:
     """Runs the scrub over every held log, pass after pass, until cancelled."""
 
@@ -188,7 +197,12 @@ class Scrubber:
     async def run(self) -> None:
         """Scrub forever at the configured pace (cancel the task to stop)."""
         while True:
-            logs = await self.db.read(lambda ledger: ledger.logs())
+            try:
+                logs = await self.db.read(lambda ledger: ledger.logs())
+            except _UNREADABLE as e:
+                log.error("scrub: cannot list the logs: %s; run `hashmesh fsck`", _describe(e))
+                await asyncio.sleep(_IDLE)
+                continue
             held = 0
             for record in logs:
                 held += await self._scrub_log(record)
@@ -207,7 +221,12 @@ class Scrubber:
         def begin(ledger: Ledger) -> LogScan:
             return LogScan(ledger.store, record)
 
-        scan = await self.db.read(begin)
+        try:
+            scan = await self.db.read(begin)
+        except _UNREADABLE as e:
+            damage = state.record(origin, None, f"checkpoints unreadable: {_describe(e)}")
+            log.error("%s; no longer served; run `hashmesh fsck`", damage)
+            return 0
         previous = state.logs.get(origin)
         passes = previous.passes if previous is not None else 0
         last = previous.last_pass_at if previous is not None else None
@@ -219,7 +238,13 @@ class Scrubber:
                 with ledger.store.read_snapshot():
                     return scan.scan(ledger.store, slice_size)
 
-            read = await self.db.read(step)
+            try:
+                read = await self.db.read(step)
+            except _UNREADABLE as e:
+                # Rows the scan cannot even read: the log is damaged from here.
+                damage = state.record(origin, scan.position, f"unreadable: {_describe(e)}")
+                log.error("%s; no longer served; run `hashmesh fsck`", damage)
+                return scan.size
             state.logs[origin] = LogProgress(origin, scan.position, scan.size, passes, last)
             if time.monotonic() - self._saved >= _SAVE_EVERY:
                 self._save()
@@ -233,8 +258,10 @@ class Scrubber:
 
         try:
             await self.db.read(finish)
-        except NodeError as e:
-            log.error("scrub of %s: cannot compare derived data: %s", origin, e)
+        except _UNREADABLE as e:
+            scan.findings.append(
+                Finding(origin, "derived", "derived tables", None, f"unreadable: {_describe(e)}")
+            )
         for finding in scan.findings:
             state.findings.append(finding)
         if scan.log_damaged:

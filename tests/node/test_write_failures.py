@@ -24,6 +24,7 @@ from node.ledger import Ledger
 from node.ledger.provision import init_node
 from node.storage.connection import describe_sqlite_error, write_transaction
 from node.storage.ledger_store import LedgerStore
+from protocol.entry import AddEntry
 from tests.adversary.disk import fill, read_only, small_tmpfs
 
 ORIGIN = "writes.example/hashmesh"
@@ -211,10 +212,27 @@ def test_empty_and_garbage_database_files(
 ) -> None:
     db = node_dir / "ledger.db"
     db.write_bytes(b"")
-    for argv in (["status"], ["fsck"], ["add", "--type", "md5", "--value", "3" * 32], ["log"]):
+    for argv in (["status"], ["add", "--type", "md5", "--value", "3" * 32], ["log"]):
         status, _, err = run(capsys, "--dir", str(node_dir), *argv)
         assert status == 1 and "is empty (0 bytes)" in one_line_error(err)
+    # fsck reports it as its finding, with what to do.
+    status, out, err = run(capsys, "--dir", str(node_dir), "fsck")
+    assert status == 1 and not err
+    assert "is empty (0 bytes)" in out and "cannot be read at all; restore it" in out
+    # Cut short: SQLite finds the file smaller than its header says.
+    init_node(node_dir.parent / "other", ORIGIN)
+    with Ledger.open(node_dir.parent / "other") as ledger:
+        ledger.append([AddEntry.create(signal_type="md5", value=f"{i:032x}") for i in range(500)])
+    whole = (node_dir.parent / "other" / "ledger.db").read_bytes()
+    db.write_bytes(whole[: len(whole) // 2])
+    for argv in (["status"], ["fsck"], ["add", "--type", "md5", "--value", "3" * 32], ["serve"]):
+        status, out, err = run(capsys, "--dir", str(node_dir), *argv)
+        assert status == 1 and "damaged" in (out + err) and "Traceback" not in err, out + err
+    for extra in ("ledger.db-wal", "ledger.db-shm"):
+        (node_dir / extra).unlink(missing_ok=True)
     db.write_bytes(random.Random(4).randbytes(8192))
-    for argv in (["status"], ["fsck"], ["add", "--type", "md5", "--value", "3" * 32]):
+    for argv in (["status"], ["add", "--type", "md5", "--value", "3" * 32]):
         status, _, err = run(capsys, "--dir", str(node_dir), *argv)
         assert status == 1 and "not a database" in one_line_error(err)
+    status, out, _ = run(capsys, "--dir", str(node_dir), "fsck")
+    assert status == 1 and "not a database" in out
