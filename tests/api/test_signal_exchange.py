@@ -199,6 +199,10 @@ async def test_tampered_page_is_refused_and_nothing_of_it_yielded(
             "UPDATE entries SET data = ? WHERE idx = 3", (data.replace(b"cc" * 32, b"cd" * 32),)
         )
     conn.close()
+    # Whoever changed the disk also turned the node's own scrub off: it would
+    # otherwise refuse to serve the damaged log (503) before the client sees it.
+    with (node_dir / "config.toml").open("a", encoding="utf-8") as f:
+        f.write("\n[scrub]\nentries_per_second = 0\n")
     async with served(node_dir) as url:
         api = HashmeshSignalExchange.for_collab(collab(tmp_path, node_dir, url, subscriber))
         got, refusal = await fetch_until_refused(api, None)
