@@ -127,8 +127,8 @@ class DamageRegister:
         self._save(records)
         return True
 
-    def check_writable(self, origin: str) -> None:
-        """Refuse to sign for a damaged log.
+    def check_writable(self, origin: str, *, doing: str = "signed") -> None:
+        """Refuse to sign for (or publish) a damaged log.
 
         Raises:
             DamagedLogError: if ``origin`` is recorded as damaged.
@@ -136,8 +136,9 @@ class DamageRegister:
         damage = self.get(origin)
         if damage is not None:
             raise DamagedLogError(
-                f"{damage}: nothing is signed for it until it is repaired "
-                "(`hashmesh fsck --repair`, or `hashmesh repair --from-peers`); nothing was written"
+                f"{damage}: nothing is {doing} for it until it is repaired "
+                "(`hashmesh repair --from-peers`; `hashmesh fsck` clears the record once it "
+                "verifies); nothing was written"
             )
 
     def _save(self, records: dict[str, Damage]) -> None:

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import LedgerError, PublishError, StorageError
+from node.ledger.damage import DamageRegister
 from node.ledger.service import Ledger
 from node.storage.ledger_store import LogRecord
 from protocol.encoding import decode_b64, encode_b64
@@ -289,11 +290,14 @@ def publish(ledger: Ledger, out: Path, *, origin: str | None = None) -> PublishR
     Raises:
         PublishError: if ``out`` holds another log (or another history of
             this one), or cannot be written.
-        LedgerError: if the log has no checkpoint yet.
+        LedgerError: if the log has no checkpoint yet, or is recorded as
+            damaged (:class:`~node.ledger.damage.DamagedLogError`).
         StorageError: if the stored tiles do not hash to the checkpoint's
             root (a damaged database); nothing is published then.
     """
     log = ledger.log_for(origin)
+    # A damaged log is not served, on the public tree either (node.ledger.damage).
+    DamageRegister(ledger.config.node_dir).check_writable(log.origin, doing="published")
     record = ledger.stored_checkpoint(log)
     if record is None:
         raise LedgerError(f"log {log.origin!r} has no checkpoint yet; nothing to publish")

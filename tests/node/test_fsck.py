@@ -166,6 +166,9 @@ def test_a_damaged_entry_is_named_and_the_log_is_not_signed(
     status, _, err = run(capsys, "--dir", str(path), "add", "--type", "md5", "--value", "a" * 32)
     assert status == 1 and err.count("\n") == 1
     assert f"log {ORIGIN} is damaged from entry 30" in err and "nothing was written" in err
+    # Nor is it published as a public tree.
+    status, _, err = run(capsys, "--dir", str(path), "publish", "--out", str(path.parent / "pub"))
+    assert status == 1 and "nothing is published for it" in err and err.count("\n") == 1
     # --repair rebuilds derived data only from a log that verifies.
     status, out, err = run(capsys, "--dir", str(path), "fsck", "--repair")
     assert status == 1 and "repair --from-peers" in err and "nothing was written" in err
