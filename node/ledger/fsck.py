@@ -125,10 +125,23 @@ class LogScan:
     are collected and the scan goes on.
     """
 
-    def __init__(self, store: LedgerStore, log: LogRecord) -> None:
+    def __init__(self, store: LedgerStore, log: LogRecord, *, resume_from: int = 0) -> None:
+        """Begin a replay of ``log`` (reads its checkpoints).
+
+        Args:
+            store: the database.
+            log: the log to replay.
+            resume_from: the size of a signed checkpoint to start at instead
+                of the first entry (the scrub after a restart). Used only if
+                the stored tree frontier at that size reproduces the signed
+                root; the scan is then :attr:`partial`: it checks the log from
+                there on, but not the derived tables (they need the whole log).
+        """
         self.log = log
         self.position = 0
         """Entries scanned so far."""
+        self.partial = False
+        """Resumed at :attr:`position`: the entries before it were checked by an earlier pass."""
         self.findings: list[Finding] = []
         self.first_bad_index: int | None = None
         """The first entry that does not verify against the signed checkpoints."""
@@ -140,10 +153,12 @@ class LogScan:
         self._counts: dict[str, int] = {}
         self._sizes = _checkpoint_sizes(store, log, self)
         self.size = store.entry_count(log.log_id)
-        self._held = self.size  # entries held when the derived tables are compared
         """Entries held when the scan started (a replica may hold more than it has signed)."""
+        self._held = self.size  # entries held when the derived tables are compared
         self.signed_size = self._sizes[-1][0] if self._sizes else 0
         """Size of the latest checkpoint whose signature verifies."""
+        if 0 < resume_from <= self.size:
+            self._resume(store, resume_from)
         if self.signed_size > self.size:
             self._log_finding(
                 "entries",
@@ -151,6 +166,21 @@ class LogScan:
                 f"the latest checkpoint has size {self.signed_size:,} but only {self.size:,} "
                 "entries are stored",
             )
+
+    def _resume(self, store: LedgerStore, size: int) -> None:
+        root = dict(self._sizes).get(size)
+        if root is None:
+            return
+        try:
+            tree = store.load_compact_range(self.log.log_id, size)
+        except StorageError:
+            return  # a stored node is missing: start from the first entry
+        # The stored frontier is derived data: trusted only because it gives
+        # the root our own signed checkpoint commits to.
+        if tree.root() == root:
+            self._tree = tree
+            self.position = self.verified_size = size
+            self.partial = True
 
     @property
     def sizes(self) -> list[tuple[int, bytes]]:
@@ -234,15 +264,22 @@ class LogScan:
         self, start: int, size: int, stored: Sequence[bytes], leaves: Sequence[bytes]
     ) -> None:
         # The first entry whose bytes no longer hash to its stored leaf hash
-        # is where the damage starts (both are written together); without
-        # one, the damage lies before this slice's checkpoint somewhere we
-        # cannot tell more precisely than the previous checkpoint.
-        bad = next(
-            (start + i for i, (s, h) in enumerate(zip(stored, leaves, strict=False)) if s != h),
-            None,
-        )
-        previous = max((s for s, _r in self._sizes if s < size), default=0)
-        index = bad if bad is not None else previous
+        # is where the damage starts (both are written together); earlier
+        # slices since the last verified checkpoint count too: what they took
+        # for a wrong stored leaf hash was this damage. Without one, the
+        # damage lies after the previous checkpoint, where exactly we cannot tell.
+        here = (start + i for i, (s, h) in enumerate(zip(stored, leaves, strict=False)) if s != h)
+        earlier = [i for i, _leaf in self._expected.leaf_fixes if i >= self.verified_size]
+        bad = min([*earlier, *here], default=None)
+        if earlier:
+            self.findings = [
+                f
+                for f in self.findings
+                if not (
+                    f.table == "entries" and f.index is not None and f.index >= self.verified_size
+                )
+            ]
+        index = bad if bad is not None else self.verified_size
         self._log_finding(
             "entries",
             index,
@@ -313,7 +350,7 @@ class LogScan:
         since it started: rows of later entries are skipped, and so are the
         entries a later retraction changed.
         """
-        if not self.done or self.log_damaged:
+        if not self.done or self.log_damaged or self.partial:
             return []
         before = len(self.findings)
         log_id = self.log.log_id
@@ -480,9 +517,10 @@ class LogScan:
 
     def rebuild(self, store: LedgerStore) -> None:
         """Write this log's derived rows as the scan computed them (inside a transaction)."""
-        if not self.done or self.log_damaged:
+        if not self.done or self.log_damaged or self.partial:
             raise StorageError(
-                f"log {self.log.origin} does not verify; its derived data is not rebuilt"
+                f"log {self.log.origin} was not replayed whole and verified; its derived "
+                "data is not rebuilt"
             )
         log_id = self.log.log_id
         listed_idx, listed_key = self.expected_listed(store)

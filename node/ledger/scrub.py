@@ -21,8 +21,12 @@ completed, the last findings and the damaged logs (re-read from
 ``damaged.json`` when the file changes, so a damage found by ``hashmesh
 fsck`` in another process is honoured too).
 
-A scrub starts from the first entry whenever ``serve`` starts: the derived
-tables can only be judged against a replay of the whole log.
+A restart does not send the scrub back to the first entry: ``scrub.json``
+keeps, per log, the last signed checkpoint the current pass verified, and
+the next ``serve`` resumes there, once the stored tree frontier at that size
+reproduces the signed root. Such a resumed pass checks the rest of the log
+but not the derived tables (they need a replay of the whole log); the next
+pass starts from the first entry and checks everything.
 """
 
 from __future__ import annotations
@@ -47,26 +51,42 @@ from node.ledger.service import Ledger
 from node.storage.connection import describe_sqlite_error, now_text
 from node.storage.ledger_store import LogRecord
 
-__all__ = ["SCRUB_FILE", "IntegrityState", "LogProgress", "Scrubber", "read_progress"]
+__all__ = [
+    "SAVE_EVERY",
+    "SCRUB_FILE",
+    "IntegrityState",
+    "LogProgress",
+    "Scrubber",
+    "read_progress",
+]
 
 log = logging.getLogger("hashmesh.scrub")
 
 SCRUB_FILE = "scrub.json"
 _KEPT_FINDINGS = 50
-_SAVE_EVERY = 30.0  # seconds between progress saves within a pass
+SAVE_EVERY = 30.0
+"""Seconds between saves of the progress within a pass (and of the resume point)."""
 _IDLE = 60.0  # seconds to wait before a new pass when nothing is held
 _DAMAGE_RECHECK = 1.0  # seconds between stats of damaged.json
 
 
 @dataclass(frozen=True, slots=True)
 class LogProgress:
-    """How far the scrub has read one log in the current pass."""
+    """How far the scrub has read one log in the current pass.
+
+    ``start`` is where this pass began (0, or where a pass cut short by a
+    restart had verified up to); ``resume`` is where a restart now would
+    resume: the last signed checkpoint verified in this pass, 0 once a pass
+    is complete (the next one starts from the first entry).
+    """
 
     origin: str
     position: int
     size: int
     passes: int
     last_pass_at: str | None
+    start: int = 0
+    resume: int = 0
 
     def to_json(self) -> dict[str, object]:
         """As shown by ``status --json`` and kept in ``scrub.json``."""
@@ -76,6 +96,8 @@ class LogProgress:
             "size": self.size,
             "passes": self.passes,
             "last_pass_at": self.last_pass_at,
+            "start": self.start,
+            "resume": self.resume,
         }
 
 
@@ -100,6 +122,10 @@ class IntegrityState:
         self._unsaved: dict[str, Damage] = {}  # found when damaged.json could not be written
         self._stamp: tuple[int, int] | None = None
         self._checked = float("-inf")
+        self.resume: dict[str, int] = _saved_resume_points(node_dir)
+        """Where the last ``serve`` left each log's pass (taken once by the scrub)."""
+        self.resumed: dict[str, int] = {}
+        """The logs whose first pass resumed where the last ``serve`` left it, and where."""
         self.reload_damage()
 
     def reload_damage(self) -> dict[str, Damage]:
@@ -155,10 +181,23 @@ class IntegrityState:
             "started_at": self.started_at,
             "updated_at": now_text(),
             "passes": self.passes,
+            "resumed": dict(self.resumed),
             "logs": [p.to_json() for p in self.logs.values()],
             "findings": [f.to_json() for f in self.findings],
             "damaged": [d.to_json() for d in self._damaged.values()],
         }
+
+
+def _saved_resume_points(node_dir: Path) -> dict[str, int]:
+    doc = read_progress(node_dir)
+    logs = doc.get("logs") if doc is not None else None
+    points: dict[str, int] = {}
+    for item in logs if isinstance(logs, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("origin"), str):
+            resume = item.get("resume")
+            if isinstance(resume, int) and not isinstance(resume, bool) and resume > 0:
+                points[item["origin"]] = resume
+    return points
 
 
 def read_progress(node_dir: Path) -> dict[str, object] | None:
@@ -218,8 +257,10 @@ class Scrubber:
         if state.damage(origin) is not None:
             return 0  # known damaged: nothing to learn until it is repaired
 
+        resume = state.resume.pop(origin, 0)
+
         def begin(ledger: Ledger) -> LogScan:
-            return LogScan(ledger.store, record)
+            return LogScan(ledger.store, record, resume_from=resume)
 
         try:
             scan = await self.db.read(begin)
@@ -230,6 +271,10 @@ class Scrubber:
         previous = state.logs.get(origin)
         passes = previous.passes if previous is not None else 0
         last = previous.last_pass_at if previous is not None else None
+        start = scan.position
+        if scan.partial:
+            state.resumed[origin] = start
+            log.info("scrub of %s resumes at entry %d, where the last serve left it", origin, start)
         slice_size = self.settings.slice
         pause = slice_size / self.settings.entries_per_second
         while not scan.done:
@@ -245,8 +290,10 @@ class Scrubber:
                 damage = state.record(origin, scan.position, f"unreadable: {_describe(e)}")
                 log.error("%s; no longer served; run `hashmesh fsck`", damage)
                 return scan.size
-            state.logs[origin] = LogProgress(origin, scan.position, scan.size, passes, last)
-            if time.monotonic() - self._saved >= _SAVE_EVERY:
+            state.logs[origin] = LogProgress(
+                origin, scan.position, scan.size, passes, last, start, scan.verified_size
+            )
+            if time.monotonic() - self._saved >= SAVE_EVERY:
                 self._save()
             if read == 0 and not scan.done:
                 break
@@ -272,7 +319,9 @@ class Scrubber:
             for finding in scan.findings:
                 log.error("scrub: %s", finding)
             log.error("scrub: derived data of %s is damaged; run `hashmesh fsck --repair`", origin)
-        state.logs[origin] = LogProgress(origin, scan.position, scan.size, passes + 1, now_text())
+        state.logs[origin] = LogProgress(
+            origin, scan.position, scan.size, passes + 1, now_text(), start, 0
+        )
         return scan.size
 
     def _save(self) -> None:

@@ -8,6 +8,7 @@ the node's config) so a pass takes moments.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ import aiohttp
 from node.api.server import RunningServer, run_server
 from node.cli import main as hashmesh
 from node.config import load_config
+from node.ledger import Ledger
 from node.ledger.damage import DamageRegister
 from node.ledger.scrub import read_progress
 from node.tls import client_ssl_context
@@ -59,7 +61,7 @@ async def get(server: RunningServer, node_dir: Path, peer: Identity, path: str) 
 
 def passes(node_dir: Path) -> int:
     doc = read_progress(node_dir)
-    return int(doc["passes"]) if doc is not None else 0  # type: ignore[call-overload]
+    return int(doc.get("passes", 0)) if doc is not None else 0  # type: ignore[call-overload]
 
 
 async def test_a_sound_node_is_scrubbed_and_served(node_dir: Path, tmp_path: Path) -> None:
@@ -133,3 +135,31 @@ async def test_damaged_derived_data_is_reported_and_still_served(
         assert tables == {"active"}
         assert doc["damaged"] == []
         assert (await get(server, node_dir, peer, f"/v1/checkpoint?origin={ORIGIN}"))[0] == 200
+
+
+async def test_a_restart_resumes_the_pass_where_it_was_left(node_dir: Path, tmp_path: Path) -> None:
+    with Ledger.open(node_dir, read_only=True) as ledger:
+        sizes = [r.size for r in ledger.stored_checkpoints(ledger.own_log)]
+    middle = sizes[-2]  # a signed size below the latest one
+    # What a serve stopped in the middle of a pass leaves (scrub.json).
+    (node_dir / "scrub.json").write_text(
+        json.dumps({"logs": [{"origin": ORIGIN, "resume": middle}, {"origin": "x", "resume": 7}]})
+    )
+    async with serving(node_dir, tmp_path):
+        await eventually(lambda: passes(node_dir) >= 1, what="a scrub pass")
+        doc = read_progress(node_dir)
+        assert doc is not None and doc["resumed"] == {ORIGIN: middle}
+        # The next pass starts from the first entry again (and checks derived data).
+        await eventually(lambda: passes(node_dir) >= 2, what="a second pass")
+        doc = read_progress(node_dir)
+        assert doc is not None and doc["logs"][0]["start"] == 0  # type: ignore[index]
+
+
+async def test_a_resume_point_that_is_not_a_signed_size_is_not_used(
+    node_dir: Path, tmp_path: Path
+) -> None:
+    (node_dir / "scrub.json").write_text(json.dumps({"logs": [{"origin": ORIGIN, "resume": 3}]}))
+    async with serving(node_dir, tmp_path):
+        await eventually(lambda: passes(node_dir) >= 1, what="a scrub pass")
+        doc = read_progress(node_dir)
+        assert doc is not None and doc["resumed"] == {}

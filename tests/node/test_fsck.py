@@ -18,6 +18,7 @@ import pytest
 from node.cli import main as hashmesh
 from node.ledger import Ledger
 from node.ledger.damage import DamageRegister
+from node.ledger.fsck import LogScan
 from node.ledger.matching import LivePdqIndex, MatchQuery, make_opinion, match
 from node.ledger.provision import init_node
 from protocol.entry import AddEntry
@@ -295,3 +296,37 @@ def test_flips_aimed_at_the_active_table_are_reported_or_harmless(
                 assert run(capsys, "--dir", str(path), "fsck", "--repair")[0] == 0
                 assert harmless(path, listed) is None
     assert reported > 0
+
+
+def test_a_scan_resumed_at_a_signed_size_checks_from_there_only(
+    node: tuple[Path, list[tuple[str, str]]],
+) -> None:
+    path, _listed = node
+    tamper(
+        path / "ledger.db",
+        "UPDATE entries SET data = CAST(replace(CAST(data AS TEXT), 'src:a', 'src:b') AS BLOB) "
+        "WHERE idx = 30",
+    )
+    with Ledger.open(path, read_only=True) as ledger:
+        store, log = ledger.store, ledger.own_log
+        for resume, found in ((40, None), (20, 30), (0, 30), (35, 30)):
+            scan = LogScan(store, log, resume_from=resume)
+            # 35 is no signed size: the scan starts from the first entry.
+            assert scan.partial == (resume in (20, 40))
+            assert scan.position == (resume if scan.partial else 0)
+            while not scan.done:
+                scan.scan(store, 7)
+            assert scan.first_bad_index == found
+            # A resumed scan never judges the derived tables (it did not see the whole log).
+            if scan.partial:
+                assert scan.derived_findings(store) == []
+
+
+def test_a_resume_is_refused_when_the_stored_frontier_does_not_give_the_signed_root(
+    node: tuple[Path, list[tuple[str, str]]],
+) -> None:
+    path, _listed = node
+    tamper(path / "ledger.db", "UPDATE nodes SET hash = zeroblob(32) WHERE level = 5 AND idx = 0")
+    with Ledger.open(path, read_only=True) as ledger:
+        scan = LogScan(ledger.store, ledger.own_log, resume_from=40)
+        assert not scan.partial and scan.position == 0
