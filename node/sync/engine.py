@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from node.errors import NodeError, PeerError
+from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.replica import ReplicaState
@@ -111,11 +112,18 @@ async def sync_peer(
         )
         report.evidence_added = await _pull_evidence(db, client, chains)
         remote = {log.origin: log for log in await client.logs()}
+        damaged = await db.read(lambda ledger: DamageRegister(ledger.config.node_dir).load())
         for follow in follows:
             if only_origin is not None and follow.origin != only_origin:
                 continue
             log = remote.get(follow.origin)
             if log is None:
+                continue
+            if follow.origin in damaged:
+                # Nothing is built on a replica that no longer verifies here
+                # (node.ledger.damage); `hashmesh repair --from-peers` first.
+                report.origins.append(OriginResult(origin=follow.origin, verdict="damaged"))
+                logger.warning("%s: not synced until repaired", damaged[follow.origin])
                 continue
             report.origins.append(await _sync_origin(db, client, log, hub=hub, chunk=chunk))
     except (PeerError, ProtocolError, NodeError) as e:

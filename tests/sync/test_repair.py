@@ -108,3 +108,31 @@ async def test_a_copy_that_does_not_give_our_root_is_refused(
         assert status == 1 and f"DAMAGED: log {AUTHOR} from entry 25" in out
     finally:
         await shutdown(served_b)
+
+
+async def test_a_replica_recorded_damaged_is_not_synced_until_repaired(tmp_path: Path) -> None:
+    a = make_node(tmp_path, "a", AUTHOR)
+    b = make_node(tmp_path, "b", FOLLOWER)
+    add_entries(a, 0, 5)
+    served_a = await serve(a, sync=False)
+    served_b = await serve(b, sync=False)
+    try:
+        introduce(served_b, served_a)
+        introduce(served_a, served_b, follow=False)
+        await trusted(served_a, b)
+        assert await once(b) == [None]
+
+        def held() -> int:
+            with Ledger.open(b, read_only=True) as ledger:
+                return ledger.replica(AUTHOR).state().size
+
+        assert held() == 5
+        DamageRegister(b).mark(AUTHOR, 2, "entries do not hash to the root", "fsck")
+        add_entries(a, 5, 3)
+        assert await once(b) == [None]  # not the peer's fault: no error recorded
+        assert held() == 5
+        DamageRegister(b).clear(AUTHOR)
+        assert await once(b) == [None]
+        assert held() == 8
+    finally:
+        await shutdown(served_a, served_b)
