@@ -438,11 +438,39 @@ def _integrity_gauges(_ledger: Ledger, context: OpsContext) -> Iterator[Metric]:
     yield from (passes, checked, held, findings, damaged)
 
 
+def _witness_wait_gauges(ledger: Ledger, _context: OpsContext) -> Iterator[Metric]:
+    # Checkpoints of followed origins held back for missing cosignatures
+    # ([[witness.require]]); an origin not waiting has no sample.
+    since = GaugeMetricFamily(
+        "hashmesh_witness_wait_since_timestamp_seconds",
+        "When this node started holding back a followed origin's checkpoints for missing "
+        "witness cosignatures (Unix time).",
+        labels=["origin"],
+    )
+    size = GaugeMetricFamily(
+        "hashmesh_witness_wait_checkpoint_size",
+        "Tree size of the followed origin's checkpoint held back for cosignatures.",
+        labels=["origin"],
+    )
+    missing = GaugeMetricFamily(
+        "hashmesh_witness_wait_missing",
+        "1 for each required witness whose cosignature of the checkpoint held back is missing.",
+        labels=["origin", "witness"],
+    )
+    for wait in ledger.witness_waits():
+        since.add_metric([wait.origin], wait.since_unix)
+        size.add_metric([wait.origin], wait.size)
+        for witness in wait.missing:
+            missing.add_metric([wait.origin, witness], 1)
+    yield from (since, size, missing)
+
+
 SNAPSHOT_READERS: tuple[SnapshotReader, ...] = (
     _log_gauges,
     _peer_gauges,
     _witness_gauges,
     _integrity_gauges,
+    _witness_wait_gauges,
 )
 """What ``/metrics`` reads at each scrape (in a reader thread)."""
 

@@ -15,12 +15,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from node.api.ops import OpsContext, make_ops_app
+from node.api.server import start_ops_server
 from node.api.state import HUB_KEY
 from node.cli import main as cli
 from node.config import WitnessAsk, WitnessRequirement, append_witness_setting, load_config
 from node.ledger import Ledger
+from node.ledger.database import Database
+from node.ledger.events import CheckpointHub
 from node.ledger.provision import init_node
 from node.ledger.witness import QuorumWait
 from protocol.checkpoint import open_checkpoint
@@ -125,6 +131,27 @@ async def single_entry_reaches(follower: Path, origin_dir: Path) -> int:
     size = write_one(origin_dir)
     await reaches(follower, size)
     return size
+
+
+async def scrape(node_dir: Path) -> dict[tuple[str, ...], float]:
+    """``GET /metrics`` of an ops listener over the node's database: (name, *labels) -> value."""
+    db = await Database.open(node_dir)
+    try:
+        app = make_ops_app(OpsContext(db=db, hub=CheckpointHub(), config=load_config(node_dir)))
+        server = await start_ops_server(app)
+        try:
+            async with aiohttp.ClientSession() as s, s.get(server.url + "/metrics") as resp:
+                assert resp.status == 200
+                text = await resp.text()
+        finally:
+            await server.close()
+    finally:
+        await db.close()
+    return {
+        (sample.name, *sample.labels.values()): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @pytest.fixture
@@ -268,6 +295,13 @@ async def test_a_down_witness_delays_only_who_needs_it(
     doc = json.loads(capsys.readouterr().out)
     assert doc["witness_waits"] == [wait.to_json()]
     assert doc["witness_waits"][0]["waiting_for"] == [witness_vkey(b).name]
+
+    # And /metrics on the ops listener, for alerting on a long wait.
+    samples = await scrape(c)
+    assert samples[("hashmesh_witness_wait_since_timestamp_seconds", ORIGIN)] == (wait.since_unix)
+    assert samples[("hashmesh_witness_wait_checkpoint_size", ORIGIN)] == latest
+    assert samples[("hashmesh_witness_wait_missing", ORIGIN, witness_vkey(b).name)] == 1
+    assert ("hashmesh_witness_wait_missing", ORIGIN, witness_vkey(d).name) not in samples
 
     # B comes back on its address: A asks it for the latest checkpoint only.
     nodes.append(await serve(b, sync=False, listen=b_listen))
