@@ -32,7 +32,7 @@ from node.ledger.witness import QuorumWait
 from protocol.checkpoint import open_checkpoint
 from protocol.keys import NoteVerifier
 from tests.sync.conftest import Serving, serve, shutdown, trusted
-from tests.waiting import eventually
+from tests.waiting import PATIENCE, eventually
 from tests.witness.conftest import ORIGIN, add_card, append, witness_vkey
 
 pytestmark = pytest.mark.integration
@@ -309,6 +309,9 @@ async def test_a_down_witness_delays_only_who_needs_it(
         lambda: held(c),
         until=lambda n: n >= latest,
         what="C to accept the latest checkpoint once B cosigned it",
+        # A asks B again when its backoff ends, which doubles (to 5 min) for
+        # as long as B was down: up to about that long on a loaded machine.
+        within=3 * PATIENCE,
     )
     assert waits(c) == []
     with_b = {s for s in [first, *sizes] if witness_vkey(b).name in cosigners(a, s)}
