@@ -278,27 +278,33 @@ async def _watch(
 
     ``data_version`` is polled every :data:`OWN_LOG_POLL` seconds (one cheap
     pragma); the peers table and the own log are read only when it changed.
+    Cosignatures of the latest own checkpoint stored by another process
+    (``hashmesh witness ask``) are announced too: followers that wait for
+    them fetch the checkpoint again.
     """
 
-    def state(ledger: Ledger) -> tuple[dict[str, str], str, int]:
+    def state(ledger: Ledger) -> tuple[dict[str, str], str, tuple[int, int]]:
         certs = {p.spki: p.tls_cert for p in ledger.peers.list_peers()}
         own = ledger.own_log
         record = ledger.stored_checkpoint(own)
-        return certs, own.origin, 0 if record is None else record.size
+        if record is None:
+            return certs, own.origin, (0, 0)
+        cosigned = len(ledger.witnessing.cosignatures(own.log_id, record.size))
+        return certs, own.origin, (record.size, cosigned)
 
     # Compare with what the context was built from, not with a later read:
     # a peer added in between must still be noticed.
-    _certs, _origin, last_size = await db.read(state)
+    _certs, _origin, last = await db.read(state)
     while True:
         await asyncio.sleep(OWN_LOG_POLL)
         now = await db.data_version()
         if now == version:
             continue
         version = now
-        certs, origin, size = await db.read(state)
-        if size != last_size:
-            hub.publish(origin, size)
-        last_size = size
+        certs, origin, head = await db.read(state)
+        if head != last:
+            hub.publish(origin, head[0])
+        last = head
         for spki, pem in certs.items():
             if spki not in trusted:
                 add_trusted_cert(ctx, pem)

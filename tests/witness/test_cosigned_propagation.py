@@ -33,7 +33,7 @@ from protocol.checkpoint import open_checkpoint
 from protocol.keys import NoteVerifier
 from tests.sync.conftest import Serving, serve, shutdown, trusted
 from tests.waiting import PATIENCE, eventually
-from tests.witness.conftest import ORIGIN, add_card, append, witness_vkey
+from tests.witness.conftest import ORIGIN, add_card, append, ask_witnesses, witness_vkey
 
 pytestmark = pytest.mark.integration
 
@@ -94,13 +94,13 @@ def waits(node_dir: Path) -> list[QuorumWait]:
         return ledger.witness_waits()
 
 
-async def listening(server: Serving, peers: int) -> None:
+async def listening(server: Serving, peers: int, *, syncing: bool = True) -> None:
     """Wait until ``peers`` peers' runners listen to ``server``'s event stream.
 
     The node's own subscribers (the match index, and the witness loop when
-    it asks witnesses) are counted first.
+    it syncs and asks witnesses) are counted first.
     """
-    own = 1 + bool(load_config(server.node_dir).witness.ask)
+    own = 1 + (syncing and bool(load_config(server.node_dir).witness.ask))
     hub = server.server.runner.app[HUB_KEY]
     await eventually(
         lambda: hub.subscriber_count,
@@ -317,3 +317,34 @@ async def test_a_down_witness_delays_only_who_needs_it(
     with_b = {s for s in [first, *sizes] if witness_vkey(b).name in cosigners(a, s)}
     assert with_b == {first, latest}
     assert all(witness_vkey(d).name in cosigners(a, s) for s in sizes)
+
+
+async def test_a_cosignature_got_by_hand_is_announced(tmp_path: Path, nodes: list[Serving]) -> None:
+    """`hashmesh witness ask` in another process: A's server announces the new line."""
+    a = make(tmp_path, "a", ORIGIN)
+    w = make(tmp_path, "w", B, follows=a)
+    c = make(tmp_path, "c", C, follows=a)
+    ask(a, w)
+    require(c, 1, w)
+    sa = await serve(a, sync=False)  # no witness loop: only the CLI asks
+    sw = await serve(w, sync=False)
+    sc = await serve(c, sync=True, poll=LONG_POLL)
+    nodes += [sa, sw, sc]
+    add_card(a, w, sw.url)
+    add_card(w, a, sa.url)
+    add_card(a, c, "https://127.0.0.1:1", role="subscriber")
+    add_card(c, a, sa.url)
+    await trusted(sw, a)
+    await trusted(sa, c)
+    await listening(sa, 1, syncing=False)  # C
+
+    size = write_one(a)
+    await eventually(
+        lambda: waits(c),
+        until=lambda ws: ws and ws[0].size == size,
+        what="C to hold A's checkpoint back for W's cosignature",
+    )
+    (outcome,) = await ask_witnesses(a)
+    assert outcome.error is None and outcome.added == 1
+    await reaches(c, size)
+    assert cosigners(c, size) == {witness_vkey(w).name}
