@@ -280,7 +280,9 @@ async def _watch(
     pragma); the peers table and the own log are read only when it changed.
     Cosignatures of the latest own checkpoint stored by another process
     (``hashmesh witness ask``) are announced too: followers that wait for
-    them fetch the checkpoint again.
+    them fetch the checkpoint again. Lines the server's own witness loop
+    stored were announced by the loop already (the hub counts what it
+    published since the last look), so they are not announced twice.
     """
 
     def state(ledger: Ledger) -> tuple[dict[str, str], str, tuple[int, int]]:
@@ -294,7 +296,8 @@ async def _watch(
 
     # Compare with what the context was built from, not with a later read:
     # a peer added in between must still be noticed.
-    _certs, _origin, last = await db.read(state)
+    _certs, origin, last = await db.read(state)
+    announced = hub.published(origin)
     while True:
         await asyncio.sleep(OWN_LOG_POLL)
         now = await db.data_version()
@@ -302,9 +305,9 @@ async def _watch(
             continue
         version = now
         certs, origin, head = await db.read(state)
-        if head != last:
+        if head[0] != last[0] or (head != last and hub.published(origin) == announced):
             hub.publish(origin, head[0])
-        last = head
+        last, announced = head, hub.published(origin)
         for spki, pem in certs.items():
             if spki not in trusted:
                 add_trusted_cert(ctx, pem)

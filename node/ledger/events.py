@@ -34,6 +34,7 @@ class CheckpointHub:
         self._queue_size = queue_size
         self._queues: set[asyncio.Queue[tuple[str, int]]] = set()
         self._closed = False
+        self._published: dict[str, int] = {}
         self.dropped = 0
         """Events dropped because a subscriber was too slow (for monitoring)."""
 
@@ -42,10 +43,15 @@ class CheckpointHub:
         """How many subscriptions are open."""
         return len(self._queues)
 
+    def published(self, origin: str) -> int:
+        """How many events for ``origin`` were published (lets a second announcer skip one)."""
+        return self._published.get(origin, 0)
+
     def publish(self, origin: str, size: int) -> None:
         """Send an event to every subscriber; never blocks (call from the event loop)."""
         if self._closed:
             return
+        self._published[origin] = self._published.get(origin, 0) + 1
         event = (origin, size)
         for queue in self._queues:
             if queue.full():

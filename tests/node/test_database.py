@@ -134,3 +134,6 @@ async def test_hub_fans_out_and_drops_oldest_for_slow_subscribers() -> None:
     assert [e async for e in slow] == []
     assert hub.subscriber_count == 0
     hub.publish("o", 10)  # ignored after close
+    # Publishes are counted per origin (the server's watcher skips a second
+    # announcement of cosignatures its witness loop already announced).
+    assert (hub.published("o"), hub.published("other")) == (9, 0)
