@@ -229,6 +229,15 @@ class Replica:
                 self.origin, cp.size, cp.root_hash, opened.note.to_text()
             )
 
+    def _kept_note(self, opened: VerifiedCheckpoint, note: CheckpointNote) -> str:
+        """The note to store for a checkpoint: as received, unless a policy applies.
+
+        Under a policy, the note as weighed: a line under a required key that
+        did not verify (a relay's junk) is dropped, so it cannot shadow the
+        good line collected elsewhere when the checkpoint is served on.
+        """
+        return note if self.witness_requirement is None else opened.note.to_text()
+
     def _end_wait(self, cp: Checkpoint) -> None:
         ended = self.store.witnessing.end_wait(self.origin, cp.size)
         if ended is not None:
@@ -321,7 +330,9 @@ class Replica:
             if relation == "same":
                 log = self._log()
                 if log is not None and self.store.get_checkpoint(log.log_id, cp.size) is None:
-                    self.store.put_checkpoint(log.log_id, cp.size, cp.root_hash, note)
+                    self.store.put_checkpoint(
+                        log.log_id, cp.size, cp.root_hash, self._kept_note(opened, note)
+                    )
                 self._end_wait(cp)
             cosigned = 0
             if relation != "ahead":
@@ -424,7 +435,9 @@ class Replica:
             save_rotations(self.store, chain, run.rules.rotations, cp.size)
             run.store_batch(batch)
             if end == cp.size and self.store.get_checkpoint(log.log_id, end) is None:
-                self.store.put_checkpoint(log.log_id, end, cp.root_hash, checkpoint_note)
+                self.store.put_checkpoint(
+                    log.log_id, end, cp.root_hash, self._kept_note(opened, checkpoint_note)
+                )
             if end == cp.size:
                 # With the cosignatures collected on other paths, if any.
                 self._save_cosignatures(cp, opened.note)

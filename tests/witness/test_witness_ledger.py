@@ -447,6 +447,12 @@ def test_cosignatures_of_one_checkpoint_add_up_across_copies(
         assert ledger.witness_waits() == []
         log_id = ledger.log_for(ORIGIN).log_id
         assert {c.witness for c in ledger.witnessing.cosignatures(log_id, 4)} == {d.name, e.name}
+        # Served on with both good lines, not the forged one.
+        served = parse_note(ledger.served_note(ledger.log_for(ORIGIN), replica.state().checkpoint))
+        assert junk not in ledger.served_note(ledger.log_for(ORIGIN), replica.state().checkpoint)
+        requirement = WitnessRequirement(origin=ORIGIN, keys=keys, threshold=2)
+        reopened = open_with_quorum(replica.key_chain(), served, requirement)
+        assert set(reopened.cosignatures) == {d.name, e.name}
 
         # A copy short of the policy of a checkpoint already held starts no wait.
         with pytest.raises(QuorumError) as info:
