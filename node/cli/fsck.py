@@ -83,6 +83,10 @@ def run_checks(ledger: Ledger) -> _Report:
     if integrity != ["ok"]:
         report.database.append("sqlite integrity_check: " + "; ".join(integrity[:5]))
     try:
+        report.errors.extend(ledger.guard_findings())
+    except Exception as e:  # noqa: BLE001 - fsck reports damage, whatever form it takes
+        report.database.append(f"cannot read the schema: {_describe(e)}")
+    try:
         logs = ledger.logs()
     except Exception as e:  # noqa: BLE001 - fsck reports damage, whatever form it takes
         report.database.append(f"cannot list the logs: {_describe(e)}")

@@ -58,6 +58,7 @@ __all__ = [
     "LogScan",
     "RepairRange",
     "check_log",
+    "guard_findings",
     "plan_repair",
     "repair_derived",
     "restore_entries",
@@ -614,9 +615,11 @@ def repair_derived(store: LedgerStore) -> list[LogScan]:
             "data is rebuilt only from a log that verifies; run `hashmesh repair --from-peers` "
             "first (nothing was written)"
         )
-    with store.joined_transaction(), store.rebuilding(DERIVED_TABLES):
-        for scan in scans:
-            scan.rebuild(store)
+    with store.joined_transaction():
+        store.restore_guards()
+        with store.rebuilding(DERIVED_TABLES):
+            for scan in scans:
+                scan.rebuild(store)
     return [check_log(store, log) for log in logs]
 
 
@@ -719,3 +722,11 @@ def restore_entries(
     ]
     store.rewrite_entries(log.log_id, changed)
     return len(changed)
+
+
+def guard_findings(store: LedgerStore) -> list[Finding]:
+    """One finding per missing append-only trigger (``fsck --repair`` makes them again)."""
+    return [
+        Finding("*", "derived", "schema", None, f"append-only trigger {name} is missing")
+        for name in store.missing_guards()
+    ]

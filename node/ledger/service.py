@@ -27,9 +27,11 @@ from node.errors import (
 )
 from node.ledger.damage import DamageRegister
 from node.ledger.fsck import (
+    Finding,
     LogScan,
     RepairRange,
     check_log,
+    guard_findings,
     plan_repair,
     repair_derived,
     restore_entries,
@@ -604,6 +606,10 @@ class Ledger:
     def check(self, log: LogRecord) -> LogScan:
         """Check a log against its checkpoints and its derived data against it (``fsck``)."""
         return check_log(self.store, log)
+
+    def guard_findings(self) -> list[Finding]:
+        """Missing append-only triggers, as fsck findings."""
+        return guard_findings(self.store)
 
     def repair_derived(self) -> list[LogScan]:
         """Rebuild every derived table from the verified logs (node.ledger.fsck)."""

@@ -42,7 +42,9 @@ from node.storage.schema import (
     active_key,
     apply_pragmas,
     migrate,
+    missing_guards,
     rebuilt_tables,
+    restore_guards,
     suspended_triggers,
 )
 from node.storage.witness_store import WitnessStore
@@ -705,6 +707,14 @@ class LedgerStore:
             (int(idx), bytes(v) if isinstance(v, bytes) else v)
             for idx, v in self.conn.execute(sql, (log_id,))
         ]
+
+    def missing_guards(self) -> list[str]:
+        """Append-only triggers the schema calls for that are missing (dropped, or damaged)."""
+        return missing_guards(self.conn)
+
+    def restore_guards(self) -> list[str]:
+        """Create the missing append-only triggers (inside :meth:`transaction`)."""
+        return restore_guards(self.conn)
 
     def rebuilding(self, tables: Sequence[str]) -> AbstractContextManager[None]:
         """Drop derived tables and make them again, empty, for the block to refill.

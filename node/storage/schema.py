@@ -76,7 +76,9 @@ __all__ = [
     "active_key",
     "apply_pragmas",
     "migrate",
+    "missing_guards",
     "rebuilt_tables",
+    "restore_guards",
     "suspended_triggers",
 ]
 
@@ -454,3 +456,36 @@ def suspended_triggers(conn: sqlite3.Connection, table: str) -> Iterator[None]:
     yield
     for sql in triggers:
         conn.execute(sql)
+
+
+def _guards(version: int) -> list[tuple[str, str]]:
+    """(table, action) of every append-only trigger a database of ``version`` has."""
+    return [
+        (table, action)
+        for step in range(1, version + 1)
+        for table in _MIGRATIONS[step][1]
+        for action in ("UPDATE", "DELETE")
+    ]
+
+
+def missing_guards(conn: sqlite3.Connection) -> list[str]:
+    """Names of the append-only triggers this database should have and does not."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    have = {
+        str(name)
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    }
+    return [
+        f"{table}_no_{action.lower()}"
+        for table, action in _guards(min(version, SCHEMA_VERSION))
+        if f"{table}_no_{action.lower()}" not in have
+    ]
+
+
+def restore_guards(conn: sqlite3.Connection) -> list[str]:
+    """Create the missing append-only triggers (inside the caller's transaction); their names."""
+    missing = missing_guards(conn)
+    for name in missing:
+        table, _, action = name.rpartition("_no_")
+        _append_only_trigger(conn, table, action.upper())
+    return missing

@@ -330,3 +330,21 @@ def test_a_resume_is_refused_when_the_stored_frontier_does_not_give_the_signed_r
     with Ledger.open(path, read_only=True) as ledger:
         scan = LogScan(ledger.store, ledger.own_log, resume_from=40)
         assert not scan.partial and scan.position == 0
+
+
+def test_a_missing_append_only_trigger_is_named_and_made_again(
+    node: tuple[Path, list[tuple[str, str]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _listed = node
+    conn = sqlite3.connect(path / "ledger.db")
+    conn.execute("DROP TRIGGER entries_no_update")
+    conn.commit()
+    conn.close()
+    status, out, _ = run(capsys, "--dir", str(path), "fsck")
+    assert status == 1
+    assert "PROBLEM: *: schema: append-only trigger entries_no_update is missing" in out
+    assert run(capsys, "--dir", str(path), "fsck", "--repair")[0] == 0
+    conn = sqlite3.connect(path / "ledger.db")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE entries SET idx = idx")
+    conn.close()
