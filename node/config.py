@@ -29,6 +29,7 @@ __all__ = [
     "CONFIG_FILE",
     "DEFAULT_DIR",
     "DEFAULT_LISTEN",
+    "ConnectionSettings",
     "MatchSettings",
     "NodeConfig",
     "OpsSettings",
@@ -235,6 +236,32 @@ class OpsSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionSettings:
+    """The ``[connections]`` table of ``config.toml``: what floods may hold (docs/configuration.md).
+
+    Attributes:
+        max_connections: connections past their TLS handshake, per listener.
+        max_per_address: connections (handshaking or established) from one
+            source address; more are closed at once.
+        max_handshakes: TLS handshakes in progress at once, per listener; when
+            all are taken, the address holding the most loses its oldest.
+        handshake_timeout: seconds a TLS handshake may take.
+        header_timeout: seconds a connection may take to send a complete
+            request head, counted from the handshake or the previous
+            response; an idle keep-alive connection is closed after it too.
+        raise_open_files: raise the soft open-file limit to the hard limit
+            when ``hashmesh serve`` starts.
+    """
+
+    max_connections: int = 512
+    max_per_address: int = 64
+    max_handshakes: int = 128
+    handshake_timeout: float = 10.0
+    header_timeout: float = 20.0
+    raise_open_files: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """Settings of one node, as read from ``config.toml``."""
 
@@ -246,6 +273,7 @@ class NodeConfig:
     public: PublicSettings = PublicSettings()
     ops: OpsSettings = OpsSettings()
     scrub: ScrubSettings = ScrubSettings()
+    connections: ConnectionSettings = ConnectionSettings()
 
     @property
     def config_path(self) -> Path:
@@ -310,7 +338,16 @@ def load_config(node_dir: Path) -> NodeConfig:
         ) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    unknown = set(raw) - {"origin", "listen", "match", "witness", "public", "ops", "scrub"}
+    unknown = set(raw) - {
+        "origin",
+        "listen",
+        "match",
+        "witness",
+        "public",
+        "ops",
+        "scrub",
+        "connections",
+    }
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     origin = raw.get("origin")
@@ -330,6 +367,35 @@ def load_config(node_dir: Path) -> NodeConfig:
         public=public,
         ops=_ops_settings(path, raw.get("ops", {}), (listen, public.listen)),
         scrub=_scrub_settings(path, raw.get("scrub", {})),
+        connections=_connection_settings(path, raw.get("connections", {})),
+    )
+
+
+def _connection_settings(path: Path, raw: object) -> ConnectionSettings:
+    defaults = ConnectionSettings()
+    table = _section(path, "connections", raw, set(ConnectionSettings.__dataclass_fields__))
+    counts: dict[str, int] = {}
+    for name in ("max_connections", "max_per_address", "max_handshakes"):
+        value = table.get(name, getattr(defaults, name))
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+            raise ConfigError(f"{path}: connections.{name} must be a whole number, >= 1")
+        counts[name] = value
+    seconds: dict[str, float] = {}
+    for name in ("handshake_timeout", "header_timeout"):
+        value = table.get(name, getattr(defaults, name))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+            raise ConfigError(f"{path}: connections.{name} must be seconds, > 0 and <= 3600")
+        seconds[name] = float(value)
+    raise_files = table.get("raise_open_files", defaults.raise_open_files)
+    if not isinstance(raise_files, bool):
+        raise ConfigError(f"{path}: connections.raise_open_files must be true or false")
+    return ConnectionSettings(
+        max_connections=counts["max_connections"],
+        max_per_address=counts["max_per_address"],
+        max_handshakes=counts["max_handshakes"],
+        handshake_timeout=seconds["handshake_timeout"],
+        header_timeout=seconds["header_timeout"],
+        raise_open_files=raise_files,
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -37,12 +38,13 @@ from aiohttp import web
 
 from node.api.access import ACCESS_LOGGER, LISTENER_KEY, AccessLog
 from node.api.app import make_app
+from node.api.connections import ConnectionGate, LimitedSite, raise_open_file_limit
 from node.api.console import CONSOLE_MOUNT
 from node.api.match import keep_current
 from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
 from node.api.public import PUBLIC_KEY, PublicLimits, make_public_app
 from node.api.state import ApiLimits
-from node.config import load_config, parse_listen
+from node.config import ConnectionSettings, load_config, parse_listen
 from node.errors import ConfigError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -79,8 +81,9 @@ MAX_LINE_SIZE = 4096
 """Longest request line or header line accepted (our URLs are short)."""
 MAX_FIELD_SIZE = 4096
 MAX_HEADERS = 32
-KEEPALIVE_TIMEOUT = 75.0
-"""Seconds an idle keep-alive connection is kept open."""
+KEEPALIVE_TIMEOUT = ConnectionSettings().header_timeout
+"""Seconds an idle keep-alive connection is kept open, and a request head may take
+(``[connections] header_timeout``)."""
 SHUTDOWN_TIMEOUT = 10.0
 """Seconds running requests get to finish after SIGINT/SIGTERM."""
 OWN_LOG_POLL = 0.05
@@ -93,18 +96,26 @@ OPS_MOUNTS: tuple[OpsMount, ...] = (CONSOLE_MOUNT,)
 """Sub-applications ``hashmesh serve`` mounts on the operations listener
 (``[ops] listen``); see :mod:`node.api.ops` for how to add one."""
 
+_SPARE_FILES = 64
+"""File descriptors kept for the database, the sync client and the event loop."""
+
 SyncFactory = Callable[[Database, CheckpointHub], AbstractAsyncContextManager[object]]
 """Builds what runs beside the server (normally the sync runner)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunningServer:
-    """A started server; :meth:`close` stops it gracefully."""
+    """A started server; :meth:`close` stops it gracefully.
+
+    Attributes:
+        gate: counts its connections (:meth:`ConnectionGate.counts`).
+    """
 
     runner: web.AppRunner
     host: str
     port: int
     scheme: str = "https"
+    gate: ConnectionGate | None = None
 
     @property
     def url(self) -> str:
@@ -124,14 +135,18 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
-    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    keepalive_timeout: float | None = None,
+    connections: ConnectionSettings | None = None,
 ) -> RunningServer:
     """Serve ``app`` over mutual TLS on ``host:port`` (port 0: any free port).
 
-    ``keepalive_timeout`` also bounds how long a connection may take to
-    deliver a complete request head, its first one included: aiohttp closes
-    a connection whose request has not started by then, however slowly its
-    bytes trickle in (a slow-header client is cut off; tests/api/test_slow_clients.py).
+    ``keepalive_timeout`` (default: ``connections.header_timeout``) also
+    bounds how long a connection may take to deliver a complete request head,
+    its first one included: aiohttp closes a connection whose request has not
+    started by then, however slowly its bytes trickle in (a slow-header client
+    is cut off; tests/api/test_slow_clients.py). ``connections`` caps
+    connections per address and in total and bounds TLS handshakes
+    (:mod:`node.api.connections`; default :class:`ConnectionSettings`).
 
     Raises:
         ConfigError: if ``ssl_context`` does not require client certificates
@@ -139,7 +154,9 @@ async def start_server(
         OSError: if the address cannot be bound.
     """
     check_server_context(ssl_context)
-    return await _serve(app, ssl_context, host, port, shutdown_timeout, keepalive_timeout)
+    return await _serve(
+        app, ssl_context, host, port, shutdown_timeout, keepalive_timeout, connections
+    )
 
 
 async def start_public_server(
@@ -149,7 +166,8 @@ async def start_public_server(
     host: str = "127.0.0.1",
     port: int = 0,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
-    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    keepalive_timeout: float | None = None,
+    connections: ConnectionSettings | None = None,
 ) -> RunningServer:
     """Serve the public listener (:mod:`node.api.public`) over TLS without client certificates.
 
@@ -168,7 +186,9 @@ async def start_public_server(
             "client certificates; refusing to serve"
         )
     check_tls_server_context(ssl_context)
-    return await _serve(app, ssl_context, host, port, shutdown_timeout, keepalive_timeout)
+    return await _serve(
+        app, ssl_context, host, port, shutdown_timeout, keepalive_timeout, connections
+    )
 
 
 async def start_ops_server(
@@ -193,7 +213,7 @@ async def start_ops_server(
             "only the operations application (make_ops_app) may be served over plain "
             "HTTP; refusing to serve"
         )
-    server = await _serve(app, None, host, port, shutdown_timeout, keepalive_timeout)
+    server = await _serve(app, None, host, port, shutdown_timeout, keepalive_timeout, None)
     return RunningServer(server.runner, server.host, server.port, scheme="http")
 
 
@@ -203,8 +223,12 @@ async def _serve(
     host: str,
     port: int,
     shutdown_timeout: float,
-    keepalive_timeout: float,
+    keepalive_timeout: float | None,
+    connections: ConnectionSettings | None,
 ) -> RunningServer:
+    connections = connections or ConnectionSettings()
+    if keepalive_timeout is None:
+        keepalive_timeout = connections.header_timeout
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -222,14 +246,15 @@ async def _serve(
         handler_cancellation=True,
     )
     await runner.setup()
+    gate = ConnectionGate(connections)
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = LimitedSite(runner, host, port, ssl_context=ssl_context, gate=gate)
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     bound = runner.addresses[0]
-    return RunningServer(runner, str(bound[0]), int(bound[1]))
+    return RunningServer(runner, str(bound[0]), int(bound[1]), gate=gate)
 
 
 def _sync_cleanup(
@@ -352,6 +377,7 @@ async def run_server(
     """
     config = load_config(node_dir)
     host, port = parse_listen(listen or config.listen)
+    _open_file_limit(config.connections, 1 if config.public.listen is None else 2)
     db = await Database.open(node_dir)
     try:
         version = await db.data_version()
@@ -376,7 +402,7 @@ async def run_server(
             metrics=metrics,
             integrity=integrity,
         )
-        server = await start_server(app, ctx, host=host, port=port)
+        server = await start_server(app, ctx, host=host, port=port, connections=config.connections)
         public: RunningServer | None = None
         if config.public.listen is not None:
             try:
@@ -392,6 +418,7 @@ async def run_server(
                     public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
                     host=public_host,
                     port=public_port,
+                    connections=config.connections,
                 )
             except BaseException:
                 await server.close()
@@ -461,6 +488,25 @@ async def run_server(
             hub.close()
     finally:
         await db.close()
+
+
+def _open_file_limit(settings: ConnectionSettings, listeners: int) -> None:
+    """Raise the open-file limit (``raise_open_files``); warn when the caps exceed it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if settings.raise_open_files:
+        before, soft = raise_open_file_limit()
+        if soft != before:
+            log.info("raised the open-file limit from %d to %d", before, soft)
+    # The database, its WAL, the readers and the event loop need some too.
+    needed = listeners * (settings.max_connections + settings.max_handshakes) + _SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file limit %d (hard %d) is below the %d the [connections] caps may "
+            "need; lower max_connections or max_handshakes, or raise the limit",
+            soft,
+            hard,
+            needed,
+        )
 
 
 async def _until_stopped(stop: asyncio.Event | None) -> None:
