@@ -301,12 +301,13 @@ class _Listener(asyncio.AbstractServer):
             if state["established"]:
                 gate.closed(address)
 
+        timeout = None if self._ssl is None else gate.settings.handshake_timeout
         try:
             transport, _protocol = await self._loop.connect_accepted_socket(
                 lambda: _Counted(self._factory(), lost),
                 conn,
                 ssl=self._ssl,
-                ssl_handshake_timeout=None if self._ssl is None else gate.settings.handshake_timeout,
+                ssl_handshake_timeout=timeout,
             )
         except (OSError, asyncio.CancelledError):
             # A failed, timed-out or evicted handshake: the transport is
