@@ -37,6 +37,7 @@ from node.api.state import (
     DB_KEY,
     HUB_KEY,
     INTEGRITY_KEY,
+    LANE_KEY,
     LEAVES_KEY,
     LIMITS_KEY,
     ORIGIN_KEY,
@@ -45,6 +46,7 @@ from node.api.state import (
     ApiLimits,
     PeerRateLimiter,
     StreamGate,
+    WorkLane,
     refuse_damaged,
 )
 from node.errors import EntryNotFoundError, StorageError, UnknownLogError
@@ -315,6 +317,7 @@ def make_app(
     app[LIMITS_KEY] = limits
     app[STREAMS_KEY] = StreamGate(limits.max_streams)
     app[RATE_KEY] = PeerRateLimiter(limits.peer_rate, limits.peer_burst)
+    app[LANE_KEY] = WorkLane(limits.heavy_workers, limits.heavy_queue)
     app[LEAVES_KEY] = LeafHashIndex()
     if integrity is not None:
         app[INTEGRITY_KEY] = integrity

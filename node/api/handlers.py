@@ -12,11 +12,12 @@ already checked the caller's role for the route before a handler runs.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from aiohttp import web
 
-from node.api.state import DB_KEY, LEAVES_KEY, LIMITS_KEY, ORIGIN_KEY
+from node.api.state import DB_KEY, LANE_KEY, LEAVES_KEY, LIMITS_KEY, ORIGIN_KEY
 from node.errors import EntryNotFoundError, UnknownLogError
 from node.ledger.service import Ledger
 from node.storage.ledger_store import CheckpointRecord, LogRecord
@@ -41,6 +42,8 @@ from protocol.wire import (
     encode_entry_bundle,
 )
 
+T = TypeVar("T")
+
 __all__ = [
     "MAX_ORIGIN_PARAM",
     "VERSION",
@@ -51,6 +54,7 @@ __all__ = [
     "error_response",
     "evidence",
     "health",
+    "heavy_read",
     "inclusion_proof",
     "leaf_hashes",
     "logs",
@@ -140,6 +144,16 @@ def _page_bounds(size: int, start: int, end: int | None, max_page: int) -> int:
     return min(stop, start + max_page)
 
 
+async def heavy_read(request: web.Request, fn: Callable[[Ledger], T]) -> T:
+    """Run ``fn`` in a reader thread once the heavy lane has a worker free.
+
+    Raises:
+        web.HTTPServiceUnavailable: (503, ``Retry-After``) if the lane's queue is full.
+    """
+    async with request.app[LANE_KEY].slot():
+        return await request.app[DB_KEY].read(fn)
+
+
 async def health(request: web.Request) -> web.Response:
     """``GET /v1/health``: liveness and the node's origin."""
     _params(request, ())
@@ -224,7 +238,7 @@ async def entries(request: web.Request) -> web.Response:
         datas = tuple(bytes(data) for _idx, data, _leaf in rows)
         return EntriesPage(origin=origin, start=start, entries=datas).to_json()
 
-    body = await request.app[DB_KEY].read(read)
+    body = await heavy_read(request, read)
     return web.Response(body=body, content_type=ENTRY_BUNDLE_MEDIA_TYPE if bundle else JSON)
 
 
@@ -260,7 +274,7 @@ async def entry_bundle(request: web.Request) -> web.Response:
             )
         return encode_entry_bundle(datas)
 
-    body = await request.app[DB_KEY].read(read)
+    body = await heavy_read(request, read)
     return web.Response(body=body, content_type=ENTRY_BUNDLE_MEDIA_TYPE)
 
 
@@ -275,7 +289,7 @@ async def leaf_hashes(request: web.Request) -> web.Response:
         hashes = tuple(bytes(leaf) for _idx, _data, leaf in ledger.entries(log, start, stop))
         return LeafHashesPage(origin=origin, start=start, leaf_hashes=hashes).to_json()
 
-    body = await request.app[DB_KEY].read(read)
+    body = await heavy_read(request, read)
     return web.Response(body=body, content_type=JSON)
 
 
@@ -313,7 +327,7 @@ async def inclusion_proof(request: web.Request) -> web.Response:
             index=proof.index, size=proof.size, leaf_hash=proof.leaf_hash, hashes=proof.hashes
         ).to_json()
 
-    body = await request.app[DB_KEY].read(read)
+    body = await heavy_read(request, read)
     return web.Response(body=body, content_type=JSON)
 
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from node.api.access import METRICS_KEY, request_facts
-from node.api.state import DB_KEY
+from node.api.state import DB_KEY, LANE_KEY
 from node.errors import StorageError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -272,12 +272,10 @@ async def match_endpoint(request: web.Request) -> web.Response:
     body = await request.read()
     db = request.app[DB_KEY]
     service = match_service(db)
+
     # Parsing, matching and serialising run in one reader thread; the PDQ
     # index is brought up to date first whenever the body may hold a PDQ
     # query (a byte search, much cheaper than a parse of its own).
-    if b"pdq" in body or b"\\u" in body:
-        await service.ensure_current()
-
     def run(ledger: Ledger) -> tuple[bytes, Counter[str], Counter[str]]:
         parsed = parse_match_request(body)
         results = match(
@@ -293,7 +291,11 @@ async def match_endpoint(request: web.Request) -> web.Response:
         hit = Counter(result.query.signal_type for result in results if result.hits)
         return render_results(parsed, results).to_json(), looked_up, hit
 
-    document, looked_up, hit = await db.read(run)
+    # The heavy lane bounds how many run at once (503 beyond its queue).
+    async with request.app[LANE_KEY].slot():
+        if b"pdq" in body or b"\\u" in body:
+            await service.ensure_current()
+        document, looked_up, hit = await db.read(run)
     facts = request_facts(request)
     facts.hashes, facts.hits = looked_up.total(), hit.total()
     counter = request.app[METRICS_KEY].match_hashes

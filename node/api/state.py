@@ -6,8 +6,9 @@ Layer: node.api. No I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,6 +22,7 @@ __all__ = [
     "DB_KEY",
     "HUB_KEY",
     "INTEGRITY_KEY",
+    "LANE_KEY",
     "LIMITS_KEY",
     "ORIGIN_KEY",
     "RATE_KEY",
@@ -28,6 +30,7 @@ __all__ = [
     "ApiLimits",
     "PeerRateLimiter",
     "StreamGate",
+    "WorkLane",
 ]
 
 
@@ -49,6 +52,12 @@ class ApiLimits:
     """Requests per second each peer may sustain (token bucket); more get 429."""
     peer_burst: int = 400
     """Requests a peer may make at once before :attr:`peer_rate` applies."""
+    heavy_workers: int = 2
+    """Heavy requests (matching, entry pages and bundles, leaf-hash pages,
+    inclusion proofs) running at once; keep it below the database's reader
+    threads (3), so one reader is always free for light requests."""
+    heavy_queue: int = 32
+    """Heavy requests that may wait for a worker; more get 503 with ``Retry-After``."""
 
 
 class PeerRateLimiter:
@@ -128,11 +137,53 @@ class StreamGate:
         self.active -= 1
 
 
+class WorkLane:
+    """Bounds heavy requests, so light ones (checkpoint, health) never queue behind them.
+
+    At most ``workers`` run at once and at most ``queue`` wait; a request
+    beyond that is answered 503 with ``Retry-After`` at once instead of
+    piling up (issue 14: a busy lane must not grow memory or latency
+    without bound).
+    """
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self.workers = workers
+        self.queue = queue
+        self._slots = asyncio.Semaphore(workers)
+        self._waiting = 0
+        self.refused = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one worker for the duration of the block.
+
+        Raises:
+            web.HTTPServiceUnavailable: if every worker is busy and the queue is full.
+        """
+        if self._slots.locked() and self._waiting >= self.queue:
+            self.refused += 1
+            raise web.HTTPServiceUnavailable(
+                text=f"busy: {self.workers} heavy requests running and {self.queue} waiting; "
+                "retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 DB_KEY = web.AppKey("db", Database)
 HUB_KEY = web.AppKey("hub", CheckpointHub)
 ORIGIN_KEY = web.AppKey("origin", str)
 LIMITS_KEY = web.AppKey("limits", ApiLimits)
 STREAMS_KEY = web.AppKey("streams", StreamGate)
+LANE_KEY = web.AppKey("lane", WorkLane)
 RATE_KEY = web.AppKey("rate", PeerRateLimiter)
 LEAVES_KEY = web.AppKey("leaves", LeafHashIndex)
 INTEGRITY_KEY = web.AppKey("integrity", IntegrityState)
