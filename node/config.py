@@ -41,9 +41,11 @@ __all__ = [
     "append_witness_setting",
     "check_origin",
     "load_config",
+    "make_private_dir",
     "parse_listen",
     "render_config",
     "resolve_node_dir",
+    "write_private_file",
 ]
 
 DEFAULT_DIR = ".hashmesh"
@@ -87,6 +89,38 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not match or int(match.group(2)) > 65535:
         raise ConfigError(f"listen address {value!r} is not HOST:PORT")
     return match.group(1).strip("[]"), int(match.group(2))
+
+
+def write_private_file(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Write ``path`` readable and writable by its owner only (0600) whatever the umask, and fsync.
+
+    Args:
+        path: where.
+        data: the whole content.
+        replace: overwrite an existing file (its mode is set to 0600 too); by
+            default the file must not exist (``FileExistsError``).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode on O_TRUNC
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the directory ``path`` (and missing parents) accessible by its owner only (0700).
+
+    An existing directory is left as it is.
+    """
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o700, parents=True)
+    path.chmod(0o700)  # mkdir's mode is filtered by the umask, never widened by it
 
 
 def resolve_node_dir(arg: str | None) -> Path:
@@ -619,9 +653,8 @@ def append_witness_setting(node_dir: Path, setting: WitnessAsk | WitnessRequirem
             f"keys = [{keys}]\nthreshold = {setting.threshold}\n"
         )
     staged = path.with_name(path.name + ".new")
-    staged.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    with staged.open("a", encoding="utf-8") as f:
-        f.write(block)
+    body = (text if text.endswith("\n") else text + "\n") + block
+    write_private_file(staged, body.encode("utf-8"), replace=True)
     try:
         raw = tomllib.loads(staged.read_text(encoding="utf-8"))
         _witness_settings(path, raw.get("witness", {}))

@@ -25,7 +25,6 @@ import datetime
 import functools
 import hashlib
 import ipaddress
-import os
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from node.config import make_private_dir, write_private_file
 from node.errors import ConfigError
 
 __all__ = [
@@ -111,16 +111,14 @@ def write_node_identity(key_path: Path, cert_path: Path, *, common_name: str, ho
         )
         .sign(key, hashes.SHA256())
     )
-    key_path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(key_path.parent)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private_file(key_path, pem)
+    write_private_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return spki_fingerprint(cert)
 
 

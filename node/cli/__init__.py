@@ -9,6 +9,7 @@ shows the traceback), usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sqlite3
@@ -111,10 +112,14 @@ def cmd_add(args: argparse.Namespace, out: _Out) -> int:
     value, changes = normalise_signal_value(args.type, args.value)
     for change in changes:
         out.note(f"note: {change}")
+    labels = [label.strip().lower() for label in args.label]
+    for given, stored in zip(args.label, labels, strict=True):
+        if given != stored:
+            out.note(f"note: label {given!r} stored as {stored!r} (labels are lower case)")
     entry = AddEntry.create(
         signal_type=args.type,
         value=value,
-        labels=[label.strip().lower() for label in args.label],
+        labels=labels,
         note=args.note,
         quality=args.quality,
     )
@@ -219,6 +224,50 @@ def _import_vics(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+class _LineCounter(io.BufferedIOBase):
+    """A binary stream that counts the newlines it hands to a text decoder.
+
+    A text stream reports a decoding error by its offset in the chunk being
+    decoded; with the newlines before that chunk counted (one ``count`` per
+    8 KiB chunk, no work per line) the error is named by its line.
+    """
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        super().__init__()
+        self._raw = raw
+        self._newlines = 0
+        self._before_chunk = 0
+
+    @property
+    def name(self) -> object:
+        return self._raw.name
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def readable(self) -> bool:
+        return True
+
+    def _counted(self, data: bytes) -> bytes:
+        self._before_chunk = self._newlines
+        self._newlines += data.count(b"\n")
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._counted(self._raw.read(size))
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._counted(self._raw.read1(size))
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def line_of(self, error: UnicodeDecodeError) -> int:
+        """The 1-based line holding the first byte ``error`` names (in the last chunk read)."""
+        return self._before_chunk + bytes(error.object[: error.start]).count(b"\n") + 1
+
+
 def cmd_import(args: argparse.Namespace, out: _Out) -> int:
     if _is_vics(args):
         return _import_vics(args, out)
@@ -233,20 +282,16 @@ def cmd_import(args: argparse.Namespace, out: _Out) -> int:
         label_columns=_label_columns(args),
     )
     if args.file == "-":
-        stream: TextIO = open(  # noqa: SIM115 - closed below
-            sys.stdin.fileno(),
-            encoding="utf-8",
-            newline="",
-            closefd=False,
-            errors="strict",
-        )
+        raw = open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115 - closed below
         total = None
     else:
         try:
-            stream = open(args.file, encoding="utf-8", newline="")  # noqa: SIM115
-            total = os.fstat(stream.fileno()).st_size
+            raw = open(args.file, "rb")  # noqa: SIM115 - closed below
+            total = os.fstat(raw.fileno()).st_size
         except OSError as e:
             raise NodeError(f"cannot read {args.file}: {e.strerror or e}") from e
+    lines_in = _LineCounter(raw)
+    stream: TextIO = io.TextIOWrapper(lines_in, encoding="utf-8", newline="", errors="strict")
     progress = _Progress(out.stderr, total)
     started = time.monotonic()
     try:
@@ -258,9 +303,10 @@ def cmd_import(args: argparse.Namespace, out: _Out) -> int:
                     progress=progress,
                 )
             except UnicodeDecodeError as e:
+                name = "standard input" if args.file == "-" else args.file
                 raise NodeError(
-                    f"{args.file} is not UTF-8 text (byte {e.start} of a line): "
-                    "nothing was imported"
+                    f"{name} is not UTF-8 text: line {lines_in.line_of(e)} has bytes that are "
+                    "not UTF-8 (save the list as UTF-8): nothing was imported"
                 ) from e
             except ImportRejectedError as e:
                 progress.done()
@@ -299,7 +345,12 @@ def _report_import(
         out.print(f"skipped {len(append.duplicates):,} hashes already listed")
     if result.skipped:
         out.print(f"skipped {len(result.skipped):,} invalid {unit} (--skip-invalid)")
-    out.print(f"log size {append.checkpoint.size:,}, checkpoint signed")
+    if append.count:
+        out.print(f"log size {append.checkpoint.size:,}, checkpoint signed")
+    else:
+        out.print(
+            f"nothing new to import; log size {append.checkpoint.size:,}, no checkpoint signed"
+        )
 
 
 def _write_line_report(
@@ -364,6 +415,7 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
                 return 0
         else:
             frozen = False
+        frozen_origins = sorted(ledger.peers.frozen_origins())
         status = ledger.status(args.origin)
         waits = [w for w in ledger.witness_waits() if args.origin in (None, w.origin)]
     node_dir = resolve_node_dir(args.dir)
@@ -373,6 +425,7 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         doc["frozen"] = frozen
         doc["witness_waits"] = [w.to_json() for w in waits]
         doc["integrity"] = integrity_json(node_dir)
+        doc["frozen_origins"] = frozen_origins
         out.json(doc)
         return 0
     out.print(f"origin:           {status.origin}{'' if status.is_own else ' (replicated)'}")
@@ -396,6 +449,11 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         out.print(f"waiting:          {wait_line(w)}")
     for line in integrity_lines(node_dir):
         out.print(line)
+    if frozen_origins:
+        out.print(
+            f"FROZEN origins:   {', '.join(frozen_origins)} "
+            "(fork evidence held; see `hashmesh evidence list`)"
+        )
     return 0
 
 

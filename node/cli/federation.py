@@ -154,9 +154,27 @@ def cmd_peer_list(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_peer_remove(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args)) as ledger:
-        if not ledger.peers.remove_peer(args.name):
+        record = next((p for p in ledger.peers.list_peers() if p.name == args.name), None)
+        if record is None:
             raise ConfigError(f"no peer named {args.name!r}; see `hashmesh peer list`")
+        origin = NoteVerifier.from_text(record.vkey).name
+        with ledger.transaction():
+            ledger.peers.remove_peer(args.name)
+            unfollowed = args.unfollow and ledger.peers.remove_follow(origin)
+        followed = ledger.peers.get_follow(origin) is not None
+        relays = [p.name for p in ledger.peers.list_peers() if p.role == "peer"]
     out.print(f"removed {args.name}; its next request to this node gets 403")
+    if unfollowed:
+        out.print(
+            f"stopped following its origin {origin}: nothing more of it is accepted; "
+            "the entries already held are kept"
+        )
+    elif followed:
+        where = f" (relayed by {', '.join(relays)})" if relays else " (no peer left to relay it)"
+        out.print(
+            f"its origin {origin} is still followed{where}; "
+            "`hashmesh peer remove --unfollow` stops following it too"
+        )
     return 0
 
 
@@ -196,6 +214,9 @@ def cmd_follow(args: argparse.Namespace, out: Output) -> int:
 
 # -- sync ----------------------------------------------------------------------
 
+SYNC_FORK_EXIT = 3
+"""``hashmesh sync`` exit status when it stored new fork evidence (an origin is frozen)."""
+
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     node_dir = _node_dir(args)
@@ -212,7 +233,7 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
             )
         finally:
             await db.close()
-        failed = 0
+        failed = forked = 0
         if not reports:
             out.note("no peers with role 'peer' to sync from")
         for report in reports:
@@ -227,8 +248,21 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
             for r in report.origins:
                 if r.waiting:
                     out.note(f"{report.peer}: {r.waiting}")
+                if r.verdict == "fork":
+                    forked += 1
+                    out.note(
+                        f"{report.peer}: FORK: {r.origin} signed a checkpoint of size "
+                        f"{r.peer_size} that contradicts the log held here; evidence stored, "
+                        f"origin frozen (hashmesh evidence export {r.origin})"
+                    )
             if report.evidence_added:
-                out.note(f"{report.peer}: {report.evidence_added} new fork evidence stored")
+                forked += report.evidence_added
+                out.note(
+                    f"{report.peer}: {report.evidence_added} new fork evidence stored; "
+                    "the forked origin is frozen (hashmesh evidence list)"
+                )
+        if forked:
+            return SYNC_FORK_EXIT
         return 1 if failed else 0
 
     return asyncio.run(run())
@@ -331,6 +365,12 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         "remove", help="remove a peer (effective on its next request)", parents=[common]
     )
     q.add_argument("name")
+    q.add_argument(
+        "--unfollow",
+        action="store_true",
+        help="also stop following the peer's own origin (entries already held are kept); "
+        "without it, the origin stays followed and other peers may relay it",
+    )
     q.set_defaults(run=cmd_peer_remove)
 
     p = command(
@@ -354,7 +394,12 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         help="how many --witness keys must have cosigned (default: all)",
     )
 
-    p = command("sync", cmd_sync, "pull every followed origin from every peer once")
+    p = command(
+        "sync",
+        cmd_sync,
+        "pull every followed origin from every peer once; exits 1 if a peer failed, "
+        f"{SYNC_FORK_EXIT} if new fork evidence was stored",
+    )
     p.add_argument("--once", action="store_true", help="one round, then exit (the default)")
     p.add_argument("--peer", help="only this peer")
 

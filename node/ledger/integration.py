@@ -273,14 +273,19 @@ class Integration:
         return entry
 
     def commit_checkpoint(self, signer: NoteSigner) -> CheckpointRecord:
-        """Sign the new tree head and store it (still inside the transaction)."""
+        """Sign the new tree head and store it (still inside the transaction).
+
+        When nothing was appended the latest checkpoint is returned and
+        nothing is signed.
+        """
         assert self.log is not None
+        latest = self.store.latest_checkpoint(self.log_id)
+        if latest is not None and latest.size == self.tree.size:
+            # Nothing appended: nothing to sign (the latest checkpoint stands).
+            return latest
         root = self.tree.root()
         checkpoint = Checkpoint(origin=self.log.origin, size=self.tree.size, root_hash=root)
         note = sign_checkpoint(checkpoint, signer)
-        latest = self.store.latest_checkpoint(self.log_id)
-        if latest is not None and latest.size == self.tree.size:
-            return latest
         self.store.put_checkpoint(self.log_id, self.tree.size, root, note)
         record = self.store.get_checkpoint(self.log_id, self.tree.size)
         assert record is not None

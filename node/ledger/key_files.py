@@ -7,10 +7,9 @@ successor during a rotation (``signing.key.next``) and its witness key
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from node.config import NodeConfig
+from node.config import NodeConfig, write_private_file
 from node.errors import ConfigError
 from protocol.errors import MalformedError
 from protocol.keys import NoteSigner
@@ -27,15 +26,7 @@ def write_key_file(path: Path, signer: NoteSigner, *, replace: bool = False) -> 
         replace: overwrite an existing file; by default the file must not
             exist (``FileExistsError``), so two processes never make two keys.
     """
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.write(fd, (signer.to_text() + "\n").encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if replace:
-        os.chmod(path, 0o600)  # an existing file keeps its mode on O_TRUNC
+    write_private_file(path, (signer.to_text() + "\n").encode("ascii"), replace=replace)
 
 
 def read_key_file(path: Path, what: str) -> NoteSigner:

@@ -21,6 +21,7 @@ from node.config import (
     check_origin,
     parse_listen,
     render_config,
+    write_private_file,
 )
 from node.errors import ConfigError, NodeExistsError
 from node.ledger.key_files import write_key_file
@@ -76,6 +77,9 @@ def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> I
             staged.tls_key_path, staged.tls_cert_path, common_name=origin, host=host
         )
         verifier_key = signer.verifier().to_text()
+        # SQLite makes the database (and later its -wal and -shm, which take
+        # the database's mode) 0644 less the umask: create it 0600 first.
+        write_private_file(staged.database_path, b"")
         store = LedgerStore.open(staged.database_path)
         try:
             with store.transaction():
@@ -84,7 +88,7 @@ def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> I
                 store.put_checkpoint(log.log_id, 0, EMPTY_ROOT, sign_checkpoint(empty, signer))
         finally:
             store.close()
-        staged.config_path.write_text(render_config(staged), encoding="utf-8")
+        write_private_file(staged.config_path, render_config(staged).encode("utf-8"))
         if node_dir.exists():
             node_dir.rmdir()
         staging.rename(node_dir)

@@ -187,6 +187,12 @@ class PeerStore:
                 (origin, vkey, now_text()),
             )
 
+    def remove_follow(self, origin: str) -> bool:
+        """Stop replicating ``origin`` (entries already held stay); True if it was followed."""
+        with joined_transaction(self.conn):
+            cur = self.conn.execute("DELETE FROM follows WHERE origin = ?", (origin,))
+        return cur.rowcount > 0
+
     def get_follow(self, origin: str) -> FollowRecord | None:
         """The follow record of ``origin``, or None."""
         row = self.conn.execute(

@@ -8,7 +8,8 @@ For every origin we follow that the peer holds:
 1. take the peer's latest checkpoint and verify it against the *origin's* key
    (never the peer's: a relayed log is trusted exactly as much as its author);
 2. compare it with what we hold (:meth:`Replica.record_checkpoint`): ahead,
-   same, behind, or a fork (evidence is stored and the origin frozen);
+   same, behind, or a fork (evidence is stored and the origin frozen); a peer
+   serving its *own* origin behind what we verified is marked as regressed;
 3. when ahead, fetch the missing entries in chunks; each chunk is proven a
    prefix of the signed tree by a consistency proof from the chunk's end to the
    checkpoint, against the root we compute ourselves, and committed in one
@@ -40,6 +41,7 @@ from node.sync.client import PeerClient, RemoteLog
 from node.sync.heads import peer_heads
 from protocol.errors import ProtocolError, QuorumError, UnknownKeyError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
+from protocol.keys import NoteVerifier
 from protocol.rotation import KeyChain
 
 logger = logging.getLogger("hashmesh.sync")
@@ -68,6 +70,8 @@ class OriginResult:
     lacks cosignatures this node's witness policy requires. Not the peer's
     fault: the announcement of the cosigned copy (from this peer or another)
     brings it, so the peer is not marked failed and not backed off."""
+    peer_size: int = 0
+    """The size of the checkpoint the peer served (``size`` is ours after the round)."""
 
 
 @dataclass(slots=True)
@@ -126,6 +130,7 @@ async def sync_peer(
                 logger.warning("%s: not synced until repaired", damaged[follow.origin])
                 continue
             report.origins.append(await _sync_origin(db, client, log, hub=hub, chunk=chunk))
+        await _mark_regression(db, client.name, report.origins)
     except (PeerError, ProtocolError, NodeError) as e:
         report.error = str(e) if isinstance(e, PeerError) else f"peer {client.name}: {e}"
         report.error_kind = error_kind(e)
@@ -134,6 +139,34 @@ async def sync_peer(
         return report
     await db.write(lambda ledger: ledger.peers.record_peer_ok(client.name))
     return report
+
+
+async def _mark_regression(db: Database, peer: str, results: list[OriginResult]) -> None:
+    """Fail the peer if its *own* log went backwards.
+
+    A relay may lag behind (``behind`` is no fault), but an author always
+    holds its whole log: serving a smaller checkpoint of its own origin than
+    one we verified means its log was rolled back (restored from an old
+    backup, say). Our state is untouched either way; the regression is named
+    in the peer's status and the round's report.
+
+    Raises:
+        NodeError: naming the origin and both sizes.
+    """
+
+    def own_origin(ledger: Ledger) -> str | None:
+        record = next((p for p in ledger.peers.list_peers() if p.name == peer), None)
+        return None if record is None else NoteVerifier.from_text(record.vkey).name
+
+    author_of = await db.read(own_origin)
+    for result in results:
+        if result.origin == author_of and result.verdict == "behind":
+            result.verdict = "regressed"
+            raise NodeError(
+                f"peer {peer}: its own log {result.origin} went backwards: it serves size "
+                f"{result.peer_size} after we verified size {result.size} (rolled back or "
+                "restored from an old backup?); nothing was changed here"
+            )
 
 
 async def _sync_origin(
@@ -210,7 +243,7 @@ async def _catch_up(
         return verdict.kind, replica.state().size, verdict.size, verdict.cosigned
 
     kind, have, want, cosigned = await db.write(check)
-    result.verdict, result.size = kind, have
+    result.verdict, result.size, result.peer_size = kind, have, want
     result.cosigned += cosigned
     if kind in ("ahead", "same", "behind"):
         # Verified against the origin's key chain by record_checkpoint.
