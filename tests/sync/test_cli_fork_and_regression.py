@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from node.api.server import RunningServer, run_server
 from node.cli import main as cli
 from node.cli.federation import SYNC_FORK_EXIT
 from node.ledger import Ledger
+from tests.adversary.malicious_peer import serve_at, snapshot, split
 from tests.sync.conftest import A, B, add_card, add_entries, make_node, serve, shutdown, trusted
-from tests.waiting import PATIENCE
 
 pytestmark = pytest.mark.integration
 
@@ -42,18 +40,6 @@ async def sync_cli(capsys: pytest.CaptureFixture[str], node: Path) -> tuple[int,
     return status, out, err
 
 
-async def serve_at(
-    node: Path, port: int
-) -> tuple[RunningServer, asyncio.Event, asyncio.Task[None]]:
-    """Serve ``node`` on a given port (a second history of A where the first was)."""
-    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_server(node, f"127.0.0.1:{port}", sync=False, on_started=started.set_result, stop=stop)
-    )
-    return await asyncio.wait_for(started, PATIENCE), stop, task
-
-
 def _size(node: Path, origin: str) -> int:
     with Ledger.open(node, read_only=True) as ledger:
         return ledger.replica(origin).state().size
@@ -66,7 +52,7 @@ async def test_fork_makes_sync_exit_3_and_status_lists_the_frozen_origin(
     add_card(a_dir, b_dir, "https://127.0.0.1:9", follow=False)  # A trusts B
     add_entries(a_dir, 0, 5)
     # A second history under A's key: same first 5 entries, then others.
-    fork_dir = Path(shutil.copytree(a_dir, tmp_path / "a-fork"))
+    fork_dir = split(a_dir, tmp_path / "a-fork")
     add_entries(a_dir, 100, 3)
     add_entries(fork_dir, 200, 3)
     a = await serve(a_dir, sync=False)
@@ -79,13 +65,11 @@ async def test_fork_makes_sync_exit_3_and_status_lists_the_frozen_origin(
         port = a.server.port
     finally:
         await shutdown(a)
-    server, stop, task = await serve_at(fork_dir, port)
+    fork = await serve_at(fork_dir, port)
     try:
         status, out, err = await sync_cli(capsys, b_dir)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, PATIENCE)
-    assert server.port == port
+        await fork.close()
     assert status == SYNC_FORK_EXIT, out + err
     assert "FORK" in err and "evidence stored" in err and A in err
     assert _size(b_dir, A) == 8  # nothing of the other history was taken
@@ -105,7 +89,7 @@ async def test_an_author_serving_its_own_log_smaller_is_marked(
     a_dir, b_dir = make_node(tmp_path, "a", A), make_node(tmp_path, "b", B)
     add_card(a_dir, b_dir, "https://127.0.0.1:9", follow=False)
     add_entries(a_dir, 0, 10)
-    old_backup = Path(shutil.copytree(a_dir, tmp_path / "a-backup"))  # size 10
+    old_backup = snapshot(a_dir, tmp_path / "a-backup")  # size 10
     add_entries(a_dir, 10, 20)  # size 30
     a = await serve(a_dir, sync=False)
     try:
@@ -117,12 +101,11 @@ async def test_an_author_serving_its_own_log_smaller_is_marked(
     finally:
         await shutdown(a)
     # A is restored from the old backup: it now serves size 10 of its own log.
-    _server, stop, task = await serve_at(old_backup, port)
+    restored = await serve_at(old_backup, port)
     try:
         status, out, err = await sync_cli(capsys, b_dir)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, PATIENCE)
+        await restored.close()
     assert status == 1, out + err
     assert f"its own log {A} went backwards: it serves size 10 after we verified size 30" in err
     assert _size(b_dir, A) == 30
