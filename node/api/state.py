@@ -52,10 +52,12 @@ class ApiLimits:
     """Requests per second each peer may sustain (token bucket); more get 429."""
     peer_burst: int = 400
     """Requests a peer may make at once before :attr:`peer_rate` applies."""
-    heavy_workers: int = 2
+    heavy_workers: int = 1
     """Heavy requests (matching, entry pages and bundles, leaf-hash pages,
     inclusion proofs) running at once; keep it below the database's reader
-    threads (3), so one reader is always free for light requests."""
+    threads (3), so a reader is always free for light requests. One: their
+    work is mostly Python under the GIL, so a second one adds little
+    throughput and delays the event loop (docs/benchmarks.md)."""
     heavy_queue: int = 32
     """Heavy requests that may wait for a worker; more get 503 with ``Retry-After``."""
 

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 from pathlib import Path
 
 from node.cli.cards import ROLES, Card, make_card, parse_card
@@ -41,6 +42,9 @@ def _listen_url(listen: str) -> str:
 
 # -- serve ---------------------------------------------------------------------
 
+SERVE_SWITCH_INTERVAL = 0.001
+"""Seconds a thread may hold the GIL while another waits, in ``hashmesh serve`` (default 0.005)."""
+
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     from node.api.server import run_server  # the API layer is only needed here
@@ -54,6 +58,9 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         stream=out.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Heavy requests run Python in threads; a shorter GIL switch interval
+    # lets the event loop answer light requests sooner (docs/benchmarks.md).
+    sys.setswitchinterval(SERVE_SWITCH_INTERVAL)
     out.note(f"serving {config.origin} on {_listen_url(listen)} (mutual TLS); Ctrl-C stops")
     if config.public.listen is not None:
         out.note(
