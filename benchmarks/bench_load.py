@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import random
-import re
 import ssl
 import statistics
 import sys
@@ -49,10 +48,10 @@ from node.ledger import Ledger  # noqa: E402
 from node.ledger.provision import init_node  # noqa: E402
 from node.tls import client_ssl_context  # noqa: E402
 from protocol.entry import AddEntry  # noqa: E402
+from tests.adversary.served_process import serve_process  # noqa: E402
 
 _SELF = Path(__file__).resolve()
 SERVER = "hotline-a.example/hashmesh"
-_SERVING = re.compile(r"hashmesh\.api: serving \S+ on (https://127\.0\.0\.1:\d+)")
 
 
 def value(i: int) -> str:
@@ -179,31 +178,6 @@ async def probe(
     return times, statuses
 
 
-async def start_server(node_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "node",
-        "serve",
-        "--dir",
-        str(node_dir),
-        "--listen",
-        "127.0.0.1:0",
-        "--no-sync",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    assert proc.stderr is not None
-    while True:
-        line = (await proc.stderr.readline()).decode()
-        if not line:
-            raise RuntimeError("hashmesh serve exited")
-        found = _SERVING.search(line)
-        if found:
-            return proc, found.group(1)
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -219,9 +193,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
         add_peer(server_dir, load_dir, base)
         add_peer(server_dir, probe_dir, base)
-        server, url = await start_server(server_dir)
-        assert server.stderr is not None
-        drain = asyncio.create_task(server.stderr.read())  # never let the pipe fill
+        served = await serve_process(server_dir)
+        url = served.url
         try:
             ctx = client_ctx(probe_dir, server_dir)
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
@@ -258,7 +231,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 async def sample() -> None:
                     while True:
-                        rss.append((time.monotonic() - started, rss_kib(server.pid)))
+                        rss.append((time.monotonic() - started, rss_kib(served.proc.pid)))
                         await asyncio.sleep(1.0)
 
                 sampler = asyncio.create_task(sample())
@@ -269,9 +242,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await load.wait()
                 sampler.cancel()
         finally:
-            server.terminate()
-            await server.wait()
-            drain.cancel()
+            await served.stop()
     warm = [kib for at, kib in rss if at >= args.warmup]
     rss_warm, rss_end = (warm[0], warm[-1]) if warm else (0, 0)
     unexpected_5xx = sum(

@@ -21,15 +21,9 @@ from node.cli.federation import SYNC_FORK_EXIT
 from node.ledger import Ledger
 from tests.adversary.malicious_peer import serve_at, snapshot, split
 from tests.sync.conftest import A, B, add_card, add_entries, make_node, serve, shutdown, trusted
+from tests.sync.test_cli_federation import run
 
 pytestmark = pytest.mark.integration
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = cli(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 async def sync_cli(capsys: pytest.CaptureFixture[str], node: Path) -> tuple[int, str, str]:
