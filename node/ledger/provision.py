@@ -77,9 +77,6 @@ def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> I
             staged.tls_key_path, staged.tls_cert_path, common_name=origin, host=host
         )
         verifier_key = signer.verifier().to_text()
-        # SQLite makes the database (and later its -wal and -shm, which take
-        # the database's mode) 0644 less the umask: create it 0600 first.
-        write_private_file(staged.database_path, b"")
         store = LedgerStore.open(staged.database_path)
         try:
             with store.transaction():
@@ -88,6 +85,10 @@ def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> I
                 store.put_checkpoint(log.log_id, 0, EMPTY_ROOT, sign_checkpoint(empty, signer))
         finally:
             store.close()
+        # SQLite made the database 0644 less the umask; its -wal and -shm
+        # files take the database's mode whenever they are made again.
+        for made in staged.node_dir.glob(staged.database_path.name + "*"):
+            made.chmod(0o600)
         write_private_file(staged.config_path, render_config(staged).encode("utf-8"))
         if node_dir.exists():
             node_dir.rmdir()
