@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import time
+from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LATENCY_BUCKETS", "NodeMetrics", "error_kind"]
+__all__ = ["LATENCY_BUCKETS", "NodeMetrics", "ReadCount", "ReaderTally", "error_kind"]
 
 LATENCY_BUCKETS = (
     0.001,
@@ -56,6 +59,63 @@ def error_kind(error: BaseException) -> str:
     return name.removesuffix("_error") or "error"
 
 
+@dataclass(frozen=True, slots=True)
+class ReadCount:
+    """What one peer read through one route since the node started serving.
+
+    Attributes:
+        peer: the peer's name.
+        role: its role.
+        route: the route pattern (never a raw path: no value is in it).
+        requests: requests answered.
+        hashes: hashes it looked up (``POST /v1/match``), 0 for other routes.
+        hits: of those, how many matched.
+        last_at: when the last request was answered (``time.time()``).
+    """
+
+    peer: str
+    role: str
+    route: str
+    requests: int = 0
+    hashes: int = 0
+    hits: int = 0
+    last_at: float = 0.0
+
+
+class ReaderTally:
+    """Who read what since this process started: requests per peer and route.
+
+    For data-protection questions on the console's Activity page; kept in
+    memory (the access log is the lasting record), one row per (peer, role,
+    route), so its size is bounded by the peers and routes there are. Only
+    identified peers are counted, and never a hash value.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str], ReadCount] = {}
+        self._lock = threading.Lock()
+
+    def record(
+        self, peer: str, role: str, route: str, hashes: int | None, hits: int | None
+    ) -> None:
+        """Count one answered request of ``peer`` on ``route``."""
+        key = (peer, role, route)
+        with self._lock:
+            old = self._counts.get(key) or ReadCount(peer, role, route)
+            self._counts[key] = replace(
+                old,
+                requests=old.requests + 1,
+                hashes=old.hashes + (hashes or 0),
+                hits=old.hits + (hits or 0),
+                last_at=time.time(),
+            )
+
+    def counts(self) -> list[ReadCount]:
+        """Every row, by peer then route."""
+        with self._lock:
+            return sorted(self._counts.values(), key=lambda c: (c.peer, c.route))
+
+
 class NodeMetrics:
     """The counters and histograms of one serving node.
 
@@ -65,6 +125,8 @@ class NodeMetrics:
     """
 
     def __init__(self) -> None:
+        self.readers = ReaderTally()
+        """Who read what (not exported to Prometheus: it is per peer)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(

@@ -116,6 +116,8 @@ class AccessLog(AbstractAccessLogger):
             metrics.requests.labels(listener, route, facts.role, str(status)).inc()
             metrics.request_seconds.labels(listener, route, facts.role).observe(time)
             metrics.response_bytes.labels(listener, route).inc(size)
+            if facts.peer:
+                metrics.readers.record(facts.peer, facts.role, route, facts.hashes, facts.hits)
         if not self.logger.isEnabledFor(logging.INFO):
             return
         who = facts.peer or (request.remote or "-")

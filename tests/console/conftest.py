@@ -51,6 +51,8 @@ class Console:
 
     base: str
     node_dir: Path
+    api: str = ""
+    """The node's mutual-TLS API (``https://127.0.0.1:PORT``)."""
 
     def url(self, page: str) -> str:
         return f"{self.base}{PREFIX}/{page}"
@@ -71,12 +73,14 @@ async def serve_console(
     with_ops(node_dir, token)
     stop = asyncio.Event()
     started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
+    api: list[RunningServer] = []
     task = asyncio.create_task(
         run_server(
             node_dir,
             sync=sync,
             poll_interval=poll,
             stop=stop,
+            on_started=api.append,
             on_ops_started=started.set_result,
         )
     )
@@ -87,7 +91,7 @@ async def serve_console(
         if started not in done:
             raise AssertionError(f"the ops listener did not start: {task}")
         ops = started.result()
-        yield Console(f"http://{ops.host}:{ops.port}", node_dir)
+        yield Console(f"http://{ops.host}:{ops.port}", node_dir, api[0].url)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=PATIENCE)

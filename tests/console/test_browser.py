@@ -34,13 +34,24 @@ from node.storage.peer_store import PeerRecord
 from protocol.entry import AddEntry
 from tests.api.conftest import make_identity
 from tests.console.browser import DESKTOP, PHONE, chromium, screenshot
-from tests.console.conftest import PLANTED, Console, init_console_node, serve_console
-from tests.sync.conftest import A, Serving, add_card, add_entries, make_node, serve, sha, trusted
+from tests.console.conftest import ORIGIN, PLANTED, Console, init_console_node, serve_console
+from tests.sync.conftest import (
+    A,
+    Serving,
+    add_card,
+    add_entries,
+    make_node,
+    once,
+    serve,
+    sha,
+    trusted,
+)
 from tests.waiting import PATIENCE, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AUTHOR_ENTRIES = 25
+B_NAME = ORIGIN  # B's peer name at A is its origin, from its card
 PDQ_LISTED = "f" * 16 + "0" * 16 + "a5" * 16
 PDQ_NEAR = "e" + "f" * 15 + "0" * 15 + "1" + "a5" * 15 + "a4"  # 3 bits away
 DEAD = "unreachable.example/hashmesh"
@@ -55,6 +66,7 @@ class Seen:
     peer_states: dict[str, str] = field(default_factory=dict)
     hits: list[tuple[str, str, str, str]] = field(default_factory=list)
     distances: list[str] = field(default_factory=list)
+    readers: list[str] = field(default_factory=list)
     summary: str = ""
     receipt: Path | None = None
     verification: str = ""
@@ -111,6 +123,12 @@ async def network(tmp_path: Path) -> AsyncIterator[Network]:
             )
             with Ledger.open(b_dir) as ledger:  # B's analyst disputes one of A's entries
                 ledger.append([make_opinion(ledger, A, 7, "dispute", "not the reported material")])
+            # A reads from B once (as `hashmesh sync --once` would), so B's
+            # Activity page has a reader to show.
+            with Ledger.open(a.node_dir) as ledger:
+                ledger.peers.remove_peer(B_NAME)
+            add_card(a.node_dir, b_dir, console.api, follow=False)
+            assert (await once(a.node_dir)) == [None]
             yield Network(a, console, vkey_a)
     finally:
         await a.close()
@@ -243,6 +261,8 @@ def _walk(
     driver.find_element(By.LINK_TEXT, "Evidence").click()
     snap("evidence")
     driver.find_element(By.LINK_TEXT, "Activity").click()
+    for row in driver.find_elements(By.CSS_SELECTOR, "#access tbody tr"):
+        seen.readers.append(row.text)
     snap("activity")
 
     driver.get(attacker)
@@ -290,5 +310,6 @@ async def test_analyst_walks_through_the_console(network: Network, tmp_path: Pat
 
     assert "refused" in seen.cross_site
     assert "not from this console" in seen.cross_site or "another site" in seen.cross_site
+    assert any(r.startswith(f"{A} peer /v1/logs") for r in seen.readers), seen.readers
     assert len(seen.screenshots) == 10
     assert all(p.stat().st_size > 5000 for p in seen.screenshots)

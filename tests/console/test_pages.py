@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import re
@@ -17,10 +18,12 @@ import pytest
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.key_files import load_signer
+from node.tls import client_ssl_context
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.evidence import ForkEvidence
 from protocol.keys import NoteVerifier
 from protocol.receipt import parse_receipt, verify_receipt
+from tests.api.conftest import add_peer, make_identity
 from tests.console.conftest import (
     LABELS,
     ORIGIN,
@@ -30,7 +33,7 @@ from tests.console.conftest import (
     unlisted,
     with_ops,
 )
-from tests.waiting import PATIENCE
+from tests.waiting import PATIENCE, eventually
 
 TOKEN = "s3cret-console-token-0123"
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
@@ -306,3 +309,42 @@ async def test_a_value_of_no_stated_type_is_tried_both_ways(console: Console) ->
     (found,) = doc["matches"]
     assert (found["type"], found["tried_as"]) == ("sha256", ["sha256", "pdq"])
     assert [h["index"] for h in found["hits"]] == [4]
+
+
+async def _access_rows(console: Console) -> list[dict[str, object]]:
+    async with _session() as session, session.get(console.url("activity.json")) as r:
+        return list((await r.json())["access_log"])
+
+
+async def test_activity_counts_who_read_what_without_a_hash_value(console_node: Path) -> None:
+    reader = make_identity(console_node.parent, "reader")
+    add_peer(console_node, reader, "subscriber")
+    async for console in serve_console(console_node):
+        server_pem = load_config(console_node).tls_cert_path.read_text(encoding="ascii")
+        ctx = client_ssl_context(reader.cert_path, reader.key_path, server_pem)
+        body = {"hashes": [{"type": "sha256", "value": v} for v in (PLANTED[3], unlisted(9))]}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as api:
+            async with api.get(console.api + "/v1/logs") as r:
+                assert r.status == 200
+            async with api.post(console.api + "/v1/match", json=body) as r:
+                assert r.status == 200
+
+        seen = await eventually(
+            functools.partial(_access_rows, console),
+            until=lambda r: len(r) == 2,
+            what="two access rows",
+        )
+        async with _session() as session, session.get(console.url("activity")) as r:
+            html = await r.text()
+    by_route = {row["route"]: row for row in seen}
+    assert by_route["/v1/match"] == {
+        **by_route["/v1/match"],
+        "peer": "reader.example/log",
+        "role": "subscriber",
+        "requests": 1,
+        "hashes": 2,
+        "hits": 1,
+    }
+    assert by_route["/v1/logs"]["requests"] == 1
+    assert "reader.example/log" in html and "/v1/match" in html
+    assert PLANTED[3] not in html and PLANTED[3] not in json.dumps(seen)

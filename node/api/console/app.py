@@ -228,7 +228,12 @@ def build_console(context: OpsContext) -> web.Application:
     config = context.config
     return make_console_app(
         context.db,
-        ConsoleSettings(origin=config.origin, token=config.ops.token, node_dir=config.node_dir),
+        ConsoleSettings(
+            origin=config.origin,
+            token=config.ops.token,
+            node_dir=config.node_dir,
+            readers=context.metrics.readers,
+        ),
     )
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from node.api.console.chart import CHART_DAYS, growth_chart
 from node.api.console.render import (
     CONSOLE_DB_KEY,
+    CONSOLE_SETTINGS_KEY,
     ConsoleInputError,
     Page,
     render,
@@ -440,4 +441,20 @@ async def activity(request: web.Request) -> web.StreamResponse:
     db = request.app[CONSOLE_DB_KEY]
     heads = peer_heads(db)
     facts = await db.read(lambda ledger: activity_facts(ledger, heads))
+    readers = request.app[CONSOLE_SETTINGS_KEY].readers
+    if readers is not None:
+        facts["access_log"] = [
+            {
+                "peer": c.peer,
+                "role": c.role,
+                "route": c.route,
+                "requests": c.requests,
+                "hashes": c.hashes,
+                "hits": c.hits,
+                "last": datetime.datetime.fromtimestamp(c.last_at, datetime.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+            }
+            for c in readers.counts()
+        ]
     return render(request, Page("activity.html", "Activity", facts))
