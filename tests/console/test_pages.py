@@ -148,6 +148,9 @@ async def test_entry_page_verifies_inclusion_and_shows_retraction(console: Conso
         async with session.get(console.url("entry"), params={"origin": ORIGIN, "index": "x"}) as r:
             bad = r.status, await r.text()
     assert doc["retracted_by"] == 6
+    with Ledger.open(console.node_dir, read_only=True) as ledger:
+        vkey = ledger.own_log.verifier_key
+    assert doc["verify_command"] == f"python -m protocol verify-receipt FILE --vkey '{vkey}'"
     assert doc["verification"]["ok"] is True
     assert doc["checkpoint"]["size"] == 7
     assert len(doc["inclusion_proof"]) == 3

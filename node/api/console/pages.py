@@ -37,6 +37,7 @@ from protocol.entry import RetractEntry, RotateEntry, parse_entry
 from protocol.errors import ProtocolError
 from protocol.evidence import ForkEvidence
 from protocol.receipt import verify_receipt
+from protocol.rotation import KeyChain
 
 __all__ = [
     "activity",
@@ -240,19 +241,21 @@ async def entry(request: web.Request) -> web.StreamResponse:
     verify = request.query.get("verify") == "1"
     db = request.app[CONSOLE_DB_KEY]
 
-    def read(ledger: Ledger) -> tuple[EntryView, Any]:
-        view = describe_entry(ledger, origin, index)
-        return view, ledger.key_chain(origin) if verify else None
+    def read(ledger: Ledger) -> tuple[EntryView, KeyChain]:
+        return describe_entry(ledger, origin, index), ledger.key_chain(origin)
 
     view, chain = await db.read(read)
     doc = _entry_doc(view)
     doc["verification"] = None
+    # The key an outsider checks the receipt with: the one for its size.
+    vkey = chain.verifier_for(view.receipt.size).to_text() if view.receipt else "ORIGIN_KEY"
+    doc["verify_command"] = f"python -m protocol verify-receipt FILE --vkey '{vkey}'"
     if verify:
         doc["verification"] = _verify(view, chain)
     return render(request, Page("entry.html", f"Entry {index} of {origin}", doc))
 
 
-def _verify(view: EntryView, chain: Any) -> dict[str, Any]:
+def _verify(view: EntryView, chain: KeyChain) -> dict[str, Any]:
     """Check the entry's receipt as an outsider would: signature by the key chain, then proof."""
     receipt = view.receipt
     if receipt is None:
