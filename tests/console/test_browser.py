@@ -199,7 +199,8 @@ def _browse(console: Console, attacker: str, tmp: Path) -> Seen:
         except Exception as e:
             # Say what the page showed, not only which element was missing.
             raise AssertionError(
-                f"{e.__class__.__name__} on {driver.current_url}: {driver.find_element(By.TAG_NAME, 'body').text[:2000]}"
+                f"{e.__class__.__name__} ({str(e).splitlines()[0]}) on {driver.current_url}: "
+                f"{driver.find_element(By.TAG_NAME, 'body').text[:2000]}"
             ) from e
     return seen
 
