@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from node.api.server import RunningServer, run_server
 from node.cli import main as hashmesh
@@ -75,7 +76,7 @@ async def test_a_sound_node_is_scrubbed_and_served(node_dir: Path, tmp_path: Pat
 
 
 async def test_the_scrub_finds_a_damaged_entry_and_the_log_is_no_longer_served(
-    node_dir: Path, tmp_path: Path
+    node_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # One byte of entry 3's value changed (the hex digit 'a' -> 'b', say).
     tamper(
@@ -98,8 +99,20 @@ async def test_the_scrub_finds_a_damaged_entry_and_the_log_is_no_longer_served(
         assert (await get(server, node_dir, peer, "/v1/health"))[0] == 200
         damage = DamageRegister(node_dir).get(ORIGIN)
         assert damage is not None and damage.first_bad_index == 3 and damage.found_by == "scrub"
+        await eventually(
+            lambda: (read_progress(node_dir) or {}).get("findings"),
+            what="the finding saved in scrub.json",
+        )
     # The CLI shows it, and signs nothing for the log.
+    capsys.readouterr()
     assert hashmesh(["--dir", str(node_dir), "status"]) == 0
+    out = capsys.readouterr().out
+    assert f"DAMAGED:          {ORIGIN} from entry 3" in out and "found by scrub" in out
+    assert "scrub:            " in out
+    assert hashmesh(["--dir", str(node_dir), "status", "--json"]) == 0
+    integrity = json.loads(capsys.readouterr().out)["integrity"]
+    assert [d["first_bad_index"] for d in integrity["damaged"]] == [3]
+    assert integrity["scrub"]["findings"][0]["index"] == 3
     assert hashmesh(["--dir", str(node_dir), "add", "--type", "md5", "--value", "c" * 32]) == 1
 
 
