@@ -285,25 +285,18 @@ class HashListReader:
             cached = self._maker(signal_type, tuple(labels), note, quality)
             if cached is not None:
                 make, label_notes = cached
+                # Most values are canonical already, or upper-case hex (NCMEC's
+                # and most tools' lists) that needs only lower-casing: make()
+                # validates either fully. Lower-casing first spares the failed
+                # attempt (an exception per row) that upper-case hex would cost.
+                lowered = _lowered_hex(signal_type, raw_value)
                 try:
-                    # Most values are canonical already; normalising one
-                    # would change nothing, and make() validates it fully.
-                    entry = make(raw_value)
+                    entry = make(raw_value if lowered is None else lowered)
                 except MalformedError:
-                    lowered = _lowered_hex(signal_type, raw_value)
-                    if lowered is not None:
-                        # Upper-case hex (NCMEC's and most tools' lists) needs only
-                        # lower-casing, noted as normalise_signal_value would.
-                        try:
-                            entry = make(lowered)
-                        except MalformedError:
-                            pass
-                        else:
-                            self.notes[LOWER_CASED_HEX] += 1
-                            if label_notes:
-                                self.notes.update(label_notes)
-                            return ParsedLine(number, entry=entry)
+                    pass
                 else:
+                    if lowered is not None:
+                        self.notes[LOWER_CASED_HEX] += 1
                     if label_notes:
                         self.notes.update(label_notes)
                     return ParsedLine(number, entry=entry)
@@ -373,20 +366,18 @@ class HashListReader:
             if text != line:
                 self.notes["removed surrounding spaces"] += 1
             if make is not None:
+                # Upper-case hex is lower-cased before the attempt rather than
+                # after a failed one: an exception per line costs more.
+                lowered = text.lower() if hex_type and text.isascii() else text
                 try:
-                    yield ParsedLine(number, make(text))
-                    continue
+                    entry = make(lowered)
                 except MalformedError:
                     pass
-                if hex_type and text.isascii():
-                    try:
-                        entry = make(text.lower())
-                    except MalformedError:
-                        pass
-                    else:
+                else:
+                    if lowered != text:
                         self.notes[LOWER_CASED_HEX] += 1
-                        yield ParsedLine(number, entry)
-                        continue
+                    yield ParsedLine(number, entry)
+                    continue
             yield self._entry(number, self.default_type, text)
 
     def _read_quality_lines(

@@ -311,17 +311,17 @@ class VicsReader:
                 pending.append((ordinal, key, "expected a string"))
                 continue
             make = self._maker(signal_type, labels)
+            # Tools write upper-case hex; lower-casing is all most values need,
+            # and doing it first spares a failed attempt (an exception) per hash.
+            lowered = raw.lower() if signal_type != "photodna" and raw.isascii() else raw
+            entry: AddEntry | None
             try:
-                entry = make(raw)
+                entry = make(lowered)
             except MalformedError:
                 entry = None
-            if entry is None and signal_type != "photodna":
-                # Tools write upper-case hex; lower-casing is all most values need.
-                try:
-                    entry = make(raw.lower())
+            else:
+                if lowered != raw:
                     self.notes[LOWER_CASED_HEX] += 1
-                except MalformedError:
-                    pass
             if entry is None:
                 try:
                     value, changes = normalise_signal_value(signal_type, raw)
