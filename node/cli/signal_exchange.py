@@ -269,7 +269,8 @@ class HashmeshSignalExchange(
         except ProtocolError as e:
             raise HashmeshFetchError(
                 f"{origin} from {source.url}: the checkpoint does not verify with the "
-                f"origin's key ({e}); nothing was fetched"
+                f"origin's key ({e}); nothing was fetched. If the origin rotated its key, "
+                "check the rotation (hashmesh audit) and set the collaboration's verifier_key"
             ) from e
         if checkpoint is not None and checkpoint.origin != origin:
             raise HashmeshFetchError(

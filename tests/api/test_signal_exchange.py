@@ -259,3 +259,29 @@ def test_config_checkpoint_and_record_survive_threatexchange_json(tmp_path: Path
     )
     with pytest.raises(HashmeshFetchError, match="damaged"):
         HashmeshCheckpoint(ORIGIN, 3, ["ab" * 32]).compact_range()
+
+
+async def test_key_rotation_stops_the_fetch_until_the_new_key_is_configured(
+    tmp_path: Path, node: tuple[Path, Identity]
+) -> None:
+    node_dir, subscriber = node
+    async with served(node_dir) as url:
+        config = collab(tmp_path, node_dir, url, subscriber)
+        pages = await fetch(HashmeshSignalExchange.for_collab(config), None)
+        checkpoint = pages[-1][1]
+        with Ledger.open(node_dir) as ledger:
+            rotation = ledger.rotate_key("yearly rotation")
+            ledger.append([AddEntry.create(signal_type="md5", value="ff" * 16)])
+        got, refusal = await fetch_until_refused(
+            HashmeshSignalExchange.for_collab(config), checkpoint
+        )
+        assert got == [] and "rotated its key" in str(refusal)
+        # After checking the rotation, the operator configures the new key: the
+        # fetch resumes from the same checkpoint, the rotate entry yields no record.
+        config.verifier_key = str(rotation.new_vkey)
+        later = await fetch(HashmeshSignalExchange.for_collab(config), checkpoint)
+        updates: dict[int, HashmeshRecord | None] = {}
+        for page, _cp in later:
+            updates.update(page)
+        assert later[-1][1].size == 7
+        assert set(updates) == {6} and updates[6] is not None and updates[6].value == "ff" * 16
