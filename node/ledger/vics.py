@@ -34,7 +34,7 @@ from node.errors import LineError, NodeError
 from node.ledger.hashlist import ParsedLine, normalise_labels
 from protocol.entry import AddEntry
 from protocol.errors import MalformedError
-from protocol.signal import LOWER_CASED_HEX, normalise_signal_value
+from protocol.signal import LOWER_CASED_HEX, SIGNAL_TYPES, normalise_signal_value
 
 __all__ = [
     "PROFILES",
@@ -217,6 +217,9 @@ class VicsReader:
     _makers: dict[tuple[str, tuple[str, ...]], Callable[[str], AddEntry]] = field(
         default_factory=dict, repr=False
     )
+    _plans: dict[int, tuple[tuple[str, str, Callable[[str], AddEntry], bool], ...]] = field(
+        default_factory=dict, repr=False
+    )
 
     def read(self, path: Path) -> Iterator[ParsedLine]:
         """Yield the entries (and the rejected media items) of the document at ``path``.
@@ -237,9 +240,10 @@ class VicsReader:
                 stream.seek(0)
                 prefix = "value.item.Media.item" if shape == "Cases" else "value.item"
                 pending: list[tuple[int, str, str]] = []
+                ordinal = -1
                 for ordinal, media in enumerate(ijson.items(stream, prefix, use_float=True)):
-                    self.media_read += 1
                     yield from self._media(ordinal, media, pending)
+                self.media_read = ordinal + 1
         except ijson.JSONError as e:
             # yajl's message carries a drawing of the spot on further lines.
             first = (str(e).strip().splitlines() or ["cut short"])[0].strip()
@@ -276,44 +280,31 @@ class VicsReader:
 
     def _media(
         self, ordinal: int, media: object, pending: list[tuple[int, str, str]]
-    ) -> Iterator[ParsedLine]:
-        if not isinstance(media, dict):
+    ) -> list[ParsedLine]:
+        if type(media) is not dict:
             pending.append((ordinal, "", "expected a JSON object"))
-            return
+            return []
         category = media.get("Category")
-        if category is None or category == "":
-            self.skipped["uncategorised (no Category)"] += 1
-            return
-        number = _category_number(category)
-        if number is None or number not in self.profile.categories:
-            known = ", ".join(str(n) for n in sorted(self.profile.categories))
-            pending.append(
-                (
-                    ordinal,
-                    "Category",
-                    f"category {category!r} is not in profile {self.profile.name} "
-                    f"(known: {known}); map it with --profile FILE",
-                )
-            )
-            return
-        labels = self.profile.categories[number]
-        if labels is None:
-            meaning = self.profile.meanings.get(number, "non-pertinent")
-            self.skipped[f"category {number} ({meaning})"] += 1
-            return
+        # Per media item only dictionary look-ups: what a category means, and
+        # the entry maker of each hash field, are worked out once (_plan).
+        plan = self._plans.get(category) if type(category) is int else None
+        if plan is None:
+            plan = self._plan(ordinal, category, pending)
+            if not plan:
+                return []
+        out: list[ParsedLine] = []
         found = False
-        for key, signal_type in VICS_HASH_FIELDS:
+        for key, signal_type, make, hex_type in plan:
             raw = media.get(key)
             if raw is None or raw == "":
                 continue
             found = True
-            if not isinstance(raw, str):
+            if type(raw) is not str:
                 pending.append((ordinal, key, "expected a string"))
                 continue
-            make = self._maker(signal_type, labels)
             # Tools write upper-case hex; lower-casing is all most values need,
             # and doing it first spares a failed attempt (an exception) per hash.
-            lowered = raw.lower() if signal_type != "photodna" and raw.isascii() else raw
+            lowered = raw.lower() if hex_type and raw.isascii() else raw
             entry: AddEntry | None
             try:
                 entry = make(lowered)
@@ -331,10 +322,47 @@ class VicsReader:
                     continue
                 for change in changes:
                     self.notes[change] += 1
-            yield ParsedLine(ordinal + 1, entry=entry)
+            out.append(ParsedLine(ordinal + 1, entry))
         if not found:
             names = ", ".join(k for k, _t in VICS_HASH_FIELDS)
             pending.append((ordinal, "MD5", f"the media item carries no hash ({names})"))
+        return out
+
+    def _plan(
+        self, ordinal: int, category: object, pending: list[tuple[int, str, str]]
+    ) -> tuple[tuple[str, str, Callable[[str], AddEntry], bool], ...]:
+        """The hash fields to read for ``category`` with their makers; () to skip the item.
+
+        Counts a skipped item, or records why the category is refused.
+        """
+        if category is None or category == "":
+            self.skipped["uncategorised (no Category)"] += 1
+            return ()
+        number = _category_number(category)
+        if number is not None and number in self._plans:
+            return self._plans[number]
+        if number is None or number not in self.profile.categories:
+            known = ", ".join(str(n) for n in sorted(self.profile.categories))
+            pending.append(
+                (
+                    ordinal,
+                    "Category",
+                    f"category {category!r} is not in profile {self.profile.name} "
+                    f"(known: {known}); map it with --profile FILE",
+                )
+            )
+            return ()
+        labels = self.profile.categories[number]
+        if labels is None:
+            meaning = self.profile.meanings.get(number, "non-pertinent")
+            self.skipped[f"category {number} ({meaning})"] += 1
+            return ()
+        plan = tuple(
+            (key, signal_type, self._maker(signal_type, labels), signal_type in _HEX_TYPES)
+            for key, signal_type in VICS_HASH_FIELDS
+        )
+        self._plans[number] = plan
+        return plan
 
     def _maker(self, signal_type: str, labels: tuple[str, ...]) -> Callable[[str], AddEntry]:
         key = (signal_type, labels)
@@ -383,6 +411,7 @@ def _category_number(category: object) -> int | None:
 
 
 _VICS_FIELD = {signal_type: key for key, signal_type in VICS_HASH_FIELDS}
+_HEX_TYPES = frozenset(name for name, row in SIGNAL_TYPES.items() if row.encoding == "hex")
 
 
 def write_vics(
