@@ -452,11 +452,13 @@ class HashListReader:
             )
 
     def _read_csv(self, lines: Iterator[tuple[int, str]]) -> Iterator[ParsedLine]:
-        numbers: list[int] = []
+        # Only the current line's number is kept: a list of every number
+        # would grow with the file (36 MB per million rows).
+        numbers = [0]
 
         def feed() -> Iterator[str]:
             for number, line in lines:
-                numbers.append(number)
+                numbers[0] = number
                 yield line
 
         reader = csv.reader(feed())
@@ -485,7 +487,7 @@ class HashListReader:
             else:
                 label_cols.append((index, spec))
         if problem is not None:
-            yield ParsedLine(numbers[-1], error=LineError(numbers[-1], "header", problem))
+            yield ParsedLine(numbers[0], error=LineError(numbers[0], "header", problem))
             return
         used = {i for i, _ in value_cols} | {i for i, _ in label_cols}
         self.ignored_columns = tuple(
@@ -494,12 +496,16 @@ class HashListReader:
         label_col = _first_index(columns, ("labels",))
         note_col = _first_index(columns, ("note",))
         quality_col = _first_index(columns, ("quality",))
+        # A row's quality belongs to its perceptual column, not its md5 beside it.
+        plan = [(i, t, t is None or SIGNAL_TYPES[t].requires_quality) for i, t in value_cols]
+        width = len(columns)
+        default_quality = self.default_quality
         for row in reader:
-            number = numbers[-1]
-            if not any(cell.strip() for cell in row):
+            number = numbers[0]
+            if not row or not "".join(row).strip():
                 self.skipped_blank += 1
                 continue
-            if len(row) != len(columns):
+            if len(row) != width:
                 yield ParsedLine(
                     number,
                     error=LineError(
@@ -524,26 +530,16 @@ class HashListReader:
             row_type = row[type_col].strip().lower() if type_col is not None else ""
             note = (row[note_col] or None) if note_col is not None else None
             found = False
-            for index, column_type in value_cols:
+            for index, column_type, takes_quality in plan:
                 cell = row[index]
-                if not cell.strip():
+                if not cell or (cell[0].isspace() and not cell.strip()):
                     continue  # rows may fill only some of the value columns
                 found = True
                 signal_type = column_type or row_type or self.default_type
-                # A row's quality belongs to its perceptual column, not its md5 beside it.
-                own_quality = (
-                    quality
-                    if column_type is None or SIGNAL_TYPES[column_type].requires_quality
-                    else None
-                )
-                parsed = self._entry(
-                    number,
-                    signal_type,
-                    cell,
-                    labels,
-                    note,
-                    self._quality_for(signal_type, own_quality),
-                )
+                own_quality = quality if takes_quality else None
+                if default_quality is not None:
+                    own_quality = self._quality_for(signal_type, own_quality)
+                parsed = self._entry(number, signal_type, cell, labels, note, own_quality)
                 if parsed.error is not None and column_type is not None:
                     # Name the column the value came from, not the generic field.
                     error = parsed.error
