@@ -16,7 +16,8 @@ Printed: the probes' p50/p99/max, alone (``--baseline`` seconds before the
 load, the same-run reference) and under load; the load's requests by status
 (503s are the heavy lane's deliberate refusals; any other 5xx is a failure);
 the server's RSS at the end of the warm-up (``--warmup`` seconds into the
-load) and at the end. Targets: p99 <= 50 ms, 0 unexpected 5xx, RSS growth
+load) and at the end, and its peaks in the first and second half after the
+warm-up (a leak shows as climbing peaks; one sample may land in a burst). Targets: p99 <= 50 ms, 0 unexpected 5xx, RSS growth
 after warm-up < 10 %. ``--json`` prints the figures as JSON too.
 """
 
@@ -245,6 +246,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await served.stop()
     warm = [kib for at, kib in rss if at >= args.warmup]
     rss_warm, rss_end = (warm[0], warm[-1]) if warm else (0, 0)
+    # A leak shows as peaks that keep climbing; one sample lands anywhere in
+    # a burst (a 10,000-hash match allocates tens of MiB for a moment).
+    half = len(warm) // 2
+    peak_first, peak_second = (max(warm[:half]), max(warm[half:])) if half else (0, 0)
     unexpected_5xx = sum(
         n for key, n in statuses.items() if key.split()[-1].startswith("5") and "503" not in key
     )
@@ -264,6 +269,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_kib_end": rss_end,
         "rss_kib_max": max((kib for _at, kib in rss), default=0),
         "rss_growth_pct": round(100 * (rss_end - rss_warm) / rss_warm, 1) if rss_warm else None,
+        "rss_peak_kib_first_half": peak_first,
+        "rss_peak_kib_second_half": peak_second,
+        "rss_peak_growth_pct": (
+            round(100 * (peak_second - peak_first) / peak_first, 1) if peak_first else None
+        ),
     }
 
 
@@ -285,7 +295,10 @@ def report(result: dict[str, Any]) -> None:
     print(
         f"  server RSS: {result['rss_kib_after_warmup'] / 1024:.1f} MiB after warm-up, "
         f"{result['rss_kib_end'] / 1024:.1f} MiB at the end "
-        f"(growth {result['rss_growth_pct']} %), max {result['rss_kib_max'] / 1024:.1f} MiB"
+        f"(growth {result['rss_growth_pct']} %), max {result['rss_kib_max'] / 1024:.1f} MiB; "
+        f"peak after warm-up {result['rss_peak_kib_first_half'] / 1024:.1f} MiB in the first "
+        f"half, {result['rss_peak_kib_second_half'] / 1024:.1f} MiB in the second "
+        f"({result['rss_peak_growth_pct']} %)"
     )
 
 

@@ -76,7 +76,9 @@ def main() -> None:
     per_slice = statistics.median(slices)
     share = per_slice * DEFAULT_SCRUB_RATE / args.slice
     print(f"entries: {args.entries:,}")
-    print(f"baseline (one SELECT + SHA-256 of every entry): {args.entries / baseline:,.0f} entries/s")
+    print(
+        f"baseline (one SELECT + SHA-256 of every entry): {args.entries / baseline:,.0f} entries/s"
+    )
     print(f"fsck whole-log check: {args.entries / whole:,.0f} entries/s ({whole:.2f} s)")
     print(f"scrub slice of {args.slice}: median {per_slice * 1000:.1f} ms CPU")
     print(f"derived comparison at the end of a pass: {derived:.2f} s CPU")
