@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from node.api.connections import ConnectionGate, raise_open_file_limit
+from node.api.state import ApiLimits
 from node.config import ConnectionSettings, load_config
 from node.errors import ConfigError
 from node.ledger.provision import init_node
+from tests.api.conftest import Served
+from tests.waiting import PATIENCE, eventually
 
 
 async def _parked() -> None:
@@ -141,3 +145,29 @@ def test_bad_connection_settings_are_named(tmp_path: Path, line: str, named: str
     )
     with pytest.raises(ConfigError, match=re.escape(named)):
         load_config(node)
+
+
+async def test_an_unfinished_handshake_is_closed_at_the_handshake_timeout(
+    serve_with: Callable[..., AsyncIterator[Served]],
+) -> None:
+    settings = ConnectionSettings(handshake_timeout=0.5, max_per_address=2)
+    async for served in serve_with(ApiLimits(), connections=settings):
+        host, port = served.server.host, served.server.port
+        reader, writer = await asyncio.open_connection(host, port)  # TCP only, no TLS bytes
+        try:
+            # The server, not the client, ends it: read until EOF.
+            assert await asyncio.wait_for(reader.read(), PATIENCE) == b""
+        finally:
+            writer.close()
+        gate = served.server.gate
+        assert gate is not None
+        await eventually(
+            gate.counts,
+            until=lambda c: c.timed_out == 1 and c.handshaking == 0,
+            what="the handshake counted as timed out",
+        )
+        assert gate.counts().evicted == 0
+        # Its place is free again: a real peer connects and is answered.
+        async with served.session(served.peer) as s, s.get(served.url + "/v1/health") as r:
+            assert r.status == 200
+        assert gate.counts().peak_established >= 1
