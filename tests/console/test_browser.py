@@ -26,7 +26,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 from node.ledger import Ledger
 from node.ledger.matching import make_opinion
@@ -234,7 +237,7 @@ def _walk(
         f"PDQ {PDQ_NEAR.upper()}",
     ]
     driver.find_element(By.ID, "hashes").send_keys("\n".join(pasted))
-    driver.find_element(By.ID, "lookup-submit").click()
+    _submit(driver, driver.find_element(By.ID, "lookup-submit"))
     seen.summary = driver.find_element(By.ID, "summary").text
     for row in driver.find_elements(By.CSS_SELECTOR, "#hits tr.hit"):
         origin = row.find_element(By.CLASS_NAME, "origin").text
@@ -255,7 +258,7 @@ def _walk(
     seen.receipt = _wait_for_file(downloads, ".receipt.json")
 
     row.find_element(By.CSS_SELECTOR, ".index a").click()
-    driver.find_element(By.ID, "verify").click()
+    _submit(driver, driver.find_element(By.ID, "verify"))
     seen.verification = driver.find_element(By.ID, "verification").text
     snap("entry")
 
@@ -267,8 +270,20 @@ def _walk(
     snap("activity")
 
     driver.get(attacker)
-    driver.find_element(By.ID, "go").click()
-    seen.cross_site = driver.find_element(By.TAG_NAME, "body").text
+    _submit(driver, driver.find_element(By.ID, "go"))
+    seen.cross_site = WebDriverWait(
+        driver, PATIENCE, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: d.find_element(By.TAG_NAME, "body").text)
+
+
+def _submit(driver: Any, button: Any) -> None:
+    """Click a form's button and wait until the page it posted to has replaced this one.
+
+    A click can return before a form post's navigation starts (seen with the
+    cross-site post on a loaded machine); reading the old page then fails as stale.
+    """
+    button.click()
+    WebDriverWait(driver, PATIENCE).until(expected_conditions.staleness_of(button))
 
 
 async def test_analyst_walks_through_the_console(network: Network, tmp_path: Path) -> None:
