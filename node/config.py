@@ -9,6 +9,7 @@ A node directory holds::
     tls/node.key       the node's TLS private key (mode 0600)
     tls/node.crt       the node's self-signed TLS certificate (pinned by peers)
     ledger.db          the SQLite database (WAL mode)
+    RECOVERING         only after `hashmesh restore`, until the own log is recovered
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from node.errors import ConfigError
 from protocol.errors import MalformedError
@@ -29,6 +31,7 @@ __all__ = [
     "CONFIG_FILE",
     "DEFAULT_DIR",
     "DEFAULT_LISTEN",
+    "ApiSettings",
     "ConnectionSettings",
     "MatchSettings",
     "NodeConfig",
@@ -39,7 +42,9 @@ __all__ = [
     "WitnessRequirement",
     "WitnessSettings",
     "append_witness_setting",
+    "check_advertise_url",
     "check_origin",
+    "listen_url",
     "load_config",
     "make_private_dir",
     "parse_listen",
@@ -121,6 +126,42 @@ def make_private_dir(path: Path) -> None:
         return
     path.mkdir(mode=0o700, parents=True)
     path.chmod(0o700)  # mkdir's mode is filtered by the umask, never widened by it
+
+
+def check_advertise_url(url: str) -> str:
+    """Check a URL peers can reach this node at (``https://HOST:PORT``) and return it.
+
+    Raises:
+        ConfigError: if it is not ``https://HOST[:PORT]`` without a path, or
+            its host is an any-address (``0.0.0.0``, ``::``) no peer can dial.
+    """
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"advertised URL {url!r} has an invalid port") from None
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        raise ConfigError(f"advertised URL must be https://HOST:PORT, not {url!r}")
+    if parts.hostname in _ANY_HOST:
+        raise ConfigError(
+            f"advertised URL {url!r} names an any-address; give the host name or address peers dial"
+        )
+    return url.rstrip("/")
+
+
+def listen_url(listen: str) -> str:
+    """``https://HOST:PORT`` for a ``HOST:PORT`` listen address (IPv6 in brackets)."""
+    host, port = parse_listen(listen)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
 
 
 def resolve_node_dir(arg: str | None) -> Path:
@@ -296,6 +337,19 @@ class ConnectionSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiSettings:
+    """The ``[api]`` table of ``config.toml``: the mutual-TLS API.
+
+    Attributes:
+        advertise: the URL peers reach this node at, put in its card
+            (``https://HOST:PORT``); None derives it from ``listen``, which
+            fails for an any-address like ``0.0.0.0``.
+    """
+
+    advertise: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """Settings of one node, as read from ``config.toml``."""
 
@@ -308,6 +362,27 @@ class NodeConfig:
     ops: OpsSettings = OpsSettings()
     scrub: ScrubSettings = ScrubSettings()
     connections: ConnectionSettings = ConnectionSettings()
+    api: ApiSettings = ApiSettings()
+
+    def card_url(self, override: str | None = None) -> str:
+        """The URL this node's card advertises: ``override``, ``[api] advertise``, or ``listen``.
+
+        Raises:
+            ConfigError: if the URL is invalid, or only ``listen`` is known
+                and it is an any-address (peers could not dial it).
+        """
+        if override is not None:
+            return check_advertise_url(override)
+        if self.api.advertise is not None:
+            return self.api.advertise
+        host, _port = parse_listen(self.listen)
+        if host in _ANY_HOST:
+            raise ConfigError(
+                f"this node listens on {self.listen!r}, which peers cannot dial; set "
+                '[api] advertise = "https://HOST:PORT" in config.toml (or pass '
+                "--advertise-url) with the address peers reach it at"
+            )
+        return listen_url(self.listen)
 
     @property
     def config_path(self) -> Path:
@@ -328,6 +403,11 @@ class NodeConfig:
     def witness_key_path(self) -> Path:
         """Path of the witness cosignature/v1 key (mode 0600, made on first use)."""
         return self.node_dir / "witness.key"
+
+    @property
+    def recovery_mark_path(self) -> Path:
+        """Present while a restored node has not recovered its own log (it signs nothing)."""
+        return self.node_dir / "RECOVERING"
 
     @property
     def tls_key_path(self) -> Path:
@@ -353,6 +433,17 @@ origin = "{config.origin}"
 
 # Address `hashmesh serve` listens on and advertises in the node's card.
 listen = "{config.listen}"
+{_render_api(config.api)}"""
+
+
+def _render_api(api: ApiSettings) -> str:
+    if api.advertise is None:
+        return ""
+    return f"""
+[api]
+# The URL peers reach this node at (its card carries it): needed when
+# `listen` is an any-address such as 0.0.0.0, or behind NAT.
+advertise = {json.dumps(api.advertise)}
 """
 
 
@@ -381,6 +472,7 @@ def load_config(node_dir: Path) -> NodeConfig:
         "ops",
         "scrub",
         "connections",
+        "api",
     }
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -402,6 +494,7 @@ def load_config(node_dir: Path) -> NodeConfig:
         ops=_ops_settings(path, raw.get("ops", {}), (listen, public.listen)),
         scrub=_scrub_settings(path, raw.get("scrub", {})),
         connections=_connection_settings(path, raw.get("connections", {})),
+        api=_api_settings(path, raw.get("api", {})),
     )
 
 
@@ -509,6 +602,19 @@ def _scrub_settings(path: Path, raw: object) -> ScrubSettings:
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1_000_000:
         raise ConfigError(f"{path}: scrub.slice must be a whole number of entries, 1 to 1000000")
     return ScrubSettings(entries_per_second=float(rate), slice=size)
+
+
+def _api_settings(path: Path, raw: object) -> ApiSettings:
+    table = _section(path, "api", raw, {"advertise"})
+    advertise = table.get("advertise")
+    if advertise is not None:
+        if not isinstance(advertise, str):
+            raise ConfigError(f"{path}: api.advertise must be a string like 'https://host:8443'")
+        try:
+            advertise = check_advertise_url(advertise)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: api.advertise: {e}") from e
+    return ApiSettings(advertise=advertise)
 
 
 def _public_settings(path: Path, raw: object, api_listen: str) -> PublicSettings:

@@ -12,6 +12,7 @@ Layer: node (bottom). This module performs no I/O.
     │   └── SchemaVersionError   database written by a newer hashmesh
     ├── LedgerError              a write the ledger refuses (nothing written)
     │   ├── RetractionError      retracting a missing or already retracted entry
+    │   ├── RecoveringError      a restored node signs nothing until it has recovered
     │   ├── ReplicationError     a replicated batch or checkpoint was refused
     │   │   └── FrozenLogError   the origin has fork evidence; nothing more accepted
     │   └── WitnessError         this node, as a witness, refused to cosign
@@ -46,6 +47,7 @@ __all__ = [
     "PeerProtocolError",
     "PeerUnavailableError",
     "PublishError",
+    "RecoveringError",
     "ReplicationError",
     "RetractionError",
     "SchemaVersionError",
@@ -95,6 +97,15 @@ class PublishError(NodeError):
 
 class RetractionError(LedgerError):
     """A retraction names an entry that does not exist or is already retracted."""
+
+
+class RecoveringError(LedgerError):
+    """The node was restored from a backup and has not recovered its own log yet.
+
+    Until ``hashmesh recover`` (or ``serve``) has fetched what its peers and
+    witnesses hold of its own origin beyond the backup, signing anything
+    could show them two histories (docs/operations.md).
+    """
 
 
 class ReplicationError(LedgerError):

@@ -49,6 +49,7 @@ __all__ = [
     "peer_spki",
     "public_client_ssl_context",
     "public_server_ssl_context",
+    "reload_identity",
     "server_ssl_context",
     "spki_fingerprint",
     "spki_from_der",
@@ -158,6 +159,18 @@ def _load_identity(ctx: ssl.SSLContext, cert_path: Path, key_path: Path) -> None
             f"cannot load the TLS identity {cert_path} / {key_path}: {e}; "
             "the node directory may be incomplete"
         ) from e
+
+
+def reload_identity(ctx: ssl.SSLContext, cert_path: Path, key_path: Path) -> None:
+    """Present the certificate and key now in the files on new handshakes.
+
+    ``hashmesh serve`` calls it on SIGHUP (``systemctl reload``), e.g. after
+    ``hashmesh tls retire-old``; open connections keep their certificate.
+
+    Raises:
+        ConfigError: if the files cannot be loaded (the context is unchanged).
+    """
+    _load_identity(ctx, cert_path, key_path)
 
 
 def add_trusted_cert(ctx: ssl.SSLContext, pem: str) -> None:

@@ -49,7 +49,7 @@ from node.api.state import (
     WorkLane,
     refuse_damaged,
 )
-from node.errors import EntryNotFoundError, StorageError, UnknownLogError
+from node.errors import EntryNotFoundError, RecoveringError, StorageError, UnknownLogError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
@@ -174,6 +174,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return handlers.error_response(404, str(e), "origin")
     except EntryNotFoundError as e:
         return handlers.error_response(404, str(e), e.field)
+    except RecoveringError as e:
+        # A restored node cosigns nothing until it has recovered its own log.
+        return handlers.error_response(503, str(e), None, {"Retry-After": "60"})
     except StorageError as e:
         log.warning("database unavailable for %s: %s", request.path, e)
         return handlers.error_response(

@@ -10,9 +10,9 @@ client certificates, and only the public application
 (:mod:`node.api.public`: checkpoint and hash tiles). :func:`run_server` is
 ``hashmesh serve``: open the database, build the context from the peers table,
 start the public listener too when ``[public] listen`` is set, serve until
-SIGINT or SIGTERM, then stop accepting, end event streams, let running requests
-finish (up to :data:`SHUTDOWN_TIMEOUT`), stop the sync runner and close the
-database.
+SIGINT or SIGTERM (SIGHUP reloads the TLS identity), then stop accepting, end
+event streams, let running requests finish (up to :data:`SHUTDOWN_TIMEOUT`),
+stop the sync runner and close the database.
 
 The trust store follows the peers table while serving: a peer added by
 ``hashmesh peer add`` (another process) can connect within
@@ -44,7 +44,7 @@ from node.api.match import keep_current
 from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
 from node.api.public import PUBLIC_KEY, PublicLimits, make_public_app
 from node.api.state import ApiLimits
-from node.config import ConnectionSettings, load_config, parse_listen
+from node.config import ConnectionSettings, NodeConfig, load_config, parse_listen
 from node.errors import ConfigError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -56,6 +56,7 @@ from node.tls import (
     check_server_context,
     check_tls_server_context,
     public_server_ssl_context,
+    reload_identity,
     server_ssl_context,
 )
 
@@ -404,9 +405,11 @@ async def run_server(
         )
         server = await start_server(app, ctx, host=host, port=port, connections=config.connections)
         public: RunningServer | None = None
+        public_ctx: ssl.SSLContext | None = None
         if config.public.listen is not None:
             try:
                 public_host, public_port = parse_listen(config.public.listen)
+                public_ctx = public_server_ssl_context(config.tls_cert_path, config.tls_key_path)
                 public = await start_public_server(
                     make_public_app(
                         db,
@@ -415,7 +418,7 @@ async def run_server(
                         integrity=integrity,
                         origin=config.origin,
                     ),
-                    public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
+                    public_ctx,
                     host=public_host,
                     port=public_port,
                     connections=config.connections,
@@ -474,7 +477,8 @@ async def run_server(
                 log.info("analyst console: %s/console/", ops.url)
                 if on_ops_started is not None:
                     on_ops_started(ops)
-            await _until_stopped(stop)
+            contexts = [c for c in (ctx, public_ctx) if c is not None]
+            await _until_stopped(stop, lambda: _reload(contexts, config))
         finally:
             for task in tasks:
                 task.cancel()
@@ -509,12 +513,24 @@ def _open_file_limit(settings: ConnectionSettings, listeners: int) -> None:
         )
 
 
-async def _until_stopped(stop: asyncio.Event | None) -> None:
+def _reload(contexts: list[ssl.SSLContext], config: NodeConfig) -> None:
+    """SIGHUP: present the TLS identity now on disk (after ``hashmesh tls retire-old``)."""
+    try:
+        for ctx in contexts:
+            reload_identity(ctx, config.tls_cert_path, config.tls_key_path)
+    except ConfigError as e:
+        log.error("SIGHUP: kept the TLS identity in use: %s", e)
+        return
+    log.info("SIGHUP: reloaded the TLS identity from %s", config.tls_cert_path)
+
+
+async def _until_stopped(stop: asyncio.Event | None, reload: Callable[[], None]) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for signum in signals:
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signum in signals[:2]:
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
     finally:

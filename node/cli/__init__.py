@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from node.cli.audit import register as register_audit
+from node.cli.backup import register as register_backup
 from node.cli.federation import register as register_federation
 from node.cli.fsck import integrity_json, integrity_lines
 from node.cli.fsck import register as register_fsck
@@ -86,7 +87,9 @@ def _open(args: argparse.Namespace, *, read_only: bool = False) -> Ledger:
 
 
 def cmd_init(args: argparse.Namespace, out: _Out) -> int:
-    result = init_node(resolve_node_dir(args.dir), args.origin, listen=args.listen)
+    result = init_node(
+        resolve_node_dir(args.dir), args.origin, listen=args.listen, advertise=args.advertise_url
+    )
     out.print(f"created node {result.origin} in {result.node_dir}")
     out.print(f"verifier key: {result.verifier_key}")
     out.print(f"TLS SPKI fingerprint: sha256:{result.tls_fingerprint}")
@@ -670,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"address for `hashmesh serve` (default {DEFAULT_LISTEN})",
     )
+    p.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        help="https://HOST:PORT peers reach this node at, written to [api] advertise and "
+        "put in its card (needed with --listen 0.0.0.0:PORT or behind NAT)",
+    )
 
     types = ", ".join(SIGNAL_TYPES)
     p = command("add", cmd_add, "append one hash; prints its index")
@@ -840,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_keys(command, common)
     register_publish(command, common)
     register_witness(command, common)
+    register_backup(command, common)
     return parser
 
 

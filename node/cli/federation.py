@@ -16,7 +16,7 @@ from pathlib import Path
 
 from node.cli.cards import ROLES, Card, make_card, parse_card
 from node.cli.output import Command, Output
-from node.config import load_config, resolve_node_dir
+from node.config import listen_url, load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
 from node.ledger.database import Database
@@ -29,15 +29,6 @@ __all__ = ["register"]
 
 def _node_dir(args: argparse.Namespace) -> Path:
     return resolve_node_dir(args.dir)
-
-
-def _listen_url(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"listen address must be HOST:PORT, not {listen!r}")
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"https://{host}:{port}"
 
 
 # -- serve ---------------------------------------------------------------------
@@ -61,11 +52,11 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     # Heavy requests run Python in threads; a shorter GIL switch interval
     # lets the event loop answer light requests sooner (docs/benchmarks.md).
     sys.setswitchinterval(SERVE_SWITCH_INTERVAL)
-    out.note(f"serving {config.origin} on {_listen_url(listen)} (mutual TLS); Ctrl-C stops")
+    out.note(f"serving {config.origin} on {listen_url(listen)} (mutual TLS); Ctrl-C stops")
     if config.public.listen is not None:
         out.note(
             f"serving the public tree (checkpoint, hash tiles) on "
-            f"{_listen_url(config.public.listen)} (no client certificate)"
+            f"{listen_url(config.public.listen)} (no client certificate)"
         )
     if config.ops.listen is not None:
         out.note(
@@ -93,7 +84,7 @@ def cmd_peer_card(args: argparse.Namespace, out: Output) -> int:
         vkey = ledger.own_log.verifier_key
     card = make_card(
         name=config.origin,
-        url=args.url or _listen_url(config.listen),
+        url=config.card_url(args.url),
         tls_cert=config.tls_cert_path.read_text(encoding="ascii"),
         vkey=vkey,
     )
@@ -349,7 +340,14 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     p = command("peer", _need_sub, "manage peers: card, add, list, remove")
     peer = p.add_subparsers(dest="peer_command", required=True, metavar="ACTION")
     q = peer.add_parser("card", help="print this node's card (give it to peers)", parents=[common])
-    q.add_argument("--url", help="URL peers should use (default: from the listen address)")
+    q.add_argument(
+        "--url",
+        "--advertise-url",
+        dest="url",
+        metavar="URL",
+        help="https://HOST:PORT peers should use (default: [api] advertise in config.toml, "
+        "else the listen address, which must then not be 0.0.0.0 or ::)",
+    )
     q.set_defaults(run=cmd_peer_card)
     q = peer.add_parser(
         "add",

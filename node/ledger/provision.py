@@ -13,11 +13,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from node.config import (
     CONFIG_FILE,
     DEFAULT_LISTEN,
+    ApiSettings,
     NodeConfig,
+    check_advertise_url,
     check_origin,
     parse_listen,
     render_config,
@@ -45,13 +48,17 @@ class InitResult:
     listen: str
 
 
-def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> InitResult:
+def init_node(
+    node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN, advertise: str | None = None
+) -> InitResult:
     """Create a new node in ``node_dir``.
 
     Args:
         node_dir: directory to create (it may exist if empty).
         origin: the log's origin, e.g. ``hotline-a.example/hashmesh``.
         listen: HOST:PORT for ``hashmesh serve``.
+        advertise: the URL peers reach the node at (``[api] advertise``);
+            its host joins the certificate's names.
 
     Returns:
         The new node's identity.
@@ -63,6 +70,11 @@ def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> I
     """
     check_origin(origin)
     host, _port = parse_listen(listen)
+    api = ApiSettings()
+    if advertise is not None:
+        url = check_advertise_url(advertise)
+        api = ApiSettings(advertise=url)
+        host = urlsplit(url).hostname or host
     if (node_dir / CONFIG_FILE).exists():
         raise NodeExistsError(f"{node_dir} already holds a hashmesh node; not overwriting it")
     if node_dir.exists() and (not node_dir.is_dir() or any(node_dir.iterdir())):
@@ -70,7 +82,7 @@ def init_node(node_dir: Path, origin: str, *, listen: str = DEFAULT_LISTEN) -> I
     node_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{node_dir.name}.init-", dir=node_dir.parent))
     try:
-        staged = NodeConfig(node_dir=staging, origin=origin, listen=listen)
+        staged = NodeConfig(node_dir=staging, origin=origin, listen=listen, api=api)
         signer = NoteSigner.generate(origin)
         write_key_file(staged.signing_key_path, signer)
         fingerprint = write_node_identity(

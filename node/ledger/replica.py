@@ -115,7 +115,12 @@ class Replica:
     """One followed origin's log in this node's database."""
 
     def __init__(
-        self, store: LedgerStore, origin: str, *, witness: WitnessSettings | None = None
+        self,
+        store: LedgerStore,
+        origin: str,
+        *,
+        witness: WitnessSettings | None = None,
+        own: bool = False,
     ) -> None:
         """Bind to a followed origin.
 
@@ -125,23 +130,37 @@ class Replica:
             witness: the node's witness settings (``[witness]`` in
                 ``config.toml``, :mod:`node.ledger.witness`), whose policy
                 for ``origin`` is applied; none when omitted.
+            own: ``origin`` is this node's own log, being recovered after
+                a restore (:mod:`node.sync.recovery`): its checkpoints are
+                opened with its own key chain, and entries its peers hold
+                beyond ours are appended verbatim, verified like any other.
 
         Raises:
-            UnknownLogError: if ``origin`` is not followed.
+            UnknownLogError: if ``origin`` is not followed (nor, with
+                ``own``, the own log).
             ConfigError: if the stored verifier key is invalid.
         """
         self.store = store
         self.origin = origin
-        follow = self.store.peers.get_follow(origin)
-        if follow is None:
-            raise UnknownLogError(
-                f"origin {origin!r} is not followed; run `hashmesh follow` or `hashmesh peer add`"
-            )
+        self.own = own
+        if own:
+            log = store.own_log()
+            if log.origin != origin:
+                raise UnknownLogError(f"{origin!r} is not this node's own log")
+            vkey = log.verifier_key
+        else:
+            follow = self.store.peers.get_follow(origin)
+            if follow is None:
+                raise UnknownLogError(
+                    f"origin {origin!r} is not followed; run `hashmesh follow` or "
+                    "`hashmesh peer add`"
+                )
+            vkey = follow.vkey
         try:
-            self.verifier = NoteVerifier.from_text(follow.vkey)
+            self.verifier = NoteVerifier.from_text(vkey)
         except MalformedError as e:
             raise ConfigError(f"stored verifier key of {origin!r} is invalid: {e}") from e
-        self.vkey = follow.vkey
+        self.vkey = vkey
         self.witness_requirement = None if witness is None else witness.requirement_for(origin)
         self.witness_keys = () if witness is None else witness.known_keys(origin)
 
@@ -150,7 +169,7 @@ class Replica:
             log = self.store.get_log(self.origin)
         except UnknownLogError:
             return None
-        if log.is_own:
+        if log.is_own and not self.own:
             raise ConfigError(f"{self.origin!r} is this node's own log, not a replica")
         return log
 

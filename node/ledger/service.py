@@ -23,8 +23,10 @@ from node.errors import (
     ImportRejectedError,
     LedgerError,
     LineError,
+    RecoveringError,
     UnknownLogError,
 )
+from node.ledger.backup import RecoveryMark, clear_recovery_mark, read_recovery_mark
 from node.ledger.damage import DamageRegister
 from node.ledger.fsck import (
     Finding,
@@ -182,12 +184,53 @@ class Ledger:
         return self.store.own_log()
 
     def _require_signer(self) -> NoteSigner:
+        """The signing key, once nothing forbids signing with it.
+
+        The one gate of every signature by the own log's key (appends,
+        imports, retractions, opinions, rotations).
+
+        Raises:
+            LedgerError: if the ledger is read-only, or the log's current
+                key (its chain may have grown while recovering) is not ours.
+            RecoveringError: if the node was restored and has not recovered.
+        """
         if self._signer is None:
             raise LedgerError("this ledger was opened read-only; it cannot sign")
         # A checkpoint over a damaged tree would commit us to a history we
         # never had (node.ledger.damage).
         DamageRegister(self.config.node_dir).check_writable(self.config.origin)
+        self._refuse_while_recovering("sign")
+        current = self.key_chain(self.config.origin).current
+        if self._signer.verifier() != current:
+            raise LedgerError(
+                f"the log's current key is {current.to_text()}, not this node's signing key: "
+                "the log rotated its key after the backup this node was restored from; "
+                "restore signing.key from a backup made after the rotation"
+            )
         return self._signer
+
+    @property
+    def recovering(self) -> RecoveryMark | None:
+        """The recovering mark of a restored node (:mod:`node.ledger.backup`), or None."""
+        return read_recovery_mark(self.config)
+
+    def end_recovery(self) -> None:
+        """Remove the recovering mark: the node may sign again.
+
+        Called by :func:`node.sync.recovery.recover_own_log` once its peers
+        and witnesses hold nothing of the own log beyond what it holds.
+        """
+        clear_recovery_mark(self.config)
+
+    def _refuse_while_recovering(self, what: str) -> None:
+        mark = self.recovering
+        if mark is not None:
+            raise RecoveringError(
+                f"this node was restored from a backup (own log size {mark.log_size:,}, made "
+                f"{mark.backup_created_at}) and is recovering: it will not {what} anything "
+                "until `hashmesh recover` (or `hashmesh serve`) has fetched what its peers and "
+                "witnesses hold of its own log (docs/operations.md)"
+            )
 
     # -- writes -----------------------------------------------------------
 
@@ -501,6 +544,14 @@ class Ledger:
         hashes = compute_consistency_proof(old_size, size, self.store.reader(log.log_id))
         return Proof(tuple(hashes), size, old_size=old_size)
 
+    def held_entries(self, origin: str | None = None) -> int:
+        """Entries of a log held (a replica mid catch-up may hold more than its checkpoint).
+
+        Raises:
+            UnknownLogError: if the log is not held.
+        """
+        return self.store.entry_count(self.log_for(origin).log_id)
+
     def root_at(self, origin: str | None, size: int) -> bytes:
         """Root of the first ``size`` entries of a log, from stored nodes (O(log n) reads).
 
@@ -580,12 +631,16 @@ class Ledger:
         """The :class:`~node.ledger.replica.Replica` of a followed origin.
 
         It applies the witness policy of this node's config to the origin.
+        While the node recovers from a restore, its own origin has one too:
+        what its peers hold of its own log beyond the backup comes back
+        through the same verification as any replicated log.
 
         Raises:
             UnknownLogError: if ``origin`` is not followed.
             ConfigError: if the stored verifier key is invalid.
         """
-        return Replica(self.store, origin, witness=self.config.witness)
+        own = origin == self.config.origin and self.recovering is not None
+        return Replica(self.store, origin, witness=self.config.witness, own=own)
 
     def replicas(self) -> list[Replica]:
         """One :class:`~node.ledger.replica.Replica` per followed origin."""
@@ -600,7 +655,11 @@ class Ledger:
 
         Raises:
             ConfigError: if the witness key is unreadable or not this node's.
+            RecoveringError: if the node was restored and has not recovered
+                (its witness state is the backup's: cosigning now could
+                cosign two histories of one origin).
         """
+        self._refuse_while_recovering("cosign")
         return Witness(self.store, load_witness_signer(self.config))
 
     def check(self, log: LogRecord) -> LogScan:

@@ -189,6 +189,27 @@ class LedgerStore:
         """Close the connection."""
         self.conn.close()
 
+    def backup_to(self, path: Path) -> None:
+        """Copy the whole database, as of one read snapshot, into a new file at ``path``.
+
+        SQLite's online backup API, in one step: writers on other
+        connections go on (WAL), and the copy is one consistent state. The
+        copy is left in rollback-journal mode, so it is one self-contained
+        file (opening it as a node switches it back to WAL).
+
+        Raises:
+            StorageError: if the copy fails (``path`` is then incomplete).
+        """
+        try:
+            target = sqlite3.connect(path, isolation_level=None)
+            try:
+                self.conn.backup(target)
+                target.execute("PRAGMA journal_mode = DELETE")
+            finally:
+                target.close()
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot copy the database to {path}: {e}") from e
+
     def transaction(self) -> AbstractContextManager[None]:
         """Run the block in one ``BEGIN IMMEDIATE`` transaction.
 

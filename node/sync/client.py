@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 from node.errors import PeerProtocolError
+from node.storage.peer_store import PeerRecord
 from node.sync.transport import Transport
 from node.tls import client_ssl_context
 from protocol.api_documents import (
@@ -134,6 +135,17 @@ class HttpPeerClient:
             ssl_context=client_ssl_context(cert_path, key_path, server_cert_pem),
             timeout=timeout,
             connect_timeout=connect_timeout,
+        )
+
+    @classmethod
+    def for_peer(cls, peer: PeerRecord, *, cert_path: Path, key_path: Path) -> HttpPeerClient:
+        """A client of the peer in ``peer`` (its URL and pinned certificate)."""
+        return cls(
+            peer.name,
+            peer.url,
+            server_cert_pem=peer.tls_cert,
+            cert_path=cert_path,
+            key_path=key_path,
         )
 
     @property

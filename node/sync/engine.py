@@ -46,7 +46,7 @@ from protocol.rotation import KeyChain
 
 logger = logging.getLogger("hashmesh.sync")
 
-__all__ = ["CHUNK_ENTRIES", "OriginResult", "PeerSyncReport", "sync_peer"]
+__all__ = ["CHUNK_ENTRIES", "OriginResult", "PeerSyncReport", "sync_origin", "sync_peer"]
 
 CHUNK_ENTRIES = 50_000
 """Entries verified and committed per transaction during a catch-up."""
@@ -129,7 +129,7 @@ async def sync_peer(
                 report.origins.append(OriginResult(origin=follow.origin, verdict="damaged"))
                 logger.warning("%s: not synced until repaired", damaged[follow.origin])
                 continue
-            report.origins.append(await _sync_origin(db, client, log, hub=hub, chunk=chunk))
+            report.origins.append(await sync_origin(db, client, log, hub=hub, chunk=chunk))
         await _mark_regression(db, client.name, report.origins)
     except (PeerError, ProtocolError, NodeError) as e:
         report.error = str(e) if isinstance(e, PeerError) else f"peer {client.name}: {e}"
@@ -169,9 +169,24 @@ async def _mark_regression(db: Database, peer: str, results: list[OriginResult])
             )
 
 
-async def _sync_origin(
-    db: Database, client: PeerClient, log: RemoteLog, *, hub: CheckpointHub | None, chunk: int
+async def sync_origin(
+    db: Database,
+    client: PeerClient,
+    log: RemoteLog,
+    *,
+    hub: CheckpointHub | None,
+    chunk: int = CHUNK_ENTRIES,
 ) -> OriginResult:
+    """Bring one origin up to the peer's checkpoint ``log.checkpoint``, verified.
+
+    Steps 2-4 of the module docstring, through ``Ledger.replica(origin)``;
+    used for followed origins and, after a restore, for the own log
+    (:mod:`node.sync.recovery`).
+
+    Raises:
+        PeerError, ProtocolError, NodeError: what the peer or the replica
+            refused; committed chunks stay.
+    """
     origin = log.origin
     result = OriginResult(origin=origin, verdict="same")
     for _ in range(MAX_ROTATION_STEPS):

@@ -11,7 +11,9 @@ nor stalls the others. The peer list is re-read every second, so ``peer add``
 and ``peer remove`` take effect without a restart.
 
 A :class:`~node.sync.witness_client.WitnessLoop` beside them asks the
-configured witnesses to cosign each new own checkpoint.
+configured witnesses to cosign each new own checkpoint, and on a node
+restored from a backup a :class:`~node.sync.recovery.RecoveryLoop` recovers
+the own log from peers and witnesses (it signs nothing until then).
 
 Writes to the own log made by the CLI in another process are announced on
 the hub by the server's watcher (:mod:`node.api.server`), which already polls
@@ -34,6 +36,7 @@ from node.storage.peer_store import PeerRecord
 from node.sync.client import HttpPeerClient
 from node.sync.engine import PeerSyncReport, sync_peer
 from node.sync.poll import Backoff, PollTiming, run_polling
+from node.sync.recovery import RecoveryLoop
 from node.sync.witness_client import WitnessLoop
 
 __all__ = ["SyncRunner", "SyncSettings", "sync_once"]
@@ -62,13 +65,7 @@ class SyncSettings:
 
 
 def _client(peer: PeerRecord, cert_path: Path, key_path: Path) -> HttpPeerClient:
-    return HttpPeerClient(
-        peer.name,
-        peer.url,
-        server_cert_pem=peer.tls_cert,
-        cert_path=cert_path,
-        key_path=key_path,
-    )
+    return HttpPeerClient.for_peer(peer, cert_path=cert_path, key_path=key_path)
 
 
 async def sync_once(
@@ -117,11 +114,17 @@ class SyncRunner:
         self.witness = WitnessLoop(
             db, hub, cert_path=cert_path, key_path=key_path, timing=self._settings.timing
         )
+        # A restored node recovers its own log before it signs anything.
+        self.recovery = RecoveryLoop(
+            db, hub, cert_path=cert_path, key_path=key_path, timing=self._settings.timing
+        )
+        self._recovery: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start the supervisor task on the running loop."""
         self._main = asyncio.create_task(self._supervise(), name="hashmesh-sync")
         self._witness = asyncio.create_task(self.witness.run(), name="hashmesh-witness")
+        self._recovery = asyncio.create_task(self.recovery.run(), name="hashmesh-recovery")
 
     async def stop(self) -> None:
         """Cancel every task and wait for them."""
@@ -130,6 +133,8 @@ class SyncRunner:
             tasks.append(self._main)
         if self._witness is not None:
             tasks.append(self._witness)
+        if self._recovery is not None:
+            tasks.append(self._recovery)
         for task in tasks:
             task.cancel()
         for task in tasks:
