@@ -419,6 +419,21 @@ class NodeConfig:
         """Path of the TLS certificate."""
         return self.node_dir / "tls" / "node.crt"
 
+    @property
+    def tls_next_key_path(self) -> Path:
+        """Path of the renewed TLS key (``tls renew``), in use after ``tls retire-old``."""
+        return self.node_dir / "tls" / "next.key"
+
+    @property
+    def tls_next_cert_path(self) -> Path:
+        """Path of the renewed TLS certificate, trusted by peers beside the current one."""
+        return self.node_dir / "tls" / "next.crt"
+
+    @property
+    def signed_card_path(self) -> Path:
+        """The card signed with the log key, served at ``GET /v1/card`` (after a renewal)."""
+        return self.node_dir / "tls" / "card.note"
+
 
 def render_config(config: NodeConfig) -> str:
     """The commented TOML text ``hashmesh init`` writes."""

@@ -25,6 +25,7 @@ import datetime
 import functools
 import hashlib
 import ipaddress
+import secrets
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -92,7 +93,17 @@ def write_node_identity(key_path: Path, cert_path: Path, *, common_name: str, ho
         The SPKI fingerprint (lowercase hex SHA-256) of the new certificate.
     """
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
+    # A renewed certificate of the same node is trusted beside the old one
+    # (``hashmesh tls renew``); OpenSSL finds a self-signed certificate's
+    # issuer in the trust store by name, so each name is made unique, and
+    # the key identifiers tell the two apart as well.
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8)),
+        ]
+    )
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -104,6 +115,10 @@ def write_node_identity(key_path: Path, cert_path: Path, *, common_name: str, ho
         .not_valid_after(now + datetime.timedelta(days=CERT_VALIDITY_DAYS))
         .add_extension(x509.SubjectAlternativeName(_subject_alt_names(host)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

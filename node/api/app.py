@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from node.api import handlers, history, match, rotations, sse, witness
+from node.api import card, handlers, history, match, rotations, sse, witness
 from node.api.access import LISTENER_KEY, METRICS_KEY, facts_middleware, request_facts
 from node.api.state import (
     DB_KEY,
@@ -121,6 +121,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/proof/inclusion", handlers.inclusion_proof, ALL_ROLES),
     Route("/v1/proof/consistency", handlers.consistency_proof, ALL_ROLES),
     Route("/v1/evidence", handlers.evidence, ALL_ROLES),
+    Route("/v1/card", card.signed_card, ALL_ROLES),
     Route("/v1/events", sse.events, ALL_ROLES, streaming=True),
     Route("/v1/match", match.match_endpoint, ENTRY_READERS, method="POST", max_body=match.MAX_BODY),
     Route(

@@ -299,6 +299,8 @@ async def _watch(
     *,
     version: int,
     trusted: set[str],
+    identity: Path,
+    reload: Callable[[], None],
 ) -> None:
     """Trust newly added peers; announce writes to the own log (made by the CLI).
 
@@ -309,6 +311,8 @@ async def _watch(
     them fetch the checkpoint again. Lines the server's own witness loop
     stored were announced by the loop already (the hub counts what it
     published since the last look), so they are not announced twice.
+    A new certificate at ``identity`` (``hashmesh tls retire-old``) is
+    presented from then on (``reload``), as after SIGHUP.
     """
 
     def state(ledger: Ledger) -> tuple[dict[str, str], str, tuple[int, int]]:
@@ -324,8 +328,12 @@ async def _watch(
     # a peer added in between must still be noticed.
     _certs, origin, last = await db.read(state)
     announced = hub.published(origin)
+    presented = _mtime(identity)
     while True:
         await asyncio.sleep(OWN_LOG_POLL)
+        if _mtime(identity) != presented:
+            presented = _mtime(identity)
+            reload()
         now = await db.data_version()
         if now == version:
             continue
@@ -339,6 +347,13 @@ async def _watch(
                 add_trusted_cert(ctx, pem)
                 log.info("now accepting TLS connections from sha256:%s", spki)
         trusted = set(certs)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 async def run_server(
@@ -446,6 +461,11 @@ async def run_server(
                     await public.close()
                 await server.close()
                 raise
+        contexts = [c for c in (ctx, public_ctx) if c is not None]
+
+        def reload() -> None:
+            _reload(contexts, config)
+
         watcher = asyncio.create_task(
             _watch(
                 db,
@@ -453,6 +473,8 @@ async def run_server(
                 ctx,
                 version=version,
                 trusted={p.spki for p in peers},
+                identity=config.tls_cert_path,
+                reload=reload,
             ),
             name="hashmesh-watch",
         )
@@ -477,8 +499,7 @@ async def run_server(
                 log.info("analyst console: %s/console/", ops.url)
                 if on_ops_started is not None:
                     on_ops_started(ops)
-            contexts = [c for c in (ctx, public_ctx) if c is not None]
-            await _until_stopped(stop, lambda: _reload(contexts, config))
+            await _until_stopped(stop, reload)
         finally:
             for task in tasks:
                 task.cancel()
@@ -514,14 +535,14 @@ def _open_file_limit(settings: ConnectionSettings, listeners: int) -> None:
 
 
 def _reload(contexts: list[ssl.SSLContext], config: NodeConfig) -> None:
-    """SIGHUP: present the TLS identity now on disk (after ``hashmesh tls retire-old``)."""
+    """Present the TLS identity now on disk (SIGHUP, or ``hashmesh tls retire-old`` noticed)."""
     try:
         for ctx in contexts:
             reload_identity(ctx, config.tls_cert_path, config.tls_key_path)
     except ConfigError as e:
-        log.error("SIGHUP: kept the TLS identity in use: %s", e)
+        log.error("kept the TLS identity in use: %s", e)
         return
-    log.info("SIGHUP: reloaded the TLS identity from %s", config.tls_cert_path)
+    log.info("now presenting the TLS certificate in %s", config.tls_cert_path)
 
 
 async def _until_stopped(stop: asyncio.Event | None, reload: Callable[[], None]) -> None:

@@ -28,6 +28,8 @@ from node.cli.fsck import register as register_fsck
 from node.cli.keys import register as register_keys
 from node.cli.match import register as register_match
 from node.cli.publish import register as register_publish
+from node.cli.tls import print_expiry_warnings
+from node.cli.tls import register as register_tls
 from node.cli.witness import register as register_witness
 from node.cli.witness import wait_line
 from node.config import DEFAULT_LISTEN, resolve_node_dir
@@ -421,6 +423,7 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         frozen_origins = sorted(ledger.peers.frozen_origins())
         status = ledger.status(args.origin)
         waits = [w for w in ledger.witness_waits() if args.origin in (None, w.origin)]
+        print_expiry_warnings(ledger.certificate_expiries(), out)
     node_dir = resolve_node_dir(args.dir)
     if args.json:
         doc = _status_json(status)
@@ -850,6 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_publish(command, common)
     register_witness(command, common)
     register_backup(command, common)
+    register_tls(command, common)
     return parser
 
 

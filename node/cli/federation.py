@@ -16,6 +16,7 @@ from pathlib import Path
 
 from node.cli.cards import ROLES, Card, make_card, parse_card
 from node.cli.output import Command, Output
+from node.cli.tls import print_expiry_warnings
 from node.config import listen_url, load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
@@ -120,9 +121,11 @@ def cmd_peer_list(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args), read_only=True) as ledger:
         peers = ledger.peers.list_peers()
         statuses = {s.name: s for s in ledger.peers.peer_statuses()}
+        expiries = ledger.certificate_expiries()
     rows = []
     for p in peers:
         s = statuses.get(p.name)
+        ends = [e.not_after for e in expiries if e.holder == p.name]
         rows.append(
             {
                 "name": p.name,
@@ -133,8 +136,10 @@ def cmd_peer_list(args: argparse.Namespace, out: Output) -> int:
                 "last_ok_at": s.last_ok_at if s else None,
                 "last_error": s.last_error if s else None,
                 "last_error_at": s.last_error_at if s else None,
+                "tls_expires": min(ends).strftime("%Y-%m-%dT%H:%M:%SZ") if ends else None,
             }
         )
+    print_expiry_warnings(expiries, out)
     if args.json:
         out.json(rows)
         return 0

@@ -27,6 +27,13 @@ from node.errors import (
     UnknownLogError,
 )
 from node.ledger.backup import RecoveryMark, clear_recovery_mark, read_recovery_mark
+from node.ledger.cards import (
+    CertificateExpiry,
+    accept_peer_card,
+    certificate_expiries,
+    read_own_card_note,
+    write_own_card_note,
+)
 from node.ledger.damage import DamageRegister
 from node.ledger.fsck import (
     Finding,
@@ -61,6 +68,7 @@ from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from node.storage.match_store import MatchStore
 from node.storage.peer_store import PeerStore
 from node.storage.witness_store import WitnessStore
+from protocol.card import SignedCard, sign_card
 from protocol.entry import Entry, RetractEntry, RotateEntry
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaves
@@ -344,6 +352,40 @@ class Ledger:
             run.start, run.next_index - run.start, tuple(run.duplicates), checkpoint
         )
         return ImportResult(result, read, tuple(errors))
+
+    def sign_card(self, card: SignedCard) -> str:
+        """Sign ``card`` with the log's key and serve it from now on (``GET /v1/card``).
+
+        Raises:
+            RecoveringError, LedgerError: as every signature (:meth:`append`).
+        """
+        note = sign_card(card, self._require_signer())
+        write_own_card_note(self.config, note)
+        return note
+
+    def signed_card(self) -> str | None:
+        """The signed card this node serves, or None before its first ``tls renew``."""
+        return read_own_card_note(self.config)
+
+    def accept_peer_card(self, name: str, note: str) -> SignedCard | None:
+        """Check a peer's signed card and trust its certificates (:mod:`node.ledger.cards`).
+
+        Returns:
+            The card, or None if it is not newer than the one held.
+
+        Raises:
+            ConfigError: if ``name`` is not a peer, or a key is another peer's.
+            MalformedError, VerificationError: if the card does not verify.
+        """
+        with self.store.transaction():
+            peer = next((p for p in self.peers.list_peers() if p.name == name), None)
+            if peer is None:
+                raise ConfigError(f"no peer named {name!r}")
+            return accept_peer_card(self.store, peer, note)
+
+    def certificate_expiries(self) -> list[CertificateExpiry]:
+        """Expiry of the own and every peer's TLS certificates (warnings 30 days ahead)."""
+        return certificate_expiries(self.config, self.peers.list_peers())
 
     # -- reads ------------------------------------------------------------
 

@@ -128,6 +128,8 @@ class PeerStore:
         with joined_transaction(self.conn):
             cur = self.conn.execute("DELETE FROM peers WHERE name = ?", (name,))
             self.conn.execute("DELETE FROM peer_status WHERE name = ?", (name,))
+            self.conn.execute("DELETE FROM peer_certs WHERE name = ?", (name,))
+            self.conn.execute("DELETE FROM peer_cards WHERE name = ?", (name,))
         return cur.rowcount > 0
 
     def list_peers(self) -> list[PeerRecord]:
@@ -138,12 +140,70 @@ class PeerStore:
         return [PeerRecord(*row) for row in rows]
 
     def peer_by_spki(self, spki: str) -> PeerRecord | None:
-        """The peer with this TLS key fingerprint (one indexed read), or None."""
+        """The peer with this TLS key fingerprint, or None.
+
+        The fingerprint is the peer's pinned one, or any certificate its
+        latest signed card lists (:meth:`accept_card`): two indexed reads.
+        """
         row = self.conn.execute(
             f"SELECT {_PEER_COLUMNS} FROM peers WHERE spki = ?",  # noqa: S608 - constant columns
             (spki,),
         ).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                f"SELECT {_PEER_COLUMNS} FROM peers WHERE name = "  # noqa: S608 - constant columns
+                "(SELECT name FROM peer_certs WHERE spki = ?)",
+                (spki,),
+            ).fetchone()
         return None if row is None else PeerRecord(*row)
+
+    def card_serial(self, name: str) -> int | None:
+        """The serial of the latest signed card accepted from peer ``name``, or None."""
+        row = self.conn.execute("SELECT serial FROM peer_cards WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def accept_card(self, name: str, serial: int, note: str, certs: list[tuple[str, str]]) -> None:
+        """Trust exactly the certificates of a peer's newer signed card (joins a transaction).
+
+        The peer's row then carries the card's certificates as one PEM
+        bundle (what TLS contexts load), pinned by the first (newest) one's
+        fingerprint; every certificate's fingerprint maps to the peer. The
+        URL stays the one the operator added the peer with. The caller
+        verified the card and its serial: this layer does not.
+
+        Args:
+            name: the peer.
+            serial: the card's serial.
+            note: the signed card, kept as received.
+            certs: ``(spki, pem)`` of each certificate, newest first.
+
+        Raises:
+            ConfigError: if a certificate's key belongs to another peer.
+        """
+        with joined_transaction(self.conn):
+            for spki, _pem in certs:
+                row = self.conn.execute(
+                    "SELECT name FROM peers WHERE spki = ? AND name != ? UNION "
+                    "SELECT name FROM peer_certs WHERE spki = ? AND name != ?",
+                    (spki, name, spki, name),
+                ).fetchone()
+                if row is not None:
+                    raise ConfigError(f"peer {row[0]!r} already uses TLS key sha256:{spki}")
+            self.conn.execute("DELETE FROM peer_certs WHERE name = ?", (name,))
+            self.conn.executemany(
+                "INSERT INTO peer_certs (spki, name) VALUES (?, ?)",
+                [(spki, name) for spki, _pem in certs],
+            )
+            self.conn.execute(
+                "INSERT INTO peer_cards (name, serial, note, received_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET serial = excluded.serial, "
+                "note = excluded.note, received_at = excluded.received_at",
+                (name, serial, note, now_text()),
+            )
+            self.conn.execute(
+                "UPDATE peers SET tls_cert = ?, spki = ? WHERE name = ?",
+                ("".join(pem for _spki, pem in certs), certs[0][0], name),
+            )
 
     def record_peer_ok(self, name: str) -> None:
         """Note a successful sync round with a peer (clears the failure count)."""

@@ -57,6 +57,12 @@ a newer checkpoint does not meet yet, that checkpoint with every verified
 cosignature collected for it from any peer, and since when this node waits.
 It is state, not ledger data: the row goes when a checkpoint that large is
 held, and is replaced by a larger waiting checkpoint.
+
+Version 6 adds certificate renewal (``hashmesh tls renew``): ``peer_cards``
+(per peer, the latest signed card accepted: its serial, which only grows,
+and the note as received) and ``peer_certs`` (the fingerprint of every
+certificate that card lists, so a peer is recognised by any of them). Both
+are state, not ledger data.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ __all__ = [
     "suspended_triggers",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 TILE_LEVEL = 4
 """Lowest level of the tree nodes stored (schema version 3 and later)."""
@@ -279,6 +285,23 @@ CREATE TABLE witness_waits (
 """
 
 
+_V6 = """
+-- The latest signed card (protocol.card) accepted from each peer.
+CREATE TABLE peer_cards (
+    name TEXT PRIMARY KEY,
+    serial INTEGER NOT NULL CHECK (serial >= 0),
+    note TEXT NOT NULL,
+    received_at TEXT NOT NULL
+) WITHOUT ROWID;
+-- Every certificate that card lists, by key fingerprint.
+CREATE TABLE peer_certs (
+    spki TEXT PRIMARY KEY CHECK (length(spki) = 64),
+    name TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX peer_certs_name ON peer_certs (name)
+"""
+
+
 def _upgrade_v4(conn: sqlite3.Connection) -> None:
     # Opinions and rotations did not exist before v4: only pdq rows and the
     # first link of each key chain are derived from what is held.
@@ -322,6 +345,7 @@ _MIGRATIONS: dict[int, tuple[str, tuple[str, ...], Callable[[sqlite3.Connection]
     3: (_V3, (), _upgrade_v3),
     4: (_V4, ("cosignatures", "origin_keys"), _upgrade_v4),
     5: (_V5, (), None),
+    6: (_V6, (), None),
 }
 
 

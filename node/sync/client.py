@@ -29,6 +29,7 @@ from protocol.api_documents import (
     LogList,
     RemoteLog,
 )
+from protocol.card import MAX_CARD_BYTES
 from protocol.entry import MAX_ENTRY_BYTES
 from protocol.errors import MalformedError
 from protocol.evidence import ForkEvidence
@@ -191,6 +192,21 @@ class HttpPeerClient:
             return body.decode("utf-8")
         except UnicodeDecodeError as e:
             raise PeerProtocolError(self.name, "/v1/checkpoint: not UTF-8") from e
+
+    async def card(self) -> str | None:
+        """The peer's signed card (:mod:`protocol.card`, unverified), or None if it has none."""
+        path = "/v1/card"
+        reply = await self.transport.request(
+            "GET", path, accept="text/plain", cap=MAX_CARD_BYTES, accepted=(200, 404)
+        )
+        if reply.status == 404:
+            return None
+        if reply.media_type != "text/plain":
+            raise PeerProtocolError(self.name, f"{path}: {reply.media_type}, not text/plain")
+        try:
+            return reply.body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PeerProtocolError(self.name, f"{path}: not UTF-8") from e
 
     async def entries(self, origin: str, start: int, end: int) -> list[bytes]:
         """Entries [start, end) of ``origin``, fetched page by page, exactly that many.

@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.errors import PeerError
+from node.errors import NodeError, PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.metrics import NodeMetrics
@@ -38,6 +38,7 @@ from node.sync.engine import PeerSyncReport, sync_peer
 from node.sync.poll import Backoff, PollTiming, run_polling
 from node.sync.recovery import RecoveryLoop
 from node.sync.witness_client import WitnessLoop
+from protocol.errors import ProtocolError
 
 __all__ = ["SyncRunner", "SyncSettings", "sync_once"]
 
@@ -85,6 +86,13 @@ async def sync_once(
         async with _client(peer, cert_path, key_path) as client:
             reports.append(await sync_peer(db, client, hub=hub))
     return reports
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 class SyncRunner:
@@ -143,7 +151,18 @@ class SyncRunner:
         self._tasks.clear()
 
     async def _supervise(self) -> None:
+        identity = _mtime(self._cert_path)
         while True:
+            now = _mtime(self._cert_path)
+            if now != identity:
+                # `hashmesh tls retire-old` put a new certificate in place:
+                # new clients present it (the old one may be retired by peers).
+                identity = now
+                log.info("TLS identity changed; reconnecting to every peer with it")
+                for _record, tasks in self._tasks.values():
+                    for task in tasks:
+                        task.cancel()
+                self._tasks.clear()
             await self._reconcile()
             await asyncio.sleep(self._settings.peer_refresh)
 
@@ -164,6 +183,7 @@ class SyncRunner:
                 tasks = [
                     asyncio.create_task(self._sync_loop(client, wake), name=f"sync {name}"),
                     asyncio.create_task(self._listen(client, wake), name=f"listen {name}"),
+                    asyncio.create_task(self._card_loop(client), name=f"card {name}"),
                 ]
                 self._tasks[name] = (peer, tasks)
 
@@ -193,6 +213,31 @@ class SyncRunner:
             await run_polling(round_, wake, self._settings.timing)
         finally:
             await client.close()
+
+    async def _card_loop(self, client: HttpPeerClient) -> None:
+        """Fetch the peer's signed card now and then; trust a renewed certificate it lists."""
+
+        async def round_() -> bool:
+            try:
+                note = await client.card()
+                if note is None:
+                    return True
+                card = await self._db.write(
+                    lambda ledger: ledger.accept_peer_card(client.name, note)
+                )
+            except (PeerError, ProtocolError, NodeError) as e:
+                log.warning("signed card of %s refused: %s", client.name, e)
+                return False
+            if card is not None:
+                log.info(
+                    "trusting %d TLS certificate(s) of %s from its signed card (serial %d)",
+                    len(card.certificates),
+                    client.name,
+                    card.serial,
+                )
+            return True
+
+        await run_polling(round_, asyncio.Event(), self._settings.timing)
 
     async def _listen(self, client: HttpPeerClient, wake: asyncio.Event) -> None:
         # Reconnects after the stream ends or fails, backing off while it keeps

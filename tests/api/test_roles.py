@@ -26,6 +26,7 @@ QUERIES = {
     "/v1/proof/inclusion": {"origin": ORIGIN, "index": "0"},
     "/v1/proof/consistency": {"origin": ORIGIN, "old": "1"},
     "/v1/evidence": {},
+    "/v1/card": {},
 }
 TARGETS = {"/v1/tile/entries/{bundle}": "/v1/tile/entries/000.p/6"}
 """Where a route with a path variable is asked (the fixture's log has 6 entries)."""
@@ -82,6 +83,7 @@ async def test_auditor_never_receives_hash_values_or_labels(served: Served) -> N
                 assert secret not in event
     assert statuses.pop("/v1/entries") == 403
     assert statuses.pop("/v1/tile/entries/{bundle}") == 403
+    assert statuses.pop("/v1/card") == 404  # the fixture's node never renewed its certificate
     assert set(statuses.values()) == {200}
 
 

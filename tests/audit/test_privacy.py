@@ -26,6 +26,7 @@ import pytest
 
 from node.api.app import ROUTES, Route
 from node.ledger import Ledger
+from node.ledger.cards import next_card
 from node.tls import client_ssl_context
 from protocol.entry import AddEntry
 from tests.api.conftest import Identity, add_peer, make_identity
@@ -163,6 +164,9 @@ async def node_with_secrets(tmp_path: Path) -> AsyncIterator[tuple[Served, Ident
     with Ledger.open(a_dir) as ledger:
         ledger.append(planted("a"))
         ledger.retract(0, "planted retraction reason")
+        # A renewed certificate: GET /v1/card has a signed card to show.
+        config = ledger.config
+        ledger.sign_card(next_card(config, "https://127.0.0.1:1", [config.tls_cert_path]))
     with Ledger.open(b_dir) as ledger:
         ledger.append(planted("b"))
     b = await serve(b_dir)

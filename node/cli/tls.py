@@ -1,0 +1,160 @@
+"""TLS commands: renew the node's certificate, retire the old one, show expiries.
+
+Layer: node.cli (composition root). The signed card and its checks are
+:mod:`node.ledger.cards` and :mod:`protocol.card`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from node.cli.output import Command, Output
+from node.config import load_config, parse_listen, resolve_node_dir
+from node.errors import ConfigError
+from node.ledger import Ledger
+from node.ledger.cards import CertificateExpiry, load_certificates, next_card
+from node.tls import spki_fingerprint, write_node_identity
+
+__all__ = ["print_expiry_warnings", "register"]
+
+
+def print_expiry_warnings(expiries: list[CertificateExpiry], out: Output) -> None:
+    """One WARNING line per certificate expiring within 30 days (``status``, ``peer list``)."""
+    for expiry in expiries:
+        if expiry.warning:
+            advice = (
+                "run `hashmesh tls renew`"
+                if expiry.holder == "own"
+                else "run `hashmesh tls retire-old`"
+                if expiry.holder.startswith("own")
+                else "ask that peer to run `hashmesh tls renew`"
+            )
+            out.note(f"WARNING: {expiry.describe()}; {advice}")
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def cmd_tls_renew(args: argparse.Namespace, out: Output) -> int:
+    node_dir = resolve_node_dir(args.dir)
+    config = load_config(node_dir)
+    if config.tls_next_cert_path.exists() or config.tls_next_key_path.exists():
+        raise ConfigError(
+            f"a renewed certificate is waiting in {config.tls_next_cert_path}; run "
+            "`hashmesh tls retire-old` to put it in use before renewing again"
+        )
+    url = config.card_url(args.advertise_url)
+    host = urlsplit(url).hostname or parse_listen(config.listen)[0]
+    spki = write_node_identity(
+        config.tls_next_key_path, config.tls_next_cert_path, common_name=config.origin, host=host
+    )
+    try:
+        card = next_card(config, url, [config.tls_next_cert_path, config.tls_cert_path])
+        with Ledger.open(node_dir) as ledger:
+            ledger.sign_card(card)
+    except BaseException:
+        _remove(config.tls_next_key_path, config.tls_next_cert_path)
+        raise
+    (cert,) = load_certificates(config.tls_next_cert_path.read_text(encoding="ascii"))
+    out.print(
+        f"new TLS certificate sha256:{spki} valid until "
+        f"{cert.not_valid_after_utc:%Y-%m-%d}, in {config.tls_next_cert_path}"
+    )
+    out.print(
+        f"signed card (serial {card.serial}) served at GET /v1/card, listing both certificates"
+    )
+    out.note(
+        "peers fetch the card on their next sync and trust both; the node keeps presenting "
+        "the old certificate until `hashmesh tls retire-old` (run it once your peers' "
+        "`hashmesh peer list` no longer shows them failing, well before the old one expires)"
+    )
+    return 0
+
+
+def cmd_tls_retire_old(args: argparse.Namespace, out: Output) -> int:
+    node_dir = resolve_node_dir(args.dir)
+    config = load_config(node_dir)
+    if not config.tls_next_cert_path.exists() or not config.tls_next_key_path.exists():
+        raise ConfigError("no renewed certificate is waiting; run `hashmesh tls renew` first")
+    (old,) = load_certificates(config.tls_cert_path.read_text(encoding="ascii"))[:1]
+    card = next_card(config, config.card_url(args.advertise_url), [config.tls_next_cert_path])
+    with Ledger.open(node_dir) as ledger:
+        ledger.sign_card(card)
+    # The key first: a crash between the two renames leaves a pair the
+    # certificate check of `serve` names, and the new card already issued.
+    os.replace(config.tls_next_key_path, config.tls_key_path)
+    os.replace(config.tls_next_cert_path, config.tls_cert_path)
+    out.print(
+        f"retired sha256:{spki_fingerprint(old)}; the renewed certificate is now in use and the "
+        f"signed card (serial {card.serial}) lists only it"
+    )
+    out.note(
+        "a running `hashmesh serve` presents it within a second (or `systemctl reload "
+        "hashmesh`); peers drop the old certificate when they fetch the new card"
+    )
+    return 0
+
+
+def cmd_tls_status(args: argparse.Namespace, out: Output) -> int:
+    with Ledger.open(resolve_node_dir(args.dir), read_only=True) as ledger:
+        expiries = ledger.certificate_expiries()
+    if args.json:
+        out.json(
+            [
+                {
+                    "holder": e.holder,
+                    "spki": e.spki,
+                    "not_after": e.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "days_left": e.days_left,
+                    "warning": e.warning,
+                }
+                for e in expiries
+            ]
+        )
+        return 0
+    for expiry in expiries:
+        out.print(("WARNING " if expiry.warning else "ok      ") + expiry.describe())
+    return 0
+
+
+def _need_sub(args: argparse.Namespace, out: Output) -> int:
+    out.note("error: name an action: renew, retire-old or status (see `hashmesh tls --help`)")
+    return 2
+
+
+def register(command: Command, common: argparse.ArgumentParser) -> None:
+    """Add the ``tls`` commands to the ``hashmesh`` parser."""
+    p = command(
+        "tls",
+        _need_sub,
+        "renew the node's TLS certificate without re-exchanging cards",
+        "Certificate renewal (docs/operations.md): `tls renew` makes a new key and "
+        "certificate and a card listing old and new, signed with the log's key; peers fetch "
+        "it (GET /v1/card) on their next sync, check it with this origin's key and trust "
+        "both. `tls retire-old` puts the new one in use and signs a card without the old "
+        "one. `tls status` lists every certificate's expiry.",
+    )
+    sub = p.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    for name, run, help_text in (
+        ("renew", cmd_tls_renew, "new TLS key and certificate, and a signed card listing both"),
+        ("retire-old", cmd_tls_retire_old, "use the renewed certificate; stop listing the old"),
+    ):
+        q = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        q.add_argument(
+            "--advertise-url",
+            metavar="URL",
+            help="the URL the signed card carries (default: [api] advertise, else listen)",
+        )
+        q.set_defaults(run=run)
+    q = sub.add_parser(
+        "status",
+        help="expiry of the own and every peer's certificate (warns 30 days ahead)",
+        parents=[common],
+    )
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(run=cmd_tls_status)
