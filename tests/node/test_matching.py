@@ -362,7 +362,7 @@ def test_migration_from_v3_fills_pdq(tmp_path: Path) -> None:
         ledger.append([pdq_add(v) for v in values] + [RetractEntry(index=1, reason="x")])
         expected = ledger.store.conn.execute("SELECT * FROM pdq ORDER BY idx").fetchall()
     assert [r[1] for r in expected] == [0, 2]
-    # Roll the v4 (and v5) tables back to what v3 had, then migrate again.
+    # Roll the v4 (and later) tables back to what v3 had, then migrate again.
     conn = sqlite3.connect(path / "ledger.db", isolation_level=None)
     for table in (
         "pdq",
@@ -371,6 +371,8 @@ def test_migration_from_v3_fills_pdq(tmp_path: Path) -> None:
         "cosignatures",
         "origin_keys",
         "witness_waits",
+        "peer_cards",  # v6
+        "peer_certs",
     ):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version = 3")

@@ -9,14 +9,12 @@ again, so that neither B nor W ever sees two histories of A.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import stat
 from pathlib import Path
 
 import pytest
 
-from node.cli import main as hashmesh
 from node.config import WitnessAsk, append_witness_setting, load_config
 from node.errors import RecoveringError
 from node.ledger import Ledger
@@ -25,6 +23,7 @@ from node.ledger.database import Database
 from node.ledger.provision import init_node
 from node.sync.recovery import recover_own_log
 from protocol.entry import AddEntry
+from tests.ops.conftest import add, cli, evidence, held, witnessed
 from tests.sync.conftest import Serving, serve, shutdown, trusted
 from tests.waiting import eventually
 from tests.witness.conftest import ORIGIN, WITNESS, add_card, ask_witnesses, witness_vkey
@@ -32,44 +31,6 @@ from tests.witness.conftest import ORIGIN, WITNESS, add_card, ask_witnesses, wit
 pytestmark = pytest.mark.integration
 
 FOLLOWER = "hotline-b.example/hashmesh"
-
-
-def add(node_dir: Path, start: int, count: int) -> int:
-    """``count`` adds at the own log, as the CLI writes; returns the new size."""
-    with Ledger.open(node_dir) as ledger:
-        result = ledger.append(
-            [
-                AddEntry.create(signal_type="md5", value=f"{i:032x}")
-                for i in range(start, start + count)
-            ]
-        )
-    return result.checkpoint.size
-
-
-def held(node_dir: Path, origin: str) -> int:
-    with Ledger.open(node_dir, read_only=True) as ledger:
-        if origin == ledger.own_log.origin:
-            return ledger.latest_checkpoint().size
-        return ledger.replica(origin).state().size
-
-
-def witnessed(node_dir: Path, origin: str) -> int:
-    with Ledger.open(node_dir, read_only=True) as ledger:
-        state = ledger.witnessing.get_state(origin)
-    return 0 if state is None else state.size
-
-
-def evidence(node_dir: Path) -> list[str]:
-    with Ledger.open(node_dir, read_only=True) as ledger:
-        return [e.origin for e in ledger.peers.list_evidence()]
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``hashmesh`` in a worker thread (commands with their own event loop)."""
-    capsys.readouterr()
-    status = await asyncio.to_thread(hashmesh, list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 async def test_restored_node_recovers_then_writes_without_forking(

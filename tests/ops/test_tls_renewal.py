@@ -26,7 +26,7 @@ from protocol.card import SignedCard, open_card, sign_card
 from protocol.errors import MalformedError, UnknownKeyError
 from protocol.keys import NoteSigner
 from tests.api.conftest import add_peer, make_expired_identity
-from tests.ops.test_backup_restore import add, cli, held
+from tests.ops.conftest import add, cli, held
 from tests.sync.conftest import serve, shutdown, trusted
 from tests.waiting import eventually
 from tests.witness.conftest import add_card
