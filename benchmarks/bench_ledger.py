@@ -24,12 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def child_import(node_dir: str, list_path: str) -> None:
+def child_import(node_dir: str, list_path: str, signal_type: str = "sha256") -> None:
+    """Import one list (``signal_type`` lines) into ``node_dir``; print JSON figures."""
     from node.ledger import Ledger
     from node.ledger.hashlist import HashListReader
 
@@ -38,7 +40,12 @@ def child_import(node_dir: str, list_path: str) -> None:
         Ledger.open(Path(node_dir)) as ledger,
         open(list_path, encoding="utf-8", newline="") as f,
     ):
-        reader = HashListReader(fmt="lines", default_type="sha256", extra_labels=["src:bench"])
+        reader = HashListReader(
+            fmt="lines",
+            default_type=signal_type,
+            extra_labels=["src:bench"],
+            default_quality=100 if signal_type == "pdq" else None,
+        )
         result = ledger.import_lines(reader.read(f))
     elapsed = time.perf_counter() - started
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -81,13 +88,39 @@ def raw_leaf_rate(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def proof_latency(ledger: Any, rng: random.Random, count: int) -> tuple[list[int], float, float]:
+    """Mean inclusion and consistency proof times (ms) at the ledger's size, each proof verified.
+
+    Returns the indexes proven, the inclusion and the consistency figure.
+    """
+    from protocol.merkle import verify_consistency, verify_inclusion
+
+    latest = ledger.latest_checkpoint()
+    size, root = latest.size, latest.root_hash
+    indexes = [rng.randrange(size) for _ in range(count)]
+    started = time.perf_counter()
+    proofs = [ledger.prove_inclusion(i) for i in indexes]
+    incl_ms = (time.perf_counter() - started) / len(indexes) * 1000
+    for i, p in zip(indexes, proofs, strict=True):
+        verify_inclusion(i, size, p.leaf_hash or b"", p.hashes, root)
+    olds = [rng.randrange(1, size) for _ in range(count)]
+    started = time.perf_counter()
+    cons = [ledger.prove_consistency(o) for o in olds]
+    cons_ms = (time.perf_counter() - started) / len(olds) * 1000
+    old_root = ledger.store.get_checkpoint(ledger.own_log.log_id, 0)
+    assert old_root is not None
+    verify_consistency(0, size, old_root.root_hash, root, ledger.prove_consistency(0).hashes)
+    assert len(cons) == len(olds)
+    return indexes, incl_ms, cons_ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--proofs", type=int, default=2000)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_import(*args.child)
@@ -96,7 +129,6 @@ def main() -> None:
     from node.ledger import Ledger
     from node.ledger.leaf_index import LeafHashIndex
     from node.ledger.provision import init_node
-    from protocol.merkle import verify_consistency, verify_inclusion
 
     n = args.entries
     with tempfile.TemporaryDirectory(prefix="hashmesh-bench-") as tmp:
@@ -124,24 +156,8 @@ def main() -> None:
         db_bytes = sum(p.stat().st_size for p in node_dir.glob("ledger.db*"))
 
         with Ledger.open(node_dir, read_only=True) as ledger:
-            latest = ledger.latest_checkpoint()
-            size, root = latest.size, latest.root_hash
-            indexes = [rng.randrange(size) for _ in range(args.proofs)]
-            started = time.perf_counter()
-            proofs = [ledger.prove_inclusion(i) for i in indexes]
-            incl_ms = (time.perf_counter() - started) / len(indexes) * 1000
-            for i, p in zip(indexes, proofs, strict=True):
-                verify_inclusion(i, size, p.leaf_hash or b"", p.hashes, root)
-            olds = [rng.randrange(1, size) for _ in range(args.proofs)]
-            started = time.perf_counter()
-            cons = [ledger.prove_consistency(o) for o in olds]
-            cons_ms = (time.perf_counter() - started) / len(olds) * 1000
-            old_root = ledger.store.get_checkpoint(ledger.own_log.log_id, 0)
-            assert old_root is not None
-            verify_consistency(
-                0, size, old_root.root_hash, root, ledger.prove_consistency(0).hashes
-            )
-            assert len(cons) == len(olds)
+            size = ledger.latest_checkpoint().size
+            indexes, incl_ms, cons_ms = proof_latency(ledger, rng, args.proofs)
 
             # Inclusion by leaf hash: the first question builds the in-memory
             # index of the log (node/ledger/leaf_index.py), later ones use it.

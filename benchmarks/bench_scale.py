@@ -1,0 +1,453 @@
+"""Scale benchmark: the cost curve of one node from small to 100M entries (issue 18 item 4).
+
+    .venv/bin/python benchmarks/bench_scale.py                          # 20,000 entries (smoke)
+    .venv/bin/python benchmarks/bench_scale.py --sizes 1M,10M --dir /var/tmp/hashmesh-scale \\
+        --json scale.json --plot docs/img/bench-scale.png
+    .venv/bin/python benchmarks/bench_scale.py --sizes 100M --dir /big/disk/hashmesh-scale --skip-sync
+
+Per size N, node A holds 0.8 N random sha256 entries and 0.2 N random PDQ
+hashes (quality 100), imported with ``hashmesh import``'s code path in a child
+process (``bench_ledger.child_import``; the PDQ list second). With ``--dir``
+each size's node A is built once into ``DIR/<N>/a`` and reused by later runs
+(its import figures are kept in ``DIR/<N>/build.json``): the 100M node takes
+hours to build and ~30 GB, so it is never built in CI. Measured per size:
+
+* import: entries/s of the sha256 list and of the PDQ list, end to end;
+* verified sync: a fresh node B follows A and runs one ``sync_once`` round in
+  a child process (``bench_sync``'s child; A serves in this process): every
+  page over mutual TLS, every chunk proven against A's signed checkpoint;
+* bytes on disk per entry of A (``ledger.db`` with its WAL);
+* inclusion and consistency proof latency at size N (``bench_ledger.proof_latency``);
+* ``fsck``'s whole-log check of A (``node.ledger.fsck.check_log``): entries/s;
+* ``hashmesh serve --no-sync`` of A in a child process: start-to-ready (from
+  the spawn until a ``POST /v1/match`` with one PDQ query is answered, i.e.
+  the PDQ index is loaded), then exact and PDQ lookups over mutual TLS: the
+  latency of a one-hash request (p50 of ``--single`` requests) and the
+  throughput of batches (10,000 sha256 hashes, 10 % listed; 1,000 PDQ
+  queries at distance <= 31, 10 % planted near a listed hash), and finally
+  the server's peak RSS (``VmHWM``).
+
+Output: a markdown table on stdout, ``--json FILE`` with every figure, and
+``--plot FILE.png`` (matplotlib, from the ``bench`` extra) with one panel per
+figure against size. ``--from-json A.json B.json --plot P.png`` redraws the
+table and plot of separate runs (each size run on its own). The machine is shared: compare sizes within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_ledger  # noqa: E402
+import bench_load  # noqa: E402
+import bench_sync  # noqa: E402
+
+PDQ_SHARE = 0.2  # 100M = 80M cryptographic + 20M PDQ (issue 18)
+EXACT_BATCH = 10_000
+PDQ_BATCH = 1_000
+HIT_RATE = 0.1
+
+# (key, column heading, unit) in table order; every size's row has each key.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("entries", "entries", ""),
+    ("import_sha256_per_s", "import sha256", "entries/s"),
+    ("import_pdq_per_s", "import PDQ", "entries/s"),
+    ("sync_per_s", "verified sync", "entries/s"),
+    ("bytes_per_entry", "bytes on disk", "per entry"),
+    ("serve_peak_rss_mib", "serve peak RSS", "MiB"),
+    ("ready_s", "start to ready", "s"),
+    ("inclusion_ms", "inclusion proof", "ms"),
+    ("consistency_ms", "consistency proof", "ms"),
+    ("exact_p50_ms", "exact lookup, 1 hash", "ms p50"),
+    ("exact_per_s", "exact lookups", "hashes/s"),
+    ("pdq_p50_ms", "PDQ lookup, 1 query", "ms p50"),
+    ("pdq_per_s", "PDQ lookups", "queries/s"),
+    ("fsck_per_s", "fsck", "entries/s"),
+)
+
+
+def parse_size(text: str) -> int:
+    """``20k``, ``1M``, ``100M`` or a plain number."""
+    text = text.strip()
+    scale = {"k": 1_000, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000}.get(text[-1:], 1)
+    digits = text[:-1] if scale != 1 else text
+    try:
+        value = int(float(digits) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes: not a size: {text!r}") from None
+    if value < 1000:
+        raise argparse.ArgumentTypeError(f"--sizes: {text!r} is below 1000 entries")
+    return value
+
+
+def sha256_value(i: int) -> str:
+    return f"{random.Random(i).getrandbits(256):064x}"
+
+
+def write_lists(where: Path, n: int) -> tuple[Path, Path, int, int]:
+    """The sha256 and PDQ lists of a size-``n`` node and their lengths (seeded, reproducible)."""
+    n_pdq = int(n * PDQ_SHARE)
+    n_sha = n - n_pdq
+    rng = random.Random(18)
+    sha_path, pdq_path = where / "sha256.txt", where / "pdq.txt"
+    with sha_path.open("w", encoding="ascii") as f:
+        for _ in range(n_sha):
+            f.write(f"{rng.getrandbits(256):064x}\n")
+    with pdq_path.open("w", encoding="ascii") as f:
+        for _ in range(n_pdq):
+            f.write(f"{rng.getrandbits(256):064x}\n")
+    return sha_path, pdq_path, n_sha, n_pdq
+
+
+def import_list(node_dir: Path, list_path: Path, signal_type: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            bench_ledger.__file__,
+            "--child",
+            str(node_dir),
+            str(list_path),
+            signal_type,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def build(where: Path, n: int) -> tuple[bench_sync.Node, dict[str, Any]]:
+    """Node A of size ``n`` in ``where/a`` (reused when ``where/build.json`` says it is whole)."""
+    record = where / "build.json"
+    if record.exists():
+        built: dict[str, Any] = json.loads(record.read_text(encoding="utf-8"))
+        node = bench_sync.Node(where / "a", bench_sync.ORIGIN_A, built["port"])
+        print(f"  reusing node A of {n:,} entries in {node.dir}")
+        return node, built
+    if where.exists():
+        shutil.rmtree(where)  # a build that did not finish
+    where.mkdir(parents=True)
+    node = bench_sync.make_node(where, "a", bench_sync.ORIGIN_A)
+    sha_path, pdq_path, n_sha, n_pdq = write_lists(where, n)
+    sha = import_list(node.dir, sha_path, "sha256")
+    pdq = import_list(node.dir, pdq_path, "pdq")
+    assert sha["count"] == n_sha, sha
+    assert pdq["count"] == n_pdq, pdq
+    built = {
+        "port": node.port,
+        "n_sha256": n_sha,
+        "n_pdq": n_pdq,
+        "import_sha256_per_s": n_sha / sha["seconds"],
+        "import_pdq_per_s": n_pdq / pdq["seconds"],
+        "import_rss_mib": max(sha["rss_mib"], pdq["rss_mib"]),
+    }
+    record.write_text(json.dumps(built), encoding="utf-8")
+    return node, built
+
+
+async def verified_sync(a: bench_sync.Node, work: Path, n: int) -> float:
+    """Entries/s of a fresh follower B's first verified sync of A (B in a child process)."""
+    # A fresh origin per run: A keeps the peers of earlier runs when reused.
+    b = bench_sync.make_node(work, "b", f"replica-{time.time_ns()}.example/hashmesh")
+    bench_sync.introduce(a, b)
+    bench_sync.introduce(b, a, follow=a)
+    serving = await bench_sync.serve(a, sync=False)
+    try:
+        result = await bench_sync.spawn("sync", {"node": str(b.dir), "origin": a.origin})
+    finally:
+        await bench_sync.shutdown(serving)
+    assert result["held"] == n, result
+    shutil.rmtree(b.dir)
+    return float(n / result["seconds"])
+
+
+def proofs_and_fsck(a: bench_sync.Node, proofs: int) -> dict[str, float]:
+    from node.ledger import Ledger
+    from node.ledger.fsck import check_log
+
+    with Ledger.open(a.dir, read_only=True) as ledger:
+        _, incl_ms, cons_ms = bench_ledger.proof_latency(ledger, random.Random(5), proofs)
+        size = ledger.latest_checkpoint().size
+        started = time.perf_counter()
+        scan = check_log(ledger.store, ledger.own_log)
+        fsck_s = time.perf_counter() - started
+    assert not scan.findings, scan.findings
+    return {"inclusion_ms": incl_ms, "consistency_ms": cons_ms, "fsck_per_s": size / fsck_s}
+
+
+def _flip(value: str, rng: random.Random, bits: int) -> str:
+    x = int(value, 16)
+    for b in rng.sample(range(256), bits):
+        x ^= 1 << b
+    return f"{x:064x}"
+
+
+def lookup_bodies(where: Path, requests: int) -> tuple[list[bytes], list[bytes]]:
+    """Batches of exact and PDQ queries, 10 % of them listed (or planted within distance 31)."""
+    rng = random.Random(7)
+    sha = (where / "sha256.txt").read_text(encoding="ascii").split()
+    pdq = (where / "pdq.txt").read_text(encoding="ascii").split()
+    exact, near = [], []
+    for _ in range(requests):
+        exact.append(
+            json.dumps(
+                {
+                    "hashes": [
+                        {
+                            "type": "sha256",
+                            "value": rng.choice(sha)
+                            if rng.random() < HIT_RATE
+                            else f"{rng.getrandbits(256):064x}",
+                        }
+                        for _ in range(EXACT_BATCH)
+                    ]
+                }
+            ).encode()
+        )
+        near.append(
+            json.dumps(
+                {
+                    "hashes": [
+                        {
+                            "type": "pdq",
+                            "value": _flip(rng.choice(pdq), rng, rng.randrange(32))
+                            if rng.random() < HIT_RATE
+                            else f"{rng.getrandbits(256):064x}",
+                        }
+                        for _ in range(PDQ_BATCH)
+                    ],
+                    "max_distance": 31,
+                }
+            ).encode()
+        )
+    return exact, near
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+async def serve_and_match(
+    a: bench_sync.Node, where: Path, work: Path, requests: int, single: int
+) -> dict[str, float]:
+    """Start ``hashmesh serve`` of A; ready time, lookup latency and throughput, peak RSS."""
+    from node.ledger.provision import init_node
+    from tests.adversary.served_process import serve_process
+
+    client = work / "client"
+    if not client.exists():
+        init_node(client, "bench-client.example/hashmesh")
+        bench_load.add_peer(a.dir, client, work)
+    ctx = bench_load.client_ctx(client, a.dir)
+    exact, near = lookup_bodies(where, requests)
+    rng = random.Random(3)
+    pdq_list = (where / "pdq.txt").open(encoding="ascii")
+    probe = json.dumps({"hashes": [{"type": "pdq", "value": pdq_list.readline().strip()}]})
+    pdq_list.close()
+
+    started = time.perf_counter()
+    served = await serve_process(a.dir)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+
+            async def post(body: bytes | str) -> tuple[int, float, dict[str, Any] | None]:
+                t0 = time.perf_counter()
+                async with session.post(
+                    served.url + "/v1/match",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                ) as resp:
+                    raw = await resp.read()
+                took = time.perf_counter() - t0
+                return resp.status, took, json.loads(raw) if resp.status == 200 else None
+
+            while True:
+                status, _, doc = await post(probe)
+                if status == 200:
+                    assert doc is not None, doc
+                    assert doc["matches"][0]["hits"], doc
+                    break
+                await asyncio.sleep(0.05)
+            ready_s = time.perf_counter() - started
+
+            async def rate(bodies: list[bytes], per: int) -> float:
+                t0 = time.perf_counter()
+                for body in bodies:
+                    status, _, doc = await post(body)
+                    assert status == 200, status
+                    assert doc is not None, doc
+                    assert doc["checked"] == per, doc["checked"]
+                return len(bodies) * per / (time.perf_counter() - t0)
+
+            async def one_hash(kind: str) -> float:
+                times = []
+                for _ in range(single):
+                    value = f"{rng.getrandbits(256):064x}"
+                    body = {"hashes": [{"type": kind, "value": value}]}
+                    status, took, _ = await post(json.dumps(body))
+                    assert status == 200, status
+                    times.append(took * 1000)
+                return statistics.median(times)
+
+            await post(exact[0])  # warm both paths once
+            await post(near[0])
+            figures = {
+                "ready_s": ready_s,
+                "exact_p50_ms": await one_hash("sha256"),
+                "exact_per_s": await rate(exact, EXACT_BATCH),
+                "pdq_p50_ms": await one_hash("pdq"),
+                "pdq_per_s": await rate(near, PDQ_BATCH),
+            }
+        figures["serve_peak_rss_mib"] = _vm_hwm_mib(served.proc.pid)
+    finally:
+        await served.stop()
+    return figures
+
+
+async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -> dict[str, Any]:
+    where = base / str(size)
+    print(f"size {size:,}:")
+    t0 = time.perf_counter()
+    a, built = build(where, size)
+    print(f"  node A ready in {time.perf_counter() - t0:.0f} s")
+    row: dict[str, Any] = {"entries": size, **built}
+    row["bytes_per_entry"] = sum(p.stat().st_size for p in a.dir.glob("ledger.db*")) / size
+    row["sync_per_s"] = None if args.skip_sync else await verified_sync(a, work, size)
+    print("  sync done")
+    row.update(proofs_and_fsck(a, args.proofs))
+    print("  proofs and fsck done")
+    row.update(await serve_and_match(a, where, work, args.requests, args.single))
+    if not args.keep and args.dir is None:
+        shutil.rmtree(where)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(f"{h} ({u})" if u else h for _, h, u in COLUMNS) + " |"
+    rule = "| " + " | ".join("---:" for _ in COLUMNS) + " |"
+    lines = [head, rule]
+    for row in rows:
+        cells = []
+        for key, _, _ in COLUMNS:
+            v = row.get(key)
+            if v is None:
+                cells.append("not run")
+            elif isinstance(v, float) and v < 100:
+                cells.append(f"{v:.3f}" if v < 10 else f"{v:.1f}")
+            else:
+                cells.append(f"{v:,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = COLUMNS[1:]
+    cols = 4
+    fig, axes = plt.subplots(
+        (len(figures) + cols - 1) // cols, cols, figsize=(16, 10), squeeze=False
+    )
+    sizes = [row["entries"] for row in rows]
+    for ax, (key, heading, unit) in zip(axes.flat, figures, strict=False):
+        points = [(s, row[key]) for s, row in zip(sizes, rows, strict=True) if row[key] is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.set_xscale("log")
+        ax.set_title(heading, fontsize=10)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_xlabel("entries", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(figures) :]:
+        ax.axis("off")
+    fig.suptitle("hashmesh: one node's costs against its size (bench_scale.py)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        type=lambda t: [parse_size(s) for s in t.split(",")],
+        default=[20_000],
+        help="comma-separated sizes, e.g. 1M,10M,100M (default 20k, a smoke run)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="build each size's node A once into DIR/<size> and reuse it (default: a temporary directory)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary nodes")
+    parser.add_argument("--skip-sync", action="store_true", help="no verified-sync figure")
+    parser.add_argument("--proofs", type=int, default=2000, help="proofs of each kind (2000)")
+    parser.add_argument("--requests", type=int, default=10, help="batch requests of each kind (10)")
+    parser.add_argument(
+        "--single", type=int, default=200, help="one-hash requests of each kind (200)"
+    )
+    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument("--plot", type=Path, help="write a PNG plot of each figure against size")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="measure nothing: print the table (and --plot) of earlier --json files, sizes in order",
+    )
+    args = parser.parse_args()
+    if args.from_json:
+        rows = [row for f in args.from_json for row in json.loads(f.read_text(encoding="utf-8"))]
+        rows.sort(key=lambda row: row["entries"])
+        print(table(rows))
+        if args.plot is not None:
+            plot(rows, args.plot)
+        return
+    bench_sync.logging.getLogger("hashmesh").setLevel(bench_sync.logging.ERROR)
+
+    work = Path(tempfile.mkdtemp(prefix="hashmesh-scale-"))
+    base = args.dir if args.dir is not None else work / "nodes"
+    rows: list[dict[str, Any]] = []
+    try:
+        for size in args.sizes:
+            rows.append(asyncio.run(measure(size, args, base, work)))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"hashmesh scale benchmark, python {sys.version.split()[0]}")
+    print(table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    if args.plot is not None:
+        plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()
