@@ -25,7 +25,11 @@ hours to build and ~30 GB, so it is never built in CI. Measured per size:
   latency of a one-hash request (p50 of ``--single`` requests) and the
   throughput of batches (10,000 sha256 hashes, 10 % listed; 1,000 PDQ
   queries at distance <= 31, 10 % planted near a listed hash), and finally
-  the server's peak RSS (``VmHWM``).
+  the server's peak RSS (``VmHWM``);
+* a baseline in the same run, before the figures above: raw SHA-256 leaf
+  hashing (``bench_ledger.raw_leaf_rate``), so a loaded machine shows as such
+  (the import figures of a reused node are from its build; they are kept
+  with the baseline measured then, ``build_baseline_leaf_per_s``).
 
 Output: a markdown table on stdout, ``--json FILE`` with every figure, and
 ``--plot FILE.png`` (matplotlib, from the ``bench`` extra) with one panel per
@@ -79,6 +83,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("pdq_p50_ms", "PDQ lookup, 1 query", "ms p50"),
     ("pdq_per_s", "PDQ lookups", "queries/s"),
     ("fsck_per_s", "fsck", "entries/s"),
+    ("baseline_leaf_per_s", "baseline: raw leaf hashing", "leaves/s"),
 )
 
 
@@ -147,6 +152,7 @@ def build(where: Path, n: int) -> tuple[bench_sync.Node, dict[str, Any]]:
     where.mkdir(parents=True)
     node = bench_sync.make_node(where, "a", bench_sync.ORIGIN_A)
     sha_path, pdq_path, n_sha, n_pdq = write_lists(where, n)
+    baseline = bench_ledger.raw_leaf_rate(200_000)
     sha = import_list(node.dir, sha_path, "sha256")
     pdq = import_list(node.dir, pdq_path, "pdq")
     assert sha["count"] == n_sha, sha
@@ -158,6 +164,7 @@ def build(where: Path, n: int) -> tuple[bench_sync.Node, dict[str, Any]]:
         "import_sha256_per_s": n_sha / sha["seconds"],
         "import_pdq_per_s": n_pdq / pdq["seconds"],
         "import_rss_mib": max(sha["rss_mib"], pdq["rss_mib"]),
+        "build_baseline_leaf_per_s": baseline,
     }
     record.write_text(json.dumps(built), encoding="utf-8")
     return node, built
@@ -333,6 +340,8 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
     a, built = build(where, size)
     print(f"  node A ready in {time.perf_counter() - t0:.0f} s")
     row: dict[str, Any] = {"entries": size, **built}
+    # The same-run baseline: the machine is shared, so a loaded run shows as one.
+    row["baseline_leaf_per_s"] = bench_ledger.raw_leaf_rate(200_000)
     row["bytes_per_entry"] = sum(p.stat().st_size for p in a.dir.glob("ledger.db*")) / size
     row["sync_per_s"] = None if args.skip_sync else await verified_sync(a, work, size)
     print("  sync done")
