@@ -555,5 +555,16 @@ def make_ops_app(
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics_endpoint, allow_head=False)
     for mount in mounts:
+        # `/console` typed without its slash would reach the sub-application as
+        # a path it has no route for; send the browser to its root instead.
+        # Registered before the sub-application, so it is matched first.
+        app.router.add_get(mount.prefix, _to_mount_root, allow_head=True)
         app.add_subapp(mount.prefix, mount.build(context))
     return app
+
+
+async def _to_mount_root(request: web.Request) -> web.StreamResponse:
+    location = request.path + "/"
+    if request.query_string:
+        location += "?" + request.query_string
+    raise web.HTTPFound(location)

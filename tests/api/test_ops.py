@@ -127,6 +127,15 @@ async def test_mounted_pages_are_served_with_or_without_the_token(ops_node: Path
         assert [c.config.origin for c in seen] == [load_config(ops_node).origin] * 2
         status, _, body = await get(ops.url + "/console/")
         assert (status, body) == (200, "own: 3 entries")
+        # Without the slash: sent to the mount's root (for the bearer-token
+        # mount only with the token).
+        async with aiohttp.ClientSession() as s:
+            async with s.get(ops.url + "/console?x=1", allow_redirects=False) as resp:
+                assert (resp.status, resp.headers["Location"]) == (302, "/console/?x=1")
+            async with s.get(ops.url + "/console") as resp:
+                assert (resp.status, await resp.text()) == (200, "own: 3 entries")
+            async with s.get(ops.url + "/extra", allow_redirects=False) as resp:
+                assert resp.status == 401
         status, _, _ = await get(ops.url + "/extra/")
         assert status == 401
         status, _, body = await get(ops.url + "/extra/", {"Authorization": f"Bearer {TOKEN}"})
