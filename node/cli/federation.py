@@ -17,7 +17,7 @@ from pathlib import Path
 from node.cli.cards import ROLES, Card, make_card, parse_card
 from node.cli.output import Command, Output
 from node.cli.tls import print_expiry_warnings
-from node.config import listen_url, load_config, resolve_node_dir
+from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
 from node.ledger.database import Database
@@ -53,23 +53,27 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     # Heavy requests run Python in threads; a shorter GIL switch interval
     # lets the event loop answer light requests sooner (docs/benchmarks.md).
     sys.setswitchinterval(SERVE_SWITCH_INTERVAL)
-    out.note(f"serving {config.origin} on {listen_url(listen)} (mutual TLS); Ctrl-C stops")
-    if config.public.listen is not None:
-        out.note(
-            f"serving the public tree (checkpoint, hash tiles) on "
-            f"{listen_url(config.public.listen)} (no client certificate)"
-        )
-    if config.ops.listen is not None:
-        out.note(
-            f"serving /healthz, /readyz and /metrics on http://{config.ops.listen} "
-            + ("(bearer token required)" if config.ops.token else "(no token; loopback only)")
-        )
+    # Printed once each listener is bound, so the URL carries the real port
+    # (`--listen 127.0.0.1:0`) and nothing claims to serve on an address that
+    # then fails to bind.
+    token = "(bearer token required)" if config.ops.token else "(no token; loopback only)"
     asyncio.run(
         run_server(
             node_dir,
             listen,
             sync=not args.no_sync,
             poll_interval=args.poll,
+            on_started=lambda s: out.note(
+                f"serving {config.origin} on {s.url} (mutual TLS); Ctrl-C stops"
+            ),
+            on_public_started=lambda s: out.note(
+                f"serving the public tree (checkpoint, hash tiles) on {s.url} "
+                "(no client certificate)"
+            ),
+            on_ops_started=lambda s: out.note(
+                f"serving /healthz, /readyz, /metrics and the console ({s.url}/console/) "
+                f"on {s.url} {token}"
+            ),
         )
     )
     return 0

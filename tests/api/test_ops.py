@@ -8,6 +8,7 @@ on it through :class:`node.api.ops.OpsMount`.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,9 @@ from node.config import load_config
 from node.errors import ConfigError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from tests.adversary.served_process import serve_process
 from tests.api.conftest import VALUES, init_api_node
+from tests.waiting import eventually
 
 TOKEN = "s3cret-token-for-the-ops-listener"
 
@@ -212,3 +215,24 @@ async def test_only_the_ops_app_is_served_over_plain_http(ops_node: Path) -> Non
             await server.close()
     finally:
         await db.close()
+
+
+async def test_serve_prints_the_bound_addresses(ops_node: Path) -> None:
+    """``serve`` names the ports it really bound (``:0`` asks for any), not ``:0``."""
+    with_ops(ops_node, 'listen = "127.0.0.1:0"')
+    served = await serve_process(ops_node)
+    try:
+        api = f"serving {load_config(ops_node).origin} on {served.url} (mutual TLS)"
+        notes = await eventually(
+            lambda: [line for line in served.log if line.startswith("serving ")],
+            until=lambda lines: len(lines) == 2,
+            what="the two `serving` notes",
+        )
+        assert notes[0].startswith(api)
+        ops = re.fullmatch(r"serving .* on (http://127\.0\.0\.1:(\d+)) \(no token.*\n", notes[1])
+        assert ops is not None and int(ops.group(2)) != 0
+        assert f"({ops.group(1)}/console/)" in notes[1]
+        status, _, _ = await get(ops.group(1) + "/healthz")
+        assert status == 200
+    finally:
+        await served.stop()
