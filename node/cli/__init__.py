@@ -423,6 +423,8 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         frozen_origins = sorted(ledger.peers.frozen_origins())
         status = ledger.status(args.origin)
         waits = [w for w in ledger.witness_waits() if args.origin in (None, w.origin)]
+        # Only the own log is held back by a restore's recovery.
+        recovering = ledger.recovering if status.is_own else None
         print_expiry_warnings(ledger.certificate_expiries(), out)
     node_dir = resolve_node_dir(args.dir)
     if args.json:
@@ -432,11 +434,24 @@ def cmd_status(args: argparse.Namespace, out: _Out) -> int:
         doc["witness_waits"] = [w.to_json() for w in waits]
         doc["integrity"] = integrity_json(node_dir)
         doc["frozen_origins"] = frozen_origins
+        doc["recovering"] = None
+        if recovering is not None:
+            doc["recovering"] = {
+                "log_size": recovering.log_size,
+                "backup_created_at": recovering.backup_created_at,
+                "restored_at": recovering.restored_at,
+            }
         out.json(doc)
         return 0
     out.print(f"origin:           {status.origin}{'' if status.is_own else ' (replicated)'}")
     if frozen:
         out.print("FROZEN:           fork evidence held; nothing more is accepted (evidence list)")
+    if recovering is not None:
+        out.print(
+            f"RECOVERING:       restored from a backup made {recovering.backup_created_at} "
+            f"(own log size {recovering.log_size:,}); signs nothing until `hashmesh recover` "
+            "or `hashmesh serve` has asked its peers and witnesses (docs/operations.md)"
+        )
     out.print(f"size:             {status.size:,} entries")
     out.print(f"root:             {encode_b64(status.root_hash)}")
     out.print(f"last checkpoint:  {status.checkpoint_recorded_at}")

@@ -140,3 +140,21 @@ def test_restore_in_place_marks_and_recover_without_peers_ends_it(
     assert hashmesh(["--dir", str(node), "add", "--type", "md5", "--value", "a" * 32]) == 0
     assert hashmesh(["--dir", str(node), "recover"]) == 0
     assert "not recovering" in capsys.readouterr().out
+
+
+def test_status_says_a_restored_node_is_recovering(
+    tmp_path: Path, node: Path, backup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    restored = tmp_path / "restored"
+    restore_backup(backup, restored)
+    assert hashmesh(["--dir", str(restored), "status"]) == 0
+    text = capsys.readouterr().out
+    assert "RECOVERING:" in text and "hashmesh recover" in text
+    assert hashmesh(["--dir", str(restored), "status", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["recovering"]["log_size"] == 5
+    # The node the backup was made of is not recovering, and says nothing of it.
+    assert hashmesh(["--dir", str(node), "status"]) == 0
+    assert "RECOVERING" not in capsys.readouterr().out
+    assert hashmesh(["--dir", str(node), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recovering"] is None
