@@ -27,6 +27,7 @@ from node.cli.fsck import integrity_json, integrity_lines
 from node.cli.fsck import register as register_fsck
 from node.cli.keys import register as register_keys
 from node.cli.match import register as register_match
+from node.cli.output import describe_subcommands
 from node.cli.publish import register as register_publish
 from node.cli.tls import print_expiry_warnings
 from node.cli.tls import register as register_tls
@@ -869,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_witness(command, common)
     register_backup(command, common)
     register_tls(command, common)
+    describe_subcommands(parser)
     return parser
 
 

@@ -334,7 +334,10 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         "required, pull every followed origin from every peer (live, on their "
         "announcements, with polling as fallback), until Ctrl-C. With [public] "
         "listen in config.toml, also serve the own log's public tree (checkpoint "
-        "and hash tiles, C2SP tlog-tiles) over HTTPS without client certificates.",
+        "and hash tiles, C2SP tlog-tiles) over HTTPS without client certificates. "
+        "With [ops] listen, also a plain-HTTP operations listener: /healthz, /readyz, "
+        "Prometheus /metrics (docs/monitoring.md) and the analyst console at /console/ "
+        "(docs/console.md). Every key: docs/configuration.md.",
     )
     p.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
     p.add_argument("--no-sync", action="store_true", help="serve only; do not pull from peers")

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
-__all__ = ["Command", "Output"]
+__all__ = ["Command", "Output", "describe_subcommands"]
 
 
 class Output(Protocol):
@@ -32,3 +32,17 @@ class Output(Protocol):
 
 Command = Callable[..., argparse.ArgumentParser]
 """``build_parser``'s ``command(name, run, help, description)`` factory."""
+
+
+def describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Give each sub-command registered with only a one-line ``help`` that line as description.
+
+    Without it ``hashmesh peer list --help`` shows its options but not what it does.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            summaries = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description and summaries.get(name):
+                    sub.description = str(summaries[name])
+                describe_subcommands(sub)

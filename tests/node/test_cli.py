@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from node.cli import build_parser
 from node.cli import main as hashmesh
 from protocol.__main__ import main as audit
 
@@ -241,3 +244,42 @@ def test_console_script_help_runs() -> None:
         cwd=ROOT,
     ).stdout
     assert "verify-bundle" in out
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command path of ``parser`` (``("peer", "add")``...)."""
+    found: list[tuple[str, ...]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*path, name))
+                found.extend(_commands(sub, (*path, name)))
+    return found
+
+
+def test_every_command_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    commands = _commands(parser)
+    assert ("serve",) in commands and ("peer", "add") in commands
+    overview = parser.format_help()
+    for command in commands:
+        if len(command) == 1:
+            # A line of its own in `hashmesh --help`, not a bare name.
+            assert re.search(rf"^    {command[0]}\s+\S", overview, re.M) or re.search(
+                rf"^    {command[0]}\n\s+\S", overview, re.M
+            ), f"`hashmesh --help` gives {command[0]} no summary"
+        with pytest.raises(SystemExit) as done:
+            hashmesh([*command, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        described = text.split("\n\n")[1]
+        assert not described.startswith(("positional", "options")), f"{command} has no text"
+
+
+def test_serve_help_names_the_ops_listener_and_the_console(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        hashmesh(["serve", "--help"])
+    text = capsys.readouterr().out
+    assert "[ops]" in text and "/console/" in text and "docs/configuration.md" in text
