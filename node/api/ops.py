@@ -61,6 +61,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from node.api.app import error_middleware
+from node.api.handlers import error_response
 from node.api.match import match_service
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
@@ -145,8 +146,17 @@ def _under(path: str, prefix: str) -> bool:
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     # The listener's own routes answer errors as JSON; mounted pages keep theirs.
-    if any(_under(request.path, p) for p in request.app[_MOUNT_PREFIXES_KEY]):
+    mounts = request.app[_MOUNT_PREFIXES_KEY]
+    if any(_under(request.path, p) for p in mounts):
         return await handler(request)
+    unmatched = request.match_info.http_exception
+    if unmatched is not None and unmatched.status == 404:
+        # The peer API's 404 points at docs/api.md; this listener has its own paths.
+        paths = ", ".join(("/healthz", "/readyz", "/metrics", *(p + "/" for p in mounts)))
+        return error_response(
+            404,
+            f"no endpoint {request.path} on the operations listener ({paths}; docs/monitoring.md)",
+        )
     return await error_middleware(request, handler)
 
 

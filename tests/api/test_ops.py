@@ -77,6 +77,7 @@ async def test_healthz_answers_over_plain_http(ops_node: Path) -> None:
         status, _, body = await get(ops.url + "/nothing-here")
         assert status == 404
         assert "no endpoint /nothing-here" in body
+        assert "/healthz" in body and "docs/monitoring.md" in body
 
 
 async def test_token_is_asked_when_set(ops_node: Path) -> None:
