@@ -14,6 +14,7 @@ A node directory holds::
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -21,6 +22,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from node.errors import ConfigError
@@ -31,13 +33,18 @@ __all__ = [
     "CONFIG_FILE",
     "DEFAULT_DIR",
     "DEFAULT_LISTEN",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "ApiLimits",
     "ApiSettings",
     "ConnectionSettings",
+    "LogSettings",
     "MatchSettings",
     "NodeConfig",
     "OpsSettings",
     "PublicSettings",
     "ScrubSettings",
+    "SyncSettings",
     "WitnessAsk",
     "WitnessRequirement",
     "WitnessSettings",
@@ -288,6 +295,70 @@ class ScrubSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiLimits:
+    """The ``[api]`` table: caps and timings of the mutual-TLS API (docs/configuration.md)."""
+
+    max_page: int = 10_000
+    """Most entries or leaf hashes one page returns."""
+    max_streams: int = 64
+    """Most event streams open at once; more get 503."""
+    ping_interval: float = 15.0
+    """Seconds between ``: ping`` comments on an idle event stream."""
+    handler_timeout: float = 30.0
+    """Seconds a (non-streaming) request may take before it is answered 503."""
+    client_max_size: int = 64 * 1024
+    """Largest request body accepted by routes without their own cap."""
+    peer_rate: float = 100.0
+    """Requests per second each peer may sustain (token bucket); more get 429."""
+    peer_burst: int = 400
+    """Requests a peer may make at once before :attr:`peer_rate` applies."""
+    heavy_workers: int = 1
+    """Heavy requests (matching, entry pages and bundles, leaf-hash pages,
+    inclusion proofs) running at once; keep it below the database's reader
+    threads (3), so a reader is always free for light requests. One: their
+    work is mostly Python under the GIL, so a second one adds little
+    throughput and delays the event loop (docs/benchmarks.md)."""
+    heavy_queue: int = 32
+    """Heavy requests that may wait for a worker; more get 503 with ``Retry-After``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncSettings:
+    """The ``[sync]`` table: timing of the sync loop (and of the witness loop)."""
+
+    poll_interval: float = 30.0
+    """Seconds between polls of a healthy peer when no announcement arrives."""
+    min_backoff: float = 1.0
+    """Seconds before retrying a peer after its first failure."""
+    max_backoff: float = 300.0
+    """The backoff doubles after each failure up to this many seconds."""
+    peer_refresh: float = 1.0
+    """Seconds between reads of the peer list (``peer add`` takes effect)."""
+
+
+_Settings = TypeVar("_Settings", "ApiLimits", "SyncSettings")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogSettings:
+    """The ``[log]`` table: what ``hashmesh serve`` logs, and how.
+
+    Attributes:
+        level: the least severe level written (``debug`` .. ``error``).
+        format: ``text`` (one human line per record) or ``json`` (one JSON
+            object per line).
+        access: write the access log (one line per API request).
+    """
+
+    level: str = "info"
+    format: str = "text"
+    access: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OpsSettings:
     """The ``[ops]`` table of ``config.toml``: the operations listener (docs/configuration.md).
 
@@ -363,6 +434,9 @@ class NodeConfig:
     scrub: ScrubSettings = ScrubSettings()
     connections: ConnectionSettings = ConnectionSettings()
     api: ApiSettings = ApiSettings()
+    limits: ApiLimits = ApiLimits()
+    sync: SyncSettings = SyncSettings()
+    log: LogSettings = LogSettings()
 
     def card_url(self, override: str | None = None) -> str:
         """The URL this node's card advertises: ``override``, ``[api] advertise``, or ``listen``.
@@ -478,17 +552,8 @@ def load_config(node_dir: Path) -> NodeConfig:
         ) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    unknown = set(raw) - {
-        "origin",
-        "listen",
-        "match",
-        "witness",
-        "public",
-        "ops",
-        "scrub",
-        "connections",
-        "api",
-    }
+    known = {"origin", "listen", "match", "witness", "public", "ops", "scrub", "connections"}
+    unknown = set(raw) - (known | {"api", "sync", "log"})
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     origin = raw.get("origin")
@@ -499,6 +564,13 @@ def load_config(node_dir: Path) -> NodeConfig:
         raise ConfigError(f"{path}: 'listen' must be a string like '127.0.0.1:8443'")
     parse_listen(listen)
     public = _public_settings(path, raw.get("public", {}), listen)
+    # [api] holds the card's advertised URL and the API's limits.
+    api_table = _section(
+        path,
+        "api",
+        raw.get("api", {}),
+        {"advertise", *(f.name for f in dataclasses.fields(ApiLimits))},
+    )
     return NodeConfig(
         node_dir=node_dir,
         origin=check_origin(origin),
@@ -509,7 +581,12 @@ def load_config(node_dir: Path) -> NodeConfig:
         ops=_ops_settings(path, raw.get("ops", {}), (listen, public.listen)),
         scrub=_scrub_settings(path, raw.get("scrub", {})),
         connections=_connection_settings(path, raw.get("connections", {})),
-        api=_api_settings(path, raw.get("api", {})),
+        api=_api_settings(path, {k: v for k, v in api_table.items() if k == "advertise"}),
+        limits=_numbers(
+            path, "api", {k: v for k, v in api_table.items() if k != "advertise"}, ApiLimits()
+        ),
+        sync=_sync_settings(path, raw.get("sync", {})),
+        log=_log_settings(path, raw.get("log", {})),
     )
 
 
@@ -539,6 +616,42 @@ def _connection_settings(path: Path, raw: object) -> ConnectionSettings:
         header_timeout=seconds["header_timeout"],
         raise_open_files=raise_files,
     )
+
+
+def _numbers(path: Path, name: str, raw: object, defaults: _Settings) -> _Settings:
+    """``defaults`` with the numbers of a ``[name]`` table (each > 0, typed like its default)."""
+    table = _section(path, name, raw, {f.name for f in dataclasses.fields(defaults)})
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        default = getattr(defaults, key)
+        if isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{path}: {name}.{key} must be a whole number, >= 1")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{path}: {name}.{key} must be a number of seconds, > 0")
+        values[key] = value if isinstance(default, int) else float(value)
+    return dataclasses.replace(defaults, **values)
+
+
+def _sync_settings(path: Path, raw: object) -> SyncSettings:
+    settings = _numbers(path, "sync", raw, SyncSettings())
+    if settings.min_backoff > settings.max_backoff:
+        raise ConfigError(f"{path}: sync.min_backoff must not exceed sync.max_backoff")
+    return settings
+
+
+def _log_settings(path: Path, raw: object) -> LogSettings:
+    table = _section(path, "log", raw, {"level", "format", "access"})
+    level = table.get("level", "info")
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{path}: log.level must be one of {', '.join(LOG_LEVELS)}")
+    fmt = table.get("format", "text")
+    if fmt not in LOG_FORMATS:
+        raise ConfigError(f"{path}: log.format must be one of {', '.join(LOG_FORMATS)}")
+    access = table.get("access", True)
+    if not isinstance(access, bool):
+        raise ConfigError(f"{path}: log.access must be true or false")
+    return LogSettings(level=str(level), format=str(fmt), access=access)
 
 
 def _is_loopback(host: str) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import resource
 import signal
@@ -269,14 +270,15 @@ def _sync_cleanup(
 
 
 def _runner_factory(
-    cert_path: Path, key_path: Path, poll_interval: float | None, metrics: NodeMetrics
+    config: NodeConfig, poll_interval: float | None, metrics: NodeMetrics
 ) -> SyncFactory:
     # Imported here: serving without sync (and the API tests) need none of it.
-    from node.sync.runner import SyncRunner, SyncSettings
+    from node.sync.runner import SyncRunner
 
-    settings = SyncSettings()
+    settings = config.sync
     if poll_interval is not None:
-        settings = SyncSettings(poll_interval=poll_interval)
+        settings = dataclasses.replace(settings, poll_interval=poll_interval)
+    cert_path, key_path = config.tls_cert_path, config.tls_key_path
 
     @contextlib.asynccontextmanager
     async def factory(db: Database, hub: CheckpointHub) -> AsyncIterator[object]:
@@ -376,12 +378,13 @@ async def run_server(
         node_dir: the node directory.
         listen: HOST:PORT to bind (default: the config's ``listen``).
         sync: run the sync runner beside the server.
-        poll_interval: seconds between polls of each peer (sync runner).
+        poll_interval: seconds between polls of each peer (sync runner;
+            default ``[sync] poll_interval``).
         sync_factory: replaces the default sync runner; called with the
             database and hub, entered for as long as the server runs.
         on_started: called once the socket is bound (tests: the real port).
         stop: an event that stops the server like a signal does.
-        limits: API caps and timings.
+        limits: API caps and timings (default: the config's ``[api]`` table).
         on_public_started: called once the public listener (``[public]
             listen`` in the config) is bound; not called when it is off.
         on_ops_started: the same for the operations listener (``[ops] listen``).
@@ -404,9 +407,7 @@ async def run_server(
         hub = CheckpointHub()
         metrics = NodeMetrics()
         if sync_factory is None and sync:
-            sync_factory = _runner_factory(
-                config.tls_cert_path, config.tls_key_path, poll_interval, metrics
-            )
+            sync_factory = _runner_factory(config, poll_interval, metrics)
         extra = [] if sync_factory is None else [_sync_cleanup(sync_factory, db, hub)]
         integrity = IntegrityState(node_dir, enabled=config.scrub.entries_per_second > 0)
         app = make_app(
@@ -414,7 +415,7 @@ async def run_server(
             hub,
             origin=config.origin,
             extra_cleanup=extra,
-            limits=limits,
+            limits=limits or config.limits,
             metrics=metrics,
             integrity=integrity,
         )

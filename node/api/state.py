@@ -9,10 +9,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
+from node.config import ApiLimits
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
@@ -32,34 +32,6 @@ __all__ = [
     "StreamGate",
     "WorkLane",
 ]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ApiLimits:
-    """Caps and timings of the API; the defaults are the documented ones."""
-
-    max_page: int = 10_000
-    """Most entries or leaf hashes one page returns."""
-    max_streams: int = 64
-    """Most event streams open at once; more get 503."""
-    ping_interval: float = 15.0
-    """Seconds between ``: ping`` comments on an idle event stream."""
-    handler_timeout: float = 30.0
-    """Seconds a (non-streaming) request may take before it is answered 503."""
-    client_max_size: int = 64 * 1024
-    """Largest request body accepted by routes without their own cap."""
-    peer_rate: float = 100.0
-    """Requests per second each peer may sustain (token bucket); more get 429."""
-    peer_burst: int = 400
-    """Requests a peer may make at once before :attr:`peer_rate` applies."""
-    heavy_workers: int = 1
-    """Heavy requests (matching, entry pages and bundles, leaf-hash pages,
-    inclusion proofs) running at once; keep it below the database's reader
-    threads (3), so a reader is always free for light requests. One: their
-    work is mostly Python under the GIL, so a second one adds little
-    throughput and delays the event loop (docs/benchmarks.md)."""
-    heavy_queue: int = 32
-    """Heavy requests that may wait for a worker; more get 503 with ``Retry-After``."""
 
 
 class PeerRateLimiter:

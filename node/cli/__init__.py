@@ -9,6 +9,7 @@ shows the traceback), usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import io
 import json
 import os
@@ -630,6 +631,13 @@ def _quality(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hashmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"  # run from a checkout without `pip install`
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hashmesh``."""
     # SUPPRESS: a subcommand's own default must not overwrite `--dir` given
@@ -659,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", metavar="DIR", help="node directory (default: $HASHMESH_DIR or ./.hashmesh)"
     )
     parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"hashmesh {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -874,25 +883,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGPIPE_STATUS = 128 + 13
+"""What a shell reports for a command killed by SIGPIPE (``hashmesh log | head``)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``hashmesh`` command line; return the exit status."""
+    """Run the ``hashmesh`` command line; return the exit status.
+
+    1 for an error (2 for ``match``, which exits like grep), 2 for a usage
+    error, 130 when interrupted, 141 when the reader of standard output went
+    away (``| head``), quietly.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     out = _Out(sys.stdout, sys.stderr)
+    error = int(getattr(args, "error_status", 1))  # 2 for match, like grep
     try:
         status: int = args.run(args, out)
+        out.stdout.flush()
     except (NodeError, ProtocolError) as e:
         if args.verbose:
             raise
         out.note(f"error: {e}")
-        return 1
+        return error
+    except BrokenPipeError:
+        _silence_stdout()
+        return SIGPIPE_STATUS
     except sqlite3.Error as e:
         # A query deep inside a command met a damaged page, a full disk or a
         # lock: one line naming the cause (any open transaction was rolled back).
         if args.verbose:
             raise
         out.note(f"error: database: {describe_sqlite_error(e, _database_path(args))}")
-        return 1
+        return error
     except UnicodeDecodeError as e:
         if args.verbose:
             raise
@@ -900,13 +923,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: database: a stored text is not valid UTF-8 ({e.reason}): the database "
             "is damaged; run `hashmesh fsck`"
         )
-        return 1
+        return error
     except OSError as e:
         if args.verbose:
             raise
         where = f": {e.filename}" if e.filename else ""
         out.note(f"error: {e.strerror or e}{where}")
-        return 1
+        return error
     except KeyboardInterrupt:
         out.note("interrupted: nothing from the unfinished command was written")
         return 130
@@ -920,5 +943,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: unexpected {type(e).__name__}: {e}; if the database is damaged, "
             "`hashmesh fsck` names what is wrong (--verbose shows the traceback)"
         )
-        return 1
+        return error
     return status
+
+
+def _silence_stdout() -> None:
+    # The reader is gone: point stdout at /dev/null so the interpreter's own
+    # flush at exit does not raise BrokenPipeError again (Python's
+    # documented recipe, docs.python.org signal "Note on SIGPIPE").
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a real file (tests capture it): nothing will flush it

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from pathlib import Path
 
 from node.cli.cards import ROLES, Card, make_card, parse_card
+from node.cli.logs import configure_logging
 from node.cli.output import Command, Output
 from node.cli.tls import print_expiry_warnings
-from node.config import load_config, resolve_node_dir
+from node.config import LOG_FORMATS, LOG_LEVELS, load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
 from node.ledger.database import Database
@@ -44,12 +44,12 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     node_dir = _node_dir(args)
     config = load_config(node_dir)
     listen = args.listen or config.listen
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        level="debug" if args.verbose else (args.log_level or config.log.level),
+        fmt=args.log_format or config.log.format,
         stream=out.stderr,
+        access=config.log.access,
     )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # Heavy requests run Python in threads; a shorter GIL switch interval
     # lets the event loop answer light requests sooner (docs/benchmarks.md).
     sys.setswitchinterval(SERVE_SWITCH_INTERVAL)
@@ -344,9 +344,18 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--poll",
         type=float,
-        default=30.0,
         metavar="SECONDS",
-        help="fallback poll interval per peer (default 30)",
+        help="fallback poll interval per peer (default: [sync] poll_interval, 30)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line (default: [log] format, text)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="least severe level logged (default: [log] level, info)",
     )
 
     p = command("peer", _need_sub, "manage peers: card, add, list, remove")

@@ -406,6 +406,9 @@ def cmd_match(args: argparse.Namespace, out: Output) -> int:
 def run_match(request: MatchCommand, out: Output) -> int:
     """Gather, normalise and match what ``request`` names; report the hits on ``out``.
 
+    Returns:
+        0 when at least one hash matched, 1 when none did (like grep).
+
     Raises:
         NodeError: nothing valid to match, an unreadable input, or the remote
             node failed (a :class:`~node.errors.PeerError`).
@@ -431,7 +434,10 @@ def run_match(request: MatchCommand, out: Output) -> int:
         _report_json(inputs, found, out)
     else:
         _report_text(inputs, found, out)
-    return 0
+    # Like grep: 0 when something matched, 1 when nothing did (2, an error,
+    # is main's, through MATCH_ERROR_STATUS). Hits hidden by the dispute
+    # policy do not count: the trusted origins judged them false positives.
+    return 0 if any(f.hits for f in found) else 1
 
 
 def cmd_opinion(args: argparse.Namespace, out: Output) -> int:
@@ -477,8 +483,11 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         "CRLF, a byte order mark) and what changed is reported. --file hashes "
         "files (directories recursively) with MD5, SHA-1, SHA-256 and, for images, "
         "PDQ (needs the pdq extra). Against the local database by default, or a "
-        "remote node's POST /v1/match over mutual TLS with --card or --remote.",
+        "remote node's POST /v1/match over mutual TLS with --card or --remote. "
+        "Exits like grep: 0 when something matched, 1 when nothing did, 2 on an "
+        "error (an unreadable input, every input invalid, the remote node failing).",
     )
+    p.set_defaults(error_status=2)
     p.add_argument("values", nargs="*", metavar="VALUE", help="hash values to look up")
     p.add_argument(
         "--type",

@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
+from node.config import SyncSettings
 from node.errors import NodeError, PeerError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -45,24 +45,13 @@ __all__ = ["SyncRunner", "SyncSettings", "sync_once"]
 log = logging.getLogger("hashmesh.sync")
 
 
-@dataclass(frozen=True, slots=True)
-class SyncSettings:
-    """Timing of the sync loop."""
-
-    poll_interval: float = 30.0
-    """Seconds between polls of a healthy peer when no announcement arrives."""
-    min_backoff: float = 1.0
-    max_backoff: float = 300.0
-    peer_refresh: float = 1.0
-
-    @property
-    def timing(self) -> PollTiming:
-        """The poll interval and backoff bounds of the sync and witness loops."""
-        return PollTiming(
-            poll_interval=self.poll_interval,
-            min_backoff=self.min_backoff,
-            max_backoff=self.max_backoff,
-        )
+def _timing(settings: SyncSettings) -> PollTiming:
+    """The poll interval and backoff bounds of the sync and witness loops."""
+    return PollTiming(
+        poll_interval=settings.poll_interval,
+        min_backoff=settings.min_backoff,
+        max_backoff=settings.max_backoff,
+    )
 
 
 def _client(peer: PeerRecord, cert_path: Path, key_path: Path) -> HttpPeerClient:
@@ -120,11 +109,11 @@ class SyncRunner:
         self.rounds = 0
         # Asks the [[witness.ask]] witnesses to cosign each new own checkpoint.
         self.witness = WitnessLoop(
-            db, hub, cert_path=cert_path, key_path=key_path, timing=self._settings.timing
+            db, hub, cert_path=cert_path, key_path=key_path, timing=_timing(self._settings)
         )
         # A restored node recovers its own log before it signs anything.
         self.recovery = RecoveryLoop(
-            db, hub, cert_path=cert_path, key_path=key_path, timing=self._settings.timing
+            db, hub, cert_path=cert_path, key_path=key_path, timing=_timing(self._settings)
         )
         self._recovery: asyncio.Task[None] | None = None
 
@@ -210,7 +199,7 @@ class SyncRunner:
             return True
 
         try:
-            await run_polling(round_, wake, self._settings.timing)
+            await run_polling(round_, wake, _timing(self._settings))
         finally:
             await client.close()
 
@@ -237,14 +226,14 @@ class SyncRunner:
                 )
             return True
 
-        await run_polling(round_, asyncio.Event(), self._settings.timing)
+        await run_polling(round_, asyncio.Event(), _timing(self._settings))
 
     async def _listen(self, client: HttpPeerClient, wake: asyncio.Event) -> None:
         # Reconnects after the stream ends or fails, backing off while it keeps
         # failing. A failure is a WARNING when it happens (the stream was up, or
         # this is the first try); while it keeps failing, DEBUG, so a dead peer
         # does not fill the log; coming back is INFO.
-        backoff = Backoff(self._settings.timing)
+        backoff = Backoff(_timing(self._settings))
         failing = False
         while True:
             try:

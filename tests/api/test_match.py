@@ -231,4 +231,4 @@ async def test_cli_matches_on_a_remote_node_over_mtls(
     status = await asyncio.to_thread(
         cli, ["match", "--type", "sha256", VALUES[0], "--card", str(card), *auditor]
     )
-    assert status == 1 and "403" in capsys.readouterr().err
+    assert status == 2 and "403" in capsys.readouterr().err  # an error, like grep's 2

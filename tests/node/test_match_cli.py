@@ -81,17 +81,19 @@ def test_ambiguous_and_invalid_values(node: str, capsys: pytest.CaptureFixture[s
     status, out, err = run(capsys, "--dir", node, "match", near, "--json")
     doc = json.loads(out)
     assert doc["matches"] == []  # a near miss of a sha256 is no match at all
+    assert status == 1  # like grep: nothing matched
     status, out, err = run(capsys, "--dir", node, "match", "xyz", "c" * 33)
-    # Each bad input is named; with nothing left to match, the run fails.
-    assert status == 1 and out == ""
+    # Each bad input is named; with nothing left to match, the run fails (2, like grep).
+    assert status == 2 and out == ""
     assert "invalid: argument 1, type: cannot tell the signal type" in err
     assert "invalid: argument 2, type" in err
     status, out, err = run(capsys, "--dir", node, "match", "--type", "sha256", OTHER, OTHER[:-1])
     assert "MATCH sha256" in out and "argument 2, value: expected 64 hex" in err
+    assert status == 0  # one matched, one invalid: something matched
     status, _, err = run(capsys, "--dir", node, "match")
-    assert status == 1 and "give hash values" in err
+    assert status == 2 and "give hash values" in err
     status, _, err = run(capsys, "--dir", node, "match", "--type", "md5", OTHER)
-    assert status == 1 and "every input was invalid" in err and "looks like" not in err
+    assert status == 2 and "every input was invalid" in err and "looks like" not in err
 
 
 def test_files_hashed_with_pdq_for_images(
@@ -148,7 +150,8 @@ def test_unreadable_file_is_reported_not_fatal(
     status, out, err = run(
         capsys, "--dir", node, "match", "--file", str(tmp_path / "gone.bin"), "--file", str(real)
     )
-    assert status == 0 and "invalid: file" in err and "gone.bin" in err
+    # The unreadable file is reported; the readable one is matched (and misses).
+    assert status == 1 and "invalid: file" in err and "gone.bin" in err
     assert "checked 3 hash(es)" in out
 
 

@@ -1,0 +1,144 @@
+"""CLI habits: --version, a closed pipe ends quietly, JSON logs, every limit a setting."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.cli import build_parser
+from node.cli import main as hashmesh
+from node.cli.logs import JsonFormatter, configure_logging
+from node.config import ApiLimits, LogSettings, SyncSettings, load_config
+from node.errors import ConfigError
+from node.ledger import Ledger
+from node.ledger.hashlist import HashListReader
+from node.ledger.provision import init_node
+
+ORIGIN = "habits.example/hashmesh"
+
+
+@pytest.fixture
+def node_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "n"
+    init_node(path, ORIGIN)
+    return path
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        hashmesh(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"hashmesh {importlib.metadata.version('hashmesh')}\n"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(node_dir: Path) -> None:
+    lines = [f"{i:064x}\n" for i in range(3000)]  # ~400 kB of `log` output: beyond a pipe buffer
+    with Ledger.open(node_dir) as ledger:
+        ledger.import_lines(HashListReader(fmt="lines", default_type="sha256").read(iter(lines)))
+    # What `hashmesh log --limit 3000 | head -1` does to hashmesh.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "--dir", str(node_dir), "log", "--limit", "3000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports it
+    assert first.split()[:2] == [b"0", b"add"]
+    assert err == ""  # no BrokenPipeError, no traceback
+
+
+def test_json_log_lines_carry_the_access_fields() -> None:
+    stream = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=stream)
+    try:
+        access = {"listener": "api", "peer": "b", "role": "peer", "route": "/v1/match"}
+        logging.getLogger("hashmesh.access").info("a\nb", extra={"access": access})
+        logging.getLogger("hashmesh.sync").debug("not at info")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("hashmesh.api").exception("failed")
+    finally:
+        configure_logging(level="warning", fmt="text", stream=sys.stderr)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2  # one object per line, newlines in messages escaped
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "a\nb" and first["level"] == "INFO"
+    assert first["logger"] == "hashmesh.access" and first["route"] == "/v1/match"
+    assert first["time"].endswith("Z")
+    assert "ValueError: boom" in second["exception"]
+
+
+def test_text_is_the_default_and_access_can_be_silenced() -> None:
+    stream = io.StringIO()
+    configure_logging(level="info", fmt="text", stream=stream, access=False)
+    try:
+        logging.getLogger("hashmesh.access").info("GET /v1/logs")
+        logging.getLogger("hashmesh.sync").info("synced")
+    finally:
+        configure_logging(level="warning", fmt="text", stream=sys.stderr)
+    assert "GET /v1/logs" not in stream.getvalue()
+    assert " INFO hashmesh.sync: synced" in stream.getvalue()
+    assert isinstance(logging.getLogger().handlers[0].formatter, logging.Formatter)
+    assert not isinstance(logging.getLogger().handlers[0].formatter, JsonFormatter)
+
+
+def test_serve_takes_log_flags() -> None:
+    args = build_parser().parse_args(["serve", "--log-format", "json", "--log-level", "debug"])
+    assert (args.log_format, args.log_level, args.poll) == ("json", "debug", None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--log-format", "xml"])
+
+
+def append(node_dir: Path, text: str) -> None:
+    with (node_dir / "config.toml").open("a", encoding="utf-8") as f:
+        f.write("\n" + text + "\n")
+
+
+def test_limits_timing_and_logging_are_settings(node_dir: Path) -> None:
+    assert load_config(node_dir).limits == ApiLimits()
+    append(
+        node_dir,
+        "[api]\nmax_page = 500\npeer_rate = 20\nhandler_timeout = 5\n"
+        "[sync]\npoll_interval = 60\nmax_backoff = 900\n"
+        '[log]\nformat = "json"\nlevel = "warning"\naccess = false\n',
+    )
+    config = load_config(node_dir)
+    assert config.limits == ApiLimits(max_page=500, peer_rate=20.0, handler_timeout=5.0)
+    assert isinstance(config.limits.peer_rate, float)
+    assert config.sync == SyncSettings(poll_interval=60.0, max_backoff=900.0)
+    assert config.log == LogSettings(format="json", level="warning", access=False)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[api]\nmax_page = 0", "api.max_page must be a whole number, >= 1"),
+        ("[api]\nmax_page = 1.5", "api.max_page must be a whole number"),
+        ("[api]\npeer_rate = -1", "api.peer_rate must be a number of seconds, > 0"),
+        ("[api]\npeer_rate = true", "api.peer_rate"),
+        ("[api]\npage_size = 10", "unknown [api] setting(s) page_size"),
+        ("[sync]\nmin_backoff = 10\nmax_backoff = 5", "must not exceed sync.max_backoff"),
+        ("[sync]\npoll = 5", "unknown [sync] setting(s) poll"),
+        ('[log]\nformat = "xml"', "log.format must be one of text, json"),
+        ('[log]\nlevel = "loud"', "log.level must be one of"),
+        ('[log]\naccess = "yes"', "log.access must be true or false"),
+        ("[metrics]\nport = 1", "unknown setting(s) metrics"),
+    ],
+)
+def test_bad_settings_are_named_in_one_line(node_dir: Path, toml: str, message: str) -> None:
+    append(node_dir, toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(node_dir)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
