@@ -29,15 +29,16 @@ from node.cli.fsck import register as register_fsck
 from node.cli.keys import register as register_keys
 from node.cli.match import register as register_match
 from node.cli.output import describe_subcommands
+from node.cli.progress import progress_bar
 from node.cli.publish import register as register_publish
 from node.cli.tls import print_expiry_warnings
 from node.cli.tls import register as register_tls
 from node.cli.witness import register as register_witness
 from node.cli.witness import wait_line
 from node.config import DEFAULT_LISTEN, resolve_node_dir
-from node.errors import ImportRejectedError, NodeError
+from node.errors import ImportRejectedError, LineError, NodeError
 from node.ledger import Ledger
-from node.ledger.export import EXPORT_FORMATS, FILE_EXPORTS, export_lines, listed_adds
+from node.ledger.export import EXPORT_FORMATS, FILE_EXPORTS, export_text, listed_adds
 from node.ledger.feeds import ReplacingFile, write_misp_feed, write_stix_bundle
 from node.ledger.hashlist import FORMATS, Format, HashListReader, LabelColumn, load_label_map
 from node.ledger.provision import init_node
@@ -153,27 +154,6 @@ def _guess_format(path: str) -> Format:
     return "lines"
 
 
-class _Progress:
-    """A progress line on a terminal; silent when stderr is not one."""
-
-    def __init__(self, stream: TextIO, total_bytes: int | None) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.started = time.monotonic()
-        self.total_bytes = total_bytes
-
-    def __call__(self, lines: int) -> None:
-        if not self.enabled:
-            return
-        rate = lines / max(time.monotonic() - self.started, 1e-9)
-        self.stream.write(f"\r  {lines:,} lines read, {rate:,.0f} lines/s ")
-        self.stream.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-
-
 def _label_columns(args: argparse.Namespace) -> list[LabelColumn]:
     mapping = None
     if args.label_map:
@@ -209,21 +189,21 @@ def _import_vics(args: argparse.Namespace, out: _Out) -> int:
     if args.type or args.quality is not None or args.label_from:
         raise NodeError("--type, --quality and --label-from do not apply to a VICS document")
     reader = VicsReader(load_profile(args.profile), extra_labels=tuple(args.label))
-    progress = _Progress(out.stderr, None)
     started = time.monotonic()
-    with _open(args) as ledger:
+    with (
+        _open(args) as ledger,
+        progress_bar(out.stderr, None, f"import {args.file}", unit="media items") as progress,
+    ):
         try:
             result = ledger.import_lines(
                 reader.read(Path(args.file)), skip_invalid=args.skip_invalid, progress=progress
             )
         except ImportRejectedError as e:
-            progress.done()
             _write_line_report(args, out, e.errors, skipped=False)
             raise NodeError(
                 f"{len(e.errors):,} invalid field(s) in {reader.media_read:,} media items; "
                 f"nothing was imported (first: {e.errors[0]}). Fix them, or pass --skip-invalid"
             ) from e
-    progress.done()
     out.note(f"VICS document: {reader.context} ({reader.media_read:,} media items)")
     for reason, count in sorted(reader.skipped.items()):
         out.note(f"skipped {count:,} media items: {reason}")
@@ -299,15 +279,22 @@ def cmd_import(args: argparse.Namespace, out: _Out) -> int:
             raise NodeError(f"cannot read {args.file}: {e.strerror or e}") from e
     lines_in = _LineCounter(raw)
     stream: TextIO = io.TextIOWrapper(lines_in, encoding="utf-8", newline="", errors="strict")
-    progress = _Progress(out.stderr, total)
     started = time.monotonic()
     try:
-        with _open(args) as ledger:
+        with (
+            _open(args) as ledger,
+            progress_bar(out.stderr, total, f"import {args.file}", unit="B") as progress,
+        ):
+
+            def bytes_read(_lines: int) -> None:
+                # Bytes the reader has taken from the file (ahead by one buffer).
+                progress(os.lseek(stream.fileno(), 0, os.SEEK_CUR))
+
             try:
                 result = ledger.import_lines(
                     reader.read(stream),
                     skip_invalid=args.skip_invalid,
-                    progress=progress,
+                    progress=bytes_read if total is not None else None,
                 )
             except UnicodeDecodeError as e:
                 name = "standard input" if args.file == "-" else args.file
@@ -316,18 +303,47 @@ def cmd_import(args: argparse.Namespace, out: _Out) -> int:
                     "not UTF-8 (save the list as UTF-8): nothing was imported"
                 ) from e
             except ImportRejectedError as e:
-                progress.done()
-                _write_line_report(args, out, e.errors, skipped=False)
+                if args.json:
+                    out.json(_import_doc(reader, None, e.total_lines, e.errors, 0.0))
+                else:
+                    _write_line_report(args, out, e.errors, skipped=False)
                 raise
     finally:
         stream.close()
-    progress.done()
+    elapsed = time.monotonic() - started
+    if args.json:
+        out.json(_import_doc(reader, result, result.lines_read, result.skipped, elapsed))
+        return 0
     if reader.ignored_columns:
         out.note(f"ignored CSV columns: {', '.join(reader.ignored_columns)}")
-    _report_import(args, out, result, reader.notes, time.monotonic() - started, "lines")
+    _report_import(args, out, result, reader.notes, elapsed, "lines")
     if reader.skipped_blank:
         out.print(f"passed over {reader.skipped_blank:,} blank or comment lines")
     return 0
+
+
+def _import_doc(
+    reader: HashListReader,
+    result: ImportResult | None,
+    lines_read: int,
+    invalid: Sequence[LineError],
+    seconds: float,
+) -> dict[str, Any]:
+    """``import --json``: the summary, and every invalid line (field and reason, no value)."""
+    append = None if result is None else result.append
+    return {
+        "imported": 0 if append is None else append.count,
+        "start": None if append is None or not append.count else append.start,
+        "lines_read": lines_read,
+        "duplicates": 0 if append is None else len(append.duplicates),
+        "invalid": [{"line": e.line, "field": e.field, "reason": e.reason} for e in invalid],
+        "rejected": result is None,
+        "normalised": dict(sorted(reader.notes.items())),
+        "ignored_columns": list(reader.ignored_columns),
+        "blank_or_comment_lines": reader.skipped_blank,
+        "size": None if append is None else append.checkpoint.size,
+        "seconds": round(seconds, 3),
+    }
 
 
 def _report_import(
@@ -594,20 +610,18 @@ def cmd_export(args: argparse.Namespace, out: _Out) -> int:
     if args.format == "bundle" and not args.out:
         raise NodeError("--format bundle needs --out FILE")
     with _open(args, read_only=True) as ledger:
-        lines = export_lines(ledger, args.format, origin=args.origin)
-        if args.out:
-            target = Path(args.out)
-            partial = target.with_name(target.name + ".partial")
-            count = 0
-            with partial.open("w", encoding="utf-8", newline="") as f:
-                for line in lines:
-                    f.write(line)
-                    count += 1
-            partial.replace(target)
-            out.note(f"wrote {args.format} export of {count:,} lines to {target}")
-        else:
-            for line in lines:
-                out.stdout.write(line)
+        size = ledger.latest_checkpoint(args.origin).size
+        with progress_bar(out.stderr, size, f"export {args.format}") as progress:
+            text = export_text(ledger, args.format, origin=args.origin, progress=progress)
+            if args.out:
+                target = Path(args.out)
+                partial = target.with_name(target.name + ".partial")
+                with partial.open("w", encoding="utf-8", newline="") as f:
+                    f.writelines(text)
+                partial.replace(target)
+                out.note(f"wrote {args.format} export of {size:,} entries to {target}")
+            else:
+                out.stdout.writelines(text)
     return 0
 
 
@@ -803,6 +817,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-errors",
         action="store_true",
         help="print every invalid line, not the first 20",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary and every invalid line as one JSON document",
     )
 
     p = command("retract", cmd_retract, "append a retraction of an earlier entry")

@@ -16,11 +16,14 @@ from pathlib import Path
 from node.cli.cards import ROLES, Card, make_card, parse_card
 from node.cli.logs import configure_logging
 from node.cli.output import Command, Output
+from node.cli.progress import progress_bar
 from node.cli.tls import print_expiry_warnings
 from node.config import LOG_FORMATS, LOG_LEVELS, load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
 from node.ledger.database import Database
+from node.storage.peer_store import EvidenceRecord
+from node.sync.engine import PeerSyncReport
 from node.sync.runner import sync_once
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
@@ -232,20 +235,36 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     async def run() -> int:
         db = await Database.open(node_dir)
         try:
-            reports = await sync_once(
-                db,
-                cert_path=config.tls_cert_path,
-                key_path=config.tls_key_path,
-                only_peer=args.peer,
-            )
+            with progress_bar(out.stderr, None, "sync") as bar:
+                current: list[str] = []
+
+                def on_chunk(origin: str, held: int, target: int) -> None:
+                    if current != [origin]:
+                        current[:] = [origin]
+                        bar.restart(target, f"sync {origin}")
+                    bar(held)
+
+                reports = await sync_once(
+                    db,
+                    cert_path=config.tls_cert_path,
+                    key_path=config.tls_key_path,
+                    only_peer=args.peer,
+                    progress=on_chunk,
+                )
         finally:
             await db.close()
-        failed = forked = 0
+        failed = sum(1 for r in reports if r.error)
+        forked = 0
+        if args.json:
+            out.json([_report_doc(r) for r in reports])
+            forks = sum(r.evidence_added for r in reports) + sum(
+                1 for report in reports for r in report.origins if r.verdict == "fork"
+            )
+            return SYNC_FORK_EXIT if forks else 1 if failed else 0
         if not reports:
             out.note("no peers with role 'peer' to sync from")
         for report in reports:
             if report.error:
-                failed += 1
                 out.note(f"{report.peer}: FAILED: {report.error}")
                 continue
             parts = [
@@ -275,12 +294,29 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     return asyncio.run(run())
 
 
+def _report_doc(report: PeerSyncReport) -> dict[str, object]:
+    return {
+        "peer": report.peer,
+        "ok": report.error is None,
+        "error": report.error,
+        "error_kind": report.error_kind,
+        "evidence_added": report.evidence_added,
+        "origins": [
+            {"origin": r.origin, "verdict": r.verdict, "size": r.size, "appended": r.appended}
+            for r in report.origins
+        ],
+    }
+
+
 # -- evidence ------------------------------------------------------------------
 
 
 def cmd_evidence_list(args: argparse.Namespace, out: Output) -> int:
     with Ledger.open(_node_dir(args), read_only=True) as ledger:
         items = ledger.peers.list_evidence()
+    if args.json:
+        out.json([_evidence_doc(item) for item in items])
+        return 0
     if not items:
         out.note("no fork evidence held")
     for item in items:
@@ -292,13 +328,28 @@ def cmd_evidence_list(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _sizes(evidence: ForkEvidence) -> str:
+def _fork_sizes(evidence: ForkEvidence) -> tuple[int, int]:
     from protocol.checkpoint import Checkpoint
     from protocol.note import parse_note
 
     a = Checkpoint.from_text(parse_note(evidence.note_a).text)
     b = Checkpoint.from_text(parse_note(evidence.note_b).text)
-    return f"signed checkpoints of sizes {a.size} and {b.size} that cannot both be true"
+    return a.size, b.size
+
+
+def _sizes(evidence: ForkEvidence) -> str:
+    a, b = _fork_sizes(evidence)
+    return f"signed checkpoints of sizes {a} and {b} that cannot both be true"
+
+
+def _evidence_doc(item: EvidenceRecord) -> dict[str, object]:
+    a, b = _fork_sizes(ForkEvidence.from_json(item.evidence_json))
+    return {
+        "origin": item.origin,
+        "detected_at": item.detected_at,
+        "source": item.source,
+        "sizes": [a, b],
+    }
 
 
 def cmd_evidence_export(args: argparse.Namespace, out: Output) -> int:
@@ -428,10 +479,12 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--once", action="store_true", help="one round, then exit (the default)")
     p.add_argument("--peer", help="only this peer")
+    p.add_argument("--json", action="store_true", help="print each peer's report as JSON")
 
     p = command("evidence", _need_sub, "fork evidence: list, export")
     ev = p.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
     q = ev.add_parser("list", help="list held fork evidence", parents=[common])
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(run=cmd_evidence_list)
     q = ev.add_parser(
         "export",

@@ -46,7 +46,17 @@ from protocol.rotation import KeyChain
 
 logger = logging.getLogger("hashmesh.sync")
 
-__all__ = ["CHUNK_ENTRIES", "OriginResult", "PeerSyncReport", "sync_origin", "sync_peer"]
+__all__ = [
+    "CHUNK_ENTRIES",
+    "OriginResult",
+    "PeerSyncReport",
+    "SyncProgress",
+    "sync_origin",
+    "sync_peer",
+]
+
+SyncProgress = Callable[[str, int, int], None]
+"""``progress(origin, held, target)``: called after each verified chunk of a catch-up."""
 
 CHUNK_ENTRIES = 50_000
 """Entries verified and committed per transaction during a catch-up."""
@@ -98,6 +108,7 @@ async def sync_peer(
     hub: CheckpointHub | None = None,
     only_origin: str | None = None,
     chunk: int = CHUNK_ENTRIES,
+    progress: SyncProgress | None = None,
 ) -> PeerSyncReport:
     """Pull every followed origin the peer holds; never raises for a peer's fault.
 
@@ -129,7 +140,9 @@ async def sync_peer(
                 report.origins.append(OriginResult(origin=follow.origin, verdict="damaged"))
                 logger.warning("%s: not synced until repaired", damaged[follow.origin])
                 continue
-            report.origins.append(await sync_origin(db, client, log, hub=hub, chunk=chunk))
+            report.origins.append(
+                await sync_origin(db, client, log, hub=hub, chunk=chunk, progress=progress)
+            )
         await _mark_regression(db, client.name, report.origins)
     except (PeerError, ProtocolError, NodeError) as e:
         report.error = str(e) if isinstance(e, PeerError) else f"peer {client.name}: {e}"
@@ -176,6 +189,7 @@ async def sync_origin(
     *,
     hub: CheckpointHub | None,
     chunk: int = CHUNK_ENTRIES,
+    progress: SyncProgress | None = None,
 ) -> OriginResult:
     """Bring one origin up to the peer's checkpoint ``log.checkpoint``, verified.
 
@@ -191,7 +205,7 @@ async def sync_origin(
     result = OriginResult(origin=origin, verdict="same")
     for _ in range(MAX_ROTATION_STEPS):
         try:
-            await _catch_up(db, client, origin, log.checkpoint, result, chunk)
+            await _catch_up(db, client, origin, log.checkpoint, result, chunk, progress)
             break
         except QuorumError as e:
             # Nothing was written; its good cosignatures are kept (the
@@ -206,7 +220,7 @@ async def sync_origin(
             step = await _rotation_checkpoint(db, client, origin)
             if step is None:
                 raise
-            await _catch_up(db, client, origin, step, result, chunk)
+            await _catch_up(db, client, origin, step, result, chunk, progress)
     # New cosignatures of a held checkpoint are news too: a follower of ours
     # that requires them fetches the checkpoint again at once.
     if hub is not None and (result.appended or result.cosigned):
@@ -249,6 +263,7 @@ async def _catch_up(
     note: str,
     result: OriginResult,
     chunk: int,
+    progress: SyncProgress | None = None,
 ) -> None:
     """Verify ``note`` against what we hold and fetch what it adds, chunk by chunk."""
 
@@ -294,6 +309,8 @@ async def _catch_up(
             state = await db.write(_append(origin, note, start, entries, proof))
             result.appended += end - start
             have = state.size
+            if progress is not None:
+                progress(origin, have, want)
             if have != end or have >= want:  # done, or the replica moved under us
                 break
     finally:

@@ -34,7 +34,7 @@ from node.ledger.events import CheckpointHub
 from node.metrics import NodeMetrics
 from node.storage.peer_store import PeerRecord
 from node.sync.client import HttpPeerClient
-from node.sync.engine import PeerSyncReport, sync_peer
+from node.sync.engine import PeerSyncReport, SyncProgress, sync_peer
 from node.sync.poll import Backoff, PollTiming, run_polling
 from node.sync.recovery import RecoveryLoop
 from node.sync.witness_client import WitnessLoop
@@ -65,6 +65,7 @@ async def sync_once(
     key_path: Path,
     hub: CheckpointHub | None = None,
     only_peer: str | None = None,
+    progress: SyncProgress | None = None,
 ) -> list[PeerSyncReport]:
     """One round with every peer (for ``hashmesh sync --once`` and tests)."""
     peers = await db.read(lambda ledger: ledger.peers.list_peers())
@@ -73,7 +74,7 @@ async def sync_once(
         if peer.role != "peer" or (only_peer is not None and peer.name != only_peer):
             continue
         async with _client(peer, cert_path, key_path) as client:
-            reports.append(await sync_peer(db, client, hub=hub))
+            reports.append(await sync_peer(db, client, hub=hub, progress=progress))
     return reports
 
 

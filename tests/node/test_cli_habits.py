@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import io
 import json
 import logging
+import os
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ import pytest
 from node.cli import build_parser
 from node.cli import main as hashmesh
 from node.cli.logs import JsonFormatter, configure_logging
+from node.cli.progress import progress_bar
 from node.config import ApiLimits, LogSettings, SyncSettings, load_config
 from node.errors import ConfigError
 from node.ledger import Ledger
@@ -142,3 +147,60 @@ def test_bad_settings_are_named_in_one_line(node_dir: Path, toml: str, message: 
     with pytest.raises(ConfigError) as caught:
         load_config(node_dir)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_import_json_reports_the_summary_and_every_invalid_line(
+    node_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "type,value,labels\nsha256,{a},src:x\nsha256,nothex,src:x\nmd5,{b},\n".format(
+            a="A" * 64, b="b" * 32
+        ),
+        encoding="utf-8",
+    )
+    status = hashmesh(["--dir", str(node_dir), "import", str(listing), "--json"])
+    captured = capsys.readouterr()
+    assert status == 1
+    doc = json.loads(captured.out)
+    assert doc["rejected"] is True and doc["imported"] == 0
+    assert doc["invalid"] == [{"line": 3, "field": "value", "reason": doc["invalid"][0]["reason"]}]
+    assert "nothex" not in captured.out  # the report names fields, never values
+    status = hashmesh(["--dir", str(node_dir), "import", str(listing), "--json", "--skip-invalid"])
+    doc = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert (doc["imported"], doc["start"], doc["size"], doc["lines_read"]) == (2, 0, 2, 3)
+    assert [e["line"] for e in doc["invalid"]] == [3]
+    assert doc["normalised"]  # the upper-case hex was lower-cased and said so
+
+
+def test_export_writes_no_progress_when_stderr_is_not_a_terminal(
+    node_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [f"{i:064x}\n" for i in range(25_000)]  # three export chunks
+    with Ledger.open(node_dir) as ledger:
+        ledger.import_lines(HashListReader(fmt="lines", default_type="sha256").read(iter(lines)))
+    out = tmp_path / "x.csv"
+    assert hashmesh(["--dir", str(node_dir), "export", "--format", "csv", "--out", str(out)]) == 0
+    assert capsys.readouterr().err == f"wrote csv export of 25,000 entries to {out}\n"
+    rows = out.read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 25_001 and rows[-1].startswith("24999,add,sha256,")
+
+
+def test_progress_bar_on_a_terminal_shows_percentage_and_eta() -> None:
+    master, slave = os.openpty()
+    # A terminal of 100 columns (a fresh pty has none, and the bar fits its width).
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        with os.fdopen(slave, "w", encoding="utf-8", closefd=False) as terminal:
+            assert terminal.isatty()
+            with progress_bar(terminal, 200, "export csv") as bar:
+                bar(50)
+                bar(200)
+            terminal.flush()
+        drawn = os.read(master, 65536).decode("utf-8", "replace")
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert "export csv" in drawn and "100%" in drawn and "200/200" in drawn
+    assert "<" in drawn  # tqdm's elapsed<remaining: the ETA
