@@ -71,6 +71,7 @@ from node.ledger.events import CheckpointHub
 from node.ledger.scrub import IntegrityState
 from node.ledger.service import Ledger
 from node.metrics import NodeMetrics
+from node.sync.heads import peer_heads
 from node.tls import certificate_expiry
 from protocol.keys import NoteVerifier
 
@@ -475,9 +476,34 @@ def _witness_wait_gauges(ledger: Ledger, _context: OpsContext) -> Iterator[Metri
     yield from (since, size, missing)
 
 
+def _lag_gauges(ledger: Ledger, context: OpsContext) -> Iterator[Metric]:
+    entries = GaugeMetricFamily(
+        "hashmesh_peer_lag_entries",
+        "Entries a peer has proved it holds of an origin (a verified checkpoint) that "
+        "this node does not hold yet.",
+        labels=["peer", "origin"],
+    )
+    seconds = GaugeMetricFamily(
+        "hashmesh_peer_lag_seconds",
+        "Seconds since the peer showed that checkpoint, while this node is behind it (else 0).",
+        labels=["peer", "origin"],
+    )
+    held = {log.origin: log for log in ledger.logs()}
+    now = time.time()
+    for head in peer_heads(context.db).all():
+        log = held.get(head.origin)
+        record = None if log is None else ledger.stored_checkpoint(log)
+        behind = max(0, head.size - (0 if record is None else record.size))
+        entries.add_metric([head.peer, head.origin], behind)
+        seconds.add_metric([head.peer, head.origin], max(0.0, now - head.seen_at) if behind else 0)
+    yield entries
+    yield seconds
+
+
 SNAPSHOT_READERS: tuple[SnapshotReader, ...] = (
     _log_gauges,
     _peer_gauges,
+    _lag_gauges,
     _witness_gauges,
     _integrity_gauges,
     _witness_wait_gauges,

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from node.cli.output import Command, Output
+from node.cli.progress import progress_bar
 from node.config import resolve_node_dir
 from node.ledger import Ledger
 from node.ledger.publish import MARKER_FILE, publish
@@ -18,8 +19,19 @@ __all__ = ["register"]
 
 def cmd_publish(args: argparse.Namespace, out: Output) -> int:
     target = Path(args.out)
-    with Ledger.open(resolve_node_dir(args.dir), read_only=True) as ledger:
-        result = publish(ledger, target, origin=args.origin)
+    with (
+        Ledger.open(resolve_node_dir(args.dir), read_only=True) as ledger,
+        progress_bar(out.stderr, None, f"publish {target}", unit="tiles") as bar,
+    ):
+        totals: list[int] = []
+
+        def on_tiles(done: int, total: int) -> None:
+            if not totals:  # publish knows the total once it has read DIR
+                totals.append(total)
+                bar.restart(total, f"publish {target}")
+            bar(done)
+
+        result = publish(ledger, target, origin=args.origin, progress=on_tiles)
     if args.json:
         out.json(
             {

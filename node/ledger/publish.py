@@ -47,7 +47,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,13 +276,21 @@ def _rename(pair: tuple[Path, Path]) -> None:
     os.replace(*pair)
 
 
-def publish(ledger: Ledger, out: Path, *, origin: str | None = None) -> PublishResult:
+def publish(
+    ledger: Ledger,
+    out: Path,
+    *,
+    origin: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PublishResult:
     """Write or update the public tree of a log in ``out`` (see the module docs).
 
     Args:
         ledger: the node's ledger.
         out: the output directory (created if missing).
         origin: a replicated log instead of the own log.
+        progress: called with the tiles staged so far and the tiles to
+            write (every 256 tiles, and at the end), for a progress bar.
 
     Returns:
         What was written.
@@ -318,7 +326,9 @@ def publish(ledger: Ledger, out: Path, *, origin: str | None = None) -> PublishR
         with ThreadPoolExecutor(_WRITERS, thread_name_prefix="hashmesh-publish") as pool:
             writer = _TileWriter(out, pool)
             try:
-                for tile in tiles:
+                for done, tile in enumerate(tiles):
+                    if progress is not None and done % 256 == 0:
+                        progress(done, len(tiles))
                     data = ledger.hash_tile(log, tile, size)
                     writer.stage(tile, data)
                     nbytes += len(data)
@@ -327,6 +337,8 @@ def publish(ledger: Ledger, out: Path, *, origin: str | None = None) -> PublishR
                     else:
                         partial += 1
                         written[tile] = data
+                if progress is not None:
+                    progress(len(tiles), len(tiles))
                 if tiles:
                     _check_root(ledger, log, size, record.root_hash, written)
                 writer.commit()

@@ -201,6 +201,9 @@ async def test_metrics_readyz_and_access_log_of_a_syncing_pair(
     assert entries == 5
     assert value(b_samples, "hashmesh_sync_rounds_total", peer=A, result="ok")
     assert value(b_samples, "hashmesh_peer_sync_consecutive_failures", peer=A) == 0
+    # B holds all A proved it holds of A's log: no lag, in entries or seconds.
+    assert value(b_samples, "hashmesh_peer_lag_entries", peer=A, origin=A) == 0
+    assert value(b_samples, "hashmesh_peer_lag_seconds", peer=A, origin=A) == 0
     # B's requests to A were counted and logged at A under route patterns.
     assert value(a_samples, "hashmesh_api_requests_total", route="/v1/entries", role="peer")
 
