@@ -33,6 +33,7 @@ import logging
 import resource
 import socket
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ from node.config import ConnectionSettings
 __all__ = [
     "ConnectionCounts",
     "ConnectionGate",
+    "HandshakeLog",
     "LimitedSite",
+    "handshake_failure_reason",
     "raise_open_file_limit",
 ]
 
@@ -80,11 +83,83 @@ class ConnectionCounts:
     peak_established: int
 
 
-class ConnectionGate:
-    """Counts connections per source address and decides who may connect."""
+class HandshakeLog:
+    """Logs refused TLS handshakes (source address and reason), rate-limited.
 
-    def __init__(self, settings: ConnectionSettings) -> None:
+    A scanner or a misconfigured peer can fail thousands of handshakes a
+    minute: at most ``burst`` lines are written at once and ``rate`` per
+    second after that; the next line written says how many were left out.
+    Every refusal is counted by ``on_refused(reason)`` (the metrics), logged
+    or not.
+    """
+
+    def __init__(
+        self,
+        listener: str,
+        on_refused: Callable[[str], None] | None = None,
+        *,
+        rate: float = 1 / 6,
+        burst: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.listener = listener
+        self._on_refused = on_refused
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+        self.suppressed = 0
+
+    def refused(self, address: str, error: BaseException) -> None:
+        """A handshake from ``address`` failed with ``error``."""
+        reason = handshake_failure_reason(error)
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            self.suppressed += 1
+            return
+        self._tokens -= 1
+        more = f" ({self.suppressed} more refused since, not logged)" if self.suppressed else ""
+        self.suppressed = 0
+        log.warning(
+            "refused a TLS handshake on the %s listener from %s: %s%s",
+            self.listener,
+            address,
+            reason,
+            more,
+        )
+
+
+def handshake_failure_reason(error: BaseException) -> str:
+    """A short, bounded name for why a handshake failed (a log word and a metrics label)."""
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return str(error.reason).lower()  # OpenSSL's reason code, e.g. certificate_verify_failed
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, ConnectionResetError):
+        return "connection_reset"
+    if isinstance(error, ssl.SSLError):
+        return "tls_error"
+    return "os_error"
+
+
+class ConnectionGate:
+    """Counts connections per source address and decides who may connect.
+
+    Attributes:
+        handshakes: where refused TLS handshakes are logged and counted
+            (none: not logged).
+    """
+
+    def __init__(
+        self, settings: ConnectionSettings, handshakes: HandshakeLog | None = None
+    ) -> None:
         self.settings = settings
+        self.handshakes = handshakes
         # Per address, its handshakes oldest first (dict order), each task once.
         self._handshakes: dict[str, OrderedDict[asyncio.Task[None], None]] = {}
         self._handshaking = 0
@@ -309,11 +384,13 @@ class _Listener(asyncio.AbstractServer):
                 ssl=self._ssl,
                 ssl_handshake_timeout=timeout,
             )
-        except (OSError, asyncio.CancelledError):
+        except (OSError, asyncio.CancelledError) as e:
             # A failed, timed-out or evicted handshake: the transport is
             # already closed, and the socket with it.
             gate.handshake_failed(address, task)
             conn.close()
+            if isinstance(e, OSError) and gate.handshakes is not None:
+                gate.handshakes.refused(address, e)
             return
         if not gate.establish(address, task):
             transport.abort()

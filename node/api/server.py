@@ -37,9 +37,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from node.api.access import ACCESS_LOGGER, LISTENER_KEY, AccessLog
+from node.api.access import ACCESS_LOGGER, LISTENER_KEY, METRICS_KEY, AccessLog
 from node.api.app import make_app
-from node.api.connections import ConnectionGate, LimitedSite, raise_open_file_limit
+from node.api.connections import (
+    ConnectionGate,
+    HandshakeLog,
+    LimitedSite,
+    raise_open_file_limit,
+)
 from node.api.console import CONSOLE_MOUNT
 from node.api.match import keep_current
 from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
@@ -248,7 +253,16 @@ async def _serve(
         handler_cancellation=True,
     )
     await runner.setup()
-    gate = ConnectionGate(connections)
+    handshakes = None
+    if ssl_context is not None:
+        listener = app.get(LISTENER_KEY, "api")
+        metrics = app.get(METRICS_KEY)
+        counter = None if metrics is None else metrics.tls_handshake_failures
+        handshakes = HandshakeLog(
+            listener,
+            None if counter is None else lambda reason: counter.labels(listener, reason).inc(),
+        )
+    gate = ConnectionGate(connections, handshakes)
     try:
         site = LimitedSite(runner, host, port, ssl_context=ssl_context, gate=gate)
         await site.start()
