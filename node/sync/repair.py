@@ -68,15 +68,17 @@ async def repair_from_peers(
     )
     if only_peer is not None:
         peers = [p for p in peers if p.name == only_peer]
-    if not peers:
-        raise NodeError(
-            "no peer to fetch from: add one that holds this log with `hashmesh peer add CARD "
-            "--role peer`" + (f" (none is named {only_peer!r})" if only_peer else "")
-        )
     for _ in range(MAX_RANGES):
         plan = await db.read(lambda ledger: ledger.plan_repair(origin))
         if plan is None:
             break
+        # Asked only when something must be fetched: a log that verifies needs no peer.
+        if not peers:
+            raise NodeError(
+                f"log {origin}: entries {plan.start}..{plan.end - 1} are damaged and there is "
+                "no peer to fetch them from: add one that holds this log with `hashmesh peer "
+                "add CARD --role peer`" + (f" (none is named {only_peer!r})" if only_peer else "")
+            )
         if not await _repair_range(db, plan, peers, report, cert_path, key_path):
             raise NodeError(
                 f"log {origin}: no peer gave entries {plan.start}..{plan.end - 1} that give our "

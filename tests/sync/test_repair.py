@@ -136,3 +136,21 @@ async def test_a_replica_recorded_damaged_is_not_synced_until_repaired(tmp_path:
         assert held() == 8
     finally:
         await shutdown(served_a, served_b)
+
+
+async def test_a_log_that_verifies_needs_no_peer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = make_node(tmp_path, "a", AUTHOR)
+    add_entries(a, 0, 5)
+    status, out, err = await run(capsys, "--dir", str(a), "repair", "--from-peers")
+    assert status == 0, err
+    assert f"{AUTHOR}: verifies; nothing to fetch" in out
+    # Damaged, with no peer: the damaged range is named, the damage stays recorded.
+    tamper(a / "ledger.db", DAMAGE.replace("idx = 25", "idx = 3"))
+    status, out, _ = await run(capsys, "--dir", str(a), "fsck")
+    assert status == 1 and f"DAMAGED: log {AUTHOR} from entry 3" in out
+    status, out, err = await run(capsys, "--dir", str(a), "repair", "--from-peers")
+    assert status == 1
+    assert "entries 0..4 are damaged and there is no peer to fetch them from" in err, err
+    assert AUTHOR in DamageRegister(a).load()
