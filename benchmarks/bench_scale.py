@@ -263,10 +263,10 @@ async def serve_and_match(
     from node.ledger.provision import init_node
     from tests.adversary.served_process import serve_process
 
-    client = work / "client"
-    if not client.exists():
-        init_node(client, "bench-client.example/hashmesh")
-        bench_load.add_peer(a.dir, client, work)
+    # A fresh client name per node and run: a reused A keeps earlier runs' peers.
+    client = work / f"client-{a.dir.parent.name}"
+    init_node(client, f"client-{time.time_ns()}.example/hashmesh")
+    bench_load.add_peer(a.dir, client, work)
     ctx = bench_load.client_ctx(client, a.dir)
     exact, near = lookup_bodies(where, requests)
     rng = random.Random(3)
@@ -290,8 +290,18 @@ async def serve_and_match(
                 took = time.perf_counter() - t0
                 return resp.status, took, json.loads(raw) if resp.status == 200 else None
 
+            deadline = time.perf_counter() + 900
             while True:
-                status, _, doc = await post(probe)
+                if not served.alive or time.perf_counter() > deadline:
+                    raise SystemExit(
+                        "hashmesh serve did not answer a match:\n" + "".join(served.log)
+                    )
+                try:
+                    status, _, doc = await post(probe)
+                except aiohttp.ClientError:
+                    # A start under load may drop the first connections; keep asking.
+                    await asyncio.sleep(0.05)
+                    continue
                 if status == 200:
                     assert doc is not None, doc
                     assert doc["matches"][0]["hits"], doc
@@ -447,13 +457,13 @@ def main() -> None:
     try:
         for size in args.sizes:
             rows.append(asyncio.run(measure(size, args, base, work)))
+            if args.json is not None:  # after each size: a later size may take hours
+                args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"hashmesh scale benchmark, python {sys.version.split()[0]}")
     print(table(rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     if args.plot is not None:
         plot(rows, args.plot)
 
