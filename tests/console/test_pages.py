@@ -17,6 +17,7 @@ import pytest
 
 from node.config import load_config
 from node.ledger import Ledger
+from node.ledger.damage import DamageRegister
 from node.ledger.key_files import load_signer
 from node.tls import client_ssl_context
 from protocol.checkpoint import Checkpoint, sign_checkpoint
@@ -351,3 +352,17 @@ async def test_activity_counts_who_read_what_without_a_hash_value(console_node: 
     assert by_route["/v1/logs"]["requests"] == 1
     assert "reader.example/log" in html and "/v1/match" in html
     assert PLANTED[3] not in html and PLANTED[3] not in json.dumps(seen)
+
+
+async def test_overview_says_which_log_is_damaged(console_node: Path) -> None:
+    DamageRegister(console_node).mark(ORIGIN, 3, "entries do not hash to the root", "fsck")
+    async for console in serve_console(console_node):
+        async with _session() as session:
+            async with session.get(console.url("overview.json")) as r:
+                doc = await r.json()
+            async with session.get(console.url("overview")) as r:
+                html = await r.text()
+    own = doc["logs"][0]
+    assert own["state"] == "damaged (not served until repaired)"
+    assert "from entry 3" in own["damage"] and "found by fsck" in own["damage"]
+    assert "damaged (not served until repaired)" in html

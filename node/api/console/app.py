@@ -233,6 +233,7 @@ def build_console(context: OpsContext) -> web.Application:
             token=config.ops.token,
             node_dir=config.node_dir,
             readers=context.metrics.readers,
+            integrity=context.integrity,
         ),
     )
 

@@ -190,7 +190,12 @@ async def overview(request: web.Request) -> web.StreamResponse:
     heads = peer_heads(db)
     now = time.time()
     facts = await db.read(lambda ledger: overview_facts(ledger, heads, now))
+    integrity = request.app[CONSOLE_SETTINGS_KEY].integrity
     for log in facts["logs"]:
+        damage = None if integrity is None else integrity.damage(log["origin"])
+        log["damage"] = None if damage is None else str(damage)
+        if damage is not None:
+            log["state"] = "damaged (not served until repaired)"
         age = log["checkpoint_age_s"]
         log["age_text"] = None if age is None else age_text(age)
     for peer in facts["peers"]:

@@ -25,6 +25,7 @@ from node.api.console.security import (
 )
 from node.errors import NodeError
 from node.ledger.database import Database
+from node.ledger.scrub import IntegrityState
 from node.metrics import ReaderTally
 
 __all__ = [
@@ -97,12 +98,15 @@ class ConsoleSettings:
         node_dir: the node directory (the own TLS certificate is read from it).
         readers: who read what through the peer API since ``serve`` started
             (the access log's counts); None when not served by ``serve``.
+        integrity: the serving node's damaged logs (fsck, the scrub); None
+            when not served by ``serve``.
     """
 
     origin: str
     token: str | None = None
     node_dir: Path | None = None
     readers: ReaderTally | None = None
+    integrity: IntegrityState | None = None
 
 
 CONSOLE_DB_KEY = web.AppKey("console_db", Database)
