@@ -366,3 +366,20 @@ async def test_overview_says_which_log_is_damaged(console_node: Path) -> None:
     assert own["state"] == "damaged (not served until repaired)"
     assert "from entry 3" in own["damage"] and "found by fsck" in own["damage"]
     assert "damaged (not served until repaired)" in html
+
+
+async def test_a_long_paste_is_matched_in_chunks_with_lines_kept(console: Console) -> None:
+    lines = [f"sha256:{unlisted(i)}" for i in range(6_000)]
+    planted_at = {10: PLANTED[0], 3_000: PLANTED[2], 5_999: PLANTED[3]}
+    for position, value in planted_at.items():
+        lines[position] = f"sha256:{value}"
+    async with _session() as session:
+        csrf = await _csrf(session, console)
+        async with session.post(
+            console.url("lookup.json"), data=_form(csrf, "\n".join(lines))
+        ) as r:
+            doc = (await r.json())["results"]
+    assert doc["checked"] == 6_000
+    assert [(m["source"], m["value"]) for m in doc["matches"]] == [
+        (f"pasted line {p + 1}", v) for p, v in sorted(planted_at.items())
+    ]
