@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import io
 import json
+import random
 import re
 import shlex
 import subprocess
@@ -21,6 +23,7 @@ from node.ledger.damage import DamageRegister
 from node.ledger.key_files import load_signer
 from node.tls import client_ssl_context
 from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.entry import AddEntry
 from protocol.evidence import ForkEvidence
 from protocol.keys import NoteVerifier
 from protocol.receipt import parse_receipt, verify_receipt
@@ -383,3 +386,49 @@ async def test_a_long_paste_is_matched_in_chunks_with_lines_kept(console: Consol
     assert [(m["source"], m["value"]) for m in doc["matches"]] == [
         (f"pasted line {p + 1}", v) for p, v in sorted(planted_at.items())
     ]
+
+
+def _holds(directory: Path, needle: bytes) -> bool:
+    return any(needle in p.read_bytes() for p in directory.rglob("*") if p.is_file())
+
+
+def _png(seed: int) -> bytes:
+    from PIL import Image
+
+    rng = random.Random(seed)
+    image = Image.new("RGB", (64, 64))
+    image.putdata(
+        [(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(64 * 64)]
+    )
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_an_uploaded_image_is_hashed_matched_and_not_kept(console_node: Path) -> None:
+    picture = _png(7)
+    digest = hashlib.sha256(picture).hexdigest()
+    with Ledger.open(console_node) as ledger:
+        ledger.append(
+            [AddEntry.create(signal_type="sha256", value=digest, labels=("series:img-d4",))]
+        )
+    async for console in serve_console(console_node):
+        async with _session() as session:
+            csrf = await _csrf(session, console)
+            async with session.post(
+                console.url("lookup.json"), data=_form(csrf, "", files=("seized.png", picture))
+            ) as r:
+                doc = (await r.json())["results"]
+            async with session.post(
+                console.url("lookup"), data=_form(csrf, "", files=("seized.png", picture))
+            ) as r:
+                html = await r.text()
+    (hashed,) = doc["files"]
+    assert hashed["sha256"] == digest and hashed["size"] == len(picture)
+    assert hashed["pdq"] is not None and len(hashed["pdq"]) == 64
+    (found,) = [m for m in doc["matches"] if m["type"] == "sha256"]
+    assert found["source"] == "file seized.png" and found["hits"][0]["labels"] == ["series:img-d4"]
+    assert doc["checked"] == 4  # md5, sha1, sha256 and pdq of the file
+    assert "<img" not in html and "base64," not in html  # never shown back
+    # Nothing of the picture was written to the node's directory (database, WAL, logs).
+    assert not await asyncio.to_thread(_holds, console_node, picture[200:264])
