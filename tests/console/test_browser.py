@@ -26,9 +26,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.expected_conditions import (
+    presence_of_element_located,
+    staleness_of,
+)
 from selenium.webdriver.support.wait import WebDriverWait
 
 from node.ledger import Ledger
@@ -184,6 +186,19 @@ def _wait_for_file(directory: Path, suffix: str) -> Path:
     raise AssertionError(f"no *{suffix} downloaded into {directory} within {PATIENCE} s")
 
 
+def _navigate(driver: Any, element: Any, shows: tuple[str, str]) -> None:
+    """Click what loads a new page; wait until the browser has left the old one
+    and the new one ``shows`` an element (``(By.ID, "summary")``).
+
+    A click returns before the next page arrives (a look-up takes a while on
+    a busy machine): reading the page at once would read the old one.
+    """
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, PATIENCE).until(staleness_of(old))
+    WebDriverWait(driver, PATIENCE).until(presence_of_element_located(shows))
+
+
 def _browse(console: Console, attacker: str, tmp: Path) -> Seen:
     """The analyst's walk through the console (runs in a thread: Selenium blocks)."""
     seen = Seen()
@@ -228,7 +243,7 @@ def _walk(
         seen.peer_states[row.get_attribute("data-peer") or ""] = state
     snap("overview")
 
-    driver.find_element(By.LINK_TEXT, "Look up").click()
+    _navigate(driver, driver.find_element(By.LINK_TEXT, "Look up"), (By.ID, "hashes"))
     pasted = [
         f"sha256:{PLANTED[2]}",
         f"sha256:{sha(7)}",
@@ -237,7 +252,7 @@ def _walk(
         f"PDQ {PDQ_NEAR.upper()}",
     ]
     driver.find_element(By.ID, "hashes").send_keys("\n".join(pasted))
-    _submit(driver, driver.find_element(By.ID, "lookup-submit"))
+    _navigate(driver, driver.find_element(By.ID, "lookup-submit"), (By.ID, "summary"))
     seen.summary = driver.find_element(By.ID, "summary").text
     for row in driver.find_elements(By.CSS_SELECTOR, "#hits tr.hit"):
         origin = row.find_element(By.CLASS_NAME, "origin").text
@@ -257,33 +272,21 @@ def _walk(
     row.find_element(By.CLASS_NAME, "receipt-json").click()
     seen.receipt = _wait_for_file(downloads, ".receipt.json")
 
-    row.find_element(By.CSS_SELECTOR, ".index a").click()
-    _submit(driver, driver.find_element(By.ID, "verify"))
+    _navigate(driver, row.find_element(By.CSS_SELECTOR, ".index a"), (By.ID, "verify"))
+    _navigate(driver, driver.find_element(By.ID, "verify"), (By.ID, "verification"))
     seen.verification = driver.find_element(By.ID, "verification").text
     snap("entry")
 
-    driver.find_element(By.LINK_TEXT, "Evidence").click()
+    _navigate(driver, driver.find_element(By.LINK_TEXT, "Evidence"), (By.ID, "no-forks"))
     snap("evidence")
-    driver.find_element(By.LINK_TEXT, "Activity").click()
+    _navigate(driver, driver.find_element(By.LINK_TEXT, "Activity"), (By.ID, "readers"))
     for row in driver.find_elements(By.CSS_SELECTOR, "#access tbody tr"):
         seen.readers.append(row.text)
     snap("activity")
 
     driver.get(attacker)
-    _submit(driver, driver.find_element(By.ID, "go"))
-    seen.cross_site = WebDriverWait(
-        driver, PATIENCE, ignored_exceptions=(StaleElementReferenceException,)
-    ).until(lambda d: d.find_element(By.TAG_NAME, "body").text)
-
-
-def _submit(driver: Any, button: Any) -> None:
-    """Click a form's button and wait until the page it posted to has replaced this one.
-
-    A click can return before a form post's navigation starts (seen with the
-    cross-site post on a loaded machine); reading the old page then fails as stale.
-    """
-    button.click()
-    WebDriverWait(driver, PATIENCE).until(expected_conditions.staleness_of(button))
+    _navigate(driver, driver.find_element(By.ID, "go"), (By.CLASS_NAME, "error"))
+    seen.cross_site = driver.find_element(By.TAG_NAME, "body").text
 
 
 async def test_analyst_walks_through_the_console(network: Network, tmp_path: Path) -> None:
