@@ -65,6 +65,7 @@ from node.api.handlers import error_response
 from node.api.match import match_service
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
+from node.ledger.cards import CertificateExpiry
 from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -250,21 +251,29 @@ async def peers_syncing(context: OpsContext) -> list[str]:
     return await context.db.read(read)
 
 
+def _expiring(ledger: Ledger, own: bool) -> list[CertificateExpiry]:
+    """The own (or the peers') certificates within ``[ops] certificate_warn_days`` of expiry."""
+    return [
+        e for e in ledger.certificate_expiries() if e.warning and e.holder.startswith("own") == own
+    ]
+
+
+def _days(expiry: CertificateExpiry) -> str:
+    left = (expiry.not_after - datetime.now(UTC)).total_seconds() / 86400
+    return f"{left:.1f} days ({expiry.not_after:%Y-%m-%d})"
+
+
 async def certificate_valid(context: OpsContext) -> list[str]:
     """The own TLS certificate does not expire within ``[ops] certificate_warn_days``."""
-    days = context.config.ops.certificate_warn_days
     try:
-        pem = context.config.tls_cert_path.read_text(encoding="ascii")
-        expires = certificate_expiry(pem)
-    except (OSError, UnicodeDecodeError, ConfigError) as e:
-        return [f"certificate: cannot read {context.config.tls_cert_path}: {e}"]
-    left = (expires - datetime.now(UTC)).total_seconds() / 86400
-    if left < days:
-        return [
-            f"certificate: the node's TLS certificate expires in {left:.1f} days "
-            f"({expires:%Y-%m-%d}); renew it (hashmesh tls renew)"
-        ]
-    return []
+        expiring = await context.db.read(lambda ledger: _expiring(ledger, own=True))
+    except ConfigError as e:
+        return [f"certificate: {e}"]
+    return [
+        f"certificate: the node's TLS certificate expires in {_days(e)}; {e.advice}"
+        for e in expiring
+        if e.holder == "own"
+    ]
 
 
 async def logs_sound(context: OpsContext) -> list[str]:
@@ -288,21 +297,12 @@ READINESS_CHECKS: tuple[ReadinessCheck, ...] = (
 """What ``/readyz`` checks, in order."""
 
 
-def _peer_certificate_warnings(ledger: Ledger, days: int) -> list[str]:
-    now = datetime.now(UTC)
-    warnings = []
-    for peer in ledger.peers.list_peers():
-        try:
-            expires = certificate_expiry(peer.tls_cert)
-        except ConfigError:
-            continue
-        left = (expires - now).total_seconds() / 86400
-        if left < days:
-            warnings.append(
-                f"peer {peer.name}: its TLS certificate expires in {left:.1f} days "
-                f"({expires:%Y-%m-%d})"
-            )
-    return warnings
+def _peer_certificate_warnings(ledger: Ledger) -> list[str]:
+    try:
+        expiring = _expiring(ledger, own=False)
+    except ConfigError as e:
+        return [f"certificates: {e}"]
+    return [f"peer {e.holder}: its TLS certificate expires in {_days(e)}" for e in expiring]
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -311,8 +311,7 @@ async def readyz(request: web.Request) -> web.Response:
     context = app[OPS_CONTEXT_KEY]
     results = await asyncio.gather(*(check(context) for check in app[_CHECKS_KEY]))
     reasons = [reason for result in results for reason in result]
-    days = context.config.ops.certificate_warn_days
-    warnings = await context.db.read(lambda ledger: _peer_certificate_warnings(ledger, days))
+    warnings = await context.db.read(_peer_certificate_warnings)
     body = {"ready": not reasons, "reasons": reasons, "warnings": warnings}
     return web.json_response(
         body, status=503 if reasons else 200, headers={"Cache-Control": "no-store"}

@@ -22,17 +22,10 @@ __all__ = ["print_expiry_warnings", "register"]
 
 
 def print_expiry_warnings(expiries: list[CertificateExpiry], out: Output) -> None:
-    """One WARNING line per certificate expiring within 30 days (``status``, ``peer list``)."""
+    """One WARNING line per certificate expiring soon (``status``, ``peer list``)."""
     for expiry in expiries:
         if expiry.warning:
-            advice = (
-                "run `hashmesh tls renew`"
-                if expiry.holder == "own"
-                else "run `hashmesh tls retire-old`"
-                if expiry.holder.startswith("own")
-                else "ask that peer to run `hashmesh tls renew`"
-            )
-            out.note(f"WARNING: {expiry.describe()}; {advice}")
+            out.note(f"WARNING: {expiry.describe()}; {expiry.advice}")
 
 
 def _remove(*paths: Path) -> None:

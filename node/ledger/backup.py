@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from node.config import CONFIG_FILE, NodeConfig, load_config
+from node.config import (
+    CONFIG_FILE,
+    NodeConfig,
+    load_config,
+    make_private_dir,
+    write_private_file,
+)
 from node.errors import ConfigError, NodeExistsError, StorageError
 from node.ledger.key_files import read_key_file
 from node.ledger.rotation import load_key_chain, next_key_path
@@ -112,15 +118,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a new file readable by its owner only, fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -164,7 +161,7 @@ def mark_recovering(node_dir: Path, log_size: int, backup_created_at: str) -> No
     path = node_dir / "RECOVERING"
     staged = path.with_name(path.name + ".new")
     staged.unlink(missing_ok=True)
-    _write_private(staged, dumps_canonical(doc) + b"\n")
+    write_private_file(staged, dumps_canonical(doc) + b"\n")
     os.replace(staged, path)
 
 
@@ -219,9 +216,9 @@ def make_backup(node_dir: Path, out: Path) -> BackupResult:
         members: dict[str, Path] = {DATABASE: snapshot}
         for name in _identity_files(config):
             copy = staging / name
-            copy.parent.mkdir(mode=0o700, exist_ok=True)
+            make_private_dir(copy.parent)
             try:
-                _write_private(copy, (config.node_dir / name).read_bytes())
+                write_private_file(copy, (config.node_dir / name).read_bytes())
             except OSError as e:
                 raise ConfigError(f"cannot read {config.node_dir / name}: {e.strerror or e}") from e
             members[name] = copy
@@ -246,7 +243,7 @@ def make_backup(node_dir: Path, out: Path) -> BackupResult:
         digest = _sha256_file(partial)
         checksum_path = out.with_name(out.name + ".sha256")
         checksum_path.unlink(missing_ok=True)
-        _write_private(checksum_path, f"{digest}  {out.name}\n".encode())
+        write_private_file(checksum_path, f"{digest}  {out.name}\n".encode())
         os.replace(partial, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -396,7 +393,7 @@ def restore_backup(archive: Path, node_dir: Path) -> RestoreResult:
                         raise ConfigError(f"{archive}: member {name!r} is not as the manifest says")
                     seen.add(name)
                     target = staging / name
-                    target.parent.mkdir(mode=0o700, exist_ok=True)
+                    make_private_dir(target.parent)
                     src = tar.extractfile(member)
                     assert src is not None
                     if _copy_member(src, target) != expected[name]:

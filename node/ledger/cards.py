@@ -15,6 +15,7 @@ never needs a card exchanged by hand again while its log key is known.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import time
@@ -37,7 +38,6 @@ from protocol.keys import NoteVerifier
 from protocol.note import parse_note
 
 __all__ = [
-    "EXPIRY_WARNING_DAYS",
     "CertificateExpiry",
     "accept_peer_card",
     "certificate_expiries",
@@ -47,9 +47,6 @@ __all__ = [
     "read_own_card_note",
     "write_own_card_note",
 ]
-
-EXPIRY_WARNING_DAYS = 30
-"""``status``, ``peer list``, ``/readyz`` and the metrics warn this long before expiry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +58,8 @@ class CertificateExpiry:
         spki: the certificate's key fingerprint.
         not_after: the end of its validity (UTC).
         days_left: whole days until then (negative once expired).
-        warning: it expires within :data:`EXPIRY_WARNING_DAYS` (or has).
+        warning: it expires within ``[ops] certificate_warn_days`` (30 by
+            default), or has.
     """
 
     holder: str
@@ -69,6 +67,17 @@ class CertificateExpiry:
     not_after: datetime.datetime
     days_left: int
     warning: bool
+    renewed: bool = False
+    """For the own certificate in use: a renewed one waits for ``tls retire-old``."""
+
+    @property
+    def advice(self) -> str:
+        """What to do about it: renew, retire the old certificate, or ask the peer."""
+        if self.holder == "own" and not self.renewed:
+            return "renew it (hashmesh tls renew)"
+        if self.holder.startswith("own"):
+            return "put the renewed one in use (hashmesh tls retire-old)"
+        return "ask that peer to renew it (hashmesh tls renew)"
 
     def describe(self) -> str:
         """One line for ``status`` and ``peer list``."""
@@ -94,12 +103,13 @@ def load_certificates(pem: str) -> list[x509.Certificate]:
     return certs
 
 
-def _expiry(holder: str, cert: x509.Certificate, now: datetime.datetime) -> CertificateExpiry:
+def _expiry(
+    holder: str, cert: x509.Certificate, now: datetime.datetime, warn_days: int
+) -> CertificateExpiry:
     not_after = cert.not_valid_after_utc
     days = (not_after - now) // datetime.timedelta(days=1)
-    return CertificateExpiry(
-        holder, spki_fingerprint(cert), not_after, days, days < EXPIRY_WARNING_DAYS
-    )
+    warning = not_after - now < datetime.timedelta(days=warn_days)
+    return CertificateExpiry(holder, spki_fingerprint(cert), not_after, days, warning)
 
 
 def certificate_expiries(
@@ -107,11 +117,13 @@ def certificate_expiries(
 ) -> list[CertificateExpiry]:
     """The expiry of the own certificate(s) and of every certificate trusted for a peer.
 
-    The function the operations endpoints call (``/readyz``, metrics):
-    any entry with ``warning`` set is a certificate to renew (own) or a peer
-    to ask to renew.
+    The one place the warning rule lives: ``status``, ``peer list``, ``tls
+    status`` and ``/readyz`` call it. An entry with ``warning`` set expires
+    within ``[ops] certificate_warn_days``: a certificate to renew (own) or a
+    peer to ask to renew.
     """
     now = now or datetime.datetime.now(datetime.UTC)
+    days = config.ops.certificate_warn_days
     found: list[CertificateExpiry] = []
     own = [("own", config.tls_cert_path), ("own (renewed)", config.tls_next_cert_path)]
     for holder, path in own:
@@ -120,9 +132,11 @@ def certificate_expiries(
                 pem = path.read_text(encoding="ascii")
             except (OSError, UnicodeDecodeError) as e:
                 raise ConfigError(f"cannot read {path}: {e}") from e
-            found += [_expiry(holder, cert, now) for cert in load_certificates(pem)]
+            found += [_expiry(holder, cert, now, days) for cert in load_certificates(pem)]
+    if config.tls_next_cert_path.exists():
+        found = [dataclasses.replace(e, renewed=e.holder == "own") for e in found]
     for peer in peers:
-        found += [_expiry(peer.name, cert, now) for cert in load_certificates(peer.tls_cert)]
+        found += [_expiry(peer.name, cert, now, days) for cert in load_certificates(peer.tls_cert)]
     return found
 
 

@@ -234,3 +234,25 @@ def test_renew_refused_while_recovering(tmp_path: Path, capsys: pytest.CaptureFi
     assert "recovering" in capsys.readouterr().err
     config = load_config(node)
     assert not config.tls_next_cert_path.exists() and not config.signed_card_path.exists()
+
+
+def test_warning_window_is_the_ops_setting_and_the_advice_follows_the_renewal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = tmp_path / "node"
+    init_node(node, A)
+    config = node / "config.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8") + "\n[ops]\ncertificate_warn_days = 100000\n",
+        encoding="utf-8",
+    )
+    assert hashmesh(["--dir", str(node), "status"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("WARNING")]
+    assert line.startswith("WARNING: own: TLS certificate") and "hashmesh tls renew" in line
+    assert hashmesh(["--dir", str(node), "tls", "renew"]) == 0
+    capsys.readouterr()
+    assert hashmesh(["--dir", str(node), "status"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("WARNING")]
+    assert len(lines) == 2
+    assert "own: TLS" in lines[0] and "hashmesh tls retire-old" in lines[0]
+    assert "own (renewed): TLS" in lines[1]
