@@ -33,6 +33,8 @@ __all__ = [
     "CONFIG_FILE",
     "DEFAULT_DIR",
     "DEFAULT_LISTEN",
+    "DEFAULT_MAX_HITS",
+    "DEFAULT_MIN_QUALITY",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "ApiLimits",
@@ -176,6 +178,13 @@ def resolve_node_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get(DIR_ENV) or DEFAULT_DIR)
 
 
+DEFAULT_MIN_QUALITY = 50
+"""Default ``[match] min_quality``: Meta advises not to trust a PDQ hash of lower quality."""
+
+DEFAULT_MAX_HITS = 1_000
+"""Default ``[match] max_hits``: PDQ hits returned per query."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MatchSettings:
     """The ``[match]`` table of ``config.toml`` (see docs/matching.md).
@@ -186,10 +195,17 @@ class MatchSettings:
             hides.
         trusted_origins: whose opinions count; None means this node's own
             origin and every followed origin.
+        min_quality: PDQ quality (0-100) below which a stored hash takes no
+            part in near-matching (exact look-ups still find it) and a query
+            is looked up exactly only, with a warning.
+        max_hits: most PDQ hits returned per query (the nearest); a query
+            with more is flagged ``truncated``.
     """
 
     hide_disputed_by: int = 0
     trusted_origins: tuple[str, ...] | None = None
+    min_quality: int = DEFAULT_MIN_QUALITY
+    max_hits: int = DEFAULT_MAX_HITS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -781,7 +797,9 @@ def _section(path: Path, name: str, table: object, known: set[str]) -> dict[str,
 
 
 def _match_settings(path: Path, raw: object) -> MatchSettings:
-    table = _section(path, "match", raw, {"hide_disputed_by", "trusted_origins"})
+    table = _section(
+        path, "match", raw, {"hide_disputed_by", "trusted_origins", "min_quality", "max_hits"}
+    )
     hide = table.get("hide_disputed_by", 0)
     if isinstance(hide, bool) or not isinstance(hide, int) or hide < 0:
         raise ConfigError(f"{path}: match.hide_disputed_by must be a whole number (0 = never hide)")
@@ -790,7 +808,28 @@ def _match_settings(path: Path, raw: object) -> MatchSettings:
         if not isinstance(trusted, list) or not all(isinstance(o, str) for o in trusted):
             raise ConfigError(f"{path}: match.trusted_origins must be a list of origins")
         trusted = tuple(check_origin(o) for o in trusted)
-    return MatchSettings(hide_disputed_by=hide, trusted_origins=trusted)
+    min_quality = _bounded_int(
+        table, "min_quality", DEFAULT_MIN_QUALITY, (0, 100), f"{path}: match.min_quality"
+    )
+    max_hits = _bounded_int(
+        table, "max_hits", DEFAULT_MAX_HITS, (1, 1_000_000), f"{path}: match.max_hits"
+    )
+    return MatchSettings(
+        hide_disputed_by=hide,
+        trusted_origins=trusted,
+        min_quality=min_quality,
+        max_hits=max_hits,
+    )
+
+
+def _bounded_int(
+    table: dict[str, object], key: str, default: int, bounds: tuple[int, int], where: str
+) -> int:
+    value = table.get(key, default)
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where} must be a whole number {low}-{high}")
+    return value
 
 
 def _witness_key(path: Path, where: str, text: object) -> str:

@@ -44,6 +44,7 @@ from protocol.encoding import (
     json_object,
     json_text,
     json_uint,
+    loads_strict,
 )
 from protocol.errors import MalformedError
 from protocol.evidence import ForkEvidence
@@ -62,6 +63,7 @@ __all__ = [
     "LogList",
     "MatchFound",
     "MatchItemError",
+    "MatchItemWarning",
     "MatchRequestBody",
     "MatchResponseBody",
     "RemoteLog",
@@ -501,10 +503,13 @@ class SignalQuery(_Document):
 
     type: str
     value: str
+    quality: int | None = None
 
     def to_json_obj(self) -> dict[str, Any]:
-        """The document as a JSON-ready dict."""
-        return {"type": self.type, "value": self.value}
+        """The document as a JSON-ready dict (``quality`` only when known)."""
+        if self.quality is None:
+            return {"type": self.type, "value": self.value}
+        return {"type": self.type, "value": self.value, "quality": self.quality}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -542,32 +547,47 @@ class MatchFound(_Document):
     value: str
     hidden: int
     hits: tuple[Mapping[str, Any], ...]
+    truncated: bool = False
 
     @classmethod
     def from_json(cls, data: bytes | str | Mapping[str, Any]) -> MatchFound:
         """Parse strictly (each hit must be an object).
 
+        ``truncated`` is present only when true (more hits than the node's cap).
+
         Raises:
             MalformedError: naming the field that is wrong.
         """
-        obj = json_object(data, {"i", "type", "value", "hidden", "hits"})
+        if not isinstance(data, Mapping):
+            data = loads_strict(data)
+        keys = {"i", "type", "value", "hidden", "hits"}
+        if isinstance(data, Mapping) and "truncated" in data:
+            keys.add("truncated")
+        obj = json_object(data, keys)
+        truncated = obj.get("truncated", False)
+        if truncated is not False and truncated is not True:
+            raise MalformedError("expected true or false", field="truncated")
         return cls(
             i=json_uint(obj, "i"),
             type=_str(obj, "type"),
             value=_str(obj, "value"),
             hidden=json_uint(obj, "hidden"),
             hits=_items(obj, "hits", _hit),
+            truncated=truncated,
         )
 
     def to_json_obj(self) -> dict[str, Any]:
         """The document as a JSON-ready dict."""
-        return {
+        obj: dict[str, Any] = {
             "i": self.i,
             "type": self.type,
             "value": self.value,
             "hidden": self.hidden,
             "hits": self.hits,  # dumps_canonical writes a tuple as a list: no copy
         }
+        if self.truncated:
+            obj["truncated"] = True
+        return obj
 
 
 def _hit(value: Any) -> Mapping[str, Any]:
@@ -603,6 +623,29 @@ class MatchItemError(_Document):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MatchItemWarning(_Document):
+    """Why the query at position ``i`` was answered differently than asked (low PDQ quality)."""
+
+    i: int
+    field: str
+    warning: str
+
+    @classmethod
+    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> MatchItemWarning:
+        """Parse strictly.
+
+        Raises:
+            MalformedError: naming the field that is wrong.
+        """
+        obj = json_object(data, {"i", "field", "warning"})
+        return cls(i=json_uint(obj, "i"), field=_str(obj, "field"), warning=_str(obj, "warning"))
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The document as a JSON-ready dict."""
+        return {"i": self.i, "field": self.field, "warning": self.warning}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MatchResponseBody(_Document):
     """``POST /v1/match`` answer: the queries that found something, and per-item errors."""
 
@@ -610,27 +653,39 @@ class MatchResponseBody(_Document):
     max_distance: int
     matches: tuple[MatchFound, ...]
     errors: tuple[MatchItemError, ...]
+    warnings: tuple[MatchItemWarning, ...] = ()
 
     @classmethod
     def from_json(cls, data: bytes | str | Mapping[str, Any]) -> MatchResponseBody:
-        """Parse strictly.
+        """Parse strictly (``warnings`` is present only when there are some).
 
         Raises:
             MalformedError: naming the field that is wrong.
         """
-        obj = json_object(data, {"checked", "max_distance", "matches", "errors"})
+        if not isinstance(data, Mapping):
+            data = loads_strict(data)
+        keys = {"checked", "max_distance", "matches", "errors"}
+        if isinstance(data, Mapping) and "warnings" in data:
+            keys.add("warnings")
+        obj = json_object(data, keys)
         return cls(
             checked=json_uint(obj, "checked"),
             max_distance=json_uint(obj, "max_distance"),
             matches=_items(obj, "matches", MatchFound.from_json),
             errors=_items(obj, "errors", MatchItemError.from_json),
+            warnings=_items(obj, "warnings", MatchItemWarning.from_json)
+            if "warnings" in obj
+            else (),
         )
 
     def to_json_obj(self) -> dict[str, Any]:
         """The document as a JSON-ready dict."""
-        return {
+        obj: dict[str, Any] = {
             "checked": self.checked,
             "max_distance": self.max_distance,
             "matches": [m.to_json_obj() for m in self.matches],
             "errors": [e.to_json_obj() for e in self.errors],
         }
+        if self.warnings:
+            obj["warnings"] = [w.to_json_obj() for w in self.warnings]
+        return obj

@@ -7,6 +7,7 @@ hashes never stalls the event loop.
 Request (JSON, at most :data:`MAX_BODY` bytes)::
 
     {"hashes": [{"type": "sha256", "value": "<64 hex>"}, ...],   1 to 10,000 items
+                                                  (pdq items may add "quality": 0-100)
      "max_distance": 31,                                          optional, PDQ only
      "receipts": false}                                           optional
 
@@ -14,10 +15,16 @@ Response (200)::
 
     {"checked": <valid queries>, "max_distance": 31,
      "matches": [{"i": <position>, "type": ..., "value": ..., "hidden": 0,
+                  ["truncated": true],
                   "hits": [{"origin", "index", "type", "value", "distance",
                             "labels", "opinions", ["quality"], ["note"],
                             ["receipt"]}]}],
-     "errors": [{"i": <position>, "field": "hashes[3].value", "error": "..."}]}
+     "errors": [{"i": <position>, "field": "hashes[3].value", "error": "..."}],
+     ["warnings": [{"i": <position>, "field": "hashes[5].quality", "warning": "..."}]]}
+
+A PDQ query whose ``quality`` is below the node's ``[match] min_quality`` is
+looked up exactly only and answered with a warning; a query with more than
+``[match] max_hits`` PDQ hits gets the nearest ones and ``truncated``.
 
 Only queries with hits (or hidden hits) are listed under ``matches``. Values
 must be canonical (lowercase hex, padded base64): this is an API for programs,
@@ -59,7 +66,7 @@ from node.ledger.matching import (
     match,
 )
 from node.ledger.service import Ledger
-from protocol.api_documents import MatchFound, MatchItemError, MatchResponseBody
+from protocol.api_documents import MatchFound, MatchItemError, MatchItemWarning, MatchResponseBody
 from protocol.encoding import loads_strict
 from protocol.errors import MalformedError
 
@@ -79,7 +86,7 @@ MAX_BODY = 4 * 1024 * 1024
 """Largest request body: 10,000 PhotoDNA queries (the longest values) fit with room."""
 
 _REQUEST_KEYS = frozenset({"hashes", "max_distance", "receipts"})
-_ITEM_KEYS = frozenset({"type", "value"})
+_ITEM_KEYS = frozenset({"type", "value", "quality"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +116,19 @@ def _parse_item(position: int, item: object) -> MatchQuery | MatchItemError:
     if not isinstance(item, Mapping):
         return _item_error(position, where, "expected an object with type and value")
     for key in sorted(set(item) - _ITEM_KEYS):
-        return _item_error(position, f"{where}.{key}", "unknown field (expected type, value)")
+        return _item_error(
+            position, f"{where}.{key}", "unknown field (expected type, value, quality)"
+        )
     for key in ("type", "value"):
         if key not in item:
             return _item_error(position, f"{where}.{key}", "missing field")
         if not isinstance(item[key], str):
             return _item_error(position, f"{where}.{key}", "expected a string")
+    quality = item.get("quality")
+    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int)):
+        return _item_error(position, f"{where}.quality", "expected a PDQ quality 0-100")
     try:
-        return MatchQuery(item["type"], item["value"])
+        return MatchQuery(item["type"], item["value"], quality)
     except MalformedError as e:
         return _item_error(position, f"{where}.{e.field or 'value'}", e.reason)
 
@@ -173,15 +185,24 @@ def render_results(request: MatchRequest, results: list[ItemResult]) -> MatchRes
             value=result.query.value,
             hidden=result.hidden,
             hits=tuple(h.to_json_obj(receipts=request.receipts) for h in result.hits),
+            truncated=result.truncated,
         )
         for result in results
         if result.hits or result.hidden
     ]
+    warnings = tuple(
+        MatchItemWarning(
+            i=result.position, field=f"hashes[{result.position}].quality", warning=result.warning
+        )
+        for result in results
+        if result.warning is not None
+    )
     return MatchResponseBody(
         checked=len(request.queries),
         max_distance=request.max_distance,
         matches=tuple(matches),
         errors=request.errors,
+        warnings=warnings,
     )
 
 
@@ -215,6 +236,12 @@ class MatchService:
             # Read the version before loading: a commit racing with the load
             # changes it again, and the next call loads what was missed.
             version = await self.db.data_version()
+            if self._version is None and not len(self.pdq):
+                # The quality floor is the node's setting, known once the
+                # database is open; the index is still empty here.
+                self.pdq.min_quality = await self.db.read(
+                    lambda ledger: ledger.config.match.min_quality
+                )
             while await self.db.read(lambda ledger: self.pdq.read_step(ledger.matching)):
                 pass
             loop = asyncio.get_running_loop()

@@ -81,13 +81,8 @@ def _gather_files(inputs: HashInputs, paths: Sequence[str], out: Output) -> None
             )
             continue
         inputs.add_file(hashes, f"file {path}")
-        if hashes.pdq is not None:
-            if hashes.low_quality:
-                out.note(
-                    f"note: {path}: PDQ quality {hashes.pdq_quality} is below 50; "
-                    "near matches of it are unreliable"
-                )
-        elif missing is None and hashes.pdq_skipped is not None:
+        # A PDQ hash of low quality is reported by the match itself (a warning).
+        if hashes.pdq is None and missing is None and hashes.pdq_skipped is not None:
             inputs.remarks[f"no PDQ hash: {hashes.pdq_skipped}"] += 1
 
 
@@ -118,6 +113,8 @@ class _Found:
     input: HashInput
     hits: list[dict[str, Any]]
     hidden: int
+    truncated: bool = False
+    warning: str | None = None
 
 
 def _batches(items: Sequence[HashInput]) -> Iterator[tuple[int, Sequence[HashInput]]]:
@@ -131,13 +128,16 @@ def _match_local(request: MatchCommand, inputs: HashInputs, out: Output) -> list
         pdq = None
         if any(q.signal_type == "pdq" for q in inputs.queries):
             started = time.monotonic()
-            pdq = LivePdqIndex()
+            pdq = LivePdqIndex(ledger.config.match.min_quality)
             loaded = pdq.load(ledger.matching)
             took = time.monotonic() - started
             if took > 1:
                 out.note(f"note: built the PDQ index of {loaded:,} hashes in {took:.1f} s")
         for start, batch in _batches(inputs.queries):
-            queries = [(start + i, MatchQuery(q.signal_type, q.value)) for i, q in enumerate(batch)]
+            queries = [
+                (start + i, MatchQuery(q.signal_type, q.value, q.quality))
+                for i, q in enumerate(batch)
+            ]
             for result in match(
                 ledger,
                 queries,
@@ -145,14 +145,15 @@ def _match_local(request: MatchCommand, inputs: HashInputs, out: Output) -> list
                 max_distance=request.max_distance,
                 receipts=request.receipts,
             ):
-                if result.hits or result.hidden:
-                    found.append(
-                        _Found(
-                            inputs.queries[result.position],
-                            [h.to_json_obj(receipts=request.receipts) for h in result.hits],
-                            result.hidden,
-                        )
+                found.append(
+                    _Found(
+                        inputs.queries[result.position],
+                        [h.to_json_obj(receipts=request.receipts) for h in result.hits],
+                        result.hidden,
+                        result.truncated,
+                        result.warning,
                     )
+                )
     return found
 
 
@@ -202,7 +203,9 @@ async def _post_batches(remote: _Remote, request: MatchCommand, inputs: HashInpu
     ) as transport:
         for _start, batch in _batches(inputs.queries):
             body = MatchRequestBody(
-                hashes=tuple(SignalQuery(type=q.signal_type, value=q.value) for q in batch),
+                hashes=tuple(
+                    SignalQuery(type=q.signal_type, value=q.value, quality=q.quality) for q in batch
+                ),
                 max_distance=request.max_distance,
                 receipts=request.receipts,
             )
@@ -226,7 +229,13 @@ def _take_remote(
     for item in answer.matches:
         if item.i >= len(batch):
             raise PeerProtocolError(peer, "/v1/match: a match names no query of the batch")
-        found.append(_Found(batch[item.i], [dict(h) for h in item.hits], item.hidden))
+        found.append(
+            _Found(batch[item.i], [dict(h) for h in item.hits], item.hidden, item.truncated)
+        )
+    for warning in answer.warnings:
+        if warning.i >= len(batch):
+            raise PeerProtocolError(peer, "/v1/match: a warning names no query of the batch")
+        found.append(_Found(batch[warning.i], [], 0, warning=warning.warning))
     for error in answer.errors:
         if error.i < len(batch):
             inputs.invalid.append(
@@ -300,6 +309,10 @@ def _hit_line(hit: dict[str, Any]) -> str:
 
 def _report_text(inputs: HashInputs, found: list[_Found], out: Output) -> None:
     for f in found:
+        if f.warning is not None:
+            out.note(f"warning: {f.input.source}: {f.warning}")
+        if not (f.hits or f.hidden):
+            continue
         source = f.input.source
         if f.input.tried_as:
             tried = " and ".join(_matched_as(t) for t in f.input.tried_as)
@@ -309,6 +322,8 @@ def _report_text(inputs: HashInputs, found: list[_Found], out: Output) -> None:
             out.print(_hit_line(hit))
         if f.hidden:
             out.print(f"    ({f.hidden} more hidden: disputed by trusted origins)")
+        if f.truncated:
+            out.print("    (more hits than the node's cap, [match] max_hits: only the nearest)")
     hits = sum(len(f.hits) for f in found)
     matched = sum(1 for f in found if f.hits)
     out.print(
@@ -336,8 +351,20 @@ def _report_json(inputs: HashInputs, found: list[_Found], out: Output) -> None:
                     ),
                     "hidden": f.hidden,
                     "hits": f.hits,
+                    **({"truncated": True} if f.truncated else {}),
                 }
                 for f in found
+                if f.hits or f.hidden
+            ],
+            "warnings": [
+                {
+                    "source": f.input.source,
+                    "type": f.input.signal_type,
+                    "value": f.input.value,
+                    "warning": f.warning,
+                }
+                for f in found
+                if f.warning is not None
             ],
             "invalid": inputs.invalid,
             "normalised": dict(sorted(inputs.notes.items())),

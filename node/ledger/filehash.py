@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from node.config import DEFAULT_MIN_QUALITY
+
 __all__ = ["PDQ_MISSING", "FileHashes", "hash_bytes", "hash_file", "pdq_support"]
 
 PDQ_MISSING = (
@@ -33,7 +35,6 @@ PDQ_MISSING = (
 """Why no PDQ hash is computed when the extra is not installed."""
 
 _READ = 1024 * 1024
-_LOW_QUALITY = 50  # below this, Meta advises not to trust a PDQ hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ class FileHashes:
     @property
     def low_quality(self) -> bool:
         """Whether the PDQ hash has a quality below 50 (unreliable for matching)."""
-        return self.pdq_quality is not None and self.pdq_quality < _LOW_QUALITY
+        return self.pdq_quality is not None and self.pdq_quality < DEFAULT_MIN_QUALITY
 
 
 def _pdq_modules() -> tuple[Any, Any, Any] | None:

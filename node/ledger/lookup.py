@@ -42,6 +42,8 @@ class HashInput:
     # Set when a value of no stated type fits several (64 hex digits: sha256 and
     # pdq) and is looked up as each of them.
     tried_as: tuple[str, ...] = ()
+    # PDQ quality, when the hash was computed here from a file.
+    quality: int | None = None
 
 
 @dataclass
@@ -129,7 +131,7 @@ class HashInputs:
         for signal_type in ("md5", "sha1", "sha256"):
             self.queries.append(HashInput(source, signal_type, getattr(hashes, signal_type)))
         if hashes.pdq is not None:
-            self.queries.append(HashInput(source, "pdq", hashes.pdq))
+            self.queries.append(HashInput(source, "pdq", hashes.pdq, quality=hashes.pdq_quality))
 
 
 def decode_hash_list(raw: bytes, name: str, notes: Counter[str]) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from node.config import MatchSettings
+from node.config import DEFAULT_MIN_QUALITY, MatchSettings
 from node.errors import EntryNotFoundError, LedgerError
 from node.ledger.pdq_index import MAX_DISTANCE_CAP, PdqIndex
 from node.ledger.service import Ledger
@@ -93,14 +93,31 @@ _IDX_MASK = (1 << _ID_SHIFT) - 1
 class MatchQuery:
     """One hash to look for, in canonical form (checked on construction).
 
+    Attributes:
+        signal_type: the registered signal type.
+        value: the canonical value.
+        quality: the PDQ quality of the query hash, when the caller knows it
+            (pdq only); below the node's minimum the query is looked up
+            exactly only (see :class:`LivePdqIndex`).
+
     Raises:
-        MalformedError: naming ``type`` or ``value``.
+        MalformedError: naming ``type``, ``value`` or ``quality``.
     """
 
     signal_type: str
     value: str
+    quality: int | None = None
 
     def __post_init__(self) -> None:
+        if self.quality is not None:
+            if self.signal_type != "pdq":
+                raise MalformedError("quality is given for pdq queries only", field="quality")
+            if (
+                isinstance(self.quality, bool)
+                or not isinstance(self.quality, int)
+                or not 0 <= self.quality <= 100
+            ):
+                raise MalformedError("expected a PDQ quality 0-100", field="quality")
         try:
             validate_signal_value(self.signal_type, self.value, field="value", type_field="type")
         except MalformedError as e:
@@ -125,6 +142,7 @@ class MatchQuery:
             query = object.__new__(cls)
             object.__setattr__(query, "signal_type", signal_type)
             object.__setattr__(query, "value", value)
+            object.__setattr__(query, "quality", None)
             return query
         return cls(signal_type, value)
 
@@ -225,12 +243,18 @@ class ItemResult:
         query: the query.
         hits: matching entries, by distance, then origin, then index.
         hidden: hits left out by the dispute policy.
+        truncated: more PDQ rows were within the distance than
+            :attr:`MatchSettings.max_hits`; only the nearest were checked.
+        warning: why the query was not near-matched (its quality is below
+            the minimum), or None.
     """
 
     position: int
     query: MatchQuery
     hits: tuple[Hit, ...]
     hidden: int = 0
+    truncated: bool = False
+    warning: str | None = None
 
 
 class LivePdqIndex:
@@ -240,6 +264,12 @@ class LivePdqIndex:
     any log (own or replicated) has a larger index than every row already
     read from that log, so nothing is missed and nothing read twice.
     Retracted rows stay in the index; :func:`match` filters them out.
+
+    PDQ quality is used as Meta's tools use it: a stored hash below
+    ``min_quality`` (near-degenerate: blank or flat images) goes to a second
+    index searched at distance 0 only, so exact look-ups still find it but it
+    never near-matches (nor fills a near-match query's candidates); a query
+    below it is looked up the same way (:meth:`near_allowed`).
 
     Reading and indexing are separate steps: :meth:`read_step` collects rows
     in chunks (so a server can interleave them with requests), and
@@ -251,15 +281,22 @@ class LivePdqIndex:
     The methods may run in any thread; concurrent calls are serialised.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, min_quality: int = DEFAULT_MIN_QUALITY) -> None:
+        self.min_quality = min_quality
         self.index = PdqIndex()
+        self.exact_only = PdqIndex()
         self._read: dict[int, int] = {}
         self._pending_ids: list[npt.NDArray[np.int64]] = []
         self._pending_hashes: list[bytes] = []
+        self._pending_quality: list[npt.NDArray[np.int64]] = []
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) + len(self.exact_only)
+
+    def near_allowed(self, quality: int | None) -> bool:
+        """Whether a hash of this quality takes part in near-matching (None: unknown, yes)."""
+        return quality is None or quality >= self.min_quality
 
     def read_step(self, matching: MatchStore, limit: int = LOAD_CHUNK) -> int:
         """Collect up to ``limit`` new rows of one log; the number read (0: none left)."""
@@ -270,9 +307,11 @@ class LivePdqIndex:
                 if not rows:
                     continue
                 base = log_id << _ID_SHIFT
-                ids = np.fromiter((idx for idx, _h in rows), dtype=np.int64, count=len(rows))
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                quality = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
                 self._pending_ids.append(ids | base)
-                self._pending_hashes.append(b"".join(h for _idx, h in rows))
+                self._pending_hashes.append(b"".join(r[1] for r in rows))
+                self._pending_quality.append(quality)
                 self._read[log_id] = rows[-1][0]
                 return len(rows)
         return 0
@@ -284,9 +323,23 @@ class LivePdqIndex:
                 return 0
             ids = np.concatenate(self._pending_ids)
             hashes = np.frombuffer(b"".join(self._pending_hashes), dtype=np.uint8)
-            self._pending_ids, self._pending_hashes = [], []
-            self.index.add(ids, hashes.reshape(len(ids), 32))
+            quality = np.concatenate(self._pending_quality)
+            self._pending_ids, self._pending_hashes, self._pending_quality = [], [], []
+            self.add_rows(ids, hashes.reshape(len(ids), 32), quality)
             return len(ids)
+
+    def add_rows(
+        self, ids: npt.NDArray[np.int64], hashes: npt.NDArray[np.uint8], quality: npt.NDArray[Any]
+    ) -> None:
+        """Add rows directly: ``(n,)`` ids, ``(n, 32)`` hashes, ``(n,)`` qualities.
+
+        Each row goes to the near-match index or, below ``min_quality``, to the
+        exact-only one. :meth:`flush` uses it; so does the PDQ benchmark.
+        """
+        near = quality >= self.min_quality
+        self.index.add(ids[near], hashes[near])
+        low = ~near
+        self.exact_only.add(ids[low], hashes[low])
 
     def load(self, matching: MatchStore, limit: int = LOAD_CHUNK) -> int:
         """Read every new row and add them to the index; the number added."""
@@ -295,13 +348,32 @@ class LivePdqIndex:
         return self.flush()
 
     def search_many(
-        self, queries: Sequence[bytes], max_distance: int
+        self,
+        queries: Sequence[bytes],
+        max_distance: int,
+        *,
+        near: Sequence[bool] | None = None,
+        limit: int | None = None,
     ) -> list[list[tuple[int, int]]]:
-        """``(row id, distance)`` candidates per query, unfiltered.
+        """``(row id, distance)`` candidates per query, unfiltered, nearest first.
 
-        A row id is ``(log_id << 40) | index``.
+        A row id is ``(log_id << 40) | index``. Rows below the minimum quality
+        are found only at distance 0; so are every row for a query whose
+        ``near`` flag is False. At most ``limit`` pairs per query.
         """
-        return self.index.search_many(queries, max_distance)
+        near = near if near is not None else [True] * len(queries)
+        wide = [q for q, n in zip(queries, near, strict=True) if n]
+        found = iter(self.index.search_many(wide, max_distance, limit=limit))
+        narrow = [q for q, n in zip(queries, near, strict=True) if not n]
+        narrow_found = iter(self.index.search_many(narrow, 0, limit=limit))
+        exact = self.exact_only.search_many(queries, 0, limit=limit)
+        results = []
+        for is_near, extra in zip(near, exact, strict=True):
+            pairs = next(found) if is_near else next(narrow_found)
+            if extra:
+                pairs = sorted(extra + pairs, key=lambda pair: (pair[1], pair[0]))[:limit]
+            results.append(pairs)
+        return results
 
 
 @dataclass
@@ -339,15 +411,20 @@ def match(
 
     Returns:
         A result for each query that found something (hits, or hits hidden
-        by the dispute policy), by position; queries that found nothing
-        have none.
+        by the dispute policy) or carries a warning, by position; queries
+        that found nothing have none. PDQ hits are capped at
+        ``settings.max_hits`` per query (the nearest; ``truncated`` set).
 
     Raises:
         MalformedError: if ``max_distance`` is out of range (field
             ``max_distance``).
         LedgerError: if a PDQ query is given without an index.
     """
-    if isinstance(max_distance, bool) or not 0 <= max_distance <= MAX_DISTANCE_CAP:
+    if (
+        isinstance(max_distance, bool)
+        or not isinstance(max_distance, int)
+        or not 0 <= max_distance <= MAX_DISTANCE_CAP
+    ):
         raise MalformedError(
             f"expected an integer 0-{MAX_DISTANCE_CAP}, got {max_distance!r}",
             field="max_distance",
@@ -372,22 +449,36 @@ def _match(
     origins = matching.log_origins()
     found: dict[int, list[_Found]] = defaultdict(list)
     by_type: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    pdq_queries: list[tuple[int, MatchQuery]] = []
     for position, query in queries:
-        by_type[query.signal_type].append((position, query.value))
-    for signal_type, items in by_type.items():
-        if signal_type == "pdq":
-            if pdq is None:
-                raise LedgerError("PDQ queries need the PDQ index; none was given")
-            _match_pdq(matching, pdq, items, max_distance, found)
+        if query.signal_type == "pdq":
+            pdq_queries.append((position, query))
         else:
-            _match_exact(matching, signal_type, items, found)
+            by_type[query.signal_type].append((position, query.value))
+    truncated: set[int] = set()
+    warnings: dict[int, str] = {}
+    if pdq_queries:
+        if pdq is None:
+            raise LedgerError("PDQ queries need the PDQ index; none was given")
+        near = [pdq.near_allowed(q.quality) for _p, q in pdq_queries]
+        for (position, query), allowed in zip(pdq_queries, near, strict=True):
+            if not allowed:
+                warnings[position] = (
+                    f"PDQ quality {query.quality} is below this node's minimum "
+                    f"{pdq.min_quality}: looked up exactly only (distance 0)"
+                )
+        _match_pdq(
+            matching, pdq, pdq_queries, near, (max_distance, settings.max_hits), found, truncated
+        )
+    for signal_type, items in by_type.items():
+        _match_exact(matching, signal_type, items, found)
     trusted = _trusted_origins(ledger, settings)
     _attach_opinions(matching, origins, found, trusted)
     checkpoints: dict[int, CheckpointRecord | None] = {}
     results: list[ItemResult] = []
     # Most queries of a bulk batch match nothing: only the others are built.
-    by_position = dict(queries) if found else {}
-    for position in sorted(found):
+    by_position = dict(queries) if found or warnings else {}
+    for position in sorted(found.keys() | warnings.keys()):
         hits: list[Hit] = []
         hidden = 0
         for f in found[position]:
@@ -416,7 +507,16 @@ def _match(
                 )
             )
         hits.sort(key=lambda h: (h.distance, h.origin, h.index))
-        results.append(ItemResult(position, by_position[position], tuple(hits), hidden))
+        results.append(
+            ItemResult(
+                position,
+                by_position[position],
+                tuple(hits),
+                hidden,
+                truncated=position in truncated,
+                warning=warnings.get(position),
+            )
+        )
     return results
 
 
@@ -441,17 +541,26 @@ def _match_exact(
 def _match_pdq(
     matching: MatchStore,
     pdq: LivePdqIndex,
-    items: Sequence[tuple[int, str]],
-    max_distance: int,
+    items: Sequence[tuple[int, MatchQuery]],
+    near: Sequence[bool],
+    bounds: tuple[int, int],
     found: dict[int, list[_Found]],
+    truncated: set[int],
 ) -> None:
-    candidates = pdq.search_many([bytes.fromhex(v) for _p, v in items], max_distance)
+    max_distance, max_hits = bounds
+    # One row more than the cap tells a full answer from a truncated one.
+    candidates = pdq.search_many(
+        [bytes.fromhex(q.value) for _p, q in items], max_distance, near=near, limit=max_hits + 1
+    )
     by_log: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    for (position, _value), near in zip(items, candidates, strict=True):
-        for row_id, distance in near:
+    for (position, _query), rows in zip(items, candidates, strict=True):
+        if len(rows) > max_hits:
+            truncated.add(position)
+            rows = rows[:max_hits]
+        for row_id, distance in rows:
             by_log[row_id >> _ID_SHIFT].append((position, row_id & _IDX_MASK, distance))
-    for log_id, rows in by_log.items():
-        datas = matching.entries_at(log_id, (idx for _p, idx, _d in rows))
+    for log_id, log_rows in by_log.items():
+        datas = matching.entries_at(log_id, (idx for _p, idx, _d in log_rows))
         entries: dict[int, AddEntry] = {}
         for idx, data in datas.items():
             entry = parse_entry_fast(data)
@@ -460,7 +569,7 @@ def _match_pdq(
         listed = matching.listed_among(
             log_id, ((active_key("pdq", e.value), idx) for idx, e in entries.items())
         )
-        for position, idx, distance in rows:
+        for position, idx, distance in log_rows:
             if idx in listed:
                 found[position].append(
                     _Found(position, log_id, idx, datas[idx], entries[idx], distance)

@@ -133,12 +133,15 @@ class PdqIndex:
             if self._count - self._indexed >= tail_limit:
                 self._merge()
 
-    def search(self, query: bytes, max_distance: int) -> list[tuple[int, int]]:
+    def search(
+        self, query: bytes, max_distance: int, *, limit: int | None = None
+    ) -> list[tuple[int, int]]:
         """Every row whose hash is within ``max_distance`` bits of ``query``.
 
         Args:
             query: a 32-byte PDQ hash.
             max_distance: inclusive Hamming distance, 0 to ``MAX_DISTANCE_CAP``.
+            limit: return only the first ``limit`` pairs (the nearest).
 
         Returns:
             ``(id, distance)`` pairs ordered by distance, then id.
@@ -149,10 +152,10 @@ class PdqIndex:
         _check_distance(max_distance)
         qbytes = _check_query(query, "query")
         with self._lock:
-            return self._search(qbytes, max_distance)
+            return self._search(qbytes, max_distance, limit)
 
     def search_many(
-        self, queries: Sequence[bytes], max_distance: int
+        self, queries: Sequence[bytes], max_distance: int, *, limit: int | None = None
     ) -> list[list[tuple[int, int]]]:
         """:meth:`search` for each query, in order; all queries are checked first.
 
@@ -163,7 +166,7 @@ class PdqIndex:
         _check_distance(max_distance)
         checked = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
         with self._lock:
-            return [self._search(q, max_distance) for q in checked]
+            return [self._search(q, max_distance, limit) for q in checked]
 
     # -- internals (called with the lock held) ---------------------------------
 
@@ -214,7 +217,7 @@ class PdqIndex:
             directory[c, 1:] = np.cumsum(np.bincount(keys, minlength=1 << bits))
         self._perm, self._dir, self._bucket_bits, self._indexed = perm, directory, bits, n
 
-    def _search(self, query: bytes, max_distance: int) -> list[tuple[int, int]]:
+    def _search(self, query: bytes, max_distance: int, limit: int | None) -> list[tuple[int, int]]:
         qwords = np.frombuffer(query, dtype=">u8").astype(np.uint64)
         found_rows: list[npt.NDArray[np.int64]] = []
         if self._indexed:
@@ -241,6 +244,8 @@ class PdqIndex:
             first[0] = True
             np.not_equal(rows[1:], rows[:-1], out=first[1:])
             ids, dist = ids[first], dist[first]
+        if limit is not None:
+            ids, dist = ids[:limit], dist[:limit]
         return list(zip(ids.tolist(), dist.tolist(), strict=True))
 
     def _probe(self, query: bytes, qwords: _U64, max_distance: int) -> npt.NDArray[np.int64] | None:

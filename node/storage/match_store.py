@@ -167,12 +167,18 @@ class MatchStore:
             for a, i, to, ti, th, v, d in self.conn.execute(_OPINIONS, (json.dumps(wanted),))
         ]
 
-    def pdq_after(self, log_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Listed PDQ hashes of one log with index > ``after``, by index, at most ``limit``."""
+    def pdq_after(self, log_id: int, after: int, limit: int) -> list[tuple[int, bytes, int]]:
+        """Listed PDQ hashes of one log with index > ``after``: ``(index, hash, quality)``.
+
+        By index, at most ``limit``. The quality is read from the entry itself
+        (in SQLite, no Python parse per row).
+        """
         return [
-            (int(idx), bytes(h))
-            for idx, h in self.conn.execute(
-                "SELECT idx, hash FROM pdq WHERE log_id = ? AND idx > ? ORDER BY idx LIMIT ?",
+            (int(idx), bytes(h), int(q))
+            for idx, h, q in self.conn.execute(
+                "SELECT p.idx, p.hash, json_extract(CAST(e.data AS TEXT), '$.signal.quality') "
+                "FROM pdq AS p JOIN entries AS e ON e.log_id = p.log_id AND e.idx = p.idx "
+                "WHERE p.log_id = ? AND p.idx > ? ORDER BY p.idx LIMIT ?",
                 (log_id, after, limit),
             )
         ]

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import random
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 
 from node.api.match import MAX_BODY
+from node.api.state import ApiLimits
 from node.cli import main as cli
 from node.cli.cards import make_card
 from node.ledger import Ledger
@@ -85,7 +87,11 @@ async def test_bad_items_are_reported_one_by_one_and_the_rest_matched(served: Se
         (item("sha256", md5), "hashes[4].value", "md5"),  # type confusion is named
         ("sha256:" + VALUES[0], "hashes[5]", "object"),
         ({"type": "sha256"}, "hashes[6].value", "missing"),
-        ({"type": "sha256", "value": VALUES[0], "quality": 9}, "hashes[7].quality", "unknown"),
+        (
+            {"type": "sha256", "value": VALUES[0], "quality": 9},
+            "hashes[7].quality",
+            "pdq queries only",
+        ),
         ({"type": "sha256", "value": 7}, "hashes[8].value", "string"),
         (item("pdq", "0x" + "a" * 62), "hashes[9].value", None),
         (item("photodna", "AAAA"), "hashes[10].value", None),
@@ -232,3 +238,113 @@ async def test_cli_matches_on_a_remote_node_over_mtls(
         cli, ["match", "--type", "sha256", VALUES[0], "--card", str(card), *auditor]
     )
     assert status == 2 and "403" in capsys.readouterr().err  # an error, like grep's 2
+
+
+def with_match_settings(node_dir: Path, table: str) -> Path:
+    with (node_dir / "config.toml").open("a", encoding="utf-8") as f:
+        f.write(f"\n[match]\n{table}\n")
+    return node_dir
+
+
+def flat_image_pdq(path: Path) -> str:
+    """The PDQ hash of a flat grey image written to ``path`` (PDQ quality 0)."""
+    from PIL import Image
+
+    from node.ledger.filehash import hash_file
+
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(path)
+    hashes = hash_file(path, pdq=True)
+    assert hashes.pdq is not None and hashes.low_quality
+    return hashes.pdq
+
+
+async def test_pdq_quality_floor_and_hit_cap(
+    node_dir: Path,
+    serve_with: Callable[..., AsyncIterator[Served]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rng = random.Random(18)
+    base = pdq_value(rng)
+    cluster = [base] + [flip(base, n) for n in range(1, 9)]  # distances 0-8 from base
+    low = pdq_value(rng)
+    flat = flat_image_pdq(tmp_path / "flat.png")
+    with Ledger.open(node_dir) as ledger:
+        first = ledger.append(
+            [AddEntry.create(signal_type="pdq", value=v, quality=80) for v in cluster]
+            + [
+                AddEntry.create(signal_type="pdq", value=low, quality=20),
+                AddEntry.create(signal_type="pdq", value=flat, quality=49),
+            ]
+        ).start
+    with_match_settings(node_dir, "max_hits = 5")
+    body = {
+        "hashes": [
+            item("pdq", base),
+            item("pdq", low),
+            item("pdq", flip(low, 3)),
+            {"type": "pdq", "value": base, "quality": 49},
+            {"type": "pdq", "value": base, "quality": 101},
+            {"type": "pdq", "value": flip(base, 3), "quality": 50},
+        ]
+    }
+    async for served in serve_with(ApiLimits()):
+        async with served.session(served.peer) as s:
+            status, doc = await post(s, served.url, body)
+        assert status == 200, doc
+        matches = {m["i"]: m for m in doc["matches"]}
+        assert sorted(matches) == [0, 1, 3, 5]
+        # The nearest five of nine, flagged as cut short.
+        assert matches[0]["truncated"] is True
+        assert [h["distance"] for h in matches[0]["hits"]] == [0, 1, 2, 3, 4]
+        assert [h["index"] for h in matches[0]["hits"]] == [first + n for n in range(5)]
+        # A stored hash below the floor is found exactly, never near.
+        ((hit,),) = [matches[1]["hits"]]
+        assert (hit["index"], hit["distance"], hit["quality"]) == (first + 9, 0, 20)
+        assert "truncated" not in matches[1]
+        # A query below the floor: exact only, with a warning naming its field.
+        assert [h["distance"] for h in matches[3]["hits"]] == [0]
+        (warning,) = doc["warnings"]
+        assert (
+            warning["i"] == 3
+            and warning["field"] == "hashes[3].quality"
+            and "below" in warning["warning"]
+        )
+        assert "49" in warning["warning"] and "50" in warning["warning"]
+        (error,) = doc["errors"]
+        assert (error["i"], error["field"]) == (4, "hashes[4].quality")
+        # Quality at the floor is near-matched as usual.
+        assert matches[5]["truncated"] is True and matches[5]["hits"][0]["distance"] == 0
+        async with served.session(served.peer) as s:
+            status, doc = await post(s, served.url, {"hashes": [], "max_distance": 65})
+        assert (status, doc["field"]) == (400, "max_distance")
+
+        # hashmesh match: the flat image's hash (quality 0) is looked up exactly
+        # only, with the warning on stderr; the cluster's cut is shown.
+        server_pem = tmp_path / "server.pem"
+        server_pem.write_text(served.server_pem, encoding="ascii")
+        remote = [
+            "--remote",
+            served.url,
+            "--server-cert",
+            str(server_pem),
+            "--cert",
+            str(served.peer.cert_path),
+            "--key",
+            str(served.peer.key_path),
+        ]
+        for where in (remote, ["--dir", str(node_dir)]):
+            argv = ["match", "--file", str(tmp_path / "flat.png"), "--type", "pdq", base]
+            status = await asyncio.to_thread(cli, [*argv, *where])
+            out, err = capsys.readouterr()
+            assert status == 0, err
+            assert "quality 0 is below this node's minimum 50" in err, (where, err)
+            assert f"{ORIGIN} #{first + 10}" in out  # the flat hash, found exactly
+            assert "only the nearest" in out
+            status = await asyncio.to_thread(cli, [*argv, *where, "--json"])
+            doc = json.loads(capsys.readouterr().out)
+            (warned,) = doc["warnings"]
+            assert warned["type"] == "pdq" and warned["value"] == flat
+            by_value = {m["value"]: m for m in doc["matches"] if m["type"] == "pdq"}
+            assert by_value[base]["truncated"] is True and len(by_value[base]["hits"]) == 5
+            assert [h["distance"] for h in by_value[flat]["hits"]] == [0]

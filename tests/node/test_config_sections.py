@@ -17,6 +17,9 @@ from node.errors import ConfigError
     [
         ("match = 3\n", "[match] must be a table"),
         ("[match]\nhide_disputed = 2\n", "unknown [match] setting(s) hide_disputed"),
+        ("[match]\nmin_quality = 101\n", "match.min_quality must be a whole number 0-100"),
+        ("[match]\nmin_quality = true\n", "match.min_quality must be a whole number 0-100"),
+        ("[match]\nmax_hits = 0\n", "match.max_hits must be a whole number 1-1000000"),
         ("witness = 'b'\n", "[witness] must be a table"),
         ("[witness]\nask = []\nrequires = []\n", "unknown [witness] setting(s) requires"),
     ],
@@ -36,6 +39,17 @@ def test_known_settings_load(node_dir: Path) -> None:
         config.read_text(encoding="utf-8") + "[match]\nhide_disputed_by = 2\n", encoding="utf-8"
     )
     assert load_config(node_dir).match.hide_disputed_by == 2
+    assert (load_config(node_dir).match.min_quality, load_config(node_dir).match.max_hits) == (
+        50,
+        1_000,
+    )
+    config.write_text(
+        config.read_text(encoding="utf-8") + "min_quality = 70\nmax_hits = 20\n", encoding="utf-8"
+    )
+    assert (load_config(node_dir).match.min_quality, load_config(node_dir).match.max_hits) == (
+        70,
+        20,
+    )
 
 
 _ROOT = Path(__file__).parents[2]
