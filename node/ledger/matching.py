@@ -366,7 +366,12 @@ class LivePdqIndex:
         found = iter(self.index.search_many(wide, max_distance, limit=limit))
         narrow = [q for q, n in zip(queries, near, strict=True) if not n]
         narrow_found = iter(self.index.search_many(narrow, 0, limit=limit))
-        exact = self.exact_only.search_many(queries, 0, limit=limit)
+        # Most nodes hold no hash below the floor: no second search per query then.
+        exact = (
+            self.exact_only.search_many(queries, 0, limit=limit)
+            if len(self.exact_only)
+            else [[]] * len(queries)
+        )
         results = []
         for is_near, extra in zip(near, exact, strict=True):
             pairs = next(found) if is_near else next(narrow_found)
