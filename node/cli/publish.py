@@ -10,6 +10,7 @@ from pathlib import Path
 
 from node.cli.output import Command, Output
 from node.cli.progress import progress_bar
+from node.cli.witness import add_attach_arguments, attach_files
 from node.config import resolve_node_dir
 from node.ledger import Ledger
 from node.ledger.publish import MARKER_FILE, publish
@@ -19,8 +20,13 @@ __all__ = ["register"]
 
 def cmd_publish(args: argparse.Namespace, out: Output) -> int:
     target = Path(args.out)
+    node_dir = resolve_node_dir(args.dir)
+    if args.cosignatures:
+        attach_files(
+            node_dir, args.cosignatures, args.witness_key, args.origin, out, to_stderr=args.json
+        )
     with (
-        Ledger.open(resolve_node_dir(args.dir), read_only=True) as ledger,
+        Ledger.open(node_dir, read_only=True) as ledger,
         progress_bar(out.stderr, None, f"publish {target}", unit="tiles") as bar,
     ):
         totals: list[int] = []
@@ -85,3 +91,12 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--origin", help="a replicated log instead of the own log")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument(
+        "--cosignatures",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="first attach the witness cosignatures in FILE (repeat for several; see "
+        "`hashmesh witness attach`), so the checkpoint written carries them",
+    )
+    add_attach_arguments(p, "")

@@ -13,6 +13,10 @@ Layer: node.cli (composition root). See docs/witness.md.
 * ``witness feed TARGET``: cosign a followed origin's checkpoint read from
   where it publishes its log (tlog-tiles, a directory or https), with the
   consistency proof computed from its public tiles.
+* ``witness attach FILE...``: keep the cosignatures that witnesses sent
+  for this node's published checkpoint (what ``witness feed --out`` wrote),
+  each verified first (:mod:`node.ledger.attach`); they are then served and
+  published with the checkpoint.
 * ``witness status``: what this node witnessed, asks and requires.
 
 Settings take effect when ``hashmesh serve`` starts (restart it after a change).
@@ -34,16 +38,19 @@ from node.config import (
 )
 from node.errors import ConfigError, PeerError, WitnessConflictError
 from node.ledger import Ledger
+from node.ledger.attach import attach_cosignatures
 from node.ledger.database import Database
 from node.ledger.witness import Cosigned, QuorumWait, load_witness_signer
 from node.sync.published import PublishedLog, PublishedTarget, open_published
 from node.sync.witness_client import cosign_once
 from protocol.checkpoint import checkpoint_size
 from protocol.encoding import encode_b64
+from protocol.errors import MalformedError
+from protocol.keys import NoteVerifier
 from protocol.tiles import TileNodeReader
 from protocol.tree import compute_consistency_proof
 
-__all__ = ["register"]
+__all__ = ["add_attach_arguments", "attach_files", "register"]
 
 
 _RESTART = "restart `hashmesh serve` for it to take effect"
@@ -174,6 +181,76 @@ def wait_line(wait: QuorumWait) -> str:
     )
 
 
+def attach_files(
+    node_dir: Path,
+    paths: list[str],
+    keys: list[str],
+    origin: str | None,
+    out: Output,
+    *,
+    to_stderr: bool = False,
+) -> None:
+    """Attach the cosignatures of witness files to the log's checkpoints (all or none).
+
+    What was kept is printed (on stderr with ``to_stderr``, beside a JSON answer).
+
+    Raises:
+        ConfigError: a key or a file cannot be read.
+        AttachError: a file is refused (an unknown witness, a bad cosignature...).
+    """
+    verifiers: list[NoteVerifier] = []
+    for key in keys:
+        try:
+            verifiers.append(NoteVerifier.from_text(key))
+        except MalformedError as e:
+            raise ConfigError(f"--witness-key {key!r}: {e}") from e
+    files: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            files.append((path, Path(path).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read {path}: {e}") from e
+    with Ledger.open(node_dir) as ledger:
+        attached = attach_cosignatures(ledger, files, verifiers, origin=origin)
+    say = out.note if to_stderr else out.print
+    for path, item in zip(paths, attached, strict=True):
+        say(
+            f"{path}: checkpoint {item.size} of {item.origin} cosigned by "
+            f"{', '.join(item.witnesses)} ({item.new} new line(s) kept)"
+        )
+        if item.latest > item.size:
+            out.note(
+                f"the latest checkpoint of {item.origin} is {item.latest}, newer than the "
+                f"cosigned {item.size}: it is what is served and published, without these "
+                "cosignatures; have the witnesses feed on it again"
+            )
+
+
+def add_attach_arguments(q: argparse.ArgumentParser, files: str) -> None:
+    """``--witness-key`` (and the files argument when ``files`` names it) of attaching."""
+    if files:
+        q.add_argument(
+            files,
+            nargs="+",
+            metavar="FILE",
+            help="a cosigned checkpoint note (`hashmesh witness feed --out FILE` on the "
+            "witness), or cosignature lines for the latest checkpoint",
+        )
+    q.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a witness's verifier key (cosignature/v1; repeat for several); the keys of "
+        "[[witness.ask]] and of this origin's [[witness.require]] are trusted too",
+    )
+
+
+def cmd_witness_attach(args: argparse.Namespace, out: Output) -> int:
+    attach_files(resolve_node_dir(args.dir), args.files, args.witness_key, args.origin, out)
+    return 0
+
+
 def cmd_witness_status(args: argparse.Namespace, out: Output) -> int:
     node_dir = resolve_node_dir(args.dir)
     with Ledger.open(node_dir, read_only=True) as ledger:
@@ -289,6 +366,22 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     )
     q.add_argument("--out", metavar="FILE", help="write the cosigned checkpoint note here")
     q.set_defaults(run=cmd_witness_feed)
+    q = sub.add_parser(
+        "attach",
+        help="keep witnesses' cosignatures of this node's published checkpoint",
+        description="Attach the cosignatures that witnesses made of this node's "
+        "published checkpoint (each witness runs `hashmesh witness feed URL|DIR --out "
+        "FILE` and sends FILE). Each file is checked before anything is kept: the "
+        "checkpoint must be one this node signed and holds, and every cosignature line "
+        "must be by a known witness key (--witness-key, or configured) and verify; "
+        "otherwise nothing is kept and the witness is named. Kept cosignatures are "
+        "served with the checkpoint (/v1/checkpoint, the public listener) and written "
+        "by the next `hashmesh publish` (or use `hashmesh publish --cosignatures FILE`).",
+        parents=[common],
+    )
+    add_attach_arguments(q, "files")
+    q.add_argument("--origin", help="a replicated log instead of the own log")
+    q.set_defaults(run=cmd_witness_attach)
     q = sub.add_parser(
         "status", help="what this node witnessed, asks and requires", parents=[common]
     )
