@@ -14,15 +14,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from protocol.api_documents import RotationList
 from protocol.bundle import verify_bundle
-from protocol.checkpoint import open_checkpoint
+from protocol.checkpoint import Checkpoint, open_checkpoint
 from protocol.encoding import encode_b64
 from protocol.entry import AddEntry, OpinionEntry, RetractEntry, RotateEntry
-from protocol.errors import MalformedError, ProtocolError
+from protocol.errors import MalformedError, ProtocolError, RotationError
 from protocol.evidence import ForkEvidence, verify_fork_evidence
 from protocol.keys import NoteVerifier
+from protocol.note import parse_note
 from protocol.receipt import parse_receipt, verify_receipt
-from protocol.tiles import TileId, tiles_for_size, verify_tiles
+from protocol.rotation import KeyChain, apply_rotation_proof
+from protocol.tiles import TileId, TileNodeReader, tiles_for_size, verify_tiles
+from protocol.tree import CompactRange, frontier_ids
 from protocol.verify import verify_append_only, verify_entry_inclusion
 from protocol.wire import ConsistencyProof, InclusionProof
 
@@ -155,13 +159,52 @@ def _cmd_receipt(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _published_rotations(
+    directory: Path, chain: KeyChain, size: int
+) -> tuple[KeyChain, list[tuple[int, bytes]]]:
+    """``chain`` extended by the rotations in ``DIR/rotations`` that a checkpoint of ``size`` needs.
+
+    Also returns each rotation followed as (rotate entry index, the root
+    the old key signed at ``index + 1``), for the prefix check on the tiles.
+    """
+    path = directory / "rotations"
+    if not path.exists():
+        return chain, []
+    listed = RotationList.from_json(_read(str(path), "rotations"))
+    if listed.origin != chain.origin:
+        raise MalformedError(
+            f"rotations names origin {listed.origin!r}, not {chain.origin!r}",
+            field="rotations.origin",
+        )
+    followed: list[tuple[int, bytes]] = []
+    for rotation in listed.rotations:
+        r = rotation.index
+        if r + 2 > size:
+            break  # a later key than the checkpoint's: not needed
+        if rotation.checkpoint is None:
+            raise RotationError(f"rotations: rotate entry {r} comes without its checkpoint")
+        extended = apply_rotation_proof(
+            chain, r, rotation.entry, rotation.proof, rotation.checkpoint
+        )
+        if extended is not chain:
+            root = Checkpoint.from_text(parse_note(rotation.checkpoint).text).root_hash
+            followed.append((r, root))
+        chain = extended
+    return chain, followed
+
+
 def _cmd_tiles(args: argparse.Namespace) -> str:
     directory = Path(args.directory)
     if not directory.is_dir():
         raise _UsageError(f"{directory} is not a directory (a log published as tlog-tiles)")
-    verified = open_checkpoint(
-        _read(str(directory / "checkpoint"), "checkpoint"),
-        _vkey(args.vkey),
+    note = _read(str(directory / "checkpoint"), "checkpoint")
+    chain, followed = _published_rotations(
+        directory,
+        KeyChain.pinned(_vkey(args.vkey)),
+        Checkpoint.from_text(parse_note(note).text).size,
+    )
+    verified = chain.open(
+        note,
         witnesses=[_vkey(w) for w in args.witness],
         witness_threshold=args.witness_threshold,
     )
@@ -178,10 +221,24 @@ def _cmd_tiles(args: argparse.Namespace) -> str:
             ) from e
 
     verify_tiles(cp.size, cp.root_hash, read_tile)
+    # The old key vouched for the new one in its tree of size r + 1: the
+    # published tree (now verified) must extend that tree.
+    reader = TileNodeReader(cp.size, read_tile)
+    for r, signed_root in followed:
+        m = r + 1
+        prefix = CompactRange.from_frontier(m, reader.get_node_hashes(frontier_ids(m))).root()
+        if prefix != signed_root:
+            raise RotationError(
+                f"the published tree's first {m} leaves do not hash to the root the old key "
+                f"signed at size {m} with rotate entry {r}: the log forked before the rotation"
+            )
     line = (
         f"tiles verified: origin {cp.origin}, size {cp.size}, root {encode_b64(cp.root_hash)}, "
         f"{len(tiles_for_size(cp.size))} tiles hash to the signed root"
     )
+    if followed:
+        line += f", {len(followed)} key rotation(s) followed (rotate entries "
+        line += ", ".join(str(r) for r, _root in followed) + ")"
     if verified.cosignatures:
         line += f", cosigned by {', '.join(sorted(verified.cosignatures))}"
     return line
@@ -298,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
         "`tile/<L>/<N>[.p/<W>]`, as `hashmesh publish --out DIR` writes it): the "
         "checkpoint's signature under the origin's key, then every tile against the "
         "signed root. A tile that does not hash to the checkpoint's root is named. "
+        "If the origin rotated its signing key, give its first key: the rotations in "
+        "`rotations` (each rotate entry, the old key's checkpoint that commits it, the "
+        "inclusion proof) lead to the key of the checkpoint, and the published tree must "
+        "extend each of those checkpoints. "
         "Consistency with an earlier audit is `hashmesh audit DIR`'s job.",
     )
     p.add_argument("directory", help="the published log's directory (holding `checkpoint`)")

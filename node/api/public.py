@@ -10,6 +10,7 @@ publish`` writes, and nothing else::
 
     GET|HEAD /checkpoint            the latest signed checkpoint, with held cosignatures
     GET|HEAD /tile/<L>/<N>[.p/<W>]  hash tiles (protocol.tiles), tile height 8
+    GET|HEAD /rotations             the log's key rotations, proven (404 if it never rotated)
 
 Hash tiles hold leaf and node hashes only. Entry bundles
 (``/tile/entries/...``) hold hash values and are never served here (404);
@@ -45,6 +46,7 @@ from node.api.handlers import raw_target_path
 from node.api.state import INTEGRITY_KEY, ORIGIN_KEY, PeerRateLimiter, refuse_damaged
 from node.errors import UnknownLogError
 from node.ledger.database import Database
+from node.ledger.rotation_proofs import proven_rotations
 from node.ledger.scrub import IntegrityState
 from node.ledger.service import Ledger
 from node.metrics import NodeMetrics
@@ -67,6 +69,7 @@ PARTIAL_TILE_CACHE_CONTROL = "public, max-age=60"
 CHECKPOINT_CACHE_CONTROL = "public, max-age=5"
 _TILE_TYPE = "application/octet-stream"
 _CHECKPOINT_TYPE = "text/plain; charset=utf-8"
+_JSON_TYPE = "application/json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -138,6 +141,23 @@ class PublicState:
 
         return await self.db.read(read)
 
+    async def rotations(self) -> bytes | None:
+        """The own log's rotations below its latest checkpoint (JSON), or None if none.
+
+        Raises:
+            UnknownLogError: if the log has no checkpoint yet.
+        """
+
+        def read(ledger: Ledger) -> bytes | None:
+            own = ledger.own_log
+            record = ledger.stored_checkpoint(own)
+            if record is None:
+                raise UnknownLogError(f"log {own.origin!r} has no checkpoint yet")
+            listed = proven_rotations(ledger, own.origin, record.size)
+            return listed.to_json() if listed.rotations else None
+
+        return await self.db.read(read)
+
 
 PUBLIC_KEY = web.AppKey("public", PublicState)
 """Marks an application made by :func:`make_public_app` (the only one served without mTLS)."""
@@ -156,6 +176,14 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=note.encode("utf-8"),
             headers={"Content-Type": _CHECKPOINT_TYPE, "Cache-Control": CHECKPOINT_CACHE_CONTROL},
+        )
+    if path == "/rotations":
+        body = await state.rotations()
+        if body is None:
+            raise web.HTTPNotFound(text="this log never rotated its signing key")
+        return web.Response(
+            body=body,
+            headers={"Content-Type": _JSON_TYPE, "Cache-Control": CHECKPOINT_CACHE_CONTROL},
         )
     if not path.startswith("/tile/"):
         raise web.HTTPNotFound()

@@ -27,10 +27,13 @@ for which a key is trusted. Per origin:
    (``/v1/leaf-hashes``, never entries) are replayed from the saved frontier,
    recording the root at every size any source signed.
    A log published as tlog-tiles (no certificate needed) has its one
-   checkpoint verified with the same chain (entries are not public, so a
-   rotation cannot be followed from it), its tiles checked against that
-   checkpoint (:func:`protocol.audit.audit_tiles`, which names a wrong
-   tile; only tiles new since the saved head, unless ``full``), and its
+   checkpoint verified with the same chain, extended first by the rotations
+   the log publishes (``rotations``, proven like ``/v1/rotations``) when
+   the checkpoint needs a later key; each rotation's checkpoint of size
+   ``r + 1`` joins the published view, so the published tree must extend
+   it. Its tiles are checked against the checkpoint
+   (:func:`protocol.audit.audit_tiles`, which names a wrong tile; only
+   tiles new since the saved head, unless ``full``), and its
    tree's root read at every size any source signed, each proven a prefix
    of the signed tree.
 4. **Decide.** Each source's checkpoints against its own leaves
@@ -48,7 +51,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from node.audit.client import AuditClient
@@ -94,7 +97,7 @@ from protocol.audit import (
     cross_check,
     judge_source,
 )
-from protocol.checkpoint import VerifiedCheckpoint
+from protocol.checkpoint import VerifiedCheckpoint, checkpoint_size
 from protocol.errors import MalformedError, ProtocolError
 from protocol.evidence import ForkEvidence
 from protocol.rotation import KeyChain
@@ -337,6 +340,11 @@ async def _audit_origin(
             views.append(view)
     if live:
         chain = await _follow_rotations(found, live, chain, head)
+    rotation_notes: dict[str, list[str]] = {}
+    for log in published:
+        chain, rotation_notes[log.source] = await _follow_published_rotations(
+            found, log, chain, head
+        )
     conflicts: list[Conflict] = []
     proofs: _Proofs = {}
     for lv in live:
@@ -344,7 +352,9 @@ async def _audit_origin(
         if lv.view is not None:
             views.append(lv.view)
     for log in published:
-        tiled = await _audit_published(found, log, chain, head, marks, options.full, proofs)
+        tiled = await _audit_published(
+            found, log, chain, head, marks, options.full, proofs, rotation_notes[log.source]
+        )
         if tiled is not None:
             views.append(tiled)
 
@@ -435,6 +445,37 @@ async def _follow_rotations(
     return chain
 
 
+async def _follow_published_rotations(
+    found: _Found, log: PublishedLog, chain: KeyChain, head: AuditHead | None
+) -> tuple[KeyChain, list[str]]:
+    """Extend ``chain`` by the rotations a published log proves, if its checkpoint needs it.
+
+    Returns:
+        The chain, and the notes of the old keys' checkpoints that attest
+        the rotations followed (the published tree must extend them).
+    """
+    if not needs_other_key(chain, log.note):
+        return chain, []
+    try:
+        served = await log.rotations()
+    except PeerError as e:
+        found.fail("fetch", log.source, e.reason)
+        return chain, []
+    except OSError as e:
+        found.fail("fetch", log.source, f"cannot read {e.filename}: {e.strerror or e}")
+        return chain, []
+    except MalformedError as e:
+        found.fail("format", log.source, str(e))
+        return chain, []
+    if not served:
+        return chain, []
+    extended, failures, notes = apply_rotations(found.origin, log.source, chain, head, served)
+    found.add(failures, notes)
+    followed = {p.rotated_by for p in extended.periods}
+    attests = [r.checkpoint for r in served if r.checkpoint is not None and r.index in followed]
+    return extended, attests
+
+
 async def _replay_node(
     found: _Found,
     lv: _Live,
@@ -492,32 +533,41 @@ async def _audit_published(
     marks: set[int],
     full: bool,
     proofs: _Proofs,
+    attests: Sequence[str] = (),
 ) -> SourceView | None:
     """A published log's view: its verified checkpoint, its tiles checked, prefix roots proven.
 
     The tiles new since the saved head are checked (all of them when
     ``full``, or when the log is smaller than the head); the roots at the
     other sources' sizes and the head's come with consistency proofs from the
-    tiles, kept in ``proofs`` for fork evidence.
+    tiles, kept in ``proofs`` for fork evidence. ``attests`` are the old
+    keys' checkpoints of the rotations followed: they join the view, so a
+    published tree that does not extend them is a conflict.
     """
     origin, source = found.origin, log.source
-    checkpoints, failures = verify_checkpoints(origin, source, chain, [log.note])
+    checkpoints, failures = verify_checkpoints(origin, source, chain, [*attests, log.note])
     found.add(failures)
-    if not checkpoints:
+    size = checkpoint_size(log.note)
+    published = [cp for cp in checkpoints if cp.size == size]
+    if not published:
         if needs_other_key(chain, log.note):
             found.notes.append(
-                f"origin={origin}: {source} is signed by a key the trusted chain lacks; if "
-                "the origin rotated its key, audit its node or a bundle once to follow the "
-                "rotation (a published log holds no entries, so no rotate entry either)"
+                f"origin={origin}: {source} is signed by a key the trusted chain lacks, and "
+                "the rotations it publishes (`rotations`) do not lead to it"
             )
         return None
-    latest = checkpoints[-1]
+    latest = published[0]
+    checkpoints = tuple(cp for cp in checkpoints if cp.size <= latest.size)
     if head is not None:
         found.add(history_failures(origin, source, head, checkpoints, published=True))
     since = head.size if head is not None and not full and head.size <= latest.size else 0
     try:
         audited = await asyncio.to_thread(
-            audit_tiles, latest, log.read_tile, since=since, marks=marks
+            audit_tiles,
+            latest,
+            log.read_tile,
+            since=since,
+            marks=marks | {cp.size for cp in checkpoints},
         )
     except TileMismatchError as e:
         found.fail("leaves", source, str(e), since, latest.size)
@@ -533,7 +583,7 @@ async def _audit_published(
         return None
     for size, proof in audited.proofs.items():
         proofs[(size, source, latest.size)] = proof
-    return audited.view
+    return replace(audited.view, checkpoints=checkpoints)
 
 
 async def _check_uncovered(

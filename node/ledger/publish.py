@@ -6,6 +6,7 @@ Layer: node.ledger. Reads the ledger; writes files under the output directory.
 
     DIR/checkpoint               the latest signed checkpoint, with held cosignatures
     DIR/tile/<L>/<N>[.p/<W>]     hash tiles (protocol.tiles)
+    DIR/rotations                the log's key rotations, proven (only once it has rotated)
     DIR/.hashmesh-publish.json   marker: origin, published size and root
     DIR/.hashmesh-publish.lock   empty; locked while a publish runs, so two never interleave
 
@@ -26,8 +27,17 @@ missing. So
 3. each is renamed into place (``os.replace``: a reader sees the old file or
    the new one, never part of one), and ``os.sync()`` makes the renames
    durable;
-4. the marker, then last the checkpoint, are each written to a temporary
-   file, fsynced, renamed and their directory fsynced.
+4. the rotations (if the log ever rotated its key), the marker, then last
+   the checkpoint, are each written to a temporary file, fsynced, renamed
+   and their directory fsynced.
+
+``rotations`` is the ``GET /v1/rotations`` document
+(:func:`node.ledger.rotation_proofs.proven_rotations`): for each rotate
+entry below the published size, its bytes, the old key's checkpoint that
+commits it and the inclusion proof, so ``hashmesh audit DIR`` and ``python -m
+protocol verify-tiles`` follow a checkpoint signed by a later key from the
+first one. It is written before the checkpoint: a reader never sees a
+checkpoint by a key whose rotation is missing.
 
 A crash anywhere leaves the previous checkpoint with all its tiles in
 place; the next run rewrites every tile after the marker's size (tiles are
@@ -54,15 +64,17 @@ from pathlib import Path
 
 from node.errors import LedgerError, PublishError, StorageError
 from node.ledger.damage import DamageRegister
+from node.ledger.rotation_proofs import proven_rotations
 from node.ledger.service import Ledger
 from node.storage.ledger_store import LogRecord
 from protocol.encoding import decode_b64, encode_b64
 from protocol.errors import MalformedError
 from protocol.tiles import TileId, new_tiles, root_from_tiles
 
-__all__ = ["CHECKPOINT_FILE", "MARKER_FILE", "PublishResult", "publish"]
+__all__ = ["CHECKPOINT_FILE", "MARKER_FILE", "ROTATIONS_FILE", "PublishResult", "publish"]
 
 CHECKPOINT_FILE = "checkpoint"
+ROTATIONS_FILE = "rotations"
 MARKER_FILE = ".hashmesh-publish.json"
 _LOCK_FILE = ".hashmesh-publish.lock"
 _MARKER_FORMAT = 1
@@ -82,6 +94,7 @@ class PublishResult:
         tile_bytes: bytes of tiles written.
         checkpoint_written: whether the checkpoint file changed (a new size,
             or new cosignatures on the same checkpoint).
+        rotations: key rotations in ``rotations`` (0: the file is not written).
         tiles_seconds: time spent reading, writing and syncing the tiles.
         checkpoint_seconds: time spent writing the marker and the checkpoint
             (each fsynced with its directory).
@@ -94,6 +107,7 @@ class PublishResult:
     partial_tiles: int
     tile_bytes: int
     checkpoint_written: bool
+    rotations: int = 0
     tiles_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
 
@@ -350,7 +364,12 @@ def publish(
                 raise
         tiles_done = time.perf_counter()
         checkpoint_path = out / CHECKPOINT_FILE
+        rotations = proven_rotations(ledger, log.origin, size)
         try:
+            if rotations.rotations:
+                body = rotations.to_json()
+                if _read_or_none(out / ROTATIONS_FILE) != body:
+                    _write_durably(out / ROTATIONS_FILE, body)
             if old_size != size or not (out / MARKER_FILE).exists():
                 marker = _Marker(log.origin, size, record.root_hash)
                 _write_durably(out / MARKER_FILE, marker.to_json())
@@ -358,7 +377,7 @@ def publish(
             if changed:
                 _write_durably(checkpoint_path, note)
         except OSError as e:
-            raise PublishError(f"cannot write the checkpoint into {out}: {e}") from e
+            raise PublishError(f"cannot write the checkpoint files into {out}: {e}") from e
         checkpoint_done = time.perf_counter()
     return PublishResult(
         origin=log.origin,
@@ -368,6 +387,7 @@ def publish(
         partial_tiles=partial,
         tile_bytes=nbytes,
         checkpoint_written=changed,
+        rotations=len(rotations.rotations),
         tiles_seconds=tiles_done - started,
         checkpoint_seconds=checkpoint_done - tiles_done,
     )

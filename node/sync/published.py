@@ -7,9 +7,12 @@ published directory). Decides nothing: the auditor
 (:mod:`node.audit.run`) and the witness (``hashmesh witness feed``) verify
 what it reads with :mod:`protocol`.
 
-A published log is ``<prefix>/checkpoint`` (a signed note) and its hash
-tiles ``<prefix>/tile/<L>/<N>[.p/<W>]``. The checkpoint is read when the log
-is opened; tiles are read on demand by :meth:`PublishedLog.read_tile`, a
+A published log is ``<prefix>/checkpoint`` (a signed note), its hash
+tiles ``<prefix>/tile/<L>/<N>[.p/<W>]`` and, once its origin rotated its
+signing key, ``<prefix>/rotations`` (the rotations proven, as ``GET
+/v1/rotations`` serves them; absent means none). The checkpoint is read
+when the log is opened, the rotations by :meth:`PublishedLog.rotations` when
+needed; tiles are read on demand by :meth:`PublishedLog.read_tile`, a
 blocking call for the pure code of :mod:`protocol.tiles` running in a worker
 thread; over HTTPS the next few full tiles of a level are fetched ahead
 (bounded), as a verification reads them in order. Bodies are capped: a checkpoint at
@@ -27,15 +30,26 @@ from typing import Protocol
 from node.errors import PeerProtocolError
 from node.sync.transport import Transport
 from node.tls import public_client_ssl_context
+from protocol.api_documents import RotationList, ServedRotation
 from protocol.checkpoint import Checkpoint
+from protocol.errors import MalformedError
 from protocol.hashing import HASH_SIZE
 from protocol.note import MAX_NOTE_BYTES, parse_note
 from protocol.tiles import TILE_HEIGHT, TILE_WIDTH, TileId
 
-__all__ = ["MAX_TILE_BYTES", "PublishedLog", "PublishedTarget", "open_published"]
+__all__ = [
+    "MAX_ROTATIONS_BYTES",
+    "MAX_TILE_BYTES",
+    "PublishedLog",
+    "PublishedTarget",
+    "open_published",
+]
 
 MAX_TILE_BYTES = TILE_WIDTH * HASH_SIZE
 """The largest tile (a full one, 8,192 bytes): the cap on a tile's body."""
+
+MAX_ROTATIONS_BYTES = 1 << 20
+"""The cap on ``rotations`` (one rotation takes about 2 KB: hundreds fit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +68,8 @@ class PublishedTarget:
 
 class _TileSource(Protocol):
     async def read_checkpoint(self) -> bytes: ...
+
+    async def read_rotations(self) -> bytes | None: ...
 
     def read_tile(self, tile: TileId) -> bytes: ...
 
@@ -74,6 +90,34 @@ class PublishedLog:
         self.origin = origin
         self.note = note
         self._tiles = tiles
+        self._rotations: tuple[ServedRotation, ...] | None = None
+
+    async def rotations(self) -> tuple[ServedRotation, ...]:
+        """The rotations the log publishes, by index (read once; unverified).
+
+        Raises:
+            PeerError: an HTTPS log answered something else than the file or 404.
+            OSError: a directory's ``rotations`` exists but cannot be read.
+            MalformedError: the document is malformed, too large or names
+                another origin.
+        """
+        if self._rotations is None:
+            body = await self._tiles.read_rotations()
+            if body is None:
+                self._rotations = ()
+            else:
+                if len(body) > MAX_ROTATIONS_BYTES:
+                    raise MalformedError(
+                        f"rotations is larger than {MAX_ROTATIONS_BYTES} bytes", field="rotations"
+                    )
+                listed = RotationList.from_json(body)
+                if listed.origin != self.origin:
+                    raise MalformedError(
+                        f"rotations names origin {listed.origin!r}, the checkpoint {self.origin!r}",
+                        field="rotations.origin",
+                    )
+                self._rotations = listed.rotations
+        return self._rotations
 
     def read_tile(self, tile: TileId) -> bytes:
         """A tile's bytes (at most :data:`MAX_TILE_BYTES` + 1); blocking.
@@ -105,6 +149,12 @@ class _DirectoryTiles:
 
     async def read_checkpoint(self) -> bytes:
         return await asyncio.to_thread(self._read, self._dir / "checkpoint", MAX_NOTE_BYTES)
+
+    async def read_rotations(self) -> bytes | None:
+        try:
+            return await asyncio.to_thread(self._read, self._dir / "rotations", MAX_ROTATIONS_BYTES)
+        except FileNotFoundError:
+            return None
 
     def read_tile(self, tile: TileId) -> bytes:
         # A canonical tile path (digits, 'x', '.p', '/') cannot leave the directory.
@@ -142,6 +192,12 @@ class _HttpTiles:
 
     async def read_checkpoint(self) -> bytes:
         return await self._get("/checkpoint", MAX_NOTE_BYTES, "the checkpoint")
+
+    async def read_rotations(self) -> bytes | None:
+        reply = await self._transport.request(
+            "GET", "/rotations", cap=MAX_ROTATIONS_BYTES, accepted=(200, 404)
+        )
+        return None if reply.status == 404 else reply.body
 
     def _fetch(self, tile: TileId) -> concurrent.futures.Future[bytes]:
         path = tile.to_path()
