@@ -15,14 +15,20 @@ import json
 import shutil
 import sys
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from node.api.public import PublicLimits, make_public_app
+from node.api.server import start_public_server
+from node.config import load_config
 from node.ledger import Ledger
+from node.ledger.database import Database
 from node.ledger.export import export_lines
 from node.ledger.provision import init_node
+from node.tls import public_server_ssl_context
 from protocol.bundle import encode_bundle
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import AddEntry
@@ -135,6 +141,22 @@ async def serve(node_path: Path, auditor: Identity | None = None) -> Serving:
     if auditor is not None:
         add_peer(node_path, auditor, "auditor")
     return await serve_node(node_path, sync=False)
+
+
+@asynccontextmanager
+async def public_listener(node_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """The node's public listener on 127.0.0.1: its URL and the certificate to trust."""
+    config = load_config(node_path)
+    db = await Database.open(node_path)
+    server = await start_public_server(
+        make_public_app(db, PublicLimits()),
+        public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
+    )
+    try:
+        yield server.url, config.tls_cert_path
+    finally:
+        await server.close()
+        await db.close()
 
 
 @pytest.fixture

@@ -18,12 +18,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from node.api.public import PublicLimits, make_public_app
-from node.api.server import start_public_server
 from node.config import load_config
 from node.ledger import Ledger
-from node.ledger.database import Database
-from node.tls import public_server_ssl_context
 from protocol.checkpoint import cosign_checkpoint
 from protocol.keys import NoteSigner
 from protocol.tiles import compute_tiles_from_leaf_hashes
@@ -34,6 +30,7 @@ from tests.audit.conftest import (
     fork_node,
     ident_args,
     new_node,
+    public_listener,
     run_cli,
     serve,
     vkey_of,
@@ -377,21 +374,15 @@ async def test_audit_of_what_hashmesh_publish_writes(tmp_path: Path, node: Path)
 
 
 async def test_audit_and_witness_from_the_public_listener(tmp_path: Path, node: Path) -> None:
-    config = load_config(node)
-    db = await Database.open(node)
-    server = await start_public_server(
-        make_public_app(db, PublicLimits()),
-        public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
-    )
-    try:
+    async with public_listener(node) as (url, cert):
         # The listener serves at the root of its host: --published says it is a published log.
         args = [
-            "audit", server.url, "--published", "--ca", str(config.tls_cert_path),
+            "audit", url, "--published", "--ca", str(cert),
             "--vkey", vkey_of(node), "--state", str(tmp_path / "state.json"),
         ]  # fmt: skip
         first = await run_cli(*args)
         assert first.status == 0, first.stdout + first.stderr
-        assert f"{server.url}: size {ENTRIES}, 1 checkpoint(s) verified" in first.stdout
+        assert f"{url}: size {ENTRIES}, 1 checkpoint(s) verified" in first.stdout
         add_hashes(node, ENTRIES, 100, batch=100)
         second = await run_cli(*args)
         assert second.status == 0, second.stdout + second.stderr
@@ -401,14 +392,10 @@ async def test_audit_and_witness_from_the_public_listener(tmp_path: Path, node: 
         with Ledger.open(witness) as ledger:
             ledger.follow(ORIGIN, vkey_of(node))
         fed = await run_cli(
-            "--dir", str(witness), "witness", "feed", server.url,
-            "--ca", str(config.tls_cert_path),
+            "--dir", str(witness), "witness", "feed", url, "--ca", str(cert)
         )  # fmt: skip
         assert fed.status == 0, fed.stdout + fed.stderr
         assert f"cosigned {ORIGIN} at size {ENTRIES + 100}" in fed.stdout
-    finally:
-        await server.close()
-        await db.close()
 
 
 async def test_live_node_and_published_logs_compared_in_one_run(

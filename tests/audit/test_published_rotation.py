@@ -13,17 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from node.api.public import PublicLimits, make_public_app
-from node.api.server import start_public_server
 from node.cli import main as hashmesh
-from node.config import load_config
 from node.ledger import Ledger
-from node.ledger.database import Database
-from node.tls import public_server_ssl_context
 from protocol.__main__ import main as protocol_main
 from protocol.entry import AddEntry, RotateEntry, parse_entry
 from protocol.keys import NoteSigner
-from tests.audit.conftest import ORIGIN, add_hashes, fork_node, new_node, run_cli, vkey_of
+from tests.audit.conftest import (
+    ORIGIN,
+    add_hashes,
+    fork_node,
+    new_node,
+    public_listener,
+    run_cli,
+    vkey_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -173,22 +176,13 @@ async def test_public_listener_serves_the_rotations(
     tmp_path: Path, rotated: tuple[Path, str, NoteSigner, int]
 ) -> None:
     node, first, new, index = rotated
-    config = load_config(node)
-    db = await Database.open(node)
-    server = await start_public_server(
-        make_public_app(db, PublicLimits()),
-        public_server_ssl_context(config.tls_cert_path, config.tls_key_path),
-    )
-    try:
+    async with public_listener(node) as (url, cert):
         args = [
-            "audit", server.url, "--published", "--ca", str(config.tls_cert_path),
+            "audit", url, "--published", "--ca", str(cert),
             "--vkey", first, "--state", str(tmp_path / "state.json"), "--json",
         ]  # fmt: skip
         audited = await run_cli(*args)
-        assert audited.status == 0, audited.stdout + audited.stderr
-        [origin] = audited.json()["origins"]  # type: ignore[misc]
-        assert origin["keys"] == [first, new.verifier().to_text()]
-    finally:
-        await server.close()
-        await db.close()
+    assert audited.status == 0, audited.stdout + audited.stderr
+    [origin] = audited.json()["origins"]  # type: ignore[misc]
+    assert origin["keys"] == [first, new.verifier().to_text()]
     assert index == BEFORE
