@@ -84,7 +84,7 @@ def test_published_log_is_followed_across_a_rotation(
     assert listed["origin"] == ORIGIN and [r["index"] for r in listed["rotations"]] == [index]
     # What is public: the rotate entry (its key, reason and own salt), no add entry.
     with Ledger.open(node, read_only=True) as ledger:
-        written = [parse_entry(bytes(d)) for _i, d in ledger.entries(ledger.own_log)]
+        written = [parse_entry(bytes(d)) for _i, d, _h in ledger.entries(ledger.own_log)]
     adds = [e for e in written if isinstance(e, AddEntry)]
     assert len(adds) == BEFORE + AFTER
     public = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
