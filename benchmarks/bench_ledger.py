@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import random
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -48,7 +47,10 @@ def child_import(node_dir: str, list_path: str, signal_type: str = "sha256") -> 
         )
         result = ledger.import_lines(reader.read(f))
     elapsed = time.perf_counter() - started
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM starts afresh at exec; ru_maxrss would keep the high-water mark
+    # of the parent at fork (which holds the baselines' million rows).
+    with open("/proc/self/status", encoding="ascii") as status:
+        rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     print(
         json.dumps(
             {

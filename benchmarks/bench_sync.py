@@ -53,7 +53,6 @@ import math
 import os
 import pstats
 import random
-import resource
 import shutil
 import socket
 import statistics
@@ -81,7 +80,11 @@ P99_TARGET_MS = 1000.0
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM starts afresh at exec; ru_maxrss keeps the high-water mark of the
+    # process that forked this child (the parent serving node A), so it
+    # reported the parent's size, not the syncing node's.
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 @dataclass

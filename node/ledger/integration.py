@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from node.errors import RetractionError, StorageError
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
-from node.storage.schema import TILE_LEVEL, active_key
+from node.storage.schema import TILE_LEVEL, active_keys
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import (
     SALT_BYTES,
@@ -214,13 +214,14 @@ class Integration:
         # added, retracted and added again in one batch ends up listed; an
         # add of a hash already listed keeps the first index.
         identities, keys = batch.identities, batch.keys
-        if checked and len(keys) == len(entries) and not any(t == "pdq" for t, _v in keys):
-            # Distinct adds of hashes not listed, none of them PDQ (the bulk
-            # import case): each gets its own active row, nothing else.
+        listed = None if checked else self.store.find_listed(log_id, keys)
+        if not listed and len(keys) == len(entries) and not any(t == "pdq" for t, _v in keys):
+            # Distinct adds of hashes not listed, none of them PDQ (a bulk
+            # import, or a replica's chunk of one): each gets its own active
+            # row, nothing else.
             added = [keys[identity] for identity in identities if identity is not None]
             self.store.add_active(log_id, added, range(start, start + len(added)))
             return
-        listed = None if checked else self.store.find_listed(log_id, keys)
         matching = self.store.matching
         pending_keys: list[int] = []
         pending_indexes: list[int] = []
@@ -299,7 +300,8 @@ def _identities(entries: Sequence[Entry]) -> list[tuple[str, str] | None]:
 
 def _active_keys(identities: Iterable[tuple[str, str] | None]) -> dict[tuple[str, str], int]:
     """The ``active`` index key of every add identity (signal type, value)."""
-    return {identity: active_key(*identity) for identity in identities if identity is not None}
+    adds = [identity for identity in identities if identity is not None]
+    return dict(zip(adds, active_keys(adds), strict=True))
 
 
 class _StoredLog:

@@ -69,9 +69,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy
 import sqlite_utils
 
 from node.errors import SchemaVersionError
@@ -80,6 +81,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TILE_LEVEL",
     "active_key",
+    "active_keys",
     "apply_pragmas",
     "migrate",
     "missing_guards",
@@ -92,6 +94,9 @@ SCHEMA_VERSION = 6
 
 TILE_LEVEL = 4
 """Lowest level of the tree nodes stored (schema version 3 and later)."""
+
+PAGE_SIZE = 8192
+"""SQLite page size of a new ledger database (existing ones keep theirs)."""
 
 
 _ACTIVE_KEY_HASH = hashlib.blake2b(digest_size=8, person=b"hashmesh-active")
@@ -109,6 +114,29 @@ def active_key(signal_type: str, value: str) -> int:
     h = _ACTIVE_KEY_HASH.copy()
     h.update(f"{signal_type}:{value}".encode("ascii"))
     return int.from_bytes(h.digest(), "big", signed=True)
+
+
+def active_keys(identities: Iterable[tuple[str, str]]) -> list[int]:
+    """:func:`active_key` of each ``(signal type, value)``, in order (for bulk writes).
+
+    The hash state is prepared once per signal type (``"type:"`` absorbed)
+    and the digests are converted in one numpy call: 0.3 µs a key instead
+    of 0.8 µs for :func:`active_key` one by one.
+    """
+    prepared: dict[str, Callable[[], hashlib.blake2b]] = {}
+    digests: list[bytes] = []
+    append = digests.append
+    for signal_type, value in identities:
+        copy = prepared.get(signal_type)
+        if copy is None:
+            h = _ACTIVE_KEY_HASH.copy()
+            h.update(f"{signal_type}:".encode("ascii"))
+            copy = prepared[signal_type] = h.copy
+        h = copy()
+        h.update(value.encode("ascii"))
+        append(h.digest())
+    keys: list[int] = numpy.frombuffer(b"".join(digests), dtype=">i8").tolist()
+    return keys
 
 
 # The tables whose rows are never updated or deleted (triggers enforce it):
@@ -355,12 +383,20 @@ def apply_pragmas(conn: sqlite3.Connection, *, read_only: bool = False) -> None:
     WAL lets readers run beside the writer; ``synchronous=FULL`` makes a commit
     durable before it returns, so a signed checkpoint is never shown and then
     lost in a power cut (which would later look like a forked log).
+
+    A new database gets 8 KiB pages (SQLite's default is 4 KiB): a bulk
+    import of 1,000,000 entries spent about 0.5 CPU s less in its ``entries``
+    and ``active`` inserts and its commit (fewer B-tree pages to split,
+    balance and write; docs/benchmarks.md). The page size of an existing
+    database cannot change in WAL mode, so older ledgers keep theirs.
     """
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
     if read_only:
         conn.execute("PRAGMA query_only = 1")
         return
+    # Only takes effect on a database with no table yet, before WAL mode.
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal" and conn.execute("PRAGMA database_list").fetchone()[2]:
         raise SchemaVersionError(f"cannot switch the database to WAL mode (got {mode})")

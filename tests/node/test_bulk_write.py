@@ -19,6 +19,7 @@ from node.ledger import Ledger
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.hashlist import HashListReader
 from node.storage import ledger_store
+from node.storage.schema import active_key, active_keys
 from protocol.entry import AddEntry, parse_entry
 from protocol.hashing import hash_leaf
 from protocol.merkle import root_from_leaf_hashes, verify_inclusion
@@ -128,3 +129,10 @@ def test_fast_line_path_agrees_with_the_general_path(signal_type: str) -> None:
     if signal_type == "md5":
         assert sum(p.entry is not None for p in got) == 4
         assert fast.notes["lower-cased hex"] == 3
+
+
+def test_bulk_active_keys_equal_one_by_one_keys() -> None:
+    identities = [("sha256", f"{i:064x}") for i in range(300)]
+    identities += [("md5", f"{i:032x}") for i in range(300)] + [("pdq", "f" * 64)]
+    assert active_keys(identities) == [active_key(t, v) for t, v in identities]
+    assert active_keys([]) == []

@@ -339,8 +339,8 @@ def test_duplicates_are_found_when_every_index_key_collides(
     from node.ledger import integration
     from node.storage import ledger_store
 
-    for module in (integration, ledger_store):
-        monkeypatch.setattr(module, "active_key", lambda signal_type, value: 7)
+    monkeypatch.setattr(ledger_store, "active_key", lambda signal_type, value: 7)
+    monkeypatch.setattr(integration, "active_keys", lambda identities: [7 for _ in identities])
     first = ledger.append([add(i) for i in range(20)])
     assert (first.count, first.duplicates) == (20, ())
     again = ledger.append([add(3), add(99), add(3)])

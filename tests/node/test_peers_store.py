@@ -11,7 +11,7 @@ from node.errors import ConfigError, SchemaVersionError
 from node.ledger import Ledger
 from node.storage.ledger_store import LedgerStore
 from node.storage.peer_store import PeerRecord, PeerStore
-from node.storage.schema import SCHEMA_VERSION, TILE_LEVEL, migrate
+from node.storage.schema import PAGE_SIZE, SCHEMA_VERSION, TILE_LEVEL, migrate
 from protocol.entry import AddEntry
 from protocol.keys import NoteSigner
 from protocol.merkle import verify_inclusion
@@ -192,6 +192,8 @@ def test_old_database_is_migrated_in_place(node_dir: Path, version: int) -> None
     with Ledger.open(node_dir) as ledger:
         conn = ledger.store.conn
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        # An old database keeps its page size (it cannot change in WAL mode).
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
         # The tree rows below the tile level are gone, the others kept.
         levels = [r[0] for r in conn.execute("SELECT level FROM nodes ORDER BY level")]
         assert levels == [4, 4, 5]
@@ -214,6 +216,12 @@ def test_old_database_is_migrated_in_place(node_dir: Path, version: int) -> None
         assert (again.count, len(again.duplicates)) == (1, 39)
         assert again.duplicates[0].existing_index == 0
         assert ledger.append([AddEntry.create(signal_type="md5", value="b" * 32)]).count == 1
+
+
+def test_new_database_has_8_kib_pages(ledger: Ledger) -> None:
+    conn = ledger.store.conn
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 8192
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
