@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import termios
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,19 +64,34 @@ def test_output_into_a_closed_pipe_ends_quietly(node_dir: Path) -> None:
     assert err == ""  # no BrokenPipeError, no traceback
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Put the root logger's handlers and levels back: configure_logging replaces them."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    access = logging.getLogger("hashmesh.access").level
+    aiohttp_access = logging.getLogger("aiohttp.access").level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("hashmesh.access").setLevel(access)
+    logging.getLogger("aiohttp.access").setLevel(aiohttp_access)
+
+
+@pytest.mark.usefixtures("root_logging")
 def test_json_log_lines_carry_the_access_fields() -> None:
     stream = io.StringIO()
     configure_logging(level="info", fmt="json", stream=stream)
+    access = {"listener": "api", "peer": "b", "role": "peer", "route": "/v1/match"}
+    logging.getLogger("hashmesh.access").info("a\nb", extra={"access": access})
+    logging.getLogger("hashmesh.sync").debug("not at info")
     try:
-        access = {"listener": "api", "peer": "b", "role": "peer", "route": "/v1/match"}
-        logging.getLogger("hashmesh.access").info("a\nb", extra={"access": access})
-        logging.getLogger("hashmesh.sync").debug("not at info")
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            logging.getLogger("hashmesh.api").exception("failed")
-    finally:
-        configure_logging(level="warning", fmt="text", stream=sys.stderr)
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("hashmesh.api").exception("failed")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2  # one object per line, newlines in messages escaped
     first, second = (json.loads(line) for line in lines)
@@ -85,14 +101,12 @@ def test_json_log_lines_carry_the_access_fields() -> None:
     assert "ValueError: boom" in second["exception"]
 
 
+@pytest.mark.usefixtures("root_logging")
 def test_text_is_the_default_and_access_can_be_silenced() -> None:
     stream = io.StringIO()
     configure_logging(level="info", fmt="text", stream=stream, access=False)
-    try:
-        logging.getLogger("hashmesh.access").info("GET /v1/logs")
-        logging.getLogger("hashmesh.sync").info("synced")
-    finally:
-        configure_logging(level="warning", fmt="text", stream=sys.stderr)
+    logging.getLogger("hashmesh.access").info("GET /v1/logs")
+    logging.getLogger("hashmesh.sync").info("synced")
     assert "GET /v1/logs" not in stream.getvalue()
     assert " INFO hashmesh.sync: synced" in stream.getvalue()
     assert isinstance(logging.getLogger().handlers[0].formatter, logging.Formatter)
