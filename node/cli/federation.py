@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     node_dir = _node_dir(args)
     config = load_config(node_dir)
     listen = args.listen or config.listen
-    configure_logging(
+    restore_logging = configure_logging(
         level="debug" if args.verbose else (args.log_level or config.log.level),
         fmt=args.log_format or config.log.format,
         stream=out.stderr,
@@ -60,25 +60,28 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     # (`--listen 127.0.0.1:0`) and nothing claims to serve on an address that
     # then fails to bind.
     token = "(bearer token required)" if config.ops.token else "(no token; loopback only)"
-    asyncio.run(
-        run_server(
-            node_dir,
-            listen,
-            sync=not args.no_sync,
-            poll_interval=args.poll,
-            on_started=lambda s: out.note(
-                f"serving {config.origin} on {s.url} (mutual TLS); Ctrl-C stops"
-            ),
-            on_public_started=lambda s: out.note(
-                f"serving the public tree (checkpoint, hash tiles) on {s.url} "
-                "(no client certificate)"
-            ),
-            on_ops_started=lambda s: out.note(
-                f"serving /healthz, /readyz, /metrics and the console ({s.url}/console/) "
-                f"on {s.url} {token}"
-            ),
+    try:
+        asyncio.run(
+            run_server(
+                node_dir,
+                listen,
+                sync=not args.no_sync,
+                poll_interval=args.poll,
+                on_started=lambda s: out.note(
+                    f"serving {config.origin} on {s.url} (mutual TLS); Ctrl-C stops"
+                ),
+                on_public_started=lambda s: out.note(
+                    f"serving the public tree (checkpoint, hash tiles) on {s.url} "
+                    "(no client certificate)"
+                ),
+                on_ops_started=lambda s: out.note(
+                    f"serving /healthz, /readyz, /metrics and the console ({s.url}/console/) "
+                    f"on {s.url} {token}"
+                ),
+            )
         )
-    )
+    finally:
+        restore_logging()
     return 0
 
 

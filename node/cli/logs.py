@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 __all__ = ["JsonFormatter", "configure_logging"]
@@ -45,19 +46,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
-def configure_logging(*, level: str, fmt: str, stream: TextIO, access: bool = True) -> None:
+def configure_logging(
+    *, level: str, fmt: str, stream: TextIO, access: bool = True
+) -> Callable[[], None]:
     """Send every log record of ``level`` or above to ``stream`` as ``fmt`` (text or json).
 
     Replaces the root logger's handlers, so calling it again (tests) does
     not write each record twice. ``access=False`` silences the access log.
+    Returns a function that puts the root logger back as it was: a command run
+    in-process (tests, embedding) must not leave a handler on a stream that is
+    closed after it returns.
     """
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
+    previous_handlers, previous_level = list(root.handlers), root.level
+    access_logger = logging.getLogger("hashmesh.access")
+    aiohttp_access = logging.getLogger("aiohttp.access")
+    previous_access, previous_aiohttp = access_logger.level, aiohttp_access.level
+    for old in previous_handlers:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     # aiohttp's own access logger is off (node.api.access writes ours).
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("hashmesh.access").setLevel(logging.NOTSET if access else logging.WARNING)
+    aiohttp_access.setLevel(logging.WARNING)
+    access_logger.setLevel(logging.NOTSET if access else logging.WARNING)
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        for old in previous_handlers:
+            root.addHandler(old)
+        root.setLevel(previous_level)
+        access_logger.setLevel(previous_access)
+        aiohttp_access.setLevel(previous_aiohttp)
+
+    return restore
