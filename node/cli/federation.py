@@ -55,6 +55,8 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     )
     # Heavy requests run Python in threads; a shorter GIL switch interval
     # lets the event loop answer light requests sooner (docs/benchmarks.md).
+    # Put back with the logging when serve returns, for in-process callers.
+    switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(SERVE_SWITCH_INTERVAL)
     # Printed once each listener is bound, so the URL carries the real port
     # (`--listen 127.0.0.1:0`) and nothing claims to serve on an address that
@@ -81,6 +83,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
             )
         )
     finally:
+        sys.setswitchinterval(switch_interval)
         restore_logging()
     return 0
 

@@ -223,14 +223,15 @@ def test_progress_bar_on_a_terminal_shows_percentage_and_eta() -> None:
 def test_serve_run_in_process_puts_logging_back(
     node_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A `serve` that ends (here: a damaged database) leaves no handler on its stderr.
+    """A `serve` that ends (here: a damaged database) leaves no handler on its stderr
+    and the process's GIL switch interval as it was.
 
     A handler left on the root logger wrote to a stream closed after the
     command returned, so every later log record in the process failed.
     """
     root = logging.getLogger()
-    before = list(root.handlers), root.level
+    before = list(root.handlers), root.level, sys.getswitchinterval()
     (node_dir / "ledger.db").write_bytes(b"")
     assert hashmesh(["--dir", str(node_dir), "serve", "--listen", "127.0.0.1:0"]) == 1
     assert "empty" in capsys.readouterr().err
-    assert (list(root.handlers), root.level) == before
+    assert (list(root.handlers), root.level, sys.getswitchinterval()) == before
