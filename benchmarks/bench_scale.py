@@ -66,6 +66,7 @@ PDQ_SHARE = 0.2  # 100M = 80M cryptographic + 20M PDQ (issue 18)
 EXACT_BATCH = 10_000
 PDQ_BATCH = 1_000
 HIT_RATE = 0.1
+SAMPLE = 100_000  # listed hashes of each kind kept for the lookups
 
 # (key, column heading, unit) in table order; every size's row has each key.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -105,19 +106,20 @@ def sha256_value(i: int) -> str:
     return f"{random.Random(i).getrandbits(256):064x}"
 
 
-def write_lists(where: Path, n: int) -> tuple[Path, Path, int, int]:
-    """The sha256 and PDQ lists of a size-``n`` node and their lengths (seeded, reproducible)."""
+def split(n: int) -> tuple[int, int]:
+    """The sha256 and PDQ counts of a size-``n`` node."""
     n_pdq = int(n * PDQ_SHARE)
-    n_sha = n - n_pdq
-    rng = random.Random(18)
-    sha_path, pdq_path = where / "sha256.txt", where / "pdq.txt"
-    with sha_path.open("w", encoding="ascii") as f:
-        for _ in range(n_sha):
-            f.write(f"{rng.getrandbits(256):064x}\n")
-    with pdq_path.open("w", encoding="ascii") as f:
-        for _ in range(n_pdq):
-            f.write(f"{rng.getrandbits(256):064x}\n")
-    return sha_path, pdq_path, n_sha, n_pdq
+    return n - n_pdq, n_pdq
+
+
+def write_chunk(path: Path, rng: random.Random, count: int, sample: Any, stride: int) -> None:
+    """``count`` random 256-bit hex lines into ``path``; every ``stride``-th also into ``sample``."""
+    with path.open("w", encoding="ascii") as f:
+        for i in range(count):
+            line = f"{rng.getrandbits(256):064x}\n"
+            f.write(line)
+            if i % stride == 0:
+                sample.write(line)
 
 
 def import_list(node_dir: Path, list_path: Path, signal_type: str) -> dict[str, Any]:
@@ -139,8 +141,26 @@ def import_list(node_dir: Path, list_path: Path, signal_type: str) -> dict[str, 
     return result
 
 
-def build(where: Path, n: int) -> tuple[bench_sync.Node, dict[str, Any]]:
-    """Node A of size ``n`` in ``where/a`` (reused when ``where/build.json`` says it is whole)."""
+def _commit() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def build(where: Path, n: int, chunk: int) -> tuple[bench_sync.Node, dict[str, Any]]:
+    """Node A of size ``n`` in ``where/a`` (reused when ``where/build.json`` says it is whole).
+
+    The lists are imported in chunks of at most ``chunk`` lines, each a
+    ``hashmesh import`` of its own (one transaction): a single 80M-line
+    transaction would hold the whole write in the WAL (the database's size
+    again on disk) until it commits, and a build stopped half-way would keep
+    nothing. Each chunk's list is written just before its import and deleted
+    after it; ``sample-sha256.txt`` and ``sample-pdq.txt`` keep about
+    ``SAMPLE`` lines of each (every k-th) for the lookups. Each chunk's
+    figures are appended to ``where/build-progress.jsonl`` as it commits, so
+    a build that is stopped still tells its rate over the part done.
+    """
     record = where / "build.json"
     if record.exists():
         built: dict[str, Any] = json.loads(record.read_text(encoding="utf-8"))
@@ -151,20 +171,52 @@ def build(where: Path, n: int) -> tuple[bench_sync.Node, dict[str, Any]]:
         shutil.rmtree(where)  # a build that did not finish
     where.mkdir(parents=True)
     node = bench_sync.make_node(where, "a", bench_sync.ORIGIN_A)
-    sha_path, pdq_path, n_sha, n_pdq = write_lists(where, n)
+    n_sha, n_pdq = split(n)
     baseline = bench_ledger.raw_leaf_rate(200_000)
-    sha = import_list(node.dir, sha_path, "sha256")
-    pdq = import_list(node.dir, pdq_path, "pdq")
-    assert sha["count"] == n_sha, sha
-    assert pdq["count"] == n_pdq, pdq
+    rng = random.Random(18)
+    progress = where / "build-progress.jsonl"
+    seconds = {"sha256": 0.0, "pdq": 0.0}
+    rss = 0.0
+    done = 0
+    for kind, total in (("sha256", n_sha), ("pdq", n_pdq)):
+        stride = max(1, total // SAMPLE)
+        with (where / f"sample-{kind}.txt").open("w", encoding="ascii") as sample:
+            for first in range(0, total, chunk):
+                count = min(chunk, total - first)
+                list_path = where / f"{kind}-chunk.txt"
+                write_chunk(list_path, rng, count, sample, stride)
+                result = import_list(node.dir, list_path, kind)
+                list_path.unlink()
+                assert result["count"] == count, result
+                seconds[kind] += result["seconds"]
+                rss = max(rss, result["rss_mib"])
+                done += count
+                step = {
+                    "kind": kind,
+                    "count": count,
+                    "seconds": result["seconds"],
+                    "held": done,
+                    "rss_mib": result["rss_mib"],
+                    "at": time.strftime("%H:%M:%S", time.gmtime()),
+                    "baseline_leaf_per_s": bench_ledger.raw_leaf_rate(200_000),
+                }
+                with progress.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(step) + "\n")
+                print(
+                    f"  {kind} {first + count:,}/{total:,}: {count / result['seconds']:,.0f} entries/s"
+                    f" (node holds {done:,})",
+                    flush=True,
+                )
     built = {
         "port": node.port,
         "n_sha256": n_sha,
         "n_pdq": n_pdq,
-        "import_sha256_per_s": n_sha / sha["seconds"],
-        "import_pdq_per_s": n_pdq / pdq["seconds"],
-        "import_rss_mib": max(sha["rss_mib"], pdq["rss_mib"]),
+        "import_sha256_per_s": n_sha / seconds["sha256"],
+        "import_pdq_per_s": n_pdq / seconds["pdq"],
+        "import_rss_mib": rss,
+        "import_chunk": chunk,
         "build_baseline_leaf_per_s": baseline,
+        "build_commit": _commit(),
     }
     record.write_text(json.dumps(built), encoding="utf-8")
     return node, built
@@ -207,11 +259,19 @@ def _flip(value: str, rng: random.Random, bits: int) -> str:
     return f"{x:064x}"
 
 
+def _listed(where: Path, kind: str) -> list[str]:
+    """Listed values of node A: its sample (or the whole list of an older build)."""
+    path = where / f"sample-{kind}.txt"
+    if not path.exists():
+        path = where / f"{kind}.txt"
+    return path.read_text(encoding="ascii").split()
+
+
 def lookup_bodies(where: Path, requests: int) -> tuple[list[bytes], list[bytes]]:
     """Batches of exact and PDQ queries, 10 % of them listed (or planted within distance 31)."""
     rng = random.Random(7)
-    sha = (where / "sha256.txt").read_text(encoding="ascii").split()
-    pdq = (where / "pdq.txt").read_text(encoding="ascii").split()
+    sha = _listed(where, "sha256")
+    pdq = _listed(where, "pdq")
     exact, near = [], []
     for _ in range(requests):
         exact.append(
@@ -270,9 +330,7 @@ async def serve_and_match(
     ctx = bench_load.client_ctx(client, a.dir)
     exact, near = lookup_bodies(where, requests)
     rng = random.Random(3)
-    pdq_list = (where / "pdq.txt").open(encoding="ascii")
-    probe = json.dumps({"hashes": [{"type": "pdq", "value": pdq_list.readline().strip()}]})
-    pdq_list.close()
+    probe = json.dumps({"hashes": [{"type": "pdq", "value": _listed(where, "pdq")[0]}]})
 
     started = time.perf_counter()
     served = await serve_process(a.dir)
@@ -347,9 +405,11 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
     where = base / str(size)
     print(f"size {size:,}:")
     t0 = time.perf_counter()
-    a, built = build(where, size)
+    a, built = build(where, size, args.chunk)
     print(f"  node A ready in {time.perf_counter() - t0:.0f} s")
     row: dict[str, Any] = {"entries": size, **built}
+    if args.build_only:
+        return row
     # The same-run baseline: the machine is shared, so a loaded run shows as one.
     row["baseline_leaf_per_s"] = bench_ledger.raw_leaf_rate(200_000)
     row["bytes_per_entry"] = sum(p.stat().st_size for p in a.dir.glob("ledger.db*")) / size
@@ -426,6 +486,17 @@ def main() -> None:
         help="build each size's node A once into DIR/<size> and reuse it (default: a temporary directory)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary nodes")
+    parser.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build (or find) each size's node A and record its import figures; measure nothing else",
+    )
+    parser.add_argument(
+        "--chunk",
+        type=parse_size,
+        default=10_000_000,
+        help="import the lists in chunks of this many lines, one transaction each (default 10M)",
+    )
     parser.add_argument("--skip-sync", action="store_true", help="no verified-sync figure")
     parser.add_argument("--proofs", type=int, default=2000, help="proofs of each kind (2000)")
     parser.add_argument("--requests", type=int, default=10, help="batch requests of each kind (10)")
