@@ -141,7 +141,7 @@ def import_list(node_dir: Path, list_path: Path, signal_type: str) -> dict[str, 
     return result
 
 
-def _commit() -> str:
+def commit_id() -> str:
     out = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     )
@@ -216,7 +216,7 @@ def build(where: Path, n: int, chunk: int) -> tuple[bench_sync.Node, dict[str, A
         "import_rss_mib": rss,
         "import_chunk": chunk,
         "build_baseline_leaf_per_s": baseline,
-        "build_commit": _commit(),
+        "build_commit": commit_id(),
     }
     record.write_text(json.dumps(built), encoding="utf-8")
     return node, built
@@ -252,14 +252,14 @@ def proofs_and_fsck(a: bench_sync.Node, proofs: int) -> dict[str, float]:
     return {"inclusion_ms": incl_ms, "consistency_ms": cons_ms, "fsck_per_s": size / fsck_s}
 
 
-def _flip(value: str, rng: random.Random, bits: int) -> str:
+def flip(value: str, rng: random.Random, bits: int) -> str:
     x = int(value, 16)
     for b in rng.sample(range(256), bits):
         x ^= 1 << b
     return f"{x:064x}"
 
 
-def _listed(where: Path, kind: str) -> list[str]:
+def listed_values(where: Path, kind: str) -> list[str]:
     """Listed values of node A: its sample (or the whole list of an older build)."""
     path = where / f"sample-{kind}.txt"
     if not path.exists():
@@ -270,8 +270,8 @@ def _listed(where: Path, kind: str) -> list[str]:
 def lookup_bodies(where: Path, requests: int) -> tuple[list[bytes], list[bytes]]:
     """Batches of exact and PDQ queries, 10 % of them listed (or planted within distance 31)."""
     rng = random.Random(7)
-    sha = _listed(where, "sha256")
-    pdq = _listed(where, "pdq")
+    sha = listed_values(where, "sha256")
+    pdq = listed_values(where, "pdq")
     exact, near = [], []
     for _ in range(requests):
         exact.append(
@@ -295,7 +295,7 @@ def lookup_bodies(where: Path, requests: int) -> tuple[list[bytes], list[bytes]]
                     "hashes": [
                         {
                             "type": "pdq",
-                            "value": _flip(rng.choice(pdq), rng, rng.randrange(32))
+                            "value": flip(rng.choice(pdq), rng, rng.randrange(32))
                             if rng.random() < HIT_RATE
                             else f"{rng.getrandbits(256):064x}",
                         }
@@ -308,7 +308,7 @@ def lookup_bodies(where: Path, requests: int) -> tuple[list[bytes], list[bytes]]
     return exact, near
 
 
-def _vm_hwm_mib(pid: int) -> float:
+def vm_hwm_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -330,7 +330,7 @@ async def serve_and_match(
     ctx = bench_load.client_ctx(client, a.dir)
     exact, near = lookup_bodies(where, requests)
     rng = random.Random(3)
-    probe = json.dumps({"hashes": [{"type": "pdq", "value": _listed(where, "pdq")[0]}]})
+    probe = json.dumps({"hashes": [{"type": "pdq", "value": listed_values(where, "pdq")[0]}]})
 
     started = time.perf_counter()
     served = await serve_process(a.dir)
@@ -395,7 +395,7 @@ async def serve_and_match(
                 "pdq_p50_ms": await one_hash("pdq"),
                 "pdq_per_s": await rate(near, PDQ_BATCH),
             }
-        figures["serve_peak_rss_mib"] = _vm_hwm_mib(served.proc.pid)
+        figures["serve_peak_rss_mib"] = vm_hwm_mib(served.proc.pid)
     finally:
         await served.stop()
     return figures

@@ -67,12 +67,23 @@ def _limit_files(limit: int) -> Callable[[], None]:
     return apply
 
 
-async def serve_process(node_dir: Path, *, open_files: int | None = None) -> ServeProcess:
-    """Start ``hashmesh serve --no-sync`` on 127.0.0.1 (any port) and wait until it listens.
+async def serve_process(
+    node_dir: Path,
+    *,
+    open_files: int | None = None,
+    listen: str = "127.0.0.1:0",
+    sync: bool = False,
+    within: float = PATIENCE,
+) -> ServeProcess:
+    """Start ``hashmesh serve`` (``--no-sync`` unless ``sync``) and wait until it listens.
 
     Args:
         node_dir: the node to serve.
         open_files: soft and hard ``RLIMIT_NOFILE`` of the child (None: inherited).
+        listen: the address to bind (a replica's peers need a known port).
+        sync: run the sync runner too (a replica catching up), not ``--no-sync``.
+        within: seconds to wait for the listening line (a 100M-entry node may
+            open for longer than a test allows).
     """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -82,8 +93,8 @@ async def serve_process(node_dir: Path, *, open_files: int | None = None) -> Ser
         "--dir",
         str(node_dir),
         "--listen",
-        "127.0.0.1:0",
-        "--no-sync",
+        listen,
+        *([] if sync else ["--no-sync"]),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -105,7 +116,7 @@ async def serve_process(node_dir: Path, *, open_files: int | None = None) -> Ser
                 return found
 
     try:
-        found = await asyncio.wait_for(bound(), PATIENCE)
+        found = await asyncio.wait_for(bound(), within)
     except BaseException:
         proc.kill()
         await proc.wait()
