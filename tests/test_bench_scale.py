@@ -76,3 +76,93 @@ def test_sizes_are_checked() -> None:
     )
     assert out.returncode == 2
     assert "--sizes: not a size: 'lots'" in out.stderr
+
+
+def test_build_imports_in_chunks_and_keeps_only_samples(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--sizes",
+            "3k",
+            "--chunk",
+            "1k",
+            "--build-only",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    where = tmp_path / "3000"
+    built = json.loads((where / "build.json").read_text(encoding="utf-8"))
+    assert (built["n_sha256"], built["n_pdq"], built["import_chunk"]) == (2400, 600, 1000)
+    steps = [
+        json.loads(line)
+        for line in (where / "build-progress.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert [(s["kind"], s["count"], s["held"]) for s in steps] == [
+        ("sha256", 1000, 1000),
+        ("sha256", 1000, 2000),
+        ("sha256", 400, 2400),
+        ("pdq", 600, 3000),
+    ]
+    # The chunk lists are gone; every sampled value is listed on the node.
+    assert not list(where.glob("*-chunk.txt"))
+    from node.ledger import Ledger
+    from node.ledger.matching import MatchQuery, match
+
+    samples = {
+        kind: (where / f"sample-{kind}.txt").read_text(encoding="ascii").split()
+        for kind in ("sha256", "pdq")
+    }
+    # Below SAMPLE lines of a kind, every line is kept.
+    assert len(samples["sha256"]) == 2400 and len(samples["pdq"]) == 600
+    with Ledger.open(where / "a", read_only=True) as ledger:
+        assert ledger.latest_checkpoint().size == 3000
+        # Exact lookups of the last sampled value of each kind (no PDQ index needed).
+        queries = [(0, MatchQuery("sha256", samples["sha256"][-1]))]
+        (found,) = match(ledger, queries, pdq=None)
+        assert found.hits
+
+
+@pytest.mark.slow
+def test_bench_replicas_measures_catch_up_and_load(tmp_path: Path) -> None:
+    report = tmp_path / "replicas.json"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_replicas.py"),
+            "--size",
+            "3k",
+            "--before",
+            "2",
+            "--requests",
+            "2",
+            "--dir",
+            str(tmp_path),
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    r = json.loads(report.read_text(encoding="utf-8"))
+    for replica in ("r1", "r2"):
+        assert r[replica]["catch_up_per_s"] > 0
+        assert len(r[replica]["per_tenth_per_s"]) == 10
+    assert r["r1"]["ready_to_match_s"] >= r["r1"]["catch_up_s"]
+    for name in ("before", "during_r2_catch_up"):
+        load = r["r1_load"][name]
+        assert load["one sha256"]["n"] > 0 and load["one pdq"]["n"] > 0, load
+    assert set(r["peak_rss_mib"]) == {"P", "R1", "R2"}
+    assert not (tmp_path / "3000" / "replicas").exists()
+    assert "| R1's matching | before R2 | during R2's catch-up |" in out.stdout
