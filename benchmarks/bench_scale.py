@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import statistics
@@ -222,8 +223,12 @@ def build(where: Path, n: int, chunk: int) -> tuple[bench_sync.Node, dict[str, A
     return node, built
 
 
-async def verified_sync(a: bench_sync.Node, work: Path, n: int) -> float:
-    """Entries/s of a fresh follower B's first verified sync of A (B in a child process)."""
+async def verified_sync(a: bench_sync.Node, work: Path, n: int) -> dict[str, Any]:
+    """A fresh follower B's first verified sync of A (B in a child process).
+
+    Returns the entries/s and the sync child's clock: seconds spent waiting
+    for pages (``PeerClient.entries``) and in ``db.write`` (verify + store).
+    """
     # A fresh origin per run: A keeps the peers of earlier runs when reused.
     b = bench_sync.make_node(work, "b", f"replica-{time.time_ns()}.example/hashmesh")
     bench_sync.introduce(a, b)
@@ -235,7 +240,27 @@ async def verified_sync(a: bench_sync.Node, work: Path, n: int) -> float:
         await bench_sync.shutdown(serving)
     assert result["held"] == n, result
     shutil.rmtree(b.dir)
-    return float(n / result["seconds"])
+    return {
+        "sync_per_s": n / result["seconds"],
+        "sync_s": result["seconds"],
+        "sync_clock": result["clock"],
+        "sync_rss_mib": result["rss_mib"],
+    }
+
+
+def held_entries(a: bench_sync.Node) -> int:
+    """Entries of every log node A holds (its own, and any it follows)."""
+    from node.ledger import Ledger
+
+    with Ledger.open(a.dir, read_only=True) as ledger:
+        return sum(ledger.store.entry_count(log.log_id) for log in ledger.logs())
+
+
+def disk_bytes(a: bench_sync.Node) -> dict[str, int]:
+    """Bytes of node A's database (with its WAL) and of everything else in its directory."""
+    files = [p for p in a.dir.rglob("*") if p.is_file()]
+    db = sum(p.stat().st_size for p in files if p.name.startswith("ledger.db"))
+    return {"db": db, "other": sum(p.stat().st_size for p in files) - db}
 
 
 def proofs_and_fsck(a: bench_sync.Node, proofs: int) -> dict[str, float]:
@@ -412,15 +437,142 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
         return row
     # The same-run baseline: the machine is shared, so a loaded run shows as one.
     row["baseline_leaf_per_s"] = bench_ledger.raw_leaf_rate(200_000)
-    row["bytes_per_entry"] = sum(p.stat().st_size for p in a.dir.glob("ledger.db*")) / size
-    row["sync_per_s"] = None if args.skip_sync else await verified_sync(a, work, size)
+    row["commit"] = commit_id()
+    row["loadavg_start"] = os.getloadavg()
+    # Every file of the node (its database and any index files beside it) over
+    # every entry it holds (a node A may follow other logs: --sync-into).
+    held = held_entries(a)
+    on_disk = disk_bytes(a)
+    row["held_entries"] = held
+    row["bytes_per_entry"] = (on_disk["db"] + on_disk["other"]) / held
+    row["index_bytes_per_entry"] = on_disk["other"] / held
+    if args.skip_sync:
+        row["sync_per_s"] = None
+    else:
+        row.update(await verified_sync(a, work, size))
     print("  sync done")
     row.update(proofs_and_fsck(a, args.proofs))
     print("  proofs and fsck done")
     row.update(await serve_and_match(a, where, work, args.requests, args.single))
+    row["loadavg_end"] = os.getloadavg()
     if not args.keep and args.dir is None:
         shutil.rmtree(where)
     return row
+
+
+async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[dict[str, Any]]:
+    """Does verified sync slow down as the syncing node grows? (``--sync-into``)
+
+    A second 100M-entry node to sync into does not fit beside node A, so
+    the size-dependent part is measured apart: one log C of ``--c-entries``
+    sha256 entries (built once into ``DIR/sync-into-c``) is synced, verified,
+    into a fresh node and into node A of each size, whose tables then hold
+    that many rows already (the ``entries`` and ``active`` B-trees every
+    chunk inserts into). A keeps C's entries and follows C afterwards, so
+    each A's figure is measured once and kept in ``DIR/<N>/sync-into.json``.
+    Then the serving half: the fetch-only rate (``PeerClient.entries``, no
+    verification or storage) of the last ``--c-entries`` entries of each A.
+    """
+    n_c = args.c_entries
+    c_where = base / "sync-into-c"
+    c_record = c_where / "c.json"
+    if c_record.exists():
+        c = bench_sync.Node(
+            c_where / "c", bench_sync.ORIGIN_C, json.loads(c_record.read_text())["port"]
+        )
+    else:
+        shutil.rmtree(c_where, ignore_errors=True)
+        c_where.mkdir(parents=True)
+        c = bench_sync.make_node(c_where, "c", bench_sync.ORIGIN_C)
+        print(f"  building log C of {n_c:,} entries")
+        bench_sync.import_entries(c, n_c)
+        c_record.write_text(json.dumps({"port": c.port, "entries": n_c}))
+    fresh = bench_sync.make_node(work, "fresh", f"fresh-{time.time_ns()}.example/hashmesh")
+    targets: list[tuple[int, bench_sync.Node, Path | None]] = [(0, fresh, None)]
+    for size in args.sizes:
+        a, _ = build(base / str(size), size, args.chunk)
+        targets.append((size, a, base / str(size) / "sync-into.json"))
+    rows: list[dict[str, Any]] = []
+    for size, target, record in targets:
+        if record is not None and record.exists():
+            print(f"  into A of {size:,}: measured before, reusing {record}")
+            rows.append(json.loads(record.read_text(encoding="utf-8")))
+            continue
+        row: dict[str, Any] = {
+            "a_entries": size,
+            "held_before": held_entries(target),
+            "commit": commit_id(),
+            "loadavg_start": os.getloadavg(),
+            "baseline_leaf_per_s": bench_ledger.raw_leaf_rate(200_000),
+        }
+        bench_sync.introduce(target, c, follow=c)
+        bench_sync.introduce(c, target)
+        serving = await bench_sync.serve(c, sync=False)
+        try:
+            result = await bench_sync.spawn("sync", {"node": str(target.dir), "origin": c.origin})
+        finally:
+            await bench_sync.shutdown(serving)
+        assert result["held"] == n_c, result
+        row.update(
+            {
+                "c_entries": n_c,
+                "sync_per_s": n_c / result["seconds"],
+                "sync_s": result["seconds"],
+                "sync_clock": result["clock"],
+            }
+        )
+        if size:
+            row["fetch_tail_per_s"] = await fetch_tail(target, fresh, size, n_c)
+        row["loadavg_end"] = os.getloadavg()
+        if record is not None:
+            record.write_text(json.dumps(row), encoding="utf-8")
+        rows.append(row)
+        print(f"  into a node of {row['held_before']:,}: {row['sync_per_s']:,.0f} entries/s")
+    return rows
+
+
+async def fetch_tail(a: bench_sync.Node, reader: bench_sync.Node, size: int, count: int) -> float:
+    """Entries/s of fetching (and decoding) A's last ``count`` entries, nothing verified or kept."""
+    bench_sync.introduce(a, reader)
+    cert, key = reader.paths()
+    serving = await bench_sync.serve(a, sync=False)
+    try:
+        result = await bench_sync.spawn(
+            "fetch",
+            {
+                "origin": a.origin,
+                "url": a.url,
+                "server_pem": a.cert_pem(),
+                "cert": cert,
+                "key": key,
+                "first": size - count,
+                "entries": size,
+            },
+        )
+    finally:
+        await bench_sync.shutdown(serving)
+    assert result["entries"] == count, result
+    return float(count / result["seconds"])
+
+
+def sync_into_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| entries held by the syncing node | verified sync of C (entries/s) | waiting for pages (s)"
+        " | db.write: verify + store (s) | fetch-only of A's last entries (entries/s)"
+        " | baseline: raw leaf hashing (leaves/s) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        clock = row["sync_clock"]
+        fetch = row.get("fetch_tail_per_s")
+        lines.append(
+            f"| {row['held_before']:,} | {row['sync_per_s']:,.0f}"
+            f" | {clock.get('PeerClient.entries', 0.0):.1f}"
+            f" | {clock.get('db.write (verify + store)', 0.0):.1f}"
+            f" | {'-' if fetch is None else f'{fetch:,.0f}'}"
+            f" | {row['baseline_leaf_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -497,6 +649,18 @@ def main() -> None:
         default=10_000_000,
         help="import the lists in chunks of this many lines, one transaction each (default 10M)",
     )
+    parser.add_argument(
+        "--sync-into",
+        action="store_true",
+        help="measure only whether verified sync slows as the syncing node grows:"
+        " a log C synced into a fresh node and into each size's node A (A keeps C)",
+    )
+    parser.add_argument(
+        "--c-entries",
+        type=parse_size,
+        default=1_000_000,
+        help="entries of log C for --sync-into (default 1M)",
+    )
     parser.add_argument("--skip-sync", action="store_true", help="no verified-sync figure")
     parser.add_argument("--proofs", type=int, default=2000, help="proofs of each kind (2000)")
     parser.add_argument("--requests", type=int, default=10, help="batch requests of each kind (10)")
@@ -525,6 +689,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hashmesh-scale-"))
     base = args.dir if args.dir is not None else work / "nodes"
     rows: list[dict[str, Any]] = []
+    if args.sync_into:
+        try:
+            rows = asyncio.run(sync_into(args, base, work))
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+        print(sync_into_table(rows))
+        return
     try:
         for size in args.sizes:
             rows.append(asyncio.run(measure(size, args, base, work)))

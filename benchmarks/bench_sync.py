@@ -217,6 +217,7 @@ async def child_fetch(p: dict[str, Any]) -> dict[str, Any]:
     from node.sync.client import HttpPeerClient
 
     n = p["entries"]
+    first = p.get("first", 0)  # a log's tail: entries [first, n)
     fetched = 0
     async with HttpPeerClient(
         p["origin"],
@@ -226,7 +227,7 @@ async def child_fetch(p: dict[str, Any]) -> dict[str, Any]:
         key_path=Path(p["key"]),
     ) as client:
         started = time.perf_counter()
-        for start in range(0, n, CHUNK):
+        for start in range(first, n, CHUNK):
             fetched += len(await client.entries(p["origin"], start, min(n, start + CHUNK)))
         seconds = time.perf_counter() - started
     return {"entries": fetched, "seconds": seconds, "rss_mib": _rss_mib()}
