@@ -113,14 +113,19 @@ def split(n: int) -> tuple[int, int]:
     return n - n_pdq, n_pdq
 
 
-def write_chunk(path: Path, rng: random.Random, count: int, sample: Any, stride: int) -> None:
-    """``count`` random 256-bit hex lines into ``path``; every ``stride``-th also into ``sample``."""
+def write_chunk(path: Path, rng: random.Random, count: int, stride: int, offset: int) -> list[str]:
+    """``count`` random 256-bit hex lines into ``path``; returns every ``stride``-th of the kind.
+
+    ``offset`` is how many lines of the kind earlier chunks had.
+    """
+    sample = []
     with path.open("w", encoding="ascii") as f:
-        for i in range(count):
+        for i in range(offset, offset + count):
             line = f"{rng.getrandbits(256):064x}\n"
             f.write(line)
             if i % stride == 0:
-                sample.write(line)
+                sample.append(line)
+    return sample
 
 
 def import_list(node_dir: Path, list_path: Path, signal_type: str) -> dict[str, Any]:
@@ -149,18 +154,45 @@ def commit_id() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def build(where: Path, n: int, chunk: int) -> tuple[bench_sync.Node, dict[str, Any]]:
+def _steps(progress: Path) -> list[dict[str, Any]]:
+    if not progress.exists():
+        return []
+    return [json.loads(line) for line in progress.read_text(encoding="utf-8").splitlines()]
+
+
+def _summary(node: bench_sync.Node, steps: list[dict[str, Any]], chunk: int) -> dict[str, Any]:
+    """Import figures over the chunks done: entries/s of each kind, RSS, the chunks' baselines."""
+    built: dict[str, Any] = {"port": node.port, "import_chunk": chunk, "build_commit": commit_id()}
+    for kind in ("sha256", "pdq"):
+        mine = [s for s in steps if s["kind"] == kind]
+        count = sum(s["count"] for s in mine)
+        built[f"n_{kind}"] = count
+        built[f"import_{kind}_per_s"] = count / sum(s["seconds"] for s in mine) if mine else None
+    built["import_rss_mib"] = max(s["rss_mib"] for s in steps)
+    # Each chunk's baseline is measured right after it: their mean is the build's.
+    built["build_baseline_leaf_per_s"] = statistics.mean(s["baseline_leaf_per_s"] for s in steps)
+    built["build_commits"] = sorted({s.get("commit", "unknown") for s in steps})
+    return built
+
+
+def build(
+    where: Path, n: int, chunk: int, *, as_far_as_built: bool = False
+) -> tuple[bench_sync.Node, dict[str, Any]]:
     """Node A of size ``n`` in ``where/a`` (reused when ``where/build.json`` says it is whole).
 
-    The lists are imported in chunks of at most ``chunk`` lines, each a
-    ``hashmesh import`` of its own (one transaction): a single 80M-line
-    transaction would hold the whole write in the WAL (the database's size
-    again on disk) until it commits, and a build stopped half-way would keep
-    nothing. Each chunk's list is written just before its import and deleted
-    after it; ``sample-sha256.txt`` and ``sample-pdq.txt`` keep about
-    ``SAMPLE`` lines of each (every k-th) for the lookups. Each chunk's
-    figures are appended to ``where/build-progress.jsonl`` as it commits, so
-    a build that is stopped still tells its rate over the part done.
+    The lists are imported in chunks, each a ``hashmesh import`` of its own
+    (one transaction): a single 80M-line transaction would hold the whole
+    write in the WAL (the database's size again on disk) until it commits,
+    and a build stopped half-way would keep nothing. The kinds alternate by
+    blocks of ``chunk`` entries (0.8 of a block sha256, then 0.2 PDQ), so at
+    every block's end the node has the final mix: a build stopped there is
+    a smaller node of the same kind, and can be measured as such
+    (``as_far_as_built``). Each chunk's list is written just before its
+    import and deleted after it; ``sample-sha256.txt`` and ``sample-pdq.txt``
+    keep about ``SAMPLE`` lines of each (every k-th) for the lookups. Each
+    chunk's figures go to ``where/build-progress.jsonl`` as it commits: a
+    build that stopped resumes from there (when the node holds exactly what
+    the file says) and still tells its rate over the part done.
     """
     record = where / "build.json"
     if record.exists():
@@ -168,57 +200,72 @@ def build(where: Path, n: int, chunk: int) -> tuple[bench_sync.Node, dict[str, A
         node = bench_sync.Node(where / "a", bench_sync.ORIGIN_A, built["port"])
         print(f"  reusing node A of {n:,} entries in {node.dir}")
         return node, built
-    if where.exists():
-        shutil.rmtree(where)  # a build that did not finish
-    where.mkdir(parents=True)
-    node = bench_sync.make_node(where, "a", bench_sync.ORIGIN_A)
-    n_sha, n_pdq = split(n)
-    baseline = bench_ledger.raw_leaf_rate(200_000)
-    rng = random.Random(18)
     progress = where / "build-progress.jsonl"
-    seconds = {"sha256": 0.0, "pdq": 0.0}
-    rss = 0.0
-    done = 0
-    for kind, total in (("sha256", n_sha), ("pdq", n_pdq)):
-        stride = max(1, total // SAMPLE)
-        with (where / f"sample-{kind}.txt").open("w", encoding="ascii") as sample:
-            for first in range(0, total, chunk):
-                count = min(chunk, total - first)
-                list_path = where / f"{kind}-chunk.txt"
-                write_chunk(list_path, rng, count, sample, stride)
-                result = import_list(node.dir, list_path, kind)
-                list_path.unlink()
-                assert result["count"] == count, result
-                seconds[kind] += result["seconds"]
-                rss = max(rss, result["rss_mib"])
-                done += count
-                step = {
-                    "kind": kind,
-                    "count": count,
-                    "seconds": result["seconds"],
-                    "held": done,
-                    "rss_mib": result["rss_mib"],
-                    "at": time.strftime("%H:%M:%S", time.gmtime()),
-                    "baseline_leaf_per_s": bench_ledger.raw_leaf_rate(200_000),
-                }
-                with progress.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(step) + "\n")
-                print(
-                    f"  {kind} {first + count:,}/{total:,}: {count / result['seconds']:,.0f} entries/s"
-                    f" (node holds {done:,})",
-                    flush=True,
-                )
-    built = {
-        "port": node.port,
-        "n_sha256": n_sha,
-        "n_pdq": n_pdq,
-        "import_sha256_per_s": n_sha / seconds["sha256"],
-        "import_pdq_per_s": n_pdq / seconds["pdq"],
-        "import_rss_mib": rss,
-        "import_chunk": chunk,
-        "build_baseline_leaf_per_s": baseline,
-        "build_commit": commit_id(),
-    }
+    steps = _steps(progress)
+    node = bench_sync.Node(where / "a", bench_sync.ORIGIN_A, 0)
+    if steps and (where / "a").exists():
+        from node.config import load_config
+
+        node.port = int(load_config(node.dir).listen.rsplit(":", 1)[1])
+        if held_entries(node) != steps[-1]["held"]:
+            steps = []
+    if as_far_as_built:
+        if not steps:
+            raise SystemExit(f"no node A (whole or in part) in {where}")
+        print(f"  node A as far as built: {steps[-1]['held']:,} of {n:,} entries")
+        return node, {**_summary(node, steps, chunk), "partial": True}
+    if not steps:
+        if where.exists():
+            shutil.rmtree(where)  # a build that did not get to its first chunk
+        where.mkdir(parents=True)
+        node = bench_sync.make_node(where, "a", bench_sync.ORIGIN_A)
+    n_sha, n_pdq = split(n)
+    totals = {"sha256": n_sha, "pdq": n_pdq}
+    done = {kind: sum(s["count"] for s in steps if s["kind"] == kind) for kind in totals}
+    # One seeded stream per kind, moved past what earlier runs imported.
+    rngs = {"sha256": random.Random(18), "pdq": random.Random(19)}
+    for kind, rng in rngs.items():
+        for _ in range(done[kind]):
+            rng.getrandbits(256)
+    held = sum(done.values())
+    while held < n:
+        block_end = min(n, (held // chunk + 1) * chunk)
+        for kind, total in totals.items():
+            target = total if block_end == n else round(block_end * total / n)
+            count = target - done[kind]
+            if count <= 0:
+                continue
+            stride = max(1, total // SAMPLE)
+            list_path = where / f"{kind}-chunk.txt"
+            sample = write_chunk(list_path, rngs[kind], count, stride, done[kind])
+            result = import_list(node.dir, list_path, kind)
+            list_path.unlink()
+            assert result["count"] == count, result
+            # Only values the node holds: a build stopped here is measured as it is.
+            with (where / f"sample-{kind}.txt").open("a", encoding="ascii") as f:
+                f.writelines(sample)
+            done[kind] += count
+            held += count
+            step = {
+                "kind": kind,
+                "count": count,
+                "seconds": result["seconds"],
+                "held": held,
+                "rss_mib": result["rss_mib"],
+                "at": time.strftime("%H:%M:%S", time.gmtime()),
+                "baseline_leaf_per_s": bench_ledger.raw_leaf_rate(200_000),
+                "commit": commit_id(),
+                "loadavg": os.getloadavg()[0],
+            }
+            steps.append(step)
+            with progress.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(step) + "\n")
+            print(
+                f"  {kind} {done[kind]:,}/{total:,}: {count / result['seconds']:,.0f} entries/s"
+                f" (node holds {held:,})",
+                flush=True,
+            )
+    built = _summary(node, steps, chunk)
     record.write_text(json.dumps(built), encoding="utf-8")
     return node, built
 
@@ -430,9 +477,11 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
     where = base / str(size)
     print(f"size {size:,}:")
     t0 = time.perf_counter()
-    a, built = build(where, size, args.chunk)
+    a, built = build(where, size, args.chunk, as_far_as_built=args.as_far_as_built)
     print(f"  node A ready in {time.perf_counter() - t0:.0f} s")
-    row: dict[str, Any] = {"entries": size, **built}
+    # A build measured as far as it got is a smaller node of the same mix.
+    own = built["n_sha256"] + built["n_pdq"]
+    row: dict[str, Any] = {"entries": own, "nominal": size, **built}
     if args.build_only:
         return row
     # The same-run baseline: the machine is shared, so a loaded run shows as one.
@@ -449,7 +498,7 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
     if args.skip_sync:
         row["sync_per_s"] = None
     else:
-        row.update(await verified_sync(a, work, size))
+        row.update(await verified_sync(a, work, own))
     print("  sync done")
     row.update(proofs_and_fsck(a, args.proofs))
     print("  proofs and fsck done")
@@ -642,6 +691,11 @@ def main() -> None:
         "--build-only",
         action="store_true",
         help="build (or find) each size's node A and record its import figures; measure nothing else",
+    )
+    parser.add_argument(
+        "--as-far-as-built",
+        action="store_true",
+        help="measure each size's node A as far as its build got (a stopped build), importing nothing",
     )
     parser.add_argument(
         "--chunk",

@@ -105,11 +105,14 @@ def test_build_imports_in_chunks_and_keeps_only_samples(tmp_path: Path) -> None:
         json.loads(line)
         for line in (where / "build-progress.jsonl").read_text(encoding="utf-8").splitlines()
     ]
+    # The kinds alternate by blocks of --chunk entries: each block ends at the final mix.
     assert [(s["kind"], s["count"], s["held"]) for s in steps] == [
-        ("sha256", 1000, 1000),
-        ("sha256", 1000, 2000),
-        ("sha256", 400, 2400),
-        ("pdq", 600, 3000),
+        ("sha256", 800, 800),
+        ("pdq", 200, 1000),
+        ("sha256", 800, 1800),
+        ("pdq", 200, 2000),
+        ("sha256", 800, 2800),
+        ("pdq", 200, 3000),
     ]
     # The chunk lists are gone; every sampled value is listed on the node.
     assert not list(where.glob("*-chunk.txt"))
