@@ -64,6 +64,7 @@ import bench_sync  # noqa: E402
 
 LIGHT_EVERY = 0.1  # seconds between one-hash requests
 HELD_EVERY = 1.0  # seconds between reads of a replica's size
+KINDS = {"one sha256", "one pdq", "sha256 batch", "pdq batch"}
 
 
 @dataclass
@@ -82,7 +83,13 @@ class Load:
 
     samples: list[Sample] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    every_kind: asyncio.Event = field(default_factory=asyncio.Event)
     errors: int = 0
+
+    def record(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        if not self.every_kind.is_set() and {s.kind for s in self.samples} == KINDS:
+            self.every_kind.set()
 
 
 def subscribe(p: bench_sync.Node, r: bench_sync.Node) -> None:
@@ -171,7 +178,7 @@ async def heavy(
             load.errors += 1
             continue
         assert doc["checked"] == per, doc["checked"]
-        load.samples.append(Sample(time.monotonic(), kind, took, per))
+        load.record(Sample(time.monotonic(), kind, took, per))
 
 
 async def light(session: aiohttp.ClientSession, url: str, pdq: list[str], load: Load) -> None:
@@ -189,7 +196,7 @@ async def light(session: aiohttp.ClientSession, url: str, pdq: list[str], load: 
             except (aiohttp.ClientError, RuntimeError):
                 load.errors += 1
                 continue
-            load.samples.append(Sample(time.monotonic(), f"one {kind}", took, 1))
+            load.record(Sample(time.monotonic(), f"one {kind}", took, 1))
         await asyncio.sleep(LIGHT_EVERY)
 
 
@@ -283,6 +290,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ]
             before_start = time.monotonic()
             await asyncio.sleep(args.before)
+            # A loaded machine may answer nothing within --before: every kind
+            # of request is answered at least once before R2 starts.
+            await load.every_kind.wait()
             r2 = bench_sync.make_node(work, "r2", "replica-2.example/hashmesh")
             subscribe(p, r2)
             print(f"R2 catching up from 0 to {args.size:,} while R1 serves matches ...", flush=True)
