@@ -512,6 +512,7 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
     # A build measured as far as it got is a smaller node of the same mix.
     own = built["n_sha256"] + built["n_pdq"]
     row: dict[str, Any] = {"entries": own, "nominal": size, **built}
+    row["import_steps"] = _steps(where / "build-progress.jsonl")
     if args.build_only:
         return row
     # The same-run baseline: the machine is shared, so a loaded run shows as one.
@@ -673,32 +674,62 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per figure against size; then, for builds imported in several
+    chunks, each chunk's import rate (and its ratio to the baseline measured
+    right after it) against the entries the node held after it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figures = COLUMNS[1:]
+    chunked = [row for row in rows if len(row.get("import_steps", [])) > 1]
+    panels = len(figures) + (2 if chunked else 0)
     cols = 4
     fig, axes = plt.subplots(
-        (len(figures) + cols - 1) // cols, cols, figsize=(16, 10), squeeze=False
+        (panels + cols - 1) // cols,
+        cols,
+        figsize=(16, 2.6 * ((panels + cols - 1) // cols)),
+        squeeze=False,
     )
-    sizes = [row["entries"] for row in rows]
-    for ax, (key, heading, unit) in zip(axes.flat, figures, strict=False):
-        points = [(s, row[key]) for s, row in zip(sizes, rows, strict=True) if row[key] is not None]
+    flat = list(axes.flat)
+    for ax, (key, heading, unit) in zip(flat, figures, strict=False):
+        points = [(row["entries"], row[key]) for row in rows if row.get(key) is not None]
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
         ax.set_xscale("log")
-        ax.set_title(heading, fontsize=10)
-        ax.set_ylabel(unit, fontsize=8)
-        ax.set_xlabel("entries", fontsize=8)
-        ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(figures) :]:
+        _label(ax, heading, unit, "entries")
+    if chunked:
+        rate_ax, ratio_ax = flat[len(figures)], flat[len(figures) + 1]
+        for row in chunked:
+            for kind in ("sha256", "pdq"):
+                steps = [s for s in row["import_steps"] if s["kind"] == kind]
+                held = [s["held"] for s in steps]
+                rate = [s["count"] / s["seconds"] for s in steps]
+                label = f"{kind}, {row['nominal']:,} build"
+                rate_ax.plot(held, rate, marker=".", label=label)
+                ratio_ax.plot(
+                    held,
+                    [r / s["baseline_leaf_per_s"] for r, s in zip(rate, steps, strict=True)],
+                    marker=".",
+                    label=label,
+                )
+        _label(rate_ax, "import per chunk", "entries/s", "entries held after the chunk")
+        _label(ratio_ax, "import per chunk / baseline", "ratio", "entries held after the chunk")
+        rate_ax.legend(fontsize=7)
+    for ax in flat[panels:]:
         ax.axis("off")
     fig.suptitle("hashmesh: one node's costs against its size (bench_scale.py)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+
+
+def _label(ax: Any, heading: str, unit: str, xlabel: str) -> None:
+    ax.set_title(heading, fontsize=10)
+    ax.set_ylabel(unit, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
 
 
 def main() -> None:
