@@ -13,6 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_scale.py"
 
 
+def run(script: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The benchmark script with ``args`` in a child process, its output captured."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.mark.slow
 def test_bench_scale_reports_every_column(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -21,26 +33,10 @@ def test_bench_scale_reports_every_column(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     report = tmp_path / "scale.json"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--sizes",
-            "3k",
-            "--proofs",
-            "50",
-            "--requests",
-            "2",
-            "--single",
-            "5",
-            "--json",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
+    out = run(
+        SCRIPT,
+        *("--sizes", "3k", "--proofs", "50", "--requests", "2", "--single", "5"),
+        *("--json", str(report)),
     )
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(report.read_text(encoding="utf-8"))
@@ -54,49 +50,19 @@ def test_bench_scale_reports_every_column(tmp_path: Path) -> None:
     assert all(line.count("|") == len(bench_scale.COLUMNS) + 1 for line in lines)
     assert "not run" not in lines[2]
 
-    redrawn = subprocess.run(
-        [sys.executable, str(SCRIPT), "--from-json", str(report)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=True,
-    )
+    redrawn = run(SCRIPT, "--from-json", str(report), timeout=120)
+    assert redrawn.returncode == 0, redrawn.stderr
     assert [line for line in redrawn.stdout.splitlines() if line.startswith("|")] == lines
 
 
 def test_sizes_are_checked() -> None:
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--sizes", "1M,lots"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    out = run(SCRIPT, "--sizes", "1M,lots", timeout=120)
     assert out.returncode == 2
     assert "--sizes: not a size: 'lots'" in out.stderr
 
 
 def test_build_imports_in_chunks_and_keeps_only_samples(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--sizes",
-            "3k",
-            "--chunk",
-            "1k",
-            "--build-only",
-            "--dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
+    out = run(SCRIPT, "--sizes", "3k", "--chunk", "1k", "--build-only", "--dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
     where = tmp_path / "3000"
     built = json.loads((where / "build.json").read_text(encoding="utf-8"))
@@ -136,26 +102,10 @@ def test_build_imports_in_chunks_and_keeps_only_samples(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_replicas_measures_catch_up_and_load(tmp_path: Path) -> None:
     report = tmp_path / "replicas.json"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_replicas.py"),
-            "--size",
-            "3k",
-            "--before",
-            "2",
-            "--requests",
-            "2",
-            "--dir",
-            str(tmp_path),
-            "--json",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
+    out = run(
+        ROOT / "benchmarks" / "bench_replicas.py",
+        *("--size", "3k", "--before", "2", "--requests", "2"),
+        *("--dir", str(tmp_path), "--json", str(report)),
     )
     assert out.returncode == 0, out.stderr
     r = json.loads(report.read_text(encoding="utf-8"))
