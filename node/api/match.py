@@ -46,8 +46,9 @@ import asyncio
 import logging
 import weakref
 from collections import Counter
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -56,6 +57,7 @@ from node.api.state import DB_KEY, LANE_KEY
 from node.errors import StorageError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.ledger.live_pdq import pdq_index_path
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
     MAX_BATCH,
@@ -207,11 +209,17 @@ def render_results(request: MatchRequest, results: list[ItemResult]) -> MatchRes
 
 
 class MatchService:
-    """The PDQ index of one open database, and when it was last brought up to date."""
+    """The PDQ index of one open database, and when it was last brought up to date.
+
+    The index maps the node's persisted base segment (``index/pdq.seg``) when
+    it is valid and reads only the rows beyond it; only the serving process
+    (:func:`keep_current`) makes it writable, so that it writes new bases.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.pdq = LivePdqIndex()
+        self.writable = False
         self._lock = asyncio.Lock()
         self._version: int | None = None
 
@@ -219,6 +227,10 @@ class MatchService:
     def loaded(self) -> bool:
         """Whether the index has been loaded at least once (``/readyz``)."""
         return self._version is not None
+
+    def invalidate(self) -> None:
+        """Make the next :meth:`ensure_current` read the table again (after a dropped base)."""
+        self._version = None
 
     async def ensure_current(self) -> int:
         """Load every PDQ row committed so far; the number of rows loaded now.
@@ -236,12 +248,18 @@ class MatchService:
             # Read the version before loading: a commit racing with the load
             # changes it again, and the next call loads what was missed.
             version = await self.db.data_version()
-            if self._version is None and not len(self.pdq):
-                # The quality floor is the node's setting, known once the
-                # database is open; the index is still empty here.
-                self.pdq.min_quality = await self.db.read(
-                    lambda ledger: ledger.config.match.min_quality
+            if self.pdq.path is None:
+                # The quality floor and the index file are the node's, known
+                # once the database is open; the index is still empty here.
+                min_quality, node_dir = await self.db.read(
+                    lambda ledger: (ledger.config.match.min_quality, ledger.config.node_dir)
                 )
+                self.pdq.min_quality = min_quality
+                self.pdq.path = pdq_index_path(node_dir)
+            self.pdq.writable = self.writable
+            # Maps the base file (or a newer one) first: then only the rows
+            # beyond it are read.
+            await self.db.read(self.pdq.attach)
             while await self.db.read(lambda ledger: self.pdq.read_step(ledger.matching)):
                 pass
             loop = asyncio.get_running_loop()
@@ -266,19 +284,96 @@ async def keep_current(db: Database, hub: CheckpointHub) -> None:
 
     Own-log writes by the CLI are announced by the server's watcher, replica
     commits by the sync engine; either way the index is extended soon after.
+    The serving process owns the index files: once loaded, a mapped base is
+    checked block by block in the background (a damaged one is dropped and
+    the rows read again from the table), and a new base is written in the
+    background whenever the in-memory tail has grown large next to it.
     """
     service = match_service(db)
+    service.writable = True
+    loop = asyncio.get_running_loop()
     events = hub.subscribe()
+    background: set[asyncio.Task[None]] = set()
     try:
-        started = asyncio.get_running_loop().time()
+        started = loop.time()
         loaded = await _refresh(service)
-        took = asyncio.get_running_loop().time() - started
-        log.info("PDQ index ready: %d hashes loaded in %.1f s", loaded, took)
+        took = loop.time() - started
+        pdq = service.pdq
+        log.info(
+            "PDQ index ready: %d hashes (%d mapped from %s, %d read) in %.1f s",
+            len(pdq),
+            pdq.base_rows,
+            pdq.path,
+            loaded,
+            took,
+        )
+        if pdq.segment is not None:
+            _spawn(background, _verify_base(service))
+        _maybe_persist(service, background)
         async for _origin, _size in events:
             await _refresh(service)
+            _maybe_persist(service, background)
     finally:
+        for task in background:
+            task.cancel()
         if isinstance(events, AsyncGenerator):
             await events.aclose()
+
+
+def _spawn(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+_PERSISTING: weakref.WeakSet[MatchService] = weakref.WeakSet()
+
+
+def _maybe_persist(service: MatchService, tasks: set[asyncio.Task[None]]) -> None:
+    if service in _PERSISTING or not service.pdq.persist_due():
+        return
+    _PERSISTING.add(service)
+    _spawn(tasks, _persist(service))
+
+
+async def _persist(service: MatchService) -> None:
+    pdq = service.pdq
+    database_path = await service.db.read(lambda ledger: ledger.config.database_path)
+
+    def write() -> bool:
+        # Its own read-only connection: the build takes seconds and must not
+        # hold one of the server's reader threads.
+        return pdq.persist(database_path)
+
+    started = asyncio.get_running_loop().time()
+    try:
+        written = await asyncio.get_running_loop().run_in_executor(None, write)
+    except (OSError, StorageError) as e:
+        log.warning("PDQ index not persisted: %s", e)
+        return
+    finally:
+        _PERSISTING.discard(service)
+    if written:
+        segment = pdq.segment
+        log.info(
+            "PDQ index persisted: %d hashes, %d bytes in %s (%.1f s)",
+            pdq.base_rows,
+            0 if segment is None else segment.nbytes,
+            pdq.path,
+            asyncio.get_running_loop().time() - started,
+        )
+
+
+async def _verify_base(service: MatchService) -> None:
+    """Check the mapped base's block checksums once; drop it and reload if one fails."""
+    pdq = service.pdq
+    problem = await asyncio.get_running_loop().run_in_executor(None, pdq.verify)
+    if problem is None:
+        log.info("PDQ index file checked: every block matches its checksum")
+        return
+    pdq.drop_base(problem)
+    service.invalidate()
+    await _refresh(service)
 
 
 async def _refresh(service: MatchService) -> int:

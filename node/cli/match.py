@@ -27,12 +27,12 @@ from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError, NodeError, PeerProtocolError
 from node.ledger import Ledger
 from node.ledger.filehash import hash_file, pdq_support
+from node.ledger.live_pdq import open_pdq_index
 from node.ledger.lookup import HashInput, HashInputs, decode_hash_list
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
     MAX_BATCH,
     MAX_DISTANCE_CAP,
-    LivePdqIndex,
     MatchQuery,
     make_opinion,
     match,
@@ -128,11 +128,14 @@ def _match_local(request: MatchCommand, inputs: HashInputs, out: Output) -> list
         pdq = None
         if any(q.signal_type == "pdq" for q in inputs.queries):
             started = time.monotonic()
-            pdq = LivePdqIndex(ledger.config.match.min_quality)
-            loaded = pdq.load(ledger.matching)
+            # Maps the node's persisted index; only rows beyond it are read.
+            pdq = open_pdq_index(ledger)
             took = time.monotonic() - started
             if took > 1:
-                out.note(f"note: built the PDQ index of {loaded:,} hashes in {took:.1f} s")
+                out.note(
+                    f"note: read {pdq.tail_rows:,} PDQ hashes beyond the index file "
+                    f"({pdq.base_rows:,} mapped) in {took:.1f} s"
+                )
         for start, batch in _batches(inputs.queries):
             queries = [
                 (start + i, MatchQuery(q.signal_type, q.value, q.quality))

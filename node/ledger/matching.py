@@ -10,9 +10,10 @@ Two paths, one result shape:
   ``active`` index by :func:`~node.storage.schema.active_key`, across every
   held log in one statement per signal type; each candidate is checked
   against its stored entry (a key may be shared by two values).
-* **PDQ** (Hamming distance ``<= max_distance``): :class:`LivePdqIndex` keeps a
-  :class:`~node.ledger.pdq_index.PdqIndex` of every row of the ``pdq`` table,
-  loaded incrementally by ``(log, index > last loaded)``. The index never
+* **PDQ** (Hamming distance ``<= max_distance``):
+  :class:`~node.ledger.live_pdq.LivePdqIndex` holds every row of the ``pdq``
+  table (a memory-mapped base file plus the rows beyond it), extended
+  incrementally by ``(log, index > last loaded)``. The index never
   forgets a row, so every hit is read back and kept only if its entry is
   still in ``active``: a retraction removes the hash from results as soon as
   it is committed, before any index update.
@@ -27,18 +28,16 @@ origins; hidden hits are counted, never silently dropped.
 from __future__ import annotations
 
 import re
-import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from node.config import DEFAULT_MIN_QUALITY, MatchSettings
+from node.config import MatchSettings
 from node.errors import EntryNotFoundError, LedgerError
-from node.ledger.pdq_index import MAX_DISTANCE_CAP, PdqIndex
+from node.ledger.live_pdq import ID_SHIFT as _ID_SHIFT
+from node.ledger.live_pdq import LOAD_CHUNK, LivePdqIndex
+from node.ledger.pdq_index import MAX_DISTANCE_CAP
 from node.ledger.service import Ledger
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
 from node.storage.match_store import MatchStore, OpinionRow
@@ -76,16 +75,12 @@ DEFAULT_MAX_DISTANCE = 31
 MAX_BATCH = 10_000
 """Most hashes one match request may carry."""
 
-LOAD_CHUNK = 100_000
-"""PDQ rows read per step while (re)loading the index."""
-
 EXACT_TYPES = frozenset(name for name in SIGNAL_TYPES if name != "pdq")
 """Signal types matched by equality (every registered type but PDQ)."""
 
 DISPUTING_VERDICTS = frozenset({"dispute", "false-positive"})
 """Verdicts that count against a hit for :attr:`MatchSettings.hide_disputed_by`."""
 
-_ID_SHIFT = 40  # index ids are (log_id << 40) | idx: 2**40 entries per log
 _IDX_MASK = (1 << _ID_SHIFT) - 1
 
 
@@ -255,130 +250,6 @@ class ItemResult:
     hidden: int = 0
     truncated: bool = False
     warning: str | None = None
-
-
-class LivePdqIndex:
-    """A :class:`PdqIndex` of the ``pdq`` table, extended incrementally.
-
-    Rows are read by ``(log, index > last read index)``: an entry appended to
-    any log (own or replicated) has a larger index than every row already
-    read from that log, so nothing is missed and nothing read twice.
-    Retracted rows stay in the index; :func:`match` filters them out.
-
-    PDQ quality is used as Meta's tools use it: a stored hash below
-    ``min_quality`` (near-degenerate: blank or flat images) goes to a second
-    index searched at distance 0 only, so exact look-ups still find it but it
-    never near-matches (nor fills a near-match query's candidates); a query
-    below it is looked up the same way (:meth:`near_allowed`).
-
-    Reading and indexing are separate steps: :meth:`read_step` collects rows
-    in chunks (so a server can interleave them with requests), and
-    :meth:`flush` adds everything collected to the index in one call. The
-    index builds its bucket directories once for a bulk add, where many
-    small adds would merge into ever larger directories (a 10M-hash load
-    took 72 s in 100k-row adds, and a fraction of that in one).
-
-    The methods may run in any thread; concurrent calls are serialised.
-    """
-
-    def __init__(self, min_quality: int = DEFAULT_MIN_QUALITY) -> None:
-        self.min_quality = min_quality
-        self.index = PdqIndex()
-        self.exact_only = PdqIndex()
-        self._read: dict[int, int] = {}
-        self._pending_ids: list[npt.NDArray[np.int64]] = []
-        self._pending_hashes: list[bytes] = []
-        self._pending_quality: list[npt.NDArray[np.int64]] = []
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.index) + len(self.exact_only)
-
-    def near_allowed(self, quality: int | None) -> bool:
-        """Whether a hash of this quality takes part in near-matching (None: unknown, yes)."""
-        return quality is None or quality >= self.min_quality
-
-    def read_step(self, matching: MatchStore, limit: int = LOAD_CHUNK) -> int:
-        """Collect up to ``limit`` new rows of one log; the number read (0: none left)."""
-        with self._lock:
-            for log_id in sorted(matching.log_origins()):
-                after = self._read.get(log_id, -1)
-                rows = matching.pdq_after(log_id, after, limit)
-                if not rows:
-                    continue
-                base = log_id << _ID_SHIFT
-                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-                quality = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
-                self._pending_ids.append(ids | base)
-                self._pending_hashes.append(b"".join(r[1] for r in rows))
-                self._pending_quality.append(quality)
-                self._read[log_id] = rows[-1][0]
-                return len(rows)
-        return 0
-
-    def flush(self) -> int:
-        """Add every collected row to the index; the number added."""
-        with self._lock:
-            if not self._pending_ids:
-                return 0
-            ids = np.concatenate(self._pending_ids)
-            hashes = np.frombuffer(b"".join(self._pending_hashes), dtype=np.uint8)
-            quality = np.concatenate(self._pending_quality)
-            self._pending_ids, self._pending_hashes, self._pending_quality = [], [], []
-            self.add_rows(ids, hashes.reshape(len(ids), 32), quality)
-            return len(ids)
-
-    def add_rows(
-        self, ids: npt.NDArray[np.int64], hashes: npt.NDArray[np.uint8], quality: npt.NDArray[Any]
-    ) -> None:
-        """Add rows directly: ``(n,)`` ids, ``(n, 32)`` hashes, ``(n,)`` qualities.
-
-        Each row goes to the near-match index or, below ``min_quality``, to the
-        exact-only one. :meth:`flush` uses it; so does the PDQ benchmark.
-        """
-        near = quality >= self.min_quality
-        self.index.add(ids[near], hashes[near])
-        low = ~near
-        self.exact_only.add(ids[low], hashes[low])
-
-    def load(self, matching: MatchStore, limit: int = LOAD_CHUNK) -> int:
-        """Read every new row and add them to the index; the number added."""
-        while self.read_step(matching, limit) > 0:
-            pass
-        return self.flush()
-
-    def search_many(
-        self,
-        queries: Sequence[bytes],
-        max_distance: int,
-        *,
-        near: Sequence[bool] | None = None,
-        limit: int | None = None,
-    ) -> list[list[tuple[int, int]]]:
-        """``(row id, distance)`` candidates per query, unfiltered, nearest first.
-
-        A row id is ``(log_id << 40) | index``. Rows below the minimum quality
-        are found only at distance 0; so are every row for a query whose
-        ``near`` flag is False. At most ``limit`` pairs per query.
-        """
-        near = near if near is not None else [True] * len(queries)
-        wide = [q for q, n in zip(queries, near, strict=True) if n]
-        found = iter(self.index.search_many(wide, max_distance, limit=limit))
-        narrow = [q for q, n in zip(queries, near, strict=True) if not n]
-        narrow_found = iter(self.index.search_many(narrow, 0, limit=limit))
-        # Most nodes hold no hash below the floor: no second search per query then.
-        exact = (
-            self.exact_only.search_many(queries, 0, limit=limit)
-            if len(self.exact_only)
-            else [[]] * len(queries)
-        )
-        results = []
-        for is_near, extra in zip(near, exact, strict=True):
-            pairs = next(found) if is_near else next(narrow_found)
-            if extra:
-                pairs = sorted(extra + pairs, key=lambda pair: (pair[1], pair[0]))[:limit]
-            results.append(pairs)
-        return results
 
 
 @dataclass

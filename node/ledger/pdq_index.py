@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["HASH_BYTES", "MAX_DISTANCE_CAP", "TAIL_LIMIT", "PdqIndex"]
+__all__ = [
+    "HASH_BYTES",
+    "MAX_DISTANCE_CAP",
+    "TAIL_LIMIT",
+    "PdqIndex",
+    "SortedHashes",
+    "hashes_to_words",
+]
 
 HASH_BYTES = 32
 """Length of a PDQ hash in bytes (256 bits)."""
@@ -93,9 +100,75 @@ class PdqIndex:
         self._bucket_bits = 0
         self._perm: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
         self._dir: npt.NDArray[np.int32] = np.zeros((_CHUNKS, 1), dtype=np.int32)
+        self._frozen = False  # arrays borrowed from a read-only mapping
 
     def __len__(self) -> int:
         return self._count
+
+    @classmethod
+    def build(cls, ids: _I64, words: _U64) -> PdqIndex:
+        """An index of these rows with every row in the directories (one bulk build).
+
+        ``words`` are hashes as :func:`hashes_to_words` returns them.
+        """
+        index = cls()
+        if len(words):
+            index._append(ids, words)
+            index._rebuild()
+        return index
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, npt.NDArray[Any]]) -> PdqIndex:
+        """A read-only index over arrays made by :meth:`to_arrays` (typically mapped views).
+
+        Nothing is copied. Only the shapes are checked here (cheap at any size);
+        the values are trusted, so callers check the arrays' origin (a
+        checksummed file) first.
+
+        Raises:
+            ValueError: the arrays do not fit together.
+        """
+        words, ids, perm, directory = (arrays[k] for k in ("words", "ids", "perm", "dir"))
+        n = len(ids)
+        width = directory.shape[1] - 1 if directory.ndim == 2 else 0
+        bits = width.bit_length() - 1
+        if (
+            words.shape != (n, 4)
+            or words.dtype != np.uint64
+            or ids.dtype != np.int64
+            or perm.shape != (_CHUNKS * n,)
+            or perm.dtype != np.int32
+            or directory.dtype != np.int32
+            or directory.shape[0] != _CHUNKS
+            or (n and (width != 1 << bits or bits != _bucket_bits_for(n)))
+            or (n and not bool(np.all(directory[:, -1] == n)))
+        ):
+            raise ValueError("the PDQ index arrays do not fit together")
+        index = cls()
+        index._words, index._ids, index._perm = words, ids, perm
+        index._count = index._indexed = n
+        if n:
+            index._dir, index._bucket_bits = directory, bits
+        index._frozen = True
+        return index
+
+    def to_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """The index as arrays for :meth:`from_arrays`, every row in the directories."""
+        with self._lock:
+            if self._indexed < self._count:
+                self._rebuild()
+            n = self._count
+            return {
+                "words": self._words[:n],
+                "ids": self._ids[:n],
+                "perm": self._perm,
+                "dir": self._dir,
+            }
+
+    def rows(self, start: int = 0) -> tuple[_I64, _U64]:
+        """Copies of the ids and words of rows ``[start, len)``, in the order added."""
+        with self._lock:
+            return self._ids[start : self._count].copy(), self._words[start : self._count].copy()
 
     @property
     def nbytes(self) -> int:
@@ -118,7 +191,9 @@ class PdqIndex:
             ValueError: a hash is not 32 bytes, an id is not an int64, or the two
                 lengths differ. Nothing is added then.
         """
-        words = _hashes_to_words(hashes)
+        if self._frozen:
+            raise ValueError("this index is read-only (its arrays are mapped from a file)")
+        words = hashes_to_words(hashes)
         id_array = _ids_to_array(ids)
         if len(id_array) != len(words):
             raise ValueError(f"ids: expected {len(words)} ids (one per hash), got {len(id_array)}")
@@ -288,6 +363,91 @@ class PdqIndex:
         return self._perm[positions].astype(np.int64)
 
 
+class SortedHashes:
+    """Rows ``(id, hash)`` looked up at distance 0 only: sorted, found by binary search.
+
+    The exact-only rows of :class:`~node.ledger.live_pdq.LivePdqIndex` (hashes
+    below the quality floor) are near-degenerate by definition, and many are
+    the same all-zero hash: in a :class:`PdqIndex` they crowd one bucket of
+    every chunk, and each such query scans them all. Sorted by hash (then by
+    id), one query is at most eight binary searches and a slice. Immutable:
+    made by :meth:`build` or :meth:`from_arrays`.
+    """
+
+    def __init__(self, columns: _U64, ids: _I64) -> None:
+        # Column k holds word k of every hash, contiguous, so a binary search
+        # over one word never copies the array.
+        self._columns = columns
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (hash columns and ids)."""
+        return int(self._columns.nbytes + self._ids.nbytes)
+
+    @classmethod
+    def build(cls, ids: _I64, words: _U64) -> SortedHashes:
+        """Sort rows given as ids and :func:`hashes_to_words` words."""
+        order = np.lexsort((ids, words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
+        columns = np.ascontiguousarray(words[order].T)
+        return cls(columns, ids[order])
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, npt.NDArray[Any]]) -> SortedHashes:
+        """Rows from :meth:`to_arrays` (typically mapped views; nothing is copied).
+
+        Raises:
+            ValueError: the arrays do not fit together.
+        """
+        columns, ids = arrays["columns"], arrays["ids"]
+        if columns.shape != (4, len(ids)) or columns.dtype != np.uint64 or ids.dtype != np.int64:
+            raise ValueError("the sorted hash arrays do not fit together")
+        return cls(columns, ids)
+
+    def to_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """The rows as arrays for :meth:`from_arrays`."""
+        return {"columns": self._columns, "ids": self._ids}
+
+    def rows(self) -> tuple[_I64, _U64]:
+        """Copies of the ids and words of every row (in hash order)."""
+        return self._ids.copy(), np.ascontiguousarray(self._columns.T)
+
+    def search_many(
+        self, queries: Sequence[bytes], *, limit: int | None = None
+    ) -> list[list[tuple[int, int]]]:
+        """``(id, 0)`` for every row equal to each query, by id; at most ``limit`` each.
+
+        Raises:
+            ValueError: a query is not 32 bytes (named by its position).
+        """
+        checked = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
+        if not checked or not len(self._ids):
+            return [[] for _ in checked]
+        qwords = hashes_to_words(checked)
+        first = self._columns[0]
+        lows = np.searchsorted(first, qwords[:, 0], side="left")
+        highs = np.searchsorted(first, qwords[:, 0], side="right")
+        results: list[list[tuple[int, int]]] = [[] for _ in checked]
+        # Most queries miss on the first word: only the others go further.
+        for i in np.flatnonzero(highs > lows).tolist():
+            lo, hi = int(lows[i]), int(highs[i])
+            for k in (1, 2, 3):
+                column = self._columns[k, lo:hi]
+                value = qwords[i, k]
+                left = int(np.searchsorted(column, value, side="left"))
+                right = int(np.searchsorted(column, value, side="right"))
+                lo, hi = lo + left, lo + right
+                if lo == hi:
+                    break
+            else:
+                end = hi if limit is None else min(hi, lo + limit)
+                results[i] = [(int(row_id), 0) for row_id in self._ids[lo:end].tolist()]
+        return results
+
+
 def _bucket_bits_for(n: int) -> int:
     return max(_MIN_BUCKET_BITS, min(_MAX_BUCKET_BITS, n.bit_length() - 1))
 
@@ -375,7 +535,15 @@ def _check_query(query: object, field: str) -> bytes:
     return data
 
 
-def _hashes_to_words(hashes: Sequence[bytes] | npt.NDArray[Any]) -> _U64:
+def hashes_to_words(hashes: Sequence[bytes] | npt.NDArray[Any]) -> _U64:
+    """Hashes as a ``(n, 4)`` uint64 array of their big-endian words (what the index stores).
+
+    Args:
+        hashes: 32-byte values, either a sequence of bytes or a ``(n, 32)`` uint8 array.
+
+    Raises:
+        ValueError: a hash is not 32 bytes (named by its position).
+    """
     if isinstance(hashes, np.ndarray):
         if hashes.dtype != np.uint8 or hashes.ndim != 2 or hashes.shape[1] != HASH_BYTES:
             raise ValueError(

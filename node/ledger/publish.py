@@ -67,6 +67,7 @@ from node.ledger.damage import DamageRegister
 from node.ledger.rotation_proofs import proven_rotations
 from node.ledger.service import Ledger
 from node.storage.ledger_store import LogRecord
+from node.storage.segment_file import fsync_directory
 from protocol.encoding import decode_b64, encode_b64
 from protocol.errors import MalformedError
 from protocol.tiles import TileId, new_tiles, root_from_tiles
@@ -212,14 +213,6 @@ def _locked(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably (temp, fsync, rename, fsync dir)."""
     staged = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -228,7 +221,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(staged, path)
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 class _TileWriter:

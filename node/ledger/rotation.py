@@ -33,6 +33,7 @@ from node.errors import ConfigError, LedgerError
 from node.ledger.integration import Integration, salted
 from node.ledger.key_files import write_key_file
 from node.storage.ledger_store import CheckpointRecord, LedgerStore
+from node.storage.segment_file import fsync_directory
 from protocol.entry import RotateEntry
 from protocol.errors import MalformedError
 from protocol.keys import NoteSigner, NoteVerifier
@@ -114,14 +115,6 @@ def next_key_path(signing_key_path: Path) -> Path:
     return signing_key_path.with_name(signing_key_path.name + ".next")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def finish_rotation(
     store: LedgerStore, origin: str, signer: NoteSigner, key_path: Path
 ) -> NoteSigner:
@@ -142,7 +135,7 @@ def finish_rotation(
             raise ConfigError(f"cannot read the staged signing key {staged}: {e}") from e
         if pending.verifier() == current:
             os.replace(staged, key_path)
-            _fsync_dir(key_path.parent)
+            fsync_directory(key_path.parent)
             return pending
     raise ConfigError(
         f"signing key {key_path} is not the log's current key ({current.to_text()}); the log "
@@ -192,6 +185,6 @@ def rotate_signing_key(
         chain = load_key_chain(store, origin)
         save_rotations(store, chain, run.rules.rotations, checkpoint.size)
     os.replace(staged, key_path)
-    _fsync_dir(key_path.parent)
+    fsync_directory(key_path.parent)
     result = RotationResult(index, checkpoint, signer.verifier().to_text(), entry.key)
     return result, new
