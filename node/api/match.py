@@ -57,6 +57,7 @@ from node.api.state import DB_KEY, LANE_KEY
 from node.errors import StorageError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
+from node.ledger.leaf_index import LeafHashIndex
 from node.ledger.live_pdq import pdq_index_path
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
@@ -80,6 +81,7 @@ __all__ = [
     "match_endpoint",
     "match_service",
     "parse_match_request",
+    "verify_index_files",
 ]
 
 log = logging.getLogger("hashmesh.api")
@@ -308,7 +310,7 @@ async def keep_current(db: Database, hub: CheckpointHub) -> None:
             took,
         )
         if pdq.segment is not None:
-            _spawn(background, _verify_base(service))
+            _spawn(background, _checked(service))
         _maybe_persist(service, background)
         async for _origin, _size in events:
             await _refresh(service)
@@ -318,6 +320,10 @@ async def keep_current(db: Database, hub: CheckpointHub) -> None:
             task.cancel()
         if isinstance(events, AsyncGenerator):
             await events.aclose()
+
+
+async def _checked(service: MatchService) -> None:
+    await _verify_base(service)
 
 
 def _spawn(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> None:
@@ -364,16 +370,34 @@ async def _persist(service: MatchService) -> None:
         )
 
 
-async def _verify_base(service: MatchService) -> None:
+async def _verify_base(service: MatchService) -> str | None:
     """Check the mapped base's block checksums once; drop it and reload if one fails."""
     pdq = service.pdq
     problem = await asyncio.get_running_loop().run_in_executor(None, pdq.verify)
     if problem is None:
         log.info("PDQ index file checked: every block matches its checksum")
-        return
+        return None
     pdq.drop_base(problem)
     service.invalidate()
     await _refresh(service)
+    return problem
+
+
+async def verify_index_files(db: Database, leaves: LeafHashIndex) -> list[str]:
+    """Check the block checksums of every index file this process maps (the scrub's pass end).
+
+    A damaged PDQ base is dropped and its rows read again from the table (a
+    new base is written later); a damaged leaf-hash file is forgotten, so
+    the next question about its log rebuilds it. Returns the problems found.
+    """
+    problems = []
+    service = match_service(db)
+    if service.pdq.segment is not None:
+        problem = await _verify_base(service)
+        if problem is not None:
+            problems.append(problem)
+    found = await asyncio.get_running_loop().run_in_executor(None, leaves.verify_and_drop)
+    return problems + found
 
 
 async def _refresh(service: MatchService) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import resource
 import signal
@@ -46,10 +47,10 @@ from node.api.connections import (
     raise_open_file_limit,
 )
 from node.api.console import CONSOLE_MOUNT
-from node.api.match import keep_current
+from node.api.match import keep_current, verify_index_files
 from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
 from node.api.public import PUBLIC_KEY, PublicLimits, make_public_app
-from node.api.state import ApiLimits
+from node.api.state import LEAVES_KEY, ApiLimits
 from node.config import ConnectionSettings, NodeConfig, load_config, parse_listen
 from node.errors import ConfigError
 from node.ledger.database import Database
@@ -497,7 +498,13 @@ async def run_server(
         indexer = asyncio.create_task(keep_current(db, hub), name="hashmesh-match-index")
         tasks = [watcher, indexer]
         if integrity.enabled:
-            scrubber = Scrubber(db, node_dir, config.scrub, integrity)
+            scrubber = Scrubber(
+                db,
+                node_dir,
+                config.scrub,
+                integrity,
+                after_pass=functools.partial(verify_index_files, db, app[LEAVES_KEY]),
+            )
             tasks.append(asyncio.create_task(scrubber.run(), name="hashmesh-scrub"))
         for damage in integrity.damaged.values():
             log.error("%s: not served until repaired", damage)

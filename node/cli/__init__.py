@@ -26,6 +26,7 @@ from node.cli.backup import register as register_backup
 from node.cli.federation import register as register_federation
 from node.cli.fsck import integrity_json, integrity_lines
 from node.cli.fsck import register as register_fsck
+from node.cli.index import register as register_index
 from node.cli.keys import register as register_keys
 from node.cli.match import register as register_match
 from node.cli.output import describe_subcommands
@@ -890,6 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--origin", help="a replicated log instead of the own log")
 
     register_fsck(command, common)
+    register_index(command, common)
     register_federation(command, common)
     register_audit(command, common)
     register_match(command, common)

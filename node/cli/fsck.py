@@ -112,6 +112,11 @@ def run_checks(ledger: Ledger) -> _Report:
             f"{log.origin}: {scan.size:,} entries held, {verified} checked, "
             f"{scan.checkpoints_checked:,} checkpoints"
         )
+    if not report.damaged_logs:
+        try:
+            report.errors.extend(ledger.check_index_files())
+        except Exception as e:  # noqa: BLE001 - fsck reports damage, whatever form it takes
+            report.database.append(f"cannot check the index files: {_describe(e)}")
     try:
         for item in ledger.peers.list_evidence():
             follow = ledger.peers.get_follow(item.origin)
@@ -254,6 +259,8 @@ def _repair(node_dir: Path) -> _Report:
     # Ledger.open in write mode: the repair needs the write lock, not the key.
     with Ledger.open(node_dir, read_only=False) as ledger:
         ledger.repair_derived()
+        # The index files derive from the tables just rebuilt.
+        ledger.build_index_files()
         return run_checks(ledger)
 
 
@@ -370,11 +377,13 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         "served nor signed until repaired from a peer: `hashmesh repair "
         "--from-peers`); and every derived table against the log itself: stored "
         "leaf hashes and tree nodes, the active index (hash -> entry), PDQ rows, "
-        "opinions, retraction state. Exit status 1 when anything is wrong.",
+        "opinions, retraction state, and the index files (index/*.seg: PDQ index, "
+        "leaf-hash indexes). Exit status 1 when anything is wrong.",
     )
     p.add_argument(
         "--repair",
         action="store_true",
-        help="rebuild derived data from the verified log in one transaction, then check again",
+        help="rebuild derived data from the verified log in one transaction and the index "
+        "files from it, then check again",
     )
     p.add_argument("--json", action="store_true", help="print the findings as JSON")

@@ -46,6 +46,7 @@ from node.ledger.pdq_index import PdqIndex, SortedHashes, hashes_to_words
 from node.storage.ledger_store import LedgerStore
 from node.storage.match_store import MatchStore
 from node.storage.segment_file import (
+    INDEX_DIR,
     Segment,
     SegmentError,
     file_identity,
@@ -72,14 +73,13 @@ __all__ = [
     "PDQ_FILE",
     "PERSIST_MIN_ROWS",
     "LivePdqIndex",
+    "build_pdq_file",
+    "check_pdq_file",
     "open_pdq_index",
     "pdq_index_path",
 ]
 
 log = logging.getLogger("hashmesh.index")
-
-INDEX_DIR = "index"
-"""Directory of the node's index files, inside the node directory."""
 
 PDQ_FILE = "pdq.seg"
 """The PDQ index's base segment, in :data:`INDEX_DIR`."""
@@ -154,6 +154,7 @@ class LivePdqIndex:
         self.min_quality = min_quality
         self.path = path
         self.writable = writable and path is not None
+        self.persist_min = PERSIST_MIN_ROWS
         self._base = _Base()
         self._near = PdqIndex()
         self._exact_ids: list[npt.NDArray[np.int64]] = []
@@ -297,7 +298,7 @@ class LivePdqIndex:
         """Whether the tail is large enough next to the base to write a new base."""
         return (
             self.writable
-            and self.tail_rows >= PERSIST_MIN_ROWS
+            and self.tail_rows >= self.persist_min
             and self.tail_rows * 4 >= len(self._base)
         )
 
@@ -564,3 +565,80 @@ def open_pdq_index(ledger: _Ledger, *, writable: bool = False) -> LivePdqIndex:
     )
     index.refresh(ledger)
     return index
+
+
+def build_pdq_file(store: LedgerStore, path: Path, min_quality: int) -> int:
+    """Write the PDQ index file from every row of the ``pdq`` table; the rows written.
+
+    For ``hashmesh fsck --repair`` and ``hashmesh index build``: the file is
+    replaced atomically, so a serving process may keep running (it switches
+    to the new file at its next refresh).
+    """
+    index = LivePdqIndex(min_quality, path=path, writable=True)
+    index.load(store.matching)
+    index.persist(store)
+    rows = len(index)
+    index.close()
+    return rows
+
+
+def check_pdq_file(store: LedgerStore, path: Path, min_quality: int) -> str | None:
+    """Check the PDQ index file against the ``pdq`` table; a problem in one line, or None.
+
+    Everything :meth:`LivePdqIndex.attach` checks, then every block's
+    checksum, then the rows: each row of the table that the file covers must
+    be in it with the same hash, on the side of the quality floor its entry
+    says; a row of the file missing from the table must be a retracted one
+    (rows are never removed from a base), and no row may lie beyond what the
+    file covers. No file is no problem (``serve`` writes one).
+    """
+    if not path.exists():
+        return None
+    index = LivePdqIndex(min_quality, path=path)
+    try:
+        base = index._open_base(store)
+    except SegmentError as e:
+        return str(e)
+    try:
+        assert base.segment is not None
+        problem = base.segment.verify()
+        if problem is not None:
+            return problem
+        near_ids, near_words = base.near.rows()
+        exact_ids, exact_words = base.exact.rows()
+        ids = np.concatenate([near_ids, exact_ids])
+        words = np.concatenate([near_words, exact_words])
+        is_near = np.concatenate([np.ones(len(near_ids), bool), np.zeros(len(exact_ids), bool)])
+        order = np.argsort(ids, kind="stable")
+        ids, words, is_near = ids[order], words[order], is_near[order]
+        if len(ids) > 1 and bool(np.any(ids[1:] == ids[:-1])):
+            return f"{path}: holds a row twice"
+        if not bool(np.all(_uncovered(ids, base.covered, set()) == 0)):
+            return f"{path}: holds rows beyond what it says it covers"
+        matching = store.matching
+        for log_id, after in sorted(base.covered.items()):
+            last = -1
+            while last < after:
+                rows = [r for r in matching.pdq_after(log_id, last, LOAD_CHUNK) if r[0] <= after]
+                if not rows:
+                    break
+                last = rows[-1][0]
+                want_ids = np.array([r[0] for r in rows], dtype=np.int64) | (log_id << ID_SHIFT)
+                want_words = hashes_to_words([r[1] for r in rows])
+                want_near = np.array([r[2] >= min_quality for r in rows], dtype=bool)
+                at = np.minimum(np.searchsorted(ids, want_ids), max(len(ids) - 1, 0))
+                if not len(ids) or not bool(np.all(ids[at] == want_ids)):
+                    missing = int(want_ids[ids[at] != want_ids][0] if len(ids) else want_ids[0])
+                    return f"{path}: lacks entry {missing & ((1 << ID_SHIFT) - 1)} of log {log_id}"
+                bad = np.flatnonzero(
+                    np.any(words[at] != want_words, axis=1) | (is_near[at] != want_near)
+                )
+                if len(bad):
+                    entry = int(want_ids[bad[0]]) & ((1 << ID_SHIFT) - 1)
+                    return f"{path}: entry {entry} of log {log_id} differs from the pdq table"
+        return None
+    except (KeyError, TypeError, ValueError) as e:
+        return f"{path}: malformed ({e})"
+    finally:
+        if base.segment is not None:
+            base.segment.close()

@@ -38,7 +38,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,7 +226,15 @@ class Scrubber:
         node_dir: Path,
         settings: ScrubSettings,
         state: IntegrityState,
+        *,
+        after_pass: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
+        """Scrub ``db``; ``after_pass`` checks what the scrub cannot reach itself.
+
+        That is the serving process's mapped index files; it returns the
+        problems it found (and dealt with), logged here.
+        """
+        self.after_pass = after_pass
         self.db = db
         self.settings = settings
         self.state = state
@@ -245,6 +253,9 @@ class Scrubber:
             held = 0
             for record in logs:
                 held += await self._scrub_log(record)
+            if self.after_pass is not None:
+                for problem in await self.after_pass():
+                    log.warning("scrub: %s; rebuilt from the log", problem)
             self.state.passes += 1
             self._save()
             if held == 0:

@@ -47,6 +47,7 @@ from node.ledger.fsck import (
 )
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.hashlist import ParsedLine
+from node.ledger.index_files import IndexFile, build_index_files, check_index_files
 from node.ledger.integration import Duplicate, Integration
 from node.ledger.key_files import load_signer
 from node.ledger.leaf_index import LeafHashIndex
@@ -67,6 +68,7 @@ from node.ledger.witness import (
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from node.storage.match_store import MatchStore
 from node.storage.peer_store import PeerStore
+from node.storage.segment_file import INDEX_DIR
 from node.storage.witness_store import WitnessStore
 from protocol.card import SignedCard, sign_card
 from protocol.entry import Entry, RetractEntry, RotateEntry
@@ -185,6 +187,11 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def index_directory(self) -> Path:
+        """Where the node's index files live (PDQ and leaf-hash indexes)."""
+        return self.config.node_dir / INDEX_DIR
 
     @property
     def own_log(self) -> LogRecord:
@@ -565,7 +572,9 @@ class Ledger:
         """
         log = self.log_for(origin)
         tree_size = self._checked_size(log, size)
-        index = leaves.find(self.store, log.log_id, leaf_hash, tree_size)
+        index = leaves.find(
+            self.store, log.log_id, leaf_hash, tree_size, directory=self.index_directory
+        )
         return None if index is None else self._inclusion(log, index, tree_size)
 
     def prove_consistency(
@@ -715,6 +724,16 @@ class Ledger:
     def repair_derived(self) -> list[LogScan]:
         """Rebuild every derived table from the verified logs (node.ledger.fsck)."""
         return repair_derived(self.store)
+
+    def check_index_files(self) -> list[Finding]:
+        """The index files (PDQ, leaf hashes) checked against the log, as fsck findings."""
+        return check_index_files(
+            self.store, self.index_directory, self.config.match.min_quality, self.config.origin
+        )
+
+    def build_index_files(self) -> list[IndexFile]:
+        """Write every index file afresh from the tables (``fsck --repair``, ``index build``)."""
+        return build_index_files(self.store, self.index_directory, self.config.match.min_quality)
 
     def plan_repair(self, origin: str) -> RepairRange | None:
         """The first damaged range of a log to fetch from peers, or None if it verifies."""

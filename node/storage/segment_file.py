@@ -45,6 +45,7 @@ import numpy.typing as npt
 __all__ = [
     "BLOCK",
     "FORMAT_VERSION",
+    "INDEX_DIR",
     "MAGIC",
     "Segment",
     "SegmentError",
@@ -54,6 +55,9 @@ __all__ = [
     "remove_stale_temporaries",
     "write_segment",
 ]
+
+INDEX_DIR = "index"
+"""Directory of a node's index files, inside the node directory."""
 
 MAGIC = b"HMSEG\x00\x00\x01"
 FORMAT_VERSION = 1
