@@ -94,6 +94,8 @@ ID_SHIFT = 40
 """Row ids are ``(log_id << ID_SHIFT) | entry index``: 2**40 entries per log."""
 
 _KIND = "pdq-index"
+_NEAR_ARRAYS = ("words", "ids", "perm", "dir")
+_EXACT_ARRAYS = ("columns", "ids")
 
 
 def pdq_index_path(node_dir: Path) -> Path:
@@ -116,6 +118,33 @@ class _Base:
 
     def __len__(self) -> int:
         return len(self.near) + len(self.exact)
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """The arrays a base segment file holds."""
+        arrays = {f"near.{k}": v for k, v in self.near.to_arrays().items()}
+        arrays.update({f"exact.{k}": v for k, v in self.exact.to_arrays().items()})
+        return arrays
+
+
+def _merge(
+    base: _Base,
+    near_ids: npt.NDArray[np.int64],
+    near_words: npt.NDArray[np.uint64],
+    exact_ids: npt.NDArray[np.int64],
+    exact_words: npt.NDArray[np.uint64],
+    covered: dict[int, int],
+) -> _Base:
+    """A new in-memory base of a base's rows and tail rows (directories built once)."""
+    base_ids, base_words = base.near.rows()
+    near = PdqIndex.build(
+        np.concatenate([base_ids, near_ids]), np.concatenate([base_words, near_words])
+    )
+    del base_ids, base_words
+    old_exact_ids, old_exact_words = base.exact.rows()
+    exact = SortedHashes.build(
+        np.concatenate([old_exact_ids, exact_ids]), np.concatenate([old_exact_words, exact_words])
+    )
+    return _Base(near, exact, covered)
 
 
 class LivePdqIndex:
@@ -205,8 +234,14 @@ class LivePdqIndex:
             return False
         identity = file_identity(self.path)
         current = self._base.segment
-        if identity is None or (current is not None and current.identity == identity):
-            return current is not None
+        if identity is None:
+            if current is not None:
+                # Only a writer that found the file damaged removes it (a
+                # new one replaces it atomically): stop using the mapping.
+                self.drop_base(f"{self.path} was removed")
+            return False
+        if current is not None and current.identity == identity:
+            return True
         if self.writable:
             remove_stale_temporaries(self.path)
         try:
@@ -245,11 +280,9 @@ class LivePdqIndex:
                         f"{self.path}: stale: entry {after} of {origin} is not the one it indexed"
                     )
                 covered[log_id] = after
-            near = PdqIndex.from_arrays(
-                {k: segment.array(f"near.{k}") for k in ("words", "ids", "perm", "dir")}
-            )
+            near = PdqIndex.from_arrays({k: segment.array(f"near.{k}") for k in _NEAR_ARRAYS})
             exact = SortedHashes.from_arrays(
-                {k: segment.array(f"exact.{k}") for k in ("columns", "ids")}
+                {k: segment.array(f"exact.{k}") for k in _EXACT_ARRAYS}
             )
             if len(near) + len(exact) != meta["rows"]:
                 raise SegmentError(
@@ -263,8 +296,13 @@ class LivePdqIndex:
             raise
         return _Base(near, exact, covered, segment)
 
-    def _swap_base(self, base: _Base) -> None:
-        """Make ``base`` the base; keep only the tail rows it does not cover."""
+    def _swap_base(self, base: _Base, consumed: tuple[int, int] | None = None) -> None:
+        """Make ``base`` the base; keep only the tail rows it does not hold.
+
+        ``consumed``: the base was made here from the first that many near and
+        exact-only tail rows (:meth:`persist`); otherwise (a file written by
+        another process) the rows it holds are known by what it covers.
+        """
         with self._lock:
             self._flush_locked()
             old = self._base
@@ -281,8 +319,12 @@ class LivePdqIndex:
             near_ids, near_words = self._near.rows()
             exact_ids = np.concatenate([np.empty(0, np.int64), *self._exact_ids])
             exact_words = np.concatenate([np.empty((0, 4), np.uint64), *self._exact_words])
-            keep_near = _uncovered(near_ids, base.covered, behind)
-            keep_exact = _uncovered(exact_ids, base.covered, behind)
+            if consumed is not None:
+                keep_near = np.arange(len(near_ids)) >= consumed[0]
+                keep_exact = np.arange(len(exact_ids)) >= consumed[1]
+            else:
+                keep_near = _uncovered(near_ids, base.covered, behind)
+                keep_exact = _uncovered(exact_ids, base.covered, behind)
             self._near = PdqIndex.build(near_ids[keep_near], near_words[keep_near])
             self._exact_ids = [exact_ids[keep_exact]]
             self._exact_words = [exact_words[keep_exact]]
@@ -332,20 +374,9 @@ class LivePdqIndex:
             with self._lock:
                 self._flush_locked()
                 covered = dict(self._read)
-                base = self._base
-                near_ids, near_words = self._near.rows()
-                exact_ids = np.concatenate([np.empty(0, np.int64), *self._exact_ids])
-                exact_words = np.concatenate([np.empty((0, 4), np.uint64), *self._exact_words])
-            base_ids, base_words = base.near.rows()
-            near = PdqIndex.build(
-                np.concatenate([base_ids, near_ids]), np.concatenate([base_words, near_words])
-            )
-            del base_ids, base_words
-            old_exact_ids, old_exact_words = base.exact.rows()
-            exact = SortedHashes.build(
-                np.concatenate([old_exact_ids, exact_ids]),
-                np.concatenate([old_exact_words, exact_words]),
-            )
+                base, tail = self._base, self._tail_rows()
+            merged = _merge(base, *tail, covered)
+            near, exact = merged.near, merged.exact
             origins = store.matching.log_origins()
             covered_meta = []
             for log_id, after in sorted(covered.items()):
@@ -363,8 +394,7 @@ class LivePdqIndex:
                         "leaf_hash": leaf.hex(),
                     }
                 )
-            arrays = {f"near.{k}": v for k, v in near.to_arrays().items()}
-            arrays.update({f"exact.{k}": v for k, v in exact.to_arrays().items()})
+            arrays = merged.arrays()
             write_segment(
                 self.path,
                 _KIND,
@@ -376,10 +406,55 @@ class LivePdqIndex:
                 arrays,
                 before_rename=before_rename,
             )
-            del near, exact, arrays
+            del near, exact, arrays, merged
             new_base = self._open_base(store)
-            self._swap_base(new_base)
+            self._swap_base(new_base, (len(tail[0]), len(tail[2])))
             return True
+
+    def _tail_rows(
+        self,
+    ) -> tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.uint64]
+    ]:
+        """Copies of the tail: near ids and words, exact-only ids and words (lock held)."""
+        near_ids, near_words = self._near.rows()
+        exact_ids = np.concatenate([np.empty(0, np.int64), *self._exact_ids])
+        exact_words = np.concatenate([np.empty((0, 4), np.uint64), *self._exact_words])
+        return near_ids, near_words, exact_ids, exact_words
+
+    def compact(self) -> None:
+        """Move every tail row into a new in-memory base, fully indexed (no file written).
+
+        The search structure then is the one a persisted base has; benchmarks
+        use it, and so may a process that never writes files.
+        """
+        with self._persist_lock, self._lock:
+            self._flush_locked()
+            self._base = _merge(self._base, *self._tail_rows(), dict(self._read))
+            self._near = PdqIndex()
+            self._exact_ids, self._exact_words = [], []
+            self._exact = SortedHashes.build(np.empty(0, np.int64), np.empty((0, 4), np.uint64))
+
+    def base_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """The base's arrays, as a base segment file holds them."""
+        return self._base.arrays()
+
+    @classmethod
+    def from_base_arrays(
+        cls, arrays: dict[str, npt.NDArray[Any]], min_quality: int = DEFAULT_MIN_QUALITY
+    ) -> LivePdqIndex:
+        """An index whose base is these arrays (e.g. mapped from a file), covering no log.
+
+        For benchmarks and tools that map a base segment written by
+        :meth:`base_arrays`; a node's own file is opened by :meth:`attach`,
+        which checks what it covers.
+        """
+        index = cls(min_quality)
+        index._base = _Base(
+            PdqIndex.from_arrays({k: arrays[f"near.{k}"] for k in _NEAR_ARRAYS}),
+            SortedHashes.from_arrays({k: arrays[f"exact.{k}"] for k in _EXACT_ARRAYS}),
+        )
+        return index
 
     def verify(self) -> str | None:
         """Check every block of the mapped base against its checksum; a problem, or None."""

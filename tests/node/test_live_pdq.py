@@ -156,6 +156,12 @@ def test_a_reader_switches_to_a_replaced_base_without_reading_rows_twice(node: P
         assert reader.base_rows == 326 and reader.tail_rows == 0
         _check(reader, ro, _queries(values + more, 8))
         assert len(reader) == 326
+        # A writer that finds the file damaged removes it: readers stop using
+        # their mapping at their next refresh and read the table instead.
+        writer.drop_base("test: a block failed its checksum")
+        assert not pdq_index_path(node).exists()
+        assert reader.refresh(ro) == 326 and reader.base_rows == 0
+        _check(reader, ro, _queries(values + more, 9))
 
 
 def _damage(path: Path, at: int, data: bytes) -> None:
