@@ -195,7 +195,8 @@ def write_segment(
     Raises:
         OSError: the file could not be written (the old file, if any, is intact).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Index files hold the listed hashes: as private as the database.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     infos: list[dict[str, Any]] = []
     contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     layout: list[tuple[str, npt.NDArray[Any], int]] = []
@@ -213,7 +214,8 @@ def write_segment(
     size = offset
     temp = path.with_name(f"{path.name}{_TEMP_MARK}{os.getpid()}")
     try:
-        with open(temp, "wb") as f:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as f:
             f.truncate(size)
             for name, a, at in layout:
                 f.seek(at)

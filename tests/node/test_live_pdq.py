@@ -122,6 +122,9 @@ def test_persisted_base_is_mapped_at_open_and_only_new_rows_are_read(node: Path)
         assert writer.base_rows == 0 and writer.tail_rows == 306
         assert writer.persist(ledger.store)
         assert writer.base_rows == 306 and writer.tail_rows == 0
+        # The listed hashes stay as private as the database.
+        assert pdq_index_path(node).stat().st_mode & 0o777 == 0o600
+        assert pdq_index_path(node).parent.stat().st_mode & 0o777 == 0o700
         _check(writer, ledger, _queries(values, 2))
         more = _values(3, 7)
         _add(ledger, more)
