@@ -204,7 +204,11 @@ def serve_to_ready(node: Path) -> dict[str, Any]:
         }
     finally:
         proc.terminate()
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:

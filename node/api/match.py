@@ -43,10 +43,12 @@ announced commit (:func:`keep_current`), so requests rarely wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import weakref
 from collections import Counter
-from collections.abc import AsyncGenerator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -353,7 +355,7 @@ async def _persist(service: MatchService) -> None:
 
     started = asyncio.get_running_loop().time()
     try:
-        written = await asyncio.get_running_loop().run_in_executor(None, write)
+        written = await _in_daemon_thread(write, "hashmesh-pdq-persist")
     except (OSError, StorageError) as e:
         log.warning("PDQ index not persisted: %s", e)
         return
@@ -368,6 +370,36 @@ async def _persist(service: MatchService) -> None:
             pdq.path,
             asyncio.get_running_loop().time() - started,
         )
+
+
+async def _in_daemon_thread(work: Callable[[], bool], name: str) -> bool:
+    """``work()`` in a daemon thread: a server stopping mid-write does not wait for it.
+
+    A write cut short leaves only its temporary file, which the next writer
+    removes; the executor's threads, by contrast, are joined at exit, and a
+    persist at 100M entries takes a minute.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def settle(result: bool | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(bool(result))
+
+    def run() -> None:
+        try:
+            result, error = work(), None
+        except Exception as e:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await done
 
 
 async def _verify_base(service: MatchService) -> str | None:
