@@ -46,7 +46,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from protocol import PROTOCOL_VERSION, READ_VERSIONS
 from protocol.encoding import MAX_UINT63, decode_hex, dumps_canonical, loads_strict
@@ -65,10 +65,12 @@ __all__ = [
     "OPINION_VERDICTS",
     "SALT_BYTES",
     "AddEntry",
+    "AddRun",
     "Entry",
     "OpinionEntry",
     "RetractEntry",
     "RotateEntry",
+    "parse_add_run",
     "parse_entries",
     "parse_entry",
     "parse_entry_fast",
@@ -1127,3 +1129,127 @@ def _family(
         _FAMILIES.clear()
     _FAMILIES[key] = parse
     return parse
+
+
+class AddRun(Sequence[AddEntry]):
+    """A run of a log's entries, all note-less adds of one family with hex values.
+
+    Made by :func:`parse_add_run`, which checked every encoding in bulk.
+    Bulk writers (a replica's chunk) read :attr:`signal_type` and
+    :attr:`values` and build no entry object; indexing builds the
+    :class:`AddEntry`, equal to :func:`parse_entry` of its bytes.
+
+    Attributes:
+        signal_type: the type of every value.
+        values: each entry's value, in order.
+    """
+
+    __slots__ = ("_datas", "signal_type", "values")
+
+    def __init__(self, datas: Sequence[bytes], signal_type: str, values: list[str]) -> None:
+        self._datas = datas
+        self.signal_type = signal_type
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, index: int) -> AddEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[AddEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> AddEntry | list[AddEntry]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        entry = parse_entry_fast(self._datas[index])
+        assert type(entry) is AddEntry, "checked by parse_add_run"
+        return entry
+
+
+# Entries are checked in blocks of this many: the masks below are made once
+# per family and block size, and stay small.
+_RUN_BLOCK = 1024
+_HEX_DIGITS = b"0123456789abcdef"
+# bytes.translate table: 0 for a lowercase hex digit, 1 for any other byte.
+_NOT_HEX = bytes(0 if c in _HEX_DIGITS else 1 for c in range(256))
+_RunMasks = tuple[int, int, int]
+_RUN_MASKS: dict[tuple[bytes, int], _RunMasks] = {}
+_MAX_RUN_MASKS = 64
+
+
+def _run_masks(template: bytes, fixed: bytes, rows: int) -> _RunMasks:
+    """(frame bytes, frame mask, hole mask) of ``rows`` encodings, as integers."""
+    key = (template + fixed, rows)
+    masks = _RUN_MASKS.get(key)
+    if masks is None:
+        holes = fixed.translate(bytes(255 - c for c in range(256)))
+        masks = (
+            int.from_bytes(template * rows, "big"),
+            int.from_bytes(fixed * rows, "big"),
+            int.from_bytes(holes * rows, "big"),
+        )
+        if len(_RUN_MASKS) >= _MAX_RUN_MASKS:
+            _RUN_MASKS.clear()
+        _RUN_MASKS[key] = masks
+    return masks
+
+
+def parse_add_run(datas: Sequence[bytes]) -> AddRun | None:
+    """Check a run of entries in bulk: all note-less adds of one family, canonical.
+
+    The family (signal type, labels, quality, version) is the first entry's.
+    The run is accepted only if every encoding is exactly that family's
+    frame (:meth:`AddEntry.encoding_frame`) around a salt of
+    ``2 * SALT_BYTES`` lowercase hex digits (version 2) and a value of the
+    type's length in lowercase hex: a hex type's whole canonical rule
+    (:func:`protocol.signal.canonical_value_pattern`). The check works on
+    the concatenated bytes, a block of entries per integer operation, so no
+    per-entry Python runs but the value's slice.
+
+    Returns:
+        The run (``run[i] == parse_entry(datas[i])`` for every ``i``), or
+        None when any entry is not of that form (a retraction, a note, a
+        base64 type, another family, a malformed entry): the caller then
+        parses with :func:`parse_entries`, which names what is wrong.
+    """
+    if not datas:
+        return None
+    try:
+        first = parse_entry_fast(datas[0])
+    except MalformedError:
+        return None
+    if type(first) is not AddEntry or first.note is not None:
+        return None
+    row = SIGNAL_TYPES[first.signal_type]
+    if row.encoding != "hex":
+        return None
+    frame = AddEntry.encoding_frame(
+        first.signal_type, first.labels, first.quality, version=first.version
+    )
+    widths = (row.text_length,) if first.version == 1 else (2 * SALT_BYTES, row.text_length)
+    template = frame[0]
+    fixed = b"\xff" * len(frame[0])
+    for width, part in zip(widths, frame[1:], strict=True):
+        template += b"\x00" * width + part
+        fixed += b"\x00" * width + b"\xff" * len(part)
+    size = len(template)
+    if any(len(data) != size for data in datas):
+        return None
+    joined = b"".join(datas)
+    n = len(datas)
+    for begin in range(0, n, _RUN_BLOCK):
+        rows = min(_RUN_BLOCK, n - begin)
+        block = joined[begin * size : (begin + rows) * size]
+        expected, frame_mask, hole_mask = _run_masks(template, fixed, rows)
+        # Every frame byte as the family spells it, every hole a lowercase hex digit.
+        if int.from_bytes(block, "big") & frame_mask != expected:
+            return None
+        if int.from_bytes(block.translate(_NOT_HEX), "big") & hole_mask:
+            return None
+    text = joined.decode("ascii")  # frame and holes are ASCII, checked above
+    width = row.text_length
+    at = size - len(frame[-1]) - width
+    values = [text[i : i + width] for i in range(at, n * size, size)]
+    return AddRun(datas, first.signal_type, values)

@@ -32,6 +32,7 @@ from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.entry import (
     SALT_BYTES,
     AddEntry,
+    AddRun,
     Entry,
     OpinionEntry,
     RetractEntry,
@@ -177,6 +178,10 @@ class Integration:
             RetractionError: if a retraction targets a missing, non-add or
                 already retracted entry.
         """
+        if isinstance(entries, AddRun):
+            # Adds only, checked in bulk (a replica's chunk): no entry object is built.
+            self.rules.extend_adds(len(entries))
+            return self._hash(entries, datas)
         try:
             self.rules.extend(entries)
         except InvalidRetractionError as e:
@@ -295,6 +300,9 @@ class Integration:
 
 def _identities(entries: Sequence[Entry]) -> list[tuple[str, str] | None]:
     """Each entry's ``(signal type, value)`` if it is an add, else None."""
+    if isinstance(entries, AddRun):
+        signal_type = entries.signal_type
+        return [(signal_type, value) for value in entries.values]
     return [(e.signal_type, e.value) if type(e) is AddEntry else None for e in entries]
 
 

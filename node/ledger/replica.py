@@ -48,7 +48,7 @@ from node.ledger.rotation import load_key_chain, save_rotations
 from node.ledger.witness import save_cosignatures, weigh_cosignatures
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from protocol.checkpoint import Checkpoint, CheckpointNote, VerifiedCheckpoint
-from protocol.entry import parse_entries
+from protocol.entry import Entry, parse_add_run, parse_entries
 from protocol.errors import MalformedError, QuorumError, RootMismatchError
 from protocol.evidence import ForkEvidence
 from protocol.hashing import EMPTY_ROOT
@@ -418,7 +418,10 @@ class Replica:
     ) -> ReplicaState:
         cp = opened.checkpoint
         datas = [bytes(d) for d in entries]
-        parsed = parse_entries(datas, start)
+        # A chunk is usually one family of adds: checked in bulk, else entry by entry.
+        parsed: Sequence[Entry] | None = parse_add_run(datas)
+        if parsed is None:
+            parsed = parse_entries(datas, start)
         with self.store.transaction():
             if self.store.peers.is_frozen(self.origin):
                 raise FrozenLogError(

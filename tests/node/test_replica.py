@@ -219,6 +219,36 @@ def test_replica_keeps_duplicates_verbatim(tmp_path: Path, dst_dir: Path) -> Non
         }
 
 
+def test_a_chunk_of_adds_is_checked_in_bulk_and_indexed_as_entry_by_entry(
+    tmp_path: Path, dst_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of one family of adds take the bulk check (no entry parsed one
+    # by one), duplicates included: within a chunk and across chunks the
+    # first index stays listed, as for a chunk parsed entry by entry.
+    import node.ledger.replica as replica_module
+
+    def one_by_one(*_args: object) -> None:
+        raise AssertionError("a chunk of one family of adds was parsed entry by entry")
+
+    monkeypatch.setattr(replica_module, "parse_entries", one_by_one)
+    signer = NoteSigner.from_text(_keypair(tmp_path, SRC)[0])
+    values = [1, 2, 1, 3, 2, 4, 1, 5]
+    datas = [add(v).salted(f"{i:032x}").to_bytes() for i, v in enumerate(values)]
+    note = _sign(signer, datas)
+    with Ledger.open(dst_dir) as ledger:
+        ledger.follow(SRC, signer.verifier().to_text())
+        replica = ledger.replica(SRC)
+        replica.append_verified(_sign(signer, datas[:4]), 0, datas[:4], None)
+        state = replica.append_verified(note, 4, datas[4:], None)
+        assert state.size == len(datas) and state.checkpoint is not None
+        log_id = ledger.store.get_log(SRC).log_id
+        wanted = [f"{v:032x}" for v in (1, 2, 3, 4, 5)]
+        assert ledger.store.find_active(log_id, "md5", wanted) == dict(
+            zip(wanted, [0, 1, 3, 5, 7], strict=True)
+        )
+        assert ledger.status(SRC).by_signal_type == {"md5": 5}
+
+
 # -- rejected batches: nothing written ---------------------------------------
 
 
@@ -240,12 +270,18 @@ def _rejects(dst: Ledger, exc: type[Exception], match: str | None, fn: object) -
     assert full_snapshot(db) == before
 
 
-@pytest.fixture
-def synced(src: Source, dst: Ledger) -> tuple[Source, Ledger, str]:
-    """A replica holding the first 10 entries; the origin is at 20."""
+@pytest.fixture(params=["mixed", "adds"])
+def synced(request: pytest.FixtureRequest, src: Source, dst: Ledger) -> tuple[Source, Ledger, str]:
+    """A replica holding the first 10 entries; the origin is at 20.
+
+    Entries 10-19 end with a retraction (``mixed``: parsed entry by entry) or
+    are adds of one family (``adds``: the replica checks them in bulk,
+    ``protocol.entry.parse_add_run``): every refusal below holds for both.
+    """
     first = src.append([add(i) for i in range(10)])
     dst.replica(SRC).append_verified(first, 0, src.entries(0, 10), None)
-    note = src.append([add(i) for i in range(10, 19)] + [RetractEntry(index=2, reason="x")])
+    last = RetractEntry(index=2, reason="x") if request.param == "mixed" else add(19)
+    note = src.append([add(i) for i in range(10, 19)] + [last])
     return src, dst, note
 
 

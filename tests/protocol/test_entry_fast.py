@@ -1,7 +1,8 @@
 """The fast entry parsers accept exactly what ``parse_entry`` accepts, with equal values.
 
-``parse_entry_fast``, ``parse_entries`` and ``AddEntry.parser`` (the family
-parsers ``parse_entry_fast`` builds) are checked against the strict
+``parse_entry_fast``, ``parse_entries``, ``AddEntry.parser`` (the family
+parsers ``parse_entry_fast`` builds) and ``parse_add_run`` (a replica's bulk
+check of a chunk) are checked against the strict
 ``parse_entry`` on generated canonical entries of every kind and on near
 misses of them: reordered keys, whitespace, escapes, upper-case hex, extra
 fields, non-canonical numbers, salts dropped, added or misspelt, and random
@@ -23,10 +24,12 @@ from protocol.entry import (
     LABEL_PATTERN,
     OPINION_VERDICTS,
     AddEntry,
+    AddRun,
     Entry,
     OpinionEntry,
     RetractEntry,
     RotateEntry,
+    parse_add_run,
     parse_entries,
     parse_entry,
     parse_entry_fast,
@@ -279,3 +282,111 @@ def test_salted_adds_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(entry_module, "parse_entry", strict)
     assert parse_entries(datas) == expected
+
+
+@st.composite
+def add_runs(draw: st.DrawFn) -> list[bytes]:
+    """Encodings of note-less adds of one family, some runs spoilt in one place.
+
+    Spoilt by a near miss, an entry of another family, or two neighbours
+    whose lengths differ by one byte each way (their concatenation unchanged).
+    """
+    hex_types = sorted(t for t, row in SIGNAL_TYPES.items() if row.encoding == "hex")
+    signal_type = draw(st.sampled_from(hex_types))
+    row = SIGNAL_TYPES[signal_type]
+    family = draw(labels)
+    quality = draw(st.integers(0, 100)) if row.requires_quality else None
+    salted = draw(st.booleans())
+    n = draw(st.integers(1, 40))
+    raws = draw(
+        st.lists(st.binary(min_size=row.length, max_size=row.length), min_size=n, max_size=n)
+    )
+    datas = [
+        AddEntry.create(
+            signal_type=signal_type,
+            value=raw.hex(),
+            labels=family,
+            quality=quality,
+            salt=raw[:16].ljust(16, b"s").hex() if salted else None,
+        ).to_bytes()
+        for raw in raws
+    ]
+    at = draw(st.integers(0, n - 1))
+    how = draw(st.sampled_from(["none", "near", "other", "shift"]))
+    if how == "near":
+        datas[at] = draw(near_misses())
+    elif how == "other":
+        datas[at] = draw(entries).to_bytes()
+    elif how == "shift" and at + 1 < n:
+        # The value's last digit moved into the next entry's frame: each
+        # entry spoilt, the bytes of the pair the same.
+        datas[at], datas[at + 1] = datas[at][:-1], datas[at][-1:] + datas[at + 1]
+    return datas
+
+
+@given(add_runs())
+@settings(max_examples=400, deadline=None)
+def test_an_add_run_is_none_or_what_parse_entry_returns(datas: list[bytes]) -> None:
+    run = parse_add_run(datas)
+    outcomes = [_outcome(parse_entry, d) for d in datas]
+    first = outcomes[0]
+    one_family = all(
+        isinstance(o, AddEntry)
+        and isinstance(first, AddEntry)
+        and o.note is None
+        and (o.signal_type, o.labels, o.quality, o.version)
+        == (first.signal_type, first.labels, first.quality, first.version)
+        and SIGNAL_TYPES[o.signal_type].encoding == "hex"
+        for o in outcomes
+    )
+    if run is None:
+        assert not one_family  # no run of one family is missed
+        return
+    assert one_family
+    assert list(run) == outcomes
+    assert run.values == [o.value for o in outcomes if isinstance(o, AddEntry)]
+    assert run.signal_type == first.signal_type if isinstance(first, AddEntry) else False
+
+
+@pytest.mark.parametrize("at", [0, 1024, 2099])
+@pytest.mark.parametrize("byte", [0x22, 0x30, 0x41, 0x66, 0x67, 0xFF])
+def test_one_byte_anywhere_in_a_long_run_spoils_it(at: int, byte: int) -> None:
+    # Longer than two blocks of the bulk check (1,024 entries), with a partial last block;
+    # the byte: a quote, a digit, upper-case hex, hex, a letter beyond hex, a non-ASCII byte.
+    datas = [
+        AddEntry.create(signal_type="sha256", value=f"{i:064x}", salt=f"{i:032x}").to_bytes()
+        for i in range(2100)
+    ]
+    assert isinstance(parse_add_run(datas), AddRun)
+    data = datas[at]
+    for position in range(len(data)):
+        spoilt = data[:position] + bytes([byte]) + data[position + 1 :]
+        datas[at] = spoilt
+        run = parse_add_run(datas)
+        expected = _outcome(parse_entry, spoilt)
+        if run is None:
+            assert not (isinstance(expected, AddEntry) and expected.signal_type == "sha256")
+        else:
+            assert run[at] == expected
+            assert run.values[at] == expected.value if isinstance(expected, AddEntry) else False
+    datas[at] = data
+
+
+def test_an_add_run_refuses_what_is_not_one_family_of_hex_adds() -> None:
+    sha = AddEntry.create(signal_type="sha256", value="ab" * 32, salt="cd" * 16)
+    assert parse_add_run([]) is None
+    assert parse_add_run([RetractEntry(index=0, reason="x", salt="00" * 16).to_bytes()]) is None
+    noted = AddEntry.create(signal_type="sha256", value="ab" * 32, note="n", salt="cd" * 16)
+    assert parse_add_run([noted.to_bytes()]) is None
+    photo = AddEntry.create(
+        signal_type="photodna", value=base64.b64encode(bytes(144)).decode(), salt="cd" * 16
+    )
+    assert parse_add_run([photo.to_bytes()]) is None
+    labelled = AddEntry.create(
+        signal_type="sha256", value="ab" * 32, labels=["src:x"], salt="cd" * 16
+    )
+    assert parse_add_run([sha.to_bytes(), labelled.to_bytes()]) is None
+    unsalted = AddEntry.create(signal_type="sha256", value="ab" * 32)
+    assert parse_add_run([sha.to_bytes(), unsalted.to_bytes()]) is None
+    run = parse_add_run([sha.to_bytes(), sha.to_bytes()])
+    assert run is not None and list(run) == [sha, sha] and run[-1:] == [sha]
