@@ -10,15 +10,20 @@ load: ``--clients`` clients over mutual TLS, half posting bulk matches of
 ``--page`` entries at random offsets, each client one request at a time, for
 ``--duration`` seconds. Meanwhile this process probes ``GET /v1/checkpoint``
 and ``GET /v1/health`` every ``--probe-interval`` seconds (its own peer
-certificate and keep-alive connection) and samples the server's RSS.
+certificate and keep-alive connection) and samples the server's RSS (its
+worker processes included: ``[api] workers``, one per core unless
+``--workers`` says otherwise; ``--workers 0`` is the one-process server).
 
 Printed: the probes' p50/p99/max, alone (``--baseline`` seconds before the
 load, the same-run reference) and under load; the load's requests by status
 (503s are the heavy lane's deliberate refusals; any other 5xx is a failure);
 the server's RSS at the end of the warm-up (``--warmup`` seconds into the
 load) and at the end, and its peaks in the first and second half after the
-warm-up (a leak shows as climbing peaks; one sample may land in a burst). Targets: p99 <= 50 ms, 0 unexpected 5xx, RSS growth
-after warm-up < 10 %. ``--json`` prints the figures as JSON too.
+warm-up (a leak shows as climbing peaks; one sample may land in a burst).
+Targets: p99 <= 50 ms, 0 unexpected 5xx, RSS growth after warm-up < 10 %;
+each is printed with PASS or FAIL, then one ``RESULT:`` line. The machine's
+load average is printed too: figures from a loaded machine mostly measure
+waiting for a core. ``--json`` prints the figures as JSON too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import random
 import ssl
 import statistics
@@ -156,10 +162,25 @@ async def load_main(args: argparse.Namespace) -> None:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    """Resident memory of ``pid`` and its children (the server's worker processes)."""
+    total = 0
+    for one in (pid, *children(pid)):
+        try:
+            status = Path(f"/proc/{one}/status").read_text(encoding="ascii")
+        except OSError:
+            continue  # a worker that just ended
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found.extend(int(c) for c in (task / "children").read_text(encoding="ascii").split())
+    return found
 
 
 async def probe(
@@ -180,10 +201,14 @@ async def probe(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         server_dir, load_dir, probe_dir = base / "a", base / "load", base / "probe"
         init_node(server_dir, SERVER, listen="127.0.0.1:0")
+        if args.workers is not None:
+            with (server_dir / "config.toml").open("a", encoding="utf-8") as config:
+                config.write(f"\n[api]\nworkers = {args.workers}\n")
         init_node(load_dir, "load.example/hashmesh")
         init_node(probe_dir, "probe.example/hashmesh")
         with Ledger.open(server_dir) as ledger:
@@ -236,6 +261,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await asyncio.sleep(1.0)
 
                 sampler = asyncio.create_task(sample())
+                workers = children(served.proc.pid)
                 loaded, probe_statuses = await probe(
                     session, url, started + args.duration, args.probe_interval
                 )
@@ -255,6 +281,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     unexpected_5xx += sum(n for key, n in probe_statuses.items() if not key.endswith(" 200"))
     return {
+        "load_average_start": [round(x, 2) for x in load_before],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "server_workers": len(workers),
         "clients": args.clients,
         "duration_s": args.duration,
         "entries": args.entries,
@@ -279,6 +308,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> None:
     print(
+        f"load average (1, 5, 15 min) {result['load_average_start']} at the start, "
+        f"{result['load_average_end']} at the end; server worker processes: "
+        f"{result['server_workers']}"
+    )
+    print(
         f"{result['clients']} clients x {result['duration_s']} s: bulk match of "
         f"{result['match_size']:,} hashes / entry pages of {result['page']:,}, "
         f"{result['entries']:,} entries"
@@ -293,13 +327,44 @@ def report(result: dict[str, Any]) -> None:
     print(f"  load requests: {dict(sorted(result['load_statuses'].items()))}")
     print(f"  5xx other than deliberate 503s: {result['unexpected_5xx']}")
     print(
-        f"  server RSS: {result['rss_kib_after_warmup'] / 1024:.1f} MiB after warm-up, "
+        f"  server RSS (with its workers): {result['rss_kib_after_warmup'] / 1024:.1f} MiB after warm-up, "
         f"{result['rss_kib_end'] / 1024:.1f} MiB at the end "
         f"(growth {result['rss_growth_pct']} %), max {result['rss_kib_max'] / 1024:.1f} MiB; "
         f"peak after warm-up {result['rss_peak_kib_first_half'] / 1024:.1f} MiB in the first "
         f"half, {result['rss_peak_kib_second_half'] / 1024:.1f} MiB in the second "
         f"({result['rss_peak_growth_pct']} %)"
     )
+
+
+P99_TARGET_MS = 50.0
+RSS_GROWTH_TARGET_PCT = 10.0
+
+
+def verdicts(result: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The issue's targets (issue 14 item 5), each with whether this run met it."""
+    checks = [
+        (
+            f"GET /v1/{name} p99 under load {result['under_load'][name]['p99_ms']:.1f} ms "
+            f"<= {P99_TARGET_MS:g} ms",
+            result["under_load"][name]["n"] > 0
+            and result["under_load"][name]["p99_ms"] <= P99_TARGET_MS,
+        )
+        for name in ("checkpoint", "health")
+    ]
+    checks.append(
+        (
+            f"5xx other than deliberate 503s: {result['unexpected_5xx']} == 0",
+            result["unexpected_5xx"] == 0,
+        )
+    )
+    growth = result["rss_peak_growth_pct"]
+    checks.append(
+        (
+            f"server RSS peak growth after warm-up {growth} % < {RSS_GROWTH_TARGET_PCT:g} %",
+            growth is not None and growth < RSS_GROWTH_TARGET_PCT,
+        )
+    )
+    return checks
 
 
 def main() -> None:
@@ -312,6 +377,12 @@ def main() -> None:
     parser.add_argument("--match-size", type=int, default=10_000)
     parser.add_argument("--page", type=int, default=1_000)
     parser.add_argument("--probe-interval", type=float, default=0.05)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="the server's [api] workers (default: its own default, one per core; "
+        "0: matching in the server's threads)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     # The load child's own arguments.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -324,6 +395,11 @@ def main() -> None:
         return
     result = asyncio.run(run(args))
     report(result)
+    print("targets (issue 14 item 5):")
+    checks = verdicts(result)
+    for text, met in checks:
+        print(f"  {'PASS' if met else 'FAIL'}  {text}")
+    print(f"RESULT: {'PASS' if all(met for _text, met in checks) else 'FAIL'}")
     if args.json:
         print(json.dumps(result))
 

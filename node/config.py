@@ -51,6 +51,7 @@ __all__ = [
     "WitnessRequirement",
     "WitnessSettings",
     "append_witness_setting",
+    "available_cores",
     "check_advertise_url",
     "check_origin",
     "listen_url",
@@ -310,6 +311,14 @@ class ScrubSettings:
     slice: int = DEFAULT_SCRUB_SLICE
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiLimits:
     """The ``[api]`` table: caps and timings of the mutual-TLS API (docs/configuration.md)."""
@@ -336,6 +345,14 @@ class ApiLimits:
     throughput and delays the event loop (docs/benchmarks.md)."""
     heavy_queue: int = 32
     """Heavy requests that may wait for a worker; more get 503 with ``Retry-After``."""
+    workers: int = field(default_factory=available_cores)
+    """Worker processes that answer bulk matches (``/v1/match``) off the server's
+    process, each with its own read-only database connection and interpreter
+    (no shared GIL with the event loop); default: one per core. 0 matches in
+    the server's own reader threads instead (one process)."""
+    worker_nice: int = 10
+    """How much lower the worker processes' CPU priority is than the server's
+    (``nice``, 0-19), so the event loop wins a contended core."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -634,6 +651,10 @@ def _connection_settings(path: Path, raw: object) -> ConnectionSettings:
     )
 
 
+_MAY_BE_ZERO = frozenset({"workers", "worker_nice"})
+"""Whole-number settings for which 0 means something (no worker processes; no lower priority)."""
+
+
 def _numbers(path: Path, name: str, raw: object, defaults: _Settings) -> _Settings:
     """``defaults`` with the numbers of a ``[name]`` table (each > 0, typed like its default)."""
     table = _section(path, name, raw, {f.name for f in dataclasses.fields(defaults)})
@@ -641,8 +662,11 @@ def _numbers(path: Path, name: str, raw: object, defaults: _Settings) -> _Settin
     for key, value in table.items():
         default = getattr(defaults, key)
         if isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{path}: {name}.{key} must be a whole number, >= 1")
+            least = 0 if key in _MAY_BE_ZERO else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{path}: {name}.{key} must be a whole number, >= {least}")
+            if key == "worker_nice" and value > 19:
+                raise ConfigError(f"{path}: {name}.{key} must be a whole number 0-19")
         elif isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise ConfigError(f"{path}: {name}.{key} must be a number of seconds, > 0")
         values[key] = value if isinstance(default, int) else float(value)

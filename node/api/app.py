@@ -28,6 +28,8 @@ import math
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 from aiohttp import web
 
@@ -49,6 +51,7 @@ from node.api.state import (
     WorkLane,
     refuse_damaged,
 )
+from node.api.workers import POOL_KEY, WorkerPool
 from node.errors import EntryNotFoundError, RecoveringError, StorageError, UnknownLogError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -276,6 +279,10 @@ def _body_cap(app: web.Application, request: web.Request) -> int:
     return route.max_body
 
 
+async def _node_dir(db: Database) -> Path:
+    return await db.read(lambda ledger: ledger.config.node_dir)
+
+
 async def _close_streams(app: web.Application) -> None:
     app[STREAMS_KEY].closing.set()
 
@@ -323,6 +330,16 @@ def make_app(
     app[RATE_KEY] = PeerRateLimiter(limits.peer_rate, limits.peer_burst)
     app[LANE_KEY] = WorkLane(limits.heavy_workers, limits.heavy_queue)
     app[LEAVES_KEY] = LeafHashIndex()
+    if limits.workers > 0:
+        pool = WorkerPool(
+            limits.workers,
+            limits.heavy_queue,
+            partial(_node_dir, db),
+            nice=limits.worker_nice,
+            jobs=(match.MATCH_JOB,),
+        )
+        app[POOL_KEY] = pool
+        app.on_cleanup.append(lambda _app: pool.close())
     if integrity is not None:
         app[INTEGRITY_KEY] = integrity
     policy: dict[str, Route] = {}

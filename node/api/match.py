@@ -1,8 +1,10 @@
 """``POST /v1/match``: look up a batch of hashes in every log this node holds.
 
 Layer: node.api. The request body is parsed, matched and the response
-serialised in one reader thread of the database, so a batch of ten thousand
-hashes never stalls the event loop.
+serialised in one worker process (:mod:`node.api.workers`, ``[api] workers``),
+or with ``workers = 0`` in one reader thread of the database, so a batch of
+ten thousand hashes never stalls the event loop. Requests that may hold PDQ
+queries are answered in a reader thread with the server's in-memory index.
 
 Request (JSON, at most :data:`MAX_BODY` bytes)::
 
@@ -56,6 +58,7 @@ from aiohttp import web
 
 from node.api.access import METRICS_KEY, request_facts
 from node.api.state import DB_KEY, LANE_KEY
+from node.api.workers import POOL_KEY, WorkerContext
 from node.errors import StorageError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -76,11 +79,14 @@ from protocol.encoding import loads_strict
 from protocol.errors import MalformedError
 
 __all__ = [
+    "MATCH_JOB",
     "MAX_BODY",
     "MatchRequest",
     "MatchService",
     "keep_current",
+    "match_document",
     "match_endpoint",
+    "match_job",
     "match_service",
     "parse_match_request",
     "verify_index_files",
@@ -442,6 +448,50 @@ async def _refresh(service: MatchService) -> int:
         return 0
 
 
+def match_document(
+    ledger: Ledger, body: bytes, pdq: LivePdqIndex | None
+) -> tuple[bytes, Counter[str], Counter[str]]:
+    """Answer a match request body: the response document, queries and hits by signal type.
+
+    The whole of a request's CPU work, from its bytes to the response's, in
+    the calling thread or worker process.
+
+    Raises:
+        MalformedError: if the request as a whole is malformed (the field is named).
+    """
+    parsed = parse_match_request(body)
+    results = match(
+        ledger,
+        parsed.queries,
+        pdq=pdq,
+        max_distance=parsed.max_distance,
+        receipts=parsed.receipts,
+    )
+    # Counted in C (Counter over a generator): the access log and metrics
+    # cost no Python loop of their own per hash.
+    looked_up = Counter(query.signal_type for _position, query in parsed.queries)
+    hit = Counter(result.query.signal_type for result in results if result.hits)
+    return render_results(parsed, results).to_json(), looked_up, hit
+
+
+MATCH_JOB = "node.api.match:match_job"
+"""The worker-process job (:mod:`node.api.workers`) answering a match request."""
+
+
+def match_job(
+    context: WorkerContext, body: bytes, args: Mapping[str, Any]
+) -> tuple[bytes, dict[str, Any]]:
+    """:func:`match_document` in a worker process (exact queries: no PDQ index there yet)."""
+    document, looked_up, hit = match_document(context.ledger, body, None)
+    return document, {"looked_up": dict(looked_up), "hit": dict(hit)}
+
+
+def _may_hold_pdq(body: bytes) -> bool:
+    # A byte search, much cheaper than a parse of its own; an escaped key
+    # could spell "pdq" without these bytes.
+    return b"pdq" in body or b"\\u" in body
+
+
 async def match_endpoint(request: web.Request) -> web.Response:
     """``POST /v1/match``: exact and PDQ matching of up to 10,000 hashes."""
     if request.query:
@@ -449,33 +499,25 @@ async def match_endpoint(request: web.Request) -> web.Response:
         raise MalformedError("no query parameters are accepted; send a JSON body", field=key)
     body = await request.read()
     db = request.app[DB_KEY]
-    service = match_service(db)
+    pool = request.app.get(POOL_KEY)
+    if pool is not None and not _may_hold_pdq(body):
+        # Parsing, matching and serialising run in a worker process: the
+        # server's event loop only moves the bytes (issue 14, issue 18).
+        document, facts = await pool.run(MATCH_JOB, body)
+        looked_up, hit = Counter(facts["looked_up"]), Counter(facts["hit"])
+    else:
+        service = match_service(db)
 
-    # Parsing, matching and serialising run in one reader thread; the PDQ
-    # index is brought up to date first whenever the body may hold a PDQ
-    # query (a byte search, much cheaper than a parse of its own).
-    def run(ledger: Ledger) -> tuple[bytes, Counter[str], Counter[str]]:
-        parsed = parse_match_request(body)
-        results = match(
-            ledger,
-            parsed.queries,
-            pdq=service.pdq,
-            max_distance=parsed.max_distance,
-            receipts=parsed.receipts,
-        )
-        # Counted in C (Counter over a generator), in the reader thread: the
-        # access log and metrics cost no Python loop of their own per hash.
-        looked_up = Counter(query.signal_type for _position, query in parsed.queries)
-        hit = Counter(result.query.signal_type for result in results if result.hits)
-        return render_results(parsed, results).to_json(), looked_up, hit
+        def run(ledger: Ledger) -> tuple[bytes, Counter[str], Counter[str]]:
+            return match_document(ledger, body, service.pdq)
 
-    # The heavy lane bounds how many run at once (503 beyond its queue).
-    async with request.app[LANE_KEY].slot():
-        if b"pdq" in body or b"\\u" in body:
-            await service.ensure_current()
-        document, looked_up, hit = await db.read(run)
-    facts = request_facts(request)
-    facts.hashes, facts.hits = looked_up.total(), hit.total()
+        # The heavy lane bounds how many run at once (503 beyond its queue).
+        async with request.app[LANE_KEY].slot():
+            if _may_hold_pdq(body):
+                await service.ensure_current()
+            document, looked_up, hit = await db.read(run)
+    facts_ = request_facts(request)
+    facts_.hashes, facts_.hits = looked_up.total(), hit.total()
     counter = request.app[METRICS_KEY].match_hashes
     for signal_type, n in looked_up.items():
         counter.labels(signal_type, "hit").inc(hit[signal_type])

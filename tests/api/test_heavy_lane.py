@@ -41,7 +41,9 @@ async def _hold(lane: WorkLane, held: asyncio.Event, release: asyncio.Event) -> 
 async def test_full_lane_refuses_heavy_requests_and_serves_light_ones(
     serve_with: Callable[..., AsyncIterator[Served]],
 ) -> None:
-    async for served in serve_with(ApiLimits(heavy_workers=1, heavy_queue=0)):
+    # workers=0: matching in the reader threads, behind the lane (with worker
+    # processes it has a pool of its own: tests/api/test_workers.py).
+    async for served in serve_with(ApiLimits(heavy_workers=1, heavy_queue=0, workers=0)):
         lane = served.server.runner.app[LANE_KEY]
         release = asyncio.Event()
         held = asyncio.Event()
