@@ -80,11 +80,13 @@ def instrument() -> None:
     timed(ledger_store.LedgerStore, "append_entries", "entries + nodes inserts")
     timed(ledger_store.LedgerStore, "add_active", "active inserts")
     timed(ledger_store.LedgerStore, "find_listed", "duplicate look-ups")
-    timed(integration, "_active_keys", "active keys")
-    timed(integration, "salted", "salt + encode")
+    timed(integration, "active_keys", "active keys")
+    timed(integration, "salt_values", "salt + encode")
     timed(integration, "hash_leaves", "leaf hashing")
     timed(integration.CompactRange, "extend", "tree extend")
-    timed(integration.Integration, "append", "append (all of the above but COMMIT)")
+    timed(
+        integration.Integration, "append_values", "append_values (all of the above but COMMIT)"
+    )
     plain = connection.write_transaction.__wrapped__  # type: ignore[attr-defined]
 
     @contextmanager

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 from node.errors import LineError
 from protocol.encoding import loads_strict
-from protocol.entry import AddEntry
+from protocol.entry import AddEntry, AddFamily
 from protocol.errors import MalformedError
 from protocol.signal import (
     LOWER_CASED_HEX,
@@ -43,6 +45,7 @@ __all__ = [
     "HashListReader",
     "LabelColumn",
     "ParsedLine",
+    "ParsedValues",
     "candidate_types",
     "load_label_map",
     "normalise_labels",
@@ -59,6 +62,8 @@ _NDJSON_KNOWN = {"type", "signal_type", "value", "labels", "note", "quality"}
 _MAKER_CACHE = 256  # distinct (type, labels, note, quality) combinations kept
 _QUALITY_HINT = "pass --quality N for a list that carries none"
 _LABEL_CACHE = 4096  # distinct cells remembered per --label-from column
+# Characters of text read at a time by the block readers: a few thousand lines.
+_BLOCK_CHARS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +210,22 @@ class ParsedLine(NamedTuple):
     error: LineError | None = None
 
 
+class ParsedValues(NamedTuple):
+    """Many input values that all read well: the bulk form of :class:`ParsedLine`.
+
+    ``values[i]`` is canonical for ``families[i]`` (the add it makes is
+    ``families[i].entry(values[i])``) and came from line ``lines[i]``; the
+    lines never decrease, and ``rows`` counts the distinct ones. A block of a
+    list that needs no per-line explanation is read into one of these with a
+    few passes in C instead of an entry object per line.
+    """
+
+    lines: Sequence[int]
+    families: Sequence[AddFamily]
+    values: list[str]
+    rows: int
+
+
 def normalise_labels(raw: Iterable[str], notes: Counter[str]) -> list[str]:
     """Lower-case and strip labels; count what was changed in ``notes``."""
     labels = []
@@ -243,13 +264,23 @@ class HashListReader:
         tuple[str, tuple[str, ...], str | None, int | None],
         tuple[Callable[[str], AddEntry], Counter[str]],
     ] = field(default_factory=dict, repr=False)
+    _families: dict[tuple[str, tuple[str, ...]], AddFamily] = field(
+        default_factory=dict, repr=False
+    )
 
-    def read(self, stream: io.TextIOBase | Iterable[str]) -> Iterator[ParsedLine]:
-        """Yield one :class:`ParsedLine` per data line of ``stream``.
+    def read(self, stream: io.TextIOBase | Iterable[str]) -> Iterator[ParsedLine | ParsedValues]:
+        """Yield :class:`ParsedLine` values, one per data line of ``stream``, or runs of them.
 
         The stream should be opened with ``newline=""`` so CRLF can be
-        reported; a leading byte order mark is removed and reported.
+        reported; a leading byte order mark is removed and reported. From a
+        text stream, blocks of lines that all read well are yielded as
+        :class:`ParsedValues` (the same entries, notes and counts).
         """
+        if self.fmt == "lines":
+            family = self._block_family()
+            if family is not None and isinstance(stream, io.TextIOBase):
+                yield from self._read_line_blocks(stream, family)
+                return
         lines = self._lines(stream)
         if self.fmt == "lines":
             yield from self._read_lines(lines)
@@ -258,17 +289,118 @@ class HashListReader:
         else:
             yield from self._read_csv(lines)
 
-    def _lines(self, stream: io.TextIOBase | Iterable[str]) -> Iterator[tuple[int, str]]:
-        for number, line in enumerate(stream, start=1):
-            if number == 1 and line.startswith("\ufeff"):
-                line = line[1:]
+    def _block_family(self) -> AddFamily | None:
+        """The family of every line of a ``--type`` list read in blocks, if it can be."""
+        row = None if self.default_type is None else SIGNAL_TYPES.get(self.default_type)
+        if row is None or row.encoding != "hex" or row.requires_quality:
+            return None
+        cached = self._maker(row.name, (), None, None)
+        if cached is None or cached[1]:
+            return None  # an invalid --label, or one that needs a note per line
+        return self._family(row.name, ())
+
+    def _family(self, signal_type: str, labels: tuple[str, ...]) -> AddFamily:
+        """The family of adds of ``signal_type`` with these labels and the extra ones."""
+        key = (signal_type, labels)
+        family = self._families.get(key)
+        if family is None:
+            family = AddFamily.create(
+                signal_type=signal_type,
+                labels=normalise_labels([*labels, *self.extra_labels], Counter()),
+            )
+            if len(self._families) >= _MAKER_CACHE:
+                self._families.clear()
+            self._families[key] = family
+        return family
+
+    def _read_line_blocks(
+        self, stream: io.TextIOBase, family: AddFamily
+    ) -> Iterator[ParsedLine | ParsedValues]:
+        """A ``--type`` list of a hex type, read a block of lines at a time.
+
+        A block whose lines are all canonical values (or upper-case ones,
+        lower-cased and noted; CRLF ends converted and noted) becomes one
+        :class:`ParsedValues`. Any other block goes line by line through
+        :meth:`_read_lines`, which explains every change and error; its lines
+        are split exactly as iterating the stream splits them.
+        """
+        number = 0  # lines of the stream taken so far
+        carry = ""
+        first = True
+        while True:
+            chunk = stream.read(_BLOCK_CHARS)
+            if first and chunk.startswith("\ufeff"):
+                chunk = chunk[1:]
                 self.notes["removed byte order mark"] += 1
+            first = False
+            if chunk:
+                # Blocks end at a "\n", which always ends a line (a "\r\n" too).
+                cut = chunk.rfind("\n") + 1
+                if not cut:
+                    carry += chunk
+                    continue
+                text, carry = carry + chunk[:cut], chunk[cut:]
+            else:
+                text, carry = carry, ""
+                if not text:
+                    return
+            values = self._canonical_block(text, family)
+            if values is not None:
+                yield ParsedValues(
+                    range(number + 1, number + 1 + len(values)),
+                    [family] * len(values),
+                    values,
+                    len(values),
+                )
+                number += len(values)
+                continue
+            pieces = io.StringIO(text, newline="").readlines()
+            yield from self._read_lines(self._numbered(pieces, number))
+            number += len(pieces)
+
+    def _canonical_block(self, text: str, family: AddFamily) -> list[str] | None:
+        """The values of a block of whole lines, if every line is one value and nothing else.
+
+        Upper-case hex is lower-cased and CRLF line ends converted, each
+        counted as the line-by-line reader counts them; None (and nothing
+        counted) for a block that needs more.
+        """
+        crlf = text.count("\r\n")
+        if text.count("\r") != crlf or not text.isascii():
+            return None
+        plain = text.replace("\r\n", "\n") if crlf else text
+        lowered = plain.lower()
+        values = lowered.split("\n")
+        if not values[-1]:
+            values.pop()  # the end of the last line; a file may lack it
+        if not family.canonical(values):
+            return None
+        if lowered != plain:
+            originals = plain.split("\n")
+            self.notes[LOWER_CASED_HEX] += sum(map(operator.ne, originals, values))
+        if crlf:
+            self.notes["converted CRLF line ends"] += crlf
+        return values
+
+    def _numbered(self, lines: Iterable[str], before: int) -> Iterator[tuple[int, str]]:
+        """Lines after the first ``before``, numbered, their line ends stripped."""
+        for number, line in enumerate(lines, start=before + 1):
             if line.endswith("\r\n"):
                 line = line[:-2]
                 self.notes["converted CRLF line ends"] += 1
             elif line.endswith("\n"):
                 line = line[:-1]
             yield number, line
+
+    def _lines(self, stream: io.TextIOBase | Iterable[str]) -> Iterator[tuple[int, str]]:
+        lines = iter(stream)
+        first = next(lines, None)
+        if first is None:
+            return
+        if first.startswith("\ufeff"):
+            first = first[1:]
+            self.notes["removed byte order mark"] += 1
+        yield from self._numbered(itertools.chain((first,), lines), 0)
 
     def _entry(
         self,

@@ -46,7 +46,7 @@ from node.ledger.fsck import (
     restore_entries,
 )
 from node.ledger.gc_pause import bulk_allocation
-from node.ledger.hashlist import ParsedLine
+from node.ledger.hashlist import ParsedLine, ParsedValues
 from node.ledger.index_files import IndexFile, build_index_files, check_index_files
 from node.ledger.integration import Duplicate, Integration
 from node.ledger.key_files import load_signer
@@ -71,7 +71,7 @@ from node.storage.peer_store import PeerStore
 from node.storage.segment_file import INDEX_DIR
 from node.storage.witness_store import WitnessStore
 from protocol.card import SignedCard, sign_card
-from protocol.entry import Entry, RetractEntry, RotateEntry
+from protocol.entry import AddFamily, Entry, RetractEntry, RotateEntry
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaves
 from protocol.keys import NoteSigner, NoteVerifier
@@ -306,7 +306,7 @@ class Ledger:
 
     def import_lines(
         self,
-        lines: Iterable[ParsedLine],
+        lines: Iterable[ParsedLine | ParsedValues],
         *,
         skip_invalid: bool = False,
         progress: Callable[[int], None] | None = None,
@@ -315,7 +315,9 @@ class Ledger:
 
         The whole input is read even after an error so the report lists every
         invalid line. Unless ``skip_invalid`` is set, any invalid line rolls
-        the transaction back and nothing is appended.
+        the transaction back and nothing is appended. Readers hand over runs
+        of lines that read well as :class:`ParsedValues` (no entry object per
+        line), the rest one :class:`ParsedLine` at a time.
 
         Raises:
             ImportRejectedError: if lines were invalid and ``skip_invalid`` is
@@ -329,8 +331,31 @@ class Ledger:
             run = Integration(self.store, self.own_log)
             batch: list[Entry] = []
             batch_lines: list[int] = []
+            # A batch is either entries or values (runs of ParsedValues);
+            # a change of kind writes what is pending, so order is kept.
+            families: list[AddFamily] = []
+            values: list[str] = []
+            value_lines: list[int] = []
             last_line = -1
             for parsed in lines:
+                if type(parsed) is ParsedValues:
+                    read += parsed.rows - (parsed.lines[0] == last_line)
+                    last_line = parsed.lines[-1]
+                    if errors and not skip_invalid:
+                        continue
+                    if batch:
+                        run.append(batch, batch_lines)
+                        batch, batch_lines = [], []
+                    families += parsed.families
+                    values += parsed.values
+                    value_lines += parsed.lines
+                    if len(values) >= IMPORT_BATCH:
+                        run.append_values(families, values, value_lines)
+                        families, values, value_lines = [], [], []
+                        if progress is not None:
+                            progress(read)
+                    continue
+                assert type(parsed) is ParsedLine
                 # A CSV row or a VICS media item may give several entries.
                 if parsed.line != last_line:
                     read += 1
@@ -342,6 +367,9 @@ class Ledger:
                     # Nothing will be written; keep reading only to report.
                     continue
                 assert parsed.entry is not None
+                if values:
+                    run.append_values(families, values, value_lines)
+                    families, values, value_lines = [], [], []
                 batch.append(parsed.entry)
                 batch_lines.append(parsed.line)
                 if len(batch) >= IMPORT_BATCH:
@@ -352,6 +380,7 @@ class Ledger:
             if errors and not skip_invalid:
                 raise ImportRejectedError(errors, total_lines=read)
             run.append(batch, batch_lines)
+            run.append_values(families, values, value_lines)
             checkpoint = run.commit_checkpoint(signer)
             if progress is not None:
                 progress(read)

@@ -1,0 +1,261 @@
+"""Bulk reading: blocks of a hash list read into ParsedValues, written without entry objects.
+
+A ``--type`` list of a hex type is read a block at a time: a block whose
+lines are all canonical values (after lower-casing and CRLF conversion) is
+one :class:`ParsedValues`, any other block goes line by line. Both must give
+exactly what the line-by-line reader gives (entries, errors, line numbers,
+notes), and writing values must store what writing entries stores, apart
+from the fresh salts.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from node.errors import ImportRejectedError
+from node.ledger import Ledger
+from node.ledger import hashlist as hashlist_module
+from node.ledger.hashlist import HashListReader, ParsedLine, ParsedValues
+from protocol.entry import SALT_BYTES, AddEntry, AddFamily, parse_entry, salt_values
+from protocol.errors import MalformedError
+from protocol.hashing import hash_leaf
+from protocol.signal import validate_signal_value
+from tests.node.conftest import snapshot
+
+
+def md5s(start: int, count: int) -> list[str]:
+    return [f"{i:032x}" for i in range(start, start + count)]
+
+
+def expand(items: list[ParsedLine | ParsedValues]) -> list[ParsedLine]:
+    """Every item as the line-by-line reader yields it."""
+    out: list[ParsedLine] = []
+    for item in items:
+        if isinstance(item, ParsedValues):
+            out += [
+                ParsedLine(line, f.entry(v))
+                for line, f, v in zip(item.lines, item.families, item.values, strict=True)
+            ]
+        else:
+            out.append(item)
+    return out
+
+
+CLEAN = "\n".join(md5s(1, 400)) + "\n"
+BAD_LINES = [*md5s(1, 150), "not a hash", "", "# comment", "  " + md5s(9, 1)[0] + " "]
+BAD_LINES += ["0x" + md5s(10, 1)[0], md5s(11, 1)[0][:-1], *md5s(200, 150)]
+INPUTS = {
+    "canonical": CLEAN,
+    "upper-case": CLEAN.upper(),
+    "mixed case": "".join(
+        v.upper() + "\n" if i % 3 else v + "\n" for i, v in enumerate(md5s(1, 400))
+    ),
+    "crlf": CLEAN.replace("\n", "\r\n"),
+    "bom, crlf on every other line, upper-case": "\ufeff"
+    + "".join(v.upper() + ("\r\n" if i % 2 else "\n") for i, v in enumerate(md5s(1, 400))),
+    "no final line end": CLEAN.rstrip("\n"),
+    "digits only": "\n".join(f"{i:032d}" for i in range(300)) + "\n",
+    "bad lines among good ones": "\n".join(BAD_LINES) + "\n",
+    "lone carriage returns": "\r".join(md5s(1, 100)) + "\n" + "\n".join(md5s(500, 100)),
+    "a carriage return at the very end": CLEAN + md5s(900, 1)[0] + "\r",
+    "blank lines only": "\n\n\n",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_blocks_read_as_line_by_line(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Blocks of about 15 lines, so every input crosses many block edges.
+    monkeypatch.setattr(hashlist_module, "_BLOCK_CHARS", 500)
+    text = INPUTS[name]
+    blocks = HashListReader(fmt="lines", default_type="md5", extra_labels=["src:t"])
+    lines = HashListReader(fmt="lines", default_type="md5", extra_labels=["src:t"])
+    got = list(blocks.read(io.StringIO(text, newline="")))
+    # A list of lines is not a text stream: it is read line by line.
+    want = list(lines.read(io.StringIO(text, newline="").readlines()))
+    assert all(isinstance(p, ParsedLine) for p in want)
+    assert expand(got) == want
+    assert blocks.notes == lines.notes
+    assert blocks.skipped_blank == lines.skipped_blank
+    for item in got:
+        if isinstance(item, ParsedValues):
+            assert item.rows == len(item.values) == len(item.lines) == len(item.families)
+            assert list(item.lines) == list(range(item.lines[0], item.lines[0] + item.rows))
+    if name in ("canonical", "upper-case", "crlf", "no final line end", "digits only"):
+        # Clean lists are read in blocks, not line by line.
+        assert all(isinstance(p, ParsedValues) for p in got)
+        assert len(got) > 10
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ab" * 16,
+        "0" * 32,
+        "AB" * 16,
+        "ab" * 15 + "a ",
+        "ab" * 14 + "  ab",  # fromhex would skip the spaces
+        "ab" * 15 + "ag",
+        "ab" * 15 + "\u0661\u0662",  # Arabic-Indic digits: not ASCII
+        "ab" * 17,
+        "ab" * 15,
+        "",
+        "0x" + "ab" * 15,
+    ],
+)
+def test_family_canonical_agrees_with_the_strict_check(value: str) -> None:
+    family = AddFamily.create(signal_type="md5", labels=["src:t"])
+    try:
+        validate_signal_value("md5", value)
+        valid = True
+    except MalformedError:
+        valid = False
+    assert family.canonical([value]) is valid
+    # In a batch, one value that is not canonical makes the whole batch not so.
+    assert family.canonical([*md5s(0, 5), value, *md5s(5, 5)]) is valid
+    if valid:
+        assert family.entry(value) == AddEntry.create(
+            signal_type="md5", value=value, labels=["src:t"]
+        )
+    else:
+        with pytest.raises(MalformedError):
+            family.entry(value)
+
+
+def test_family_refuses_what_an_add_refuses() -> None:
+    assert family_error(signal_type="md5", labels=["Not A Label"]) == "labels[0]"
+    assert family_error(signal_type="pdq") == "signal.quality"
+    assert family_error(signal_type="md5", quality=50) == "signal.quality"
+    assert family_error(signal_type="photodna") == "signal.type"  # base64, not hex
+    assert AddFamily.create(signal_type="md5").canonical([])
+    assert not AddFamily.create(signal_type="md5").canonical([b"ab" * 16])  # type: ignore[list-item]
+
+
+def family_error(**fields: object) -> str | None:
+    try:
+        AddFamily.create(**fields)  # type: ignore[arg-type]
+    except MalformedError as e:
+        return e.field
+    return None
+
+
+def test_salt_values_equal_salted_entries() -> None:
+    a = AddFamily.create(signal_type="md5", labels=["src:t", "iwf:a"])
+    b = AddFamily.create(signal_type="pdq", labels=[], quality=90)
+    families = [a, a, b, a, b]
+    values = [*md5s(0, 2), "f" * 64, *md5s(2, 1), "e" * 64]
+    random = bytes(range(SALT_BYTES * 5))
+    datas = salt_values(families, values, random)
+    for i, (f, v) in enumerate(zip(families, values, strict=True)):
+        salt = random[SALT_BYTES * i : SALT_BYTES * (i + 1)].hex()
+        assert datas[i] == f.entry(v).salted(salt).to_bytes()
+        assert parse_entry(datas[i]) == f.entry(v).salted(salt)
+    with pytest.raises(ValueError, match="random bytes"):
+        salt_values(families, values, random[:-1])
+    with pytest.raises(ValueError, match="families"):
+        salt_values(families[:-1], values, random)
+
+
+def stored(ledger: Ledger) -> list[tuple[int, AddEntry, bytes, bytes]]:
+    rows = ledger.store.iter_entries(ledger.own_log.log_id)
+    out = []
+    for index, data, leaf in rows:
+        entry = parse_entry(bytes(data))
+        assert isinstance(entry, AddEntry)
+        out.append((index, entry, bytes(data), bytes(leaf)))
+    return out
+
+
+def test_values_store_the_entries_the_line_path_stores(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashlist_module, "_BLOCK_CHARS", 2000)
+    text = "".join(v.upper() + "\n" for v in md5s(0, 3000)) + "bad\n" + CLEAN
+    reader = HashListReader(fmt="lines", default_type="md5", extra_labels=["src:t"])
+    result = ledger.import_lines(reader.read(io.StringIO(text, newline="")), skip_invalid=True)
+    assert [(e.line, e.field) for e in result.skipped] == [(3001, "value")]
+    # 400 values of CLEAN were listed already (md5s(1, 400) within md5s(0, 3000)).
+    assert result.append.count == 3000 and len(result.append.duplicates) == 400
+    assert [d.line for d in result.append.duplicates] == list(range(3002, 3402))
+    assert [d.existing_index for d in result.append.duplicates] == list(range(1, 401))
+
+    from node.ledger.provision import init_node
+
+    init_node(tmp_path / "other", "other.example/hashmesh")
+    with Ledger.open(tmp_path / "other") as other:
+        by_line = HashListReader(fmt="lines", default_type="md5", extra_labels=["src:t"])
+        other.import_lines(by_line.read(text.splitlines(keepends=True)), skip_invalid=True)
+        want = stored(other)
+    got = stored(ledger)
+    assert [(i, e.salted(None)) for i, e, _d, _h in got] == [
+        (i, e.salted(None)) for i, e, _d, _h in want
+    ]
+    assert reader.notes == by_line.notes
+    # Every entry has its own salt of 16 bytes (32 hex digits), and its leaf
+    # hash is that of its stored bytes.
+    salts = [e.salt for _i, e, _d, _h in got]
+    assert all(s is not None and re.fullmatch("[0-9a-f]{32}", s) for s in salts)
+    assert len(set(salts)) == len(salts) == 3000
+    assert not set(salts) & {e.salt for _i, e, _d, _h in want}
+    assert all(h == hash_leaf(d) for _i, _e, d, h in got)
+    found = ledger.store.find_active(ledger.own_log.log_id, "md5", md5s(0, 3000))
+    assert found == {v: i for i, v in enumerate(md5s(0, 3000))}
+
+
+def test_a_batch_with_duplicates_reports_each_one_with_its_line(ledger: Ledger) -> None:
+    family = AddFamily.create(signal_type="md5")
+    first = ParsedValues(range(1, 4), [family] * 3, md5s(0, 3), 3)
+    again = md5s(5, 2) + md5s(1, 1) + md5s(5, 1)  # listed earlier, and twice in the batch
+    second = ParsedValues(range(4, 8), [family] * 4, again, 4)
+    result = ledger.import_lines([first, second])
+    assert result.lines_read == 7 and result.append.count == 5
+    assert [(d.line, d.existing_index, d.entry.value) for d in result.append.duplicates] == [
+        (6, 1, md5s(1, 1)[0]),
+        (7, 3, md5s(5, 1)[0]),
+    ]
+
+
+def test_values_and_entries_keep_their_order(ledger: Ledger) -> None:
+    family = AddFamily.create(signal_type="md5", labels=["src:a"])
+    other = AddFamily.create(signal_type="sha1", labels=["src:b"])
+    items: list[ParsedLine | ParsedValues] = [
+        ParsedValues(
+            [1, 1, 2], [family, other, family], [md5s(0, 1)[0], "ab" * 20, md5s(1, 1)[0]], 2
+        ),
+        ParsedLine(2, family.entry(md5s(2, 1)[0])),  # the same line as the last value
+        ParsedLine(3, other.entry("cd" * 20)),
+        ParsedValues([4], [other], ["ef" * 20], 1),
+    ]
+    result = ledger.import_lines(items)
+    assert result.lines_read == 4 and result.append.count == 6
+    values = [e.value for _i, e, _d, _h in stored(ledger)]
+    assert values == [md5s(0, 1)[0], "ab" * 20, md5s(1, 1)[0], md5s(2, 1)[0], "cd" * 20, "ef" * 20]
+
+
+def test_a_value_that_is_not_canonical_writes_nothing(ledger: Ledger, node_dir: Path) -> None:
+    before = snapshot(node_dir / "ledger.db")
+    family = AddFamily.create(signal_type="md5")
+    bad = ParsedValues(range(1, 4), [family] * 3, [md5s(0, 1)[0], "AB" * 16, md5s(1, 1)[0]], 3)
+    with pytest.raises(MalformedError) as caught:
+        ledger.import_lines([bad])
+    assert caught.value.field == "signal.value"
+    assert snapshot(node_dir / "ledger.db") == before
+
+
+def test_a_rejected_block_import_names_the_line_and_writes_nothing(
+    ledger: Ledger, node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashlist_module, "_BLOCK_CHARS", 1000)
+    before = snapshot(node_dir / "ledger.db")
+    lines = md5s(0, 2000)
+    lines[1500] = "xyz"
+    reader = HashListReader(fmt="lines", default_type="md5")
+    with pytest.raises(ImportRejectedError) as caught:
+        ledger.import_lines(reader.read(io.StringIO("\n".join(lines) + "\n")))
+    assert [(e.line, e.field) for e in caught.value.errors] == [(1501, "value")]
+    assert caught.value.total_lines == 2000
+    assert snapshot(node_dir / "ledger.db") == before
