@@ -52,7 +52,12 @@ from protocol import PROTOCOL_VERSION, READ_VERSIONS
 from protocol.encoding import MAX_UINT63, decode_hex, dumps_canonical, loads_strict
 from protocol.errors import MalformedError, UnsupportedVersionError
 from protocol.keys import SIG_ED25519, NoteVerifier, check_key_name
-from protocol.signal import SIGNAL_TYPES, canonical_value_pattern, validate_signal_value
+from protocol.signal import (
+    SIGNAL_TYPES,
+    all_canonical,
+    canonical_value_pattern,
+    validate_signal_value,
+)
 
 __all__ = [
     "LABEL_PATTERN",
@@ -609,28 +614,11 @@ class AddFamily:
     def canonical(self, values: Sequence[str]) -> bool:
         """Whether every value is the canonical spelling of one of this type (all at once).
 
-        A handful of passes over the joined values in C instead of a
-        pattern match per value: True exactly when :meth:`entry` accepts
-        each of them. A False says nothing about which; ask :meth:`entry`.
+        True exactly when :meth:`entry` accepts each of them
+        (:func:`protocol.signal.all_canonical`). A False says nothing about
+        which; ask :meth:`entry`.
         """
-        if not values:
-            return True
-        width = 2 * SIGNAL_TYPES[self.signal_type].length
-        try:
-            joined = "".join(values)
-        except TypeError:
-            return False  # not all strings
-        if min(map(len, values)) != width or len(joined) != width * len(values):
-            return False  # with no value shorter, none is longer either
-        # ASCII letters and digits only, none upper-case; fromhex then
-        # refuses any letter past f (it skips only whitespace, excluded here).
-        if not (joined.isascii() and joined.isalnum()) or joined.lower() != joined:
-            return False
-        try:
-            bytes.fromhex(joined)
-        except ValueError:
-            return False
-        return True
+        return all_canonical(self.signal_type, values)
 
 
 def _unchecked_add_builder(

@@ -26,7 +26,7 @@ encoding does not change.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -38,6 +38,7 @@ __all__ = [
     "LOWER_CASED_HEX",
     "SIGNAL_TYPES",
     "SignalType",
+    "all_canonical",
     "canonical_value_pattern",
     "detect_signal_type",
     "normalise_signal_value",
@@ -186,6 +187,37 @@ def canonical_value_pattern(signal_type: str) -> re.Pattern[str] | None:
     fall back to :func:`validate_signal_value`, which explains a failure.
     """
     return _CANONICAL_HEX.get(signal_type)
+
+
+def all_canonical(signal_type: str, values: Sequence[str]) -> bool:
+    """Whether every value is the canonical spelling of a hex ``signal_type`` (all at once).
+
+    True exactly when :func:`validate_signal_value` accepts each of them;
+    False for base64 and unknown types. For bulk imports: a handful of passes
+    over the joined values in C instead of a pattern match per value. A
+    False says nothing about which value; ask :func:`validate_signal_value`.
+    """
+    row = SIGNAL_TYPES.get(signal_type) if isinstance(signal_type, str) else None
+    if row is None or row.encoding != "hex":
+        return False
+    if not values:
+        return True
+    width = 2 * row.length
+    try:
+        joined = "".join(values)
+    except TypeError:
+        return False  # not all strings
+    if min(map(len, values)) != width or len(joined) != width * len(values):
+        return False  # with no value shorter, none is longer either
+    # fromhex refuses anything but ASCII hex digits and whitespace, and
+    # skips whitespace: a digit for every character means none was skipped.
+    # (str.isalnum would look up every character in the Unicode tables.)
+    if not joined.isascii() or joined.lower() != joined:
+        return False
+    try:
+        return 2 * len(bytes.fromhex(joined)) == len(joined)
+    except ValueError:
+        return False
 
 
 def normalise_signal_value(signal_type: str, raw: str) -> tuple[str, list[str]]:

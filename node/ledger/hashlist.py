@@ -35,6 +35,7 @@ from protocol.errors import MalformedError
 from protocol.signal import (
     LOWER_CASED_HEX,
     SIGNAL_TYPES,
+    all_canonical,
     detect_signal_type,
     normalise_signal_value,
 )
@@ -276,9 +277,12 @@ class HashListReader:
         text stream, blocks of lines that all read well are yielded as
         :class:`ParsedValues` (the same entries, notes and counts).
         """
-        if self.fmt == "lines":
-            family = self._block_family()
-            if family is not None and isinstance(stream, io.TextIOBase):
+        if isinstance(stream, io.TextIOBase):
+            if self.fmt == "csv":
+                yield from self._read_csv_blocks(stream)
+                return
+            family = self._block_family() if self.fmt == "lines" else None
+            if family is not None:
                 yield from self._read_line_blocks(stream, family)
                 return
         lines = self._lines(stream)
@@ -325,25 +329,7 @@ class HashListReader:
         are split exactly as iterating the stream splits them.
         """
         number = 0  # lines of the stream taken so far
-        carry = ""
-        first = True
-        while True:
-            chunk = stream.read(_BLOCK_CHARS)
-            if first and chunk.startswith("\ufeff"):
-                chunk = chunk[1:]
-                self.notes["removed byte order mark"] += 1
-            first = False
-            if chunk:
-                # Blocks end at a "\n", which always ends a line (a "\r\n" too).
-                cut = chunk.rfind("\n") + 1
-                if not cut:
-                    carry += chunk
-                    continue
-                text, carry = carry + chunk[:cut], chunk[cut:]
-            else:
-                text, carry = carry, ""
-                if not text:
-                    return
+        for text in _TextBlocks(stream, self.notes):
             values = self._canonical_block(text, family)
             if values is not None:
                 yield ParsedValues(
@@ -365,8 +351,8 @@ class HashListReader:
         counted as the line-by-line reader counts them; None (and nothing
         counted) for a block that needs more.
         """
-        crlf = text.count("\r\n")
-        if text.count("\r") != crlf or not text.isascii():
+        crlf = _crlf_ends(text)
+        if crlf is None or not text.isascii():
             return None
         plain = text.replace("\r\n", "\n") if crlf else text
         lowered = plain.lower()
@@ -584,19 +570,58 @@ class HashListReader:
             )
 
     def _read_csv(self, lines: Iterator[tuple[int, str]]) -> Iterator[ParsedLine]:
-        # Only the current line's number is kept: a list of every number
-        # would grow with the file (36 MB per million rows).
-        numbers = [0]
+        reader, numbers = _csv_rows(lines)
+        plan = self._csv_plan(next(reader, None), numbers[0])
+        if isinstance(plan, _CsvPlan):
+            yield from self._csv_rows(plan, reader, numbers)
+        elif plan is not None:
+            yield plan
 
-        def feed() -> Iterator[str]:
-            for number, line in lines:
-                numbers[0] = number
-                yield line
+    def _read_csv_blocks(self, stream: io.TextIOBase) -> Iterator[ParsedLine | ParsedValues]:
+        """A CSV read a block of rows at a time, for what :meth:`_csv_block` can read so.
 
-        reader = csv.reader(feed())
-        header = next(reader, None)
-        if header is None:
+        The header is read alone. A block with a quote (a field that may span
+        lines) hands the rest of the file to the row-by-row reader; a block
+        :meth:`_csv_block` cannot read goes row by row on its own.
+        """
+        first = stream.readline()
+        if not first:
+            return  # an empty file
+        if '"' in first:
+            rest = self._lines(itertools.chain((first,), stream))
+            yield from self._read_csv(rest)
             return
+        header = [row for _n, row in self._lines((first,))]
+        plan = self._csv_plan(next(csv.reader(header), None), 1)
+        if not isinstance(plan, _CsvPlan):
+            if plan is not None:
+                yield plan
+            return
+        types = self._csv_block_types(plan)
+        if types is None:
+            yield from self._csv_rows(plan, *_csv_rows(self._numbered(stream, 1)))
+            return
+        number = 1
+        blocks = _TextBlocks(stream, self.notes, first=False)
+        for text in blocks:
+            if '"' in text:
+                pieces = io.StringIO(text, newline="").readlines()
+                rest = self._numbered(itertools.chain(pieces, blocks.rest()), number)
+                yield from self._csv_rows(plan, *_csv_rows(rest))
+                return
+            values = self._csv_block(text, plan, types, number)
+            if values is not None:
+                yield values
+                number += values.rows
+                continue
+            pieces = io.StringIO(text, newline="").readlines()
+            yield from self._csv_rows(plan, *_csv_rows(self._numbered(pieces, number)))
+            number += len(pieces)
+
+    def _csv_plan(self, header: list[str] | None, number: int) -> _CsvPlan | ParsedLine | None:
+        """What each column of a CSV holds; a ParsedLine naming a header problem; None if empty."""
+        if header is None:
+            return None
         columns = [h.strip().lower() for h in header]
         type_col = _first_index(columns, _CSV_TYPE_COLUMNS)
         value_col = _first_index(columns, _CSV_VALUE_COLUMNS)
@@ -619,17 +644,31 @@ class HashListReader:
             else:
                 label_cols.append((index, spec))
         if problem is not None:
-            yield ParsedLine(numbers[0], error=LineError(numbers[0], "header", problem))
-            return
+            return ParsedLine(number, error=LineError(number, "header", problem))
         used = {i for i, _ in value_cols} | {i for i, _ in label_cols}
         self.ignored_columns = tuple(
             c for i, c in enumerate(columns) if c not in _CSV_KNOWN and i not in used
         )
-        label_col = _first_index(columns, ("labels",))
-        note_col = _first_index(columns, ("note",))
-        quality_col = _first_index(columns, ("quality",))
+        return _CsvPlan(
+            columns,
+            value_cols,
+            label_cols,
+            type_col,
+            _first_index(columns, ("labels",)),
+            _first_index(columns, ("note",)),
+            _first_index(columns, ("quality",)),
+        )
+
+    def _csv_rows(
+        self, plan: _CsvPlan, reader: Iterator[list[str]], numbers: list[int]
+    ) -> Iterator[ParsedLine]:
+        """Each row of ``reader`` as entries and errors (``numbers[0]``: the row's line)."""
+        columns = plan.columns
+        value_cols, label_cols = plan.value_cols, plan.label_cols
+        type_col, label_col, note_col = plan.type_col, plan.label_col, plan.note_col
+        quality_col = plan.quality_col
         # A row's quality belongs to its perceptual column, not its md5 beside it.
-        plan = [(i, t, t is None or SIGNAL_TYPES[t].requires_quality) for i, t in value_cols]
+        takes = [(i, t, t is None or SIGNAL_TYPES[t].requires_quality) for i, t in value_cols]
         width = len(columns)
         default_quality = self.default_quality
         for row in reader:
@@ -662,7 +701,7 @@ class HashListReader:
             row_type = row[type_col].strip().lower() if type_col is not None else ""
             note = (row[note_col] or None) if note_col is not None else None
             found = False
-            for index, column_type, takes_quality in plan:
+            for index, column_type, takes_quality in takes:
                 cell = row[index]
                 if not cell or (cell[0].isspace() and not cell.strip()):
                     continue  # rows may fill only some of the value columns
@@ -689,8 +728,185 @@ class HashListReader:
                     ),
                 )
 
+    def _csv_block_types(self, plan: _CsvPlan) -> list[str] | None:
+        """The signal type of each value column, if rows of this CSV can be read in blocks.
+
+        Only value columns of hex types that take no quality, with their
+        type known from the header or ``--type``; no type, labels, note or
+        quality column (those are read row by row).
+        """
+        if any(c is not None for c in (plan.type_col, plan.label_col, plan.note_col)):
+            return None
+        if plan.quality_col is not None:
+            return None
+        types = []
+        for _index, column_type in plan.value_cols:
+            row = SIGNAL_TYPES.get(column_type or self.default_type or "")
+            if row is None or row.encoding != "hex" or row.requires_quality:
+                return None
+            types.append(row.name)
+        return types
+
+    def _csv_block(
+        self, text: str, plan: _CsvPlan, types: list[str], before: int
+    ) -> ParsedValues | None:
+        """The rows of a block (whole lines, no quote) as values, if every row reads well.
+
+        Every value cell canonical after lower-casing, every label cell
+        labelled, every row as wide as the header; notes counted as the row
+        by row reader counts them. None (nothing counted) for any other block.
+        """
+        crlf = _crlf_ends(text)
+        if crlf is None:
+            return None
+        lines = (text.replace("\r\n", "\n") if crlf else text).split("\n")
+        if not lines[-1]:
+            lines.pop()  # the end of the last line; a file may lack it
+        rows = [line.split(",") for line in lines]
+        width = len(plan.columns)
+        if min(map(len, rows)) != width or max(map(len, rows)) != width:
+            return None
+        columns = list(zip(*rows, strict=True))
+        notes: Counter[str] = Counter()
+        # Each row's labels from its --label-from cells, worked out once per
+        # distinct combination of cells.
+        keys: list[tuple[str, ...]] = (
+            list(zip(*(columns[i] for i, _spec in plan.label_cols), strict=True))
+            if plan.label_cols
+            else [()] * len(rows)
+        )
+        labels_of: dict[tuple[str, ...], tuple[str, ...]] = {}
+        for key, count in Counter(keys).items():
+            labels: list[str] = []
+            for cell, (_i, spec) in zip(key, plan.label_cols, strict=True):
+                once: Counter[str] = Counter()
+                try:
+                    label = spec.label(cell, once)
+                except MalformedError:
+                    return None
+                for note, n in once.items():
+                    notes[note] += n * count
+                if label is not None:
+                    labels.append(label)
+            labels_of[key] = tuple(labels)
+        value_columns: list[list[str]] = []
+        family_columns: list[list[AddFamily]] = []
+        for (index, _column_type), signal_type in zip(plan.value_cols, types, strict=True):
+            cells = columns[index]
+            joined = "\n".join(cells)
+            if not joined.isascii():
+                return None
+            lowered = joined.lower()
+            values = lowered.split("\n") if lowered != joined else list(cells)
+            if not all_canonical(signal_type, values):
+                return None
+            if lowered != joined:
+                notes[LOWER_CASED_HEX] += sum(map(operator.ne, cells, values))
+            families: dict[tuple[str, ...], AddFamily] = {}
+            for key, row_labels in labels_of.items():
+                cached = self._maker(signal_type, row_labels, None, None)
+                if cached is None or cached[1]:
+                    return None  # labels to explain, or notes to count per value
+                families[key] = self._family(signal_type, row_labels)
+            value_columns.append(values)
+            family_columns.append([families[key] for key in keys])
+        self.notes.update(notes)
+        n = len(rows)
+        if crlf:
+            self.notes["converted CRLF line ends"] += crlf
+        if len(value_columns) == 1:
+            return ParsedValues(
+                range(before + 1, before + 1 + n), family_columns[0], value_columns[0], n
+            )
+        k = len(value_columns)
+        return ParsedValues(
+            [line for line in range(before + 1, before + 1 + n) for _ in range(k)],
+            [f for group in zip(*family_columns, strict=True) for f in group],
+            [v for group in zip(*value_columns, strict=True) for v in group],
+            n,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _CsvPlan:
+    """What the columns of a CSV hold, from its header."""
+
+    columns: list[str]
+    value_cols: list[tuple[int, str | None]]
+    label_cols: list[tuple[int, LabelColumn]]
+    type_col: int | None
+    label_col: int | None
+    note_col: int | None
+    quality_col: int | None
+
+
+def _csv_rows(lines: Iterable[tuple[int, str]]) -> tuple[Iterator[list[str]], list[int]]:
+    """A CSV reader of numbered lines, and where it keeps the current row's line number.
+
+    Only the current number is kept: a list of every number would grow with
+    the file (36 MB per million rows).
+    """
+    numbers = [0]
+
+    def feed() -> Iterator[str]:
+        for number, line in lines:
+            numbers[0] = number
+            yield line
+
+    return csv.reader(feed()), numbers
+
+
+class _TextBlocks:
+    """A text stream cut into blocks of whole lines (a block ends at a line end, or the file).
+
+    A line feed always ends a line, with ``newline=""`` as with any other
+    newline mode, so a block never splits a CR LF pair and its lines are
+    those iterating the stream would give. A leading byte order mark is
+    removed and noted (when ``first``).
+    """
+
+    def __init__(self, stream: io.TextIOBase, notes: Counter[str], *, first: bool = True) -> None:
+        self._stream = stream
+        self._notes = notes
+        self._first = first
+        self._carry = ""
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            chunk = self._stream.read(_BLOCK_CHARS)
+            if self._first and chunk.startswith("\ufeff"):
+                chunk = chunk[1:]
+                self._notes["removed byte order mark"] += 1
+            self._first = False
+            if not chunk:
+                text, self._carry = self._carry, ""
+                if text:
+                    yield text
+                return
+            cut = chunk.rfind("\n") + 1
+            if not cut:
+                self._carry += chunk
+                continue
+            text, self._carry = self._carry + chunk[:cut], chunk[cut:]
+            yield text
+
+    def rest(self) -> Iterator[str]:
+        """The lines after the last block, as iterating the stream gives them."""
+        # The partial line carried over ends where the stream's next line ends.
+        head, self._carry = self._carry + self._stream.readline(), ""
+        yield from io.StringIO(head, newline="").readlines()
+        yield from self._stream
+
 
 _HEX_TYPES = frozenset(t.name for t in SIGNAL_TYPES.values() if t.encoding == "hex")
+
+
+def _crlf_ends(text: str) -> int | None:
+    """How many CR LF line ends ``text`` has; None if it has a CR that ends no such pair."""
+    if "\r" not in text:
+        return 0
+    crlf = text.count("\r\n")
+    return crlf if text.count("\r") == crlf else None
 
 
 def _lowered_hex(signal_type: str, raw: str) -> str | None:

@@ -21,6 +21,7 @@ held. Problems are reported by JSON path (``value[0].Media[17].MD5``).
 from __future__ import annotations
 
 import json
+import operator
 import re
 import uuid
 from collections import Counter
@@ -31,10 +32,10 @@ from types import MappingProxyType
 from typing import IO, Any
 
 from node.errors import LineError, NodeError
-from node.ledger.hashlist import ParsedLine, normalise_labels
-from protocol.entry import AddEntry
+from node.ledger.hashlist import ParsedLine, ParsedValues, normalise_labels
+from protocol.entry import AddEntry, AddFamily
 from protocol.errors import MalformedError
-from protocol.signal import LOWER_CASED_HEX, SIGNAL_TYPES, normalise_signal_value
+from protocol.signal import LOWER_CASED_HEX, SIGNAL_TYPES, all_canonical, normalise_signal_value
 
 __all__ = [
     "PROFILES",
@@ -217,16 +218,19 @@ class VicsReader:
     _makers: dict[tuple[str, tuple[str, ...]], Callable[[str], AddEntry]] = field(
         default_factory=dict, repr=False
     )
-    _plans: dict[int, tuple[tuple[str, str, Callable[[str], AddEntry], bool], ...]] = field(
-        default_factory=dict, repr=False
+    _plans: dict[int, tuple[tuple[str, str, AddFamily | None, Callable[[str], AddEntry]], ...]] = (
+        field(default_factory=dict, repr=False)
     )
 
-    def read(self, path: Path) -> Iterator[ParsedLine]:
+    def read(self, path: Path) -> Iterator[ParsedLine | ParsedValues]:
         """Yield the entries (and the rejected media items) of the document at ``path``.
 
-        Problems of single media items are yielded as errors naming the
-        item's JSON path and field (after the items that read well, once
-        the path of each is known).
+        Hex hashes are gathered into :class:`ParsedValues` of a few thousand
+        (checked together, no entry object each); a batch with a value to
+        normalise or refuse is read value by value instead. Problems of
+        single media items are yielded as errors naming the item's JSON path
+        and field (after the items that read well, once the path of each is
+        known).
 
         Raises:
             NodeError: the file cannot be read, is not JSON or is cut short,
@@ -240,9 +244,13 @@ class VicsReader:
                 stream.seek(0)
                 prefix = "value.item.Media.item" if shape == "Cases" else "value.item"
                 pending: list[tuple[int, str, str]] = []
+                batch = _Batch()
                 ordinal = -1
                 for ordinal, media in enumerate(ijson.items(stream, prefix, use_float=True)):
-                    yield from self._media(ordinal, media, pending)
+                    yield from self._media(ordinal, media, pending, batch)
+                    if len(batch.raws) >= _BATCH:
+                        yield from self._flush(batch, pending)
+                yield from self._flush(batch, pending)
                 self.media_read = ordinal + 1
         except ijson.JSONError as e:
             # yajl's message carries a drawing of the spot on further lines.
@@ -253,6 +261,9 @@ class VicsReader:
         except OSError as e:
             raise NodeError(f"cannot read {path}: {e.strerror or e}") from e
         if pending:
+            # Hashes of a batch are refused when it is handed on: back to
+            # document order (media item, then field).
+            pending.sort(key=lambda p: (p[0], _FIELD_RANK.get(p[1], -1)))
             where = self._locate(ijson, path, shape, [p[0] for p in pending])
             for ordinal, name, reason in pending:
                 yield ParsedLine(
@@ -279,22 +290,31 @@ class VicsReader:
         return found.group("shape")
 
     def _media(
-        self, ordinal: int, media: object, pending: list[tuple[int, str, str]]
-    ) -> list[ParsedLine]:
+        self,
+        ordinal: int,
+        media: object,
+        pending: list[tuple[int, str, str]],
+        batch: _Batch,
+    ) -> list[ParsedLine | ParsedValues]:
+        """Gather a media item's hex hashes into ``batch``; any other hash as a ParsedLine.
+
+        What is returned comes after the batch in the log: the batch is
+        flushed first.
+        """
         if type(media) is not dict:
             pending.append((ordinal, "", "expected a JSON object"))
             return []
         category = media.get("Category")
         # Per media item only dictionary look-ups: what a category means, and
-        # the entry maker of each hash field, are worked out once (_plan).
+        # the family or entry maker of each hash field, are worked out once (_plan).
         plan = self._plans.get(category) if type(category) is int else None
         if plan is None:
             plan = self._plan(ordinal, category, pending)
             if not plan:
                 return []
-        out: list[ParsedLine] = []
+        out: list[ParsedLine | ParsedValues] = []
         found = False
-        for key, signal_type, make, hex_type in plan:
+        for key, signal_type, family, make in plan:
             raw = media.get(key)
             if raw is None or raw == "":
                 continue
@@ -302,36 +322,83 @@ class VicsReader:
             if type(raw) is not str:
                 pending.append((ordinal, key, "expected a string"))
                 continue
-            # Tools write upper-case hex; lower-casing is all most values need,
-            # and doing it first spares a failed attempt (an exception) per hash.
-            lowered = raw.lower() if hex_type and raw.isascii() else raw
-            entry: AddEntry | None
-            try:
-                entry = make(lowered)
-            except MalformedError:
-                entry = None
-            else:
-                if lowered != raw:
-                    self.notes[LOWER_CASED_HEX] += 1
-            if entry is None:
-                try:
-                    value, changes = normalise_signal_value(signal_type, raw)
-                    entry = make(value)
-                except MalformedError as e:
-                    pending.append((ordinal, key, e.reason))
-                    continue
-                for change in changes:
-                    self.notes[change] += 1
-            out.append(ParsedLine(ordinal + 1, entry))
+            if family is not None and raw.isascii():
+                # Tools write upper-case hex: lower-casing is all most values need.
+                batch.add(ordinal, key, family, raw)
+                continue
+            out += self._flush(batch, pending)  # what was gathered comes first
+            parsed = self._parsed(ordinal, key, signal_type, make, raw, pending)
+            if parsed is not None:
+                out.append(parsed)
         if not found:
             names = ", ".join(k for k, _t in VICS_HASH_FIELDS)
             pending.append((ordinal, "MD5", f"the media item carries no hash ({names})"))
         return out
 
+    def _parsed(
+        self,
+        ordinal: int,
+        key: str,
+        signal_type: str,
+        make: Callable[[str], AddEntry],
+        raw: str,
+        pending: list[tuple[int, str, str]],
+    ) -> ParsedLine | None:
+        """One hash as an entry; None (the problem in ``pending``) if it is not a hash."""
+        # Lower-casing first spares a failed attempt (an exception) per
+        # upper-case hex hash.
+        lowered = raw.lower() if signal_type in _HEX_TYPES and raw.isascii() else raw
+        entry: AddEntry | None
+        try:
+            entry = make(lowered)
+        except MalformedError:
+            entry = None
+        else:
+            if lowered != raw:
+                self.notes[LOWER_CASED_HEX] += 1
+        if entry is None:
+            try:
+                value, changes = normalise_signal_value(signal_type, raw)
+                entry = make(value)
+            except MalformedError as e:
+                pending.append((ordinal, key, e.reason))
+                return None
+            for change in changes:
+                self.notes[change] += 1
+        return ParsedLine(ordinal + 1, entry)
+
+    def _flush(
+        self, batch: _Batch, pending: list[tuple[int, str, str]]
+    ) -> list[ParsedLine | ParsedValues]:
+        """The gathered hex hashes: one ParsedValues, or value by value if one needs that."""
+        if not batch.raws:
+            return []
+        raws, lowered = batch.raws, "\n".join(batch.raws).lower().split("\n")
+        out: list[ParsedLine | ParsedValues] = []
+        canonical = all(
+            all_canonical(signal_type, [lowered[i] for i in positions])
+            for signal_type, positions in batch.positions().items()
+        )
+        if canonical:
+            self.notes[LOWER_CASED_HEX] += sum(map(operator.ne, raws, lowered))
+            out.append(ParsedValues(batch.lines, batch.families, lowered, batch.rows))
+        else:
+            for ordinal, key, family, raw in zip(
+                batch.ordinals, batch.keys, batch.families, raws, strict=True
+            ):
+                parsed = self._parsed(ordinal, key, family.signal_type, family.entry, raw, pending)
+                if parsed is not None:
+                    out.append(parsed)
+        batch.clear()
+        return out
+
     def _plan(
         self, ordinal: int, category: object, pending: list[tuple[int, str, str]]
-    ) -> tuple[tuple[str, str, Callable[[str], AddEntry], bool], ...]:
-        """The hash fields to read for ``category`` with their makers; () to skip the item.
+    ) -> tuple[tuple[str, str, AddFamily | None, Callable[[str], AddEntry]], ...]:
+        """The hash fields to read for ``category`` with their families and makers; () to skip.
+
+        A field of a hex type has a family (its values are gathered), every
+        field an entry maker.
 
         Counts a skipped item, or records why the category is refused.
         """
@@ -358,7 +425,7 @@ class VicsReader:
             self.skipped[f"category {number} ({meaning})"] += 1
             return ()
         plan = tuple(
-            (key, signal_type, self._maker(signal_type, labels), signal_type in _HEX_TYPES)
+            (key, signal_type, self._family(signal_type, labels), self._maker(signal_type, labels))
             for key, signal_type in VICS_HASH_FIELDS
         )
         self._plans[number] = plan
@@ -375,6 +442,15 @@ class VicsReader:
             )
             self._makers[key] = make
         return make
+
+    def _family(self, signal_type: str, labels: tuple[str, ...]) -> AddFamily | None:
+        """The family of adds of a hex ``signal_type`` with these labels (None for others)."""
+        if signal_type not in _HEX_TYPES or SIGNAL_TYPES[signal_type].requires_quality:
+            return None
+        return AddFamily.create(
+            signal_type=signal_type,
+            labels=normalise_labels([*labels, *self.extra_labels], Counter()),
+        )
 
     def _locate(self, ijson: Any, path: Path, shape: str, ordinals: list[int]) -> dict[int, str]:
         """The JSON path of each media item named by its ordinal (a second, rare pass)."""
@@ -396,6 +472,43 @@ class VicsReader:
                     if ordinal in wanted:
                         where[ordinal] = f"value[{case}].Media[{media}]"
         return where
+
+
+_BATCH = 8192  # hex hashes gathered before they are checked and handed on
+_FIELD_RANK = {key: rank for rank, (key, _type) in enumerate(VICS_HASH_FIELDS)}
+
+
+class _Batch:
+    """Hex hashes of consecutive media items, gathered to be checked and handed on together."""
+
+    __slots__ = ("families", "keys", "lines", "ordinals", "raws", "rows")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.ordinals: list[int] = []
+        self.lines: list[int] = []
+        self.keys: list[str] = []
+        self.families: list[AddFamily] = []
+        self.raws: list[str] = []
+        self.rows = 0
+
+    def add(self, ordinal: int, key: str, family: AddFamily, raw: str) -> None:
+        if not self.ordinals or self.ordinals[-1] != ordinal:
+            self.rows += 1
+        self.ordinals.append(ordinal)
+        self.lines.append(ordinal + 1)
+        self.keys.append(key)
+        self.families.append(family)
+        self.raws.append(raw)
+
+    def positions(self) -> dict[str, list[int]]:
+        """The positions of each signal type's hashes."""
+        out: dict[str, list[int]] = {}
+        for i, family in enumerate(self.families):
+            out.setdefault(family.signal_type, []).append(i)
+        return out
 
 
 def _category_number(category: object) -> int | None:

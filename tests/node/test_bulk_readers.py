@@ -11,6 +11,7 @@ from the fresh salts.
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from node.errors import ImportRejectedError
 from node.ledger import Ledger
 from node.ledger import hashlist as hashlist_module
-from node.ledger.hashlist import HashListReader, ParsedLine, ParsedValues
+from node.ledger.hashlist import HashListReader, LabelColumn, ParsedLine, ParsedValues
 from protocol.entry import SALT_BYTES, AddEntry, AddFamily, parse_entry, salt_values
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaf
@@ -259,3 +260,153 @@ def test_a_rejected_block_import_names_the_line_and_writes_nothing(
     assert [(e.line, e.field) for e in caught.value.errors] == [(1501, "value")]
     assert caught.value.total_lines == 2000
     assert snapshot(node_dir / "ledger.db") == before
+
+
+def category_rows(count: int, *, upper: bool = True) -> list[str]:
+    rows = []
+    for i, v in enumerate(md5s(1000, count)):
+        rows.append(f"{v.upper() if upper else v},{'ABC'[i % 3]}")
+    return rows
+
+
+CSV_INPUTS: dict[str, tuple[str, list[str]]] = {
+    "md5 and category": ("MD5,Category\n" + "\n".join(category_rows(300)) + "\n", []),
+    "crlf and a bom": ("\ufeffMD5,Category\r\n" + "\r\n".join(category_rows(300)) + "\r\n", []),
+    "no final line end": ("md5,category\n" + "\n".join(category_rows(300)), []),
+    "label cells to normalise": (
+        "MD5,Category\n" + "\n".join(f"{v},Cat {i % 2}" for i, v in enumerate(md5s(0, 200))),
+        [],
+    ),
+    "two value columns": (
+        "md5,SHA1,Category\n"
+        + "\n".join(f"{m},{'AB' * 20},{'xy'[i % 2]}" for i, m in enumerate(md5s(0, 200)))
+        + "\n",
+        [],
+    ),
+    "bad rows among good ones": (
+        "MD5,Category\n"
+        + "\n".join(category_rows(100))
+        + "\nnot-a-hash,A\n,B\n\n"
+        + md5s(5000, 1)[0]
+        + ",A,extra\n  "
+        + md5s(5001, 1)[0]
+        + " ,B\n"
+        + "\n".join(category_rows(100, upper=False))
+        + "\n",
+        [],
+    ),
+    "a quoted row": (
+        "MD5,Category\n"
+        + "\n".join(category_rows(100))
+        + '\n"'
+        + md5s(7000, 1)[0]
+        + '","Category\nB"\n'
+        + "\n".join(category_rows(100))
+        + "\n",
+        [],
+    ),
+    "a quoted header": ('"MD5","Category"\n' + "\n".join(category_rows(100)) + "\n", []),
+    "a hash column and --type": ("hash,Category\n" + "\n".join(category_rows(100)) + "\n", []),
+    "a type column": (
+        "type,value,Category\n" + "\n".join(f"md5,{r}" for r in category_rows(100)) + "\n",
+        [],
+    ),
+    "non-ascii label cells": (
+        "MD5,Category\n" + "\n".join(f"{v},Catégorie {i % 2}" for i, v in enumerate(md5s(0, 99))),
+        [],
+    ),
+    "a label map missing a cell": (
+        "MD5,Category\n" + "\n".join(category_rows(100)) + "\n" + md5s(1, 1)[0] + ",Z\n",
+        ["a,category-a", "b,category-b", "c,"],
+    ),
+    "lone carriage returns": ("MD5,Category\r" + "\r".join(category_rows(50)) + "\n", []),
+    "header only": ("MD5,Category\n", []),
+    "empty": ("", []),
+    "no value column": ("name,Category\nx,A\n", []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CSV_INPUTS))
+def test_csv_blocks_read_as_row_by_row(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hashlist_module, "_BLOCK_CHARS", 700)
+    text, label_map = CSV_INPUTS[name]
+    mapping = dict(line.split(",") for line in label_map) if label_map else None
+
+    def reader() -> HashListReader:
+        return HashListReader(
+            fmt="csv",
+            default_type="md5",
+            extra_labels=["src:t"],
+            label_columns=[LabelColumn.parse("Category=iwf:", mapping)],
+        )
+
+    blocks, rows = reader(), reader()
+    got = list(blocks.read(io.StringIO(text, newline="")))
+    want = list(rows.read(io.StringIO(text, newline="").readlines()))
+    assert all(isinstance(p, ParsedLine) for p in want)
+    assert expand(got) == want
+    assert blocks.notes == rows.notes
+    assert blocks.skipped_blank == rows.skipped_blank
+    assert blocks.ignored_columns == rows.ignored_columns
+    for item in got:
+        if isinstance(item, ParsedValues):
+            assert len(item.values) == len(item.lines) == len(item.families)
+            assert len(set(item.lines)) == item.rows
+    if name in ("md5 and category", "crlf and a bom", "two value columns", "no final line end"):
+        assert all(isinstance(p, ParsedValues) for p in got)
+        assert len(got) > 3
+
+
+def vics_media(count: int) -> list[dict[str, object]]:
+    """Media items of every shape the reader meets, the odd ones among plain ones."""
+    items: list[dict[str, object]] = []
+    for i in range(count):
+        item: dict[str, object] = {"MediaID": i, "Category": 1 + i % 3, "MD5": md5s(i, 1)[0]}
+        if i % 2:
+            item["MD5"] = md5s(i, 1)[0].upper()
+            item["SHA1"] = f"{i:040X}"
+        if i % 11 == 5:
+            item["PhotoDNA"] = "AQID" * 48  # base64: an entry of its own, between hex ones
+        if i % 47 == 6:
+            item["MD5"] = " 0x" + md5s(i, 1)[0]  # to normalise
+        if i % 53 == 7:
+            item["SHA1"] = "zz"  # refused
+        if i % 19 == 8:
+            item["Category"] = 0  # non-pertinent: skipped
+        if i % 23 == 9:
+            item["SHA256"] = 5  # not a string
+        if i % 29 == 10:
+            item = {"MediaID": i, "Category": 1}  # no hash
+        items.append(item)
+    return items
+
+
+def test_vics_batches_read_as_value_by_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.ledger import vics
+
+    doc = {
+        "@odata.context": "http://github.com/VICSDATAMODEL/ProjectVic/DataModels/2.0.xml/US/$metadata#Cases",
+        "value": [
+            {"CaseID": "c1", "Media": vics_media(150)},
+            {"CaseID": "c2", "Media": vics_media(90)},
+        ],
+    }
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    monkeypatch.setattr(vics, "_BATCH", 20)
+    batched = vics.VicsReader(vics.PROFILES["projectvic-us"], extra_labels=("src:t",))
+    got = list(batched.read(path))
+    # With no batch found canonical, every hash is read one by one.
+    monkeypatch.setattr(vics, "all_canonical", lambda _t, _v: False)
+    single = vics.VicsReader(vics.PROFILES["projectvic-us"], extra_labels=("src:t",))
+    want = list(single.read(path))
+    assert all(isinstance(p, ParsedLine) for p in want)
+    assert expand(got) == want
+    assert batched.notes == single.notes and batched.skipped == single.skipped
+    assert sum(isinstance(p, ParsedValues) for p in got) > 5
+    errors = [str(p.error) for p in want if p.error is not None]
+    assert errors[0] == "value[0].Media[7].SHA1: expected 40 hex characters, got 2"
+    assert "value[0].Media[9].SHA256: expected a string" in errors
+    assert "value[1].Media[60].SHA1: expected 40 hex characters, got 2" in errors
