@@ -159,6 +159,10 @@ class Segment:
                             f"{self.path}: array {info.name!r} block {i} "
                             f"(bytes {start:,}-{end:,}) fails its checksum"
                         )
+                    # Out of this process's resident set again (they stay in
+                    # the page cache): a check must not make the whole file
+                    # count as the server's memory. Searches fault them back.
+                    self._mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
                     if pause is not None:
                         pause()
         finally:
