@@ -169,10 +169,12 @@ def main() -> None:
         started = time.perf_counter()
         data = generate(name, args.size, queries=args.queries, seed=args.seed)
         print(f"{name}: generated {args.size:,} rows in {time.perf_counter() - started:.1f} s")
-        mapped = None if args.mapped is None else Path(args.mapped) / f"bench-{name}.seg"
+        mapped = None
+        if args.mapped is not None:
+            mapped = Path(args.mapped) / f"bench-pdq-{os.getpid()}-{name}.seg"
         result = run_one(data, args.scan_queries, args.min_quality, mapped)
         if mapped is not None:
-            mapped.unlink()
+            mapped.unlink(missing_ok=True)
         results.append(result)
         print(json.dumps(result), flush=True)
     print(f"\n{'distribution':<12} {'p50 ms':>8} {'p99 ms':>8} {'scan ms':>8} "
