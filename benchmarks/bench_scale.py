@@ -194,7 +194,8 @@ def build(
     keep about ``SAMPLE`` lines of each (every k-th) for the lookups. Each
     chunk's figures go to ``where/build-progress.jsonl`` as it commits: a
     build that stopped resumes from there (when the node holds exactly what
-    the file says) and still tells its rate over the part done.
+    the file says) and still tells its rate over the part done. A file
+    ``where/STOP`` stops the build before its next chunk.
     """
     record = where / "build.json"
     if record.exists():
@@ -237,6 +238,9 @@ def build(
             count = target - done[kind]
             if count <= 0:
                 continue
+            if (where / "STOP").exists():
+                # Asked to stop between chunks (touch DIR/<N>/STOP): nothing is lost.
+                raise SystemExit(f"stopped by {where / 'STOP'}: node A holds {held:,} entries")
             stride = max(1, total // SAMPLE)
             list_path = where / f"{kind}-chunk.txt"
             sample = write_chunk(list_path, rngs[kind], count, stride, done[kind])
