@@ -17,7 +17,8 @@ hours to build and ~30 GB, so it is never built in CI. Measured per size:
   a child process (``bench_sync``'s child; A serves in this process): every
   page over mutual TLS, every chunk proven against A's signed checkpoint;
 * bytes on disk per entry of A (``ledger.db`` with its WAL);
-* inclusion and consistency proof latency at size N (``bench_ledger.proof_latency``);
+* inclusion and consistency proof latency at size N (``bench_ledger.proof_latency``),
+  and again over the same indexes (warm: the pages read once already);
 * ``fsck``'s whole-log check of A (``node.ledger.fsck.check_log``): entries/s;
 * ``hashmesh serve --no-sync`` of A in a child process, started twice:
   start-to-ready (from the spawn until a ``POST /v1/match`` with one PDQ
@@ -82,6 +83,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ready_s", "restart to ready", "s"),
     ("inclusion_ms", "inclusion proof", "ms"),
     ("consistency_ms", "consistency proof", "ms"),
+    ("inclusion_warm_ms", "inclusion proof, warm", "ms"),
+    ("consistency_warm_ms", "consistency proof, warm", "ms"),
     ("exact_p50_ms", "exact lookup, 1 hash", "ms p50"),
     ("exact_per_s", "exact lookups", "hashes/s"),
     ("pdq_p50_ms", "PDQ lookup, 1 query", "ms p50"),
@@ -316,18 +319,33 @@ def disk_bytes(a: bench_sync.Node) -> dict[str, int]:
     return {"db": db, "other": sum(p.stat().st_size for p in files) - db}
 
 
-def proofs_and_fsck(a: bench_sync.Node, proofs: int) -> dict[str, float]:
+def proofs_and_fsck(a: bench_sync.Node, proofs: int, fsck: bool = True) -> dict[str, float]:
+    """Proof latency (mean, verified), twice over the same indexes, and ``fsck``'s log check.
+
+    The first pass reads tree pages from disk or the OS cache as they come;
+    the second reads the same pages again, warm: the difference is what
+    reading the database costs (it grows with the file, not with log2 N).
+    """
     from node.ledger import Ledger
     from node.ledger.fsck import check_log
 
+    out: dict[str, float] = {}
     with Ledger.open(a.dir, read_only=True) as ledger:
         _, incl_ms, cons_ms = bench_ledger.proof_latency(ledger, random.Random(5), proofs)
-        size = ledger.latest_checkpoint().size
-        started = time.perf_counter()
-        scan = check_log(ledger.store, ledger.own_log)
-        fsck_s = time.perf_counter() - started
-    assert not scan.findings, scan.findings
-    return {"inclusion_ms": incl_ms, "consistency_ms": cons_ms, "fsck_per_s": size / fsck_s}
+        _, warm_incl_ms, warm_cons_ms = bench_ledger.proof_latency(ledger, random.Random(5), proofs)
+        out.update(
+            inclusion_ms=incl_ms,
+            consistency_ms=cons_ms,
+            inclusion_warm_ms=warm_incl_ms,
+            consistency_warm_ms=warm_cons_ms,
+        )
+        if fsck:
+            size = ledger.latest_checkpoint().size
+            started = time.perf_counter()
+            scan = check_log(ledger.store, ledger.own_log)
+            out["fsck_per_s"] = size / (time.perf_counter() - started)
+            assert not scan.findings, scan.findings
+    return out
 
 
 def flip(value: str, rng: random.Random, bits: int) -> str:
@@ -530,13 +548,18 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
     row["held_entries"] = held
     row["bytes_per_entry"] = (on_disk["db"] + on_disk["other"]) / held
     row["index_bytes_per_entry"] = on_disk["other"] / held
+    # The load changes during a long run: a baseline before each part too.
+    baselines = row["baselines"] = {}
     if args.skip_sync:
         row["sync_per_s"] = None
     else:
+        baselines["sync"] = bench_ledger.raw_leaf_rate(200_000)
         row.update(await verified_sync(a, work, own))
-    print("  sync done")
-    row.update(proofs_and_fsck(a, args.proofs))
-    print("  proofs and fsck done")
+    print("  sync done", flush=True)
+    baselines["proofs and fsck"] = bench_ledger.raw_leaf_rate(200_000)
+    row.update(proofs_and_fsck(a, args.proofs, fsck=not args.skip_fsck))
+    print("  proofs and fsck done", flush=True)
+    baselines["serve"] = bench_ledger.raw_leaf_rate(200_000)
     row.update(await serve_and_match(a, where, work, args.requests, args.single))
     row["loadavg_end"] = os.getloadavg()
     if not args.keep and args.dir is None:
@@ -669,6 +692,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             v = row.get(key)
             if v is None:
                 cells.append("not run")
+            elif key == "entries" and row.get("partial"):
+                cells.append(f"{v:,} (of {row['nominal']:,}: build stopped)")
             elif isinstance(v, float) and v < 100:
                 cells.append(f"{v:.3f}" if v < 10 else f"{v:.1f}")
             else:
@@ -779,6 +804,9 @@ def main() -> None:
         type=parse_size,
         default=1_000_000,
         help="entries of log C for --sync-into (default 1M)",
+    )
+    parser.add_argument(
+        "--skip-fsck", action="store_true", help="no fsck figure (it reads the whole log)"
     )
     parser.add_argument("--skip-sync", action="store_true", help="no verified-sync figure")
     parser.add_argument("--proofs", type=int, default=2000, help="proofs of each kind (2000)")
