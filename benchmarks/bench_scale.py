@@ -597,8 +597,10 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
     fresh = bench_sync.make_node(work, "fresh", f"fresh-{time.time_ns()}.example/hashmesh")
     targets: list[tuple[int, bench_sync.Node, Path | None]] = [(0, fresh, None)]
     for size in args.sizes:
-        a, _ = build(base / str(size), size, args.chunk)
-        targets.append((size, a, base / str(size) / "sync-into.json"))
+        a, built = build(base / str(size), size, args.chunk, as_far_as_built=args.as_far_as_built)
+        # A's own log: the tail fetched below is of the entries it holds.
+        own = built["n_sha256"] + built["n_pdq"]
+        targets.append((own, a, base / str(size) / "sync-into.json"))
     rows: list[dict[str, Any]] = []
     for size, target, record in targets:
         if record is not None and record.exists():
