@@ -20,23 +20,28 @@ hours to build and ~30 GB, so it is never built in CI. Measured per size:
 * inclusion and consistency proof latency at size N (``bench_ledger.proof_latency``),
   and again over the same indexes (warm: the pages read once already);
 * ``fsck``'s whole-log check of A (``node.ledger.fsck.check_log``): entries/s;
-* ``hashmesh serve --no-sync`` of A in a child process, started twice:
-  start-to-ready (from the spawn until a ``POST /v1/match`` with one PDQ
-  query is answered, i.e. the PDQ index is loaded) of the first start (which
-  may build persisted index files) and of a restart; then, on the restart, exact and PDQ lookups over mutual TLS: the
-  latency of a one-hash request (p50 of ``--single`` requests) and the
-  throughput of batches (10,000 sha256 hashes, 10 % listed; 1,000 PDQ
+* ``hashmesh serve --no-sync`` of A in a child process, started twice
+  (before the sync, so A serving it maps the index files as a running node
+  would): start-to-ready, from the spawn until a ``POST /v1/match`` with one
+  PDQ query is answered (the PDQ index loaded), of a first start without
+  index files (``DIR/<N>/a/index`` is removed: serve reads the ``pdq`` table
+  and writes ``pdq.seg`` in the background, waited for) and of a restart
+  (which maps it); then, on the restart, exact and PDQ lookups over mutual
+  TLS: the latency of a one-hash request (p50 of ``--single`` requests) and
+  the throughput of batches (10,000 sha256 hashes, 10 % listed; 1,000 PDQ
   queries at distance <= 31, 10 % planted near a listed hash), and finally
   the server's peak RSS (``VmHWM``, the larger of the two starts);
-* a baseline in the same run, before the figures above: raw SHA-256 leaf
-  hashing (``bench_ledger.raw_leaf_rate``), so a loaded machine shows as such
+* a baseline in the same run, before the figures above and again before
+  each part (serve, sync, proofs and fsck): raw SHA-256 leaf hashing
+  (``bench_ledger.raw_leaf_rate``), so a loaded machine shows as such
   (the import figures of a reused node are from its build; they are kept
   with the baseline measured then, ``build_baseline_leaf_per_s``).
 
 Output: a markdown table on stdout, ``--json FILE`` with every figure, and
 ``--plot FILE.png`` (matplotlib, from the ``bench`` extra) with one panel per
 figure against size. ``--from-json A.json B.json --plot P.png`` redraws the
-table and plot of separate runs (each size run on its own). The machine is shared: compare sizes within one run.
+table and plot of separate runs (each size run on its own). The machine is
+shared: compare sizes within one run, or against each row's baselines.
 """
 
 from __future__ import annotations
@@ -429,9 +434,12 @@ async def serve_and_match(
     rng = random.Random(3)
     probe = json.dumps({"hashes": [{"type": "pdq", "value": listed_values(where, "pdq")[0]}]})
 
-    # The first start may build index files (persisted indexes); a restart
-    # finds them. Both are timed, and every other figure is of the restart.
+    # The first start finds no index files (they are derived from the log and
+    # removed here) and writes them; a restart maps them. Both are timed, and
+    # every other figure is of the restart.
+    shutil.rmtree(a.dir / "index", ignore_errors=True)
     first_ready_s, first_peak, persisted_s = 0.0, 0.0, None
+    first_log: list[str] = []
     for first in (True, False):
         started = time.perf_counter()
         served = await serve_process(a.dir, within=900)
@@ -440,6 +448,7 @@ async def serve_and_match(
                 ready_s = await _until_ready(session, served, probe, started)
                 if first:
                     first_ready_s = ready_s
+                    first_log = served.log
                     # A first start that read many rows writes the index file
                     # in the background: the restart is to find it.
                     persisted_s = await _until_persisted(served, started)
@@ -454,6 +463,7 @@ async def serve_and_match(
     figures["first_ready_s"] = first_ready_s
     figures["first_start_persisted_s"] = persisted_s
     figures["serve_log_ready"] = [line.strip() for line in served.log if "PDQ index" in line]
+    figures["serve_log_first_start"] = [line.strip() for line in first_log if "PDQ index" in line]
     return figures
 
 
@@ -581,6 +591,12 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
     row["index_bytes_per_entry"] = on_disk["other"] / held
     # The load changes during a long run: a baseline before each part too.
     baselines = row["baselines"] = {}
+    # serve first: its first start writes the index files, so A serving the
+    # sync below maps them as a running node would (rather than building its
+    # PDQ index beside the sync).
+    baselines["serve"] = bench_ledger.raw_leaf_rate(200_000)
+    row.update(await serve_and_match(a, where, work, args.requests, args.single))
+    print("  serve done", flush=True)
     if args.skip_sync:
         row["sync_per_s"] = None
     else:
@@ -590,8 +606,6 @@ async def measure(size: int, args: argparse.Namespace, base: Path, work: Path) -
     baselines["proofs and fsck"] = bench_ledger.raw_leaf_rate(200_000)
     row.update(proofs_and_fsck(a, args.proofs, fsck=not args.skip_fsck))
     print("  proofs and fsck done", flush=True)
-    baselines["serve"] = bench_ledger.raw_leaf_rate(200_000)
-    row.update(await serve_and_match(a, where, work, args.requests, args.single))
     row["loadavg_end"] = os.getloadavg()
     if not args.keep and args.dir is None:
         shutil.rmtree(where)
