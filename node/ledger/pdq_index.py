@@ -479,12 +479,17 @@ def _extract(words: _U64, start: int, nbits: int) -> npt.NDArray[np.int32]:
 
 
 def _distances(words: _U64, qwords: _U64) -> npt.NDArray[np.int64]:
-    counts = np.bitwise_count(words ^ qwords)
-    # Column adds beat a sum over axis 1 for short rows by an order of magnitude.
-    total: npt.NDArray[np.int64] = counts[:, 0].astype(np.int64)
-    total += counts[:, 1]
-    total += counts[:, 2]
-    total += counts[:, 3]
+    """Exact distances of ``words`` (a ``(k, 4)`` array the caller owns: XORed in place).
+
+    The four per-word popcounts (bytes) are summed in one uint32 multiply, as
+    :func:`_scan` does (half the time of four column adds on skewed data's
+    tens of thousands of candidates); the one sum that wraps, 4 x 64 = 256,
+    is the row whose four counts are all 64.
+    """
+    np.bitwise_xor(words, qwords, out=words)
+    counts = np.bitwise_count(words).view(np.uint32).ravel()
+    total = ((counts * np.uint32(0x01010101)) >> np.uint32(24)).astype(np.int64)
+    total[counts == np.uint32(0x40404040)] = 256
     return total
 
 
