@@ -25,6 +25,8 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy
+
 from node.errors import RetractionError, StorageError
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
 from node.storage.schema import TILE_LEVEL, active_keys
@@ -120,6 +122,7 @@ class Integration:
         self.duplicates: list[Duplicate] = []
         self.rules = LogRules(size, None if log is None else _StoredLog(store, log.log_id))
         """The log's entry rules (protocol.rules), shown every entry sequenced here."""
+        self._deferred = _DeferredActive()
 
     @property
     def log_id(self) -> int:
@@ -134,6 +137,7 @@ class Integration:
 
     def append(self, entries: Sequence[Entry], lines: Sequence[int] | None = None) -> None:
         """Sequence and store a batch; duplicates are recorded, not appended."""
+        self.flush_active()
         identities = _identities(entries)
         keys = _active_keys(identities)
         listed = self.store.find_listed(self.log_id, keys)
@@ -196,7 +200,11 @@ class Integration:
             len(keys) != n
             or any(f.signal_type == "pdq" for f in distinct)
             or not _all_canonical(distinct, families, values)
-            or self.store.find_listed(self.log_id, keys)
+            or self._deferred.may_hold(key_list)
+            # The log's rows in the index: at most one per entry not held back.
+            or self.store.find_listed(
+                self.log_id, keys, at_most=self.next_index - self._deferred.count
+            )
         ):
             # Duplicates, PDQ rows or a value to explain: the general path
             # (which validates each value and names one that is not canonical).
@@ -208,7 +216,22 @@ class Integration:
         leaf_hashes = hash_leaves(datas)
         runs = self.tree.extend(leaf_hashes, collect=True, min_level=TILE_LEVEL)
         self.store.append_entries(self.log_id, start, datas, leaf_hashes, runs)
-        self.store.add_active(self.log_id, key_list, range(start, start + n))
+        if self._deferred.add(key_list, start) >= _DEFERRED_ACTIVE:
+            self.flush_active()
+
+    def flush_active(self) -> None:
+        """Write the ``active`` rows :meth:`append_values` deferred (any other write does first).
+
+        :meth:`commit_checkpoint` calls it: a caller of :meth:`append_values`
+        commits through it, as every writer does.
+        """
+        keys, indexes = self._deferred.take()
+        # One sorted pass over the index, in slices: Python ints for all the
+        # rows at once would cost 80 bytes a row.
+        order = numpy.argsort(keys, kind="stable")
+        for at in range(0, len(order), _FLUSH_SLICE):
+            part = order[at : at + _FLUSH_SLICE]
+            self.store.add_active(self.log_id, keys[part].tolist(), indexes[part].tolist())
 
     def sequence(self, entries: Sequence[Entry], datas: Sequence[bytes]) -> Sequenced:
         """Validate retractions and extend the tree with a batch, verbatim.
@@ -254,6 +277,7 @@ class Integration:
             checked: the caller made sure no add of the batch is listed
                 already, nor listed by an earlier add of the batch.
         """
+        self.flush_active()
         log_id = self.log_id
         start, entries = batch.start, batch.entries
         self.store.append_entries(log_id, start, batch.datas, batch.leaf_hashes, batch.runs)
@@ -327,6 +351,7 @@ class Integration:
         nothing is signed.
         """
         assert self.log is not None
+        self.flush_active()
         latest = self.store.latest_checkpoint(self.log_id)
         if latest is not None and latest.size == self.tree.size:
             # Nothing appended: nothing to sign (the latest checkpoint stands).
@@ -352,6 +377,62 @@ def _active_keys(identities: Iterable[tuple[str, str] | None]) -> dict[tuple[str
     """The ``active`` index key of every add identity (signal type, value)."""
     adds = [identity for identity in identities if identity is not None]
     return dict(zip(adds, active_keys(adds), strict=True))
+
+
+# Active rows of a bulk import held back before they are written: 16 bytes each.
+_DEFERRED_ACTIVE = 2_000_000
+_NO_KEYS = numpy.empty(0, dtype=numpy.int64)
+_FLUSH_SLICE = 65_536
+
+
+class _DeferredActive:
+    """The ``active`` rows of a bulk import's batches, written together later.
+
+    Written batch by batch, the keys of each batch (random over the whole
+    key space) walk the whole index B-tree again; written together at the
+    end they are one sorted pass, and the duplicate look-ups of the batches
+    in between search a smaller tree. A batch whose keys meet a held-back
+    one is a possible duplicate: the caller writes the held rows first and
+    takes the general path, which confirms or refutes it from the entries.
+    """
+
+    __slots__ = ("_indexes", "_keys", "_sorted")
+
+    def __init__(self) -> None:
+        self._keys: list[numpy.ndarray] = []
+        self._indexes: list[numpy.ndarray] = []
+        self._sorted = _NO_KEYS
+
+    @property
+    def count(self) -> int:
+        """How many rows are held back."""
+        return len(self._sorted)
+
+    def may_hold(self, keys: Sequence[int]) -> bool:
+        """Whether any of ``keys`` is held back."""
+        if not len(self._sorted):
+            return False
+        wanted = numpy.fromiter(keys, dtype=numpy.int64, count=len(keys))
+        at = numpy.searchsorted(self._sorted, wanted)
+        at[at == len(self._sorted)] = 0
+        return bool((self._sorted[at] == wanted).any())
+
+    def add(self, keys: Sequence[int], start: int) -> int:
+        """Hold back the rows of entries ``start, start + 1, ...``; how many are held."""
+        array = numpy.fromiter(keys, dtype=numpy.int64, count=len(keys))
+        self._keys.append(array)
+        self._indexes.append(numpy.arange(start, start + len(keys), dtype=numpy.int64))
+        # Two sorted runs: the stable sort merges them in linear time.
+        self._sorted = numpy.sort(numpy.concatenate((self._sorted, array)), kind="stable")
+        return len(self._sorted)
+
+    def take(self) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """The held rows (keys and entry indexes), no longer held."""
+        if not self._keys:
+            return _NO_KEYS, _NO_KEYS
+        keys, indexes = numpy.concatenate(self._keys), numpy.concatenate(self._indexes)
+        self._keys, self._indexes, self._sorted = [], [], _NO_KEYS
+        return keys, indexes
 
 
 def _distinct(families: Sequence[AddFamily]) -> list[AddFamily]:

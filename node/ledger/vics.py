@@ -20,6 +20,7 @@ held. Problems are reported by JSON path (``value[0].Media[17].MD5``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import re
@@ -246,10 +247,14 @@ class VicsReader:
                 pending: list[tuple[int, str, str]] = []
                 batch = _Batch()
                 ordinal = -1
+                gathered = batch.raws
                 for ordinal, media in enumerate(ijson.items(stream, prefix, use_float=True)):
-                    yield from self._media(ordinal, media, pending, batch)
-                    if len(batch.raws) >= _BATCH:
+                    out = self._media(ordinal, media, pending, batch)
+                    if out:
+                        yield from out
+                    if len(gathered) >= _BATCH:
                         yield from self._flush(batch, pending)
+                        gathered = batch.raws
                 yield from self._flush(batch, pending)
                 self.media_read = ordinal + 1
         except ijson.JSONError as e:
@@ -324,7 +329,9 @@ class VicsReader:
                 continue
             if family is not None and raw.isascii():
                 # Tools write upper-case hex: lower-casing is all most values need.
-                batch.add(ordinal, key, family, raw)
+                batch.ordinals.append(ordinal)
+                batch.families.append(family)
+                batch.raws.append(raw)
                 continue
             out += self._flush(batch, pending)  # what was gathered comes first
             parsed = self._parsed(ordinal, key, signal_type, make, raw, pending)
@@ -373,20 +380,25 @@ class VicsReader:
         """The gathered hex hashes: one ParsedValues, or value by value if one needs that."""
         if not batch.raws:
             return []
-        raws, lowered = batch.raws, "\n".join(batch.raws).lower().split("\n")
+        ordinals, families, raws = batch.ordinals, batch.families, batch.raws
+        lowered = "\n".join(raws).lower().split("\n")
         out: list[ParsedLine | ParsedValues] = []
+        repeat = itertools.repeat
+        types = [f.signal_type for f in families]
         canonical = all(
-            all_canonical(signal_type, [lowered[i] for i in positions])
-            for signal_type, positions in batch.positions().items()
+            all_canonical(t, list(itertools.compress(lowered, map(operator.eq, types, repeat(t)))))
+            for t in set(types)
         )
         if canonical:
             self.notes[LOWER_CASED_HEX] += sum(map(operator.ne, raws, lowered))
-            out.append(ParsedValues(batch.lines, batch.families, lowered, batch.rows))
+            rows = 1 + sum(map(operator.ne, ordinals[1:], ordinals))
+            lines = [ordinal + 1 for ordinal in ordinals]
+            out.append(ParsedValues(lines, families, lowered, rows))
         else:
-            for ordinal, key, family, raw in zip(
-                batch.ordinals, batch.keys, batch.families, raws, strict=True
-            ):
-                parsed = self._parsed(ordinal, key, family.signal_type, family.entry, raw, pending)
+            for ordinal, family, raw in zip(ordinals, families, raws, strict=True):
+                signal_type = family.signal_type
+                key = _FIELD_OF_TYPE[signal_type]
+                parsed = self._parsed(ordinal, key, signal_type, family.entry, raw, pending)
                 if parsed is not None:
                     out.append(parsed)
         batch.clear()
@@ -476,39 +488,21 @@ class VicsReader:
 
 _BATCH = 8192  # hex hashes gathered before they are checked and handed on
 _FIELD_RANK = {key: rank for rank, (key, _type) in enumerate(VICS_HASH_FIELDS)}
+_FIELD_OF_TYPE = {signal_type: key for key, signal_type in VICS_HASH_FIELDS}
 
 
 class _Batch:
     """Hex hashes of consecutive media items, gathered to be checked and handed on together."""
 
-    __slots__ = ("families", "keys", "lines", "ordinals", "raws", "rows")
+    __slots__ = ("families", "ordinals", "raws")
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
         self.ordinals: list[int] = []
-        self.lines: list[int] = []
-        self.keys: list[str] = []
         self.families: list[AddFamily] = []
         self.raws: list[str] = []
-        self.rows = 0
-
-    def add(self, ordinal: int, key: str, family: AddFamily, raw: str) -> None:
-        if not self.ordinals or self.ordinals[-1] != ordinal:
-            self.rows += 1
-        self.ordinals.append(ordinal)
-        self.lines.append(ordinal + 1)
-        self.keys.append(key)
-        self.families.append(family)
-        self.raws.append(raw)
-
-    def positions(self) -> dict[str, list[int]]:
-        """The positions of each signal type's hashes."""
-        out: dict[str, list[int]] = {}
-        for i, family in enumerate(self.families):
-            out.setdefault(family.signal_type, []).append(i)
-        return out
 
 
 def _category_number(category: object) -> int | None:

@@ -477,16 +477,37 @@ class LedgerStore:
         return {value: idx for (_t, value), idx in self.find_listed(log_id, keys).items()}
 
     def find_listed(
-        self, log_id: int, keys: Mapping[tuple[str, str], int]
+        self,
+        log_id: int,
+        keys: Mapping[tuple[str, str], int],
+        *,
+        at_most: int | None = None,
     ) -> dict[tuple[str, str], int]:
         """Which identities (signal type, value) the log lists, mapped to their index.
 
         ``keys`` maps each identity to its :func:`~node.storage.schema.active_key`
         (callers that write the same hashes next compute the keys once).
-        Candidates are checked against their stored entries.
+        Candidates are checked against their stored entries. ``at_most``, if
+        known, bounds the ``active`` rows the log has (its size does): when
+        they are few against the keys asked about, all of them are read in
+        one range scan instead of one look-up per key (each look-up costs
+        about 0.6 µs even in an empty index).
         """
-        wanted = sorted(set(keys.values()))
         candidates: list[int] = []
+        if at_most is not None and 4 * at_most <= len(keys):
+            if not at_most:
+                return {}
+            asked = set(keys.values())
+            candidates = [
+                idx
+                for key, idx in self.conn.execute(
+                    "SELECT key, idx FROM active WHERE log_id = ?", (log_id,)
+                )
+                if key in asked
+            ]
+            wanted: list[int] = []
+        else:
+            wanted = sorted(set(keys.values()))
         for i in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))

@@ -410,3 +410,30 @@ def test_vics_batches_read_as_value_by_value(
     assert errors[0] == "value[0].Media[7].SHA1: expected 40 hex characters, got 2"
     assert "value[0].Media[9].SHA256: expected a string" in errors
     assert "value[1].Media[60].SHA1: expected 40 hex characters, got 2" in errors
+
+
+@pytest.mark.parametrize("held", [150, 2_000_000])
+def test_active_rows_held_back_are_written_and_found(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
+    from node.ledger import integration, service
+
+    # Batches of 100 values; the active rows held back until 150 (or the end).
+    monkeypatch.setattr(service, "IMPORT_BATCH", 100)
+    monkeypatch.setattr(integration, "_DEFERRED_ACTIVE", held)
+    family = AddFamily.create(signal_type="md5")
+    values = md5s(0, 550)
+    values[420] = values[17]  # listed by an earlier batch, its row maybe held back
+    items = [
+        ParsedValues(range(1 + i, 1 + i + 50), [family] * 50, values[i : i + 50], 50)
+        for i in range(0, 550, 50)
+    ]
+    result = ledger.import_lines(items)
+    assert result.append.count == 549
+    assert [(d.line, d.existing_index) for d in result.append.duplicates] == [(421, 17)]
+    log_id = ledger.own_log.log_id
+    found = ledger.store.find_active(log_id, "md5", md5s(0, 550))
+    assert found == {v: i if i <= 420 else i - 1 for i, v in enumerate(md5s(0, 550)) if i != 420}
+    # The next import sees every row: all duplicates.
+    again = ledger.import_lines(items)
+    assert again.append.count == 0 and len(again.append.duplicates) == 550

@@ -136,3 +136,18 @@ def test_bulk_active_keys_equal_one_by_one_keys() -> None:
     identities += [("md5", f"{i:032x}") for i in range(300)] + [("pdq", "f" * 64)]
     assert active_keys(identities) == [active_key(t, v) for t, v in identities]
     assert active_keys([]) == []
+
+
+def test_find_listed_by_range_scan_finds_what_look_ups_find(ledger: Ledger) -> None:
+    listed = values(0, 40)
+    reader = HashListReader(fmt="lines", default_type="sha256")
+    ledger.import_lines(reader.read(io.StringIO("\n".join(listed) + "\n")))
+    log_id = ledger.own_log.log_id
+    asked = [("sha256", v) for v in values(30, 200)]
+    keys = dict(zip(asked, active_keys(asked), strict=True))
+    by_look_up = ledger.store.find_listed(log_id, keys)
+    assert by_look_up == {("sha256", v): i for i, v in enumerate(listed) if i >= 30}
+    # 40 rows at most against 200 keys: one range scan of the log's rows.
+    assert ledger.store.find_listed(log_id, keys, at_most=40) == by_look_up
+    assert ledger.store.find_listed(log_id, keys, at_most=0) == {}
+    assert ledger.store.find_listed(log_id, keys, at_most=10**9) == by_look_up
