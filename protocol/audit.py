@@ -739,6 +739,7 @@ def audit_tiles(
     *,
     since: int = 0,
     marks: Iterable[int] = (),
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> TilesAudit:
     """Audit a log published as tlog-tiles against its (verified) checkpoint.
 
@@ -760,6 +761,8 @@ def audit_tiles(
         since: a tree size whose tiles an earlier audit verified.
         marks: sizes at which to give the root (the saved head's, other
             sources' checkpoints); those above the checkpoint's size are ignored.
+        on_tiles: told the full tiles checked and to check (see
+            :func:`~protocol.tiles.verify_tiles`).
 
     Returns:
         The published log's view and the consistency proofs.
@@ -770,7 +773,7 @@ def audit_tiles(
             error's ``field``) or ``since`` exceeds the checkpoint's size.
     """
     size, root = checkpoint.size, checkpoint.root_hash
-    verify_tiles(size, root, read_tile, since=since)
+    verify_tiles(size, root, read_tile, since=since, on_tiles=on_tiles)
     reader = TileNodeReader(size, read_tile)
     computed: dict[int, bytes] = {size: root}
     proofs: dict[int, Sequence[bytes]] = {}
@@ -786,7 +789,7 @@ def audit_tiles(
             if since == 0:  # pragma: no cover - every tile was checked: cannot happen
                 raise
             # An old tile is wrong: checking every tile from zero names it.
-            return audit_tiles(checkpoint, read_tile, marks=marks)
+            return audit_tiles(checkpoint, read_tile, marks=marks, on_tiles=on_tiles)
         computed[m] = prefix
         proofs[m] = proof
     tree = CompactRange.from_frontier(size, reader.get_node_hashes(frontier_ids(size)))

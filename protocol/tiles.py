@@ -715,6 +715,7 @@ def verify_tiles(
     read_tile: Callable[[TileId], bytes],
     *,
     since: int = 0,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> None:
     """Check that the tiles of the tree of ``size`` hash to ``root_hash``.
 
@@ -730,6 +731,8 @@ def verify_tiles(
         root_hash: the checkpoint's root hash.
         read_tile: returns a tile's bytes (from files, HTTP, ...).
         since: a tree size whose tiles were already verified.
+        on_tiles: called with the full tiles checked so far and the full
+            tiles to check, after each (for a progress bar).
 
     Raises:
         MalformedError: if a size is out of range, ``since > size``, or a
@@ -748,7 +751,8 @@ def verify_tiles(
         calculated = CompactRange.from_frontier(size, frontier).root()
     if calculated != root_hash:
         raise _blame_right_edge(reader, root_hash, calculated)
-    for tile in sorted((t for t in checked if t.is_full), key=lambda t: (-t.level, t.index)):
+    full = sorted((t for t in checked if t.is_full), key=lambda t: (-t.level, t.index))
+    for done, tile in enumerate(full, 1):
         level, index, offset = tile.parent_position()
         parent = reader.tile_at(level, index)
         expected = reader.read(parent)[offset * HASH_SIZE : (offset + 1) * HASH_SIZE]
@@ -760,3 +764,5 @@ def verify_tiles(
                 expected=expected,
                 calculated=calculated,
             )
+        if on_tiles is not None:
+            on_tiles(done, len(full))

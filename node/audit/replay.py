@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from node.audit.client import AuditClient
 from node.audit.gather import BundleFile, leaf_hash_pages
@@ -50,9 +50,16 @@ def replay_marks(
 
 
 async def replay_bundle(
-    bundle: BundleFile, start: KeyChain, marks: set[int], *, check_entries: bool
+    bundle: BundleFile,
+    start: KeyChain,
+    marks: set[int],
+    *,
+    check_entries: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BundleAudit:
     """Replay a bundle from zero, verifying its checkpoints as its rotations extend ``start``.
+
+    ``progress`` is told the leaves replayed and the bundle's leaves after each batch.
 
     Raises:
         MalformedError: the bundle is malformed past its header.
@@ -65,20 +72,33 @@ async def replay_bundle(
         source=str(bundle.path),
         marks=marks,
         check_entries=parse_entry_fast if check_entries else None,
+        on_leaves=None
+        if progress is None
+        else lambda done: progress(done, bundle.header.leaf_count),
     )
 
 
-async def replay_node(replay: TreeReplay, client: AuditClient, origin: str, end: int) -> None:
+async def replay_node(
+    replay: TreeReplay,
+    client: AuditClient,
+    origin: str,
+    end: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Feed ``replay`` the node's leaf hashes of ``origin`` up to size ``end``.
 
-    On failure ``replay`` holds what was fed so far.
+    On failure ``replay`` holds what was fed so far. ``progress`` is told the
+    leaf hashes fed and the number to feed, after each page.
 
     Raises:
         PeerError: a page could not be fetched.
     """
-    async with contextlib.aclosing(leaf_hash_pages(client, origin, replay.size, end)) as pages:
+    first = replay.size
+    async with contextlib.aclosing(leaf_hash_pages(client, origin, first, end)) as pages:
         async for page in pages:
             replay.feed(page)
+            if progress is not None:
+                progress(replay.size - first, end - first)
 
 
 def node_view(

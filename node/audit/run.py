@@ -50,7 +50,7 @@ for which a key is trusted. Per origin:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -101,10 +101,13 @@ from protocol.checkpoint import VerifiedCheckpoint, checkpoint_size
 from protocol.errors import MalformedError, ProtocolError
 from protocol.evidence import ForkEvidence
 from protocol.rotation import KeyChain
-from protocol.tiles import TileMismatchError
+from protocol.tiles import TILE_WIDTH, TileMismatchError
 from protocol.tree import CompactRange
 
-__all__ = ["AuditOptions", "NodeTarget", "PublishedTarget", "run_audit"]
+__all__ = ["AuditOptions", "AuditProgress", "NodeTarget", "PublishedTarget", "run_audit"]
+
+AuditProgress = Callable[[str, int, int], None]
+"""``progress(part, hashes done, hashes in all)``, one part per origin and source."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +152,7 @@ async def run_audit(
     state: AuditState,
     options: AuditOptions,
     published: Sequence[PublishedTarget] = (),
+    progress: AuditProgress | None = None,
 ) -> AuditReport:
     """Audit live nodes, bundles and published logs against each other and the saved state.
 
@@ -158,6 +162,9 @@ async def run_audit(
         state: what earlier audits remembered.
         options: keys, TLS identity, modes.
         published: logs published as tlog-tiles (HTTPS or directories).
+        progress: told, for each origin and source (the part ``ORIGIN from
+            SOURCE``), the hashes replayed (leaf hashes of a node or a
+            bundle) or checked (in tiles of a published log) and their total.
 
     Returns:
         The failures, per-origin outcomes, notes and the state to save
@@ -196,6 +203,7 @@ async def run_audit(
                 state.origins.get(origin),
                 options,
                 [p for p in logs if p.origin == origin],
+                progress,
             )
             failures += found.failures
             notes += found.notes
@@ -293,6 +301,7 @@ async def _audit_origin(
     remembered: OriginState | None,
     options: AuditOptions,
     published: Sequence[PublishedLog] = (),
+    progress: AuditProgress | None = None,
 ) -> tuple[_Found, OriginReport, OriginState | None]:
     """Audit one origin; returns what was found, the report, and the state to remember."""
     found = _Found(origin)
@@ -334,7 +343,9 @@ async def _audit_origin(
     # Replay: bundles first, as the rotations among their leaves extend the chain.
     views: list[SourceView] = []
     for bundle in bundles:
-        replayed = await _replay_bundle(found, bundle, chain, marks, options.check_entries)
+        replayed = await _replay_bundle(
+            found, bundle, chain, marks, options.check_entries, _part(progress, found, bundle.path)
+        )
         if replayed is not None:
             view, chain = replayed
             views.append(view)
@@ -348,12 +359,30 @@ async def _audit_origin(
     conflicts: list[Conflict] = []
     proofs: _Proofs = {}
     for lv in live:
-        lv.view = await _replay_node(found, lv, chain, head, start, marks, conflicts, proofs)
+        lv.view = await _replay_node(
+            found,
+            lv,
+            chain,
+            head,
+            start,
+            marks,
+            conflicts,
+            proofs,
+            _part(progress, found, lv.node.url),
+        )
         if lv.view is not None:
             views.append(lv.view)
     for log in published:
         tiled = await _audit_published(
-            found, log, chain, head, marks, options.full, proofs, rotation_notes[log.source]
+            found,
+            log,
+            chain,
+            head,
+            marks,
+            options.full,
+            proofs,
+            rotation_notes[log.source],
+            _part(progress, found, log.source),
         )
         if tiled is not None:
             views.append(tiled)
@@ -380,6 +409,16 @@ async def _audit_origin(
     return found, _report(origin, "ok", views, head_before, new_head, keys), remember
 
 
+def _part(
+    progress: AuditProgress | None, found: _Found, source: object
+) -> Callable[[int, int], None] | None:
+    """``progress`` narrowed to one origin and source: ``(done, total)``."""
+    if progress is None:
+        return None
+    part = f"{found.origin} from {source}"
+    return lambda done, total: progress(part, done, total)
+
+
 def _report(
     origin: str,
     status: str,
@@ -399,7 +438,12 @@ def _report(
 
 
 async def _replay_bundle(
-    found: _Found, bundle: BundleFile, chain: KeyChain, marks: set[int], check_entries: bool
+    found: _Found,
+    bundle: BundleFile,
+    chain: KeyChain,
+    marks: set[int],
+    check_entries: bool,
+    progress: Callable[[int, int], None] | None,
 ) -> tuple[SourceView, KeyChain] | None:
     """The bundle's view and the chain as its rotations extend it; None if it fails as a whole."""
     source = str(bundle.path)
@@ -410,7 +454,9 @@ async def _replay_bundle(
         found.fail("format", source, f"the bundle's key: {e}")
         return None
     try:
-        result = await replay_bundle(bundle, start, marks, check_entries=check_entries)
+        result = await replay_bundle(
+            bundle, start, marks, check_entries=check_entries, progress=progress
+        )
     except MalformedError as e:
         found.fail("format", source, str(e))
         return None
@@ -485,6 +531,7 @@ async def _replay_node(
     marks: set[int],
     conflicts: list[Conflict],
     proofs: _Proofs,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SourceView | None:
     """The node's view: its verified checkpoints and the roots its leaf hashes produce.
 
@@ -518,7 +565,7 @@ async def _replay_node(
         tree = head.tree()
     replay = TreeReplay(tree, {m for m in marks if m <= latest.size} | {latest.size})
     try:
-        await replay_node(replay, client, origin, latest.size)
+        await replay_node(replay, client, origin, latest.size, progress)
     except PeerError as e:
         found.fail("fetch", url, e.reason, replay.size, latest.size)
         return node_view(url, authoritative, checkpoints, start, None)
@@ -534,6 +581,7 @@ async def _audit_published(
     full: bool,
     proofs: _Proofs,
     attests: Sequence[str] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> SourceView | None:
     """A published log's view: its verified checkpoint, its tiles checked, prefix roots proven.
 
@@ -568,6 +616,9 @@ async def _audit_published(
             log.read_tile,
             since=since,
             marks=marks | {cp.size for cp in checkpoints},
+            on_tiles=None
+            if progress is None
+            else lambda done, total: progress(done * TILE_WIDTH, total * TILE_WIDTH),
         )
     except TileMismatchError as e:
         found.fail("leaves", source, str(e), since, latest.size)

@@ -580,9 +580,14 @@ def _export_for_tools(args: argparse.Namespace, out: _Out) -> int:
     if args.format == "vics" and not args.profile:
         raise NodeError(f"--format vics needs --profile ({', '.join(PROFILES)} or FILE)")
     target = Path(args.out)
-    with _open(args, read_only=True) as ledger:
+    with (
+        _open(args, read_only=True) as ledger,
+        progress_bar(
+            out.stderr, ledger.latest_checkpoint(args.origin).size, f"export {args.format}"
+        ) as progress,
+    ):
         origin = ledger.log_for(args.origin).origin
-        entries = listed_adds(ledger, args.origin)
+        entries = listed_adds(ledger, args.origin, progress)
         if args.format == "misp":
             events, attributes, left_out = write_misp_feed(target, origin, entries)
             out.note(

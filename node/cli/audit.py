@@ -25,6 +25,7 @@ from node.audit.state import (
 )
 from node.cli.cards import parse_card
 from node.cli.output import Command, Output
+from node.cli.progress import progress_bar
 from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError
 from protocol.audit import CHECKS, Failure
@@ -312,7 +313,10 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
     )
     with locked_state(state_path):
         state = load_state(state_path)
-        report = asyncio.run(run_audit(nodes, bundles, state, options, published))
+        with progress_bar(out.stderr, None, "audit", unit="hashes") as bar:
+            report = asyncio.run(
+                run_audit(nodes, bundles, state, options, published, bar.parts("audit"))
+            )
         saved = not args.no_save and report.state != state
         if saved:
             save_state(state_path, report.state)

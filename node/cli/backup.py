@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 from node.cli.output import Command, Output
+from node.cli.progress import StagedProgress, progress_bar
 from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError, RecoveringError
 from node.ledger import Ledger
@@ -22,7 +23,8 @@ __all__ = ["register"]
 
 
 def cmd_backup(args: argparse.Namespace, out: Output) -> int:
-    result = make_backup(resolve_node_dir(args.dir), Path(args.out))
+    with progress_bar(out.stderr, None, "backup", unit="B") as bar:
+        result = make_backup(resolve_node_dir(args.dir), Path(args.out), bar.parts("backup"))
     out.print(f"wrote {result.path} (mode 0600): {result.origin} at size {result.log_size:,}")
     out.print(f"sha256 {result.sha256}  (also in {result.checksum_path})")
     out.note(
@@ -46,7 +48,8 @@ def cmd_restore(args: argparse.Namespace, out: Output) -> int:
             raise ConfigError("give the backup FILE to restore (or --in-place)")
         if args.dir is None:
             raise ConfigError("give --dir DIR: a backup is restored into a new directory")
-        result = restore_backup(Path(args.file), node_dir)
+        with progress_bar(out.stderr, None, "restore", unit="B") as bar:
+            result = restore_backup(Path(args.file), node_dir, bar.parts("restore"))
         out.print(
             f"restored {result.origin} (own log size {result.log_size:,}, backup made "
             f"{result.created_at}) into {result.node_dir}; it is RECOVERING"
@@ -87,7 +90,7 @@ def cmd_recover(args: argparse.Namespace, out: Output) -> int:
     node_dir = resolve_node_dir(args.dir)
     config = load_config(node_dir)
 
-    async def run() -> RecoveryReport:
+    async def run(progress: StagedProgress) -> RecoveryReport:
         db = await Database.open(node_dir)
         try:
             return await recover_own_log(
@@ -95,17 +98,24 @@ def cmd_recover(args: argparse.Namespace, out: Output) -> int:
                 cert_path=config.tls_cert_path,
                 key_path=config.tls_key_path,
                 accept_fork_risk=args.accept_fork_risk,
+                progress=progress,
             )
         finally:
             await db.close()
 
-    report = asyncio.run(run())
+    with progress_bar(out.stderr, None, "recover") as bar:
+        report = asyncio.run(run(bar.parts("recover")))
     _report(report, out, as_json=args.json)
     if not report.recovered:
         raise RecoveringError(f"still recovering, signing nothing: {report.reason}")
     if not args.json:
-        if not report.answers and report.backup_size == report.size:
+        if not report.was_recovering:
             out.print(f"{report.origin}: not recovering; nothing to do")
+        elif not report.answers:
+            out.print(
+                f"recovered {report.origin} at size {report.size:,}: no peer (role peer) or "
+                "witness is configured, so none could hold more; the node signs again"
+            )
         else:
             out.print(
                 f"recovered {report.origin}: size {report.backup_size:,} -> {report.size:,}; "

@@ -242,20 +242,12 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         db = await Database.open(node_dir)
         try:
             with progress_bar(out.stderr, None, "sync") as bar:
-                current: list[str] = []
-
-                def on_chunk(origin: str, held: int, target: int) -> None:
-                    if current != [origin]:
-                        current[:] = [origin]
-                        bar.restart(target, f"sync {origin}")
-                    bar(held)
-
                 reports = await sync_once(
                     db,
                     cert_path=config.tls_cert_path,
                     key_path=config.tls_key_path,
                     only_peer=args.peer,
-                    progress=on_chunk,
+                    progress=bar.parts("sync"),
                 )
         finally:
             await db.close()

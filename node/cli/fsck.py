@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from node.cli.output import Command, Output
+from node.cli.progress import StagedProgress, progress_bar
 from node.config import load_config, resolve_node_dir
 from node.errors import NodeError, StorageError
 from node.ledger import Ledger
 from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
-from node.ledger.fsck import Finding, LogScan
+from node.ledger.fsck import Finding, LogScan, entries_part
 from node.ledger.scrub import read_progress
 from node.storage.connection import describe_sqlite_error
 from node.sync.repair import RepairReport, repair_from_peers
@@ -73,8 +75,11 @@ class _Report:
         )
 
 
-def run_checks(ledger: Ledger) -> _Report:
-    """Every check of ``hashmesh fsck``, each failure turned into a finding (never raised)."""
+def run_checks(ledger: Ledger, progress: StagedProgress | None = None) -> _Report:
+    """Every check of ``hashmesh fsck``, each failure turned into a finding (never raised).
+
+    ``progress`` is told the entries scanned of each log (the part is its origin).
+    """
     report = _Report()
     try:
         integrity = ledger.integrity_check()
@@ -94,7 +99,8 @@ def run_checks(ledger: Ledger) -> _Report:
         return report
     for log in logs:
         try:
-            scan = ledger.check(log)
+            total = functools.partial(ledger.held_entries, log.origin)
+            scan = ledger.check(log, entries_part(progress, log.origin, total))
         except (sqlite3.Error, NodeError, ProtocolError) as e:
             detail = describe_sqlite_error(e) if isinstance(e, sqlite3.Error) else str(e)
             report.errors.append(
@@ -228,8 +234,8 @@ def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
             "(`hashmesh repair --from-peers` needs a readable database)"
         )
         return 1
-    with ledger:
-        report = run_checks(ledger)
+    with ledger, progress_bar(out.stderr, None, "fsck") as bar:
+        report = run_checks(ledger, bar.parts("fsck"))
     _record(register, report, out)
     repaired = False
     if args.repair and not report.ok:
@@ -244,7 +250,8 @@ def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
                 )
                 + "nothing was written"
             )
-        report = _repair(node_dir)
+        with progress_bar(out.stderr, None, "fsck --repair") as bar:
+            report = _repair(node_dir, bar.parts("fsck --repair"))
         repaired = True
         _record(register, report, out)
     _print(report, out, as_json=args.json, repaired=repaired)
@@ -255,13 +262,13 @@ def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
     return 0 if report.ok else 1
 
 
-def _repair(node_dir: Path) -> _Report:
+def _repair(node_dir: Path, progress: StagedProgress) -> _Report:
     # Ledger.open in write mode: the repair needs the write lock, not the key.
     with Ledger.open(node_dir, read_only=False) as ledger:
-        ledger.repair_derived()
+        ledger.repair_derived(progress)
         # The index files derive from the tables just rebuilt.
         ledger.build_index_files()
-        return run_checks(ledger)
+        return run_checks(ledger, lambda origin, done, n: progress(f"fsck {origin}", done, n))
 
 
 def integrity_json(node_dir: Path) -> dict[str, Any]:
@@ -308,7 +315,7 @@ def cmd_repair(args: argparse.Namespace, out: Output) -> int:
     else:
         origins = sorted(DamageRegister(node_dir).load()) or [config.origin]
 
-    async def run() -> list[RepairReport]:
+    async def run(progress: StagedProgress) -> list[RepairReport]:
         db = await Database.open(node_dir, readers=1)
         try:
             return [
@@ -319,13 +326,15 @@ def cmd_repair(args: argparse.Namespace, out: Output) -> int:
                     cert_path=config.tls_cert_path,
                     key_path=config.tls_key_path,
                     only_peer=args.peer,
+                    progress=progress,
                 )
                 for origin in origins
             ]
         finally:
             await db.close()
 
-    reports = asyncio.run(run())
+    with progress_bar(out.stderr, None, "repair") as bar:
+        reports = asyncio.run(run(bar.parts("repair")))
     for report in reports:
         for refusal in report.refusals:
             out.note(f"refused: {refusal}")

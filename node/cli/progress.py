@@ -1,4 +1,7 @@
-"""Progress of long commands (import, export, sync, audit, fsck, publish, backup) on a terminal.
+"""Progress of long commands on a terminal.
+
+import, export, sync, audit, fsck (and ``--repair``), publish, backup,
+restore, recover and ``repair --from-peers`` draw a bar.
 
 Layer: node.cli.
 
@@ -6,7 +9,9 @@ A bar with percentage, rate and ETA (tqdm) on standard error when, and only
 when, standard error is a terminal: piped or redirected output (cron, CI,
 ``2> log``) gets nothing, so logs stay free of carriage returns. The work
 reports through a plain callable (``progress(done)``, called once per chunk,
-never per entry), so the ledger and sync layers know nothing of terminals.
+never per entry; work in parts, such as one origin after another, reports
+``progress(part, done, total)``, drawn by :meth:`Bar.parts`), so the ledger,
+sync and audit layers know nothing of terminals.
 
 tqdm is a core dependency rather than an extra: it is small, pure Python,
 has no dependencies of its own, and an operator importing ten million hashes
@@ -21,10 +26,17 @@ from typing import NoReturn, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["Bar", "Progress", "progress_bar"]
+__all__ = ["Bar", "Progress", "StagedProgress", "progress_bar"]
 
 Progress = Callable[[int], None]
 """``progress(done)``: the units done so far (absolute, not a delta)."""
+
+StagedProgress = Callable[[str, int, int], None]
+"""``progress(part, done, total)``: work in parts (an origin, a source, a phase).
+
+The shape the lower layers report long work in when they learn each part's
+total only as they reach it (``node.sync.engine.SyncProgress`` is one).
+"""
 
 
 class Bar:
@@ -45,6 +57,21 @@ class Bar:
         if self._bar is not None:
             self._bar.reset(total=total)
             self._bar.set_description_str(description)
+
+    def parts(self, label: str) -> StagedProgress:
+        """A :data:`StagedProgress` drawing on this bar: it starts over at each new part.
+
+        The bar reads ``LABEL PART``; a part's total is taken as first reported.
+        """
+        current: list[str] = []
+
+        def report(part: str, done: int, total: int) -> None:
+            if current != [part]:
+                current[:] = [part]
+                self.restart(total, f"{label} {part}" if part else label)
+            self(done)
+
+        return report
 
 
 @contextlib.contextmanager

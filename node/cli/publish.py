@@ -29,15 +29,10 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
         Ledger.open(node_dir, read_only=True) as ledger,
         progress_bar(out.stderr, None, f"publish {target}", unit="tiles") as bar,
     ):
-        totals: list[int] = []
-
-        def on_tiles(done: int, total: int) -> None:
-            if not totals:  # publish knows the total once it has read DIR
-                totals.append(total)
-                bar.restart(total, f"publish {target}")
-            bar(done)
-
-        result = publish(ledger, target, origin=args.origin, progress=on_tiles)
+        tiles = bar.parts(f"publish {target}")  # the total is known once DIR is read
+        result = publish(
+            ledger, target, origin=args.origin, progress=lambda done, n: tiles("", done, n)
+        )
     if args.json:
         out.json(
             {

@@ -36,7 +36,7 @@ import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,7 @@ from protocol.errors import MalformedError
 
 __all__ = [
     "BACKUP_FORMAT",
+    "BackupProgress",
     "BackupResult",
     "RecoveryMark",
     "RestoreResult",
@@ -118,12 +119,50 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _sha256_file(path: Path) -> str:
+BackupProgress = Callable[[str, int, int], None]
+"""``progress(part, bytes done, bytes in all)`` of a backup or a restore, part by part."""
+
+
+def _sha256_file(path: Path, count: Callable[[int], None] | None = None) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
+            if count is not None:
+                count(len(chunk))
     return digest.hexdigest()
+
+
+class _Tally:
+    """Bytes done of one part of a backup or restore, told to its progress callable."""
+
+    def __init__(self, progress: BackupProgress | None, part: str, total: int) -> None:
+        self._progress = progress
+        self._part = part
+        self._total = total
+        self.done = 0
+        self(0)
+
+    def __call__(self, more: int) -> None:
+        self.done += more
+        if self._progress is not None:
+            self._progress(self._part, self.done, self._total)
+
+
+class _Counted(io.RawIOBase):
+    """A file read through a :class:`_Tally` (what ``tarfile`` writes from)."""
+
+    def __init__(self, f: IO[bytes], tally: _Tally) -> None:
+        self._f = f
+        self._tally = tally
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._tally(len(data))
+        return data
 
 
 # -- the recovering mark -------------------------------------------------------
@@ -184,13 +223,15 @@ def _identity_files(config: NodeConfig) -> list[str]:
     return names
 
 
-def make_backup(node_dir: Path, out: Path) -> BackupResult:
+def make_backup(node_dir: Path, out: Path, progress: BackupProgress | None = None) -> BackupResult:
     """Write a consistent backup of the node in ``node_dir`` to ``out`` (mode 0600).
 
     The database is copied first (one snapshot, while the node may be
     writing); then the key files are read and the signing key is checked
     against the copy's key chain, so a key rotation that ran during the
-    backup is noticed instead of saved with the wrong key.
+    backup is noticed instead of saved with the wrong key. ``progress`` is
+    told the bytes done of each part: ``copy the database``, ``checksum the
+    files``, ``write FILE``, ``checksum FILE``.
 
     Raises:
         ConfigError: if ``out`` exists or its directory cannot be written,
@@ -209,7 +250,12 @@ def make_backup(node_dir: Path, out: Path) -> BackupResult:
         snapshot = staging / DATABASE
         source = LedgerStore.open(config.database_path, read_only=True)
         try:
-            source.backup_to(snapshot)
+            copied = (
+                None
+                if progress is None
+                else lambda done, total: progress("copy the database", done, total)
+            )
+            source.backup_to(snapshot, copied)
         finally:
             source.close()
         log_size = _check_snapshot(config, snapshot)
@@ -223,24 +269,31 @@ def make_backup(node_dir: Path, out: Path) -> BackupResult:
                 raise ConfigError(f"cannot read {config.node_dir / name}: {e.strerror or e}") from e
             members[name] = copy
         created_at = _now()
+        sizes = sum(path.stat().st_size for path in members.values())
+        hashed = _Tally(progress, "checksum the files", sizes)
         manifest = {
             "hashmesh_backup": BACKUP_FORMAT,
             "origin": config.origin,
             "created_at": created_at,
             "log_size": log_size,
-            "files": {name: _sha256_file(path) for name, path in sorted(members.items())},
+            "files": {name: _sha256_file(path, hashed) for name, path in sorted(members.items())},
         }
         partial = out.with_name(out.name + ".partial")
         partial.unlink(missing_ok=True)
+        written = _Tally(progress, f"write {out.name}", sizes)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 _add_bytes(tar, MANIFEST, dumps_canonical(manifest) + b"\n")
                 for name, path in sorted(members.items()):
-                    tar.add(path, arcname=name, recursive=False, filter=_private)
+                    info = _private(tar.gettarinfo(path, arcname=name))
+                    with path.open("rb") as member:
+                        tar.addfile(info, _Counted(member, written))
             f.flush()
             os.fsync(f.fileno())
-        digest = _sha256_file(partial)
+        digest = _sha256_file(
+            partial, _Tally(progress, f"checksum {out.name}", partial.stat().st_size)
+        )
         checksum_path = out.with_name(out.name + ".sha256")
         checksum_path.unlink(missing_ok=True)
         write_private_file(checksum_path, f"{digest}  {out.name}\n".encode())
@@ -290,7 +343,7 @@ def _check_snapshot(config: NodeConfig, snapshot: Path) -> int:
 # -- restore -------------------------------------------------------------------
 
 
-def _check_archive_sum(archive: Path) -> None:
+def _check_archive_sum(archive: Path, progress: BackupProgress | None) -> None:
     sums = archive.with_name(archive.name + ".sha256")
     if not sums.exists():
         return
@@ -298,7 +351,9 @@ def _check_archive_sum(archive: Path) -> None:
         expected = sums.read_text(encoding="ascii").split()[0].lower()
     except (OSError, UnicodeDecodeError, IndexError) as e:
         raise ConfigError(f"cannot read the checksum file {sums}: {e}") from e
-    actual = _sha256_file(archive)
+    actual = _sha256_file(
+        archive, _Tally(progress, f"checksum {archive.name}", archive.stat().st_size)
+    )
     if actual != expected:
         raise ConfigError(
             f"{archive}: SHA-256 {actual} is not the {expected} in {sums}; the backup is "
@@ -339,13 +394,14 @@ def _member_name(name: str, archive: Path) -> str:
     raise ConfigError(f"{archive}: unexpected member {name!r}; nothing was restored")
 
 
-def _copy_member(src: IO[bytes], target: Path) -> str:
+def _copy_member(src: IO[bytes], target: Path, count: _Tally) -> str:
     digest = hashlib.sha256()
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         while chunk := src.read(_CHUNK):
             digest.update(chunk)
             f.write(chunk)
+            count(len(chunk))
         f.flush()
         os.fsync(f.fileno())
     return digest.hexdigest()
@@ -361,14 +417,17 @@ def _staging_beside(node_dir: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def restore_backup(archive: Path, node_dir: Path) -> RestoreResult:
+def restore_backup(
+    archive: Path, node_dir: Path, progress: BackupProgress | None = None
+) -> RestoreResult:
     """Restore the backup ``archive`` into the new node directory ``node_dir``, recovering.
 
     Every member's SHA-256 is checked against the manifest (and the archive's
     against ``FILE.sha256`` when it is beside it), the database's integrity
     and head are checked, and only then is the directory put in place, with
     the recovering mark in it: the node signs nothing until it has
-    recovered (:mod:`node.sync.recovery`).
+    recovered (:mod:`node.sync.recovery`). ``progress`` is told the bytes
+    done of ``checksum FILE`` (when FILE.sha256 is there) and ``unpack FILE``.
 
     Raises:
         NodeExistsError: if ``node_dir`` holds a node.
@@ -380,7 +439,12 @@ def restore_backup(archive: Path, node_dir: Path) -> RestoreResult:
         raise NodeExistsError(f"{node_dir} holds a hashmesh node; restore into a new directory")
     if node_dir.exists() and (not node_dir.is_dir() or any(node_dir.iterdir())):
         raise ConfigError(f"{node_dir} exists and is not an empty directory")
-    _check_archive_sum(archive)
+    try:
+        size = archive.stat().st_size
+    except OSError as e:
+        raise ConfigError(f"cannot read the backup {archive}: {e.strerror or e}") from e
+    _check_archive_sum(archive, progress)
+    unpacked = _Tally(progress, f"unpack {archive.name}", size)
     with _staging_beside(node_dir) as staging:
         try:
             with tarfile.open(archive, mode="r:") as tar:
@@ -396,7 +460,8 @@ def restore_backup(archive: Path, node_dir: Path) -> RestoreResult:
                     make_private_dir(target.parent)
                     src = tar.extractfile(member)
                     assert src is not None
-                    if _copy_member(src, target) != expected[name]:
+                    unpacked.done = member.offset_data  # headers and padding count too
+                    if _copy_member(src, target, unpacked) != expected[name]:
                         raise ConfigError(
                             f"{archive}: {name} does not match its SHA-256 in the manifest; "
                             "the backup is damaged; nothing was restored"
@@ -405,6 +470,7 @@ def restore_backup(archive: Path, node_dir: Path) -> RestoreResult:
             raise ConfigError(f"{archive} is not a readable backup: {e}") from e
         except OSError as e:
             raise ConfigError(f"cannot restore {archive}: {e.strerror or e}") from e
+        unpacked(size - unpacked.done)  # the end of the archive
         missing = sorted(set(expected) - seen)
         if missing:
             raise ConfigError(f"{archive}: the backup ends before {', '.join(missing)}")

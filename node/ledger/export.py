@@ -147,8 +147,8 @@ def export_text(
     """Yield an export of one log as text, in chunks of whole lines.
 
     The export covers the log up to its latest signed checkpoint, read in
-    one snapshot. ``progress`` is called with the entries done so far
-    (ndjson, csv, leaves), once per chunk of :data:`_CHUNK`.
+    one snapshot. ``progress`` is called with the entries done so far,
+    once per chunk of :data:`_CHUNK`.
     """
     log = ledger.log_for(origin)
     with ledger.store.read_snapshot():  # one committed state for the whole export
@@ -193,20 +193,35 @@ def export_text(
                 verifier_key=load_key_chain(ledger.store, log.origin).periods[0].verifier.to_text(),
                 checkpoint_notes=notes,
                 leaf_count=size,
-                leaves=(bytes(d) for _i, d, _h in ledger.store.iter_entries(log.log_id, 0, size)),
+                leaves=_bundle_leaves(ledger, log.log_id, size, progress),
             )
 
 
-def listed_adds(ledger: Ledger, origin: str | None = None) -> Iterator[tuple[int, AddEntry]]:
+def _bundle_leaves(
+    ledger: Ledger, log_id: int, size: int, progress: Progress | None
+) -> Iterator[bytes]:
+    """The log's entry bytes for a bundle, read in chunks; ``progress`` after each chunk."""
+    done = 0
+    for stored in _chunks(ledger, log_id, size):
+        yield from [bytes(data) for _i, data, _h in stored]
+        done += len(stored)
+        if progress is not None:
+            progress(done)
+
+
+def listed_adds(
+    ledger: Ledger, origin: str | None = None, progress: Progress | None = None
+) -> Iterator[tuple[int, AddEntry]]:
     """``(index, entry)`` of every add entry not retracted, up to the latest checkpoint.
 
-    Read in one snapshot, like every export, and parsed in chunks like them.
+    Read in one snapshot, like every export, and parsed in chunks like them;
+    ``progress`` is called with the entries read so far, once per chunk.
     """
     log = ledger.log_for(origin)
     with ledger.store.read_snapshot():
         size = ledger.latest_checkpoint(log.origin).size
         retracted = ledger.store.retracted_targets(log.log_id, 0, size)
-        for chunk in _decoded(ledger, log.log_id, size, None):
+        for chunk in _decoded(ledger, log.log_id, size, progress):
             for index, entry, _leaf_hash in chunk:
                 if isinstance(entry, AddEntry) and index not in retracted:
                     yield index, entry

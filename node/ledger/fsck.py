@@ -56,8 +56,11 @@ __all__ = [
     "DERIVED_TABLES",
     "Finding",
     "LogScan",
+    "RepairProgress",
     "RepairRange",
+    "ScanProgress",
     "check_log",
+    "entries_part",
     "guard_findings",
     "plan_repair",
     "repair_derived",
@@ -516,8 +519,11 @@ class LogScan:
 
     # -- repair ------------------------------------------------------------
 
-    def rebuild(self, store: LedgerStore) -> None:
-        """Write this log's derived rows as the scan computed them (inside a transaction)."""
+    def rebuild(self, store: LedgerStore, progress: Callable[[int], None] | None = None) -> None:
+        """Write this log's derived rows as the scan computed them (inside a transaction).
+
+        ``progress`` is called with the entries whose tree nodes are rewritten so far.
+        """
         if not self.done or self.log_damaged or self.partial:
             raise StorageError(
                 f"log {self.log.origin} was not replayed whole and verified; its derived "
@@ -539,6 +545,8 @@ class LogScan:
             datas = [bytes(d) for _i, d, _h in store.iter_entries(log_id, start, start + _BATCH)]
             runs = tree.extend(hash_leaves(datas), collect=True, min_level=TILE_LEVEL)
             store.append_entries(log_id, start, [], [], runs)
+            if progress is not None:
+                progress(start + len(datas))
 
 
 def _checkpoint_sizes(store: LedgerStore, log: LogRecord, scan: LogScan) -> list[tuple[int, bytes]]:
@@ -575,13 +583,36 @@ def _checkpoint_sizes(store: LedgerStore, log: LogRecord, scan: LogScan) -> list
     return sizes
 
 
-def check_log(store: LedgerStore, log: LogRecord, *, batch: int = _BATCH) -> LogScan:
-    """Scan a whole log and its derived data; the returned scan holds the findings."""
+ScanProgress = Callable[[int], None]
+"""``progress(entries)``: called after each batch of a scan with the entries scanned so far."""
+
+
+def _scan_whole(
+    store: LedgerStore, scan: LogScan, batch: int, progress: ScanProgress | None
+) -> None:
+    """Scan until done (or stuck at a finding), in the caller's read snapshot."""
+    while not scan.done:
+        if scan.scan(store, batch) == 0 and not scan.done:
+            break
+        if progress is not None:
+            progress(scan.position)
+
+
+def check_log(
+    store: LedgerStore,
+    log: LogRecord,
+    *,
+    batch: int = _BATCH,
+    progress: ScanProgress | None = None,
+) -> LogScan:
+    """Scan a whole log and its derived data; the returned scan holds the findings.
+
+    ``progress`` is called after each batch with the entries scanned so far
+    (out of ``LogScan.size``).
+    """
     scan = LogScan(store, log)
     with store.read_snapshot():
-        while not scan.done:
-            if scan.scan(store, batch) == 0 and not scan.done:
-                break
+        _scan_whole(store, scan, batch, progress)
         try:
             scan.derived_findings(store)
         except (sqlite3.Error, UnicodeDecodeError, TypeError, ValueError) as e:
@@ -592,11 +623,17 @@ def check_log(store: LedgerStore, log: LogRecord, *, batch: int = _BATCH) -> Log
     return scan
 
 
-def repair_derived(store: LedgerStore) -> list[LogScan]:
+RepairProgress = Callable[[str, int, int], None]
+"""``progress(part, done, total)``: entries done in each part (``check ORIGIN``, ...)."""
+
+
+def repair_derived(store: LedgerStore, progress: RepairProgress | None = None) -> list[LogScan]:
     """Rebuild every derived table from every held log, in one transaction, then check again.
 
     Every log must verify against its signed checkpoints first: derived data
-    rebuilt from a damaged log would only copy the damage.
+    rebuilt from a damaged log would only copy the damage. ``progress`` is
+    told of each part: ``check ORIGIN``, ``rebuild ORIGIN`` and ``check again
+    ORIGIN``, with its entries done and its total.
 
     Returns:
         The scans made after the repair (their findings should be empty).
@@ -606,7 +643,7 @@ def repair_derived(store: LedgerStore) -> list[LogScan]:
             rebuild fails (rolled back).
     """
     logs = store.list_logs()
-    scans = [check_log(store, log) for log in logs]
+    scans = [check_log(store, log, progress=_part(progress, "check", store, log)) for log in logs]
     damaged = [s for s in scans if s.log_damaged]
     if damaged:
         first = damaged[0]
@@ -619,8 +656,30 @@ def repair_derived(store: LedgerStore) -> list[LogScan]:
         store.restore_guards()
         with store.rebuilding(DERIVED_TABLES):
             for scan in scans:
-                scan.rebuild(store)
-    return [check_log(store, log) for log in logs]
+                scan.rebuild(store, _part(progress, "rebuild", store, scan.log))
+    return [
+        check_log(store, log, progress=_part(progress, "check again", store, log)) for log in logs
+    ]
+
+
+def _part(
+    progress: RepairProgress | None, what: str, store: LedgerStore, log: LogRecord
+) -> ScanProgress | None:
+    return entries_part(progress, f"{what} {log.origin}", lambda: store.entry_count(log.log_id))
+
+
+def entries_part(
+    progress: RepairProgress | None, part: str, total: Callable[[], int]
+) -> ScanProgress | None:
+    """``progress`` narrowed to one part whose total is ``total()`` entries (None: no progress).
+
+    The part is reported at 0 at once, so a bar shows it before the first batch.
+    """
+    if progress is None:
+        return None
+    entries = total()
+    progress(part, 0, entries)
+    return lambda done: progress(part, done, entries)
 
 
 def iter_findings(scans: Sequence[LogScan]) -> Iterator[Finding]:
@@ -648,8 +707,12 @@ class RepairRange:
     first_bad_index: int
 
 
-def plan_repair(store: LedgerStore, log: LogRecord) -> RepairRange | None:
+def plan_repair(
+    store: LedgerStore, log: LogRecord, progress: ScanProgress | None = None
+) -> RepairRange | None:
     """The first range of ``log`` to fetch again, or None when its entries verify.
+
+    ``progress`` is called after each batch scanned with the entries so far.
 
     Raises:
         StorageError: if the damage lies where no signed checkpoint covers it
@@ -657,9 +720,7 @@ def plan_repair(store: LedgerStore, log: LogRecord) -> RepairRange | None:
     """
     scan = LogScan(store, log)
     with store.read_snapshot():
-        while not scan.done:
-            if scan.scan(store) == 0 and not scan.done:
-                break
+        _scan_whole(store, scan, _BATCH, progress)
     if not scan.log_damaged:
         return None
     bad = scan.first_bad_index

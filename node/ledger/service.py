@@ -38,7 +38,9 @@ from node.ledger.damage import DamageRegister
 from node.ledger.fsck import (
     Finding,
     LogScan,
+    RepairProgress,
     RepairRange,
+    ScanProgress,
     check_log,
     guard_findings,
     plan_repair,
@@ -742,17 +744,20 @@ class Ledger:
         self._refuse_while_recovering("cosign")
         return Witness(self.store, load_witness_signer(self.config))
 
-    def check(self, log: LogRecord) -> LogScan:
-        """Check a log against its checkpoints and its derived data against it (``fsck``)."""
-        return check_log(self.store, log)
+    def check(self, log: LogRecord, progress: ScanProgress | None = None) -> LogScan:
+        """Check a log against its checkpoints and its derived data against it (``fsck``).
+
+        ``progress`` is called after each batch with the entries scanned so far.
+        """
+        return check_log(self.store, log, progress=progress)
 
     def guard_findings(self) -> list[Finding]:
         """Missing append-only triggers, as fsck findings."""
         return guard_findings(self.store)
 
-    def repair_derived(self) -> list[LogScan]:
+    def repair_derived(self, progress: RepairProgress | None = None) -> list[LogScan]:
         """Rebuild every derived table from the verified logs (node.ledger.fsck)."""
-        return repair_derived(self.store)
+        return repair_derived(self.store, progress)
 
     def check_index_files(self) -> list[Finding]:
         """The index files (PDQ, leaf hashes) checked against the log, as fsck findings."""
@@ -764,9 +769,9 @@ class Ledger:
         """Write every index file afresh from the tables (``fsck --repair``, ``index build``)."""
         return build_index_files(self.store, self.index_directory, self.config.match.min_quality)
 
-    def plan_repair(self, origin: str) -> RepairRange | None:
+    def plan_repair(self, origin: str, progress: ScanProgress | None = None) -> RepairRange | None:
         """The first damaged range of a log to fetch from peers, or None if it verifies."""
-        return plan_repair(self.store, self.log_for(origin))
+        return plan_repair(self.store, self.log_for(origin), progress)
 
     def restore_entries(self, plan: RepairRange, datas: Sequence[bytes]) -> int:
         """Put a peer's copy of a damaged range in place, if it gives our signed root.

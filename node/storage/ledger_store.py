@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +71,9 @@ _IN_CHUNK = 500
 # convoys with it), and binding is cheaper than per-row steps. A fixed chunk
 # size keeps the compiled statement in the connection's statement cache.
 _INSERT_CHUNK = 1024
+
+_BACKUP_STEP_PAGES = 1024
+"""Pages copied per step of a backup that reports progress (8 MiB at 8 KiB pages)."""
 
 
 @functools.lru_cache(maxsize=32)
@@ -189,11 +192,15 @@ class LedgerStore:
         """Close the connection."""
         self.conn.close()
 
-    def backup_to(self, path: Path) -> None:
+    def backup_to(self, path: Path, progress: Callable[[int, int], None] | None = None) -> None:
         """Copy the whole database, as of one read snapshot, into a new file at ``path``.
 
-        SQLite's online backup API, in one step: writers on other
-        connections go on (WAL), and the copy is one consistent state. The
+        SQLite's online backup API: writers on other connections go on
+        (WAL), and the copy is one consistent state. With ``progress`` the
+        copy goes in steps of a few MiB, each followed by ``progress(bytes
+        copied, bytes in all)`` (whole pages); the steps run inside one read transaction
+        opened first, so they all read the same snapshot (a step that opened
+        its own would see other connections' commits and start over). The
         copy is left in rollback-journal mode, so it is one self-contained
         file (opening it as a node switches it back to WAL).
 
@@ -203,7 +210,18 @@ class LedgerStore:
         try:
             target = sqlite3.connect(path, isolation_level=None)
             try:
-                self.conn.backup(target)
+                if progress is None:
+                    self.conn.backup(target)
+                else:
+                    page = int(self.conn.execute("PRAGMA page_size").fetchone()[0])
+                    with self.read_snapshot():
+                        # The read lock is taken now, not at the first step.
+                        self.conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+                        self.conn.backup(
+                            target,
+                            pages=_BACKUP_STEP_PAGES,
+                            progress=lambda _s, left, n: progress((n - left) * page, n * page),
+                        )
                 target.execute("PRAGMA journal_mode = DELETE")
             finally:
                 target.close()

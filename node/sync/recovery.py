@@ -47,7 +47,7 @@ from node.ledger.events import CheckpointHub
 from node.ledger.service import Ledger
 from node.storage.peer_store import PeerRecord
 from node.sync.client import HttpPeerClient
-from node.sync.engine import CHUNK_ENTRIES, sync_origin
+from node.sync.engine import CHUNK_ENTRIES, SyncProgress, sync_origin
 from node.sync.poll import PollTiming, run_polling
 from node.sync.witness_client import WitnessClient
 from protocol.errors import ProtocolError
@@ -87,6 +87,8 @@ class RecoveryReport:
         answers: every peer's and witness's answer.
         recovered: the mark is gone: the node may sign again.
         reason: why it is still recovering (when not ``recovered``).
+        was_recovering: the node was marked recovering when this began
+            (False: there was nothing to do).
     """
 
     origin: str
@@ -95,6 +97,7 @@ class RecoveryReport:
     answers: tuple[RecoveryAnswer, ...]
     recovered: bool
     reason: str | None = None
+    was_recovering: bool = True
 
     @property
     def unreachable(self) -> tuple[str, ...]:
@@ -133,7 +136,13 @@ def _head(ledger: Ledger) -> tuple[int, int, str]:
 
 
 async def _ask_peer(
-    db: Database, peer: PeerRecord, origin: str, cert_path: Path, key_path: Path, chunk: int
+    db: Database,
+    peer: PeerRecord,
+    origin: str,
+    cert_path: Path,
+    key_path: Path,
+    chunk: int,
+    progress: SyncProgress | None,
 ) -> RecoveryAnswer:
     try:
         async with HttpPeerClient.for_peer(peer, cert_path=cert_path, key_path=key_path) as client:
@@ -141,7 +150,7 @@ async def _ask_peer(
             held = remote.get(origin)
             if held is None:
                 return RecoveryAnswer(peer.name, "peer")
-            result = await sync_origin(db, client, held, hub=None, chunk=chunk)
+            result = await sync_origin(db, client, held, hub=None, chunk=chunk, progress=progress)
     except (PeerError, ProtocolError, NodeError) as e:
         reason = str(e) if isinstance(e, PeerError) else f"peer {peer.name}: {e}"
         return RecoveryAnswer(peer.name, "peer", error=reason)
@@ -189,6 +198,7 @@ async def recover_own_log(
     key_path: Path,
     accept_fork_risk: bool = False,
     chunk: int = CHUNK_ENTRIES,
+    progress: SyncProgress | None = None,
 ) -> RecoveryReport:
     """Recover the own log of a restored node (see the module docstring).
 
@@ -200,6 +210,8 @@ async def recover_own_log(
             could not be asked (they may hold checkpoints this node will
             contradict by its next write).
         chunk: entries fetched and committed per transaction.
+        progress: told the entries held of the own log after each verified
+            chunk fetched from a peer (``progress(origin, held, target)``).
 
     Returns:
         The report; ``recovered`` says whether the node may sign again.
@@ -207,11 +219,14 @@ async def recover_own_log(
     """
     start = await db.read(_start)
     if start.mark is None:
-        return RecoveryReport(start.origin, start.size, start.size, (), recovered=True)
+        return RecoveryReport(
+            start.origin, start.size, start.size, (), recovered=True, was_recovering=False
+        )
     # One peer after another: each catch-up starts from what the one before
     # brought, so no two write the own log at once.
     answers = [
-        await _ask_peer(db, p, start.origin, cert_path, key_path, chunk) for p in start.peers
+        await _ask_peer(db, p, start.origin, cert_path, key_path, chunk, progress)
+        for p in start.peers
     ]
     answers += await asyncio.gather(
         *(_ask_witness(db, a, start.all_peers, cert_path, key_path) for a in start.asks)

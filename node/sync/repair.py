@@ -22,7 +22,7 @@ from pathlib import Path
 from node.errors import NodeError, StorageError
 from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
-from node.ledger.fsck import RepairRange
+from node.ledger.fsck import RepairProgress, RepairRange, entries_part
 from node.ledger.service import Ledger
 from node.storage.peer_store import PeerRecord
 from node.sync.client import HttpPeerClient
@@ -54,8 +54,14 @@ async def repair_from_peers(
     cert_path: Path,
     key_path: Path,
     only_peer: str | None = None,
+    progress: RepairProgress | None = None,
 ) -> RepairReport:
     """Repair ``origin``'s damaged entries from the peers (role ``peer``) that hold it.
+
+    ``progress`` is told the entries done of each part of the work: ``check
+    ORIGIN`` (the scan that finds the next damaged range), ``fetch
+    START..END`` (entries written from a peer) and the parts of
+    :func:`node.ledger.fsck.repair_derived`.
 
     Raises:
         NodeError: if no peer could give a range that verifies (the ranges
@@ -69,7 +75,12 @@ async def repair_from_peers(
     if only_peer is not None:
         peers = [p for p in peers if p.name == only_peer]
     for _ in range(MAX_RANGES):
-        plan = await db.read(lambda ledger: ledger.plan_repair(origin))
+        plan = await db.read(
+            lambda ledger: ledger.plan_repair(
+                origin,
+                entries_part(progress, f"check {origin}", lambda: ledger.held_entries(origin)),
+            )
+        )
         if plan is None:
             break
         # Asked only when something must be fetched: a log that verifies needs no peer.
@@ -79,17 +90,21 @@ async def repair_from_peers(
                 "no peer to fetch them from: add one that holds this log with `hashmesh peer "
                 "add CARD --role peer`" + (f" (none is named {only_peer!r})" if only_peer else "")
             )
+        if progress is not None:
+            progress(f"fetch {plan.start}..{plan.end - 1}", 0, plan.end - plan.start)
         if not await _repair_range(db, plan, peers, report, cert_path, key_path):
             raise NodeError(
                 f"log {origin}: no peer gave entries {plan.start}..{plan.end - 1} that give our "
                 f"signed root of size {plan.end} ({'; '.join(report.refusals)}); "
                 f"{_kept(report)}"
             )
+        if progress is not None:
+            progress(f"fetch {plan.start}..{plan.end - 1}", *[plan.end - plan.start] * 2)
     else:
         raise NodeError(f"log {origin}: more than {MAX_RANGES} damaged ranges; {_kept(report)}")
 
     def rebuild(ledger: Ledger) -> None:
-        ledger.repair_derived()
+        ledger.repair_derived(progress)
 
     await db.write(rebuild)
     DamageRegister(node_dir).clear(origin)

@@ -15,6 +15,7 @@ from node.errors import ConfigError, NodeExistsError, RecoveringError
 from node.ledger import Ledger
 from node.ledger.backup import make_backup, restore_backup
 from node.ledger.provision import init_node
+from node.storage import ledger_store
 from protocol.entry import AddEntry
 
 ORIGIN = "hotline-bk.example/hashmesh"
@@ -158,3 +159,42 @@ def test_status_says_a_restored_node_is_recovering(
     assert "RECOVERING" not in capsys.readouterr().out
     assert hashmesh(["--dir", str(node), "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["recovering"] is None
+
+
+def test_a_backup_in_steps_copies_one_snapshot_while_the_node_writes(
+    tmp_path: Path, node: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With progress the copy goes in steps; writes between them do not reach the copy.
+
+    Each step runs inside the read transaction opened first, so the copy is
+    the state of that moment (a step opening its own would see the writes
+    and start over, or mix them in).
+    """
+    with Ledger.open(node) as ledger:
+        ledger.append(
+            [AddEntry.create(signal_type="md5", value=f"{i:032x}") for i in range(5, 3000)]
+        )
+    monkeypatch.setattr(ledger_store, "_BACKUP_STEP_PAGES", 16)  # many steps of a small file
+    seen: list[tuple[str, int, int]] = []
+    writes = iter(range(3000, 3003))
+
+    def progress(part: str, done: int, total: int) -> None:
+        seen.append((part, done, total))
+        if part == "copy the database" and done < total:
+            i = next(writes, None)
+            if i is not None:  # another connection commits between two steps
+                with Ledger.open(node) as writer:
+                    writer.append([AddEntry.create(signal_type="md5", value=f"{i:032x}")])
+
+    result = make_backup(node, tmp_path / "steps.tar", progress)
+    copies = [(done, total) for part, done, total in seen if part == "copy the database"]
+    assert len(copies) > 2 and copies[-1][0] == copies[-1][1]  # several steps, to the end
+    assert next(writes, None) is None  # the writes did happen during the copy
+    assert result.log_size == 3000
+    restore_backup(tmp_path / "steps.tar", tmp_path / "restored")
+    with Ledger.open(tmp_path / "restored", read_only=True) as ledger:
+        assert ledger.latest_checkpoint().size == 3000
+        assert ledger.held_entries() == 3000
+    parts = [part for part, _done, _total in seen]
+    assert parts[-1] == "checksum steps.tar"
+    assert {"checksum the files", "write steps.tar"} <= set(parts)

@@ -374,6 +374,23 @@ def follow(node_dir: Path, author_dir: Path) -> str:
     return vkey
 
 
+async def author_and_follower(author: Path, follower: Path) -> tuple[Serving, Serving]:
+    """Both nodes served (no sync runner), each a peer of the other and trusted by it;
+    the follower follows the author and has synced its log once."""
+    served_a = await serve(author, sync=False)
+    served_b = await serve(follower, sync=False)
+    try:
+        introduce(served_b, served_a)
+        introduce(served_a, served_b, follow=False)
+        await trusted(served_a, follower)
+        await trusted(served_b, author)
+        assert await once(follower) == [None]
+    except BaseException:
+        await shutdown(served_a, served_b)
+        raise
+    return served_a, served_b
+
+
 NO_POLL = 3600.0
 """A poll interval no test outlives: whatever a node learns, it was told."""
 

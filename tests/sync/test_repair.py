@@ -22,12 +22,10 @@ from tests.sync.conftest import (
     FOLLOWER,
     Serving,
     add_entries,
-    introduce,
+    author_and_follower,
     make_node,
     once,
-    serve,
     shutdown,
-    trusted,
 )
 
 DAMAGE = (
@@ -52,15 +50,8 @@ async def follower_of(tmp_path: Path) -> tuple[Path, Path, Serving]:
         f.write("\n[scrub]\nentries_per_second = 0\n")
     add_entries(a, 0, 20)
     add_entries(a, 20, 20)
-    served_a = await serve(a, sync=False)
-    served_b = await serve(b, sync=False)
-    try:
-        introduce(served_b, served_a)
-        introduce(served_a, served_b, follow=False)
-        await trusted(served_a, b)
-        assert await once(b) == [None]
-    finally:
-        await shutdown(served_a)
+    served_a, served_b = await author_and_follower(a, b)
+    await shutdown(served_a)
     return a, b, served_b
 
 
@@ -69,7 +60,6 @@ async def test_a_damaged_entry_is_fetched_again_from_a_follower(
 ) -> None:
     a, _b, served_b = await follower_of(tmp_path)
     try:
-        await trusted(served_b, a)
         tamper(a / "ledger.db", DAMAGE)
         status, out, _ = await run(capsys, "--dir", str(a), "fsck")
         assert status == 1 and f"DAMAGED: log {AUTHOR} from entry 25" in out
@@ -93,7 +83,6 @@ async def test_a_copy_that_does_not_give_our_root_is_refused(
 ) -> None:
     a, b, served_b = await follower_of(tmp_path)
     try:
-        await trusted(served_b, a)
         tamper(a / "ledger.db", DAMAGE)
         # B's copy is damaged too (differently): its bytes cannot give A's root.
         tamper(b / "ledger.db", DAMAGE.replace('\'"value":"f\'', '\'"value":"e\''))
@@ -114,13 +103,8 @@ async def test_a_replica_recorded_damaged_is_not_synced_until_repaired(tmp_path:
     a = make_node(tmp_path, "a", AUTHOR)
     b = make_node(tmp_path, "b", FOLLOWER)
     add_entries(a, 0, 5)
-    served_a = await serve(a, sync=False)
-    served_b = await serve(b, sync=False)
+    served_a, served_b = await author_and_follower(a, b)
     try:
-        introduce(served_b, served_a)
-        introduce(served_a, served_b, follow=False)
-        await trusted(served_a, b)
-        assert await once(b) == [None]
 
         def held() -> int:
             with Ledger.open(b, read_only=True) as ledger:
