@@ -205,17 +205,25 @@ def test_progress_bar_on_a_terminal_shows_percentage_and_eta() -> None:
     master, slave = os.openpty()
     # A terminal of 100 columns (a fresh pty has none, and the bar fits its width).
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    chunks: list[bytes] = []
     try:
-        with os.fdopen(slave, "w", encoding="utf-8", closefd=False) as terminal:
+        with os.fdopen(slave, "w", encoding="utf-8") as terminal:
             assert terminal.isatty()
             with progress_bar(terminal, 200, "export csv") as bar:
                 bar(50)
                 bar(200)
-            terminal.flush()
-        drawn = os.read(master, 65536).decode("utf-8", "replace")
+        # Closed: read to the end (EIO), not just whatever one read returns.
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
     finally:
-        os.close(slave)
         os.close(master)
+    drawn = b"".join(chunks).decode("utf-8", "replace")
     assert "export csv" in drawn and "100%" in drawn and "200/200" in drawn
     assert "<" in drawn  # tqdm's elapsed<remaining: the ETA
 
