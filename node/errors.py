@@ -209,3 +209,7 @@ class PeerUnavailableError(PeerError):
 
 class PeerProtocolError(PeerError):
     """The peer answered with something malformed, oversized or unexpected."""
+
+
+class PeerRefusedError(PeerError):
+    """The peer understood the request and refused it, saying why (a signed card it refused)."""

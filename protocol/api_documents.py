@@ -26,6 +26,7 @@ any error answer                   :class:`ErrorBody`
 ``GET /v1/evidence``               :class:`EvidenceList`
 ``GET /v1/events`` (event data)    :class:`CheckpointEvent`
 ``POST /v1/match``                 :class:`MatchRequestBody`, :class:`MatchResponseBody`
+``POST /v1/peer-card``             the caller's signed card (text), :class:`PeerCardAnswer`
 =================================  =====================================
 """
 
@@ -66,6 +67,7 @@ __all__ = [
     "MatchItemWarning",
     "MatchRequestBody",
     "MatchResponseBody",
+    "PeerCardAnswer",
     "RemoteLog",
     "RotationList",
     "ServedCheckpoint",
@@ -689,3 +691,41 @@ class MatchResponseBody(_Document):
         if self.warnings:
             obj["warnings"] = [w.to_json_obj() for w in self.warnings]
         return obj
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerCardAnswer(_Document):
+    """``POST /v1/peer-card``: what a node did with the signed card its caller presented.
+
+    Attributes:
+        accepted: the card was newer than the one held and verified: its
+            certificates are trusted for the caller from now on.
+        serial: the serial of the caller's card the node now holds.
+        certificates: how many certificates that card lists.
+    """
+
+    accepted: bool
+    serial: int
+    certificates: int
+
+    @classmethod
+    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> PeerCardAnswer:
+        """Parse strictly.
+
+        Raises:
+            MalformedError: naming the field that is wrong.
+        """
+        obj = json_object(data, {"accepted", "serial", "certificates"})
+        return cls(
+            accepted=_bool(obj, "accepted"),
+            serial=json_uint(obj, "serial"),
+            certificates=json_uint(obj, "certificates"),
+        )
+
+    def to_json_obj(self) -> dict[str, Any]:
+        """The document as a JSON-ready dict."""
+        return {
+            "accepted": self.accepted,
+            "serial": self.serial,
+            "certificates": self.certificates,
+        }

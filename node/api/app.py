@@ -125,6 +125,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/proof/consistency", handlers.consistency_proof, ALL_ROLES),
     Route("/v1/evidence", handlers.evidence, ALL_ROLES),
     Route("/v1/card", card.signed_card, ALL_ROLES),
+    Route("/v1/peer-card", card.peer_card, ALL_ROLES, method="POST", max_body=card.MAX_BODY),
     Route("/v1/events", sse.events, ALL_ROLES, streaming=True),
     Route("/v1/match", match.match_endpoint, ENTRY_READERS, method="POST", max_body=match.MAX_BODY),
     Route(

@@ -136,6 +136,9 @@ class AuditOptions:
         full: re-fetch every leaf hash from zero instead of from the saved head.
         check_entries: apply the entry rules to bundle leaves too (slower).
         origins: audit only these origins (None: every origin with a key).
+        card: the auditor's own signed card (after ``hashmesh tls renew``),
+            presented to every node audited so that each trusts its renewed
+            certificate; None to present nothing.
     """
 
     cert_path: Path | None = None
@@ -144,6 +147,7 @@ class AuditOptions:
     full: bool = False
     check_entries: bool = False
     origins: frozenset[str] | None = None
+    card: str | None = None
 
 
 async def run_audit(
@@ -264,12 +268,25 @@ async def _open_node(found: _Found, target: NodeTarget, options: AuditOptions) -
         found.fail("fetch", target.url, "a live audit needs --cert and --key")
         return None
     try:
-        return await open_node(
+        node = await open_node(
             target.url, target.server_cert_pem, options.cert_path, options.key_path
         )
     except PeerError as e:
         found.fail("fetch", target.url, e.reason)
         return None
+    if options.card is not None:
+        # Not a check of the audited log: a refusal is a note, the audit goes on.
+        try:
+            answer = await node.client.present_card(options.card)
+        except PeerError as e:
+            found.notes.append(f"{target.url} did not take the auditor's signed card: {e.reason}")
+        else:
+            if answer.accepted:
+                found.notes.append(
+                    f"{target.url} now trusts the auditor's renewed certificate (card serial "
+                    f"{answer.serial})"
+                )
+    return node
 
 
 async def _open_published(found: _Found, target: PublishedTarget) -> PublishedLog | None:

@@ -28,6 +28,7 @@ from node.cli.output import Command, Output
 from node.cli.progress import progress_bar
 from node.config import load_config, resolve_node_dir
 from node.errors import ConfigError
+from node.ledger.cards import read_own_card_note
 from protocol.audit import CHECKS, Failure
 from protocol.errors import MalformedError
 from protocol.keys import SIG_ED25519, NoteVerifier
@@ -166,13 +167,14 @@ def _targets(
     return list(nodes.values()), bundles, published, keys
 
 
-def _identity(args: argparse.Namespace, live: bool) -> tuple[Path | None, Path | None]:
+def _identity(args: argparse.Namespace, live: bool) -> tuple[Path | None, Path | None, str | None]:
+    """The auditor's TLS certificate and key, and its signed card when it has one."""
     if args.cert or args.key:
         if not (args.cert and args.key):
             raise ConfigError("give both --cert and --key")
-        return Path(args.cert), Path(args.key)
+        return Path(args.cert), Path(args.key), None
     if not live:
-        return None, None
+        return None, None, None
     node_dir = resolve_node_dir(getattr(args, "dir", None))
     try:
         config = load_config(node_dir)
@@ -181,7 +183,8 @@ def _identity(args: argparse.Namespace, live: bool) -> tuple[Path | None, Path |
             "a live audit needs the auditor's TLS identity: --cert FILE --key FILE "
             f"(or --dir of a hashmesh node whose identity to use; {e})"
         ) from e
-    return config.tls_cert_path, config.tls_key_path
+    # Presented to each node audited, so a renewed certificate needs no card by hand.
+    return config.tls_cert_path, config.tls_key_path, read_own_card_note(config)
 
 
 def _evidence_name(failure: Failure, index: int) -> str:
@@ -301,7 +304,7 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
         raise ConfigError(
             "nothing to audit: give node URLs, --card files, bundle files or published logs"
         )
-    cert, key = _identity(args, bool(nodes))
+    cert, key, card = _identity(args, bool(nodes))
     state_path = Path(args.state) if args.state else default_state_path()
     options = AuditOptions(
         cert_path=cert,
@@ -310,6 +313,7 @@ def cmd_audit(args: argparse.Namespace, out: Output) -> int:
         full=args.full,
         check_entries=args.check_entries,
         origins=frozenset(args.origin) if args.origin else None,
+        card=card,
     )
     with locked_state(state_path):
         state = load_state(state_path)

@@ -31,6 +31,7 @@ from node.ledger.cards import (
     CertificateExpiry,
     accept_peer_card,
     certificate_expiries,
+    read_own_card,
     read_own_card_note,
     write_own_card_note,
 )
@@ -404,6 +405,11 @@ class Ledger:
     def signed_card(self) -> str | None:
         """The signed card this node serves, or None before its first ``tls renew``."""
         return read_own_card_note(self.config)
+
+    def own_card_serial(self) -> int:
+        """The serial of the signed card this node serves (0 before its first ``tls renew``)."""
+        card = read_own_card(self.config)
+        return 0 if card is None else card.serial
 
     def accept_peer_card(self, name: str, note: str) -> SignedCard | None:
         """Check a peer's signed card and trust its certificates (:mod:`node.ledger.cards`).

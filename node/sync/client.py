@@ -18,15 +18,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
-from node.errors import PeerProtocolError
+from node.errors import PeerProtocolError, PeerRefusedError
 from node.storage.peer_store import PeerRecord
 from node.sync.transport import Transport
 from node.tls import client_ssl_context
 from protocol.api_documents import (
     CheckpointEvent,
     CheckpointList,
+    ErrorBody,
     EvidenceList,
     LogList,
+    PeerCardAnswer,
     RemoteLog,
 )
 from protocol.card import MAX_CARD_BYTES
@@ -207,6 +209,35 @@ class HttpPeerClient:
             return reply.body.decode("utf-8")
         except UnicodeDecodeError as e:
             raise PeerProtocolError(self.name, f"{path}: not UTF-8") from e
+
+    async def present_card(self, note: str) -> PeerCardAnswer:
+        """Present our own signed card to the peer (``POST /v1/peer-card``).
+
+        Over this client's TLS identity, which the peer must still trust: the
+        card lists our renewed certificate, signed with our log's key.
+
+        Raises:
+            PeerRefusedError: the peer refused the card, with its reason (not
+                signed by the key it pinned for us, a certificate of another
+                peer, malformed).
+            PeerUnavailableError, PeerProtocolError: as any request.
+        """
+        path = "/v1/peer-card"
+        reply = await self.transport.request(
+            "POST",
+            path,
+            body=note.encode("utf-8"),
+            content_type="text/plain",
+            accept="application/json",
+            cap=MAX_JSON_BYTES,
+            accepted=(200, 400, 403, 409, 413),
+        )
+        try:
+            if reply.status != 200:
+                raise PeerRefusedError(self.name, ErrorBody.from_json(reply.body).error)
+            return PeerCardAnswer.from_json(reply.body)
+        except MalformedError as e:
+            raise PeerProtocolError(self.name, f"{path} ({reply.status}): {e}") from e
 
     async def entries(self, origin: str, start: int, end: int) -> list[bytes]:
         """Entries [start, end) of ``origin``, fetched page by page, exactly that many.

@@ -205,15 +205,23 @@ class SyncRunner:
             await client.close()
 
     async def _card_loop(self, client: HttpPeerClient) -> None:
-        """Fetch the peer's signed card now and then; trust a renewed certificate it lists."""
+        """Exchange signed cards with the peer now and then.
+
+        Fetch the peer's and trust a renewed certificate it lists; present
+        ours (once per card: the peer may not poll this node, as when it
+        lists us as a subscriber) so it trusts our renewed certificate.
+        """
+        presented: list[str] = []  # the own card this peer last accepted or held
 
         async def round_() -> bool:
             try:
                 note = await client.card()
-                if note is None:
-                    return True
-                card = await self._db.write(
-                    lambda ledger: ledger.accept_peer_card(client.name, note)
+                card = (
+                    None
+                    if note is None
+                    else await self._db.write(
+                        lambda ledger: ledger.accept_peer_card(client.name, note)
+                    )
                 )
             except (PeerError, ProtocolError, NodeError) as e:
                 log.warning("signed card of %s refused: %s", client.name, e)
@@ -224,6 +232,19 @@ class SyncRunner:
                     len(card.certificates),
                     client.name,
                     card.serial,
+                )
+            mine = await self._db.read(lambda ledger: ledger.signed_card())
+            if mine is None or presented == [mine]:
+                return True
+            try:
+                answer = await client.present_card(mine)
+            except PeerError as e:
+                log.warning("our signed card was not taken by %s: %s", client.name, e.reason)
+                return False
+            presented[:] = [mine]
+            if answer.accepted:
+                log.info(
+                    "%s trusts our renewed certificate (card serial %d)", client.name, answer.serial
                 )
             return True
 

@@ -15,19 +15,22 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from node.cli import main as hashmesh
 from node.config import load_config
+from node.errors import PeerRefusedError
 from node.ledger import Ledger
 from node.ledger.cards import load_certificates, next_card
 from node.ledger.provision import init_node
-from node.tls import client_ssl_context, spki_fingerprint
+from node.sync.client import HttpPeerClient
+from node.tls import client_ssl_context, spki_fingerprint, write_node_identity
 from protocol.card import SignedCard, open_card, sign_card
 from protocol.errors import MalformedError, UnknownKeyError
 from protocol.keys import NoteSigner
 from tests.api.conftest import add_peer, make_expired_identity
 from tests.ops.conftest import add, cli, held
-from tests.sync.conftest import serve, shutdown, trusted
+from tests.sync.conftest import card_json, serve, shutdown, trusted
 from tests.waiting import eventually
 from tests.witness.conftest import add_card
 
@@ -58,6 +61,23 @@ async def status_as(url: str, server_pem: str, cert: Path, key: Path) -> int:
         return resp.status
 
 
+async def refused_with_old(url: str, server_pem: str, old: Path) -> bool:
+    """Whether the server now refuses the retired certificate (403, or the handshake)."""
+    try:
+        return await status_as(url, server_pem, old / "node.crt", old / "node.key") == 403
+    except aiohttp.ClientError:
+        return True
+
+
+def keep_identity(node_dir: Path, to: Path) -> Path:
+    """A copy of the node's TLS identity as it is now (to try it once retired)."""
+    config = load_config(node_dir)
+    to.mkdir()
+    shutil.copy(config.tls_cert_path, to / "node.crt")
+    shutil.copy(config.tls_key_path, to / "node.key")
+    return to
+
+
 def link(a_dir: Path, b_dir: Path, a_url: str, b_url: str) -> None:
     """A and B as each other's peers (B follows A), as `peer add CARD --role peer` does."""
     add_card(a_dir, b_dir, b_url)
@@ -82,10 +102,7 @@ async def test_peer_runs_across_the_old_certificates_retirement(
         await trusted(b, a_dir)
         config = load_config(a_dir)
         old_spki = spki_of(config.tls_cert_path)
-        old_copy = tmp_path / "old-identity"
-        old_copy.mkdir()
-        shutil.copy(config.tls_cert_path, old_copy / "node.crt")
-        shutil.copy(config.tls_key_path, old_copy / "node.key")
+        old_copy = keep_identity(a_dir, tmp_path / "old-identity")
 
         add(a_dir, 0, 2)
         await eventually(
@@ -256,3 +273,156 @@ def test_warning_window_is_the_ops_setting_and_the_advice_follows_the_renewal(
     assert len(lines) == 2
     assert "own: TLS" in lines[0] and "hashmesh tls retire-old" in lines[0]
     assert "own (renewed): TLS" in lines[1]
+
+
+# -- nodes that connect to us but are not polled by us: subscribers, auditors ----
+
+N = "hotline-n.example/hashmesh"
+S = "subscriber-s.example/hashmesh"
+U = "auditor-u.example/audit"
+
+
+async def test_a_subscriber_renews_without_handing_over_a_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """S pulls from N, which lists S as a subscriber and never polls it.
+
+    S renews while N is down (the card cannot be presented), S's `serve`
+    presents it once N is back, S retires the old certificate and keeps
+    syncing; N refuses the retired certificate. Nobody hands N a card.
+    """
+    n_dir, s_dir = tmp_path / "n", tmp_path / "s"
+    init_node(n_dir, N)
+    init_node(s_dir, S)
+    n = await serve(n_dir, sync=False)
+    n_listen = f"127.0.0.1:{n.server.port}"
+    s = await serve(s_dir, sync=True, poll=0.5)
+    try:
+        add_card(n_dir, s_dir, s.url, role="subscriber")
+        add_card(s_dir, n_dir, n.url)  # S pulls from N, and follows it
+        with Ledger.open(n_dir, read_only=True) as ledger:
+            n_vkey = ledger.own_log.verifier_key
+        with Ledger.open(s_dir) as ledger:
+            ledger.follow(N, n_vkey)
+        await trusted(n, s_dir)
+        add(n_dir, 0, 2)
+        await eventually(functools.partial(held, s_dir, N), until=lambda k: k == 2, what="S at 2")
+        config = load_config(s_dir)
+        old_spki = spki_of(config.tls_cert_path)
+        old = keep_identity(s_dir, tmp_path / "s-old")
+
+        await shutdown(n)
+        status, out, err = await cli(capsys, "--dir", str(s_dir), "tls", "renew")
+        assert status == 0, err
+        assert f"card presented to {N}: NOT presented" in out  # N is down
+        new_spki = spki_of(config.tls_next_cert_path)
+        # N is back: S's serve presents the card by itself, N trusts both.
+        n = await serve(n_dir, sync=False, listen=n_listen)
+        await eventually(
+            functools.partial(trusted_for, n_dir, S),
+            until=lambda found: found == {old_spki, new_spki},
+            what="N to trust S's old and renewed certificates from the card S presented",
+        )
+        add(n_dir, 2, 2)
+        await eventually(functools.partial(held, s_dir, N), until=lambda k: k == 4, what="S at 4")
+
+        status, out, err = await cli(capsys, "--dir", str(s_dir), "tls", "retire-old")
+        assert status == 0, err
+        assert f"card presented to {N}: accepted (trusts 1 certificate(s))" in out
+        assert trusted_for(n_dir, S) == {new_spki}
+        add(n_dir, 4, 3)
+        await eventually(
+            functools.partial(held, s_dir, N),
+            until=lambda k: k == 7,
+            what="S to follow N across the retirement, with its renewed certificate",
+        )
+        assert await refused_with_old(n.url, n.cert_pem, old)
+    finally:
+        await shutdown(n, s)
+
+
+async def test_an_auditor_renews_without_handing_over_a_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """U audits N with its own node identity (no peers, no serve): `audit` presents U's card."""
+    n_dir, u_dir = tmp_path / "n", tmp_path / "u"
+    init_node(n_dir, N)
+    init_node(u_dir, U)
+    add(n_dir, 0, 3)
+    n = await serve(n_dir, sync=False)
+    try:
+        add_card(n_dir, u_dir, "https://127.0.0.1:1", role="auditor")
+        await trusted(n, u_dir)
+        n_card = tmp_path / "n.card.json"
+        n_card.write_text(card_json(n_dir, n.url), encoding="utf-8")
+        audit = ["--dir", str(u_dir), "audit", "--card", str(n_card)]
+        audit += ["--state", str(tmp_path / "state.json")]
+        assert (await cli(capsys, *audit))[0] == 0
+        config = load_config(u_dir)
+        old_spki = spki_of(config.tls_cert_path)
+        old = keep_identity(u_dir, tmp_path / "u-old")
+
+        status, _out, err = await cli(capsys, "--dir", str(u_dir), "tls", "renew")
+        assert status == 0, err
+        new_spki = spki_of(config.tls_next_cert_path)
+        status, out, err = await cli(capsys, *audit)
+        assert status == 0, out + err
+        assert "now trusts the auditor's renewed certificate" in err
+        assert trusted_for(n_dir, U) == {old_spki, new_spki}
+
+        status, _out, err = await cli(capsys, "--dir", str(u_dir), "tls", "retire-old")
+        assert status == 0, err
+        add(n_dir, 3, 2)
+        status, out, err = await cli(capsys, *audit)  # with the renewed certificate only
+        assert status == 0, out + err
+        assert "head now 5" in out
+        assert trusted_for(n_dir, U) == {new_spki}
+        assert await refused_with_old(n.url, n.cert_pem, old)
+    finally:
+        await shutdown(n)
+
+
+async def test_a_forged_or_borrowed_card_is_refused_and_says_why(tmp_path: Path) -> None:
+    """Over S's own trusted certificate: a card for S signed by another key, and U's card."""
+    n_dir, s_dir, u_dir = tmp_path / "n", tmp_path / "s", tmp_path / "u"
+    for path, origin in ((n_dir, N), (s_dir, S), (u_dir, U)):
+        init_node(path, origin)
+    n = await serve(n_dir, sync=False)
+    try:
+        add_card(n_dir, s_dir, "https://127.0.0.1:1", role="subscriber")
+        add_card(n_dir, u_dir, "https://127.0.0.1:2", role="auditor")
+        await trusted(n, s_dir)
+        stranger = tmp_path / "stranger"
+        write_node_identity(
+            stranger / "node.key", stranger / "node.crt", common_name=S, host="127.0.0.1"
+        )
+        (cert,) = load_certificates((stranger / "node.crt").read_text(encoding="ascii"))
+        card = SignedCard(S, "https://127.0.0.1:1", 2, (cert.public_bytes(Encoding.DER),))
+        forged = sign_card(card, NoteSigner.generate(S))  # S's name, not S's key
+        u_config = load_config(u_dir)
+        with Ledger.open(u_dir) as ledger:
+            borrowed = ledger.sign_card(
+                next_card(u_config, "https://127.0.0.1:2", [u_config.tls_cert_path])
+            )
+        config = load_config(s_dir)
+        async with HttpPeerClient(
+            N,
+            n.url,
+            server_cert_pem=n.cert_pem,
+            cert_path=config.tls_cert_path,
+            key_path=config.tls_key_path,
+        ) as client:
+            with pytest.raises(PeerRefusedError) as caught:
+                await client.present_card(forged)
+            assert f"not signed by the key pinned for {S} here" in caught.value.reason
+            with pytest.raises(PeerRefusedError) as caught:
+                await client.present_card(borrowed)
+            assert f"not signed by the key pinned for {S} here" in caught.value.reason
+            with pytest.raises(PeerRefusedError) as caught:
+                await client.present_card("hashmesh card v1\nnot a note")
+            assert caught.value.reason == "a signed note must end with a newline"
+        assert trusted_for(n_dir, S) == {spki_of(config.tls_cert_path)}
+        with Ledger.open(n_dir, read_only=True) as ledger:
+            assert ledger.peers.card_serial(S) is None
+    finally:
+        await shutdown(n)
