@@ -47,7 +47,6 @@ path of the listener needs the token when one is set.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import time
@@ -65,7 +64,7 @@ from node.api.handlers import error_response
 from node.api.match import match_service
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
-from node.ledger.cards import CertificateExpiry
+from node.ledger.cards import CertificateExpiry, holder_expiries
 from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -73,7 +72,6 @@ from node.ledger.scrub import IntegrityState
 from node.ledger.service import Ledger
 from node.metrics import NodeMetrics
 from node.sync.heads import peer_heads
-from node.tls import certificate_expiry
 from protocol.keys import NoteVerifier
 
 __all__ = [
@@ -357,16 +355,7 @@ def _peer_gauges(ledger: Ledger, _context: OpsContext) -> Iterator[Metric]:
         "When the last sync round with a peer succeeded (Unix time).",
         labels=["peer"],
     )
-    expiry = GaugeMetricFamily(
-        "hashmesh_peer_tls_certificate_expiry_timestamp_seconds",
-        "When a peer's pinned TLS certificate expires (Unix time).",
-        labels=["peer"],
-    )
     peers = ledger.peers.list_peers()
-    for peer in peers:
-        # An unreadable pinned certificate cannot be used for TLS either.
-        with contextlib.suppress(ConfigError):
-            expiry.add_metric([peer.name], certificate_expiry(peer.tls_cert).timestamp())
     known = {p.name for p in peers}
     for status in ledger.peers.peer_statuses():
         if status.name not in known:
@@ -384,7 +373,38 @@ def _peer_gauges(ledger: Ledger, _context: OpsContext) -> Iterator[Metric]:
         counts[record.origin] = counts.get(record.origin, 0) + 1
     for origin, n in sorted(counts.items()):
         evidence.add_metric([origin], n)
-    yield from (failures, last_ok, expiry, evidence)
+    yield from (failures, last_ok, evidence)
+
+
+def _certificate_gauges(ledger: Ledger, _context: OpsContext) -> Iterator[Metric]:
+    """Certificate expiry by the ledger's one rule (``Ledger.certificate_expiries``)."""
+    own = GaugeMetricFamily(
+        "hashmesh_tls_certificate_expiry_timestamp_seconds",
+        "When this node's own TLS certificate in use expires (Unix time).",
+    )
+    peer = GaugeMetricFamily(
+        "hashmesh_peer_tls_certificate_expiry_timestamp_seconds",
+        "When the longest-lasting TLS certificate trusted for a peer expires (Unix time).",
+        labels=["peer"],
+    )
+    expiring = GaugeMetricFamily(
+        "hashmesh_tls_certificate_expiring",
+        "1 when a certificate of this holder (own, own (renewed), or a peer) expires within "
+        "[ops] certificate_warn_days, as status and /readyz warn; else 0.",
+        labels=["holder"],
+    )
+    try:
+        expiries = ledger.certificate_expiries()
+    except ConfigError:
+        return  # an unreadable certificate: /readyz says which
+    for holder, last in holder_expiries(expiries).items():
+        if holder == "own":
+            own.add_metric([], last.not_after.timestamp())
+        elif not holder.startswith("own"):
+            peer.add_metric([holder], last.not_after.timestamp())
+        warned = any(e.warning for e in expiries if e.holder == holder)
+        expiring.add_metric([holder], 1 if warned else 0)
+    yield from (own, peer, expiring)
 
 
 def _witness_gauges(ledger: Ledger, context: OpsContext) -> Iterator[Metric]:
@@ -502,6 +522,7 @@ def _lag_gauges(ledger: Ledger, context: OpsContext) -> Iterator[Metric]:
 SNAPSHOT_READERS: tuple[SnapshotReader, ...] = (
     _log_gauges,
     _peer_gauges,
+    _certificate_gauges,
     _lag_gauges,
     _witness_gauges,
     _integrity_gauges,
@@ -520,18 +541,6 @@ async def snapshot(context: OpsContext) -> list[Metric]:
     pdq = GaugeMetricFamily("hashmesh_pdq_index_hashes", "PDQ hashes in the in-memory index.")
     pdq.add_metric([], len(match_service(context.db).pdq))
     metrics.append(pdq)
-    try:
-        pem = context.config.tls_cert_path.read_text(encoding="ascii")
-        expires = certificate_expiry(pem).timestamp()
-    except (OSError, UnicodeDecodeError, ConfigError):
-        pass  # /readyz says why
-    else:
-        own = GaugeMetricFamily(
-            "hashmesh_tls_certificate_expiry_timestamp_seconds",
-            "When this node's own TLS certificate expires (Unix time).",
-        )
-        own.add_metric([], expires)
-        metrics.append(own)
     return metrics
 
 

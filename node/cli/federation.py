@@ -21,6 +21,7 @@ from node.cli.tls import print_expiry_warnings
 from node.config import LOG_FORMATS, LOG_LEVELS, load_config, resolve_node_dir
 from node.errors import ConfigError
 from node.ledger import Ledger
+from node.ledger.cards import holder_expiries
 from node.ledger.database import Database
 from node.storage.peer_store import EvidenceRecord
 from node.sync.engine import PeerSyncReport
@@ -135,10 +136,11 @@ def cmd_peer_list(args: argparse.Namespace, out: Output) -> int:
         peers = ledger.peers.list_peers()
         statuses = {s.name: s for s in ledger.peers.peer_statuses()}
         expiries = ledger.certificate_expiries()
+    last = holder_expiries(expiries)
     rows = []
     for p in peers:
         s = statuses.get(p.name)
-        ends = [e.not_after for e in expiries if e.holder == p.name]
+        ends = last.get(p.name)
         rows.append(
             {
                 "name": p.name,
@@ -149,7 +151,7 @@ def cmd_peer_list(args: argparse.Namespace, out: Output) -> int:
                 "last_ok_at": s.last_ok_at if s else None,
                 "last_error": s.last_error if s else None,
                 "last_error_at": s.last_error_at if s else None,
-                "tls_expires": min(ends).strftime("%Y-%m-%dT%H:%M:%SZ") if ends else None,
+                "tls_expires": ends.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if ends else None,
             }
         )
     print_expiry_warnings(expiries, out)

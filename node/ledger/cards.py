@@ -41,6 +41,7 @@ __all__ = [
     "CertificateExpiry",
     "accept_peer_card",
     "certificate_expiries",
+    "holder_expiries",
     "load_certificates",
     "next_card",
     "read_own_card",
@@ -118,9 +119,11 @@ def certificate_expiries(
     """The expiry of the own certificate(s) and of every certificate trusted for a peer.
 
     The one place the warning rule lives: ``status``, ``peer list``, ``tls
-    status`` and ``/readyz`` call it. An entry with ``warning`` set expires
-    within ``[ops] certificate_warn_days``: a certificate to renew (own) or a
-    peer to ask to renew.
+    status``, ``/readyz``, ``/metrics`` and the console call it. An entry
+    with ``warning`` set expires within ``[ops] certificate_warn_days``: a
+    certificate to renew (own) or a peer to ask to renew. A peer that renewed
+    is trusted with its old and new certificates (its card lists both): only
+    the one lasting longest can warn, as the link fails only when it ends.
     """
     now = now or datetime.datetime.now(datetime.UTC)
     days = config.ops.certificate_warn_days
@@ -136,8 +139,26 @@ def certificate_expiries(
     if config.tls_next_cert_path.exists():
         found = [dataclasses.replace(e, renewed=e.holder == "own") for e in found]
     for peer in peers:
-        found += [_expiry(peer.name, cert, now, days) for cert in load_certificates(peer.tls_cert)]
+        trusted = [_expiry(peer.name, cert, now, days) for cert in load_certificates(peer.tls_cert)]
+        last = max(e.not_after for e in trusted)
+        found += [
+            dataclasses.replace(e, warning=e.warning and e.not_after == last) for e in trusted
+        ]
     return found
+
+
+def holder_expiries(expiries: Sequence[CertificateExpiry]) -> dict[str, CertificateExpiry]:
+    """Per holder, its certificate that lasts longest: when that holder's link ends.
+
+    What ``peer list``, ``/metrics`` and the console show per node (a peer
+    in renewal has two; ``own`` and ``own (renewed)`` are holders apart).
+    """
+    last: dict[str, CertificateExpiry] = {}
+    for expiry in expiries:
+        held = last.get(expiry.holder)
+        if held is None or expiry.not_after > held.not_after:
+            last[expiry.holder] = expiry
+    return last
 
 
 def next_card(config: NodeConfig, url: str, certificate_paths: Sequence[Path]) -> SignedCard:

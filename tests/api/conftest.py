@@ -66,8 +66,8 @@ def make_identity(tmp_path: Path, name: str) -> Identity:
     return Identity(name, directory / "node.crt", directory / "node.key")
 
 
-def make_expired_identity(tmp_path: Path, name: str) -> Identity:
-    """A self-signed certificate whose validity ended yesterday."""
+def make_expired_identity(tmp_path: Path, name: str, *, days_left: int = -1) -> Identity:
+    """A self-signed certificate whose validity ended yesterday (or ends in ``days_left``)."""
     directory = tmp_path / "clients" / name
     directory.mkdir(parents=True)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -80,7 +80,7 @@ def make_expired_identity(tmp_path: Path, name: str) -> Identity:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days_left))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )

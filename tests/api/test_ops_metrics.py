@@ -25,6 +25,7 @@ from prometheus_client.samples import Sample
 import node.api.ops as ops_module
 from node.api.ops import OpsContext, make_ops_app
 from node.api.server import RunningServer, run_server, start_ops_server
+from node.cli import main as hashmesh
 from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.database import Database
@@ -32,6 +33,7 @@ from node.ledger.events import CheckpointHub
 from node.tls import client_ssl_context
 from protocol.entry import AddEntry
 from tests.adversary.corrupter import tamper
+from tests.api.conftest import add_peer, make_expired_identity
 from tests.sync.conftest import A, B, add_card, make_node, sha
 from tests.waiting import PATIENCE, eventually
 
@@ -270,6 +272,7 @@ async def test_readyz_names_an_expiring_certificate(tmp_path: Path) -> None:
         (reason,) = await eventually(reasons, until=lambda r: len(r) == 1, what="one reason")
         assert reason.startswith("certificate: the node's TLS certificate expires in ")
         assert "hashmesh tls renew" in reason
+        assert value(await node.samples(), "hashmesh_tls_certificate_expiring", holder="own") == 1
     finally:
         await node.close()
 
@@ -351,5 +354,47 @@ async def test_metrics_show_scrub_progress_of_a_sound_node(tmp_path: Path) -> No
         samples = await node.samples()
         assert value(samples, "hashmesh_scrub_entries_held", origin=A) == 8.0
         assert value(samples, "hashmesh_log_damaged", origin=A) is None
+    finally:
+        await node.close()
+
+
+async def test_every_path_warns_of_expiry_by_the_ledgers_one_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status, peer list, /metrics and /readyz: a peer whose certificate ends in 10 days
+    warns everywhere; a peer in renewal (its old certificate ends in 10 days, the new
+    one in 800) warns nowhere, as the link goes on with the new one."""
+    node_dir = configure(make_node(tmp_path, "a", A))
+    soon = make_expired_identity(tmp_path, "soon", days_left=10)
+    add_peer(node_dir, soon, "subscriber")
+    old = make_expired_identity(tmp_path, "renewing", days_left=10)
+    new = make_expired_identity(tmp_path, "renewing-new", days_left=800)
+    add_peer(node_dir, old, "peer")
+    renewing = "renewing.example/log"
+    with Ledger.open(node_dir) as ledger:
+        ledger.peers.accept_card(renewing, 1, "(card)", [(new.spki, new.pem), (old.spki, old.pem)])
+    assert hashmesh(["--dir", str(node_dir), "status"]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("WARNING")]
+    assert len(warned) == 1 and warned[0].startswith("WARNING: soon.example/log: TLS")
+    assert hashmesh(["--dir", str(node_dir), "peer", "list", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [ln for ln in captured.err.splitlines() if ln.startswith("WARNING")] == warned
+    expires = {row["name"]: row["tls_expires"] for row in json.loads(captured.out)}
+    assert expires[renewing] > expires["soon.example/log"]  # the renewed one counts
+
+    node = await start(node_dir, sync=False)
+    try:
+        samples = await node.samples()
+        assert value(samples, "hashmesh_tls_certificate_expiring", holder="own") == 0
+        assert value(samples, "hashmesh_tls_certificate_expiring", holder="soon.example/log") == 1
+        assert value(samples, "hashmesh_tls_certificate_expiring", holder=renewing) == 0
+        in_800 = value(
+            samples, "hashmesh_peer_tls_certificate_expiry_timestamp_seconds", peer=renewing
+        )
+        assert in_800 is not None and in_800 > time.time() + 700 * 86400
+        _status, body = await node.get("/readyz")
+        doc = json.loads(body)
+        assert [w.split(":")[0] for w in doc["warnings"]] == ["peer soon.example/log"]
+        assert not any("certificate" in r for r in doc["reasons"])
     finally:
         await node.close()

@@ -28,10 +28,10 @@ from node.api.console.render import (
     render,
 )
 from node.errors import ConfigError, NodeError
+from node.ledger.cards import CertificateExpiry, holder_expiries
 from node.ledger.matching import EntryView, describe_entry
 from node.ledger.service import Ledger
 from node.sync.heads import PeerHeads, peer_heads
-from node.tls import certificate_expiry
 from protocol.checkpoint import Checkpoint
 from protocol.entry import RetractEntry, RotateEntry, parse_entry
 from protocol.errors import ProtocolError
@@ -52,9 +52,6 @@ __all__ = [
 RECENT = 20
 """Rows of each Activity table."""
 
-CERT_WARN_DAYS = 30
-"""A certificate expiring within this many days is shown as a warning."""
-
 
 def _parse_time(text: str) -> float:
     # fromisoformat, not strptime: a fraction of the cost (no locale look-up);
@@ -74,12 +71,24 @@ def age_text(seconds: float) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
-def _days_left(pem: str, now: float) -> int | None:
-    try:
-        expiry = certificate_expiry(pem)
-    except ConfigError:
+def _days_left(expiry: CertificateExpiry | None, now: float) -> int | None:
+    """Whole days until ``expiry`` (None: the certificate could not be read)."""
+    if expiry is None:
         return None
-    return int((expiry.timestamp() - now) // 86400)
+    return int((expiry.not_after.timestamp() - now) // 86400)
+
+
+def _warns(expiry: CertificateExpiry | None) -> bool:
+    """The ledger's warning ([ops] certificate_warn_days); an unreadable certificate warns."""
+    return expiry is None or expiry.warning
+
+
+def _expiries(ledger: Ledger) -> dict[str, CertificateExpiry]:
+    """Per holder, when its link ends, by the ledger's rule (empty if a PEM is unreadable)."""
+    try:
+        return holder_expiries(ledger.certificate_expiries())
+    except ConfigError:
+        return {}
 
 
 def _checkpoint_text(note: str) -> str:
@@ -97,6 +106,7 @@ def overview_facts(ledger: Ledger, heads: PeerHeads, now: float) -> dict[str, An
     since_day = since.strftime("%Y-%m-%d")
     required = {r.origin: r.threshold for r in config.witness.require}
     frozen = ledger.peers.frozen_origins()
+    expiries = _expiries(ledger)
     logs: list[dict[str, Any]] = []
     growth: dict[str, list[tuple[str, int]]] = {}
     for log in ledger.logs():
@@ -146,16 +156,14 @@ def overview_facts(ledger: Ledger, heads: PeerHeads, now: float) -> dict[str, An
                 "last_error": status.last_error if status else None,
                 "last_error_at": error_at,
                 "failures": status.failures if status else 0,
-                "certificate_days_left": _days_left(peer.tls_cert, now),
+                "certificate_days_left": _days_left(expiries.get(peer.name), now),
+                "certificate_warning": _warns(expiries.get(peer.name)),
             }
         )
     own = logs[0]
-    try:
-        own_pem = config.tls_cert_path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
-        own_pem = ""
     return {
-        "certificate_days_left": _days_left(own_pem, now),
+        "certificate_days_left": _days_left(expiries.get("own"), now),
+        "certificate_warning": _warns(expiries.get("own")),
         "origin": own["origin"],
         "size": own["size"],
         "checkpoint_age_s": own["checkpoint_age_s"],
@@ -198,9 +206,6 @@ async def overview(request: web.Request) -> web.StreamResponse:
             log["state"] = "damaged (not served until repaired)"
         age = log["checkpoint_age_s"]
         log["age_text"] = None if age is None else age_text(age)
-    for peer in facts["peers"]:
-        days = peer["certificate_days_left"]
-        peer["certificate_warning"] = days is not None and days < CERT_WARN_DAYS
     view = {"chart": growth_chart(facts["entries_per_day"], now)}
     return render(request, Page("overview.html", "Overview", facts, view))
 
