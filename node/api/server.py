@@ -509,16 +509,27 @@ async def run_server(
         for damage in integrity.damaged.values():
             log.error("%s: not served until repaired", damage)
         try:
-            log.info("serving %s on %s", config.origin, server.url)
+            # One line per listener, once it is bound (so `--listen :0` shows
+            # the real port): `serve` prints nothing more about them.
+            log.info("serving %s on %s (mutual TLS)", config.origin, server.url)
             if on_started is not None:
                 on_started(server)
             if public is not None:
-                log.info("serving the public tree of %s on %s", config.origin, public.url)
+                log.info(
+                    "serving the public tree of %s (checkpoint, hash tiles) on %s "
+                    "(no client certificate)",
+                    config.origin,
+                    public.url,
+                )
                 if on_public_started is not None:
                     on_public_started(public)
             if ops is not None:
-                log.info("serving /healthz, /readyz and /metrics on %s", ops.url)
-                log.info("analyst console: %s/console/", ops.url)
+                log.info(
+                    "serving /healthz, /readyz, /metrics%s on %s %s",
+                    "".join(f" and {m.prefix}/ ({ops.url}{m.prefix}/)" for m in ops_mounts),
+                    ops.url,
+                    "(bearer token required)" if config.ops.token else "(no token; loopback only)",
+                )
                 if on_ops_started is not None:
                     on_ops_started(ops)
             await _until_stopped(stop, reload)

@@ -59,30 +59,10 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     # Put back with the logging when serve returns, for in-process callers.
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(SERVE_SWITCH_INTERVAL)
-    # Printed once each listener is bound, so the URL carries the real port
-    # (`--listen 127.0.0.1:0`) and nothing claims to serve on an address that
-    # then fails to bind.
-    token = "(bearer token required)" if config.ops.token else "(no token; loopback only)"
+    # Each listener is named by run_server's log line once it is bound (with
+    # the real port of `--listen 127.0.0.1:0`): nothing is printed here.
     try:
-        asyncio.run(
-            run_server(
-                node_dir,
-                listen,
-                sync=not args.no_sync,
-                poll_interval=args.poll,
-                on_started=lambda s: out.note(
-                    f"serving {config.origin} on {s.url} (mutual TLS); Ctrl-C stops"
-                ),
-                on_public_started=lambda s: out.note(
-                    f"serving the public tree (checkpoint, hash tiles) on {s.url} "
-                    "(no client certificate)"
-                ),
-                on_ops_started=lambda s: out.note(
-                    f"serving /healthz, /readyz, /metrics and the console ({s.url}/console/) "
-                    f"on {s.url} {token}"
-                ),
-            )
-        )
+        asyncio.run(run_server(node_dir, listen, sync=not args.no_sync, poll_interval=args.poll))
     finally:
         sys.setswitchinterval(switch_interval)
         restore_logging()

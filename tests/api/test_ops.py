@@ -223,16 +223,19 @@ async def test_serve_prints_the_bound_addresses(ops_node: Path) -> None:
     with_ops(ops_node, 'listen = "127.0.0.1:0"')
     served = await serve_process(ops_node)
     try:
-        api = f"serving {load_config(ops_node).origin} on {served.url} (mutual TLS)"
-        notes = await eventually(
-            lambda: [line for line in served.log if line.startswith("serving ")],
+        api = f"hashmesh.api: serving {load_config(ops_node).origin} on {served.url} (mutual TLS)"
+        lines = await eventually(
+            lambda: [line for line in served.log if "hashmesh.api: serving " in line],
             until=lambda lines: len(lines) == 2,
-            what="the two `serving` notes",
+            what="the two `serving` lines",
         )
-        assert notes[0].startswith(api)
-        ops = re.fullmatch(r"serving .* on (http://127\.0\.0\.1:(\d+)) \(no token.*\n", notes[1])
+        assert lines[0].rstrip("\n").endswith(api)
+        ops = re.search(r"serving .* on (http://127\.0\.0\.1:(\d+)) \(no token.*\n", lines[1])
         assert ops is not None and int(ops.group(2)) != 0
-        assert f"({ops.group(1)}/console/)" in notes[1]
+        assert f"({ops.group(1)}/console/)" in lines[1]
+        # Once each: no note of the CLI repeats a listener.
+        assert sum(f"{ops.group(1)}" in line for line in served.log) == 1
+        assert sum(served.url in line for line in served.log) == 1
         status, _, _ = await get(ops.group(1) + "/healthz")
         assert status == 200
     finally:
