@@ -2,9 +2,10 @@
 
 Layer: node.sync. No I/O of its own: it awaits the round it is given.
 
-Both background loops of a serving node run on it: the sync runner's loop
-per peer (:mod:`node.sync.runner`) and the witness loop
-(:mod:`node.sync.witness_client`). A round runs at once; then the loop waits
+The background loops of a serving node run on it: the sync runner's loop
+per peer (:mod:`node.sync.runner`), and the :class:`ClientLoop` kinds it
+starts beside them, the witness loop (:mod:`node.sync.witness_client`) and
+the recovery loop (:mod:`node.sync.recovery`). A round runs at once; then the loop waits
 until it is woken (an announcement) or its delay runs out. After a round
 that succeeded the delay is the poll interval; after one that failed it is
 the backoff, which doubles from ``min_backoff`` up to ``max_backoff`` and
@@ -19,9 +20,13 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["Backoff", "PollTiming", "run_polling"]
+from node.ledger.database import Database
+from node.ledger.events import CheckpointHub
+
+__all__ = ["Backoff", "ClientLoop", "PollTiming", "run_polling"]
 
 _JITTER = 0.2  # delays are spread by ±20 %
 
@@ -104,3 +109,32 @@ async def run_polling(
                 continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=delay)
+
+
+class ClientLoop:
+    """A background loop of ``serve`` that calls other nodes as this node, on the poll timing.
+
+    The sync runner starts each kind (:class:`~node.sync.witness_client.WitnessLoop`,
+    :class:`~node.sync.recovery.RecoveryLoop`) with the same database,
+    checkpoint hub, TLS identity and timing, runs :meth:`run` as a task and
+    cancels it when it stops.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        hub: CheckpointHub,
+        *,
+        cert_path: Path,
+        key_path: Path,
+        timing: PollTiming | None = None,
+    ) -> None:
+        self._db = db
+        self._hub = hub
+        self._cert_path = cert_path
+        self._key_path = key_path
+        self._timing = timing or PollTiming()
+
+    async def run(self) -> None:
+        """Run until done or cancelled."""
+        raise NotImplementedError

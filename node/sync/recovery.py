@@ -48,7 +48,7 @@ from node.ledger.service import Ledger
 from node.storage.peer_store import PeerRecord
 from node.sync.client import HttpPeerClient
 from node.sync.engine import CHUNK_ENTRIES, SyncProgress, sync_origin
-from node.sync.poll import PollTiming, run_polling
+from node.sync.poll import ClientLoop, PollTiming, run_polling
 from node.sync.witness_client import WitnessClient
 from protocol.errors import ProtocolError
 from protocol.witness import AddCheckpointRequest
@@ -273,7 +273,7 @@ async def recover_own_log(
     return report(True)
 
 
-class RecoveryLoop:
+class RecoveryLoop(ClientLoop):
     """``hashmesh serve`` on a restored node: recover, retrying with backoff, then stop."""
 
     def __init__(
@@ -285,11 +285,7 @@ class RecoveryLoop:
         key_path: Path,
         timing: PollTiming | None = None,
     ) -> None:
-        self._db = db
-        self._hub = hub
-        self._cert_path = cert_path
-        self._key_path = key_path
-        self._timing = timing or PollTiming()
+        super().__init__(db, hub, cert_path=cert_path, key_path=key_path, timing=timing)
         self.last: RecoveryReport | None = None
         self.done = asyncio.Event()
 

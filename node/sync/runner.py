@@ -105,34 +105,25 @@ class SyncRunner:
         self._key_path = key_path
         self._settings = settings or SyncSettings()
         self._tasks: dict[str, tuple[PeerRecord, list[asyncio.Task[None]]]] = {}
-        self._main: asyncio.Task[None] | None = None
-        self._witness: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self.rounds = 0
+        identity = {"cert_path": cert_path, "key_path": key_path}
         # Asks the [[witness.ask]] witnesses to cosign each new own checkpoint.
-        self.witness = WitnessLoop(
-            db, hub, cert_path=cert_path, key_path=key_path, timing=_timing(self._settings)
-        )
+        self.witness = WitnessLoop(db, hub, **identity, timing=_timing(self._settings))
         # A restored node recovers its own log before it signs anything.
-        self.recovery = RecoveryLoop(
-            db, hub, cert_path=cert_path, key_path=key_path, timing=_timing(self._settings)
-        )
-        self._recovery: asyncio.Task[None] | None = None
+        self.recovery = RecoveryLoop(db, hub, **identity, timing=_timing(self._settings))
 
     def start(self) -> None:
-        """Start the supervisor task on the running loop."""
-        self._main = asyncio.create_task(self._supervise(), name="hashmesh-sync")
-        self._witness = asyncio.create_task(self.witness.run(), name="hashmesh-witness")
-        self._recovery = asyncio.create_task(self.recovery.run(), name="hashmesh-recovery")
+        """Start the supervisor task, the witness loop and the recovery loop on the running loop."""
+        self._background = [
+            asyncio.create_task(self._supervise(), name="hashmesh-sync"),
+            asyncio.create_task(self.witness.run(), name="hashmesh-witness"),
+            asyncio.create_task(self.recovery.run(), name="hashmesh-recovery"),
+        ]
 
     async def stop(self) -> None:
         """Cancel every task and wait for them."""
-        tasks = [t for _, ts in self._tasks.values() for t in ts]
-        if self._main is not None:
-            tasks.append(self._main)
-        if self._witness is not None:
-            tasks.append(self._witness)
-        if self._recovery is not None:
-            tasks.append(self._recovery)
+        tasks = [t for _, ts in self._tasks.values() for t in ts] + self._background
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -38,7 +38,7 @@ from node.ledger.events import CheckpointHub
 from node.ledger.service import Ledger
 from node.ledger.witness import verified_cosignatures
 from node.storage.peer_store import PeerRecord
-from node.sync.poll import PollTiming, run_polling
+from node.sync.poll import ClientLoop, PollTiming, run_polling
 from node.sync.transport import Transport
 from node.tls import client_ssl_context
 from protocol.errors import MalformedError, ProtocolError
@@ -291,7 +291,7 @@ def _asks_and_peers(ledger: Ledger) -> tuple[tuple[WitnessAsk, ...], dict[str, P
     return ledger.config.witness.ask, {p.name: p for p in ledger.peers.list_peers()}
 
 
-class WitnessLoop:
+class WitnessLoop(ClientLoop):
     """Keeps the own log's latest checkpoint cosigned by every configured witness.
 
     One task per witness: a slow or down witness holds up only the
@@ -313,11 +313,7 @@ class WitnessLoop:
         key_path: Path,
         timing: PollTiming | None = None,
     ) -> None:
-        self._db = db
-        self._hub = hub
-        self._cert_path = cert_path
-        self._key_path = key_path
-        self._timing = timing or PollTiming()
+        super().__init__(db, hub, cert_path=cert_path, key_path=key_path, timing=timing)
         self._known: dict[str, int] = {}
         self.rounds = 0
         self.last: dict[str, CosignOutcome] = {}
