@@ -853,14 +853,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="entries to list when --end is not given (default 100)",
     )
     p.add_argument("--origin", help="a replicated log instead of the own log")
-    p.add_argument("--json", action="store_true", help="print the exact entry bytes, one per line")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print each entry's exact bytes (its canonical JSON, as signed), one per line, "
+        "without the index",
+    )
 
     p = command("prove", cmd_prove, "print an inclusion or consistency proof")
     proofs = p.add_subparsers(dest="proof", required=True, metavar="KIND")
     q = proofs.add_parser(
         "inclusion", help="entry INDEX is in the tree of --size", parents=[common]
     )
-    q.add_argument("index", type=_non_negative)
+    q.add_argument("index", type=_non_negative, help="the entry's index")
     q.add_argument("--size", type=_non_negative, help="tree size (default: latest checkpoint)")
     q.add_argument("--origin", help="a replicated log instead of the own log")
     q.add_argument("--json", action="store_true", help="print JSON (for python -m protocol)")

@@ -66,6 +66,9 @@ one with `hashmesh init --dir auditor --origin auditor.example/audit` (the
 log it also gets is never used), hand `hashmesh --dir auditor peer card` to
 each node's operator, who runs `hashmesh peer add CARD --role auditor`, and
 audit with their cards (--card) and `--dir auditor` (or --cert/--key).
+With --dir, the auditor's signed card (once `hashmesh --dir auditor tls
+renew` has run) is presented to every node audited, so each trusts the
+renewed certificate without a card by hand (docs/operations.md).
 
 Failures print as `FAIL <check> origin=O source=S [OLD -> NEW]: why`; a
 proven fork comes with evidence that `python -m protocol verify-evidence

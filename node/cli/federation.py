@@ -407,21 +407,29 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         parents=[common],
         description="Add a node from its card. Roles: peer (reads, and we sync from it), "
         "subscriber (reads and matches, never writes), auditor (checkpoints, proofs "
-        "and leaf hashes only, never hash values).",
+        "and leaf hashes only, never hash values). Its TLS certificate is pinned; when "
+        "it renews it, its card signed with the key on this card reaches this node by "
+        "itself (docs/operations.md, certificate renewal).",
     )
     q.add_argument("card", help="card file (JSON from `hashmesh peer card`)")
-    q.add_argument("--role", required=True, choices=ROLES)
+    q.add_argument(
+        "--role", required=True, choices=ROLES, help="what the node may do here (see above)"
+    )
     q.add_argument(
         "--no-follow", action="store_true", help="with role peer: do not follow its origin"
     )
     q.set_defaults(run=cmd_peer_add)
-    q = peer.add_parser("list", help="list peers and their sync state", parents=[common])
-    q.add_argument("--json", action="store_true")
+    q = peer.add_parser(
+        "list",
+        help="list peers, their sync state and certificate expiry",
+        parents=[common],
+    )
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(run=cmd_peer_list)
     q = peer.add_parser(
         "remove", help="remove a peer (effective on its next request)", parents=[common]
     )
-    q.add_argument("name")
+    q.add_argument("name", help="the peer's name (its origin, as `peer list` shows it)")
     q.add_argument(
         "--unfollow",
         action="store_true",
@@ -471,8 +479,8 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         help="write the evidence of an origin, verifiable with protocol alone",
         parents=[common],
     )
-    q.add_argument("origin")
-    q.add_argument("--out", help="file to write (default: stdout)")
+    q.add_argument("origin", help="the frozen origin (as `evidence list` shows it)")
+    q.add_argument("--out", metavar="FILE", help="file to write (default: standard output)")
     q.set_defaults(run=cmd_evidence_export)
 
 

@@ -201,10 +201,12 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
         _need_sub,
         "renew the node's TLS certificate without re-exchanging cards",
         "Certificate renewal (docs/operations.md): `tls renew` makes a new key and "
-        "certificate and a card listing old and new, signed with the log's key; peers fetch "
-        "it (GET /v1/card) on their next sync, check it with this origin's key and trust "
-        "both. `tls retire-old` puts the new one in use and signs a card without the old "
-        "one. `tls status` lists every certificate's expiry.",
+        "certificate and a card listing old and new, signed with the log's key. Nodes that "
+        "poll this one fetch it (GET /v1/card) on their next sync; the nodes this one "
+        "connects to are presented it (POST /v1/peer-card) by `tls renew` and `serve`, "
+        "and the nodes an auditor audits by `audit --dir`. Each checks it with the key it "
+        "pinned for this node and trusts both. `tls retire-old` puts the new one in use and "
+        "signs a card without the old one. `tls status` lists every certificate's expiry.",
     )
     sub = p.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
     for name, run, help_text in (
@@ -247,7 +249,8 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     q.set_defaults(run=cmd_tls_present)
     q = sub.add_parser(
         "status",
-        help="expiry of the own and every peer's certificate (warns 30 days ahead)",
+        help="expiry of the own and every peer's certificate (warns [ops] "
+        "certificate_warn_days ahead, 30 by default)",
         parents=[common],
     )
     q.add_argument("--json", action="store_true", help="print JSON")

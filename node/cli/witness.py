@@ -385,5 +385,5 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     q = sub.add_parser(
         "status", help="what this node witnessed, asks and requires", parents=[common]
     )
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(run=cmd_witness_status)
