@@ -56,9 +56,12 @@ async def _body(
 async def test_every_route_is_covered_here() -> None:
     # POST /v1/match: auditors get 403, checked in tests/api/test_match.py.
     # POST /v1/witness/add-checkpoint: peers only, in tests/witness/test_witness_api.py.
+    # POST /v1/peer-card: any role presents its own card (changing only what is trusted
+    # for itself; the answer holds a serial and a count), in tests/ops/test_tls_renewal.py.
     assert {r.path for r in ROUTES} == set(QUERIES) | {
         "/v1/events",
         "/v1/match",
+        "/v1/peer-card",
         "/v1/witness/add-checkpoint",
     }
 

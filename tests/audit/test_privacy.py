@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from node.api.app import ROUTES, Route
+from node.config import load_config
 from node.ledger import Ledger
 from node.ledger.cards import next_card
 from node.tls import client_ssl_context
@@ -93,22 +94,24 @@ class Probe:
 
 
 async def _request(
-    s: aiohttp.ClientSession, url: str, route: Route, params: dict[str, str]
+    s: aiohttp.ClientSession, url: str, route: Route, params: dict[str, str], card: bytes
 ) -> tuple[int, bytes]:
     method = getattr(route, "method", "GET")
+    # A caller presents only its own signed card; every other POST gets an empty object.
+    body = card if route.path == "/v1/peer-card" else b"{}"
     async with s.request(
-        method, url + route.path, params=params, data=b"{}" if method != "GET" else None
+        method, url + route.path, params=params, data=body if method != "GET" else None
     ) as r:
         return r.status, await r.read()
 
 
 async def _follow_the_errors(
-    s: aiohttp.ClientSession, url: str, route: Route, origin: str, probe: Probe
+    s: aiohttp.ClientSession, url: str, route: Route, origin: str, probe: Probe, card: bytes
 ) -> None:
     params: dict[str, str] = {}
     tried: dict[str, list[str]] = {}
     for _ in range(16):
-        status, body = await _request(s, url, route, params)
+        status, body = await _request(s, url, route, params, card)
         probe.add(route.path, status, body)
         if status != 400:
             return
@@ -143,7 +146,10 @@ async def _stream(
         probe.add(route.path, resp.status, first + event)
 
 
-async def probe_all(served: Served, ident: Identity, origins: list[str]) -> Probe:
+async def probe_all(
+    served: Served, ident: Identity, origins: list[str], card: bytes = b""
+) -> Probe:
+    """Every route as ``ident``, following its 400s; ``card``: its own signed card."""
     probe = Probe()
     ctx = client_ssl_context(ident.cert_path, ident.key_path, served.cert_pem)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
@@ -152,13 +158,19 @@ async def probe_all(served: Served, ident: Identity, origins: list[str]) -> Prob
                 await _stream(s, served.url, route, served.node_dir, probe)
                 continue
             for origin in origins:
-                await _follow_the_errors(s, served.url, route, origin, probe)
+                await _follow_the_errors(s, served.url, route, origin, probe, card)
     return probe
 
 
 @pytest.fixture
-async def node_with_secrets(tmp_path: Path) -> AsyncIterator[tuple[Served, Identity, Identity]]:
-    """Node A holding planted entries in its own log and in B's log, which it replicates."""
+async def node_with_secrets(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Served, Identity, Identity, bytes]]:
+    """Node A holding planted entries in its own log and in B's log, which it replicates.
+
+    The auditor is a node of its own (as `hashmesh init` makes one), so it has
+    a signed card to present at ``POST /v1/peer-card``.
+    """
     a_dir = new_node(tmp_path, "a")
     b_dir = new_node(tmp_path, "b", B)
     with Ledger.open(a_dir) as ledger:
@@ -177,19 +189,27 @@ async def node_with_secrets(tmp_path: Path) -> AsyncIterator[tuple[Served, Ident
         assert await once(a_dir) == [None]
     finally:
         await b.close()
-    auditor, subscriber = make_identity(tmp_path, "auditor"), make_identity(tmp_path, "subscriber")
+    u_dir = new_node(tmp_path, "u", "auditor-u.example/audit")
+    u_config = load_config(u_dir)
+    auditor = Identity("auditor-u", u_config.tls_cert_path, u_config.tls_key_path)
+    with Ledger.open(u_dir) as ledger:
+        card = ledger.sign_card(
+            next_card(u_config, "https://127.0.0.1:3", [u_config.tls_cert_path])
+        )
+    add_card(a_dir, u_dir, "https://127.0.0.1:3", role="auditor")
+    subscriber = make_identity(tmp_path, "subscriber")
     add_peer(a_dir, subscriber, "subscriber")
-    a = await serve(a_dir, auditor)
+    a = await serve(a_dir)
     try:
-        yield a, auditor, subscriber
+        yield a, auditor, subscriber, card.encode()
     finally:
         await a.close()
 
 
 async def test_no_secret_reaches_an_auditor_from_any_route(
-    node_with_secrets: tuple[Served, Identity, Identity],
+    node_with_secrets: tuple[Served, Identity, Identity, bytes],
 ) -> None:
-    served, auditor, subscriber = node_with_secrets
+    served, auditor, subscriber, card = node_with_secrets
     origins = ["hotline-a.example/hashmesh", B]
     secrets = spellings(served.node_dir)
 
@@ -202,7 +222,7 @@ async def test_no_secret_reaches_an_auditor_from_any_route(
     assert len(entry_forms) == 11  # five adds and a retraction at A, five adds at B
     assert entry_forms <= leaked_to_subscriber
 
-    probe = await probe_all(served, auditor, origins)
+    probe = await probe_all(served, auditor, origins, card)
     assert set(probe.bodies) == {r.path for r in ROUTES}
     for route in ROUTES:
         statuses = probe.statuses[route.path]

@@ -316,13 +316,15 @@ B = "hotline-b.example/hashmesh"
 C = "agency-c.example/hashmesh"
 
 
-def add_card(node_dir: Path, of: Path, url: str, *, follow: bool = True) -> None:
-    """``node_dir`` adds the node in ``of``, served at ``url``, as a peer (and
-    follows its origin), as `hashmesh peer add` does with its card."""
+def add_card(
+    node_dir: Path, of: Path, url: str, *, follow: bool = True, role: str = "peer"
+) -> None:
+    """``node_dir`` adds the node in ``of``, served at ``url``, as a peer of ``role`` (and
+    follows its origin, a peer's), as `hashmesh peer add` does with its card."""
     card = parse_card(card_json(of, url))
     with Ledger.open(node_dir) as ledger:
-        ledger.peers.add_peer(card.peer_record("peer"))
-        if follow:
+        ledger.peers.add_peer(card.peer_record(role))
+        if follow and role == "peer":
             ledger.follow(card.name, card.vkey)
 
 
