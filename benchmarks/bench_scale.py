@@ -670,8 +670,8 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
             "loadavg_start": os.getloadavg(),
             "baseline_leaf_per_s": bench_ledger.raw_leaf_rate(200_000),
         }
-        bench_sync.introduce(target, c, follow=c)
-        bench_sync.introduce(c, target)
+        _introduce_once(target, c, follow=c)
+        _introduce_once(c, target)
         serving = await bench_sync.serve(c, sync=False)
         try:
             result = await bench_sync.spawn("sync", {"node": str(target.dir), "origin": c.origin})
@@ -696,9 +696,21 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
     return rows
 
 
+def _introduce_once(
+    node: bench_sync.Node, peer: bench_sync.Node, *, follow: bench_sync.Node | None = None
+) -> None:
+    """``bench_sync.introduce`` unless ``node`` knows ``peer`` already (a run that stopped)."""
+    from node.ledger import Ledger
+
+    with Ledger.open(node.dir, read_only=True) as ledger:
+        if peer.origin in {p.name for p in ledger.peers.list_peers()}:
+            return
+    bench_sync.introduce(node, peer, follow=follow)
+
+
 async def fetch_tail(a: bench_sync.Node, reader: bench_sync.Node, size: int, count: int) -> float:
     """Entries/s of fetching (and decoding) A's last ``count`` entries, nothing verified or kept."""
-    bench_sync.introduce(a, reader)
+    _introduce_once(a, reader)
     cert, key = reader.paths()
     serving = await bench_sync.serve(a, sync=False)
     try:
