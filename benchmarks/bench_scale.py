@@ -674,7 +674,9 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
         _introduce_once(c, target)
         serving = await bench_sync.serve(c, sync=False)
         try:
-            result = await bench_sync.spawn("sync", {"node": str(target.dir), "origin": c.origin})
+            result = await bench_sync.spawn(
+                "sync", {"node": str(target.dir), "origin": c.origin, "only_peer": c.origin}
+            )
         finally:
             await bench_sync.shutdown(serving)
         assert result["held"] == n_c, result

@@ -164,7 +164,13 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         if loop_prof is not None:
             loop_prof.enable()
-        reports = await sync_once(db, cert_path=config.tls_cert_path, key_path=config.tls_key_path)
+        reports = await sync_once(
+            db,
+            cert_path=config.tls_cert_path,
+            key_path=config.tls_key_path,
+            # A reused node may know peers of earlier runs, long gone.
+            only_peer=p.get("only_peer"),
+        )
         if loop_prof is not None:
             loop_prof.disable()
         seconds = time.perf_counter() - started
