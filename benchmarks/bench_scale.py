@@ -176,12 +176,18 @@ def _summary(node: bench_sync.Node, steps: list[dict[str, Any]], chunk: int) -> 
     built: dict[str, Any] = {"port": node.port, "import_chunk": chunk, "build_commit": commit_id()}
     for kind in ("sha256", "pdq"):
         mine = [s for s in steps if s["kind"] == kind]
-        count = sum(s["count"] for s in mine)
-        built[f"n_{kind}"] = count
-        built[f"import_{kind}_per_s"] = count / sum(s["seconds"] for s in mine) if mine else None
-    built["import_rss_mib"] = max(s["rss_mib"] for s in steps)
+        built[f"n_{kind}"] = sum(s["count"] for s in mine)
+        # The build's rate: its own chunks, not a later --import-into.
+        timed = [s for s in mine if not s.get("import_into")]
+        built[f"import_{kind}_per_s"] = (
+            sum(s["count"] for s in timed) / sum(s["seconds"] for s in timed) if timed else None
+        )
+    built_steps = [s for s in steps if not s.get("import_into")]
+    built["import_rss_mib"] = max(s["rss_mib"] for s in built_steps)
     # Each chunk's baseline is measured right after it: their mean is the build's.
-    built["build_baseline_leaf_per_s"] = statistics.mean(s["baseline_leaf_per_s"] for s in steps)
+    built["build_baseline_leaf_per_s"] = statistics.mean(
+        s["baseline_leaf_per_s"] for s in built_steps
+    )
     built["build_commits"] = sorted({s.get("commit", "unknown") for s in steps})
     return built
 
@@ -219,7 +225,7 @@ def build(
         from node.config import load_config
 
         node.port = int(load_config(node.dir).listen.rsplit(":", 1)[1])
-        if held_entries(node) != steps[-1]["held"]:
+        if held_entries(node, own_only=True) != steps[-1]["held"]:
             steps = []
     if as_far_as_built:
         if not steps:
@@ -310,12 +316,13 @@ async def verified_sync(a: bench_sync.Node, work: Path, n: int) -> dict[str, Any
     }
 
 
-def held_entries(a: bench_sync.Node) -> int:
-    """Entries of every log node A holds (its own, and any it follows)."""
+def held_entries(a: bench_sync.Node, *, own_only: bool = False) -> int:
+    """Entries of every log node A holds (its own, and any it follows), or of its own log."""
     from node.ledger import Ledger
 
     with Ledger.open(a.dir, read_only=True) as ledger:
-        return sum(ledger.store.entry_count(log.log_id) for log in ledger.logs())
+        logs = [ledger.own_log] if own_only else ledger.logs()
+        return sum(ledger.store.entry_count(log.log_id) for log in logs)
 
 
 def disk_bytes(a: bench_sync.Node) -> dict[str, int]:
@@ -698,6 +705,67 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
     return rows
 
 
+def import_into(args: argparse.Namespace, base: Path, work: Path) -> list[dict[str, Any]]:
+    """Does import slow down as the node grows? (``--import-into``)
+
+    The same-sized list (``--c-entries`` new random sha256 lines) is imported
+    into a fresh node, then into node A as far as built, then into a second
+    fresh node (the load moves: the two fresh figures bracket A's). A keeps
+    the entries; its progress file records them (``import_into``), so it
+    stays a node the other modes can measure, and the build's own rates
+    leave them out.
+    """
+    rows: list[dict[str, Any]] = []
+    for size in args.sizes:
+        where = base / str(size)
+        a, built = build(where, size, args.chunk, as_far_as_built=True)
+        if not built.get("partial"):
+            raise SystemExit(
+                f"--import-into: node A of {size:,} is whole; it measures stopped builds"
+            )
+        held = held_entries(a, own_only=True)
+        row: dict[str, Any] = {
+            "a_entries": held,
+            "commit": commit_id(),
+            "loadavg_start": os.getloadavg(),
+            "baseline_leaf_per_s": bench_ledger.raw_leaf_rate(200_000),
+        }
+        rng = random.Random(1000 + held)
+        list_path = work / "import-into.txt"
+        write_chunk(list_path, rng, args.c_entries, args.c_entries, 0)
+        for label, target in (
+            ("fresh_before", bench_sync.make_node(work, "fresh1", "fresh-1.example/hashmesh")),
+            ("a", a),
+            ("fresh_after", bench_sync.make_node(work, "fresh2", "fresh-2.example/hashmesh")),
+        ):
+            # The same list for each: the work differs only by the node's size.
+            result = import_list(target.dir, list_path, "sha256")
+            assert result["count"] == args.c_entries, result
+            row[f"{label}_per_s"] = args.c_entries / result["seconds"]
+            if label == "a":
+                step = {
+                    "kind": "sha256",
+                    "count": args.c_entries,
+                    "seconds": result["seconds"],
+                    "held": held + args.c_entries,
+                    "rss_mib": result["rss_mib"],
+                    "at": time.strftime("%H:%M:%S", time.gmtime()),
+                    "baseline_leaf_per_s": bench_ledger.raw_leaf_rate(200_000),
+                    "commit": commit_id(),
+                    "loadavg": os.getloadavg()[0],
+                    "import_into": True,
+                }
+                with (where / "build-progress.jsonl").open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(step) + "\n")
+            else:
+                shutil.rmtree(target.dir)
+            print(f"  import into {label}: {row[f'{label}_per_s']:,.0f} entries/s", flush=True)
+        list_path.unlink()
+        row["loadavg_end"] = os.getloadavg()
+        rows.append(row)
+    return rows
+
+
 def _introduce_once(
     node: bench_sync.Node, peer: bench_sync.Node, *, follow: bench_sync.Node | None = None
 ) -> None:
@@ -872,10 +940,16 @@ def main() -> None:
         " a log C synced into a fresh node and into each size's node A (A keeps C)",
     )
     parser.add_argument(
+        "--import-into",
+        action="store_true",
+        help="measure only whether import slows as the node grows: a list of --c-entries lines"
+        " imported into a fresh node, into each size's stopped build, into a fresh node again",
+    )
+    parser.add_argument(
         "--c-entries",
         type=parse_size,
         default=1_000_000,
-        help="entries of log C for --sync-into (default 1M)",
+        help="entries of log C for --sync-into, lines for --import-into (default 1M)",
     )
     parser.add_argument(
         "--skip-fsck", action="store_true", help="no fsck figure (it reads the whole log)"
@@ -908,6 +982,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hashmesh-scale-"))
     base = args.dir if args.dir is not None else work / "nodes"
     rows: list[dict[str, Any]] = []
+    if args.import_into:
+        try:
+            rows = import_into(args, base, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+        for row in rows:
+            print(json.dumps(row))
+        return
     if args.sync_into:
         try:
             rows = asyncio.run(sync_into(args, base, work))
