@@ -680,19 +680,39 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
         _introduce_once(target, c, follow=c)
         _introduce_once(c, target)
         serving = await bench_sync.serve(c, sync=False)
+        # Up to three rounds, as a node's sync runner would go on after a
+        # failed round (seen under load: the peer closed a kept-alive
+        # connection); the rate is over the entries appended in the rounds.
+        appended, seconds, clock, errors = 0, 0.0, {}, []
         try:
-            result = await bench_sync.spawn(
-                "sync", {"node": str(target.dir), "origin": c.origin, "only_peer": c.origin}
-            )
+            for _ in range(3):
+                result = await bench_sync.spawn(
+                    "sync",
+                    {
+                        "node": str(target.dir),
+                        "origin": c.origin,
+                        "only_peer": c.origin,
+                        "tolerate_errors": True,
+                    },
+                )
+                appended += result["appended"]
+                seconds += result["seconds"]
+                for key, value in result["clock"].items():
+                    clock[key] = clock.get(key, 0.0) + value
+                errors += result["errors"]
+                if result["held"] == n_c:
+                    break
         finally:
             await bench_sync.shutdown(serving)
         assert result["held"] == n_c, result
         row.update(
             {
                 "c_entries": n_c,
-                "sync_per_s": n_c / result["seconds"],
-                "sync_s": result["seconds"],
-                "sync_clock": result["clock"],
+                "appended": appended,
+                "sync_per_s": appended / seconds,
+                "sync_s": seconds,
+                "sync_clock": clock,
+                "sync_errors": errors,
             }
         )
         if size:
