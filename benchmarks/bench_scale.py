@@ -678,7 +678,9 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
             "baseline_leaf_per_s": bench_ledger.raw_leaf_rate(200_000),
         }
         _introduce_once(target, c, follow=c)
-        _introduce_once(c, target)
+        # Every node A has the same origin (its peer name on C) but its own
+        # certificate: C trusts the one being measured.
+        _reintroduce(c, target)
         serving = await bench_sync.serve(c, sync=False)
         # Up to three rounds, as a node's sync runner would go on after a
         # failed round (seen under load: the peer closed a kept-alive
@@ -796,6 +798,15 @@ def _introduce_once(
         if peer.origin in {p.name for p in ledger.peers.list_peers()}:
             return
     bench_sync.introduce(node, peer, follow=follow)
+
+
+def _reintroduce(node: bench_sync.Node, peer: bench_sync.Node) -> None:
+    """``node`` forgets any peer named as ``peer`` is, then adds ``peer``'s card."""
+    from node.ledger import Ledger
+
+    with Ledger.open(node.dir) as ledger:
+        ledger.peers.remove_peer(peer.origin)
+    bench_sync.introduce(node, peer)
 
 
 async def fetch_tail(a: bench_sync.Node, reader: bench_sync.Node, size: int, count: int) -> float:
