@@ -20,7 +20,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from node.storage.schema import active_key
+import numpy
+
+from node.storage.schema import active_keys
 
 __all__ = ["Candidate", "MatchStore", "OpinionRow"]
 
@@ -137,12 +139,16 @@ class MatchStore:
         if not values:
             return []
         # Sorted, the seeks walk the index in order and reuse the pages just
-        # read (about a third faster on a million listed hashes).
-        keyed = sorted((active_key(signal_type, v), pos) for pos, v in enumerate(values))
-        keys = json.dumps([key for key, _pos in keyed])
+        # read (about a third faster on a million listed hashes). Keys in
+        # bulk and sorted by numpy: no Python work per value but the hash.
+        keys = numpy.array(active_keys((signal_type, v) for v in values), dtype=numpy.int64)
+        order = numpy.argsort(keys, kind="stable")
+        positions: list[int] = order.tolist()
         return [
-            Candidate(keyed[at][1], int(log_id), int(idx), bytes(data))
-            for at, log_id, idx, data in self.conn.execute(_EXACT, (keys,))
+            Candidate(positions[at], int(log_id), int(idx), bytes(data))
+            for at, log_id, idx, data in self.conn.execute(
+                _EXACT, (json.dumps(keys[order].tolist()),)
+            )
         ]
 
     def entries_at(self, log_id: int, indexes: Iterable[int]) -> dict[int, bytes]:
