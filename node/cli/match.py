@@ -21,9 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+from aiohttp import web
+
+from node.api.match import MATCH_JOB
+from node.api.workers import WorkerPool
 from node.cli.cards import parse_card
 from node.cli.output import Command, Output
-from node.config import load_config, resolve_node_dir
+from node.config import available_cores, load_config, resolve_node_dir
 from node.errors import ConfigError, NodeError, PeerProtocolError
 from node.ledger import Ledger
 from node.ledger.filehash import hash_file, pdq_support
@@ -160,6 +164,70 @@ def _match_local(request: MatchCommand, inputs: HashInputs, out: Output) -> list
     return found
 
 
+def _batch_body(request: MatchCommand, batch: Sequence[HashInput]) -> bytes:
+    return MatchRequestBody(
+        hashes=tuple(
+            SignalQuery(type=q.signal_type, value=q.value, quality=q.quality) for q in batch
+        ),
+        max_distance=request.max_distance,
+        receipts=request.receipts,
+    ).to_json()
+
+
+def _match_in_workers(request: MatchCommand, inputs: HashInputs, workers: int) -> list[_Found]:
+    """:func:`_match_local` with the batches spread over worker processes (both cores).
+
+    Each worker opens the node read-only and answers a batch as ``POST
+    /v1/match`` would (:data:`~node.api.match.MATCH_JOB`); the answers are
+    taken in batch order, so the report is the one :func:`_match_local` makes.
+    """
+    node_dir = resolve_node_dir(request.node_dir)
+    batches = list(_batches(inputs.queries))
+
+    async def run() -> list[_Found]:
+        pool = WorkerPool(workers, len(batches), node_dir, jobs=(MATCH_JOB,))
+        pool.start()
+        # At most two batches per worker built and waiting at a time.
+        window = asyncio.Semaphore(2 * workers)
+
+        async def one(batch: Sequence[HashInput]) -> MatchResponseBody:
+            async with window:
+                document, _facts = await pool.run(MATCH_JOB, _batch_body(request, batch))
+            return MatchResponseBody.from_json(document)
+
+        try:
+            answers = await asyncio.gather(*(one(batch) for _start, batch in batches))
+        except web.HTTPException as e:  # a worker process ended (killed, out of memory)
+            raise NodeError(f"matching in worker processes failed: {e.text}") from e
+        finally:
+            await pool.close()
+        found: list[_Found] = []
+        for (_start, batch), answer in zip(batches, answers, strict=True):
+            found.extend(_found_in(answer, batch, inputs))
+        return found
+
+    return asyncio.run(run())
+
+
+def _found_in(
+    answer: MatchResponseBody, batch: Sequence[HashInput], inputs: HashInputs
+) -> list[_Found]:
+    """A local answer's results by position, a warning with its query's hits (as in-process)."""
+    by_position: dict[int, _Found] = {}
+    for item in answer.matches:
+        by_position[item.i] = _Found(
+            batch[item.i], [dict(h) for h in item.hits], item.hidden, item.truncated
+        )
+    for warning in answer.warnings:
+        found = by_position.setdefault(warning.i, _Found(batch[warning.i], [], 0))
+        found.warning = warning.warning
+    for error in answer.errors:
+        inputs.invalid.append(
+            {"source": batch[error.i].source, "field": error.field, "error": error.error}
+        )
+    return [by_position[i] for i in sorted(by_position)]
+
+
 @dataclass(frozen=True, slots=True)
 class _Remote:
     url: str
@@ -205,14 +273,9 @@ async def _post_batches(remote: _Remote, request: MatchCommand, inputs: HashInpu
         connect_timeout=10.0,
     ) as transport:
         for _start, batch in _batches(inputs.queries):
-            body = MatchRequestBody(
-                hashes=tuple(
-                    SignalQuery(type=q.signal_type, value=q.value, quality=q.quality) for q in batch
-                ),
-                max_distance=request.max_distance,
-                receipts=request.receipts,
+            doc = await transport.post_json(
+                "/v1/match", _batch_body(request, batch), cap=MAX_RESPONSE_BYTES
             )
-            doc = await transport.post_json("/v1/match", body.to_json(), cap=MAX_RESPONSE_BYTES)
             try:
                 answer = MatchResponseBody.from_json(doc)
             except MalformedError as e:
@@ -454,7 +517,12 @@ def run_match(request: MatchCommand, out: Output) -> int:
     if not inputs.queries:
         raise NodeError("nothing to match: every input was invalid")
     remote = _remote(request)
-    if remote is None:
+    workers = min(available_cores(), -(-len(inputs.queries) // MAX_BATCH))
+    if remote is None and workers > 1 and not any(q.signal_type == "pdq" for q in inputs.queries):
+        # More than one batch: both cores (PDQ stays in this process, which
+        # builds the index once).
+        found = _match_in_workers(request, inputs, workers)
+    elif remote is None:
         found = _match_local(request, inputs, out)
     else:
         found = asyncio.run(_post_batches(remote, request, inputs))

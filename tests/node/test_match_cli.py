@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -309,3 +310,47 @@ def test_opinion_command_and_results(node: str, capsys: pytest.CaptureFixture[st
     assert status == 1 and "entry 9" in err
     with pytest.raises(SystemExit):
         hashmesh(["--dir", node, "opinion", ORIGIN, "0", "--verdict", "maybe"])
+
+
+def test_a_long_list_is_matched_in_worker_processes_as_in_one(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More than one batch: both cores answer, and the report is the one-process report."""
+    from node.cli import match as match_cli
+    from node.ledger import Ledger
+
+    listed = [hashlib.sha256(f"long-{i}".encode()).hexdigest() for i in range(12)]
+    with Ledger.open(Path(node)) as ledger:
+        ledger.append([AddEntry.create(signal_type="sha256", value=v) for v in listed])
+        ledger.append([AddEntry.create(signal_type="md5", value="ab" * 16, labels=["x:y"])])
+    lines = [hashlib.sha256(f"miss-{i}".encode()).hexdigest() for i in range(21_000)]
+    for at, value in zip(range(0, 21_000, 1_750), listed, strict=True):
+        lines[at] = value
+    lines[20_999] = "md5:" + "AB" * 16
+    listing = tmp_path / "long.txt"
+    listing.write_text("\n".join(lines) + "\n", encoding="ascii")
+    argv = ("--dir", node, "match", "--type", "sha256", "--list", str(listing), "--receipts")
+    argv += ("--json",)
+    assert match_cli.available_cores() > 1  # this machine has two cores
+    pools: list[int] = []
+    in_workers = match_cli._match_in_workers
+
+    def counted(*args: Any) -> Any:
+        pools.append(args[2])
+        return in_workers(*args)
+
+    monkeypatch.setattr(match_cli, "_match_in_workers", counted)
+    status, pooled, err = run(capsys, *argv)
+    assert status == 0, err
+    assert pools == [2]  # three batches, two worker processes
+    monkeypatch.setattr(match_cli, "available_cores", lambda: 1)  # one process
+    status, alone, err = run(capsys, *argv)
+    assert status == 0, err
+    assert json.loads(pooled) == json.loads(alone)  # the same report (key order aside)
+    doc = json.loads(pooled)
+    assert doc["checked"] == 21_000
+    assert [m["source"] for m in doc["matches"]] == [
+        *(f"list line {at + 1}" for at in range(0, 21_000, 1_750)),
+        "list line 21000",
+    ]
+    assert all(m["hits"][0]["receipt"] for m in doc["matches"])
