@@ -255,13 +255,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 started = time.monotonic()
                 rss: list[tuple[float, int]] = []
 
+                workers: set[int] = set()
+
                 async def sample() -> None:
                     while True:
                         rss.append((time.monotonic() - started, rss_kib(served.proc.pid)))
+                        workers.update(children(served.proc.pid))
                         await asyncio.sleep(1.0)
 
                 sampler = asyncio.create_task(sample())
-                workers = children(served.proc.pid)
                 loaded, probe_statuses = await probe(
                     session, url, started + args.duration, args.probe_interval
                 )
@@ -309,7 +311,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> None:
     print(
         f"load average (1, 5, 15 min) {result['load_average_start']} at the start, "
-        f"{result['load_average_end']} at the end; server worker processes: "
+        f"{result['load_average_end']} at the end; server worker processes seen: "
         f"{result['server_workers']}"
     )
     print(

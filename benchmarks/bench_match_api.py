@@ -8,7 +8,9 @@ A node (``--node DIR``, reused; or one of ``--entries`` entries built in a
 temporary folder: 80 % random sha256, 20 % random PDQ of quality 100) is
 served by ``hashmesh serve --no-sync`` in a child process, as an operator
 runs it, once per ``--workers`` value (``[api] workers`` written into its
-``config.toml`` before each start; ``0`` is the one-process server that
+``config.toml`` before each start, with ``worker_nice`` 0 unless
+``--worker-nice`` says otherwise, so the workers compete for the cores as the
+one-process server does; ``0`` workers is the one-process server that
 matches in its reader threads, the same-run baseline). This process is a
 subscriber on loopback mutual TLS. Per server and per kind it sends
 ``--requests`` batches over 1, 2 and 4 keep-alive connections at once:
@@ -118,13 +120,15 @@ def make_bodies(listed: dict[str, list[str]], requests: int) -> dict[str, list[b
     return bodies
 
 
-def set_workers(node_dir: Path, workers: int) -> None:
-    """Write ``[api] workers`` into the node's config (replacing this script's earlier block)."""
+def set_workers(node_dir: Path, workers: int, nice: int) -> None:
+    """Write ``[api] workers`` and ``worker_nice`` into the node's config (this script's block)."""
     path = node_dir / "config.toml"
     text = path.read_text(encoding="utf-8").split(_BLOCK)[0]
     if re.search(r"^\[api\]", text, re.MULTILINE):
         raise SystemExit(f"{path} has an [api] table already; give a node without one")
-    path.write_text(f"{text}{_BLOCK}[api]\nworkers = {workers}\n", encoding="utf-8")
+    path.write_text(
+        f"{text}{_BLOCK}[api]\nworkers = {workers}\nworker_nice = {nice}\n", encoding="utf-8"
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -186,7 +190,7 @@ async def serve_and_measure(
 ) -> list[dict[str, Any]]:
     from tests.adversary.served_process import serve_process
 
-    set_workers(node_dir, workers)
+    set_workers(node_dir, workers, args.worker_nice)
     ctx = bench_load.client_ctx(client, node_dir)
     started = time.perf_counter()
     served = await serve_process(node_dir)
@@ -298,6 +302,13 @@ def main() -> None:
     parser.add_argument("--listed-dir", help="folder with sample-sha256.txt and sample-pdq.txt")
     parser.add_argument("--entries", type=int, default=200_000, help="size of a built node")
     parser.add_argument("--workers", default=f"0,{len(os.sched_getaffinity(0))}")
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="[api] worker_nice of the runs (default 0: the workers compete for the cores "
+        "as the one-process server does; serve's own default is 10)",
+    )
     parser.add_argument("--connections", default="1,2,4")
     parser.add_argument("--kinds", default="exact,pdq")
     parser.add_argument("--requests", type=int, default=20, help="requests per run")

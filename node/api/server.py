@@ -51,6 +51,7 @@ from node.api.match import keep_current, verify_index_files
 from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
 from node.api.public import PUBLIC_KEY, PublicLimits, make_public_app
 from node.api.state import LEAVES_KEY, ApiLimits
+from node.api.workers import POOL_KEY
 from node.config import ConnectionSettings, NodeConfig, load_config, parse_listen
 from node.errors import ConfigError
 from node.ledger.database import Database
@@ -386,6 +387,7 @@ async def run_server(
     on_public_started: Callable[[RunningServer], None] | None = None,
     on_ops_started: Callable[[RunningServer], None] | None = None,
     ops_mounts: Sequence[OpsMount] = OPS_MOUNTS,
+    start_workers: bool = False,
 ) -> None:
     """``hashmesh serve``: serve the API until SIGINT/SIGTERM (or ``stop`` is set).
 
@@ -404,6 +406,9 @@ async def run_server(
             listen`` in the config) is bound; not called when it is off.
         on_ops_started: the same for the operations listener (``[ops] listen``).
         ops_mounts: sub-applications served on the operations listener.
+        start_workers: start the match worker processes now (``hashmesh
+            serve`` does), not at the first match; then a first match does not
+            wait for them and memory is steady from the start.
 
     Raises:
         ConfigError: if the node directory or TLS identity is unusable.
@@ -435,6 +440,8 @@ async def run_server(
             integrity=integrity,
         )
         server = await start_server(app, ctx, host=host, port=port, connections=config.connections)
+        if start_workers and POOL_KEY in app:
+            app[POOL_KEY].start()
         public: RunningServer | None = None
         public_ctx: ssl.SSLContext | None = None
         if config.public.listen is not None:

@@ -62,7 +62,15 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     # Each listener is named by run_server's log line once it is bound (with
     # the real port of `--listen 127.0.0.1:0`): nothing is printed here.
     try:
-        asyncio.run(run_server(node_dir, listen, sync=not args.no_sync, poll_interval=args.poll))
+        asyncio.run(
+            run_server(
+                node_dir,
+                listen,
+                sync=not args.no_sync,
+                poll_interval=args.poll,
+                start_workers=True,
+            )
+        )
     finally:
         sys.setswitchinterval(switch_interval)
         restore_logging()
