@@ -3,8 +3,10 @@
 Layer: node.api. The request body is parsed, matched and the response
 serialised in one worker process (:mod:`node.api.workers`, ``[api] workers``),
 or with ``workers = 0`` in one reader thread of the database, so a batch of
-ten thousand hashes never stalls the event loop. Requests that may hold PDQ
-queries are answered in a reader thread with the server's in-memory index.
+ten thousand hashes never stalls the event loop. A worker opens the node's
+persisted PDQ index read-only (:func:`~node.ledger.live_pdq.open_pdq_index`)
+at its first PDQ query; the server keeps its own, writable one current
+(:func:`keep_current`), which writes the index files the workers map.
 
 Request (JSON, at most :data:`MAX_BODY` bytes)::
 
@@ -64,7 +66,7 @@ from node.errors import StorageError
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
-from node.ledger.live_pdq import pdq_index_path
+from node.ledger.live_pdq import open_pdq_index, pdq_index_path
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
     MAX_BATCH,
@@ -531,8 +533,22 @@ MATCH_JOB = "node.api.match:match_job"
 def match_job(
     context: WorkerContext, body: bytes, args: Mapping[str, Any]
 ) -> tuple[bytes, dict[str, Any]]:
-    """:func:`match_document` in a worker process (exact queries: no PDQ index there yet)."""
-    document, looked_up, hit = match_document(context.ledger, body, None)
+    """:func:`match_document` in a worker process.
+
+    ``args["pdq"]``: the body may hold PDQ queries. The worker then opens the
+    node's PDQ index read-only once (:func:`~node.ledger.live_pdq.open_pdq_index`:
+    the persisted base file mapped, shared with the server and the other
+    workers through the page cache) and brings it up to date before each such
+    request (a changed base file re-mapped, rows committed since read).
+    """
+    pdq = None
+    if args.get("pdq"):
+        pdq = context.state.get(MATCH_JOB)
+        if pdq is None:
+            pdq = context.state[MATCH_JOB] = open_pdq_index(context.ledger)
+        else:
+            pdq.refresh(context.ledger)
+    document, looked_up, hit = match_document(context.ledger, body, pdq)
     return document, {"looked_up": dict(looked_up), "hit": dict(hit)}
 
 
@@ -550,10 +566,10 @@ async def match_endpoint(request: web.Request) -> web.Response:
     body = await request.read()
     db = request.app[DB_KEY]
     pool = request.app.get(POOL_KEY)
-    if pool is not None and not _may_hold_pdq(body):
+    if pool is not None:
         # Parsing, matching and serialising run in a worker process: the
         # server's event loop only moves the bytes (issue 14, issue 18).
-        document, facts = await pool.run(MATCH_JOB, body)
+        document, facts = await pool.run(MATCH_JOB, body, {"pdq": _may_hold_pdq(body)})
         looked_up, hit = Counter(facts["looked_up"]), Counter(facts["hit"])
     else:
         service = match_service(db)

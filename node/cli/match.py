@@ -178,7 +178,8 @@ def _match_in_workers(request: MatchCommand, inputs: HashInputs, workers: int) -
     """:func:`_match_local` with the batches spread over worker processes (both cores).
 
     Each worker opens the node read-only and answers a batch as ``POST
-    /v1/match`` would (:data:`~node.api.match.MATCH_JOB`); the answers are
+    /v1/match`` would (:data:`~node.api.match.MATCH_JOB`; PDQ queries through
+    the persisted index, mapped by every worker); the answers are
     taken in batch order, so the report is the one :func:`_match_local` makes.
     """
     node_dir = resolve_node_dir(request.node_dir)
@@ -192,7 +193,11 @@ def _match_in_workers(request: MatchCommand, inputs: HashInputs, workers: int) -
 
         async def one(batch: Sequence[HashInput]) -> MatchResponseBody:
             async with window:
-                document, _facts = await pool.run(MATCH_JOB, _batch_body(request, batch))
+                document, _facts = await pool.run(
+                    MATCH_JOB,
+                    _batch_body(request, batch),
+                    {"pdq": any(q.signal_type == "pdq" for q in batch)},
+                )
             return MatchResponseBody.from_json(document)
 
         try:
@@ -518,9 +523,8 @@ def run_match(request: MatchCommand, out: Output) -> int:
         raise NodeError("nothing to match: every input was invalid")
     remote = _remote(request)
     workers = min(available_cores(), -(-len(inputs.queries) // MAX_BATCH))
-    if remote is None and workers > 1 and not any(q.signal_type == "pdq" for q in inputs.queries):
-        # More than one batch: both cores (PDQ stays in this process, which
-        # builds the index once).
+    if remote is None and workers > 1:
+        # More than one batch: both cores, each worker mapping the PDQ index.
         found = _match_in_workers(request, inputs, workers)
     elif remote is None:
         found = _match_local(request, inputs, out)

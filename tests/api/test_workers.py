@@ -111,7 +111,7 @@ async def test_the_pool_answers_exactly_as_the_server_threads_do(
     async for served in serve_with(ApiLimits(workers=1)):
         pool = served.server.runner.app[POOL_KEY]
         pooled = await _answers(served, served.url, bodies)
-        assert len(pool.pids) == 1  # the exact-only requests went there
+        assert len(pool.pids) == 1  # every request went there, PDQ ones included
         # The same node served by the server's own threads, beside it.
         app = make_app(served.db, served.hub, origin=ORIGIN, limits=ApiLimits(workers=0))
         assert POOL_KEY not in app

@@ -323,14 +323,17 @@ def test_a_long_list_is_matched_in_worker_processes_as_in_one(
     with Ledger.open(Path(node)) as ledger:
         ledger.append([AddEntry.create(signal_type="sha256", value=v) for v in listed])
         ledger.append([AddEntry.create(signal_type="md5", value="ab" * 16, labels=["x:y"])])
+        ledger.append([AddEntry.create(signal_type="pdq", value="c" * 64, quality=90)])
     lines = [hashlib.sha256(f"miss-{i}".encode()).hexdigest() for i in range(21_000)]
     for at, value in zip(range(0, 21_000, 1_750), listed, strict=True):
         lines[at] = value
     lines[20_999] = "md5:" + "AB" * 16
+    pdq = "c" * 63 + "e"  # one bit from the listed PDQ hash below, found near
+    lines[20_998] = f"pdq:{pdq}"
     listing = tmp_path / "long.txt"
     listing.write_text("\n".join(lines) + "\n", encoding="ascii")
-    argv = ("--dir", node, "match", "--type", "sha256", "--list", str(listing), "--receipts")
-    argv += ("--json",)
+    # Untyped 64-hex lines are looked up as sha256 and as pdq (ambiguous).
+    argv = ("--dir", node, "match", "--list", str(listing), "--receipts", "--json")
     assert match_cli.available_cores() > 1  # this machine has two cores
     pools: list[int] = []
     in_workers = match_cli._match_in_workers
@@ -342,15 +345,18 @@ def test_a_long_list_is_matched_in_worker_processes_as_in_one(
     monkeypatch.setattr(match_cli, "_match_in_workers", counted)
     status, pooled, err = run(capsys, *argv)
     assert status == 0, err
-    assert pools == [2]  # three batches, two worker processes
+    assert pools == [2]  # five batches, two worker processes
     monkeypatch.setattr(match_cli, "available_cores", lambda: 1)  # one process
     status, alone, err = run(capsys, *argv)
     assert status == 0, err
     assert json.loads(pooled) == json.loads(alone)  # the same report (key order aside)
     doc = json.loads(pooled)
-    assert doc["checked"] == 21_000
+    assert doc["checked"] == 2 * 20_998 + 2
+    assert doc["matches"][0]["tried_as"] == ["sha256", "pdq"]
     assert [m["source"] for m in doc["matches"]] == [
         *(f"list line {at + 1}" for at in range(0, 21_000, 1_750)),
+        "list line 20999",
         "list line 21000",
     ]
+    assert doc["matches"][-2]["hits"][0]["distance"] == 1
     assert all(m["hits"][0]["receipt"] for m in doc["matches"])
