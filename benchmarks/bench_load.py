@@ -206,9 +206,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         base = Path(tmp)
         server_dir, load_dir, probe_dir = base / "a", base / "load", base / "probe"
         init_node(server_dir, SERVER, listen="127.0.0.1:0")
-        if args.workers is not None:
+        settings = {"workers": args.workers, "worker_nice": args.worker_nice}
+        chosen = "".join(f"{k} = {v}\n" for k, v in settings.items() if v is not None)
+        if chosen:
             with (server_dir / "config.toml").open("a", encoding="utf-8") as config:
-                config.write(f"\n[api]\nworkers = {args.workers}\n")
+                config.write(f"\n[api]\n{chosen}")
         init_node(load_dir, "load.example/hashmesh")
         init_node(probe_dir, "probe.example/hashmesh")
         with Ledger.open(server_dir) as ledger:
@@ -384,6 +386,9 @@ def main() -> None:
         type=int,
         help="the server's [api] workers (default: its own default, one per core; "
         "0: matching in the server's threads)",
+    )
+    parser.add_argument(
+        "--worker-nice", type=int, help="the server's [api] worker_nice (default: its own, 10)"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     # The load child's own arguments.
