@@ -87,6 +87,12 @@ def _rss_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
+def _disk_written() -> int:
+    """Bytes this process has had written to disk so far (``write_bytes`` of /proc/self/io)."""
+    with open("/proc/self/io", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("write_bytes:"))
+
+
 @dataclass
 class _Clock:
     """Wall time spent in instrumented calls of the syncing child."""
@@ -149,19 +155,26 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
     db = await Database.open(node_dir)
     write = db.write
 
+    writer_cpu = 0.0
+
+    def on_writer(fn: Callable[[Any], Any], ledger: Any) -> Any:
+        nonlocal writer_cpu
+        started = time.thread_time()
+        try:
+            return fn(ledger) if writer_prof is None else writer_prof.runcall(fn, ledger)
+        finally:
+            writer_cpu += time.thread_time() - started
+
     async def timed_write(fn: Callable[[Any], Any]) -> Any:
         started = time.perf_counter()
         try:
-            if writer_prof is None:
-                return await write(fn)
-            prof = writer_prof
-            return await write(lambda ledger: prof.runcall(fn, ledger))
+            return await write(lambda ledger: on_writer(fn, ledger))
         finally:
             clock.add("db.write (verify + store)", time.perf_counter() - started)
 
     db.write = timed_write  # type: ignore[method-assign]
     try:
-        started = time.perf_counter()
+        started, cpu_started, written = time.perf_counter(), os.times(), _disk_written()
         if loop_prof is not None:
             loop_prof.enable()
         reports = await sync_once(
@@ -174,6 +187,9 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
         if loop_prof is not None:
             loop_prof.disable()
         seconds = time.perf_counter() - started
+        cpu_ended = os.times()
+        cpu = cpu_ended.user + cpu_ended.system - cpu_started.user - cpu_started.system
+        written = _disk_written() - written
     finally:
         await db.close()
     errors = [r.error for r in reports if r.error]
@@ -190,6 +206,9 @@ async def child_sync(p: dict[str, Any]) -> dict[str, Any]:
         "checkpoint": state.checkpoint.size if state.checkpoint else 0,
         "seconds": seconds,
         "rss_mib": _rss_mib(),
+        "cpu": cpu,
+        "writer_cpu": writer_cpu,
+        "disk_written": written,
         "page_bytes": page_bytes,
         "other_bytes": other_bytes,
         "requests": requests,
@@ -847,6 +866,10 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
         f"target >= {ENTRY_TARGET:,}: {verdict})"
     )
     print(f"  peak RSS of the syncing B: {sync['rss_mib']:>12,.0f} MiB")
+    print(
+        f"  CPU of the syncing B:      {sync['cpu']:>12.2f} s          (its writer thread "
+        f"{sync['writer_cpu']:.2f} s; {sync['disk_written'] / 1e6:,.0f} MB written to disk)"
+    )
     print(
         f"  entries pages fetched:     {len(pages):>12,}        ({mb:,.1f} MB of entry bundles, "
         f"{page_total / n:.1f} B/entry; other bodies {sync['other_bytes'] / 1e3:,.1f} kB)"
