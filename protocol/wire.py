@@ -141,6 +141,29 @@ def encode_entry_bundle(datas: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def _uniform_entry_bundle(body: bytes, max_entries: int) -> list[bytes] | None:
+    """The entries of a bundle whose entries all have one length, or None.
+
+    A page of one family of adds (a replica's sync) is such a bundle: its
+    length prefixes are checked with two strided slices and the entries cut
+    out in one pass, where the general loop costs four times as much. If
+    every prefix at a multiple of ``length + 2`` says ``length`` and the body
+    ends exactly after the last entry, the general loop reads exactly these
+    entries; any other body (or too many entries) goes to it for its error.
+    """
+    size = len(body)
+    if size < 3:
+        return None
+    length = (body[0] << 8) | body[1]
+    step = length + 2
+    count = size // step
+    if length == 0 or size % step or count > max_entries:
+        return None
+    if body[0::step] != body[0:1] * count or body[1::step] != body[1:2] * count:
+        return None
+    return [body[at : at + length] for at in range(2, size, step)]
+
+
 def decode_entry_bundle(body: bytes, *, max_entries: int) -> list[bytes]:
     """The entries of an entry bundle, strictly.
 
@@ -153,6 +176,9 @@ def decode_entry_bundle(body: bytes, *, max_entries: int) -> list[bytes]:
             prefix or an entry is cut short, or there are more than
             ``max_entries`` entries; the field names the entry.
     """
+    uniform = _uniform_entry_bundle(body, max_entries)
+    if uniform is not None:
+        return uniform
     out: list[bytes] = []
     pos, size = 0, len(body)
     while pos < size:

@@ -280,3 +280,29 @@ def test_any_bytes_decode_or_raise_malformed(body: bytes, max_entries: int) -> N
         out = decode_entry_bundle(body, max_entries=max_entries)
         assert 1 <= len(out) <= max_entries
         assert encode_entry_bundle(out) == body
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=6), min_size=1, max_size=8),
+    st.integers(min_value=1, max_value=8),
+    st.integers(min_value=0, max_value=60),
+    st.integers(min_value=0, max_value=255),
+)
+@settings(max_examples=400, deadline=None)
+def test_bundles_of_equal_entries_decode_as_any_other(
+    entries: list[bytes], max_entries: int, at: int, byte: int
+) -> None:
+    # Equal lengths take the uniform path; one byte changed anywhere (a
+    # length prefix, say) must give what the general loop gives.
+    length = len(entries[0])
+    same = [(e * length)[:length] for e in entries]
+    body = encode_entry_bundle(same)
+    if len(same) <= max_entries:
+        assert decode_entry_bundle(body, max_entries=max_entries) == same
+    spoilt = bytearray(body)
+    spoilt[at % len(body)] = byte
+    for candidate in (bytes(spoilt), body[:-1], body + body[:3]):
+        with contextlib.suppress(MalformedError):
+            out = decode_entry_bundle(candidate, max_entries=max_entries)
+            assert 1 <= len(out) <= max_entries
+            assert encode_entry_bundle(out) == candidate
