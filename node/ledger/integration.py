@@ -49,7 +49,7 @@ from protocol.keys import NoteSigner
 from protocol.rules import LogRules
 from protocol.tree import CompactRange, NodeRun
 
-__all__ = ["Duplicate", "Integration", "Sequenced", "salted"]
+__all__ = ["Duplicate", "Integration", "Prepared", "Sequenced", "prepare", "salted"]
 
 
 def salted(entries: Sequence[Entry]) -> list[bytes]:
@@ -68,6 +68,27 @@ class Duplicate:
     entry: AddEntry
     existing_index: int
     line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What hashing a batch needs no database for: leaf hashes and active keys.
+
+    Made by :func:`prepare`; a replica prepares a chunk on another thread
+    while the writer stores the one before it (``node.sync.engine``).
+    """
+
+    entries: Sequence[Entry]
+    datas: Sequence[bytes]
+    leaf_hashes: list[bytes]
+    identities: list[tuple[str, str] | None]
+    keys: dict[tuple[str, str], int]
+
+
+def prepare(entries: Sequence[Entry], datas: Sequence[bytes]) -> Prepared:
+    """The leaf hashes of ``datas`` (the encodings of ``entries``) and the adds' active keys."""
+    identities = _identities(entries)
+    return Prepared(entries, datas, hash_leaves(datas), identities, _active_keys(identities))
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,31 +264,42 @@ class Integration:
             RetractionError: if a retraction targets a missing, non-add or
                 already retracted entry.
         """
+        return self.sequence_prepared(prepare(entries, datas))
+
+    def sequence_prepared(self, batch: Prepared) -> Sequenced:
+        """:meth:`sequence` of a batch whose hashing was done beforehand (:func:`prepare`)."""
+        entries = batch.entries
         if isinstance(entries, AddRun):
             # Adds only, checked in bulk (a replica's chunk): no entry object is built.
             self.rules.extend_adds(len(entries))
-            return self._hash(entries, datas)
-        try:
-            self.rules.extend(entries)
-        except InvalidRetractionError as e:
-            raise RetractionError(str(e)) from e
-        return self._hash(entries, datas)
+        else:
+            try:
+                self.rules.extend(entries)
+            except InvalidRetractionError as e:
+                raise RetractionError(str(e)) from e
+        return self._extend(batch)
 
     def _hash(
         self,
         entries: Sequence[Entry],
         datas: Sequence[bytes],
-        identities: list[tuple[str, str] | None] | None = None,
-        keys: dict[tuple[str, str], int] | None = None,
+        identities: list[tuple[str, str] | None],
+        keys: dict[tuple[str, str], int],
     ) -> Sequenced:
+        return self._extend(Prepared(entries, datas, hash_leaves(datas), identities, keys))
+
+    def _extend(self, batch: Prepared) -> Sequenced:
         start = self.next_index
-        leaf_hashes = hash_leaves(datas)
-        runs = self.tree.extend(leaf_hashes, collect=True, min_level=TILE_LEVEL)
-        if identities is None:
-            identities = _identities(entries)
-        if keys is None:
-            keys = _active_keys(identities)
-        return Sequenced(start, entries, datas, leaf_hashes, runs, identities, keys)
+        runs = self.tree.extend(batch.leaf_hashes, collect=True, min_level=TILE_LEVEL)
+        return Sequenced(
+            start,
+            batch.entries,
+            batch.datas,
+            batch.leaf_hashes,
+            runs,
+            batch.identities,
+            batch.keys,
+        )
 
     def store_batch(self, batch: Sequenced, *, checked: bool = False) -> None:
         """Write a sequenced batch: entries, tree nodes, listed hashes, retractions.

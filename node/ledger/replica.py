@@ -43,7 +43,7 @@ from node.errors import (
     UnknownLogError,
 )
 from node.ledger.gc_pause import bulk_allocation
-from node.ledger.integration import Integration
+from node.ledger.integration import Integration, Prepared, prepare
 from node.ledger.rotation import load_key_chain, save_rotations
 from node.ledger.witness import save_cosignatures, weigh_cosignatures
 from node.storage.ledger_store import CheckpointRecord, LedgerStore, LogRecord
@@ -59,7 +59,7 @@ from protocol.note import Note
 from protocol.rotation import KeyChain
 from protocol.tree import compute_consistency_proof
 
-__all__ = ["CheckpointKind", "CheckpointVerdict", "Replica", "ReplicaState"]
+__all__ = ["CheckpointKind", "CheckpointVerdict", "Replica", "ReplicaState", "prepare_chunk"]
 
 logger = logging.getLogger("hashmesh.witness")
 
@@ -109,6 +109,26 @@ class CheckpointVerdict:
     root_hash: bytes
     evidence: ForkEvidence | None = None
     cosigned: int = 0
+
+
+def prepare_chunk(entries: Sequence[bytes], start: int) -> Prepared:
+    """Parse and hash entries ``[start, start + len(entries))`` of an origin's log.
+
+    Needs no database, so the sync engine runs it on another thread while
+    the writer stores the chunk before (:meth:`Replica.append_verified`
+    takes the result). Proves nothing about the entries' place in the log:
+    the write transaction checks the tree against the signed checkpoint.
+
+    Raises:
+        MalformedError: if an entry is not canonical (the field names its index).
+    """
+    with bulk_allocation():
+        datas = [bytes(d) for d in entries]
+        # A chunk is usually one family of adds: checked in bulk, else entry by entry.
+        parsed: Sequence[Entry] | None = parse_add_run(datas)
+        if parsed is None:
+            parsed = parse_entries(datas, start)
+        return prepare(parsed, datas)
 
 
 class Replica:
@@ -363,7 +383,7 @@ class Replica:
         self,
         checkpoint_note: CheckpointNote,
         start: int,
-        entries: Sequence[bytes],
+        entries: Sequence[bytes] | Prepared,
         proof: Sequence[bytes] | None,
     ) -> ReplicaState:
         """Append entries ``[start, start + len(entries))`` of the origin, verified.
@@ -374,7 +394,8 @@ class Replica:
         consistency proof ``b -> n`` from our computed root to the
         checkpoint's root. Every entry must be canonical, retractions must
         target an earlier, not yet retracted add. Entries are stored verbatim.
-        All of it is one transaction.
+        All of it is one transaction. ``entries`` may come parsed and hashed
+        by :func:`prepare_chunk` (done outside the transaction, on any thread).
 
         Returns:
             The replica's state after the commit.
@@ -391,12 +412,13 @@ class Replica:
         """
         opened = self._open(checkpoint_note)
         cp = opened.checkpoint
-        end = start + len(entries)
+        datas = entries.datas if isinstance(entries, Prepared) else entries
+        end = start + len(datas)
         if end > cp.size:
             raise ReplicationError(
                 f"{self.origin}: batch ends at {end}, past the checkpoint size {cp.size}"
             )
-        if end < cp.size and not entries:
+        if end < cp.size and not datas:
             raise ReplicationError(f"{self.origin}: empty batch below the checkpoint size")
         if end < cp.size and proof is None:
             raise ReplicationError(
@@ -405,7 +427,8 @@ class Replica:
             )
         # Parsing and writing a chunk allocate millions of short-lived objects.
         with bulk_allocation():
-            return self._append_verified(opened, checkpoint_note, start, end, entries, proof)
+            chunk = entries if isinstance(entries, Prepared) else prepare_chunk(entries, start)
+            return self._append_verified(opened, checkpoint_note, start, end, chunk, proof)
 
     def _append_verified(
         self,
@@ -413,15 +436,10 @@ class Replica:
         checkpoint_note: CheckpointNote,
         start: int,
         end: int,
-        entries: Sequence[bytes],
+        chunk: Prepared,
         proof: Sequence[bytes] | None,
     ) -> ReplicaState:
         cp = opened.checkpoint
-        datas = [bytes(d) for d in entries]
-        # A chunk is usually one family of adds: checked in bulk, else entry by entry.
-        parsed: Sequence[Entry] | None = parse_add_run(datas)
-        if parsed is None:
-            parsed = parse_entries(datas, start)
         with self.store.transaction():
             if self.store.peers.is_frozen(self.origin):
                 raise FrozenLogError(
@@ -437,7 +455,7 @@ class Replica:
                     "are held (start must equal our size)"
                 )
             try:
-                batch = run.sequence(parsed, datas)
+                batch = run.sequence_prepared(chunk)
             except RetractionError as e:
                 raise ReplicationError(f"{self.origin}: {e}") from e
             root = run.tree.root()

@@ -34,7 +34,8 @@ from node.errors import NodeError, PeerError
 from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
-from node.ledger.replica import ReplicaState
+from node.ledger.integration import Prepared
+from node.ledger.replica import ReplicaState, prepare_chunk
 from node.ledger.service import Ledger
 from node.metrics import error_kind
 from node.sync.client import PeerClient, RemoteLog
@@ -290,11 +291,13 @@ async def _catch_up(
     if kind != "ahead":
         return
 
-    async def fetch(start: int) -> tuple[int, list[bytes], tuple[bytes, ...] | None]:
+    async def fetch(start: int) -> tuple[int, Prepared, tuple[bytes, ...] | None]:
         end = min(start + chunk, want)
         entries = await client.entries(origin, start, end)
         proof = None if end == want else (await client.consistency(origin, end, want)).hashes
-        return start, entries, proof
+        # Parsing and hashing need no database: on a thread of their own they
+        # overlap the writer's SQLite work and commit of the chunk before.
+        return start, await asyncio.to_thread(prepare_chunk, entries, start), proof
 
     # Fetch chunk k+1 while chunk k is verified and stored on the writer
     # thread: the network and SQLite then overlap. A prefetched chunk is only
@@ -303,7 +306,7 @@ async def _catch_up(
     try:
         while True:
             start, entries, proof = await pending
-            end = start + len(entries)
+            end = start + len(entries.datas)
             if end < want:
                 pending = asyncio.create_task(fetch(end))
             state = await db.write(_append(origin, note, start, entries, proof))
@@ -325,7 +328,7 @@ def _append(
     origin: str,
     note: str,
     start: int,
-    entries: list[bytes],
+    entries: Prepared,
     proof: tuple[bytes, ...] | None,
 ) -> Callable[[Ledger], ReplicaState]:
     def run(ledger: Ledger) -> ReplicaState:

@@ -9,6 +9,7 @@ from node.ledger import Ledger
 from node.sync.engine import sync_peer
 from protocol.checkpoint import open_checkpoint
 from protocol.keys import NoteVerifier
+from protocol.wire import decode_entry_bundle, encode_entry_bundle
 from tests.node.conftest import snapshot
 from tests.sync.conftest import AUTHOR, World, add_entries
 
@@ -126,3 +127,72 @@ async def test_stalling_peer_times_out(world: World) -> None:
         report = await sync_peer(world.db, client)
     assert report.error is not None and "timed out" in report.error
     assert snapshot(db_path) == before
+
+
+def _upper_case_value(data: bytes) -> bytes:
+    # Not canonical: refused when the chunk is parsed, before the writer sees it.
+    at = data.index(b'"value":"') + 9
+    return data[:at] + data[at:].upper().replace(b'"},"V":2}', b'"},"v":2}')
+
+
+def _other_value(data: bytes) -> bytes:
+    # Canonical, but not the origin's entry: refused by the proof against its checkpoint.
+    at = data.index(b'"value":"') + 9
+    return data[:at] + (b"0" if data[at : at + 1] != b"0" else b"1") + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (_upper_case_value, "entries[97].signal.value"),
+        (_other_value, "do not lead to the checkpoint's root"),
+    ],
+    ids=["malformed", "unproven"],
+)
+async def test_a_bad_chunk_fetched_while_the_one_before_is_written_changes_nothing(
+    world: World, spoil: object, reason: str
+) -> None:
+    # The engine fetches and parses chunk k+1 while chunk k is written. A bad
+    # k+1 must leave the database as chunk k's commit left it, whether it is
+    # refused on the parsing thread or by the writer.
+    add_entries(world.author, 0, 60)
+    async with world.client() as client:
+        assert (await sync_peer(world.db, client, chunk=30)).error is None
+    add_entries(world.author, 60, 60)
+    db_path = load_config(world.follower).database_path
+    after_write: list[dict[str, object]] = []
+    write = world.db.write
+
+    async def recording(fn: object) -> object:
+        result = await write(fn)  # type: ignore[arg-type]
+        after_write.append(snapshot(db_path))
+        return result
+
+    pages = {"n": 0}
+
+    def spoil_second_page(path: str, body: bytes) -> bytes:
+        if path != "/v1/entries":
+            return body
+        pages["n"] += 1
+        if pages["n"] != 2:
+            return body
+        datas = decode_entry_bundle(body, max_entries=30)
+        datas[7] = spoil(datas[7])  # type: ignore[operator]
+        return encode_entry_bundle(datas)
+
+    world.peer.transform = spoil_second_page
+    world.db.write = recording  # type: ignore[method-assign]
+    try:
+        async with world.client() as client:
+            report = await sync_peer(world.db, client, chunk=30)
+    finally:
+        world.db.write = write  # type: ignore[method-assign]
+    assert report.error is not None and reason in report.error
+    assert pages["n"] == 2
+    assert replica_size(world) == 90  # chunk [60, 90) committed, [90, 120) refused
+    committed = [s for s in after_write if len(s["entries"]) == 90]  # type: ignore[arg-type]
+    assert committed and snapshot(db_path) == committed[0]
+    world.peer.transform = None
+    async with world.client() as client:
+        report = await sync_peer(world.db, client, chunk=30)
+    assert report.error is None and replica_size(world) == 120
