@@ -83,12 +83,10 @@ def instrument() -> None:
     timed(integration, "active_keys", "active keys")
     timed(integration, "salt_values", "salt + encode")
     timed(integration, "hash_leaves", "leaf hashing")
-    if hasattr(integration.Integration, "flush_active"):
+    if hasattr(integration.Integration, "flush_active"):  # absent before the held-back rows
         timed(integration.Integration, "flush_active", "active inserts held back")
     timed(integration.CompactRange, "extend", "tree extend")
-    timed(
-        integration.Integration, "append_values", "append_values (all of the above but COMMIT)"
-    )
+    timed(integration.Integration, "append_values", "append_values (all of the above but COMMIT)")
     plain = connection.write_transaction.__wrapped__  # type: ignore[attr-defined]
 
     @contextmanager

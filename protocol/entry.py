@@ -967,12 +967,18 @@ def salt_values(families: Sequence[AddFamily], values: Sequence[str], random: by
     append = out.append
     current: AddFamily | None = None
     head = middle = tail = ""
+    # Batches mix a few families (a CSV's categories, VICS's MD5 and SHA1):
+    # each one's frame is found by identity, not by hashing its fields.
+    frames: dict[int, tuple[str, str, str]] = {}
     start = 0
     for family, value in zip(families, values, strict=True):
         if family is not current:
-            head, middle, tail = _salted_add_frame(
-                family.signal_type, family.labels, family.quality
-            )
+            frame = frames.get(id(family))
+            if frame is None:
+                frame = frames[id(family)] = _salted_add_frame(
+                    family.signal_type, family.labels, family.quality
+                )
+            head, middle, tail = frame
             current = family
         append(f"{head}{text[start : start + width]}{middle}{value}{tail}".encode("ascii"))
         start += width

@@ -25,9 +25,11 @@ encoding does not change.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
 from types import MappingProxyType
 from typing import Literal
 
@@ -41,6 +43,7 @@ __all__ = [
     "all_canonical",
     "canonical_value_pattern",
     "detect_signal_type",
+    "each_canonical",
     "normalise_signal_value",
     "validate_signal_value",
 ]
@@ -218,6 +221,19 @@ def all_canonical(signal_type: str, values: Sequence[str]) -> bool:
         return 2 * len(bytes.fromhex(joined)) == len(joined)
     except ValueError:
         return False
+
+
+def each_canonical(types: Sequence[str], values: Sequence[str]) -> bool:
+    """Whether each ``values[i]`` is canonical for ``types[i]`` (checked type by type in bulk)."""
+    if len(types) != len(values):
+        return False
+    distinct = set(types)
+    if len(distinct) == 1:
+        return all_canonical(types[0], values)
+    return all(
+        all_canonical(t, list(compress(values, map(operator.eq, types, repeat(t)))))
+        for t in distinct
+    )
 
 
 def normalise_signal_value(signal_type: str, raw: str) -> tuple[str, list[str]]:

@@ -47,6 +47,7 @@ from protocol.errors import InvalidRetractionError
 from protocol.hashing import hash_leaves
 from protocol.keys import NoteSigner
 from protocol.rules import LogRules
+from protocol.signal import each_canonical
 from protocol.tree import CompactRange, NodeRun
 
 __all__ = ["Duplicate", "Integration", "Prepared", "Sequenced", "prepare", "salted"]
@@ -213,14 +214,14 @@ class Integration:
             return
         if len(families) != n or len(lines) != n:
             raise ValueError(f"{n} values but {len(families)} families and {len(lines)} lines")
-        identities = list(zip([f.signal_type for f in families], values, strict=True))
+        types = [f.signal_type for f in families]
+        identities = list(zip(types, values, strict=True))
         key_list = active_keys(identities)
         keys = dict(zip(identities, key_list, strict=True))
-        distinct = _distinct(families)
         if (
             len(keys) != n
-            or any(f.signal_type == "pdq" for f in distinct)
-            or not _all_canonical(distinct, families, values)
+            or "pdq" in types
+            or not each_canonical(types, values)
             or self._deferred.may_hold(key_list)
             # The log's rows in the index: at most one per entry not held back.
             or self.store.find_listed(
@@ -465,26 +466,6 @@ class _DeferredActive:
         keys, indexes = numpy.concatenate(self._keys), numpy.concatenate(self._indexes)
         self._keys, self._indexes, self._sorted = [], [], _NO_KEYS
         return keys, indexes
-
-
-def _distinct(families: Sequence[AddFamily]) -> list[AddFamily]:
-    """The different families of a batch (by identity: a reader reuses its few)."""
-    return list({id(f): f for f in families}.values())
-
-
-def _all_canonical(
-    distinct: Sequence[AddFamily], families: Sequence[AddFamily], values: Sequence[str]
-) -> bool:
-    """Whether each value is canonical for its family, checked family by family in bulk."""
-    if len(distinct) == 1:
-        return distinct[0].canonical(values)
-    groups: dict[int, tuple[AddFamily, list[str]]] = {}
-    for family, value in zip(families, values, strict=True):
-        group = groups.get(id(family))
-        if group is None:
-            group = groups[id(family)] = (family, [])
-        group[1].append(value)
-    return all(family.canonical(group) for family, group in groups.values())
 
 
 class _StoredLog:

@@ -20,7 +20,6 @@ held. Problems are reported by JSON path (``value[0].Media[17].MD5``).
 
 from __future__ import annotations
 
-import itertools
 import json
 import operator
 import re
@@ -36,7 +35,7 @@ from node.errors import LineError, NodeError
 from node.ledger.hashlist import ParsedLine, ParsedValues, normalise_labels
 from protocol.entry import AddEntry, AddFamily
 from protocol.errors import MalformedError
-from protocol.signal import LOWER_CASED_HEX, SIGNAL_TYPES, all_canonical, normalise_signal_value
+from protocol.signal import LOWER_CASED_HEX, SIGNAL_TYPES, each_canonical, normalise_signal_value
 
 __all__ = [
     "PROFILES",
@@ -383,13 +382,7 @@ class VicsReader:
         ordinals, families, raws = batch.ordinals, batch.families, batch.raws
         lowered = "\n".join(raws).lower().split("\n")
         out: list[ParsedLine | ParsedValues] = []
-        repeat = itertools.repeat
-        types = [f.signal_type for f in families]
-        canonical = all(
-            all_canonical(t, list(itertools.compress(lowered, map(operator.eq, types, repeat(t)))))
-            for t in set(types)
-        )
-        if canonical:
+        if each_canonical([f.signal_type for f in families], lowered):
             self.notes[LOWER_CASED_HEX] += sum(map(operator.ne, raws, lowered))
             rows = 1 + sum(map(operator.ne, ordinals[1:], ordinals))
             lines = [ordinal + 1 for ordinal in ordinals]

@@ -24,7 +24,7 @@ from node.ledger.hashlist import HashListReader, LabelColumn, ParsedLine, Parsed
 from protocol.entry import SALT_BYTES, AddEntry, AddFamily, parse_entry, salt_values
 from protocol.errors import MalformedError
 from protocol.hashing import hash_leaf
-from protocol.signal import validate_signal_value
+from protocol.signal import each_canonical, validate_signal_value
 from tests.node.conftest import snapshot
 
 
@@ -399,7 +399,7 @@ def test_vics_batches_read_as_value_by_value(
     batched = vics.VicsReader(vics.PROFILES["projectvic-us"], extra_labels=("src:t",))
     got = list(batched.read(path))
     # With no batch found canonical, every hash is read one by one.
-    monkeypatch.setattr(vics, "all_canonical", lambda _t, _v: False)
+    monkeypatch.setattr(vics, "each_canonical", lambda _t, _v: False)
     single = vics.VicsReader(vics.PROFILES["projectvic-us"], extra_labels=("src:t",))
     want = list(single.read(path))
     assert all(isinstance(p, ParsedLine) for p in want)
@@ -437,3 +437,15 @@ def test_active_rows_held_back_are_written_and_found(
     # The next import sees every row: all duplicates.
     again = ledger.import_lines(items)
     assert again.append.count == 0 and len(again.append.duplicates) == 550
+
+
+def test_each_canonical_checks_each_value_against_its_own_type() -> None:
+    types = ["md5", "sha1", "md5", "sha256"]
+    values = ["ab" * 16, "cd" * 20, "ef" * 16, "01" * 32]
+    assert each_canonical(types, values)
+    assert each_canonical([], [])
+    assert not each_canonical(types, values[:3])
+    # Each value is hex of some type's length, but not of its own type's.
+    assert not each_canonical(["sha1", "md5", "md5", "sha256"], values)
+    assert not each_canonical(types, [*values[:3], "01" * 31 + "0G"])
+    assert not each_canonical(["photodna"], ["AQID" * 48])  # base64: never in bulk
