@@ -190,14 +190,24 @@ def _import_vics(args: argparse.Namespace, out: _Out) -> int:
     if args.type or args.quality is not None or args.label_from:
         raise NodeError("--type, --quality and --label-from do not apply to a VICS document")
     reader = VicsReader(load_profile(args.profile), extra_labels=tuple(args.label))
+    try:
+        total = os.stat(args.file).st_size
+    except OSError as e:
+        raise NodeError(f"cannot read {args.file}: {e.strerror or e}") from e
     started = time.monotonic()
     with (
         _open(args) as ledger,
-        progress_bar(out.stderr, None, f"import {args.file}", unit="media items") as progress,
+        progress_bar(out.stderr, total, f"import {args.file}", unit="B") as progress,
     ):
+
+        def bytes_read(_entries: int) -> None:
+            # The document's bytes parsed so far: a percentage and an ETA,
+            # which a count of media items (total unknown) could not give.
+            progress(reader.bytes_read() or total)
+
         try:
             result = ledger.import_lines(
-                reader.read(Path(args.file)), skip_invalid=args.skip_invalid, progress=progress
+                reader.read(Path(args.file)), skip_invalid=args.skip_invalid, progress=bytes_read
             )
         except ImportRejectedError as e:
             _write_line_report(args, out, e.errors, skipped=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import pty
 import struct
@@ -37,6 +38,7 @@ from tests.sync.conftest import (
 )
 from tests.sync.test_repair import DAMAGE
 
+VICS_US = "http://github.com/VICSDATAMODEL/ProjectVic/DataModels/2.0.xml/US/$metadata#Cases"
 ENTRIES = 600  # more than two full tiles, and several pages of leaf hashes
 
 
@@ -149,6 +151,23 @@ async def test_local_long_commands(
     status, drawn = await run(tty, capsys, *at, "import", str(lines), "--type", "sha256")
     assert status == 0, drawn
     shows(tty, drawn, f"import {lines}")
+
+    # A VICS document is streamed: its bar counts the document's bytes, so it
+    # has a percentage too (a count of media items would have no total).
+    document = tmp_path / "case.json"
+    media = [
+        {"MediaID": i, "Category": 1, "MediaSize": 10, "Tags": [], "MD5": f"{i:032x}"}
+        for i in range(1, 3000)
+    ]
+    document.write_text(
+        json.dumps({"@odata.context": VICS_US, "value": [{"CaseID": "c", "Media": media}]}),
+        encoding="utf-8",
+    )
+    status, drawn = await run(
+        tty, capsys, *at, "import", str(document), "--profile", "projectvic-us"
+    )
+    assert status == 0, drawn
+    shows(tty, drawn, f"import {document}")
 
 
 def _vkey(node_dir: Path) -> str:
