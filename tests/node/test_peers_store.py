@@ -11,7 +11,13 @@ from node.errors import ConfigError, SchemaVersionError
 from node.ledger import Ledger
 from node.storage.ledger_store import LedgerStore
 from node.storage.peer_store import PeerRecord, PeerStore
-from node.storage.schema import PAGE_SIZE, SCHEMA_VERSION, TILE_LEVEL, migrate
+from node.storage.schema import (
+    PAGE_SIZE,
+    SCHEMA_VERSION,
+    TILE_LEVEL,
+    WRITER_CACHE_KIB,
+    migrate,
+)
 from protocol.entry import AddEntry
 from protocol.keys import NoteSigner
 from protocol.merkle import verify_inclusion
@@ -222,6 +228,18 @@ def test_new_database_has_8_kib_pages(ledger: Ledger) -> None:
     conn = ledger.store.conn
     assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 8192
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_writer_has_a_large_page_cache_and_readers_keep_the_default(
+    ledger: Ledger, node_dir: Path
+) -> None:
+    # A negative cache_size is in KiB: the writer's bulk transactions keep
+    # the random pages of ``active`` in memory instead of spilling them.
+    assert ledger.store.conn.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB
+    assert WRITER_CACHE_KIB >= 32 * 1024
+    reader = LedgerStore.open(node_dir / "ledger.db", read_only=True)
+    assert reader.conn.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    reader.conn.close()
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
