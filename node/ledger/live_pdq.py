@@ -22,10 +22,11 @@ meanwhile stay in the tail. Other processes that mapped the old file keep a
 valid mapping and switch at their next :meth:`LivePdqIndex.refresh`.
 
 A file that fails a check (bad magic or header checksum, short, another
-format version, another quality floor, a covered log whose leaf hash
-changed) is never used: the index logs one line and is rebuilt from the
-table; a writable opener removes the file. Damage deep inside a large file is
-found by the block checksums (:meth:`LivePdqIndex.verify`), which ``hashmesh
+format version or index layout (:data:`~node.ledger.pdq_index.LAYOUT`),
+another quality floor, a covered log whose leaf hash changed) is never
+used: the index logs one line and is rebuilt from the table; a writable
+opener removes the file. Damage deep inside a large file is found by the
+block checksums (:meth:`LivePdqIndex.verify`), which ``hashmesh
 fsck`` and the serving process (once after each open) run.
 """
 
@@ -42,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from node.config import DEFAULT_MIN_QUALITY, NodeConfig
-from node.ledger.pdq_index import PdqIndex, SortedHashes, hashes_to_words
+from node.ledger.pdq_index import LAYOUT, PdqIndex, SortedHashes, hashes_to_words
 from node.storage.ledger_store import LedgerStore
 from node.storage.match_store import MatchStore
 from node.storage.segment_file import (
@@ -94,7 +95,7 @@ ID_SHIFT = 40
 """Row ids are ``(log_id << ID_SHIFT) | entry index``: 2**40 entries per log."""
 
 _KIND = "pdq-index"
-_NEAR_ARRAYS = ("words", "ids", "perm", "dir")
+_NEAR_ARRAYS = ("words", "ids", "perm", "present", "rank", "starts")
 _EXACT_ARRAYS = ("columns", "ids")
 
 
@@ -262,6 +263,11 @@ class LivePdqIndex:
             raise SegmentError(f"{self.path}: disappeared while opening") from e
         meta = segment.meta
         try:
+            if meta.get("layout", 1) != LAYOUT:
+                raise SegmentError(
+                    f"{self.path}: index layout {meta.get('layout', 1)}, this program's is "
+                    f"{LAYOUT} (written by another version)"
+                )
             if meta.get("min_quality") != self.min_quality:
                 raise SegmentError(
                     f"{self.path}: built with min_quality {meta.get('min_quality')}, "
@@ -399,6 +405,7 @@ class LivePdqIndex:
                 self.path,
                 _KIND,
                 {
+                    "layout": LAYOUT,
                     "min_quality": self.min_quality,
                     "rows": len(near) + len(exact),
                     "covered": covered_meta,

@@ -3,20 +3,28 @@
 Layer: node.ledger. In memory only; no I/O. The caller (the matching service)
 loads hashes from storage and keeps the index current.
 
-Design: multi-index hashing. The 256 bits are cut into ``_CHUNKS`` = 11
-disjoint chunks of 23 or 24 bits. If two hashes differ in at most ``d`` bits,
+Design: multi-index hashing. 253 of the 256 bits are cut into ``_CHUNKS`` =
+11 disjoint chunks of 23 bits. If two hashes differ in at most ``d`` bits,
 then by the pigeonhole principle they differ in at most ``d // 11`` bits on at
 least one chunk (11 chunks each differing in ``d // 11 + 1`` bits or more would
-add up to more than ``d``). For every chunk the index keeps a bucket directory
-over the chunk's top ``b`` bits, with ``b`` about ``log2(n)`` so a bucket holds
-one or two rows: a CSR-style offset array (``_dir``) into a permutation of the
-rows (``_perm``). A query probes, on each chunk, every bucket whose key is
-within ``d // 11`` bits of its own; the rows found are candidates, checked with
-an exact popcount over the full 256 bits. Nothing within ``d`` can be missed,
-so recall is exact; only the cost depends on the data. When the candidates (or
-the probes, for large distances) would cost more than reading every hash, the
-query scans all hashes instead, so skewed data (clusters, many copies of one
-hash) degrades to a linear scan, never worse.
+add up to more than ``d``). For every chunk the index sorts the rows by the
+chunk's top ``b`` bits (its key; ``b`` about ``log2(n) + 2``, at most 23, so
+there are four to eight keys a row and a non-empty bucket holds about one
+row) into a permutation of the rows (``_perm``). The bucket directory keeps
+only what is non-empty: a bitmap of the non-empty buckets of every chunk
+(``_present``, ``2**b`` bits a chunk), the number of set bits before each of
+its words (``_rank``) and, for each non-empty bucket, where it starts in the
+permutations (``_starts``). A query probes, on each chunk, every bucket whose
+key is within ``d // 11`` bits of its own (277 at distance 31): the bitmap,
+small enough for the CPU caches, answers for the empty ones, and only the
+others cost a look-up of their rows. The rows found are candidates, checked
+with an exact popcount over the full 256 bits. Nothing within ``d`` can be
+missed, so recall is exact; only the cost depends on the data. When the
+candidates (or the probes, for large distances) would cost more than reading
+every hash, the query scans all hashes instead, so skewed data (clusters,
+many copies of one hash) degrades to a linear scan, never worse. The queries
+of one call are searched together, a block at a time, so each numpy pass
+runs over thousands of probes, not one query's.
 
 Adds go to an unsorted tail that every query scans; when the tail reaches
 ``TAIL_LIMIT`` rows (more for large indexes) it is merged into the directories
@@ -36,6 +44,7 @@ import numpy.typing as npt
 
 __all__ = [
     "HASH_BYTES",
+    "LAYOUT",
     "MAX_DISTANCE_CAP",
     "TAIL_LIMIT",
     "PdqIndex",
@@ -51,6 +60,13 @@ MAX_DISTANCE_CAP = 64
 probe more buckets, and a query scans every hash when that is cheaper. Beyond 64
 a "match" is no longer meaningful for PDQ (Meta's confident-match threshold is 31)."""
 
+LAYOUT = 2
+"""Version of the arrays :meth:`PdqIndex.to_arrays` returns; a file of another is rebuilt.
+
+1: 3 chunks of 24 bits and 8 of 23, a dense offset array per chunk (``dir``).
+2: 11 chunks of 23 bits, a presence bitmap, its ranks and the offsets of
+non-empty buckets only (``present``, ``rank``, ``starts``), keys of up to 23 bits."""
+
 TAIL_LIMIT = 32_768
 """Fewest rows kept unindexed (scanned by every query) before they are merged.
 
@@ -62,11 +78,14 @@ _TAIL_LIMIT_MAX = 262_144
 
 _BITS = 256
 _CHUNKS = 11
-# 256 = 3 * 24 + 8 * 23; bucket keys are the top bits of each chunk.
-_CHUNK_WIDTHS = (24, 24, 24) + (23,) * 8
-_CHUNK_STARTS = tuple(sum(_CHUNK_WIDTHS[:i]) for i in range(_CHUNKS))
-_MAX_BUCKET_BITS = min(_CHUNK_WIDTHS)
+_CHUNK_BITS = 23
+# 11 chunks of 23 bits: bits 253-255 are in no chunk (the pigeonhole argument
+# needs only that the chunks are disjoint; the exact check reads all 256).
+# Bucket keys are the top bits of each chunk.
+_CHUNK_STARTS = tuple(c * _CHUNK_BITS for c in range(_CHUNKS))
+_MAX_BUCKET_BITS = _CHUNK_BITS
 _MIN_BUCKET_BITS = 10
+_MAX_ROWS = (2**31 - 1) // _CHUNKS  # positions in the 11 permutations are int32
 
 # Rough per-item costs on one core, in nanoseconds, used only to choose between
 # probing and scanning (both exact). Measured with numpy 2 on the project machine.
@@ -75,6 +94,9 @@ _COST_CANDIDATE_NS = 40.0
 _COST_SCAN_NS = 10.0
 
 _SCAN_BLOCK = 16_384
+# Queries searched together: their probes (about 3,000 each at distance 31)
+# and candidates stay within a few MB of temporaries.
+_QUERY_BLOCK = 64
 
 _U64 = npt.NDArray[np.uint64]
 _I64 = npt.NDArray[np.int64]
@@ -99,7 +121,9 @@ class PdqIndex:
         self._indexed = 0  # rows [0, _indexed) are in the directories
         self._bucket_bits = 0
         self._perm: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
-        self._dir: npt.NDArray[np.int32] = np.zeros((_CHUNKS, 1), dtype=np.int32)
+        self._present: _U64 = np.zeros(0, dtype=np.uint64)
+        self._rank: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
+        self._starts: npt.NDArray[np.int32] = np.zeros(1, dtype=np.int32)
         self._frozen = False  # arrays borrowed from a read-only mapping
 
     def __len__(self) -> int:
@@ -128,27 +152,32 @@ class PdqIndex:
         Raises:
             ValueError: the arrays do not fit together.
         """
-        words, ids, perm, directory = (arrays[k] for k in ("words", "ids", "perm", "dir"))
+        words, ids, perm, present, rank, starts = (
+            arrays[k] for k in ("words", "ids", "perm", "present", "rank", "starts")
+        )
         n = len(ids)
-        width = directory.shape[1] - 1 if directory.ndim == 2 else 0
-        bits = width.bit_length() - 1
+        bits = _bucket_bits_for(n)
         if (
             words.shape != (n, 4)
             or words.dtype != np.uint64
             or ids.dtype != np.int64
             or perm.shape != (_CHUNKS * n,)
             or perm.dtype != np.int32
-            or directory.dtype != np.int32
-            or directory.shape[0] != _CHUNKS
-            or (n and (width != 1 << bits or bits != _bucket_bits_for(n)))
-            or (n and not bool(np.all(directory[:, -1] == n)))
+            or present.dtype != np.uint64
+            or rank.dtype != np.int32
+            or starts.dtype != np.int32
+            or starts.ndim != 1
+            or (n and present.shape != (_CHUNKS << bits >> 6,))
+            or rank.shape != present.shape
+            or (n and not _directory_fits(present, rank, starts, n))
         ):
             raise ValueError("the PDQ index arrays do not fit together")
         index = cls()
         index._words, index._ids, index._perm = words, ids, perm
         index._count = index._indexed = n
         if n:
-            index._dir, index._bucket_bits = directory, bits
+            index._present, index._rank, index._starts = present, rank, starts
+            index._bucket_bits = bits
         index._frozen = True
         return index
 
@@ -162,7 +191,9 @@ class PdqIndex:
                 "words": self._words[:n],
                 "ids": self._ids[:n],
                 "perm": self._perm,
-                "dir": self._dir,
+                "present": self._present,
+                "rank": self._rank,
+                "starts": self._starts,
             }
 
     def rows(self, start: int = 0) -> tuple[_I64, _U64]:
@@ -173,7 +204,8 @@ class PdqIndex:
     @property
     def nbytes(self) -> int:
         """Bytes held by the index's arrays (hashes, ids, permutations, directories)."""
-        return int(self._words.nbytes + self._ids.nbytes + self._perm.nbytes + self._dir.nbytes)
+        arrays = (self._words, self._ids, self._perm, self._present, self._rank, self._starts)
+        return sum(int(a.nbytes) for a in arrays)
 
     def add(
         self,
@@ -201,8 +233,8 @@ class PdqIndex:
         if n == 0:
             return
         with self._lock:
-            if self._count + n >= 2**31:
-                raise ValueError(f"hashes: the index holds at most {2**31 - 1} rows")
+            if self._count + n > _MAX_ROWS:
+                raise ValueError(f"hashes: the index holds at most {_MAX_ROWS} rows")
             self._append(id_array, words)
             tail_limit = min(_TAIL_LIMIT_MAX, max(TAIL_LIMIT, self._indexed // 64))
             if self._count - self._indexed >= tail_limit:
@@ -227,7 +259,7 @@ class PdqIndex:
         _check_distance(max_distance)
         qbytes = _check_query(query, "query")
         with self._lock:
-            return self._search(qbytes, max_distance, limit)
+            return self._search_many([qbytes], max_distance, limit)[0]
 
     def search_many(
         self, queries: Sequence[bytes], max_distance: int, *, limit: int | None = None
@@ -241,7 +273,7 @@ class PdqIndex:
         _check_distance(max_distance)
         checked = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
         with self._lock:
-            return [self._search(q, max_distance, limit) for q in checked]
+            return self._search_many(checked, max_distance, limit)
 
     # -- internals (called with the lock held) ---------------------------------
 
@@ -266,67 +298,109 @@ class PdqIndex:
         if bits != self._bucket_bits or tail * 2 > self._indexed:
             self._rebuild()
             return
-        old = self._indexed
-        words = self._words[old : self._count]
-        rows = np.arange(old, self._count, dtype=np.int32)
-        positions = []
+        old, n = self._indexed, self._count
+        words = self._words[old:n]
+        rows = np.arange(old, n, dtype=np.int32)
+        perm = np.empty(_CHUNKS * n, dtype=np.int32)
+        sorted_keys = []
         for c, start in enumerate(_CHUNK_STARTS):
-            keys = _extract(words, start, bits)
-            # Inserting before the next bucket's first row puts each new row at the
-            # end of its own bucket; order inside a bucket does not matter.
-            positions.append(c * old + self._dir[c, keys + 1].astype(np.int64))
-            counts = np.bincount(keys, minlength=1 << bits)
-            self._dir[c, 1:] += np.cumsum(counts).astype(np.int32)
-        self._perm = np.insert(self._perm, np.concatenate(positions), np.tile(rows, _CHUNKS))
-        self._indexed = self._count
+            # The indexed rows' keys in permutation order are sorted; the new
+            # rows go after the equal ones (order inside a bucket does not matter).
+            chunk_perm = self._perm[c * old : (c + 1) * old]
+            old_keys = _extract(self._words[chunk_perm], start, bits)
+            new_keys = _extract(words, start, bits)
+            order = np.argsort(new_keys, kind="stable")
+            at = np.searchsorted(old_keys, new_keys[order], side="right")
+            perm[c * n : (c + 1) * n] = np.insert(chunk_perm, at, rows[order])
+            sorted_keys.append(np.insert(old_keys, at, new_keys[order]))
+        self._perm = perm
+        self._present, self._rank, self._starts = _directory(sorted_keys, bits)
+        self._indexed = n
 
     def _rebuild(self) -> None:
         n = self._count
         bits = _bucket_bits_for(n)
         words = self._words[:n]
         perm = np.empty(_CHUNKS * n, dtype=np.int32)
-        directory = np.zeros((_CHUNKS, (1 << bits) + 1), dtype=np.int32)
+        sorted_keys = []
         for c, start in enumerate(_CHUNK_STARTS):
             keys = _extract(words, start, bits)
-            perm[c * n : (c + 1) * n] = np.argsort(keys)
-            directory[c, 1:] = np.cumsum(np.bincount(keys, minlength=1 << bits))
-        self._perm, self._dir, self._bucket_bits, self._indexed = perm, directory, bits, n
+            order = np.argsort(keys, kind="stable")
+            perm[c * n : (c + 1) * n] = order
+            sorted_keys.append(keys[order])
+        self._present, self._rank, self._starts = _directory(sorted_keys, bits)
+        self._perm, self._bucket_bits, self._indexed = perm, bits, n
 
-    def _search(self, query: bytes, max_distance: int, limit: int | None) -> list[tuple[int, int]]:
-        qwords = np.frombuffer(query, dtype=">u8").astype(np.uint64)
-        found_rows: list[npt.NDArray[np.int64]] = []
+    def _search_many(
+        self, queries: list[bytes], max_distance: int, limit: int | None
+    ) -> list[list[tuple[int, int]]]:
+        """Every query at once: the numpy passes run over a block of queries, not one each."""
+        results: list[list[tuple[int, int]]] = []
+        for lo in range(0, len(queries), _QUERY_BLOCK):
+            block = queries[lo : lo + _QUERY_BLOCK]
+            results.extend(self._search_block(hashes_to_words(block), max_distance, limit))
+        return results
+
+    def _search_block(
+        self, qwords: _U64, max_distance: int, limit: int | None
+    ) -> list[list[tuple[int, int]]]:
+        k = len(qwords)
+        if not self._count or not k:
+            return [[] for _ in range(k)]
+        # Candidate rows and the query (its position in the block) each is for.
+        found_rows: list[_I64] = []
+        found_owner: list[_I64] = []
+        scan_queries: npt.NDArray[np.int64] = np.arange(k)
         if self._indexed:
-            rows = self._probe(query, qwords, max_distance)
-            if rows is None:
-                rows = _scan(self._words, 0, self._indexed, qwords, max_distance)
-            found_rows.append(rows)
+            probed = self._probe_many(qwords, max_distance)
+            if probed is not None:
+                rows, owner, scan_queries = probed
+                found_rows.append(rows)
+                found_owner.append(owner)
+        scans = [(q, 0, self._indexed) for q in scan_queries.tolist()] if self._indexed else []
         if self._count > self._indexed:
-            found_rows.append(_scan(self._words, self._indexed, self._count, qwords, max_distance))
+            scans.extend((q, self._indexed, self._count) for q in range(k))
+        for q, begin, end in scans:
+            rows = _scan(self._words, begin, end, qwords[q], max_distance)
+            found_rows.append(rows)
+            found_owner.append(np.full(len(rows), q, dtype=np.int64))
         if not found_rows:
-            return []
+            return [[] for _ in range(k)]
         rows = np.concatenate(found_rows) if len(found_rows) > 1 else found_rows[0]
+        owner = np.concatenate(found_owner) if len(found_owner) > 1 else found_owner[0]
         if len(rows) == 0:
-            return []
-        dist = _distances(np.take(self._words, rows, axis=0), qwords)
+            return [[] for _ in range(k)]
+        dist = _distances(np.take(self._words, rows, axis=0), qwords[owner])
         keep = np.flatnonzero(dist <= max_distance)
-        rows, dist = rows[keep], dist[keep]
+        rows, owner, dist = rows[keep], owner[keep], dist[keep]
         ids = self._ids[rows]
         # A row found through several chunks sorts next to its copies; keep one.
-        order = np.lexsort((rows, ids, dist))
-        rows, ids, dist = rows[order], ids[order], dist[order]
+        order = np.lexsort((rows, ids, dist, owner))
+        rows, owner, ids, dist = rows[order], owner[order], ids[order], dist[order]
         if len(rows) > 1:
             first = np.empty(len(rows), dtype=bool)
             first[0] = True
             np.not_equal(rows[1:], rows[:-1], out=first[1:])
-            ids, dist = ids[first], dist[first]
-        if limit is not None:
-            ids, dist = ids[:limit], dist[:limit]
-        return list(zip(ids.tolist(), dist.tolist(), strict=True))
+            first[1:] |= owner[1:] != owner[:-1]
+            owner, ids, dist = owner[first], ids[first], dist[first]
+        bounds = np.searchsorted(owner, np.arange(k + 1)).tolist()
+        id_list, dist_list = ids.tolist(), dist.tolist()
+        out = []
+        for q in range(k):
+            lo, hi = bounds[q], bounds[q + 1]
+            if limit is not None:
+                hi = min(hi, lo + limit)
+            out.append(list(zip(id_list[lo:hi], dist_list[lo:hi], strict=True)))
+        return out
 
-    def _probe(self, query: bytes, qwords: _U64, max_distance: int) -> npt.NDArray[np.int64] | None:
-        """Candidate rows among the indexed ones (unverified, may repeat).
+    def _probe_many(
+        self, qwords: _U64, max_distance: int
+    ) -> tuple[_I64, _I64, npt.NDArray[np.int64]] | None:
+        """Candidate rows among the indexed ones for a block of queries (unverified, may repeat).
 
-        Returns None when a scan of the indexed rows is cheaper.
+        Returns the candidate rows, the query each is for, and the queries for
+        which a scan of the indexed rows is cheaper (not probed); None when a
+        scan is cheaper for every query whatever its buckets hold.
         """
         n = self._indexed
         bits = self._bucket_bits
@@ -336,31 +410,44 @@ class PdqIndex:
         scan_cost = n * _COST_SCAN_NS
         if probes * _COST_PROBE_NS + expected * _COST_CANDIDATE_NS > scan_cost:
             return None
-        qint = int.from_bytes(query, "big")
-        key_mask = (1 << bits) - 1
-        keys = np.array(
-            [(qint >> (_BITS - start - bits)) & key_mask for start in _CHUNK_STARTS],
-            dtype=np.int64,
-        )
-        stride = (1 << bits) + 1
-        needles = (
-            (keys[:, None] ^ flips[None, :]) + (np.arange(_CHUNKS) * stride)[:, None]
-        ).ravel()
-        flat_dir = self._dir.ravel()
-        lo = flat_dir[needles].astype(np.int64)
-        counts = flat_dir[needles + 1] - lo
-        total = int(counts.sum())
+        k = len(qwords)
+        keys = np.empty((k, _CHUNKS, 1), dtype=np.int64)
+        for c, start in enumerate(_CHUNK_STARTS):
+            keys[:, c, 0] = _extract(qwords, start, bits)
+        # A needle is a bucket's number over every chunk: chunk c's keys follow
+        # chunk c - 1's, as their bits do in the presence bitmap.
+        needles = np.bitwise_xor(keys, flips[None, None, :])
+        needles += (np.arange(_CHUNKS, dtype=np.int64) << bits)[None, :, None]
+        needles = needles.ravel()
+        # Most buckets probed are empty: the bitmap (a few MB, cache-friendly)
+        # answers for them; only the others read the bucket offsets.
+        word_at = needles >> 6
+        present_words = self._present[word_at]
+        bit = (needles & 63).astype(np.uint64)
+        hit = np.flatnonzero((present_words >> bit) & np.uint64(1))
+        if len(hit) == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, np.empty(0, dtype=np.int64)
+        below = present_words[hit] & ((np.uint64(1) << bit[hit]) - np.uint64(1))
+        bucket = self._rank[word_at[hit]] + np.bitwise_count(below).astype(np.int32)
+        lo = self._starts[bucket].astype(np.int64)
+        sizes = self._starts[bucket + 1] - lo
+        owner_of_hit = hit // probes
+        totals = np.bincount(owner_of_hit, weights=sizes, minlength=k)
+        heavy = totals * _COST_CANDIDATE_NS > scan_cost
+        scan_queries = np.flatnonzero(heavy)
+        if len(scan_queries):
+            light = ~heavy[owner_of_hit]
+            lo, sizes, owner_of_hit = lo[light], sizes[light], owner_of_hit[light]
+        total = int(sizes.sum())
         if total == 0:
-            return np.empty(0, dtype=np.int64)
-        if total * _COST_CANDIDATE_NS > scan_cost:
-            return None
-        nonempty = np.flatnonzero(counts)
-        counts = counts[nonempty]
-        # Each needle's bucket lives in its chunk's slice of the permutation.
-        starts = lo[nonempty] + (nonempty // len(flips)) * n
-        before = np.cumsum(counts) - counts
-        positions = np.repeat(starts - before, counts) + np.arange(total)
-        return self._perm[positions].astype(np.int64)
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, scan_queries
+        before = np.cumsum(sizes) - sizes
+        positions = np.repeat(lo - before, sizes) + np.arange(total)
+        rows = self._perm[positions].astype(np.int64)
+        owner = np.repeat(owner_of_hit, sizes)
+        return rows, owner, scan_queries
 
 
 class SortedHashes:
@@ -449,7 +536,54 @@ class SortedHashes:
 
 
 def _bucket_bits_for(n: int) -> int:
-    return max(_MIN_BUCKET_BITS, min(_MAX_BUCKET_BITS, n.bit_length() - 1))
+    # Four to eight buckets a row: most probes find an empty bucket, answered by
+    # the bitmap alone, and a bucket found holds about one row, so few
+    # candidates need the exact check. Memory does not grow with the key width:
+    # only non-empty buckets have an offset.
+    return max(_MIN_BUCKET_BITS, min(_MAX_BUCKET_BITS, n.bit_length() + 2))
+
+
+def _directory(
+    sorted_keys: list[npt.NDArray[np.int32]], bits: int
+) -> tuple[_U64, npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """The bucket directory of every chunk from each chunk's keys in permutation order.
+
+    Returns ``(present, rank, starts)``: bucket ``b`` of chunk ``c`` is number
+    ``g = c << bits | b``; bit ``g`` of ``present`` (64 to a word, least
+    significant first) says whether it holds a row; ``rank[w]`` counts the
+    set bits before word ``w``; the ``i``-th non-empty bucket (by ``g``) is
+    ``perm[starts[i]:starts[i + 1]]``, positions in the concatenated
+    per-chunk permutations.
+    """
+    flags = np.zeros(len(sorted_keys) << bits, dtype=bool)
+    starts = []
+    for c, keys in enumerate(sorted_keys):
+        n = len(keys)
+        first = np.flatnonzero(np.concatenate(([n > 0], keys[1:] != keys[:-1])))
+        flags[(c << bits) + keys[first].astype(np.int64)] = True
+        starts.append(first + c * n)
+    total = sum(len(k) for k in sorted_keys)
+    starts.append(np.array([total], dtype=np.int64))
+    present = np.packbits(flags, bitorder="little").view("<u8").astype(np.uint64)
+    del flags
+    counts = np.bitwise_count(present).astype(np.int64)
+    rank = (np.cumsum(counts) - counts).astype(np.int32)
+    return present, rank, np.concatenate(starts).astype(np.int32)
+
+
+def _directory_fits(
+    present: _U64, rank: npt.NDArray[np.int32], starts: npt.NDArray[np.int32], n: int
+) -> bool:
+    """Cheap checks (whatever the size) that a mapped directory is consistent with ``n`` rows."""
+    if not len(present) or not len(starts):
+        return False
+    buckets = int(rank[-1]) + int(np.bitwise_count(present[-1]))
+    return (
+        int(rank[0]) == 0
+        and len(starts) == buckets + 1
+        and int(starts[0]) == 0
+        and int(starts[-1]) == _CHUNKS * n
+    )
 
 
 @lru_cache(maxsize=64)

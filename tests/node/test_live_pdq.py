@@ -23,12 +23,13 @@ from node.ledger import Ledger
 from node.ledger.live_pdq import (
     ID_SHIFT,
     LivePdqIndex,
+    check_pdq_file,
     open_pdq_index,
     pdq_index_path,
 )
-from node.ledger.pdq_index import SortedHashes, hashes_to_words
+from node.ledger.pdq_index import LAYOUT, SortedHashes, hashes_to_words
 from node.ledger.provision import init_node
-from node.storage.segment_file import SegmentError, open_segment
+from node.storage.segment_file import SegmentError, open_segment, write_segment
 from protocol.entry import AddEntry
 
 ORIGIN = "hotline.example/hashmesh"
@@ -270,6 +271,38 @@ def test_a_stale_index_file_is_not_used(node: Path, caplog: pytest.LogCaptureFix
     with Ledger.open(node) as ledger:
         index = LivePdqIndex(60, path=pdq_index_path(node))
         assert not index.attach(ledger)
+
+
+def test_an_index_file_of_an_older_layout_is_rebuilt_never_misread(
+    node: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = _fill(node, 17)
+    path = pdq_index_path(node)
+    with Ledger.open(node) as ledger:
+        open_pdq_index(ledger, writable=True).persist(ledger.store)
+    # The same rows as a version before LAYOUT 2 wrote them: no "layout" in
+    # the header, a dense offset array per chunk instead of the bitmap.
+    segment = open_segment(path, "pdq-index")
+    meta = {k: v for k, v in segment.meta.items() if k != "layout"}
+    arrays = {name: np.array(segment.array(name)) for name in segment.names()}
+    segment.close()
+    for name in ("near.present", "near.rank", "near.starts"):
+        del arrays[name]
+    arrays["near.dir"] = np.zeros((11, (1 << 10) + 1), dtype=np.int32)
+    write_segment(path, "pdq-index", meta, arrays)
+    with Ledger.open(node) as ledger:
+        problem = check_pdq_file(ledger.store, path, 50)
+        assert problem is not None and "index layout 1, this program's is 2" in problem
+        with caplog.at_level(logging.WARNING, logger="hashmesh.index"):
+            index = open_pdq_index(ledger, writable=True)
+        assert index.base_rows == 0 and index.tail_rows == 306
+        _check(index, ledger, _queries(values, 18))
+        assert not path.exists()
+        assert index.persist(ledger.store)
+        assert check_pdq_file(ledger.store, path, 50) is None
+        assert open_segment(path, "pdq-index").meta["layout"] == LAYOUT
+    (message,) = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    assert "rebuilding from the log" in message and "index layout 1" in message
 
 
 _CRASH = """

@@ -176,7 +176,7 @@ def test_incremental_adds_through_merges_and_rebuilds(monkeypatch: pytest.Monkey
         for q in (0, 5, pos - 1):
             query = flip(all_hashes[q], 9, rng)
             assert index.search(query, 31) == brute(all_hashes[:pos], ids[:pos], query, 31)
-    assert {10, 11, 12} <= seen_bits  # grew through rebuilds as well as merges
+    assert {11, 12, 13} <= seen_bits  # grew through rebuilds as well as merges
     assert index._indexed > 0
     for i in range(200):
         query = bytes(all_hashes[i])
@@ -188,11 +188,11 @@ def test_merge_in_place_matches_rebuild(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(pdq_index, "_COST_SCAN_NS", float("inf"))
     hashes = random_hashes(1_800, seed=9)
     index = PdqIndex()
-    index.add(range(1_100), hashes[:1_100])  # one rebuild (bits=10)
-    for start in range(1_100, 1_700, 200):  # in-place merges, bits stay 10
+    index.add(range(1_100), hashes[:1_100])  # one rebuild (bits=13)
+    for start in range(1_100, 1_700, 200):  # in-place merges, bits stay 13
         index.add(range(start, start + 200), hashes[start : start + 200])
     index.add(range(1_700, 1_800), hashes[1_700:])  # stays in the tail
-    assert index._bucket_bits == 10 and index._indexed == 1_700 and len(index) == 1_800
+    assert index._bucket_bits == 13 and index._indexed == 1_700 and len(index) == 1_800
     fresh = PdqIndex()
     fresh.add(range(1_800), hashes)
     for i in range(0, 1_800, 37):
@@ -320,3 +320,64 @@ def test_property_matches_brute_force(
         index.add(ids[split:], rows[split:])
         hashes = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 32)
         assert index.search(query, d) == brute(hashes, ids, query, d)
+
+
+def skewed_rows(kind: str, n: int, rng: np.random.Generator) -> Hashes:
+    """Rows like the benchmark's named distributions (benchmarks/pdq_data.py), small."""
+    if kind == "uniform":
+        return rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    if kind == "biased":
+        p = rng.uniform(0.05, 0.95, size=256)
+        return np.packbits(rng.random((n, 256)) < p, axis=1)
+    if kind == "clusters":
+        centres = rng.integers(0, 256, (max(1, n // 50), 32), dtype=np.uint8)
+        rows = centres[rng.integers(0, len(centres), n)]
+        flips = rng.random((n, 256)) < rng.uniform(0, 30 / 256, size=(n, 1))
+        return rows ^ np.packbits(flips, axis=1)
+    # degenerate: uniform plus near-all-zero rows (0-8 bits set) and exact copies
+    rows = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    low = rng.random(n) < 0.3
+    rows[low] = np.packbits(rng.random((int(low.sum()), 256)) < 8 / 256, axis=1)
+    return rows
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["uniform", "biased", "clusters", "degenerate"]),
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 3_000),
+    split=st.floats(0, 1),
+    d=st.sampled_from([0, 3, 22, 31, 32, 44, 64]),
+    limit=st.one_of(st.none(), st.integers(1, 40)),
+    force=st.sampled_from([None, 0.0, float("inf")]),
+)
+def test_property_batches_match_brute_force_on_skewed_data(
+    kind: str,
+    seed: int,
+    n: int,
+    split: float,
+    d: int,
+    limit: int | None,
+    force: float | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many queries in one call (probed, scanned and tail rows mixed in one block)."""
+    rng = np.random.default_rng(seed)
+    rows = skewed_rows(kind, n, rng)
+    ids = rng.integers(-(2**40), 2**40, n)
+    queries = [
+        flip(rows[int(rng.integers(n))], int(rng.integers(0, 40)), rng) for _ in range(n and 70)
+    ]
+    queries += [bytes(q) for q in skewed_rows(kind, 70, rng)]
+    with monkeypatch.context() as patch:
+        patch.setattr(pdq_index, "TAIL_LIMIT", 64)
+        if force is not None:
+            patch.setattr(pdq_index, "_COST_SCAN_NS", force)
+        index = PdqIndex()
+        cut = int(n * split)
+        index.add(ids[:cut], rows[:cut])
+        index.add(ids[cut:], rows[cut:])
+        got = index.search_many(queries, d, limit=limit)
+    assert got == [brute(rows, ids, q, d)[:limit] for q in queries]
