@@ -95,7 +95,7 @@ ID_SHIFT = 40
 """Row ids are ``(log_id << ID_SHIFT) | entry index``: 2**40 entries per log."""
 
 _KIND = "pdq-index"
-_NEAR_ARRAYS = ("words", "ids", "perm", "present", "rank", "starts")
+_NEAR_ARRAYS = ("words", "ids", "perm", "present", "rank", "starts", "order")
 _EXACT_ARRAYS = ("columns", "ids")
 
 

@@ -4,7 +4,10 @@ Layer: node.ledger. In memory only; no I/O. The caller (the matching service)
 loads hashes from storage and keeps the index current.
 
 Design: multi-index hashing. 253 of the 256 bits are cut into ``_CHUNKS`` =
-11 disjoint chunks of 23 bits. If two hashes differ in at most ``d`` bits,
+11 disjoint chunks of 23 bits, the bits of each chosen when the index is
+built so that every chunk is about as selective on the data at hand (skewed
+bits spread over the chunks, the three most skewed left out; see
+:func:`_balanced_order`). If two hashes differ in at most ``d`` bits,
 then by the pigeonhole principle they differ in at most ``d // 11`` bits on at
 least one chunk (11 chunks each differing in ``d // 11 + 1`` bits or more would
 add up to more than ``d``). For every chunk the index sorts the rows by the
@@ -64,8 +67,9 @@ LAYOUT = 2
 """Version of the arrays :meth:`PdqIndex.to_arrays` returns; a file of another is rebuilt.
 
 1: 3 chunks of 24 bits and 8 of 23, a dense offset array per chunk (``dir``).
-2: 11 chunks of 23 bits, a presence bitmap, its ranks and the offsets of
-non-empty buckets only (``present``, ``rank``, ``starts``), keys of up to 23 bits."""
+2: 11 chunks of 23 bits, their bits chosen by entropy when the index is built
+(``order``); a presence bitmap, its ranks and the offsets of non-empty buckets
+only (``present``, ``rank``, ``starts``); keys of up to 23 bits."""
 
 TAIL_LIMIT = 32_768
 """Fewest rows kept unindexed (scanned by every query) before they are merged.
@@ -124,6 +128,8 @@ class PdqIndex:
         self._present: _U64 = np.zeros(0, dtype=np.uint64)
         self._rank: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
         self._starts: npt.NDArray[np.int32] = np.zeros(1, dtype=np.int32)
+        # Which bit of the hash is each bit of the chunks (chunk c: order[23c:23c + 23]).
+        self._order: npt.NDArray[np.uint8] = _IDENTITY
         self._frozen = False  # arrays borrowed from a read-only mapping
 
     def __len__(self) -> int:
@@ -152,8 +158,8 @@ class PdqIndex:
         Raises:
             ValueError: the arrays do not fit together.
         """
-        words, ids, perm, present, rank, starts = (
-            arrays[k] for k in ("words", "ids", "perm", "present", "rank", "starts")
+        words, ids, perm, present, rank, starts, order = (
+            arrays[k] for k in ("words", "ids", "perm", "present", "rank", "starts", "order")
         )
         n = len(ids)
         bits = _bucket_bits_for(n)
@@ -170,6 +176,9 @@ class PdqIndex:
             or (n and present.shape != (_CHUNKS << bits >> 6,))
             or rank.shape != present.shape
             or (n and not _directory_fits(present, rank, starts, n))
+            or order.dtype != np.uint8
+            or order.shape != (_BITS,)
+            or not bool(np.all(np.bincount(order, minlength=_BITS) == 1))
         ):
             raise ValueError("the PDQ index arrays do not fit together")
         index = cls()
@@ -177,7 +186,7 @@ class PdqIndex:
         index._count = index._indexed = n
         if n:
             index._present, index._rank, index._starts = present, rank, starts
-            index._bucket_bits = bits
+            index._bucket_bits, index._order = bits, order
         index._frozen = True
         return index
 
@@ -194,6 +203,7 @@ class PdqIndex:
                 "present": self._present,
                 "rank": self._rank,
                 "starts": self._starts,
+                "order": self._order,
             }
 
     def rows(self, start: int = 0) -> tuple[_I64, _U64]:
@@ -205,6 +215,7 @@ class PdqIndex:
     def nbytes(self) -> int:
         """Bytes held by the index's arrays (hashes, ids, permutations, directories)."""
         arrays = (self._words, self._ids, self._perm, self._present, self._rank, self._starts)
+        # (the bit order, 256 bytes, is left out)
         return sum(int(a.nbytes) for a in arrays)
 
     def add(
@@ -299,7 +310,8 @@ class PdqIndex:
             self._rebuild()
             return
         old, n = self._indexed, self._count
-        words = self._words[old:n]
+        keyed = _permute_bits(self._words[:n], self._order)
+        words = keyed[old:n]
         rows = np.arange(old, n, dtype=np.int32)
         perm = np.empty(_CHUNKS * n, dtype=np.int32)
         sorted_keys = []
@@ -307,7 +319,7 @@ class PdqIndex:
             # The indexed rows' keys in permutation order are sorted; the new
             # rows go after the equal ones (order inside a bucket does not matter).
             chunk_perm = self._perm[c * old : (c + 1) * old]
-            old_keys = _extract(self._words[chunk_perm], start, bits)
+            old_keys = _extract(keyed[chunk_perm], start, bits)
             new_keys = _extract(words, start, bits)
             order = np.argsort(new_keys, kind="stable")
             at = np.searchsorted(old_keys, new_keys[order], side="right")
@@ -320,7 +332,8 @@ class PdqIndex:
     def _rebuild(self) -> None:
         n = self._count
         bits = _bucket_bits_for(n)
-        words = self._words[:n]
+        self._order = _balanced_order(self._words[:n])
+        words = _permute_bits(self._words[:n], self._order)
         perm = np.empty(_CHUNKS * n, dtype=np.int32)
         sorted_keys = []
         for c, start in enumerate(_CHUNK_STARTS):
@@ -347,32 +360,38 @@ class PdqIndex:
         k = len(qwords)
         if not self._count or not k:
             return [[] for _ in range(k)]
-        # Candidate rows and the query (its position in the block) each is for.
-        found_rows: list[_I64] = []
-        found_owner: list[_I64] = []
+        # Rows within the distance, the query (its position in the block) each
+        # is for, and the distance.
+        found: list[tuple[_I64, _I64, _I64]] = []
         scan_queries: npt.NDArray[np.int64] = np.arange(k)
         if self._indexed:
             probed = self._probe_many(qwords, max_distance)
             if probed is not None:
-                rows, owner, scan_queries = probed
-                found_rows.append(rows)
-                found_owner.append(owner)
+                rows, per_query, scan_queries = probed
+                # Candidates come query by query: each query's words repeated
+                # as often as it has candidates.
+                keep, dist = _within(
+                    np.take(self._words, rows, axis=0),
+                    np.repeat(qwords, per_query, axis=0),
+                    max_distance,
+                )
+                owner = np.repeat(np.arange(k, dtype=np.int64), per_query)[keep]
+                found.append((rows[keep], owner, dist))
         scans = [(q, 0, self._indexed) for q in scan_queries.tolist()] if self._indexed else []
         if self._count > self._indexed:
             scans.extend((q, self._indexed, self._count) for q in range(k))
         for q, begin, end in scans:
             rows = _scan(self._words, begin, end, qwords[q], max_distance)
-            found_rows.append(rows)
-            found_owner.append(np.full(len(rows), q, dtype=np.int64))
-        if not found_rows:
+            keep, dist = _within(np.take(self._words, rows, axis=0), qwords[q], max_distance)
+            found.append((rows[keep], np.full(len(keep), q, dtype=np.int64), dist))
+        if not found:
             return [[] for _ in range(k)]
-        rows = np.concatenate(found_rows) if len(found_rows) > 1 else found_rows[0]
-        owner = np.concatenate(found_owner) if len(found_owner) > 1 else found_owner[0]
+        if len(found) > 1:
+            rows, owner, dist = (np.concatenate(parts) for parts in zip(*found, strict=True))
+        else:
+            rows, owner, dist = found[0]
         if len(rows) == 0:
             return [[] for _ in range(k)]
-        dist = _distances(np.take(self._words, rows, axis=0), qwords[owner])
-        keep = np.flatnonzero(dist <= max_distance)
-        rows, owner, dist = rows[keep], owner[keep], dist[keep]
         ids = self._ids[rows]
         # A row found through several chunks sorts next to its copies; keep one.
         order = np.lexsort((rows, ids, dist, owner))
@@ -398,9 +417,10 @@ class PdqIndex:
     ) -> tuple[_I64, _I64, npt.NDArray[np.int64]] | None:
         """Candidate rows among the indexed ones for a block of queries (unverified, may repeat).
 
-        Returns the candidate rows, the query each is for, and the queries for
-        which a scan of the indexed rows is cheaper (not probed); None when a
-        scan is cheaper for every query whatever its buckets hold.
+        Returns the candidate rows (query by query, in query order), how many
+        each query has, and the queries for which a scan of the indexed rows
+        is cheaper (not probed, none of their rows); None when a scan is
+        cheaper for every query whatever its buckets hold.
         """
         n = self._indexed
         bits = self._bucket_bits
@@ -411,9 +431,10 @@ class PdqIndex:
         if probes * _COST_PROBE_NS + expected * _COST_CANDIDATE_NS > scan_cost:
             return None
         k = len(qwords)
+        keyed = _permute_bits(qwords, self._order)
         keys = np.empty((k, _CHUNKS, 1), dtype=np.int64)
         for c, start in enumerate(_CHUNK_STARTS):
-            keys[:, c, 0] = _extract(qwords, start, bits)
+            keys[:, c, 0] = _extract(keyed, start, bits)
         # A needle is a bucket's number over every chunk: chunk c's keys follow
         # chunk c - 1's, as their bits do in the presence bitmap.
         needles = np.bitwise_xor(keys, flips[None, None, :])
@@ -427,27 +448,24 @@ class PdqIndex:
         hit = np.flatnonzero((present_words >> bit) & np.uint64(1))
         if len(hit) == 0:
             empty = np.empty(0, dtype=np.int64)
-            return empty, empty, np.empty(0, dtype=np.int64)
+            return empty, np.zeros(k, dtype=np.int64), empty
         below = present_words[hit] & ((np.uint64(1) << bit[hit]) - np.uint64(1))
         bucket = self._rank[word_at[hit]] + np.bitwise_count(below).astype(np.int32)
         lo = self._starts[bucket].astype(np.int64)
         sizes = self._starts[bucket + 1] - lo
         owner_of_hit = hit // probes
-        totals = np.bincount(owner_of_hit, weights=sizes, minlength=k)
+        totals = np.bincount(owner_of_hit, weights=sizes, minlength=k).astype(np.int64)
         heavy = totals * _COST_CANDIDATE_NS > scan_cost
         scan_queries = np.flatnonzero(heavy)
         if len(scan_queries):
             light = ~heavy[owner_of_hit]
-            lo, sizes, owner_of_hit = lo[light], sizes[light], owner_of_hit[light]
+            lo, sizes = lo[light], sizes[light]
+            totals[heavy] = 0
         total = int(sizes.sum())
-        if total == 0:
-            empty = np.empty(0, dtype=np.int64)
-            return empty, empty, scan_queries
         before = np.cumsum(sizes) - sizes
         positions = np.repeat(lo - before, sizes) + np.arange(total)
-        rows = self._perm[positions].astype(np.int64)
-        owner = np.repeat(owner_of_hit, sizes)
-        return rows, owner, scan_queries
+        rows = np.take(self._perm, positions).astype(np.int64)
+        return rows, totals, scan_queries
 
 
 class SortedHashes:
@@ -543,6 +561,58 @@ def _bucket_bits_for(n: int) -> int:
     return max(_MIN_BUCKET_BITS, min(_MAX_BUCKET_BITS, n.bit_length() + 2))
 
 
+_IDENTITY = np.arange(_BITS, dtype=np.uint8)
+_IDENTITY.flags.writeable = False
+_ORDER_SAMPLE = 65_536
+_ORDER_MIN_ROWS = 4_096
+_PERMUTE_BLOCK = 131_072
+
+
+def _balanced_order(words: _U64) -> npt.NDArray[np.uint8]:
+    """The hash's bits in chunk order, chosen so every chunk's key spreads rows alike.
+
+    Real PDQ hashes are skewed: some bits are set far more (or less) often
+    than half the time, and a chunk of such bits crowds its buckets, so a
+    query gathers many candidates there. Each bit's collision entropy,
+    ``-log2(p**2 + (1 - p)**2)`` for a bit set with probability ``p`` (1 for
+    a fair bit, less for a skewed one), is measured on a sample of the rows;
+    the three lowest go to the unused tail, and the others are dealt to the
+    chunks largest first, each to the chunk with the least entropy so far,
+    so every chunk's keys are about equally selective. Any order is exact:
+    chunks stay disjoint. Small indexes keep the positional order.
+    """
+    n = len(words)
+    if n < _ORDER_MIN_ROWS:
+        return _IDENTITY
+    sample = words[:: max(1, n // _ORDER_SAMPLE)]
+    bits = np.unpackbits(np.ascontiguousarray(sample, dtype=">u8").view(np.uint8), axis=1)
+    p = bits.mean(axis=0, dtype=np.float64)
+    entropy = -np.log2(p * p + (1 - p) * (1 - p))
+    by_entropy = np.argsort(-entropy, kind="stable")
+    kept, dropped = by_entropy[: _CHUNKS * _CHUNK_BITS], by_entropy[_CHUNKS * _CHUNK_BITS :]
+    chunks: list[list[int]] = [[] for _ in range(_CHUNKS)]
+    sums = [0.0] * _CHUNKS
+    for bit in kept.tolist():
+        c = min((c for c in range(_CHUNKS) if len(chunks[c]) < _CHUNK_BITS), key=sums.__getitem__)
+        chunks[c].append(bit)
+        sums[c] += float(entropy[bit])
+    order = np.array([b for chunk in chunks for b in chunk] + dropped.tolist(), dtype=np.uint8)
+    return order
+
+
+def _permute_bits(words: _U64, order: npt.NDArray[np.uint8]) -> _U64:
+    """``words`` with bit ``i`` of each row taken from bit ``order[i]`` (positional: as is)."""
+    if order is _IDENTITY or bool(np.array_equal(order, _IDENTITY)):
+        return words
+    out = np.empty_like(words)
+    for lo in range(0, len(words), _PERMUTE_BLOCK):
+        block = np.ascontiguousarray(words[lo : lo + _PERMUTE_BLOCK], dtype=">u8").view(np.uint8)
+        bits = np.take(np.unpackbits(block, axis=1), order, axis=1)
+        packed = np.ascontiguousarray(np.packbits(bits, axis=1))
+        out[lo : lo + len(block)] = packed.view(">u8").astype(np.uint64)
+    return out
+
+
 def _directory(
     sorted_keys: list[npt.NDArray[np.int32]], bits: int
 ) -> tuple[_U64, npt.NDArray[np.int32], npt.NDArray[np.int32]]:
@@ -612,19 +682,21 @@ def _extract(words: _U64, start: int, nbits: int) -> npt.NDArray[np.int32]:
     return value.astype(np.int32)
 
 
-def _distances(words: _U64, qwords: _U64) -> npt.NDArray[np.int64]:
-    """Exact distances of ``words`` (a ``(k, 4)`` array the caller owns: XORed in place).
+def _within(words: _U64, qwords: _U64, max_distance: int) -> tuple[_I64, _I64]:
+    """Positions and distances of the ``words`` rows within ``max_distance`` of ``qwords``.
 
-    The four per-word popcounts (bytes) are summed in one uint32 multiply, as
-    :func:`_scan` does (half the time of four column adds on skewed data's
-    tens of thousands of candidates); the one sum that wraps, 4 x 64 = 256,
-    is the row whose four counts are all 64.
+    ``words`` is a ``(k, 4)`` array the caller owns (XORed in place);
+    ``qwords`` one query's words or one query's per row. As in :func:`_scan`,
+    the four per-word popcounts are summed in one uint32 multiply and
+    compared before anything is widened; the one sum that wraps (distance
+    256 to 0) is dropped among the few rows kept.
     """
     np.bitwise_xor(words, qwords, out=words)
     counts = np.bitwise_count(words).view(np.uint32).ravel()
-    total = ((counts * np.uint32(0x01010101)) >> np.uint32(24)).astype(np.int64)
-    total[counts == np.uint32(0x40404040)] = 256
-    return total
+    summed = counts * np.uint32(0x01010101)
+    keep = np.flatnonzero(summed < np.uint32((max_distance + 1) << 24))
+    keep = keep[counts[keep] != np.uint32(0x40404040)]
+    return keep, (summed[keep] >> np.uint32(24)).astype(np.int64)
 
 
 def _scan(words: _U64, begin: int, end: int, qwords: _U64, max_distance: int) -> _I64:

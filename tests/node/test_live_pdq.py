@@ -292,7 +292,7 @@ def test_an_index_file_of_an_older_layout_is_rebuilt_never_misread(
     write_segment(path, "pdq-index", meta, arrays)
     with Ledger.open(node) as ledger:
         problem = check_pdq_file(ledger.store, path, 50)
-        assert problem is not None and "index layout 1, this program's is 2" in problem
+        assert problem is not None and f"index layout 1, this program's is {LAYOUT}" in problem
         with caplog.at_level(logging.WARNING, logger="hashmesh.index"):
             index = open_pdq_index(ledger, writable=True)
         assert index.base_rows == 0 and index.tail_rows == 306

@@ -100,17 +100,18 @@ def test_boundary_distance_is_inclusive(strategy: str) -> None:
             assert (-1, d) not in index.search(base, d - 1)
 
 
-def spread_flip(h: bytes, d: int, key_bits: int) -> bytes:
+def spread_flip(h: bytes, d: int, key_bits: int, order: npt.NDArray[np.uint8]) -> bytes:
     """``h`` with ``d`` bits flipped, spread round robin over the 11 chunks' key bits.
 
     The worst case for the pigeonhole argument: no chunk differs in fewer than
     ``d // 11`` key bits, so a probe radius one smaller would miss it.
+    ``order`` is the index's bit order (chunk bit ``i`` is hash bit ``order[i]``).
     """
     value = int.from_bytes(h, "big")
     used = [0] * len(pdq_index._CHUNK_STARTS)
     for k in range(d):
         c = k % len(used)
-        value ^= 1 << (255 - (pdq_index._CHUNK_STARTS[c] + used[c]))
+        value ^= 1 << (255 - int(order[pdq_index._CHUNK_STARTS[c] + used[c]]))
         used[c] += 1
     assert max(used) <= key_bits
     return value.to_bytes(32, "big")
@@ -123,7 +124,7 @@ def test_evenly_spread_neighbours_are_found(strategy: str) -> None:
     bits = index._bucket_bits
     for d in (11, 21, 22, 31, 32, 33, 43, 44, 54, 55, 64):
         for row in (0, 77, len(hashes) - 1):
-            query = spread_flip(bytes(hashes[row]), d, bits)
+            query = spread_flip(bytes(hashes[row]), d, bits, index._order)
             assert (row, d) in index.search(query, d)
             assert (row, d) not in index.search(query, d - 1)
 
