@@ -735,18 +735,17 @@ def import_into(args: argparse.Namespace, base: Path, work: Path) -> list[dict[s
     fresh node (the load moves: the two fresh figures bracket A's). A keeps
     the entries; its progress file records them (``import_into``), so it
     stays a node the other modes can measure, and the build's own rates
-    leave them out.
+    leave them out. A whole node takes them too (it then holds that many
+    more than its size: measure its row first), and the row says so
+    (``a_whole``).
     """
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
         where = base / str(size)
         a, built = build(where, size, args.chunk, as_far_as_built=True)
-        if not built.get("partial"):
-            raise SystemExit(
-                f"--import-into: node A of {size:,} is whole; it measures stopped builds"
-            )
         held = held_entries(a, own_only=True)
         row: dict[str, Any] = {
+            "a_whole": not built.get("partial"),
             "a_entries": held,
             "commit": commit_id(),
             "loadavg_start": os.getloadavg(),
@@ -974,7 +973,8 @@ def main() -> None:
         "--import-into",
         action="store_true",
         help="measure only whether import slows as the node grows: a list of --c-entries lines"
-        " imported into a fresh node, into each size's stopped build, into a fresh node again",
+        " imported into a fresh node, into each size's node A (whole or stopped), into a fresh"
+        " node again",
     )
     parser.add_argument(
         "--c-entries",
