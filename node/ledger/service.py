@@ -84,7 +84,7 @@ from protocol.tree import (
     CompactRange,
     NodeId,
     compute_consistency_proof,
-    compute_inclusion_proof,
+    inclusion_proof_nodes,
 )
 
 __all__ = [
@@ -559,7 +559,10 @@ class Ledger:
         )
 
     def _checked_size(self, log: LogRecord, size: int | None) -> int:
-        latest = self.latest_checkpoint(log.origin).size
+        record = self.store.latest_checkpoint(log.log_id)
+        if record is None:
+            raise LedgerError(f"log {log.origin} has no checkpoint yet")
+        latest = record.size
         if size is None:
             return latest
         if size < 0 or size > latest:
@@ -586,10 +589,11 @@ class Ledger:
         return self._inclusion(log, index, tree_size)
 
     def _inclusion(self, log: LogRecord, index: int, tree_size: int) -> Proof:
-        reader = self.store.reader(log.log_id)
-        hashes = compute_inclusion_proof(index, tree_size, reader)
-        (leaf_hash,) = reader.get_node_hashes([_leaf(index)])
-        return Proof(tuple(hashes), tree_size, index=index, leaf_hash=leaf_hash)
+        # The leaf is fetched with the proof's nodes: its tile is the one the
+        # lowest proof hashes fold from, so it costs no extra read.
+        plan = inclusion_proof_nodes(index, tree_size)
+        *nodes, leaf_hash = self.store.get_node_hashes(log.log_id, [*plan.node_ids, _leaf(index)])
+        return Proof(tuple(plan.fold(nodes)), tree_size, index=index, leaf_hash=leaf_hash)
 
     def prove_inclusion_of_leaf(
         self,

@@ -76,6 +76,34 @@ _BACKUP_STEP_PAGES = 1024
 """Pages copied per step of a backup that reports progress (8 MiB at 8 KiB pages)."""
 
 
+# Stored tree nodes (or tiles) per statement of get_node_hashes: a proof
+# needs fewer than 64, a batch of hash tiles a few hundred; 2 parameters each.
+_NODES_PER_QUERY = 256
+
+
+@functools.lru_cache(maxsize=64)
+def _node_query(tiles: int, nodes: int) -> str:
+    """One statement reading ``tiles`` leaf ranges and ``nodes`` stored nodes.
+
+    Rows are ``(level, index, hash)``; leaves come as level 0. The nodes
+    wanted are a VALUES list joined to ``nodes`` by its primary key; CROSS
+    JOIN keeps the list as the outer loop, so each is one B-tree seek.
+    Parameters: ``(log_id, first, end)`` per tile, then ``(level, index)``
+    per node and the log id.
+    """
+    parts = [
+        "SELECT 0, idx, leaf_hash FROM entries WHERE log_id = ? AND idx >= ? AND idx < ?"
+    ] * tiles
+    if nodes:
+        wanted = ", ".join(["(?, ?)"] * nodes)
+        parts.append(
+            f"SELECT n.level, n.idx, n.hash FROM (VALUES {wanted}) AS w "  # noqa: S608 - only placeholders
+            "CROSS JOIN nodes AS n "
+            "ON n.log_id = ? AND n.level = w.column1 AND n.idx = w.column2"
+        )
+    return " UNION ALL ".join(parts)
+
+
 @functools.lru_cache(maxsize=32)
 def _values_sql(head: str, width: int, rows: int) -> str:
     row = "(" + ",".join("?" * width) + ")"
@@ -335,41 +363,47 @@ class LedgerStore:
         """Hashes of perfect subtrees, in the order asked.
 
         Nodes of level >= :data:`TILE_LEVEL` are stored; lower ones are
-        folded from the leaf hashes of their tile (one range read per tile,
-        at most ``2**TILE_LEVEL`` leaves), so a proof costs O(log n) reads.
+        folded from the leaf hashes of their tile (a range of at most
+        ``2**TILE_LEVEL`` leaves), so a proof costs O(log n) page reads.
+        Every tile and node of one call is read by a single statement
+        (:func:`_node_query`): a proof at 10M needs about 27 rows, and one
+        statement each cost three times the SQL time and grew with log2 N.
 
         Raises:
             StorageError: if a node is missing (the database is damaged).
         """
-        found: dict[NodeId, bytes] = {}
+        # (level, index) tuples rather than NodeIds: their hashing and
+        # ordering run in C, and this is per proof node on every proof.
         tiles = sorted({n.index >> (TILE_LEVEL - n.level) for n in ids if n.level < TILE_LEVEL})
-        leaves: dict[int, bytes] = {}
-        for tile in tiles:
-            first = tile << TILE_LEVEL
-            for idx, leaf_hash in self.conn.execute(
-                "SELECT idx, leaf_hash FROM entries WHERE log_id = ? AND idx >= ? AND idx < ?",
-                (log_id, first, first + (1 << TILE_LEVEL)),
-            ):
-                leaves[idx] = leaf_hash
+        stored = sorted({(n.level, n.index) for n in ids if n.level >= TILE_LEVEL})
+        found: dict[tuple[int, int], bytes] = {}
+        for at in range(0, max(len(tiles), len(stored)), _NODES_PER_QUERY):
+            some_tiles = tiles[at : at + _NODES_PER_QUERY]
+            some_nodes = stored[at : at + _NODES_PER_QUERY]
+            params: list[int] = []
+            for tile in some_tiles:
+                params += (log_id, tile << TILE_LEVEL, (tile + 1) << TILE_LEVEL)
+            for key in some_nodes:
+                params += key
+            if some_nodes:
+                params.append(log_id)
+            sql = _node_query(len(some_tiles), len(some_nodes))
+            for level, idx, h in self.conn.execute(sql, params):
+                found[level, idx] = h
+        hashes: list[bytes] = []
         for node_id in ids:
-            if node_id.level < TILE_LEVEL and node_id not in found:
-                folded = _fold_leaves(leaves, node_id)
-                if folded is not None:
-                    found[node_id] = folded
-        for node_id in sorted({n for n in ids if n.level >= TILE_LEVEL}):
-            row = self.conn.execute(
-                "SELECT hash FROM nodes WHERE log_id = ? AND level = ? AND idx = ?",
-                (log_id, node_id.level, node_id.index),
-            ).fetchone()
-            if row is not None:
-                found[node_id] = row[0]
-        missing = [n for n in ids if n not in found]
-        if missing:
-            raise StorageError(
-                f"tree node(s) missing from the database, first {missing[0]}: "
-                "the database is damaged; run `hashmesh fsck`"
-            )
-        return [found[n] for n in ids]
+            h = found.get((node_id.level, node_id.index))
+            if h is None and node_id.level < TILE_LEVEL:
+                h = _fold_leaves(found, node_id)
+                if h is not None:
+                    found[node_id.level, node_id.index] = h
+            if h is None:
+                raise StorageError(
+                    f"tree node(s) missing from the database, first {node_id}: "
+                    "the database is damaged; run `hashmesh fsck`"
+                )
+            hashes.append(h)
+        return hashes
 
     def reader(self, log_id: int) -> LogNodeReader:
         """A :class:`protocol.tree.NodeReader` over one log's stored nodes."""
@@ -839,13 +873,13 @@ class LedgerStore:
         return [bytes(r[0]).decode("utf-8", "replace") for r in rows]
 
 
-def _fold_leaves(leaves: dict[int, bytes], node_id: NodeId) -> bytes | None:
-    """The hash of a perfect node from its leaf hashes, or None if one is missing."""
+def _fold_leaves(found: Mapping[tuple[int, int], bytes], node_id: NodeId) -> bytes | None:
+    """A perfect node's hash from its leaf hashes (keys ``(0, index)``), None if one is missing."""
     first = node_id.index << node_id.level
-    level = [leaves.get(i) for i in range(first, first + (1 << node_id.level))]
-    if any(h is None for h in level):
-        return None
+    level = [found.get((0, i)) for i in range(first, first + (1 << node_id.level))]
     hashes = [h for h in level if h is not None]
+    if len(hashes) < len(level):
+        return None
     while len(hashes) > 1:
         it = iter(hashes)
         hashes = [hash_children(a, b) for a, b in zip(it, it, strict=True)]
