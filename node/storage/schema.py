@@ -380,6 +380,9 @@ _MIGRATIONS: dict[int, tuple[str, tuple[str, ...], Callable[[sqlite3.Connection]
 # Page cache of a connection that writes, in KiB (see apply_pragmas).
 WRITER_CACHE_KIB = 64 * 1024
 
+# Page cache of a read-only connection, in KiB (see apply_pragmas).
+READER_CACHE_KIB = 32 * 1024
+
 
 def apply_pragmas(conn: sqlite3.Connection, *, read_only: bool = False) -> None:
     """Set the pragmas every connection needs.
@@ -398,6 +401,15 @@ def apply_pragmas(conn: sqlite3.Connection, *, read_only: bool = False) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
     if read_only:
         conn.execute("PRAGMA query_only = 1")
+        # SQLite's default page cache is 2 MiB. ``entries`` is a WITHOUT ROWID
+        # table, whose interior cells hold whole rows: its fan-out is about
+        # 31, so its interior pages are 3 % of it (85 MB at 10M entries).
+        # With 2 MiB a proof re-read its lower interior pages and those of
+        # ``nodes`` through the OS every time: 12 read calls a proof at 10M
+        # against 6 at 1M, and 5 with 32 MiB (docs/benchmarks.md, "Proofs at
+        # size"). The cache fills only as the connection reads; serve holds
+        # a few readers and each match worker one, far below the RSS budget.
+        conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
         return
     # Only takes effect on a database with no table yet, before WAL mode.
     conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")

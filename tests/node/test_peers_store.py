@@ -13,6 +13,7 @@ from node.storage.ledger_store import LedgerStore
 from node.storage.peer_store import PeerRecord, PeerStore
 from node.storage.schema import (
     PAGE_SIZE,
+    READER_CACHE_KIB,
     SCHEMA_VERSION,
     TILE_LEVEL,
     WRITER_CACHE_KIB,
@@ -230,15 +231,16 @@ def test_new_database_has_8_kib_pages(ledger: Ledger) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_writer_has_a_large_page_cache_and_readers_keep_the_default(
-    ledger: Ledger, node_dir: Path
-) -> None:
+def test_writer_and_readers_have_their_page_caches(ledger: Ledger, node_dir: Path) -> None:
     # A negative cache_size is in KiB: the writer's bulk transactions keep
     # the random pages of ``active`` in memory instead of spilling them.
     assert ledger.store.conn.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB
     assert WRITER_CACHE_KIB >= 32 * 1024
+    # Readers keep the interior pages proofs walk (READER_CACHE_KIB), bounded
+    # below the writer's: serve holds several of them.
     reader = LedgerStore.open(node_dir / "ledger.db", read_only=True)
-    assert reader.conn.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    assert reader.conn.execute("PRAGMA cache_size").fetchone()[0] == -READER_CACHE_KIB
+    assert 2000 < READER_CACHE_KIB <= WRITER_CACHE_KIB
     reader.conn.close()
 
 
