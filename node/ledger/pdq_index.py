@@ -38,7 +38,7 @@ the tail is large next to the indexed rows).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -314,20 +314,21 @@ class PdqIndex:
         words = keyed[old:n]
         rows = np.arange(old, n, dtype=np.int32)
         perm = np.empty(_CHUNKS * n, dtype=np.int32)
-        sorted_keys = []
-        for c, start in enumerate(_CHUNK_STARTS):
-            # The indexed rows' keys in permutation order are sorted; the new
-            # rows go after the equal ones (order inside a bucket does not matter).
-            chunk_perm = self._perm[c * old : (c + 1) * old]
-            old_keys = _extract(keyed[chunk_perm], start, bits)
-            new_keys = _extract(words, start, bits)
-            order = np.argsort(new_keys, kind="stable")
-            at = np.searchsorted(old_keys, new_keys[order], side="right")
-            perm[c * n : (c + 1) * n] = np.insert(chunk_perm, at, rows[order])
-            sorted_keys.append(np.insert(old_keys, at, new_keys[order]))
-        self._perm = perm
-        self._present, self._rank, self._starts = _directory(sorted_keys, bits)
-        self._indexed = n
+
+        def merged_keys() -> Iterator[npt.NDArray[np.int32]]:
+            for c, start in enumerate(_CHUNK_STARTS):
+                # The indexed rows' keys in permutation order are sorted; the new
+                # rows go after the equal ones (order inside a bucket does not matter).
+                chunk_perm = self._perm[c * old : (c + 1) * old]
+                old_keys = _extract(keyed[chunk_perm], start, bits)
+                new_keys = _extract(words, start, bits)
+                order = np.argsort(new_keys)
+                at = np.searchsorted(old_keys, new_keys[order], side="right")
+                perm[c * n : (c + 1) * n] = np.insert(chunk_perm, at, rows[order])
+                yield np.insert(old_keys, at, new_keys[order])
+
+        self._present, self._rank, self._starts = _directory(merged_keys(), bits)
+        self._perm, self._indexed = perm, n
 
     def _rebuild(self) -> None:
         n = self._count
@@ -335,13 +336,15 @@ class PdqIndex:
         self._order = _balanced_order(self._words[:n])
         words = _permute_bits(self._words[:n], self._order)
         perm = np.empty(_CHUNKS * n, dtype=np.int32)
-        sorted_keys = []
-        for c, start in enumerate(_CHUNK_STARTS):
-            keys = _extract(words, start, bits)
-            order = np.argsort(keys, kind="stable")
-            perm[c * n : (c + 1) * n] = order
-            sorted_keys.append(keys[order])
-        self._present, self._rank, self._starts = _directory(sorted_keys, bits)
+
+        def sorted_keys() -> Iterator[npt.NDArray[np.int32]]:
+            for c, start in enumerate(_CHUNK_STARTS):
+                keys = _extract(words, start, bits)
+                order = np.argsort(keys)
+                perm[c * n : (c + 1) * n] = order
+                yield keys[order]
+
+        self._present, self._rank, self._starts = _directory(sorted_keys(), bits)
         self._perm, self._bucket_bits, self._indexed = perm, bits, n
 
     def _search_many(
@@ -614,9 +617,12 @@ def _permute_bits(words: _U64, order: npt.NDArray[np.uint8]) -> _U64:
 
 
 def _directory(
-    sorted_keys: list[npt.NDArray[np.int32]], bits: int
+    sorted_keys: Iterable[npt.NDArray[np.int32]], bits: int
 ) -> tuple[_U64, npt.NDArray[np.int32], npt.NDArray[np.int32]]:
     """The bucket directory of every chunk from each chunk's keys in permutation order.
+
+    The keys come one chunk at a time (only one chunk's are held at once: at
+    20M rows each chunk's are 80 MB).
 
     Returns ``(present, rank, starts)``: bucket ``b`` of chunk ``c`` is number
     ``g = c << bits | b``; bit ``g`` of ``present`` (64 to a word, least
@@ -625,20 +631,20 @@ def _directory(
     ``perm[starts[i]:starts[i + 1]]``, positions in the concatenated
     per-chunk permutations.
     """
-    flags = np.zeros(len(sorted_keys) << bits, dtype=bool)
+    flags = np.zeros(_CHUNKS << bits, dtype=bool)
     starts = []
+    total = 0
     for c, keys in enumerate(sorted_keys):
-        n = len(keys)
-        first = np.flatnonzero(np.concatenate(([n > 0], keys[1:] != keys[:-1])))
+        first = np.flatnonzero(np.concatenate(([len(keys) > 0], keys[1:] != keys[:-1])))
         flags[(c << bits) + keys[first].astype(np.int64)] = True
-        starts.append(first + c * n)
-    total = sum(len(k) for k in sorted_keys)
-    starts.append(np.array([total], dtype=np.int64))
+        starts.append((first + total).astype(np.int32))
+        total += len(keys)
+    starts.append(np.array([total], dtype=np.int32))
     present = np.packbits(flags, bitorder="little").view("<u8").astype(np.uint64)
     del flags
     counts = np.bitwise_count(present).astype(np.int64)
     rank = (np.cumsum(counts) - counts).astype(np.int32)
-    return present, rank, np.concatenate(starts).astype(np.int32)
+    return present, rank, np.concatenate(starts)
 
 
 def _directory_fits(
