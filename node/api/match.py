@@ -50,10 +50,14 @@ import asyncio
 import contextlib
 import logging
 import re
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +67,12 @@ from node.api.access import METRICS_KEY, request_facts
 from node.api.state import DB_KEY, LANE_KEY
 from node.api.workers import POOL_KEY, WorkerContext
 from node.errors import StorageError
+from node.ledger import active_index
+from node.ledger.active_index import (
+    ActiveKeyIndex,
+    active_file_due,
+    active_index_path,
+)
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
@@ -74,6 +84,7 @@ from node.ledger.matching import (
     ItemResult,
     LivePdqIndex,
     MatchQuery,
+    QueryColumns,
     match,
 )
 from node.ledger.service import Ledger
@@ -110,7 +121,7 @@ _ITEM_KEYS = frozenset({"type", "value", "quality"})
 class MatchRequest:
     """A parsed match request: valid queries by position, and per-item errors."""
 
-    queries: tuple[tuple[int, MatchQuery], ...]
+    queries: Sequence[tuple[int, MatchQuery]]
     errors: tuple[MatchItemError, ...]
     max_distance: int
     receipts: bool
@@ -184,11 +195,10 @@ def _parse_plain(body: bytes) -> MatchRequest | None:
     pairs = _PLAIN_PAIR.findall(items)
     if max_distance > MAX_DISTANCE_CAP or len(pairs) > MAX_BATCH:
         return None  # the strict path names the field
-    query = MatchQuery.parse
-    queries = tuple(
-        (position, query(signal_type, value)) for position, (signal_type, value) in enumerate(pairs)
-    )
-    return MatchRequest(queries, (), max_distance, receipts == "true")
+    # The pattern above admits only canonical hex of each type's length:
+    # the queries need no check of their own, nor an object each.
+    types, values = (list(column) for column in zip(*pairs, strict=True)) if pairs else ([], [])
+    return MatchRequest(QueryColumns(types, values), (), max_distance, receipts == "true")
 
 
 def parse_match_request(body: bytes) -> MatchRequest:
@@ -281,6 +291,8 @@ class MatchService:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.pdq = LivePdqIndex()
+        self.exact: ActiveKeyIndex | None = None
+        """The ``active`` key file for exact queries answered in this process."""
         self.writable = False
         self._lock = asyncio.Lock()
         self._version: int | None = None
@@ -293,6 +305,12 @@ class MatchService:
     def invalidate(self) -> None:
         """Make the next :meth:`ensure_current` read the table again (after a dropped base)."""
         self._version = None
+
+    def exact_index(self, ledger: Ledger) -> ActiveKeyIndex:
+        """The ``active`` key file index, made on first use (safe across reader threads)."""
+        if self.exact is None:
+            self.exact = ActiveKeyIndex(active_index_path(ledger.config.node_dir))
+        return self.exact
 
     async def ensure_current(self) -> int:
         """Load every PDQ row committed so far; the number of rows loaded now.
@@ -372,9 +390,11 @@ async def keep_current(db: Database, hub: CheckpointHub) -> None:
         if pdq.segment is not None:
             _spawn(background, _checked(service))
         _maybe_persist(service, background)
+        _maybe_persist_active(db, background)
         async for _origin, _size in events:
             await _refresh(service)
             _maybe_persist(service, background)
+            _maybe_persist_active(db, background)
     finally:
         for task in background:
             task.cancel()
@@ -428,6 +448,73 @@ async def _persist(service: MatchService) -> None:
             pdq.path,
             asyncio.get_running_loop().time() - started,
         )
+
+
+_PERSISTING_ACTIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _maybe_persist_active(db: Database, tasks: set[asyncio.Task[None]]) -> None:
+    """Write a new ``active`` key file in the background if enough lies beyond the old one."""
+    if db in _PERSISTING_ACTIVE:
+        return
+    _PERSISTING_ACTIVE.add(db)
+    _spawn(tasks, _persist_active(db))
+
+
+async def _persist_active(db: Database) -> None:
+    try:
+        due, database_path, node_dir = await db.read(
+            lambda ledger: (
+                active_file_due(ledger),
+                ledger.config.database_path,
+                ledger.config.node_dir,
+            )
+        )
+    except StorageError as e:
+        _PERSISTING_ACTIVE.discard(db)
+        log.warning("active key index not checked: %s", e)
+        return
+    if not due:
+        _PERSISTING_ACTIVE.discard(db)
+        return
+    path = active_index_path(node_dir)
+
+    def write() -> bool:
+        # A child process: reading every row holds an interpreter for seconds
+        # to minutes at size; the event loop's must stay free, and the
+        # arrays are not the server's memory.
+        started = time.monotonic()
+        done = subprocess.run(  # noqa: S603 - our own module, our own paths
+            [
+                sys.executable,
+                "-m",
+                "node.ledger.active_index",
+                str(database_path),
+                str(path),
+                str(active_index.PERSIST_MIN_ENTRIES),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+            raise OSError(lines[-1])
+        if done.stdout.strip():
+            log.info(
+                "active key index persisted: %s rows in %s (%.1f s)",
+                done.stdout.strip(),
+                path,
+                time.monotonic() - started,
+            )
+        return bool(done.stdout.strip())
+
+    try:
+        await _in_daemon_thread(write, "hashmesh-active-persist")
+    except (OSError, StorageError, sqlite3.Error) as e:
+        log.warning("active key index not persisted: %s", e)
+    finally:
+        _PERSISTING_ACTIVE.discard(db)
 
 
 async def _in_daemon_thread(work: Callable[[], bool], name: str) -> bool:
@@ -501,7 +588,7 @@ async def _refresh(service: MatchService) -> int:
 
 
 def match_document(
-    ledger: Ledger, body: bytes, pdq: LivePdqIndex | None
+    ledger: Ledger, body: bytes, pdq: LivePdqIndex | None, exact: ActiveKeyIndex | None = None
 ) -> tuple[bytes, Counter[str], Counter[str]]:
     """Answer a match request body: the response document, queries and hits by signal type.
 
@@ -518,16 +605,24 @@ def match_document(
         pdq=pdq,
         max_distance=parsed.max_distance,
         receipts=parsed.receipts,
+        exact=exact,
     )
     # Counted in C (Counter over a generator): the access log and metrics
     # cost no Python loop of their own per hash.
-    looked_up = Counter(query.signal_type for _position, query in parsed.queries)
+    queries = parsed.queries
+    looked_up = (
+        Counter(queries.types)
+        if isinstance(queries, QueryColumns)
+        else Counter(query.signal_type for _position, query in queries)
+    )
     hit = Counter(result.query.signal_type for result in results if result.hits)
     return render_results(parsed, results).to_json(), looked_up, hit
 
 
 MATCH_JOB = "node.api.match:match_job"
 """The worker-process job (:mod:`node.api.workers`) answering a match request."""
+
+_EXACT_STATE = "node.api.match:exact"
 
 
 def match_job(
@@ -540,6 +635,9 @@ def match_job(
     the persisted base file mapped, shared with the server and the other
     workers through the page cache) and brings it up to date before each such
     request (a changed base file re-mapped, rows committed since read).
+    Exact queries go through the node's ``active`` key file
+    (:class:`~node.ledger.active_index.ActiveKeyIndex`, mapped on first use,
+    re-mapped when replaced), or SQLite where it does not cover a log.
     """
     pdq = None
     if args.get("pdq"):
@@ -548,7 +646,10 @@ def match_job(
             pdq = context.state[MATCH_JOB] = open_pdq_index(context.ledger)
         else:
             pdq.refresh(context.ledger)
-    document, looked_up, hit = match_document(context.ledger, body, pdq)
+    exact = context.state.get(_EXACT_STATE)
+    if exact is None:
+        exact = context.state[_EXACT_STATE] = ActiveKeyIndex(active_index_path(context.node_dir))
+    document, looked_up, hit = match_document(context.ledger, body, pdq, exact)
     return document, {"looked_up": dict(looked_up), "hit": dict(hit)}
 
 
@@ -575,7 +676,7 @@ async def match_endpoint(request: web.Request) -> web.Response:
         service = match_service(db)
 
         def run(ledger: Ledger) -> tuple[bytes, Counter[str], Counter[str]]:
-            return match_document(ledger, body, service.pdq)
+            return match_document(ledger, body, service.pdq, service.exact_index(ledger))
 
         # The heavy lane bounds how many run at once (503 beyond its queue).
         async with request.app[LANE_KEY].slot():

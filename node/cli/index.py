@@ -39,7 +39,13 @@ def cmd_index_status(args: argparse.Namespace, out: Output) -> int:
     if not paths:
         out.print("no index files yet: `hashmesh serve` writes them, or `hashmesh index build`")
     for path in paths:
-        kind = "pdq-index" if path.name.startswith("pdq") else "leaf-index"
+        kind = (
+            "pdq-index"
+            if path.name.startswith("pdq")
+            else "active-keys"
+            if path.name.startswith("active")
+            else "leaf-index"
+        )
         try:
             segment = open_segment(path, kind)
         except SegmentError as e:
@@ -61,7 +67,7 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     p = command(
         "index",
         _need_sub,
-        "the node's index files (PDQ index, leaf-hash indexes): build, status",
+        "the node's index files (PDQ index, active keys, leaf-hash indexes): build, status",
         "Matching and proofs by leaf hash use indexes kept as files in the node's "
         "index/ directory and memory-mapped, so a restart is ready in seconds at any "
         "size. `hashmesh serve` writes and updates them by itself (the first start of "
@@ -72,10 +78,10 @@ def register(command: Command, common: argparse.ArgumentParser) -> None:
     q = sub.add_parser(
         "build",
         help="write every index file afresh from the database (serve may keep running)",
-        description="Read every PDQ row and every leaf hash of every held log and write "
-        "the index files, each replaced atomically: a running `hashmesh serve` switches "
-        "to the new PDQ file at its next refresh. Takes about 40 s per 10M PDQ hashes "
-        "and 1 s per million entries.",
+        description="Read every PDQ row, every listed hash (the active keys) and every "
+        "leaf hash of every held log and write the index files, each replaced atomically: "
+        "a running `hashmesh serve` and its match workers switch to a new file at their "
+        "next refresh. Takes about 40 s per 10M PDQ hashes and 3 s per million entries.",
         parents=[common],
     )
     q.set_defaults(run=cmd_index_build)

@@ -1,10 +1,11 @@
 """The node's index files as a whole: checked by ``hashmesh fsck``, rebuilt on request.
 
 Layer: node.ledger. The files themselves belong to :mod:`node.ledger.live_pdq`
-(``index/pdq.seg``) and :mod:`node.ledger.leaf_index` (``index/leaves-<log
-id>.seg``); this module walks them for the commands that treat every derived
-structure alike: ``fsck`` (check each against the log, report findings),
-``fsck --repair`` and ``hashmesh index build`` (write each afresh).
+(``index/pdq.seg``), :mod:`node.ledger.active_index` (``index/active.seg``) and
+:mod:`node.ledger.leaf_index` (``index/leaves-<log id>.seg``); this module
+walks them for the commands that treat every derived structure alike:
+``fsck`` (check each against the log, report findings), ``fsck --repair``
+and ``hashmesh index build`` (write each afresh).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.ledger.active_index import ACTIVE_FILE, build_active_file, check_active_file
 from node.ledger.fsck import Finding
 from node.ledger.leaf_index import build_leaves_file, check_leaves_file, leaves_file
 from node.ledger.live_pdq import PDQ_FILE, build_pdq_file, check_pdq_file
@@ -43,6 +45,9 @@ def check_index_files(
     problem = check_pdq_file(store, directory / PDQ_FILE, min_quality)
     if problem is not None:
         findings.append(Finding(own_origin, "derived", f"index/{PDQ_FILE}", None, problem))
+    problem = check_active_file(store, directory / ACTIVE_FILE)
+    if problem is not None:
+        findings.append(Finding(own_origin, "derived", f"index/{ACTIVE_FILE}", None, problem))
     for log in store.list_logs():
         problem = check_leaves_file(store, log.log_id, directory)
         if problem is not None:
@@ -58,7 +63,12 @@ def build_index_files(store: LedgerStore, directory: Path, min_quality: int) -> 
             directory / PDQ_FILE,
             "PDQ hashes of every held log",
             build_pdq_file(store, directory / PDQ_FILE, min_quality),
-        )
+        ),
+        IndexFile(
+            directory / ACTIVE_FILE,
+            "listed hashes (active keys) of every held log",
+            build_active_file(store, directory / ACTIVE_FILE),
+        ),
     ]
     for log in store.list_logs():
         rows = build_leaves_file(store, log.log_id, directory)

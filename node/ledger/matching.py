@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from node.config import MatchSettings
 from node.errors import EntryNotFoundError, LedgerError
+from node.ledger.active_index import ActiveKeyIndex
 from node.ledger.live_pdq import ID_SHIFT as _ID_SHIFT
 from node.ledger.live_pdq import LOAD_CHUNK, LivePdqIndex
 from node.ledger.pdq_index import MAX_DISTANCE_CAP
@@ -64,6 +65,7 @@ __all__ = [
     "LivePdqIndex",
     "MatchQuery",
     "Opinion",
+    "QueryColumns",
     "describe_entry",
     "make_opinion",
     "match",
@@ -134,11 +136,7 @@ class MatchQuery:
         """
         check = _CANONICAL_HEX.get(signal_type)
         if check is not None and check(value) is not None:
-            query = object.__new__(cls)
-            object.__setattr__(query, "signal_type", signal_type)
-            object.__setattr__(query, "value", value)
-            object.__setattr__(query, "quality", None)
-            return query
+            return _checked_query(signal_type, value)
         return cls(signal_type, value)
 
 
@@ -147,6 +145,92 @@ _CANONICAL_HEX = {
     for name, row in SIGNAL_TYPES.items()
     if row.encoding == "hex"
 }
+
+
+class QueryColumns(Sequence[tuple[int, MatchQuery]]):
+    """Queries already checked to be canonical, held as two columns (a bulk request).
+
+    The same sequence of ``(position, query)`` pairs (position = place in
+    the columns) as a tuple of :class:`MatchQuery`, without an object per
+    query: :func:`match` groups the columns by signal type in bulk and makes
+    a :class:`MatchQuery` only for the queries that found something. Only
+    for values whose canonical form was checked by the caller (a parser
+    whose pattern admits nothing else, as ``node.api.match`` does).
+    """
+
+    __slots__ = ("types", "values")
+
+    def __init__(self, types: list[str], values: list[str]) -> None:
+        if len(types) != len(values):
+            raise ValueError(f"{len(types)} types but {len(values)} values")
+        self.types = types
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to any sequence of the same pairs (a parser's tuple of queries).
+        if isinstance(other, QueryColumns):
+            return self.types == other.types and self.values == other.values
+        if isinstance(other, Sequence):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, MatchQuery]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[int, MatchQuery]]: ...
+
+    def __getitem__(
+        self, i: int | slice
+    ) -> tuple[int, MatchQuery] | Sequence[tuple[int, MatchQuery]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        position = range(len(self))[i]
+        return position, _checked_query(self.types[position], self.values[position])
+
+    def by_type(self) -> dict[str, tuple[Sequence[int], list[str]]]:
+        """Positions and values of each signal type present."""
+        present = set(self.types)
+        if len(present) == 1:
+            return {present.pop(): (range(len(self)), self.values)}
+        groups: dict[str, tuple[Sequence[int], list[str]]] = {}
+        for position, (signal_type, value) in enumerate(zip(self.types, self.values, strict=True)):
+            group = groups.setdefault(signal_type, ([], []))
+            group[0].append(position)  # type: ignore[attr-defined]
+            group[1].append(value)
+        return groups
+
+    def by_position(self) -> Mapping[int, MatchQuery]:
+        """Position -> query, each made when looked up."""
+        return _ColumnsByPosition(self)
+
+
+class _ColumnsByPosition(Mapping[int, MatchQuery]):
+    def __init__(self, columns: QueryColumns) -> None:
+        self._columns = columns
+
+    def __getitem__(self, position: int) -> MatchQuery:
+        return self._columns[position][1]
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self._columns)))
+
+
+def _checked_query(signal_type: str, value: str) -> MatchQuery:
+    """A :class:`MatchQuery` of a value the caller checked (see :class:`QueryColumns`)."""
+    query = object.__new__(MatchQuery)
+    object.__setattr__(query, "signal_type", signal_type)
+    object.__setattr__(query, "value", value)
+    object.__setattr__(query, "quality", None)
+    return query
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +357,7 @@ def match(
     max_distance: int = DEFAULT_MAX_DISTANCE,
     receipts: bool = False,
     settings: MatchSettings | None = None,
+    exact: ActiveKeyIndex | None = None,
 ) -> list[ItemResult]:
     """Look up a batch of hashes in every held log.
 
@@ -284,6 +369,8 @@ def match(
         max_distance: PDQ Hamming distance, 0 to :data:`MAX_DISTANCE_CAP`.
         receipts: attach a receipt to every hit under a signed checkpoint.
         settings: the dispute policy (default: the node's config).
+        exact: the mapped ``active`` key file for exact queries (None: SQLite
+            seeks; the results are the same, only slower at size).
 
     Returns:
         A result for each query that found something (hits, or hits hidden
@@ -309,28 +396,37 @@ def match(
     # One read snapshot: the active rows checked and the entries, opinions
     # and checkpoints read all belong to the same committed state.
     with ledger.store.read_snapshot():
-        return _match(ledger, queries, pdq, max_distance, receipts, settings)
+        return _match(ledger, queries, (pdq, exact), max_distance, receipts, settings)
 
 
 def _match(
     ledger: Ledger,
     queries: Sequence[tuple[int, MatchQuery]],
-    pdq: LivePdqIndex | None,
+    indexes: tuple[LivePdqIndex | None, ActiveKeyIndex | None],
     max_distance: int,
     receipts: bool,
     settings: MatchSettings,
 ) -> list[ItemResult]:
+    pdq, exact = indexes
     store = ledger.store
     matching = store.matching
     origins = matching.log_origins()
     found: dict[int, list[_Found]] = defaultdict(list)
-    by_type: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    by_type: dict[str, tuple[Sequence[int], list[str]]]
     pdq_queries: list[tuple[int, MatchQuery]] = []
-    for position, query in queries:
-        if query.signal_type == "pdq":
-            pdq_queries.append((position, query))
-        else:
-            by_type[query.signal_type].append((position, query.value))
+    if isinstance(queries, QueryColumns):
+        by_type = queries.by_type()
+        pdq_positions = by_type.pop("pdq", ((), []))[0]
+        pdq_queries = [queries[p] for p in pdq_positions]
+    else:
+        by_type = {}
+        for position, query in queries:
+            if query.signal_type == "pdq":
+                pdq_queries.append((position, query))
+            else:
+                group = by_type.setdefault(query.signal_type, ([], []))
+                group[0].append(position)  # type: ignore[attr-defined]
+                group[1].append(query.value)
     truncated: set[int] = set()
     warnings: dict[int, str] = {}
     if pdq_queries:
@@ -346,14 +442,17 @@ def _match(
         _match_pdq(
             matching, pdq, pdq_queries, near, (max_distance, settings.max_hits), found, truncated
         )
-    for signal_type, items in by_type.items():
-        _match_exact(matching, signal_type, items, found)
+    for signal_type, (positions, values) in by_type.items():
+        _match_exact(store, exact, signal_type, (positions, values), found)
     trusted = _trusted_origins(ledger, settings)
     _attach_opinions(matching, origins, found, trusted)
     checkpoints: dict[int, CheckpointRecord | None] = {}
     results: list[ItemResult] = []
     # Most queries of a bulk batch match nothing: only the others are built.
-    by_position = dict(queries) if found or warnings else {}
+    if isinstance(queries, QueryColumns):
+        by_position: Mapping[int, MatchQuery] = queries.by_position()
+    else:
+        by_position = dict(queries) if found or warnings else {}
     for position in sorted(found.keys() | warnings.keys()):
         hits: list[Hit] = []
         hidden = 0
@@ -397,15 +496,21 @@ def _match(
 
 
 def _match_exact(
-    matching: MatchStore,
+    store: LedgerStore,
+    exact: ActiveKeyIndex | None,
     signal_type: str,
-    items: Sequence[tuple[int, str]],
+    items: tuple[Sequence[int], list[str]],
     found: dict[int, list[_Found]],
 ) -> None:
-    values = [value for _position, value in items]
-    for c in matching.exact_candidates(signal_type, values):
+    positions, values = items
+    candidates = (
+        store.matching.exact_candidates(signal_type, values)
+        if exact is None
+        else exact.candidates(store, signal_type, values)
+    )
+    for c in candidates:
         entry = parse_entry_fast(c.data)
-        position, value = items[c.position]
+        position, value = positions[c.position], values[c.position]
         if (
             isinstance(entry, AddEntry)
             and entry.signal_type == signal_type

@@ -19,6 +19,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy
 
@@ -72,6 +73,34 @@ _EXACT = (
     "CROSS JOIN json_each(?) AS k "
     "CROSS JOIN active AS a ON a.log_id = l.log_id AND a.key = k.value "
     "CROSS JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx"
+)
+
+# The same look-up restricted to some logs (the others are answered from
+# the mapped key file, node.ledger.active_index).
+_EXACT_IN = (
+    "SELECT k.key, a.log_id, a.idx, e.data FROM json_each(?) AS l "
+    "CROSS JOIN json_each(?) AS k "
+    "CROSS JOIN active AS a ON a.log_id = l.value AND a.key = k.value "
+    "CROSS JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx"
+)
+
+# Candidates found elsewhere, kept if their row is in `active` (one seek on
+# the full primary key each): [[position, log id, key, index], ...].
+_STILL_LISTED = (
+    "SELECT json_extract(k.value, '$[0]'), a.log_id, a.idx, e.data FROM json_each(?) AS k "
+    "CROSS JOIN active AS a ON a.log_id = json_extract(k.value, '$[1]') "
+    "AND a.key = json_extract(k.value, '$[2]') AND a.idx = json_extract(k.value, '$[3]') "
+    "CROSS JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx"
+)
+
+# Rows of a file written before later retractions: kept unless retracted
+# since (a seek in `retractions`, a small table), read with their entries.
+_UNRETRACTED = (
+    "SELECT json_extract(k.value, '$[0]'), e.log_id, e.idx, e.data FROM json_each(?) AS k "
+    "CROSS JOIN entries AS e ON e.log_id = json_extract(k.value, '$[1]') "
+    "AND e.idx = json_extract(k.value, '$[3]') "
+    "WHERE NOT EXISTS (SELECT 1 FROM retractions AS r "
+    "WHERE r.log_id = e.log_id AND r.target = e.idx)"
 )
 
 _ENTRIES = (
@@ -130,26 +159,92 @@ class MatchStore:
         """Every held log: log id -> origin."""
         return dict(self.conn.execute("SELECT log_id, origin FROM logs"))
 
-    def exact_candidates(self, signal_type: str, values: Sequence[str]) -> list[Candidate]:
+    def exact_candidates(
+        self, signal_type: str, values: Sequence[str], log_ids: Sequence[int] | None = None
+    ) -> list[Candidate]:
         """Listed entries of every held log whose ``active`` key equals a value's.
 
         A key may be shared by two values: the caller checks each candidate's
-        stored signal type and value.
+        stored signal type and value. ``log_ids``: only these logs (default: all).
         """
         if not values:
+            return []
+        keys = numpy.array(active_keys((signal_type, v) for v in values), dtype=numpy.int64)
+        return self.key_candidates(keys, log_ids)
+
+    def key_candidates(
+        self, keys: numpy.ndarray[Any, Any], log_ids: Sequence[int] | None = None
+    ) -> list[Candidate]:
+        """:meth:`exact_candidates` of ``active`` keys already computed (position = key's)."""
+        if not len(keys) or (log_ids is not None and not log_ids):
             return []
         # Sorted, the seeks walk the index in order and reuse the pages just
         # read (about a third faster on a million listed hashes). Keys in
         # bulk and sorted by numpy: no Python work per value but the hash.
-        keys = numpy.array(active_keys((signal_type, v) for v in values), dtype=numpy.int64)
         order = numpy.argsort(keys, kind="stable")
         positions: list[int] = order.tolist()
+        wanted = json.dumps(keys[order].tolist())
+        rows = (
+            self.conn.execute(_EXACT, (wanted,))
+            if log_ids is None
+            else self.conn.execute(_EXACT_IN, (json.dumps(sorted(log_ids)), wanted))
+        )
         return [
             Candidate(positions[at], int(log_id), int(idx), bytes(data))
-            for at, log_id, idx, data in self.conn.execute(
-                _EXACT, (json.dumps(keys[order].tolist()),)
+            for at, log_id, idx, data in rows
+        ]
+
+    def still_listed(self, rows: numpy.ndarray[Any, Any]) -> list[Candidate]:
+        """Which candidate rows are in ``active`` now, with their entries.
+
+        ``rows``: an ``(n, 4)`` integer array of (position, log id, active
+        key, entry index), e.g. found in a file that may predate a retraction.
+        """
+        if not len(rows):
+            return []
+        return [
+            Candidate(int(position), int(log_id), int(idx), bytes(data))
+            for position, log_id, idx, data in self.conn.execute(
+                _STILL_LISTED, (json.dumps(rows.tolist()),)
             )
         ]
+
+    def unretracted(self, rows: numpy.ndarray[Any, Any]) -> list[Candidate]:
+        """Which rows of ``active`` as it was (e.g. in a file) are still listed, with their entries.
+
+        ``rows`` as for :meth:`still_listed`; each must have been an
+        ``active`` row: only a retraction removes such a row.
+        """
+        if not len(rows):
+            return []
+        return [
+            Candidate(int(position), int(log_id), int(idx), bytes(data))
+            for position, log_id, idx, data in self.conn.execute(
+                _UNRETRACTED, (json.dumps(rows.tolist()),)
+            )
+        ]
+
+    def add_identities(
+        self, log_id: int, start: int, end: int
+    ) -> tuple[list[int], list[tuple[str, str]]]:
+        """Entries of one log in [start, end) that name a signal: indexes and (type, value).
+
+        Read in SQLite (``json_extract``, no Python parse per entry). Every
+        add has a signal; so may other entries: callers treat these as
+        candidates only.
+        """
+        indexes: list[int] = []
+        identities: list[tuple[str, str]] = []
+        for idx, signal_type, value in self.conn.execute(
+            "SELECT idx, json_extract(CAST(data AS TEXT), '$.signal.type'), "
+            "json_extract(CAST(data AS TEXT), '$.signal.value') FROM entries "
+            "WHERE log_id = ? AND idx >= ? AND idx < ?",
+            (log_id, start, end),
+        ):
+            if isinstance(signal_type, str) and isinstance(value, str):
+                indexes.append(idx)
+                identities.append((signal_type, value))
+        return indexes, identities
 
     def entries_at(self, log_id: int, indexes: Iterable[int]) -> dict[int, bytes]:
         """The exact bytes of entries of one log, by index (missing ones left out)."""

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from node.api.match import keep_current, match_service, verify_index_files
-from node.ledger import Ledger
+from node.ledger import Ledger, active_index
+from node.ledger.active_index import active_index_path, check_active_file
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
@@ -106,4 +107,49 @@ async def test_a_block_damaged_under_a_running_server_is_found_and_dropped(
         for i in (12, 40):
             assert await _hits(db, values[i]) == [i]
     finally:
+        await db.close()
+
+
+async def test_serve_writes_the_active_key_file_when_enough_lies_beyond_it(
+    node: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _values = node
+    monkeypatch.setattr(active_index, "PERSIST_MIN_ENTRIES", 50)
+    file = active_index_path(path)
+    db = await Database.open(path, readers=1)
+    hub = CheckpointHub()
+    task = asyncio.create_task(keep_current(db, hub))
+    try:
+        # 60 entries, none covered: written at start.
+        await eventually(lambda: file.exists(), what="active.seg written at start")
+        segment = open_segment(file, "active-keys")
+        assert segment.meta["rows"] == 60 and segment.meta["logs"][0]["covered"] == 60
+        segment.close()
+        with Ledger.open(path) as ledger:
+            ledger.append(
+                [AddEntry.create(signal_type="sha256", value=f"{i:064x}") for i in range(1, 41)]
+            )
+        hub.publish(ORIGIN, 100)  # 40 beyond: fewer than 50, not written again
+        with Ledger.open(path) as ledger:
+            ledger.append(
+                [AddEntry.create(signal_type="md5", value=f"{i:032x}") for i in range(1, 21)]
+            )
+
+            def rows_after_a_commit() -> int:
+                # A commit announced while the first file was still being
+                # written is not acted on; the next one is.
+                hub.publish(ORIGIN, 120)
+                segment = open_segment(file, "active-keys")
+                segment.close()
+                return int(segment.meta["rows"])
+
+            await eventually(
+                rows_after_a_commit,
+                until=lambda rows: rows == 120,
+                what="a new active.seg covering 120 entries",
+            )
+            assert check_active_file(ledger.store, file) is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await db.close()

@@ -33,7 +33,9 @@ from node.api.workers import POOL_KEY, WorkerPool
 from node.config import load_config
 from node.errors import ConfigError
 from node.ledger import Ledger
+from node.ledger.active_index import active_index_path, build_active_file
 from node.ledger.matching import make_opinion
+from node.storage.segment_file import open_segment
 from node.tls import client_ssl_context
 from protocol.entry import AddEntry, RetractEntry
 from tests.api.conftest import ORIGIN, VALUES, Served, add_peer, make_identity
@@ -368,3 +370,29 @@ def test_a_worker_keeps_freed_memory_instead_of_faulting_it_in_again() -> None:
     # 240 arrays of 3 MB: with glibc's defaults most are faulted in page by
     # page (768 pages each); kept, the heap serves them from memory it holds.
     assert kept < 2_000 < default
+
+
+async def test_the_pool_answers_the_same_with_the_active_key_file_damaged_or_gone(
+    rich_node: Path, serve_with: ServeWith
+) -> None:
+    """Workers map index/active.seg: a retraction after it was written, a damaged
+    file and no file at all give the same answers, byte for byte."""
+    bodies = list(_bodies(rich_node))
+    path = active_index_path(rich_node)
+    with Ledger.open(rich_node) as ledger:
+        build_active_file(ledger.store, path)
+        ledger.append([RetractEntry(index=0, reason="after the file")])
+    async for served in serve_with(ApiLimits(workers=1)):
+        with_file = await _answers(served, served.url, bodies)
+        segment = open_segment(path, "active-keys")
+        keys_at = segment._infos["keys"].offset
+        segment.close()
+        data = bytearray(path.read_bytes())
+        data[keys_at + 3] ^= 1  # inside the keys: found by the block checksum
+        path.write_bytes(bytes(data))  # a new identity: the worker looks again
+        damaged = await _answers(served, served.url, bodies)
+        path.unlink()
+        without = await _answers(served, served.url, bodies)
+    assert with_file == damaged == without
+    first = json.loads(without[0][1])
+    assert [m["i"] for m in first["matches"]] == [3, 4, 5]  # 0 retracted after the file
