@@ -106,6 +106,7 @@ __all__ = [
     "parse_match_request",
     "parse_match_request_strictly",
     "verify_index_files",
+    "worker_pdq_index",
 ]
 
 log = logging.getLogger("hashmesh.api")
@@ -639,18 +640,26 @@ def match_job(
     (:class:`~node.ledger.active_index.ActiveKeyIndex`, mapped on first use,
     re-mapped when replaced), or SQLite where it does not cover a log.
     """
-    pdq = None
-    if args.get("pdq"):
-        pdq = context.state.get(MATCH_JOB)
-        if pdq is None:
-            pdq = context.state[MATCH_JOB] = open_pdq_index(context.ledger)
-        else:
-            pdq.refresh(context.ledger)
+    pdq = worker_pdq_index(context) if args.get("pdq") else None
     exact = context.state.get(_EXACT_STATE)
     if exact is None:
         exact = context.state[_EXACT_STATE] = ActiveKeyIndex(active_index_path(context.node_dir))
     document, looked_up, hit = match_document(context.ledger, body, pdq, exact)
     return document, {"looked_up": dict(looked_up), "hit": dict(hit)}
+
+
+def worker_pdq_index(context: WorkerContext) -> LivePdqIndex:
+    """The worker process's PDQ index, opened on first use and brought up to date.
+
+    One per worker, shared by every job that near-matches (``/v1/match``,
+    the console's look-up).
+    """
+    pdq: LivePdqIndex | None = context.state.get(MATCH_JOB)
+    if pdq is None:
+        pdq = context.state[MATCH_JOB] = open_pdq_index(context.ledger)
+    else:
+        pdq.refresh(context.ledger)
+    return pdq
 
 
 def _may_hold_pdq(body: bytes) -> bool:

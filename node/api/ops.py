@@ -62,6 +62,7 @@ from prometheus_client.registry import Collector
 from node.api.app import error_middleware
 from node.api.handlers import error_response
 from node.api.match import match_service
+from node.api.workers import WorkerPool
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
 from node.ledger.cards import CertificateExpiry, holder_expiries
@@ -104,6 +105,8 @@ class OpsContext:
         integrity: scrub progress and damaged logs of the serving node
             (:mod:`node.ledger.scrub`; read it, do not change it); None: the
             damage record is read from the node directory instead.
+        pool: the API's match worker processes, which the console's look-up
+            uses too; None: it matches in the database's reader threads.
     """
 
     db: Database
@@ -111,6 +114,7 @@ class OpsContext:
     config: NodeConfig
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     integrity: IntegrityState | None = None
+    pool: WorkerPool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -471,7 +471,12 @@ async def run_server(
                 ops = await start_ops_server(
                     make_ops_app(
                         OpsContext(
-                            db=db, hub=hub, config=config, metrics=metrics, integrity=integrity
+                            db=db,
+                            hub=hub,
+                            config=config,
+                            metrics=metrics,
+                            integrity=integrity,
+                            pool=app.get(POOL_KEY),
                         ),
                         token=config.ops.token,
                         mounts=ops_mounts,

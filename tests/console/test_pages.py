@@ -432,3 +432,45 @@ async def test_an_uploaded_image_is_hashed_matched_and_not_kept(console_node: Pa
     assert "<img" not in html and "base64," not in html  # never shown back
     # Nothing of the picture was written to the node's directory (database, WAL, logs).
     assert not await asyncio.to_thread(_holds, console_node, picture[200:264])
+
+
+def _near(value: str, bits: int) -> str:
+    """``value`` (64 hex) with its lowest ``bits`` bits flipped."""
+    return f"{int(value, 16) ^ ((1 << bits) - 1):064x}"
+
+
+@pytest.mark.parametrize("workers", [1, 0])
+async def test_lookup_runs_in_the_match_workers_unless_there_are_none(
+    console_node: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.api.console import lookup
+
+    listed_pdq = hashlib.sha256(b"console-pdq").hexdigest()
+    with Ledger.open(console_node) as ledger:
+        ledger.append(
+            [AddEntry.create(signal_type="pdq", value=listed_pdq, quality=90, labels=LABELS)]
+        )
+    with (console_node / "config.toml").open("a", encoding="utf-8") as f:
+        f.write(f"\n[api]\nworkers = {workers}\n")
+    in_server: list[int] = []
+    matched_here = lookup.match
+
+    def counted(*args: object, **kwargs: object) -> object:
+        in_server.append(1)
+        return matched_here(*args, **kwargs)  # type: ignore[arg-type]
+
+    # The server process's own matcher; a worker process imports its own.
+    monkeypatch.setattr(lookup, "match", counted)
+    paste = "\n".join([f"sha256:{PLANTED[0]}", f"pdq:{_near(listed_pdq, 5)}", unlisted(3)])
+    async for console in serve_console(console_node):
+        async with _session() as session:
+            csrf = await _csrf(session, console)
+            async with session.post(console.url("lookup.json"), data=_form(csrf, paste)) as r:
+                assert r.status == 200, await r.text()
+                doc = (await r.json())["results"]
+    found = {(m["type"], m["source"]): m["hits"] for m in doc["matches"]}
+    assert [h["index"] for h in found["sha256", "pasted line 1"]] == [0]
+    (pdq_hit,) = found["pdq", "pasted line 2"]
+    assert (pdq_hit["index"], pdq_hit["distance"]) == (7, 5)
+    assert doc["checked"] == 4  # the unlabelled value as sha256 and as pdq
+    assert bool(in_server) == (workers == 0)

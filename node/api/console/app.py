@@ -234,6 +234,7 @@ def build_console(context: OpsContext) -> web.Application:
             node_dir=config.node_dir,
             readers=context.metrics.readers,
             integrity=context.integrity,
+            pool=context.pool,
         ),
     )
 

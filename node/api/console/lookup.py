@@ -5,8 +5,11 @@ all, hashes files in a worker thread (:func:`node.ledger.filehash.hash_bytes`:
 MD5, SHA-1, SHA-256, and PDQ for images) and forgets them: nothing uploaded
 is written anywhere, and no image is ever sent back. Values are normalised as
 ``hashmesh match`` normalises them (:class:`node.ledger.lookup.HashInputs`)
-and matched by :func:`node.ledger.matching.match` in reader threads, against
-the same PDQ index as ``POST /v1/match``.
+and matched by :func:`node.ledger.matching.match` in ``serve``'s match
+worker processes (:mod:`node.api.workers`, :func:`lookup_job`), as ``POST
+/v1/match`` is, so a look-up of 50,000 hashes at 10M entries does not hold
+the server's GIL; with ``workers = 0`` (or no pool, as in a console built
+alone) in the database's reader threads.
 
 Bad input is answered on the page, naming what was wrong: a paste or file
 over its cap, a binary file given as a hash list, an image that does not
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +29,14 @@ from aiohttp import BodyPartReader, web
 
 from node.api.console.render import (
     CONSOLE_DB_KEY,
+    CONSOLE_SETTINGS_KEY,
     ConsoleInputError,
     Page,
     check_csrf,
     render,
 )
-from node.api.match import match_service
+from node.api.match import match_service, worker_pdq_index
+from node.api.workers import WorkerContext
 from node.errors import NodeError
 from node.ledger.filehash import hash_bytes, pdq_support
 from node.ledger.lookup import HashInputs, decode_hash_list
@@ -44,12 +51,14 @@ from node.ledger.service import Ledger
 from protocol.signal import SIGNAL_TYPES
 
 __all__ = [
+    "LOOKUP_JOB",
     "MAX_FILES",
     "MAX_FILE_BYTES",
     "MAX_HASHES",
     "MAX_PASTE_BYTES",
     "MAX_REQUEST_BYTES",
     "lookup",
+    "lookup_job",
 ]
 
 MAX_PASTE_BYTES = 8 * 1024 * 1024
@@ -64,6 +73,11 @@ MAX_HASHES = 50_000
 """Most hashes matched in one look-up (five match batches)."""
 LOOKUP_CHUNK = 2_500
 """Hashes matched per reader-thread call; a look-up's chunks run at once."""
+WORKER_CHUNK = 10_000
+"""Hashes matched per worker-process job (as many as one ``/v1/match``): at
+most five jobs a look-up, well within the pool's queue."""
+LOOKUP_JOB = "node.api.console.lookup:lookup_job"
+"""The worker-process job (:mod:`node.api.workers`) matching a chunk of a look-up."""
 MAX_INVALID_SHOWN = 200
 """Invalid values listed on the page (all are counted)."""
 
@@ -244,17 +258,67 @@ async def _gather(form: _Form) -> HashInputs:
     return inputs
 
 
+def _found_rows(results: list[ItemResult]) -> list[dict[str, Any]]:
+    """What the page shows of each result: position, hidden hits and the hits (JSON-ready)."""
+    return [
+        {
+            "position": r.position,
+            "hidden": r.hidden,
+            "hits": [hit.to_json_obj() for hit in r.hits],
+        }
+        for r in results
+    ]
+
+
+def lookup_job(
+    context: WorkerContext, body: bytes, args: Mapping[str, Any]
+) -> tuple[bytes, dict[str, Any]]:
+    """Match one chunk of a look-up in a worker process.
+
+    ``body`` is JSON: ``start`` (the chunk's first position), ``queries``
+    (``[signal type, value]`` pairs, already normalised by the server) and
+    ``max_distance``; the document is the JSON list of :func:`_found_rows`.
+    """
+    request = json.loads(body)
+    queries = [MatchQuery.parse(t, v) for t, v in request["queries"]]
+    pdq = worker_pdq_index(context) if any(q.signal_type == "pdq" for q in queries) else None
+    results = match(
+        context.ledger,
+        list(enumerate(queries, start=request["start"])),
+        pdq=pdq,
+        max_distance=request["max_distance"],
+    )
+    return json.dumps(_found_rows(results)).encode("utf-8"), {}
+
+
 async def _match_all(
     request: web.Request, inputs: HashInputs, max_distance: int
-) -> list[ItemResult]:
+) -> list[dict[str, Any]]:
+    pool = request.app[CONSOLE_SETTINGS_KEY].pool
+    if pool is not None:
+        pairs = [(q.signal_type, q.value) for q in inputs.queries]
+        bodies = [
+            json.dumps(
+                {
+                    "start": start,
+                    "queries": pairs[start : start + WORKER_CHUNK],
+                    "max_distance": max_distance,
+                }
+            ).encode("utf-8")
+            for start in range(0, len(pairs), WORKER_CHUNK)
+        ]
+        # The pool's lane bounds them like /v1/match requests (503 when full).
+        answers = await asyncio.gather(*(pool.run(LOOKUP_JOB, body) for body in bodies))
+        return [row for document, _facts in answers for row in json.loads(document)]
+
     db = request.app[CONSOLE_DB_KEY]
     queries = [MatchQuery.parse(q.signal_type, q.value) for q in inputs.queries]
     if any(q.signal_type == "pdq" for q in queries):
         await match_service(db).ensure_current()
     pdq = match_service(db).pdq
 
-    def run(ledger: Ledger, batch: list[tuple[int, MatchQuery]]) -> list[ItemResult]:
-        return match(ledger, batch, pdq=pdq, max_distance=max_distance)
+    def run(ledger: Ledger, batch: list[tuple[int, MatchQuery]]) -> list[dict[str, Any]]:
+        return _found_rows(match(ledger, batch, pdq=pdq, max_distance=max_distance))
 
     # Chunks in the reader threads at once: SQLite's seeks run in parallel
     # (10,000 hashes: 1.36 s -> 1.05 s on the loaded 2-core machine, in-process
@@ -266,13 +330,13 @@ async def _match_all(
     parts = await asyncio.gather(
         *(db.read(functools.partial(run, batch=chunk)) for chunk in chunks)
     )
-    return [result for part in parts for result in part]
+    return [row for part in parts for row in part]
 
 
-def _results_doc(form: _Form, inputs: HashInputs, results: list[ItemResult]) -> dict[str, Any]:
+def _results_doc(form: _Form, inputs: HashInputs, found: list[dict[str, Any]]) -> dict[str, Any]:
     matches: list[dict[str, Any]] = []
-    for result in results:
-        source = inputs.queries[result.position]
+    for row in found:
+        source = inputs.queries[row["position"]]
         matches.append(
             {
                 "source": source.source,
@@ -280,8 +344,8 @@ def _results_doc(form: _Form, inputs: HashInputs, results: list[ItemResult]) -> 
                 "value": source.value,
                 # a value of no stated type looked up as each type it fits
                 "tried_as": list(source.tried_as),
-                "hidden": result.hidden,
-                "hits": [hit.to_json_obj() for hit in result.hits],
+                "hidden": row["hidden"],
+                "hits": row["hits"],
             }
         )
     return {

@@ -23,6 +23,7 @@ from node.api.console.security import (
     has_bearer,
     refuse_forged_post,
 )
+from node.api.workers import WorkerPool
 from node.errors import NodeError
 from node.ledger.database import Database
 from node.ledger.scrub import IntegrityState
@@ -100,6 +101,8 @@ class ConsoleSettings:
             (the access log's counts); None when not served by ``serve``.
         integrity: the serving node's damaged logs (fsck, the scrub); None
             when not served by ``serve``.
+        pool: the match worker processes the look-up runs in (``serve``'s,
+            shared with ``/v1/match``); None: the database's reader threads.
     """
 
     origin: str
@@ -107,6 +110,7 @@ class ConsoleSettings:
     node_dir: Path | None = None
     readers: ReaderTally | None = None
     integrity: IntegrityState | None = None
+    pool: WorkerPool | None = None
 
 
 CONSOLE_DB_KEY = web.AppKey("console_db", Database)
