@@ -54,6 +54,7 @@ from protocol.tiles import TILE_HEIGHT, TileId
 from protocol.tree import CompactRange, NodeId, NodeRun, frontier_ids
 
 __all__ = [
+    "WAL_KEPT_BYTES",
     "CheckpointRecord",
     "KeyPeriodRecord",
     "LedgerStore",
@@ -71,6 +72,12 @@ _IN_CHUNK = 500
 # convoys with it), and binding is cheaper than per-row steps. A fixed chunk
 # size keeps the compiled statement in the connection's statement cache.
 _INSERT_CHUNK = 1024
+
+_SQLITE_AUTOCHECKPOINT = 1000
+"""SQLite's default ``wal_autocheckpoint``, in pages."""
+
+WAL_KEPT_BYTES = 64 * 1024 * 1024
+"""Size the WAL file is cut back to after a checkpoint (``journal_size_limit``)."""
 
 _BACKUP_STEP_PAGES = 1024
 """Pages copied per step of a backup that reports progress (8 MiB at 8 KiB pages)."""
@@ -744,6 +751,24 @@ class LedgerStore:
     def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: changes when another connection commits."""
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def set_wal_limit(self, max_bytes: int | None) -> None:
+        """How much the WAL may hold before a commit copies it into the database.
+
+        ``None`` restores SQLite's default (1,000 pages) and copies what the
+        WAL holds now, as far as readers allow (a PASSIVE checkpoint: it
+        never waits for them). Every commit stays durable in the WAL
+        (``synchronous=FULL``); this only decides how often its pages are
+        written a second time, into the database file. After a checkpoint
+        the WAL file is cut back to :data:`WAL_KEPT_BYTES`.
+        """
+        self.conn.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES}")
+        if max_bytes is None:
+            self.conn.execute(f"PRAGMA wal_autocheckpoint = {_SQLITE_AUTOCHECKPOINT}")
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            return
+        page_size = int(self.conn.execute("PRAGMA page_size").fetchone()[0])
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, max_bytes // page_size)}")
 
     # -- checking and rebuilding derived data (node.ledger.fsck) -------------
 

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.errors import NodeError, PeerError
+from node.errors import NodeError, PeerError, StorageError
 from node.ledger.damage import DamageRegister
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
@@ -299,11 +299,19 @@ async def _catch_up(
         # overlap the writer's SQLite work and commit of the chunk before.
         return start, await asyncio.to_thread(prepare_chunk, entries, start), proof
 
-    # Fetch chunk k+1 while chunk k is verified and stored on the writer
-    # thread: the network and SQLite then overlap. A prefetched chunk is only
-    # data; it is verified like any other when its turn comes, or dropped.
-    pending = asyncio.create_task(fetch(have))
+    # A catch-up of several chunks lets the WAL grow between checkpoints
+    # (Ledger.defer_checkpoints): each chunk still commits durably on its own.
+    # The writer runs its jobs in order: a resume queued after a defer whose
+    # await was cancelled still ends it, and one with no defer does nothing.
+    deferred = want - have > chunk
+    pending: asyncio.Task[tuple[int, Prepared, tuple[bytes, ...] | None]] | None = None
     try:
+        if deferred:
+            await db.write(_defer_checkpoints)
+        # Fetch chunk k+1 while chunk k is verified and stored on the writer
+        # thread: the network and SQLite then overlap. A prefetched chunk is
+        # only data; it is verified like any other when its turn comes, or dropped.
+        pending = asyncio.create_task(fetch(have))
         while True:
             start, entries, proof = await pending
             end = start + len(entries.datas)
@@ -317,11 +325,23 @@ async def _catch_up(
             if have != end or have >= want:  # done, or the replica moved under us
                 break
     finally:
-        if not pending.done():
+        if pending is not None and not pending.done():
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, PeerError):
                 await pending
+        if deferred:
+            # A closed database (shutdown) has nothing left to checkpoint.
+            with contextlib.suppress(StorageError):
+                await db.write(_resume_checkpoints)
     result.size = have
+
+
+def _defer_checkpoints(ledger: Ledger) -> None:
+    ledger.defer_checkpoints()
+
+
+def _resume_checkpoints(ledger: Ledger) -> None:
+    ledger.resume_checkpoints()
 
 
 def _append(

@@ -9,7 +9,8 @@ import pytest
 
 from node.errors import ConfigError, SchemaVersionError
 from node.ledger import Ledger
-from node.storage.ledger_store import LedgerStore
+from node.ledger.service import CATCH_UP_WAL_BYTES
+from node.storage.ledger_store import WAL_KEPT_BYTES, LedgerStore
 from node.storage.peer_store import PeerRecord, PeerStore
 from node.storage.schema import (
     PAGE_SIZE,
@@ -250,3 +251,37 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(SchemaVersionError, match="newer"):
         LedgerStore.open(tmp_path / "x.db")
+
+
+def test_deferred_checkpoints_nest_and_end_with_a_checkpoint(
+    ledger: Ledger, node_dir: Path
+) -> None:
+    conn = ledger.store.conn
+
+    def add(i: int) -> AddEntry:
+        return AddEntry.create(signal_type="sha256", value=f"{i:064x}", labels=[])
+
+    def pragma(name: str) -> int:
+        return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+    deferred = CATCH_UP_WAL_BYTES // pragma("page_size")
+    ledger.defer_checkpoints()
+    ledger.defer_checkpoints()  # a second catch-up at the same time
+    assert pragma("wal_autocheckpoint") == deferred
+    # Commits of more than SQLite's 1,000 pages stay in the WAL meanwhile.
+    for start in range(0, 30_000, 10_000):
+        ledger.append([add(i) for i in range(start, start + 10_000)])
+    wal = node_dir / "ledger.db-wal"
+    assert wal.stat().st_size > 1000 * pragma("page_size")
+    ledger.resume_checkpoints()
+    assert pragma("wal_autocheckpoint") == deferred
+    ledger.resume_checkpoints()
+    assert pragma("wal_autocheckpoint") == 1000
+    assert pragma("journal_size_limit") == WAL_KEPT_BYTES
+    # Everything was copied into the database; the next write cuts the WAL back.
+    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames == copied
+    ledger.append([add(40_000)])
+    assert wal.stat().st_size <= WAL_KEPT_BYTES
+    ledger.resume_checkpoints()  # one too many: nothing happens
+    assert pragma("wal_autocheckpoint") == 1000

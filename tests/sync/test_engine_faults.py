@@ -8,6 +8,7 @@ off and checks that the same peer syncs.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from node.config import load_config
 from node.errors import PeerProtocolError, PeerUnavailableError
 from node.ledger import Ledger
 from node.ledger.database import Database
+from node.ledger.service import CATCH_UP_WAL_BYTES
 from node.sync.engine import sync_peer
 from tests.node.conftest import snapshot
 from tests.sync.conftest import AUTHOR, FOLLOWER, add_entries, make_node
@@ -134,6 +136,45 @@ async def test_a_fault_in_a_later_chunk_keeps_the_chunks_before_it(setup: Setup)
     setup.peer.faults.page = None
     report = await sync_peer(setup.db, setup.peer, chunk=10)
     assert [(r.appended, r.size) for r in report.origins] == [(20, 40)]
+
+
+def _wal_interval(ledger: Ledger) -> int:
+    return int(ledger.store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+
+@pytest.mark.parametrize("faulty", [False, True])
+async def test_a_catch_up_defers_checkpoints_and_always_resumes_them(
+    setup: Setup, faulty: bool
+) -> None:
+    if faulty:
+        setup.peer.faults.page = lambda start, page: page if start < 20 else page[:-1]
+    during: list[asyncio.Future[int]] = []
+
+    def progress(_origin: str, _held: int, _target: int) -> None:
+        # Queued on the writer before the next chunk's write.
+        during.append(asyncio.ensure_future(setup.db.write(_wal_interval)))
+
+    report = await sync_peer(setup.db, setup.peer, chunk=10, progress=progress)
+    assert (report.error is not None) == faulty
+    page_size = await setup.db.write(
+        lambda ledger: ledger.store.conn.execute("PRAGMA page_size").fetchone()[0]
+    )
+    deferred = CATCH_UP_WAL_BYTES // page_size
+    seen = [await f for f in during]
+    assert seen[:-1] == [deferred] * (len(seen) - 1) and len(seen) >= 2
+    # Ended with the catch-up, failed or not: the default again, WAL copied.
+    assert await setup.db.write(_wal_interval) == 1000
+    assert setup.size() == (20 if faulty else 40)
+
+
+async def test_one_chunk_leaves_the_checkpoints_alone(setup: Setup) -> None:
+    seen: list[asyncio.Future[int]] = []
+
+    def progress(_origin: str, _held: int, _target: int) -> None:
+        seen.append(asyncio.ensure_future(setup.db.write(_wal_interval)))
+
+    assert (await sync_peer(setup.db, setup.peer, chunk=40, progress=progress)).error is None
+    assert [await f for f in seen] == [1000]
 
 
 async def test_a_forked_checkpoint_freezes_the_origin(setup: Setup, tmp_path: Path) -> None:
