@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from node.ledger import Ledger
 from node.ledger.provision import init_node
 from protocol.entry import AddEntry
+from tests.test_bench_scale import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_proofs.py"
@@ -27,25 +26,7 @@ def test_bench_proofs_reports_both_paths(tmp_path: Path) -> None:
                 ]
             )
     report = tmp_path / "proofs.json"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--node",
-            str(node),
-            "--proofs",
-            "60",
-            "--rounds",
-            "1",
-            "--json",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
+    out = run(SCRIPT, "--node", str(node), "--proofs", "60", "--rounds", "1", "--json", str(report))
     assert out.returncode == 0, out.stderr
     summary = json.loads(report.read_text(encoding="utf-8"))
     assert summary["size"] == 750
