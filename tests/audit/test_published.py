@@ -83,9 +83,16 @@ class StaticServer:
         return cls(runner, f"https://127.0.0.1:{port}/log")
 
 
+@pytest.fixture(scope="module")
+def node_of_600(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The node every test starts from: 600 appends of one entry, each signed (seconds)."""
+    return new_node(tmp_path_factory.mktemp("published"), "a", entries=ENTRIES)
+
+
 @pytest.fixture
-def node(tmp_path: Path) -> Path:
-    return new_node(tmp_path, "a", entries=ENTRIES)
+def node(tmp_path: Path, node_of_600: Path) -> Path:
+    """A copy of :func:`node_of_600` of the test's own (same key and history), free to change."""
+    return fork_node(node_of_600, tmp_path / "a")
 
 
 @pytest.fixture

@@ -2,13 +2,19 @@
 
 Usage: python -m tests.node.crash_writer NODE_DIR SEED
 
+The crash test runs :func:`run` in processes forked from a multiprocessing
+fork server that imported this module once (a fresh interpreter and its
+imports for each of fifty writers cost more than the writing); each writer is
+still a process of its own, SIGKILLed with its database open.
+
 It appends batches of sha256 entries whose values come from a counter that
 restarts at 0 each run, so after a crash it re-sends what it sent before
 (as a client retrying would). It reports on stdout, one line each, flushed:
 
 - ``OPEN`` once the database is open, before the first write;
 - ``BEGIN append|import|retract`` just before each write starts;
-- ``ACK <size> <root hex>`` only after that write's transaction committed.
+- ``ACK <size> <root hex>`` only after that write's transaction committed;
+- ``DIED <traceback>`` if it fails on its own (the test reports it).
 
 The crash test reads these lines to choose where to kill it.
 """
@@ -18,6 +24,9 @@ from __future__ import annotations
 import io
 import random
 import sys
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from node.ledger import Ledger
@@ -29,12 +38,29 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def run(node_dir: str, seed: int, conn: Connection) -> None:
+    """The writer in a forked process, its lines sent on ``conn``.
+
+    Each line is one ``send_bytes`` (one ``write`` of a few bytes, atomic
+    on a pipe), so a kill never leaves half a line for the test to read.
+    """
+    try:
+        write(Path(node_dir), seed, lambda line: conn.send_bytes(line.encode()))
+    except BaseException:
+        conn.send_bytes(("DIED " + traceback.format_exc()).encode())
+        raise
+
+
 def main() -> None:
-    node_dir, seed = Path(sys.argv[1]), int(sys.argv[2])
+    write(Path(sys.argv[1]), int(sys.argv[2]), say)
+
+
+def write(node_dir: Path, seed: int, tell: Callable[[str], None]) -> None:
+    """Append until killed, saying what it does (the lines of the module docstring)."""
     rng = random.Random(seed)
     counter = 0
     with Ledger.open(node_dir) as ledger:
-        say("OPEN")
+        tell("OPEN")
         while True:
             choice = rng.random()
             if choice < 0.5:
@@ -44,14 +70,14 @@ def main() -> None:
                     for i in range(n)
                 ]
                 counter += n
-                say("BEGIN append")
+                tell("BEGIN append")
                 result = ledger.append(entries)
             elif choice < 0.9:
                 n = rng.randint(1000, 30000)
                 text = "".join(f"{counter + i:064x}\n" for i in range(n))
                 counter += n
                 reader = HashListReader(fmt="lines", default_type="sha256")
-                say("BEGIN import")
+                tell("BEGIN import")
                 result = ledger.import_lines(reader.read(io.StringIO(text))).append
             else:
                 size = ledger.latest_checkpoint().size
@@ -65,10 +91,10 @@ def main() -> None:
                 data = ledger.store.get_entry(ledger.own_log.log_id, target)
                 if data is None or b'"kind":"add"' not in data:
                     continue
-                say("BEGIN retract")
+                tell("BEGIN retract")
                 result = ledger.append([RetractEntry(index=target, reason="crash test")])
             cp = result.checkpoint
-            say(f"ACK {cp.size} {cp.root_hash.hex()}")
+            tell(f"ACK {cp.size} {cp.root_hash.hex()}")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ entries.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import queue
 import random
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -29,9 +28,9 @@ from node.ledger import Ledger
 from protocol.checkpoint import open_checkpoint
 from protocol.entry import AddEntry, parse_entry
 from protocol.keys import NoteVerifier
+from tests.node import crash_writer
 from tests.waiting import PATIENCE
 
-ROOT = Path(__file__).resolve().parents[2]
 CYCLES = 50
 
 
@@ -77,17 +76,24 @@ def check_invariants(
         return count, store.retraction_count(log.log_id)
 
 
+# Writers are forked from a fork server that imported crash_writer (and the
+# node) once: each is a process of its own, killed with its database open,
+# without paying for a fresh interpreter and its imports fifty times.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["tests.node.crash_writer"])
+
+
 class Writer:
-    """A running crash_writer, its report lines read from the pipe with a deadline."""
+    """A running crash_writer process, its report lines read from a pipe with a deadline."""
 
     def __init__(self, node_dir: Path, seed: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.node.crash_writer", str(node_dir), str(seed)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        reader, writer = _FORKS.Pipe(duplex=False)
+        self.proc = _FORKS.Process(
+            target=crash_writer.run, args=(str(node_dir), seed, writer), daemon=True
         )
+        self.proc.start()
+        writer.close()  # the child's copy is the only one left: its death is our EOF
+        self._conn = reader
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.acked: dict[int, str] = {}
         self.acks = 0
@@ -95,9 +101,13 @@ class Writer:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.put(raw.decode())
+        with self._conn:
+            while True:
+                try:
+                    raw = self._conn.recv_bytes()
+                except (EOFError, OSError):
+                    break
+                self.lines.put(raw.decode())
         self.lines.put(None)
 
     def next_line(self) -> str:
@@ -107,9 +117,10 @@ class Writer:
         except queue.Empty:
             pytest.fail(f"the writer said nothing for {PATIENCE:g} s")
         if line is None:
-            self.proc.wait(timeout=PATIENCE)
-            assert self.proc.stderr is not None
-            pytest.fail(f"the writer ended on its own: {self.proc.stderr.read().decode()}")
+            self.proc.join(PATIENCE)
+            pytest.fail(f"the writer ended on its own (exit code {self.proc.exitcode})")
+        if line.startswith("DIED "):
+            pytest.fail(f"the writer failed: {line}")
         self._note(line)
         return line
 
@@ -118,15 +129,13 @@ class Writer:
             pass
 
     def kill(self) -> None:
-        """SIGKILL it; collect every acknowledgement it printed before dying."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=PATIENCE)
+        """SIGKILL it; collect every acknowledgement it sent before dying."""
+        assert self.proc.pid is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.join(PATIENCE)
         self._reader.join(timeout=PATIENCE)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.proc.stdout.close()
-        with self.proc.stderr:
-            err = self.proc.stderr.read().decode()
-        assert self.proc.returncode == -signal.SIGKILL, err
+        died = [line for line in self.lines.queue if line is not None and line.startswith("DIED")]
+        assert self.proc.exitcode == -signal.SIGKILL, died or self.proc.exitcode
         while (line := self.lines.get_nowait()) is not None:
             self._note(line)
 
@@ -145,7 +154,7 @@ ACKS = (0, 0, 1, 2, 3, 5)
 WHERE = ("now", "write", "import")
 
 
-# Fifty writer processes and fifty full checks: minutes on a loaded machine.
+# Fifty writer processes and fifty full checks: a minute on a loaded machine.
 # Every wait inside has its own deadline (PATIENCE); this one bounds the whole.
 @pytest.mark.slow
 @pytest.mark.timeout(900)
