@@ -928,12 +928,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 rate = [s["count"] / s["seconds"] for s in steps]
                 label = f"{kind}, {row['nominal']:,} build"
                 rate_ax.plot(held, rate, marker=".", label=label)
-                ratio_ax.plot(
-                    held,
-                    [r / s["baseline_leaf_per_s"] for r, s in zip(rate, steps, strict=True)],
-                    marker=".",
-                    label=label,
-                )
+                # Probes recorded by hand carry no baseline (0): no ratio for them.
+                based = [
+                    (h, r / s["baseline_leaf_per_s"])
+                    for h, r, s in zip(held, rate, steps, strict=True)
+                    if s.get("baseline_leaf_per_s")
+                ]
+                ratio_ax.plot([h for h, _ in based], [q for _, q in based], marker=".", label=label)
         _label(rate_ax, "import per chunk", "entries/s", "entries held after the chunk")
         _label(ratio_ax, "import per chunk / baseline", "ratio", "entries held after the chunk")
         rate_ax.legend(fontsize=7)
