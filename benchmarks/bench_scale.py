@@ -656,25 +656,27 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
 
     A second 100M-entry node to sync into does not fit beside node A, so
     the size-dependent part is measured apart: one log C of ``--c-entries``
-    sha256 entries (built once into ``DIR/sync-into-c``) is synced, verified,
+    sha256 entries (built once into ``DIR/sync-into-NAME``, ``--c-log``) is synced, verified,
     into a fresh node and into node A of each size, whose tables then hold
     that many rows already (the ``entries`` and ``active`` B-trees every
     chunk inserts into). A keeps C's entries and follows C afterwards, so
-    each A's figure is measured once and kept in ``DIR/<N>/sync-into.json``.
+    each A's figure is measured once and kept in ``DIR/<N>/sync-into[-NAME].json``.
     Then the serving half: the fetch-only rate (``PeerClient.entries``, no
     verification or storage) of the last ``--c-entries`` entries of each A.
     """
     n_c = args.c_entries
-    c_where = base / "sync-into-c"
+    # A node A keeps every log C it was measured with, so measuring it again
+    # needs a log it does not hold yet: another --c-log name, another origin.
+    name = args.c_log
+    origin = bench_sync.ORIGIN_C if name == "c" else f"agency-{name}.example/hashmesh"
+    c_where = base / f"sync-into-{name}"
     c_record = c_where / "c.json"
     if c_record.exists():
-        c = bench_sync.Node(
-            c_where / "c", bench_sync.ORIGIN_C, json.loads(c_record.read_text())["port"]
-        )
+        c = bench_sync.Node(c_where / "c", origin, json.loads(c_record.read_text())["port"])
     else:
         shutil.rmtree(c_where, ignore_errors=True)
         c_where.mkdir(parents=True)
-        c = bench_sync.make_node(c_where, "c", bench_sync.ORIGIN_C)
+        c = bench_sync.make_node(c_where, "c", origin)
         print(f"  building log C of {n_c:,} entries")
         bench_sync.import_entries(c, n_c)
         c_record.write_text(json.dumps({"port": c.port, "entries": n_c}))
@@ -684,7 +686,8 @@ async def sync_into(args: argparse.Namespace, base: Path, work: Path) -> list[di
         a, built = build(base / str(size), size, args.chunk, as_far_as_built=args.as_far_as_built)
         # A's own log: the tail fetched below is of the entries it holds.
         own = built["n_sha256"] + built["n_pdq"]
-        targets.append((own, a, base / str(size) / "sync-into.json"))
+        record_name = "sync-into.json" if name == "c" else f"sync-into-{name}.json"
+        targets.append((own, a, base / str(size) / record_name))
     rows: list[dict[str, Any]] = []
     for size, target, record in targets:
         if record is not None and record.exists():
@@ -990,6 +993,14 @@ def main() -> None:
         action="store_true",
         help="measure only whether verified sync slows as the syncing node grows:"
         " a log C synced into a fresh node and into each size's node A (A keeps C)",
+    )
+    parser.add_argument(
+        "--c-log",
+        default="c",
+        metavar="NAME",
+        help="--sync-into's log C: built once into DIR/sync-into-NAME, origin"
+        " agency-NAME.example/hashmesh; a node A keeps each C it took, so measuring"
+        " A again needs a new NAME (default c)",
     )
     parser.add_argument(
         "--import-into",
