@@ -106,6 +106,7 @@ __all__ = [
     "parse_match_request",
     "parse_match_request_strictly",
     "verify_index_files",
+    "worker_exact_index",
     "worker_pdq_index",
 ]
 
@@ -641,11 +642,22 @@ def match_job(
     re-mapped when replaced), or SQLite where it does not cover a log.
     """
     pdq = worker_pdq_index(context) if args.get("pdq") else None
-    exact = context.state.get(_EXACT_STATE)
-    if exact is None:
-        exact = context.state[_EXACT_STATE] = ActiveKeyIndex(active_index_path(context.node_dir))
+    exact = worker_exact_index(context)
     document, looked_up, hit = match_document(context.ledger, body, pdq, exact)
     return document, {"looked_up": dict(looked_up), "hit": dict(hit)}
+
+
+def worker_exact_index(context: WorkerContext) -> ActiveKeyIndex:
+    """The worker process's ``active`` key file index, made on first use.
+
+    One per worker, shared by every job that looks hashes up exactly
+    (``/v1/match``, the console's look-up): the file is mapped once and each
+    process reads the entries beyond it once.
+    """
+    exact: ActiveKeyIndex | None = context.state.get(_EXACT_STATE)
+    if exact is None:
+        exact = context.state[_EXACT_STATE] = ActiveKeyIndex(active_index_path(context.node_dir))
+    return exact
 
 
 def worker_pdq_index(context: WorkerContext) -> LivePdqIndex:

@@ -9,7 +9,11 @@ and matched by :func:`node.ledger.matching.match` in ``serve``'s match
 worker processes (:mod:`node.api.workers`, :func:`lookup_job`), as ``POST
 /v1/match`` is, so a look-up of 50,000 hashes at 10M entries does not hold
 the server's GIL; with ``workers = 0`` (or no pool, as in a console built
-alone) in the database's reader threads.
+alone) in the database's reader threads. Either way exact values take
+``/v1/match``'s path: the mapped ``active`` key file
+(:class:`~node.ledger.active_index.ActiveKeyIndex`, ``index/active.seg``),
+SQLite only for what it does not cover; the results are those of SQLite's
+seeks (tests/console/test_lookup_exact.py).
 
 Bad input is answered on the page, naming what was wrong: a paste or file
 over its cap, a binary file given as a hash list, an image that does not
@@ -35,7 +39,7 @@ from node.api.console.render import (
     check_csrf,
     render,
 )
-from node.api.match import match_service, worker_pdq_index
+from node.api.match import match_service, worker_exact_index, worker_pdq_index
 from node.api.workers import WorkerContext
 from node.errors import NodeError
 from node.ledger.filehash import hash_bytes, pdq_support
@@ -278,6 +282,9 @@ def lookup_job(
     ``body`` is JSON: ``start`` (the chunk's first position), ``queries``
     (``[signal type, value]`` pairs, already normalised by the server) and
     ``max_distance``; the document is the JSON list of :func:`_found_rows`.
+    The worker's PDQ and ``active`` key file indexes are those ``/v1/match``
+    uses (:func:`~node.api.match.worker_pdq_index`,
+    :func:`~node.api.match.worker_exact_index`).
     """
     request = json.loads(body)
     queries = [MatchQuery.parse(t, v) for t, v in request["queries"]]
@@ -287,6 +294,7 @@ def lookup_job(
         list(enumerate(queries, start=request["start"])),
         pdq=pdq,
         max_distance=request["max_distance"],
+        exact=worker_exact_index(context),
     )
     return json.dumps(_found_rows(results)).encode("utf-8"), {}
 
@@ -315,10 +323,13 @@ async def _match_all(
     queries = [MatchQuery.parse(q.signal_type, q.value) for q in inputs.queries]
     if any(q.signal_type == "pdq" for q in queries):
         await match_service(db).ensure_current()
-    pdq = match_service(db).pdq
+    service = match_service(db)
+    pdq = service.pdq
 
     def run(ledger: Ledger, batch: list[tuple[int, MatchQuery]]) -> list[dict[str, Any]]:
-        return _found_rows(match(ledger, batch, pdq=pdq, max_distance=max_distance))
+        # Exact values through the mapped key file, as /v1/match looks them up.
+        exact = service.exact_index(ledger)
+        return _found_rows(match(ledger, batch, pdq=pdq, max_distance=max_distance, exact=exact))
 
     # Chunks in the reader threads at once: SQLite's seeks run in parallel
     # (10,000 hashes: 1.36 s -> 1.05 s on the loaded 2-core machine, in-process
