@@ -185,6 +185,9 @@ DEFAULT_MIN_QUALITY = 50
 DEFAULT_MAX_HITS = 1_000
 """Default ``[match] max_hits``: PDQ hits returned per query."""
 
+DEFAULT_WORKER_READ_MAX = 1_000_000
+"""Default ``[match] worker_read_max``: PDQ rows a match worker reads itself (a few seconds)."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MatchSettings:
@@ -201,12 +204,18 @@ class MatchSettings:
             is looked up exactly only, with a warning.
         max_hits: most PDQ hits returned per query (the nearest); a query
             with more is flagged ``truncated``.
+        worker_read_max: most PDQ rows beyond the index file
+            (``index/pdq.seg``) that each of ``serve``'s match workers reads
+            from the database itself; with more (a first start at size, a
+            file of another version), the workers wait for ``serve`` to
+            write the file and PDQ queries are answered 503 meanwhile.
     """
 
     hide_disputed_by: int = 0
     trusted_origins: tuple[str, ...] | None = None
     min_quality: int = DEFAULT_MIN_QUALITY
     max_hits: int = DEFAULT_MAX_HITS
+    worker_read_max: int = DEFAULT_WORKER_READ_MAX
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -822,7 +831,10 @@ def _section(path: Path, name: str, table: object, known: set[str]) -> dict[str,
 
 def _match_settings(path: Path, raw: object) -> MatchSettings:
     table = _section(
-        path, "match", raw, {"hide_disputed_by", "trusted_origins", "min_quality", "max_hits"}
+        path,
+        "match",
+        raw,
+        {"hide_disputed_by", "trusted_origins", "min_quality", "max_hits", "worker_read_max"},
     )
     hide = table.get("hide_disputed_by", 0)
     if isinstance(hide, bool) or not isinstance(hide, int) or hide < 0:
@@ -838,11 +850,19 @@ def _match_settings(path: Path, raw: object) -> MatchSettings:
     max_hits = _bounded_int(
         table, "max_hits", DEFAULT_MAX_HITS, (1, 1_000_000), f"{path}: match.max_hits"
     )
+    worker_read_max = _bounded_int(
+        table,
+        "worker_read_max",
+        DEFAULT_WORKER_READ_MAX,
+        (1, 1 << 40),
+        f"{path}: match.worker_read_max",
+    )
     return MatchSettings(
         hide_disputed_by=hide,
         trusted_origins=trusted,
         min_quality=min_quality,
         max_hits=max_hits,
+        worker_read_max=worker_read_max,
     )
 
 

@@ -21,6 +21,7 @@ Layer: node (bottom). This module performs no I/O.
     ├── ImportRejectedError      an import file had invalid lines (carries them)
     ├── PublishError             publish refuses its output directory (another log's)
     ├── UnknownLogError          no log with that origin is held here
+    ├── IndexPendingError        an index this process waits for is being built (503)
     └── PeerError                a peer failed us during sync (names the peer)
         ├── PeerUnavailableError    cannot connect, TLS refused, timed out, 5xx
         └── PeerProtocolError       malformed, oversized or unexpected response
@@ -144,6 +145,20 @@ class WitnessProofError(WitnessError):
 
 class UnknownLogError(NodeError):
     """No log with the requested origin is held by this node."""
+
+
+class IndexPendingError(NodeError):
+    """An index is being built elsewhere; this process waits for it rather than build its own.
+
+    A match worker facing a large PDQ table without a usable index file
+    (a first start) waits for ``hashmesh serve`` to write the file
+    (docs/matching.md "First start"); the API answers 503 with the message
+    and ``Retry-After: retry_after``.
+    """
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EntryNotFoundError(NodeError):

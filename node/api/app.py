@@ -52,7 +52,13 @@ from node.api.state import (
     refuse_damaged,
 )
 from node.api.workers import POOL_KEY, WorkerPool
-from node.errors import EntryNotFoundError, RecoveringError, StorageError, UnknownLogError
+from node.errors import (
+    EntryNotFoundError,
+    IndexPendingError,
+    RecoveringError,
+    StorageError,
+    UnknownLogError,
+)
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
@@ -182,6 +188,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except RecoveringError as e:
         # A restored node cosigns nothing until it has recovered its own log.
         return handlers.error_response(503, str(e), None, {"Retry-After": "60"})
+    except IndexPendingError as e:
+        # A first start at size: PDQ matching waits for its index file.
+        return handlers.error_response(503, str(e), None, {"Retry-After": str(e.retry_after)})
     except StorageError as e:
         log.warning("database unavailable for %s: %s", request.path, e)
         return handlers.error_response(

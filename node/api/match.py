@@ -4,9 +4,12 @@ Layer: node.api. The request body is parsed, matched and the response
 serialised in one worker process (:mod:`node.api.workers`, ``[api] workers``),
 or with ``workers = 0`` in one reader thread of the database, so a batch of
 ten thousand hashes never stalls the event loop. A worker opens the node's
-persisted PDQ index read-only (:func:`~node.ledger.live_pdq.open_pdq_index`)
-at its first PDQ query; the server keeps its own, writable one current
-(:func:`keep_current`), which writes the index files the workers map.
+persisted PDQ index read-only at its first PDQ query; the server keeps its
+own, writable one current (:func:`keep_current`), which writes the index
+files the workers map. Where more PDQ rows lie beyond that file than
+``[match] worker_read_max`` (a first start at size), a worker does not read
+them all itself: it answers PDQ queries 503 with ``Retry-After`` until the
+server has written the file (:func:`worker_pdq_index`; docs/matching.md).
 
 Request (JSON, at most :data:`MAX_BODY` bytes)::
 
@@ -66,7 +69,7 @@ from aiohttp import web
 from node.api.access import METRICS_KEY, request_facts
 from node.api.state import DB_KEY, LANE_KEY
 from node.api.workers import POOL_KEY, WorkerContext
-from node.errors import StorageError
+from node.errors import IndexPendingError, StorageError
 from node.ledger import active_index
 from node.ledger.active_index import (
     ActiveKeyIndex,
@@ -76,7 +79,7 @@ from node.ledger.active_index import (
 from node.ledger.database import Database
 from node.ledger.events import CheckpointHub
 from node.ledger.leaf_index import LeafHashIndex
-from node.ledger.live_pdq import open_pdq_index, pdq_index_path
+from node.ledger.live_pdq import PENDING_RETRY_AFTER, node_pdq_index, pdq_index_path
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
     MAX_BATCH,
@@ -96,8 +99,10 @@ from protocol.signal import SIGNAL_TYPES
 __all__ = [
     "MATCH_JOB",
     "MAX_BODY",
+    "WAIT_FOR_FILE",
     "MatchRequest",
     "MatchService",
+    "job_args",
     "keep_current",
     "match_document",
     "match_endpoint",
@@ -296,13 +301,46 @@ class MatchService:
         self.exact: ActiveKeyIndex | None = None
         """The ``active`` key file for exact queries answered in this process."""
         self.writable = False
+        """Whether this process writes the index files (``serve``: :func:`keep_current`);
+        its match workers then wait for a PDQ file rather than read a large table."""
         self._lock = asyncio.Lock()
         self._version: int | None = None
+        self._first_read = 0
 
     @property
     def loaded(self) -> bool:
         """Whether the index has been loaded at least once (``/readyz``)."""
         return self._version is not None
+
+    def refuse_while_loading(self) -> None:
+        """Answer a PDQ request at once while a large first load runs (no worker processes).
+
+        Raises:
+            IndexPendingError: the index has never been loaded and its load
+                has read more than ``[match] worker_read_max`` rows so far.
+                A smaller load is waited for, as before.
+        """
+        read_max = self.pdq.read_max
+        if self.loaded or read_max is None or self._first_read <= read_max:
+            return
+        raise IndexPendingError(
+            f"the PDQ index is loading ({self._first_read:,} PDQ hashes read so far); PDQ "
+            f"queries are answered once it is loaded (retry in {PENDING_RETRY_AFTER} s), "
+            "exact look-ups meanwhile",
+            retry_after=PENDING_RETRY_AFTER,
+        )
+
+    def answers_pdq_itself(self) -> bool:
+        """Whether this process answers a PDQ request that its match worker refused.
+
+        A worker refuses (:class:`~node.errors.IndexPendingError`) while it
+        waits for the index file this process writes (a first start at
+        size). Once the index is loaded here it holds every row: such
+        requests are matched in this process's reader threads until the file
+        is written and the workers map it. Requests the workers answer never
+        come here, so a node whose workers keep up is not slowed.
+        """
+        return self.loaded
 
     def invalidate(self) -> None:
         """Make the next :meth:`ensure_current` read the table again (after a dropped base)."""
@@ -333,17 +371,19 @@ class MatchService:
             if self.pdq.path is None:
                 # The quality floor and the index file are the node's, known
                 # once the database is open; the index is still empty here.
-                min_quality, node_dir = await self.db.read(
-                    lambda ledger: (ledger.config.match.min_quality, ledger.config.node_dir)
+                settings, node_dir = await self.db.read(
+                    lambda ledger: (ledger.config.match, ledger.config.node_dir)
                 )
-                self.pdq.min_quality = min_quality
+                self.pdq.min_quality = settings.min_quality
+                self.pdq.read_max = settings.worker_read_max
                 self.pdq.path = pdq_index_path(node_dir)
             self.pdq.writable = self.writable
             # Maps the base file (or a newer one) first: then only the rows
             # beyond it are read.
             await self.db.read(self.pdq.attach)
-            while await self.db.read(lambda ledger: self.pdq.read_step(ledger.matching)):
-                pass
+            while read := await self.db.read(lambda ledger: self.pdq.read_step(ledger.matching)):
+                if self._version is None:
+                    self._first_read += read
             loop = asyncio.get_running_loop()
             added = await loop.run_in_executor(None, self.pdq.flush)
             self._version = version
@@ -417,14 +457,23 @@ def _spawn(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> N
 _PERSISTING: weakref.WeakSet[MatchService] = weakref.WeakSet()
 
 
+PERSIST_RETRY = 30.0
+"""Seconds before a failed PDQ file write is tried again while the match workers wait for it."""
+
+
 def _maybe_persist(service: MatchService, tasks: set[asyncio.Task[None]]) -> None:
     if service in _PERSISTING or not service.pdq.persist_due():
         return
     _PERSISTING.add(service)
-    _spawn(tasks, _persist(service))
+    _spawn(tasks, _persist(service, tasks))
 
 
-async def _persist(service: MatchService) -> None:
+async def _persist_later(service: MatchService, tasks: set[asyncio.Task[None]]) -> None:
+    await asyncio.sleep(PERSIST_RETRY)
+    _maybe_persist(service, tasks)
+
+
+async def _persist(service: MatchService, tasks: set[asyncio.Task[None]]) -> None:
     pdq = service.pdq
     database_path = await service.db.read(lambda ledger: ledger.config.database_path)
 
@@ -433,14 +482,24 @@ async def _persist(service: MatchService) -> None:
         # hold one of the server's reader threads.
         return pdq.persist(database_path)
 
-    started = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
         written = await _in_daemon_thread(write, "hashmesh-pdq-persist")
     except (OSError, StorageError) as e:
         log.warning("PDQ index not persisted: %s", e)
-        return
+        written = False
     finally:
         _PERSISTING.discard(service)
+    if not written and pdq.readers_wait():
+        # The match workers wait for this file: an idle node would otherwise
+        # not try again until its next commit.
+        log.warning(
+            "the match workers wait for the PDQ index file (this process answers PDQ "
+            "queries meanwhile); writing it again in %g s",
+            PERSIST_RETRY,
+        )
+        _spawn(tasks, _persist_later(service, tasks))
     if written:
         segment = pdq.segment
         log.info(
@@ -633,15 +692,17 @@ def match_job(
     """:func:`match_document` in a worker process.
 
     ``args["pdq"]``: the body may hold PDQ queries. The worker then opens the
-    node's PDQ index read-only once (:func:`~node.ledger.live_pdq.open_pdq_index`:
-    the persisted base file mapped, shared with the server and the other
-    workers through the page cache) and brings it up to date before each such
-    request (a changed base file re-mapped, rows committed since read).
+    node's PDQ index read-only once (:func:`worker_pdq_index`: the persisted
+    base file mapped, shared with the server and the other workers through
+    the page cache) and brings it up to date before each such request (a
+    changed base file re-mapped, rows committed since read), or raises
+    :class:`~node.errors.IndexPendingError` (503) while it waits for the
+    server's file.
     Exact queries go through the node's ``active`` key file
     (:class:`~node.ledger.active_index.ActiveKeyIndex`, mapped on first use,
     re-mapped when replaced), or SQLite where it does not cover a log.
     """
-    pdq = worker_pdq_index(context) if args.get("pdq") else None
+    pdq = worker_pdq_index(context, args) if args.get("pdq") else None
     exact = worker_exact_index(context)
     document, looked_up, hit = match_document(context.ledger, body, pdq, exact)
     return document, {"looked_up": dict(looked_up), "hit": dict(hit)}
@@ -660,18 +721,33 @@ def worker_exact_index(context: WorkerContext) -> ActiveKeyIndex:
     return exact
 
 
-def worker_pdq_index(context: WorkerContext) -> LivePdqIndex:
-    """The worker process's PDQ index, opened on first use and brought up to date.
+WAIT_FOR_FILE = "wait_for_file"
+"""A job's argument: the server writes the PDQ index file (:func:`worker_pdq_index`)."""
+
+
+def worker_pdq_index(context: WorkerContext, args: Mapping[str, Any]) -> LivePdqIndex:
+    """The worker process's PDQ index, made on first use and brought up to date.
 
     One per worker, shared by every job that near-matches (``/v1/match``,
-    the console's look-up).
+    the console's look-up). When the job's ``args`` say the server writes
+    the index file (:data:`WAIT_FOR_FILE`, from :func:`job_args`), a worker
+    reads at most ``[match] worker_read_max`` rows beyond the file itself;
+    with more, it waits for the server's new file.
+
+    Raises:
+        IndexPendingError: the worker waits for the server's file (503).
     """
     pdq: LivePdqIndex | None = context.state.get(MATCH_JOB)
     if pdq is None:
-        pdq = context.state[MATCH_JOB] = open_pdq_index(context.ledger)
-    else:
-        pdq.refresh(context.ledger)
+        pdq = context.state[MATCH_JOB] = node_pdq_index(context.ledger)
+    pdq.read_max = context.ledger.config.match.worker_read_max if args.get(WAIT_FOR_FILE) else None
+    pdq.refresh(context.ledger)
     return pdq
+
+
+def job_args(db: Database, *, pdq: bool) -> dict[str, Any]:
+    """The arguments of a matching job sent to the workers from this process."""
+    return {"pdq": pdq, WAIT_FOR_FILE: match_service(db).writable}
 
 
 def _may_hold_pdq(body: bytes) -> bool:
@@ -688,22 +764,34 @@ async def match_endpoint(request: web.Request) -> web.Response:
     body = await request.read()
     db = request.app[DB_KEY]
     pool = request.app.get(POOL_KEY)
-    if pool is not None:
-        # Parsing, matching and serialising run in a worker process: the
-        # server's event loop only moves the bytes (issue 14, issue 18).
-        document, facts = await pool.run(MATCH_JOB, body, {"pdq": _may_hold_pdq(body)})
-        looked_up, hit = Counter(facts["looked_up"]), Counter(facts["hit"])
-    else:
-        service = match_service(db)
+    service = match_service(db)
+    may_hold_pdq = _may_hold_pdq(body)
 
-        def run(ledger: Ledger) -> tuple[bytes, Counter[str], Counter[str]]:
-            return match_document(ledger, body, service.pdq, service.exact_index(ledger))
+    def run(ledger: Ledger) -> tuple[bytes, Counter[str], Counter[str]]:
+        return match_document(ledger, body, service.pdq, service.exact_index(ledger))
 
+    async def here() -> tuple[bytes, Counter[str], Counter[str]]:
+        if may_hold_pdq:
+            service.refuse_while_loading()
         # The heavy lane bounds how many run at once (503 beyond its queue).
         async with request.app[LANE_KEY].slot():
-            if _may_hold_pdq(body):
+            if may_hold_pdq:
                 await service.ensure_current()
-            document, looked_up, hit = await db.read(run)
+            return await db.read(run)
+
+    if pool is None:
+        document, looked_up, hit = await here()
+    else:
+        try:
+            # Parsing, matching and serialising run in a worker process: the
+            # server's event loop only moves the bytes (issue 14, issue 18).
+            document, facts = await pool.run(MATCH_JOB, body, job_args(db, pdq=may_hold_pdq))
+        except IndexPendingError:
+            if not service.answers_pdq_itself():
+                raise
+            document, looked_up, hit = await here()
+        else:
+            looked_up, hit = Counter(facts["looked_up"]), Counter(facts["hit"])
     facts_ = request_facts(request)
     facts_.hashes, facts_.hits = looked_up.total(), hit.total()
     counter = request.app[METRICS_KEY].match_hashes

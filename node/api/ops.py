@@ -224,7 +224,14 @@ async def database_writable(context: OpsContext) -> list[str]:
 
 
 async def indexes_loaded(context: OpsContext) -> list[str]:
-    """The PDQ index has been loaded (``serve`` loads it at start)."""
+    """The PDQ index has been loaded (``serve`` loads it at start): PDQ queries are answered.
+
+    Until then PDQ queries are answered 503 where the table is large (the
+    match workers wait for the server's index file, ``[match]
+    worker_read_max``), exact look-ups are answered; once it is loaded the
+    server answers PDQ queries itself until its index file is written and
+    the workers map it (docs/matching.md "First start of a large node").
+    """
     if not match_service(context.db).loaded:
         return ["indexes: the PDQ index is still loading"]
     return []

@@ -47,7 +47,7 @@ from node.api.connections import (
     raise_open_file_limit,
 )
 from node.api.console import CONSOLE_MOUNT
-from node.api.match import keep_current, verify_index_files
+from node.api.match import keep_current, match_service, verify_index_files
 from node.api.ops import OPS_KEY, OpsContext, OpsMount, make_ops_app
 from node.api.public import PUBLIC_KEY, PublicLimits, make_public_app
 from node.api.state import LEAVES_KEY, ApiLimits
@@ -439,6 +439,9 @@ async def run_server(
             metrics=metrics,
             integrity=integrity,
         )
+        # This process writes the index files (keep_current, below): from the
+        # first request on, its match workers wait for a PDQ file at size.
+        match_service(db).writable = True
         server = await start_server(app, ctx, host=host, port=port, connections=config.connections)
         if start_workers and POOL_KEY in app:
             app[POOL_KEY].start()

@@ -58,7 +58,7 @@ from typing import IO, Any
 from aiohttp import web
 
 from node.api.state import WorkLane
-from node.errors import EntryNotFoundError, StorageError, UnknownLogError
+from node.errors import EntryNotFoundError, IndexPendingError, StorageError, UnknownLogError
 from protocol.errors import MalformedError
 
 __all__ = [
@@ -168,6 +168,8 @@ def _error_head(e: BaseException) -> dict[str, Any]:
         return {"error": "not_found", "message": str(e), "field": e.field}
     if isinstance(e, StorageError):
         return {"error": "storage", "message": str(e)}
+    if isinstance(e, IndexPendingError):
+        return {"error": "pending", "message": str(e), "retry_after": e.retry_after}
     if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
         return {"error": "storage", "message": str(e)}
     if isinstance(e, sqlite3.DatabaseError):
@@ -186,6 +188,8 @@ def _raise_error(head: Mapping[str, Any]) -> None:
         raise EntryNotFoundError(message, field=str(field_name))
     if kind == "storage":
         raise StorageError(message)
+    if kind == "pending":
+        raise IndexPendingError(message, retry_after=int(head.get("retry_after", 1)))
     if kind == "database":
         raise sqlite3.DatabaseError(message)
     raise RuntimeError(f"worker process: {message}")
@@ -342,7 +346,8 @@ class WorkerPool:
             web.HTTPServiceUnavailable: (503) if every worker is busy and the queue is full.
             WorkerLostError: if the worker died while holding this job (503).
             MalformedError, UnknownLogError, EntryNotFoundError, StorageError,
-                sqlite3.DatabaseError: as the job raised them in the worker.
+                IndexPendingError, sqlite3.DatabaseError: as the job raised them
+                in the worker.
         """
         if self._closed:
             raise StorageError("the server is shutting down")

@@ -21,6 +21,16 @@ temporary file, fsync, atomic rename) and swaps it in; rows that arrived
 meanwhile stay in the tail. Other processes that mapped the old file keep a
 valid mapping and switch at their next :meth:`LivePdqIndex.refresh`.
 
+A process that reads the same table beside the serving one (a match worker
+of ``serve``) would, at a first start without the file, read every row
+itself: at 100M entries 20M rows, minutes of CPU per process, while the
+server reads them too. Such a reader is given ``read_max``
+(``[match] worker_read_max``): when more rows than that lie beyond the
+base, and the serving process will write a new base for them (the same
+rule as :meth:`LivePdqIndex.persist_due`), :meth:`LivePdqIndex.refresh`
+reads nothing and raises :class:`~node.errors.IndexPendingError` (the API
+answers 503 with ``Retry-After``), until the new file is there to map.
+
 A file that fails a check (bad magic or header checksum, short, another
 format version or index layout (:data:`~node.ledger.pdq_index.LAYOUT`),
 another quality floor, a covered log whose leaf hash changed) is never
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from node.config import DEFAULT_MIN_QUALITY, NodeConfig
+from node.errors import IndexPendingError
 from node.ledger.pdq_index import LAYOUT, PdqIndex, SortedHashes, hashes_to_words
 from node.storage.ledger_store import LedgerStore
 from node.storage.match_store import MatchStore
@@ -72,10 +84,13 @@ __all__ = [
     "INDEX_DIR",
     "LOAD_CHUNK",
     "PDQ_FILE",
+    "PENDING_RECHECK",
+    "PENDING_RETRY_AFTER",
     "PERSIST_MIN_ROWS",
     "LivePdqIndex",
     "build_pdq_file",
     "check_pdq_file",
+    "node_pdq_index",
     "open_pdq_index",
     "pdq_index_path",
 ]
@@ -90,6 +105,12 @@ LOAD_CHUNK = 100_000
 
 PERSIST_MIN_ROWS = 100_000
 """Fewest tail rows that make a new base worth writing (see :meth:`LivePdqIndex.persist_due`)."""
+
+PENDING_RETRY_AFTER = 30
+"""``Retry-After`` seconds of a PDQ request answered 503 while a reader waits for a new base."""
+
+PENDING_RECHECK = 10.0
+"""Seconds a waiting reader trusts its count of rows beyond the base (a new file: at once)."""
 
 ID_SHIFT = 40
 """Row ids are ``(log_id << ID_SHIFT) | entry index``: 2**40 entries per log."""
@@ -185,6 +206,12 @@ class LivePdqIndex:
         self.path = path
         self.writable = writable and path is not None
         self.persist_min = PERSIST_MIN_ROWS
+        self.read_max: int | None = None
+        """Most rows beyond the base :meth:`refresh` reads when the serving
+        process would write a new base for them (None: every row). The
+        serving process's own index holds the same value: it then writes a
+        base whenever more lie beyond (:meth:`persist_due`)."""
+        self._waiting: tuple[tuple[int, int, int, int] | None, float, str] | None = None
         self._base = _Base()
         self._near = PdqIndex()
         self._exact_ids: list[npt.NDArray[np.int64]] = []
@@ -344,11 +371,27 @@ class LivePdqIndex:
 
     def persist_due(self) -> bool:
         """Whether the tail is large enough next to the base to write a new base."""
-        return (
-            self.writable
-            and self.tail_rows >= self.persist_min
-            and self.tail_rows * 4 >= len(self._base)
-        )
+        return self.writable and self._base_due(self.tail_rows)
+
+    def _base_due(self, beyond: int) -> bool:
+        """Whether ``beyond`` rows past the base make a new base worth writing.
+
+        At least ``persist_min`` and a quarter of the base; or more than
+        ``read_max``, which readers do not read themselves.
+        """
+        if self.read_max is not None and beyond > self.read_max:
+            return beyond * 4 >= len(self._base)
+        return beyond >= self.persist_min and beyond * 4 >= len(self._base)
+
+    def readers_wait(self) -> bool:
+        """Whether readers with the same ``read_max`` wait for a new base (``/readyz``).
+
+        True in the serving process from the moment it has read more rows
+        beyond the base than they read themselves until the new base is
+        written and mapped.
+        """
+        beyond = self.tail_rows
+        return self.read_max is not None and beyond > self.read_max and self._base_due(beyond)
 
     def persist(
         self, store: LedgerStore | Path, *, before_rename: Callable[[Path], None] | None = None
@@ -495,9 +538,62 @@ class LivePdqIndex:
     # -- the tail -------------------------------------------------------------------
 
     def refresh(self, ledger: _Ledger) -> int:
-        """Re-map a replaced base file, then read every new row; the number of rows added."""
+        """Re-map a replaced base file, then read every new row; the number of rows added.
+
+        Raises:
+            IndexPendingError: ``read_max`` is set and more rows than that lie
+                beyond the base, for which the serving process writes a new
+                base (nothing was read; call again later).
+        """
         self.attach(ledger)
+        if self.read_max is not None and not self.writable:
+            self._wait_if_far_behind(self.read_max, ledger.store.matching)
         return self.load(ledger.store.matching)
+
+    def _wait_if_far_behind(self, read_max: int, matching: MatchStore) -> None:
+        """Raise :class:`IndexPendingError` rather than read a table the server is indexing.
+
+        Counting stops at ``read_max + 1`` rows (a second, longer count only
+        when the base is large enough that the quarter rule matters); while
+        waiting, the count is trusted for :data:`PENDING_RECHECK` seconds
+        unless the file changed, so a stream of refused requests costs a
+        ``stat`` each.
+        """
+        identity = None if self.path is None else file_identity(self.path)
+        now = time.monotonic()
+        waiting = self._waiting
+        if waiting is not None and waiting[0] == identity and now < waiting[1]:
+            raise IndexPendingError(waiting[2], retry_after=PENDING_RETRY_AFTER)
+        self._waiting = None
+        unread = self._unread(matching, read_max + 1)
+        if unread <= read_max:
+            return
+        quarter = -(-len(self._base) // 4) - self.tail_rows
+        if quarter > unread:
+            unread = self._unread(matching, quarter)
+        beyond = self.tail_rows + unread
+        if not self._base_due(beyond):
+            return
+        message = (
+            f"the PDQ index is being built: more than {read_max:,} PDQ hashes lie beyond "
+            f"{self.path} ({len(self._base):,} in it), and this process waits for hashmesh "
+            "serve to write the file rather than read them all itself; PDQ queries are "
+            f"answered once it is written (retry in {PENDING_RETRY_AFTER} s), exact "
+            "look-ups meanwhile"
+        )
+        self._waiting = (identity, now + PENDING_RECHECK, message)
+        raise IndexPendingError(message, retry_after=PENDING_RETRY_AFTER)
+
+    def _unread(self, matching: MatchStore, limit: int) -> int:
+        """Rows beyond what this index has read, counted up to ``limit``."""
+        with self._lock:
+            read = dict(self._read)
+        total = 0
+        for log_id in sorted(matching.log_origins()):
+            if total >= limit:
+                break
+            total += matching.pdq_count_after(log_id, read.get(log_id, -1), limit - total)
+        return total
 
     def read_step(self, matching: MatchStore, limit: int = LOAD_CHUNK) -> int:
         """Collect up to ``limit`` new rows of one log; the number read (0: none left)."""
@@ -627,24 +723,30 @@ def _uncovered(
     return (ids & ((1 << ID_SHIFT) - 1)) > limits
 
 
-def open_pdq_index(ledger: _Ledger, *, writable: bool = False) -> LivePdqIndex:
-    """The node's PDQ index, ready to search: the base file mapped, the tail read.
+def node_pdq_index(ledger: _Ledger, *, writable: bool = False) -> LivePdqIndex:
+    """The node's PDQ index, empty: :meth:`LivePdqIndex.refresh` maps the file and reads the rest.
 
     Args:
         ledger: the node's ledger (read-only is enough); the quality floor is
             its ``[match] min_quality``.
         writable: only the serving process passes True; it may replace or
             remove the index files. Others (CLI, worker processes) never write.
-
-    A process that keeps the object calls :meth:`LivePdqIndex.refresh` before
-    each batch: it switches to a base file written since, and reads the new
-    rows.
     """
-    index = LivePdqIndex(
+    return LivePdqIndex(
         ledger.config.match.min_quality,
         path=pdq_index_path(ledger.config.node_dir),
         writable=writable,
     )
+
+
+def open_pdq_index(ledger: _Ledger, *, writable: bool = False) -> LivePdqIndex:
+    """The node's PDQ index, ready to search: the base file mapped, the tail read.
+
+    Arguments as :func:`node_pdq_index`. A process that keeps the object
+    calls :meth:`LivePdqIndex.refresh` before each batch: it switches to a
+    base file written since, and reads the new rows.
+    """
+    index = node_pdq_index(ledger, writable=writable)
     index.refresh(ledger)
     return index
 

@@ -284,6 +284,18 @@ class MatchStore:
             )
         ]
 
+    def pdq_count_after(self, log_id: int, after: int, limit: int) -> int:
+        """Listed PDQ hashes of one log with index > ``after``, counted up to ``limit``.
+
+        Reads at most ``limit`` index entries: a bounded cost however large the table.
+        """
+        return int(
+            self.conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM pdq WHERE log_id = ? AND idx > ? LIMIT ?)",
+                (log_id, after, limit),
+            ).fetchone()[0]
+        )
+
     def pdq_count(self) -> int:
         """Number of listed PDQ hashes over every held log."""
         return int(self.conn.execute("SELECT count(*) FROM pdq").fetchone()[0])

@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from node.errors import IndexPendingError
 from node.ledger import Ledger
 from node.ledger.live_pdq import (
     ID_SHIFT,
     LivePdqIndex,
     check_pdq_file,
+    node_pdq_index,
     open_pdq_index,
     pdq_index_path,
 )
@@ -139,6 +141,80 @@ def test_persisted_base_is_mapped_at_open_and_only_new_rows_are_read(node: Path)
         _check(reader, ledger, _queries(values + more, 5))
         reader.close()
         writer.close()
+
+
+def _reader(ledger: Ledger, read_max: int) -> LivePdqIndex:
+    reader = node_pdq_index(ledger)
+    reader.read_max = read_max
+    return reader
+
+
+def _writer_due(node: Path, read_max: int) -> bool:
+    """Whether ``serve``'s index (same ``read_max``) would write a new base now."""
+    with Ledger.open(node) as ledger:
+        writer = open_pdq_index(ledger, writable=True)
+        writer.read_max = read_max
+        due = writer.persist_due()
+        writer.close()
+    return due
+
+
+def test_a_reader_waits_for_the_servers_file_instead_of_reading_a_large_table(
+    node: Path,
+) -> None:
+    values = _fill(node, 21)  # 306 rows, no file
+    with Ledger.open(node, read_only=True) as ledger:
+        reader = _reader(ledger, 100)
+        with pytest.raises(IndexPendingError, match="PDQ index is being built") as caught:
+            reader.refresh(ledger)
+        assert caught.value.retry_after > 0
+        assert len(reader) == 0  # nothing was read
+        with pytest.raises(IndexPendingError):  # still waiting: the file is not there
+            reader.refresh(ledger)
+        # What serve does meanwhile: read every row and write the base.
+        assert _writer_due(node, 100)
+        with Ledger.open(node) as writable:
+            writer = open_pdq_index(writable, writable=True)
+            writer.read_max = 100
+            assert writer.readers_wait()
+            assert writer.persist(writable.store) and not writer.readers_wait()
+            writer.close()
+        # The new file is noticed at once, mapped, and nothing is read.
+        assert reader.refresh(ledger) == 0
+        assert reader.base_rows == 306 and reader.tail_rows == 0
+        _check(reader, ledger, _queries(values, 22))
+        reader.close()
+
+
+@pytest.mark.parametrize(
+    ("added", "read_max"),
+    [(60, 100), (150, 100), (150, 150), (60, 10)],
+    ids=["few", "more-than-read-max", "exactly-read-max", "under-a-quarter-of-the-base"],
+)
+def test_a_reader_waits_exactly_when_serve_writes_a_new_base(
+    node: Path, added: int, read_max: int
+) -> None:
+    values = _fill(node, 23)
+    with Ledger.open(node) as ledger:
+        ledger.build_index_files()  # a base of 306 rows
+        more = _values(24, added)
+        _add(ledger, more)
+    due = _writer_due(node, read_max)
+    with Ledger.open(node, read_only=True) as ledger:
+        reader = _reader(ledger, read_max)
+        try:
+            reader.refresh(ledger)
+        except IndexPendingError:
+            assert due, "a reader waits for a base that serve will not write"
+            assert reader.tail_rows == 0
+        else:
+            # Rows beyond the base it reads itself, unless serve rewrites it:
+            # 60 of 306 is under a quarter (serve keeps the base); 150 is not.
+            assert not due or added <= read_max
+            assert reader.base_rows == 306 and reader.tail_rows == added
+            _check(reader, ledger, _queries(values + more, 25))
+        reader.close()
+    assert due == (added > read_max and added * 4 >= 306)
 
 
 def test_a_reader_switches_to_a_replaced_base_without_reading_rows_twice(node: Path) -> None:

@@ -49,7 +49,7 @@ from node.api.console.security import (
     token_matches,
 )
 from node.api.ops import OpsContext, OpsMount
-from node.errors import EntryNotFoundError, StorageError, UnknownLogError
+from node.errors import EntryNotFoundError, IndexPendingError, StorageError, UnknownLogError
 from node.ledger.database import Database
 from protocol.errors import MalformedError
 
@@ -112,6 +112,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error_page(request, 400, e.reason, e.field)
     except (UnknownLogError, EntryNotFoundError) as e:
         return _error_page(request, 404, str(e), getattr(e, "field", "origin"))
+    except IndexPendingError as e:
+        return _error_page(request, 503, str(e), None)
     except StorageError as e:
         log.warning("console: database unavailable for %s: %s", request.path, e)
         return _error_page(request, 503, "the database is busy; reload shortly", None)

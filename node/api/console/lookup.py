@@ -39,9 +39,10 @@ from node.api.console.render import (
     check_csrf,
     render,
 )
-from node.api.match import match_service, worker_exact_index, worker_pdq_index
-from node.api.workers import WorkerContext
-from node.errors import NodeError
+from node.api.match import job_args, match_service, worker_exact_index, worker_pdq_index
+from node.api.workers import WorkerContext, WorkerPool
+from node.errors import IndexPendingError, NodeError
+from node.ledger.database import Database
 from node.ledger.filehash import hash_bytes, pdq_support
 from node.ledger.lookup import HashInputs, decode_hash_list
 from node.ledger.matching import (
@@ -288,7 +289,8 @@ def lookup_job(
     """
     request = json.loads(body)
     queries = [MatchQuery.parse(t, v) for t, v in request["queries"]]
-    pdq = worker_pdq_index(context) if any(q.signal_type == "pdq" for q in queries) else None
+    has_pdq = any(q.signal_type == "pdq" for q in queries)
+    pdq = worker_pdq_index(context, args) if has_pdq else None
     results = match(
         context.ledger,
         list(enumerate(queries, start=request["start"])),
@@ -303,27 +305,45 @@ async def _match_all(
     request: web.Request, inputs: HashInputs, max_distance: int
 ) -> list[dict[str, Any]]:
     pool = request.app[CONSOLE_SETTINGS_KEY].pool
-    if pool is not None:
-        pairs = [(q.signal_type, q.value) for q in inputs.queries]
-        bodies = [
-            json.dumps(
-                {
-                    "start": start,
-                    "queries": pairs[start : start + WORKER_CHUNK],
-                    "max_distance": max_distance,
-                }
-            ).encode("utf-8")
-            for start in range(0, len(pairs), WORKER_CHUNK)
-        ]
-        # The pool's lane bounds them like /v1/match requests (503 when full).
-        answers = await asyncio.gather(*(pool.run(LOOKUP_JOB, body) for body in bodies))
-        return [row for document, _facts in answers for row in json.loads(document)]
-
     db = request.app[CONSOLE_DB_KEY]
+    if pool is None:
+        return await _match_here(db, inputs, max_distance)
+    try:
+        return await _match_in_workers(pool, db, inputs, max_distance)
+    except IndexPendingError:
+        # A worker waits for the PDQ index file the server is writing; the
+        # server has the whole index loaded (or this is the same 503).
+        if not match_service(db).answers_pdq_itself():
+            raise
+        return await _match_here(db, inputs, max_distance)
+
+
+async def _match_in_workers(
+    pool: WorkerPool, db: Database, inputs: HashInputs, max_distance: int
+) -> list[dict[str, Any]]:
+    pairs = [(q.signal_type, q.value) for q in inputs.queries]
+    bodies = [
+        json.dumps(
+            {
+                "start": start,
+                "queries": pairs[start : start + WORKER_CHUNK],
+                "max_distance": max_distance,
+            }
+        ).encode("utf-8")
+        for start in range(0, len(pairs), WORKER_CHUNK)
+    ]
+    # The pool's lane bounds them like /v1/match requests (503 when full).
+    args = job_args(db, pdq=any(t == "pdq" for t, _v in pairs))
+    answers = await asyncio.gather(*(pool.run(LOOKUP_JOB, body, args) for body in bodies))
+    return [row for document, _facts in answers for row in json.loads(document)]
+
+
+async def _match_here(db: Database, inputs: HashInputs, max_distance: int) -> list[dict[str, Any]]:
+    service = match_service(db)
     queries = [MatchQuery.parse(q.signal_type, q.value) for q in inputs.queries]
     if any(q.signal_type == "pdq" for q in queries):
-        await match_service(db).ensure_current()
-    service = match_service(db)
+        service.refuse_while_loading()
+        await service.ensure_current()
     pdq = service.pdq
 
     def run(ledger: Ledger, batch: list[tuple[int, MatchQuery]]) -> list[dict[str, Any]]:
