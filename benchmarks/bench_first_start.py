@@ -17,7 +17,8 @@ serve and every process under it (its match workers, the child that writes
 ``active.seg``) up to the first PDQ answer and up to the file, read from
 ``/proc``; the refusals seen (503s) and the load average.
 
-``--code DIR``: run serve from another checkout (``PYTHONPATH=DIR``), e.g. an
+``--code DIR``: run serve from another checkout (``PYTHONPATH=DIR``, started
+in ``DIR``: ``python -m`` looks in the working directory first), e.g. an
 export of ``main`` before a change, for a before/after pair on the same copy.
 The node's config is used as it is (``[api] workers``: one per core).
 """
@@ -55,23 +56,36 @@ def _stat(pid: int) -> list[str]:
     return text.rsplit(")", 1)[1].split()
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid``, its reaped children and its live descendants."""
+def tree_cpu(pid: int, into: dict[str, float] | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) of ``pid`` and its live descendants, per process.
+
+    Keys: ``"PID what"`` (the module run, or ``serve``); a process's reaped
+    children count in its own figure (``cutime``, ``cstime``).
+    """
+    into = {} if into is None else into
     try:
         fields = _stat(pid)
-    except FileNotFoundError:
-        return 0.0
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return into
+    what = next((a.decode() for a in argv if a.startswith(b"node.")), "serve")
     # utime, stime, cutime, cstime (fields 14-17 of stat; 0-based 11-14 after the name)
-    total = sum(int(f) for f in fields[11:15]) / TICK
-    kids: list[int] = []
+    into[f"{pid} {what}"] = sum(int(f) for f in fields[11:15]) / TICK
     # Children are listed by the thread that started them (serve starts the
     # active.seg writer from a background thread, the workers from the loop's).
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
-            kids.extend(int(k) for k in children.read_text(encoding="ascii").split())
+            kids = [int(k) for k in children.read_text(encoding="ascii").split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total + sum(tree_cpu_s(kid) for kid in kids)
+        for kid in kids:
+            tree_cpu(kid, into)
+    return into
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid``, its reaped children and its live descendants."""
+    return sum(tree_cpu(pid).values())
 
 
 async def _first_answer(
@@ -91,7 +105,10 @@ async def _first_answer(
         if status == 200:
             assert doc is not None, doc
             assert doc["matches"][0]["hits"], doc
-            return time.perf_counter() - started, tree_cpu_s(served.proc.pid), refused
+            cpu = tree_cpu(served.proc.pid)
+            if kind == "pdq":
+                print(f"  at the first PDQ answer: {cpu}", file=sys.stderr)
+            return time.perf_counter() - started, sum(cpu.values()), refused
         refused += 1
         await asyncio.sleep(0.05)
 
@@ -115,7 +132,8 @@ async def first_start(node: Path, pdq: str, sha: str, work: Path) -> dict[str, A
                 _first_answer(session, served, "pdq", pdq, started),
             )
         persisted_s = await bench_scale._until_persisted(served, started)
-        settled_cpu = tree_cpu_s(served.proc.pid)
+        settled = tree_cpu(served.proc.pid)
+        settled_cpu = sum(settled.values())
     finally:
         await served.stop()
     return {
@@ -127,6 +145,7 @@ async def first_start(node: Path, pdq: str, sha: str, work: Path) -> dict[str, A
         "cpu_s_to_exact": round(exact_cpu, 1),
         "pdq_file_written_s": None if persisted_s is None else round(persisted_s, 1),
         "cpu_s_to_file_written": round(settled_cpu, 1),
+        "cpu_s_by_process_at_file_written": {k: round(v, 1) for k, v in settled.items()},
         "log": [line.strip() for line in served.log if "index" in line],
         "load": os.getloadavg(),
     }
@@ -140,7 +159,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.code is not None:
+        # ``python -m`` puts the working directory first on sys.path, before
+        # PYTHONPATH: serve and its workers must start in the other checkout.
         os.environ["PYTHONPATH"] = str(args.code.resolve())
+        os.chdir(args.code)
     pdq = bench_scale.listed_values(args.samples, "pdq")[0]
     sha = bench_scale.listed_values(args.samples, "sha256")[0]
     with tempfile.TemporaryDirectory(prefix="hashmesh-first-start-") as tmp:
