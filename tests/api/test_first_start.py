@@ -52,7 +52,7 @@ class Node:
     pdq: list[str]
 
 
-def _node(tmp_path: Path, worker_read_max: int) -> Node:
+def _node(tmp_path: Path, worker_read_max: int, workers: int = 1) -> Node:
     path = init_api_node(tmp_path / "node", VALUES)
     rng = random.Random(18)
     pdq = [f"{rng.getrandbits(256):064x}" for _ in range(N_PDQ)]
@@ -61,7 +61,7 @@ def _node(tmp_path: Path, worker_read_max: int) -> Node:
     with (path / "config.toml").open("a", encoding="utf-8") as f:
         f.write(
             f"\n[match]\nworker_read_max = {worker_read_max}\n"
-            '\n[api]\nworkers = 1\n\n[ops]\nlisten = "127.0.0.1:0"\n'
+            f'\n[api]\nworkers = {workers}\n\n[ops]\nlisten = "127.0.0.1:0"\n'
         )
     return Node(path, pdq)
 
@@ -266,3 +266,36 @@ async def test_a_failed_write_is_tried_again_while_the_workers_wait(
         (found,) = doc["matches"]
         assert [h["index"] for h in found["hits"]] == [len(VALUES) + 3]
     assert len(tries) == 2
+
+
+async def test_without_workers_a_large_first_load_answers_pdq_503_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``workers = 0``: a PDQ request does not hold the heavy lane behind a long first load."""
+    node = _node(tmp_path, worker_read_max=100, workers=0)
+    reading, release = threading.Event(), threading.Event()
+    real = LivePdqIndex.read_step
+    steps: list[int] = []
+
+    def held(self: LivePdqIndex, matching: Any, limit: int = 100_000) -> int:
+        if self.writable:
+            steps.append(1)
+            if len(steps) == 2:  # all 300 rows read, the load not finished
+                reading.set()
+                release.wait(PATIENCE)
+        return real(self, matching, limit)
+
+    monkeypatch.setattr(LivePdqIndex, "read_step", held)
+    try:
+        async with _serving(node.path, tmp_path) as running:
+            await eventually(reading.is_set, what="serve's first load under way")
+            status, headers, doc = await running.match(("pdq", node.pdq[5]))
+            assert status == 503 and headers["Retry-After"] == "30", doc
+            assert "the PDQ index is loading (300 PDQ hashes read so far)" in doc["error"]
+            status, _, doc = await running.match(("sha256", VALUES[4]))
+            assert status == 200 and doc["matches"][0]["hits"][0]["index"] == 4, doc
+            release.set()
+            doc = await running.answered(node.pdq[5])
+            assert [h["index"] for h in doc["matches"][0]["hits"]] == [len(VALUES) + 5]
+    finally:
+        release.set()
