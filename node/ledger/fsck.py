@@ -67,8 +67,12 @@ __all__ = [
     "restore_entries",
 ]
 
-DERIVED_TABLES = ("active", "pdq", "opinions", "retractions", "nodes")
-"""Tables :func:`repair_derived` rebuilds from the log (plus ``entries.leaf_hash``)."""
+DERIVED_TABLES = ("active", "active_base", "pdq", "opinions", "retractions", "nodes")
+"""Tables :func:`repair_derived` rebuilds from the log (plus ``entries.leaf_hash``).
+
+Both levels of ``active`` are emptied; the rebuilt rows go to ``active`` and
+are merged into ``active_base`` later (:mod:`node.ledger.active_levels`).
+"""
 
 _BATCH = 20_000  # entries read and hashed at a time
 _SHOWN = 5  # findings of one kind listed before they are counted

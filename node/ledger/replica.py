@@ -42,6 +42,7 @@ from node.errors import (
     RetractionError,
     UnknownLogError,
 )
+from node.ledger.active_levels import SYNC_CHECK_ROWS, merge_active_if_due
 from node.ledger.gc_pause import bulk_allocation
 from node.ledger.integration import Integration, Prepared, prepare
 from node.ledger.rotation import load_key_chain, save_rotations
@@ -428,7 +429,10 @@ class Replica:
         # Parsing and writing a chunk allocate millions of short-lived objects.
         with bulk_allocation():
             chunk = entries if isinstance(entries, Prepared) else prepare_chunk(entries, start)
-            return self._append_verified(opened, checkpoint_note, start, end, chunk, proof)
+            state = self._append_verified(opened, checkpoint_note, start, end, chunk, proof)
+        # Committed; merging (when due) keeps `active` small for the next chunks.
+        merge_active_if_due(self.store, every=SYNC_CHECK_ROWS)
+        return state
 
     def _append_verified(
         self,

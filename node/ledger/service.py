@@ -26,6 +26,7 @@ from node.errors import (
     RecoveringError,
     UnknownLogError,
 )
+from node.ledger.active_levels import merge_active_if_due
 from node.ledger.backup import RecoveryMark, clear_recovery_mark, read_recovery_mark
 from node.ledger.cards import (
     CertificateExpiry,
@@ -397,6 +398,8 @@ class Ledger:
         result = AppendResult(
             run.start, run.next_index - run.start, tuple(run.duplicates), checkpoint
         )
+        # Committed: the new rows are durable whether or not a merge follows.
+        merge_active_if_due(self.store)
         return ImportResult(result, read, tuple(errors))
 
     def sign_card(self, card: SignedCard) -> str:

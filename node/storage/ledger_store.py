@@ -73,6 +73,12 @@ _IN_CHUNK = 500
 # size keeps the compiled statement in the connection's statement cache.
 _INSERT_CHUNK = 1024
 
+# One log's `active` rows of both levels (schema version 7): (index, key).
+_BOTH_LEVELS = (
+    "SELECT idx, key FROM active WHERE log_id = ?1 "
+    "UNION ALL SELECT idx, key FROM active_base WHERE log_id = ?1"
+)
+
 _SQLITE_AUTOCHECKPOINT = 1000
 """SQLite's default ``wal_autocheckpoint``, in pages."""
 
@@ -180,6 +186,10 @@ class LedgerStore:
         self.peers = PeerStore(conn)
         self.matching = MatchStore(conn)
         self.witnessing = WitnessStore(conn)
+        # `active` rows this connection wrote, and that count when a merge
+        # was last considered (node.ledger.active_levels, in this process).
+        self.active_rows_written = 0
+        self.active_rows_checked = 0
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False) -> LedgerStore:
@@ -553,36 +563,51 @@ class LedgerStore:
         about 0.6 µs even in an empty index).
         """
         candidates: list[int] = []
+        # Both levels of `active` (schema version 7); a log none of whose
+        # rows were merged yet (every fresh or small node) costs one seek.
+        levels = ("active", "active_base") if self._has_base_rows(log_id) else ("active",)
         if at_most is not None and 4 * at_most <= len(keys):
             if not at_most:
                 return {}
             asked = set(keys.values())
-            candidates = [
-                idx
-                for key, idx in self.conn.execute(
-                    "SELECT key, idx FROM active WHERE log_id = ?", (log_id,)
-                )
-                if key in asked
-            ]
+            for table in levels:
+                candidates += [
+                    idx
+                    for key, idx in self.conn.execute(
+                        f"SELECT key, idx FROM {table} WHERE log_id = ?",  # noqa: S608 - table names only
+                        (log_id,),
+                    )
+                    if key in asked
+                ]
             wanted: list[int] = []
         else:
             wanted = sorted(set(keys.values()))
         for i in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            candidates.extend(
-                idx
-                for (idx,) in self.conn.execute(
-                    f"SELECT idx FROM active WHERE log_id = ? AND key IN ({marks})",  # noqa: S608 - only placeholders
-                    (log_id, *chunk),
+            for table in levels:
+                candidates.extend(
+                    idx
+                    for (idx,) in self.conn.execute(
+                        f"SELECT idx FROM {table} WHERE log_id = ? AND key IN ({marks})",  # noqa: S608 - only placeholders
+                        (log_id, *chunk),
+                    )
                 )
-            )
         found: dict[tuple[str, str], int] = {}
         for idx, data in self._entries_at(log_id, sorted(candidates)):
             entry = parse_entry(bytes(data))
             if isinstance(entry, AddEntry) and entry.identity in keys:
                 found[entry.identity] = idx
         return found
+
+    def _has_base_rows(self, log_id: int) -> bool:
+        """Whether any row of the log was merged into ``active_base``."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM active_base WHERE log_id = ? LIMIT 1", (log_id,)
+            ).fetchone()
+            is not None
+        )
 
     def _entries_at(self, log_id: int, indexes: Sequence[int]) -> Iterator[tuple[int, bytes]]:
         for i in range(0, len(indexes), _IN_CHUNK):
@@ -597,12 +622,15 @@ class LedgerStore:
         """Record listed hashes: each one's active key and the index of its add.
 
         ``keys`` are :func:`~node.storage.schema.active_key` values. The
-        caller makes sure none of them is listed already.
+        caller makes sure none of them is listed already (in either level).
+        The rows go to ``active``, the small level; :meth:`merge_active_rows`
+        moves them into ``active_base`` later.
         """
         if len(keys) != len(indexes):
             raise ValueError(f"{len(keys)} active keys but {len(indexes)} indexes")
         if not keys:
             return
+        self.active_rows_written += len(keys)
         # Sorted by key, the inserts walk the index B-tree in order: each
         # page is visited once per batch instead of once per row. numpy
         # sorts the 64-bit keys four times faster than sorting tuples.
@@ -623,10 +651,42 @@ class LedgerStore:
             "INSERT INTO retractions (log_id, target, retracted_by) VALUES (?, ?, ?)",
             (log_id, target, retracted_by),
         )
+        # The listing row is in one of the two levels (not merged yet, or merged).
+        for table in ("active", "active_base"):
+            self.conn.execute(
+                f"DELETE FROM {table} WHERE log_id = ? AND key = ? AND idx = ?",  # noqa: S608 - table names only
+                (log_id, active_key(*identity), target),
+            )
+
+    def unmerged_active_rows(self, at_most: int) -> int:
+        """Rows in ``active`` (the level not merged yet), counted up to ``at_most``."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM active LIMIT ?)", (at_most,)
+        ).fetchone()
+        return int(row[0])
+
+    def merge_active_rows(self, rows: int) -> int:
+        """Move the first ``rows`` rows of ``active`` (in key order) into ``active_base``.
+
+        Call inside :meth:`transaction`: the rows leave one level and enter
+        the other in the same commit, so every reader (each reads both in
+        one snapshot) sees each listed hash exactly once. Sorted, the inserts
+        walk ``active_base`` forward and each of its pages is written once
+        per chunk. Returns the rows moved (fewer than ``rows``: none left).
+        """
+        last = self.conn.execute(
+            "SELECT log_id, key, idx FROM active ORDER BY log_id, key, idx LIMIT 1 OFFSET ?",
+            (max(0, rows - 1),),
+        ).fetchone()
+        bound = "" if last is None else "WHERE (log_id, key, idx) <= (?, ?, ?)"
+        args = () if last is None else tuple(last)
         self.conn.execute(
-            "DELETE FROM active WHERE log_id = ? AND key = ? AND idx = ?",
-            (log_id, active_key(*identity), target),
+            "INSERT INTO active_base (log_id, key, idx) "  # noqa: S608 - fixed text
+            f"SELECT log_id, key, idx FROM active {bound} ORDER BY log_id, key, idx",
+            args,
         )
+        moved = self.conn.execute(f"DELETE FROM active {bound}", args).rowcount  # noqa: S608 - fixed text
+        return int(moved)
 
     def retracted_by(self, log_id: int, target: int) -> int | None:
         """Index of the entry that retracted ``target``, or None."""
@@ -784,10 +844,10 @@ class LedgerStore:
         }
 
     def active_arrays(self, log_id: int) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any]]:
-        """One log's ``active`` rows as two int64 arrays: (entry index, key)."""
+        """One log's ``active`` rows (both levels) as two int64 arrays: (entry index, key)."""
         idx = array("q")
         keys = array("q")
-        for i, k in self.conn.execute("SELECT idx, key FROM active WHERE log_id = ?", (log_id,)):
+        for i, k in self.conn.execute(_BOTH_LEVELS, (log_id,)):
             # A damaged row may hold another type: it then shows as wrong.
             if isinstance(i, int):
                 idx.append(i)
@@ -801,12 +861,12 @@ class LedgerStore:
     def derived_rows(self, log_id: int, table: str) -> list[tuple[int, object]]:
         """One log's rows of a derived table, keyed by entry index.
 
-        ``active``: (index, key); ``pdq``: (index, hash); ``opinions``:
+        ``active``: (index, key), of both levels; ``pdq``: (index, hash); ``opinions``:
         (index, (target origin, target index, leaf hash, verdict));
         ``retractions``: (target, retracting index).
         """
         if table == "active":
-            sql = "SELECT idx, key FROM active WHERE log_id = ?"
+            sql = _BOTH_LEVELS
         elif table == "pdq":
             sql = "SELECT idx, hash FROM pdq WHERE log_id = ?"
         elif table == "retractions":

@@ -68,26 +68,39 @@ class OpinionRow:
     data: bytes
 
 
-_EXACT = (
+def _both_levels(select: str) -> str:
+    """``select`` (naming ``active`` as ``a``) over both levels of ``active``, as one statement.
+
+    Schema version 7 keeps listed hashes in ``active`` (new rows) and
+    ``active_base`` (merged rows), each row in one of them: a UNION ALL of
+    the same seeks in each, in one statement, so one snapshot. Parameters
+    are numbered (``?1``) so each arm binds the same values.
+    """
+    base = select.replace("CROSS JOIN active AS a", "CROSS JOIN active_base AS a")
+    assert base != select, select
+    return f"{select} UNION ALL {base}"
+
+
+_EXACT = _both_levels(
     "SELECT k.key, a.log_id, a.idx, e.data FROM logs AS l "
-    "CROSS JOIN json_each(?) AS k "
+    "CROSS JOIN json_each(?1) AS k "
     "CROSS JOIN active AS a ON a.log_id = l.log_id AND a.key = k.value "
     "CROSS JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx"
 )
 
 # The same look-up restricted to some logs (the others are answered from
 # the mapped key file, node.ledger.active_index).
-_EXACT_IN = (
-    "SELECT k.key, a.log_id, a.idx, e.data FROM json_each(?) AS l "
-    "CROSS JOIN json_each(?) AS k "
+_EXACT_IN = _both_levels(
+    "SELECT k.key, a.log_id, a.idx, e.data FROM json_each(?1) AS l "
+    "CROSS JOIN json_each(?2) AS k "
     "CROSS JOIN active AS a ON a.log_id = l.value AND a.key = k.value "
     "CROSS JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx"
 )
 
 # Candidates found elsewhere, kept if their row is in `active` (one seek on
 # the full primary key each): [[position, log id, key, index], ...].
-_STILL_LISTED = (
-    "SELECT json_extract(k.value, '$[0]'), a.log_id, a.idx, e.data FROM json_each(?) AS k "
+_STILL_LISTED = _both_levels(
+    "SELECT json_extract(k.value, '$[0]'), a.log_id, a.idx, e.data FROM json_each(?1) AS k "
     "CROSS JOIN active AS a ON a.log_id = json_extract(k.value, '$[1]') "
     "AND a.key = json_extract(k.value, '$[2]') AND a.idx = json_extract(k.value, '$[3]') "
     "CROSS JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx"
@@ -108,9 +121,9 @@ _ENTRIES = (
     "CROSS JOIN entries AS e ON e.log_id = ? AND e.idx = k.value"
 )
 
-_ACTIVE = (
-    "SELECT a.idx FROM json_each(?) AS k "
-    "CROSS JOIN active AS a ON a.log_id = ? AND a.key = json_extract(k.value, '$[0]') "
+_ACTIVE = _both_levels(
+    "SELECT a.idx FROM json_each(?1) AS k "
+    "CROSS JOIN active AS a ON a.log_id = ?2 AND a.key = json_extract(k.value, '$[0]') "
     "AND a.idx = json_extract(k.value, '$[1]')"
 )
 

@@ -63,6 +63,19 @@ Version 6 adds certificate renewal (``hashmesh tls renew``): ``peer_cards``
 and the note as received) and ``peer_certs`` (the fingerprint of every
 certificate that card lists, so a peer is recognised by any of them). Both
 are state, not ledger data.
+
+Version 7 splits ``active`` into two levels, because a bulk import into a
+large node spent its commit rewriting ``active`` (a B-tree with a random key:
+at 10M entries a 200,000-line import dirtied nearly every one of its pages).
+The existing table is renamed ``active_base`` (the large, merged level) and a
+new, empty ``active`` with the same layout takes every new row. A merge
+(:meth:`~node.storage.ledger_store.LedgerStore.merge_active_rows`, called by
+:mod:`node.ledger.active_levels`) moves rows from ``active`` into
+``active_base`` in key order, a chunk per transaction, so each base page is
+written once per merge instead of once per import. A row lives in exactly
+one of the two; every reader reads both (the ``listed`` view does). The
+migration renames and creates: it moves no row, so a node of any size opens
+at once.
 """
 
 from __future__ import annotations
@@ -90,7 +103,7 @@ __all__ = [
     "suspended_triggers",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 TILE_LEVEL = 4
 """Lowest level of the tree nodes stored (schema version 3 and later)."""
@@ -330,6 +343,33 @@ CREATE INDEX peer_certs_name ON peer_certs (name)
 """
 
 
+_V7 = """
+DROP VIEW IF EXISTS listed;
+ALTER TABLE active RENAME TO active_base;
+-- Derived, the level new listed hashes are written to (same layout as
+-- active_base, which holds the rows merged so far; a row is in one of them).
+CREATE TABLE active (
+    log_id INTEGER NOT NULL REFERENCES logs(log_id),
+    key INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (log_id, key, idx)
+) WITHOUT ROWID;
+-- The listed hashes of both levels with their type, value and labels.
+CREATE VIEW listed AS
+SELECT a.log_id AS log_id, a.idx AS idx,
+       json_extract(e.data, '$.signal.type') AS signal_type,
+       json_extract(e.data, '$.signal.value') AS value,
+       json_extract(e.data, '$.labels') AS labels
+FROM active AS a JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx
+UNION ALL
+SELECT b.log_id AS log_id, b.idx AS idx,
+       json_extract(e.data, '$.signal.type') AS signal_type,
+       json_extract(e.data, '$.signal.value') AS value,
+       json_extract(e.data, '$.labels') AS labels
+FROM active_base AS b JOIN entries AS e ON e.log_id = b.log_id AND e.idx = b.idx
+"""
+
+
 def _upgrade_v4(conn: sqlite3.Connection) -> None:
     # Opinions and rotations did not exist before v4: only pdq rows and the
     # first link of each key chain are derived from what is held.
@@ -374,6 +414,7 @@ _MIGRATIONS: dict[int, tuple[str, tuple[str, ...], Callable[[sqlite3.Connection]
     4: (_V4, ("cosignatures", "origin_keys"), _upgrade_v4),
     5: (_V5, (), None),
     6: (_V6, (), None),
+    7: (_V7, (), None),
 }
 
 

@@ -39,6 +39,7 @@ def snapshot(db_path: Path) -> dict[str, object]:
             "checkpoints",
             "retractions",
             "active",
+            "active_base",
         ):
             state[table] = conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
         return state
