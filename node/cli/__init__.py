@@ -354,6 +354,8 @@ def _import_doc(
         "blank_or_comment_lines": reader.skipped_blank,
         "size": None if append is None else append.checkpoint.size,
         "seconds": round(seconds, 3),
+        # The merge of the active index's levels the import ended with (its time is in seconds).
+        "merged": 0 if result is None or result.merged is None else result.merged.rows,
     }
 
 
@@ -377,6 +379,11 @@ def _report_import(
     )
     if append.duplicates:
         out.print(f"skipped {len(append.duplicates):,} hashes already listed")
+    if result.merged is not None:
+        out.print(
+            f"merged {result.merged.rows:,} listed hashes into the base level of the "
+            f"active index in {result.merged.seconds:.1f} s (part of the time above)"
+        )
     if result.skipped:
         out.print(f"skipped {len(result.skipped):,} invalid {unit} (--skip-invalid)")
     if append.count:

@@ -96,8 +96,7 @@ def merge_active(
     began = time.perf_counter()
     rows = chunks = 0
     while True:
-        with store.transaction():
-            moved = store.merge_active_rows(chunk_rows)
+        moved = store.merge_active_rows(chunk_rows)
         rows += moved
         chunks += 1
         if progress is not None:

@@ -26,7 +26,7 @@ from node.errors import (
     RecoveringError,
     UnknownLogError,
 )
-from node.ledger.active_levels import merge_active_if_due
+from node.ledger.active_levels import MergeResult, merge_active_if_due
 from node.ledger.backup import RecoveryMark, clear_recovery_mark, read_recovery_mark
 from node.ledger.cards import (
     CertificateExpiry,
@@ -127,6 +127,8 @@ class ImportResult:
     append: AppendResult
     lines_read: int
     skipped: tuple[LineError, ...]
+    merged: MergeResult | None = None
+    """The merge of ``active``'s levels the import ended with, when one was due."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,8 +401,8 @@ class Ledger:
             run.start, run.next_index - run.start, tuple(run.duplicates), checkpoint
         )
         # Committed: the new rows are durable whether or not a merge follows.
-        merge_active_if_due(self.store)
-        return ImportResult(result, read, tuple(errors))
+        merged = merge_active_if_due(self.store)
+        return ImportResult(result, read, tuple(errors), merged)
 
     def sign_card(self, card: SignedCard) -> str:
         """Sign ``card`` with the log's key and serve it from now on (``GET /v1/card``).

@@ -668,25 +668,44 @@ class LedgerStore:
     def merge_active_rows(self, rows: int) -> int:
         """Move the first ``rows`` rows of ``active`` (in key order) into ``active_base``.
 
-        Call inside :meth:`transaction`: the rows leave one level and enter
-        the other in the same commit, so every reader (each reads both in
-        one snapshot) sees each listed hash exactly once. Sorted, the inserts
-        walk ``active_base`` forward and each of its pages is written once
-        per chunk. Returns the rows moved (fewer than ``rows``: none left).
+        One transaction of its own (call outside any): the rows leave one
+        level and enter the other in the same commit, so every reader (each
+        reads both in one snapshot) sees each listed hash exactly once.
+        Sorted, the inserts walk ``active_base`` forward and each of its
+        pages is written once per chunk. Returns the rows moved (fewer than
+        ``rows``: none were left).
+
+        A statement that may fail half way makes SQLite keep a copy of every
+        page it changes in a statement journal (a temporary file): one more
+        write of each base page, a third of the merge's bytes (measured,
+        docs/benchmarks.md). Nothing here can fail half way: the rows come
+        from ``active``, whose log ids the foreign key already checked, so
+        the check is off for the transaction, and a duplicate key (a row in
+        both levels: damage fsck reports) rolls the whole transaction back
+        (``OR ROLLBACK``) instead of the statement.
         """
-        last = self.conn.execute(
-            "SELECT log_id, key, idx FROM active ORDER BY log_id, key, idx LIMIT 1 OFFSET ?",
-            (max(0, rows - 1),),
-        ).fetchone()
-        bound = "" if last is None else "WHERE (log_id, key, idx) <= (?, ?, ?)"
-        args = () if last is None else tuple(last)
-        self.conn.execute(
-            "INSERT INTO active_base (log_id, key, idx) "  # noqa: S608 - fixed text
-            f"SELECT log_id, key, idx FROM active {bound} ORDER BY log_id, key, idx",
-            args,
-        )
-        moved = self.conn.execute(f"DELETE FROM active {bound}", args).rowcount  # noqa: S608 - fixed text
-        return int(moved)
+        if self.conn.in_transaction:
+            raise StorageError("a merge of the active index runs in a transaction of its own")
+        # Only takes effect outside a transaction, hence before BEGIN.
+        self.conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self.transaction():
+                last = self.conn.execute(
+                    "SELECT log_id, key, idx FROM active ORDER BY log_id, key, idx "
+                    "LIMIT 1 OFFSET ?",
+                    (max(0, rows - 1),),
+                ).fetchone()
+                bound = "" if last is None else "WHERE (log_id, key, idx) <= (?, ?, ?)"
+                args = () if last is None else tuple(last)
+                self.conn.execute(
+                    "INSERT OR ROLLBACK INTO active_base (log_id, key, idx) "  # noqa: S608 - fixed text
+                    f"SELECT log_id, key, idx FROM active {bound} ORDER BY log_id, key, idx",
+                    args,
+                )
+                moved = int(self.conn.execute(f"DELETE FROM active {bound}", args).rowcount)  # noqa: S608 - fixed text
+        finally:
+            self.conn.execute("PRAGMA foreign_keys = ON")
+        return moved
 
     def retracted_by(self, log_id: int, target: int) -> int | None:
         """Index of the entry that retracted ``target``, or None."""

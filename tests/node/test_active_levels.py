@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.errors import StorageError
 from node.ledger import Ledger, active_levels
 from node.ledger.active_index import ActiveKeyIndex, active_index_path, build_active_file
 from node.ledger.active_levels import merge_active, merge_active_if_due
@@ -267,3 +268,24 @@ def test_a_merge_killed_at_any_point_loses_and_doubles_nothing(
         merge_active(c.store, chunk_rows=500)
         assert _levels(c) == (0, len(listed))
         assert sorted(r.position for r in match(c, queries, pdq=None)) == sorted(listed)
+
+
+def test_a_row_in_both_levels_stops_the_merge_whole_and_fsck_names_it(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    init_node(node, C)
+    with Ledger.open(node) as c:
+        c.append([_add(i) for i in range(10)])
+        log_id = c.own_log.log_id
+        # Damage: entry 3's row copied into the base level as well.
+        c.store.conn.execute(
+            "INSERT INTO active_base SELECT * FROM active WHERE log_id = ? AND idx = 3", (log_id,)
+        )
+        with pytest.raises(StorageError):
+            merge_active(c.store, chunk_rows=100)
+        assert _levels(c) == (10, 1)  # the chunk rolled back whole: nothing moved
+        assert c.store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        findings = check_log(c.store, c.own_log).findings
+        assert [f.index for f in findings] == [3]
+        assert "twice" in findings[0].detail
+        with c.store.transaction(), pytest.raises(StorageError, match="of its own"):
+            c.store.merge_active_rows(1)
