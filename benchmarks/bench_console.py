@@ -64,7 +64,7 @@ from node.ledger.provision import init_node  # noqa: E402
 from protocol.entry import AddEntry  # noqa: E402
 
 BATCH = 100_000
-COPIED = ("entries", "nodes", "checkpoints", "active", "pdq", "cosignatures")
+COPIED = ("entries", "nodes", "checkpoints", "active", "active_base", "pdq", "cosignatures")
 
 
 def origin(i: int) -> str:

@@ -38,6 +38,7 @@ from node.storage.connection import (
 from node.storage.match_store import MatchStore
 from node.storage.peer_store import PeerStore
 from node.storage.schema import (
+    SCHEMA_VERSION,
     TILE_LEVEL,
     active_key,
     apply_pragmas,
@@ -217,11 +218,22 @@ class LedgerStore:
             apply_pragmas(conn, read_only=read_only)
             if not read_only:
                 migrate(conn)
-            elif conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                raise StorageError(
-                    f"database {path} has no hashmesh tables: it is damaged or not a "
-                    "hashmesh database; run `hashmesh fsck`"
-                )
+            else:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    raise StorageError(
+                        f"database {path} has no hashmesh tables: it is damaged or not a "
+                        "hashmesh database; run `hashmesh fsck`"
+                    )
+                if version < SCHEMA_VERSION:
+                    # The older schema lacks tables this code reads (version 7
+                    # moved most listed hashes to active_base) and a read-only
+                    # connection cannot migrate: a short writable one does
+                    # (version 7's step renames and creates, it moves no row).
+                    conn.close()
+                    conn = None
+                    _upgrade(path, version)
+                    return cls.open(path, read_only=True)
         except (sqlite3.Error, StorageError) as e:
             if conn is not None:
                 conn.close()
@@ -975,6 +987,23 @@ class LedgerStore:
         finally:
             self.conn.text_factory = factory
         return [bytes(r[0]).decode("utf-8", "replace") for r in rows]
+
+
+def _upgrade(path: Path, version: int) -> None:
+    """Migrate the database at ``path`` (opened read-only by the caller) to this schema version."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            apply_pragmas(conn)
+            migrate(conn)
+        finally:
+            conn.close()
+    except (sqlite3.Error, StorageError) as e:
+        raise StorageError(
+            f"database {path} has schema version {version}, older than this hashmesh's "
+            f"{SCHEMA_VERSION}, and cannot be upgraded here ({e}): run a command that writes "
+            "(`hashmesh serve`, `hashmesh import`) where the file is writable"
+        ) from e
 
 
 def _fold_leaves(found: Mapping[tuple[int, int], bytes], node_id: NodeId) -> bytes | None:

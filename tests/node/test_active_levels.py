@@ -181,15 +181,9 @@ def test_an_import_merges_when_due_and_finds_duplicates_in_both_levels(
         assert all(not check_log(c.store, log).findings for log in c.store.list_logs())
 
 
-def test_a_version_6_node_opens_with_every_row_in_the_base_level(tmp_path: Path) -> None:
-    """The migration renames and creates: no row moves, every hash still matches."""
-    node = tmp_path / "node"
-    init_node(node, C)
-    with Ledger.open(node) as c:
-        c.append([_add(i) for i in range(20)])
-        c.retract(4, "withdrawn")
+def _back_to_v6(node: Path) -> None:
+    """Make a node's database what version 6 had: one ``active`` table, the version 3 view."""
     conn = sqlite3.connect(node / "ledger.db", isolation_level=None)
-    # Back to version 6: one table, the version 3 view.
     conn.execute("DROP VIEW listed")
     conn.execute("DROP TABLE active_base")
     conn.execute(
@@ -200,6 +194,31 @@ def test_a_version_6_node_opens_with_every_row_in_the_base_level(tmp_path: Path)
         "FROM active AS a JOIN entries AS e ON e.log_id = a.log_id AND e.idx = a.idx"
     )
     conn.execute("PRAGMA user_version = 6")
+    conn.close()
+
+
+def test_a_read_only_open_of_a_version_6_node_upgrades_it_first(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    init_node(node, C)
+    with Ledger.open(node) as c:
+        c.append([_add(i) for i in range(5)])
+    _back_to_v6(node)
+    with Ledger.open(node, read_only=True) as c:
+        found = match(c, [(i, MatchQuery("sha256", v)) for i, v in enumerate(POOL)], pdq=None)
+        assert sorted(r.position for r in found) == [0, 1, 2, 3, 4]
+        assert c.store.conn.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert _levels(c) == (0, 5)
+
+
+def test_a_version_6_node_opens_with_every_row_in_the_base_level(tmp_path: Path) -> None:
+    """The migration renames and creates: no row moves, every hash still matches."""
+    node = tmp_path / "node"
+    init_node(node, C)
+    with Ledger.open(node) as c:
+        c.append([_add(i) for i in range(20)])
+        c.retract(4, "withdrawn")
+    _back_to_v6(node)
+    conn = sqlite3.connect(node / "ledger.db", isolation_level=None)
     migrate(conn)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
     conn.close()
