@@ -15,7 +15,7 @@ rows; ``index/active.seg`` stays a derived accelerator.
 
 A merge is due when ``active`` holds more than :func:`merge_bound` rows:
 ``max(MERGE_MIN_ROWS, entries held // MERGE_SHARE)``. The bound sets both
-costs (docs/benchmarks.md, *The write cost of ``active`` at size*): a batch
+costs (docs/benchmarks.md, *``active`` in two levels*): a batch
 dirties at most the small level's pages, and a merge rewrites the base once
 per ``bound`` new rows.
 """
