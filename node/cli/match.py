@@ -31,7 +31,7 @@ from node.config import available_cores, load_config, resolve_node_dir
 from node.errors import ConfigError, NodeError, PeerProtocolError
 from node.ledger import Ledger
 from node.ledger.filehash import hash_file, pdq_support
-from node.ledger.live_pdq import open_pdq_index
+from node.ledger.live_pdq import open_pdq_index, pdq_rows_beyond_file
 from node.ledger.lookup import HashInput, HashInputs, decode_hash_list
 from node.ledger.matching import (
     DEFAULT_MAX_DISTANCE,
@@ -172,6 +172,26 @@ def _batch_body(request: MatchCommand, batch: Sequence[HashInput]) -> bytes:
         max_distance=request.max_distance,
         receipts=request.receipts,
     ).to_json()
+
+
+def _pdq_read_per_worker(request: MatchCommand, inputs: HashInputs, out: Output) -> bool:
+    """Whether worker processes would each read more PDQ rows than ``[match] worker_read_max``.
+
+    Each worker reads the rows beyond the index file itself; with many (a
+    node without ``index/pdq.seg``) one process reads them once instead.
+    """
+    if not any(q.signal_type == "pdq" for q in inputs.queries):
+        return False
+    with Ledger.open(resolve_node_dir(request.node_dir), read_only=True) as ledger:
+        read_max = ledger.config.match.worker_read_max
+        beyond = pdq_rows_beyond_file(ledger, read_max + 1)
+    if beyond <= read_max:
+        return False
+    out.note(
+        f"note: more than {read_max:,} PDQ hashes lie beyond the index file: matching in one "
+        "process, which reads them once (hashmesh index build writes the file)"
+    )
+    return True
 
 
 def _match_in_workers(request: MatchCommand, inputs: HashInputs, workers: int) -> list[_Found]:
@@ -523,6 +543,8 @@ def run_match(request: MatchCommand, out: Output) -> int:
         raise NodeError("nothing to match: every input was invalid")
     remote = _remote(request)
     workers = min(available_cores(), -(-len(inputs.queries) // MAX_BATCH))
+    if remote is None and workers > 1 and _pdq_read_per_worker(request, inputs, out):
+        workers = 1
     if remote is None and workers > 1:
         # More than one batch: both cores, each worker mapping the PDQ index.
         found = _match_in_workers(request, inputs, workers)

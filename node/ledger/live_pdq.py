@@ -93,6 +93,7 @@ __all__ = [
     "node_pdq_index",
     "open_pdq_index",
     "pdq_index_path",
+    "pdq_rows_beyond_file",
 ]
 
 log = logging.getLogger("hashmesh.index")
@@ -565,12 +566,12 @@ class LivePdqIndex:
         if waiting is not None and waiting[0] == identity and now < waiting[1]:
             raise IndexPendingError(waiting[2], retry_after=PENDING_RETRY_AFTER)
         self._waiting = None
-        unread = self._unread(matching, read_max + 1)
+        unread = self.unread_rows(matching, read_max + 1)
         if unread <= read_max:
             return
         quarter = -(-len(self._base) // 4) - self.tail_rows
         if quarter > unread:
-            unread = self._unread(matching, quarter)
+            unread = self.unread_rows(matching, quarter)
         beyond = self.tail_rows + unread
         if not self._base_due(beyond):
             return
@@ -584,7 +585,7 @@ class LivePdqIndex:
         self._waiting = (identity, now + PENDING_RECHECK, message)
         raise IndexPendingError(message, retry_after=PENDING_RETRY_AFTER)
 
-    def _unread(self, matching: MatchStore, limit: int) -> int:
+    def unread_rows(self, matching: MatchStore, limit: int) -> int:
         """Rows beyond what this index has read, counted up to ``limit``."""
         with self._lock:
             read = dict(self._read)
@@ -749,6 +750,21 @@ def open_pdq_index(ledger: _Ledger, *, writable: bool = False) -> LivePdqIndex:
     index = node_pdq_index(ledger, writable=writable)
     index.refresh(ledger)
     return index
+
+
+def pdq_rows_beyond_file(ledger: _Ledger, limit: int) -> int:
+    """PDQ rows of the node that its index file does not hold, counted up to ``limit``.
+
+    All of them when there is no usable file. A bounded count (at most
+    ``limit`` index entries read): ``hashmesh match --list`` asks it before
+    starting worker processes that would each read those rows.
+    """
+    index = node_pdq_index(ledger)
+    try:
+        index.attach(ledger)
+        return index.unread_rows(ledger.store.matching, limit)
+    finally:
+        index.close()
 
 
 def build_pdq_file(store: LedgerStore, path: Path, min_quality: int) -> int:

@@ -312,6 +312,21 @@ def test_opinion_command_and_results(node: str, capsys: pytest.CaptureFixture[st
         hashmesh(["--dir", node, "opinion", ORIGIN, "0", "--verdict", "maybe"])
 
 
+def _count_pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The worker counts of every ``match --list`` matched in worker processes, as they come."""
+    from node.cli import match as match_cli
+
+    pools: list[int] = []
+    in_workers = match_cli._match_in_workers
+
+    def counted(*args: Any) -> Any:
+        pools.append(args[2])
+        return in_workers(*args)
+
+    monkeypatch.setattr(match_cli, "_match_in_workers", counted)
+    return pools
+
+
 def test_a_long_list_is_matched_in_worker_processes_as_in_one(
     node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -335,14 +350,7 @@ def test_a_long_list_is_matched_in_worker_processes_as_in_one(
     # Untyped 64-hex lines are looked up as sha256 and as pdq (ambiguous).
     argv = ("--dir", node, "match", "--list", str(listing), "--receipts", "--json")
     assert match_cli.available_cores() > 1  # this machine has two cores
-    pools: list[int] = []
-    in_workers = match_cli._match_in_workers
-
-    def counted(*args: Any) -> Any:
-        pools.append(args[2])
-        return in_workers(*args)
-
-    monkeypatch.setattr(match_cli, "_match_in_workers", counted)
+    pools = _count_pools(monkeypatch)
     status, pooled, err = run(capsys, *argv)
     assert status == 0, err
     assert pools == [2]  # five batches, two worker processes
@@ -360,3 +368,32 @@ def test_a_long_list_is_matched_in_worker_processes_as_in_one(
     ]
     assert doc["matches"][-2]["hits"][0]["distance"] == 1
     assert all(m["hits"][0]["receipt"] for m in doc["matches"])
+
+
+def test_a_long_list_without_the_pdq_file_reads_the_table_once(
+    node: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes would each read every PDQ row beyond the file: one process reads them."""
+    from node.ledger import Ledger
+
+    pdq = [f"{i:064x}" for i in range(1, 301)]
+    with Ledger.open(Path(node)) as ledger:
+        ledger.append([AddEntry.create(signal_type="pdq", value=v, quality=90) for v in pdq])
+    with (Path(node) / "config.toml").open("a", encoding="utf-8") as f:
+        f.write("\n[match]\nworker_read_max = 100\n")
+    lines = [f"sha256:{hashlib.sha256(f'miss-{i}'.encode()).hexdigest()}" for i in range(12_000)]
+    lines[11_000] = f"pdq:{pdq[40]}"
+    listing = tmp_path / "long.txt"
+    listing.write_text("\n".join(lines) + "\n", encoding="ascii")
+    pools = _count_pools(monkeypatch)
+    argv = ("--dir", node, "match", "--list", str(listing), "--json")
+    status, out, err = run(capsys, *argv)
+    assert status == 0, err
+    assert pools == [] and "more than 100 PDQ hashes lie beyond the index file" in err
+    (found,) = json.loads(out)["matches"]
+    assert found["source"] == "list line 11001" and found["hits"][0]["distance"] == 0
+    # With the file written, the rows beyond it are few: both cores again.
+    assert run(capsys, "--dir", node, "index", "build")[0] == 0
+    status, pooled, err = run(capsys, *argv)
+    assert status == 0 and pools == [2] and "beyond the index file" not in err
+    assert json.loads(pooled) == json.loads(out)
