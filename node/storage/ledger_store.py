@@ -555,7 +555,10 @@ class LedgerStore:
         by two values never reports the wrong one.
         """
         keys = {(signal_type, v): active_key(signal_type, v) for v in values}
-        return {value: idx for (_t, value), idx in self.find_listed(log_id, keys).items()}
+        # One snapshot: a merge committed between the look-ups of the two
+        # levels could otherwise move a row out of sight.
+        with self.read_snapshot():
+            return {value: idx for (_t, value), idx in self.find_listed(log_id, keys).items()}
 
     def find_listed(
         self,
@@ -572,7 +575,9 @@ class LedgerStore:
         known, bounds the ``active`` rows the log has (its size does): when
         they are few against the keys asked about, all of them are read in
         one range scan instead of one look-up per key (each look-up costs
-        about 0.6 µs even in an empty index).
+        about 0.6 µs even in an empty index). Call inside a transaction
+        (the writers do) or :meth:`read_snapshot`: the two levels of
+        ``active`` are read by separate statements.
         """
         candidates: list[int] = []
         # Both levels of `active` (schema version 7); a log none of whose
