@@ -28,7 +28,6 @@ background scrub of ``hashmesh serve`` (:mod:`node.ledger.scrub`) uses it.
 from __future__ import annotations
 
 import sqlite3
-from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ import numpy
 from node.errors import StorageError
 from node.ledger.rotation import load_key_chain
 from node.storage.ledger_store import LedgerStore, LogRecord
-from node.storage.schema import TILE_LEVEL, active_key
+from node.storage.schema import TILE_LEVEL, active_key, active_keys
 from protocol.entry import (
     AddEntry,
     Entry,
@@ -76,6 +75,17 @@ are merged into ``active_base`` later (:mod:`node.ledger.active_levels`).
 
 _BATCH = 20_000  # entries read and hashed at a time
 _SHOWN = 5  # findings of one kind listed before they are counted
+_CHUNK = 1 << 20  # entries compared at a time once the log is scanned
+_ROWS = 1 << 16  # active rows read at a time (as Python tuples first: ~120 bytes a row)
+_SORT_ALL = 1 << 22  # up to this many entries, the keys are sorted all at once
+
+# What the scan learnt of each entry, one byte an entry (``_Expected.flags``).
+_ADD = 1  # an add
+_PDQ = 2  # an add of a PDQ hash
+_PDQ_ROW = 4  # a ``pdq`` row names the entry
+_PDQ_DIFF = 8  # ... with another hash than the entry's
+_SEEN = 16  # an ``active`` row names the entry
+_LISTED = 32  # the add lists its hash (known once the whole log is scanned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +124,25 @@ class Finding:
 
 @dataclass(slots=True)
 class _Expected:
-    """Derived rows rebuilt from the entries scanned so far."""
+    """Derived rows rebuilt from the entries scanned so far.
 
-    add_keys: array[int] = field(default_factory=lambda: array("q"))
-    add_indexes: array[int] = field(default_factory=lambda: array("q"))
+    Memory is 9 bytes an entry (``keys`` and ``flags``, numpy arrays sized
+    to the log when the scan starts; pages are touched only as the scan
+    reaches them) plus the retraction and opinion entries themselves: a
+    100M-entry log costs 0.9 GB, not a Python object per entry. The ``pdq``
+    rows are compared slice by slice as the scan reads them; the ``active``
+    rows chunk by chunk once it is done.
+    """
+
+    keys: numpy.ndarray[Any, numpy.dtype[numpy.int64]]  # active key of each add (0: not an add)
+    flags: numpy.ndarray[Any, numpy.dtype[numpy.uint8]]  # _ADD, _PDQ, ... of each entry
     retractions: dict[int, int] = field(default_factory=dict)  # target -> retracting index
-    pdq: dict[int, bytes] = field(default_factory=dict)  # every PDQ add, listed or not
     opinions: list[tuple[int, str, int, bytes, str]] = field(default_factory=list)
     leaf_fixes: list[tuple[int, bytes]] = field(default_factory=list)  # index, true leaf hash
+
+    @classmethod
+    def sized(cls, size: int) -> _Expected:
+        return cls(numpy.zeros(size, numpy.int64), numpy.zeros(size, numpy.uint8))
 
 
 class LogScan:
@@ -157,7 +178,6 @@ class LogScan:
         self.verified_size = 0
         """The largest checkpoint size whose root the entries reproduced."""
         self._tree = CompactRange.empty()
-        self._expected = _Expected()
         self._counts: dict[str, int] = {}
         self._sizes = _checkpoint_sizes(store, log, self)
         self.size = store.entry_count(log.log_id)
@@ -167,6 +187,9 @@ class LogScan:
         """Size of the latest checkpoint whose signature verifies."""
         if 0 < resume_from <= self.size:
             self._resume(store, resume_from)
+        # A resumed scan compares no derived table: it keeps nothing per entry.
+        self._expected = _Expected.sized(0 if self.partial else self.size)
+        self._listed_marked = False
         if self.signed_size > self.size:
             self._log_finding(
                 "entries",
@@ -323,19 +346,40 @@ class LogScan:
                 except ProtocolError as e:
                     self._log_finding("entries", start + offset, f"entry does not parse: {e}")
                     break
-        add_keys, add_indexes = expected.add_keys, expected.add_indexes
+        adds: list[int] = []
+        identities: list[tuple[str, str]] = []
+        pdq: dict[int, str] = {}  # index -> hex value of this slice's PDQ adds
         for offset, entry in enumerate(entries):
             if type(entry) is AddEntry:
-                add_keys.append(active_key(entry.signal_type, entry.value))
-                add_indexes.append(start + offset)
+                adds.append(start + offset)
+                identities.append((entry.signal_type, entry.value))
                 if entry.signal_type == "pdq":
-                    expected.pdq[start + offset] = bytes.fromhex(entry.value)
+                    pdq[start + offset] = entry.value
             elif isinstance(entry, RetractEntry):
                 expected.retractions[entry.index] = start + offset
             elif isinstance(entry, OpinionEntry):
                 expected.opinions.append(
                     (start + offset, entry.origin, entry.index, entry.leaf_hash, entry.verdict)
                 )
+        if self.partial:
+            return
+        flags = expected.flags
+        at = numpy.fromiter(adds, dtype=numpy.int64, count=len(adds))
+        expected.keys[at] = numpy.fromiter(active_keys(identities), numpy.int64, len(adds))
+        flags[at] |= _ADD
+        if pdq:
+            flags[numpy.fromiter(pdq, dtype=numpy.int64, count=len(pdq))] |= _PDQ
+        # This slice's pdq rows, read now rather than held for the end: rows
+        # of entries below the scan's size change afterwards only through a
+        # retraction by a later entry, and those targets are not judged.
+        end = start + len(datas)
+        for idx, held_hash in store.derived_rows(self.log.log_id, "pdq", start, end):
+            value = pdq.get(idx)
+            flags[idx] |= (
+                _PDQ_ROW
+                if value is not None and held_hash == bytes.fromhex(value)
+                else _PDQ_ROW | _PDQ_DIFF
+            )
 
     def _log_finding(self, table: str, index: int | None, detail: str) -> None:
         if self.first_bad_index is None or (index is not None and index < self.first_bad_index):
@@ -368,16 +412,11 @@ class LogScan:
             for target, by in store.derived_rows(log_id, "retractions")
             if isinstance(by, int) and by >= self.size
         }
-        listed_idx, listed_key = self.expected_listed(store)
-        self._compare_active(store, listed_idx, listed_key, later)
-        listed = set(listed_idx.tolist())
-        self._compare_rows(
-            "pdq",
-            {idx: h for idx, h in self._expected.pdq.items() if idx in listed},
-            store.derived_rows(log_id, "pdq"),
-            later,
-            lambda want: f"listed PDQ hash {'missing from' if want else 'wrongly in'} the index",
-        )
+        self._mark_listed(store)
+        skip = numpy.fromiter(later, dtype=numpy.int64, count=len(later))
+        skip.sort()
+        self._compare_active(store, skip)
+        self._compare_pdq(skip)
         self._compare_rows(
             "opinions",
             {row[0]: row[1:] for row in self._expected.opinions},
@@ -405,41 +444,68 @@ class LogScan:
                 )
         return self.findings[before:]
 
-    def expected_listed(
-        self, store: LedgerStore
-    ) -> tuple[
-        numpy.ndarray[Any, numpy.dtype[numpy.int64]], numpy.ndarray[Any, numpy.dtype[numpy.int64]]
-    ]:
-        """The listing add of each listed hash and its active key, as the write path leaves them.
+    def _mark_listed(self, store: LedgerStore) -> None:
+        """Flag the listing add of each listed hash, as the write path leaves them.
 
-        Returns two arrays (entry index, active key), by index. A hash is
-        listed by its first add not yet retracted; a later add of the same
-        hash (kept verbatim by a replica) lists nothing. Adds whose key is
-        shared by another add, and retracted adds, are replayed exactly from
-        the entries; the rest (nearly all) are listed as they stand, in numpy,
-        so a log of ten million adds costs arrays, not Python objects.
+        A hash is listed by its first add not yet retracted; a later add of
+        the same hash (kept verbatim by a replica) lists nothing. Adds whose
+        key is shared by another add, and retracted adds, are replayed
+        exactly from the entries; the rest (nearly all) are listed as they
+        stand. Shared keys are found by sorting the keys one slice of the
+        key space at a time (16 slices past :data:`_SORT_ALL` entries), so
+        the sort's copy is a sixteenth of the keys, not all of them.
         """
-        keys = numpy.frombuffer(self._expected.add_keys, dtype=numpy.int64)
-        indexes = numpy.frombuffer(self._expected.add_indexes, dtype=numpy.int64)
-        _unique, inverse, counts = numpy.unique(keys, return_inverse=True, return_counts=True)
+        self._listed_marked = True
+        keys, flags = self._expected.keys, self._expected.flags
+        shift = 60 if self.size > _SORT_ALL else 64
+        shared: list[numpy.ndarray[Any, numpy.dtype[numpy.int64]]] = []
+        for part in range(1 << (64 - shift)):
+            picked = []
+            for lo in range(0, self.size, _CHUNK):
+                mine = (flags[lo : lo + _CHUNK] & _ADD) != 0
+                chunk = keys[lo : lo + _CHUNK]
+                if shift < 64:
+                    mine &= (chunk >> shift) + (1 << (64 - shift - 1)) == part
+                picked.append(chunk[mine])
+            part_keys = numpy.sort(numpy.concatenate(picked)) if picked else keys[:0]
+            del picked
+            shared.append(numpy.unique(part_keys[1:][part_keys[1:] == part_keys[:-1]]))
+            del part_keys
+        twice = numpy.sort(numpy.concatenate(shared))
         retracted = numpy.fromiter(self._expected.retractions, dtype=numpy.int64)
-        special = (counts[inverse] > 1) | numpy.isin(indexes, retracted)
-        out_idx = indexes[~special]
-        out_key = keys[~special]
-        if special.any():
-            replayed = self._replay_listing(store, indexes[special].tolist())
-            out_idx = numpy.concatenate(
-                [out_idx, numpy.fromiter(replayed, dtype=numpy.int64, count=len(replayed))]
+        retracted.sort()
+        special: list[int] = []
+        for lo in range(0, self.size, _CHUNK):
+            f = flags[lo : lo + _CHUNK]
+            adds = (f & _ADD) != 0
+            odd = adds & (
+                _member(keys[lo : lo + _CHUNK], twice)
+                | _member(numpy.arange(lo, lo + len(f), dtype=numpy.int64), retracted)
             )
-            out_key = numpy.concatenate(
-                [
-                    out_key,
-                    numpy.fromiter(replayed.values(), dtype=numpy.int64, count=len(replayed)),
-                ]
-            )
-            order = numpy.argsort(out_idx, kind="stable")
-            out_idx, out_key = out_idx[order], out_key[order]
-        return out_idx, out_key
+            f[adds & ~odd] |= _LISTED
+            special += (numpy.flatnonzero(odd) + lo).tolist()
+        if special:
+            replayed = self._replay_listing(store, special)
+            at = numpy.fromiter(replayed, dtype=numpy.int64, count=len(replayed))
+            flags[at] |= _LISTED
+            keys[at] = numpy.fromiter(replayed.values(), dtype=numpy.int64, count=len(replayed))
+
+    def listed_chunks(
+        self,
+    ) -> Iterator[
+        tuple[
+            numpy.ndarray[Any, numpy.dtype[numpy.int64]],
+            numpy.ndarray[Any, numpy.dtype[numpy.int64]],
+        ]
+    ]:
+        """The listing add of each listed hash and its active key, by index, a chunk at a time.
+
+        Known once :meth:`derived_findings` ran: two arrays (entry index, active key).
+        """
+        flags = self._expected.flags
+        for lo in range(0, self.size, _CHUNK):
+            at = numpy.flatnonzero(flags[lo : lo + _CHUNK] & _LISTED) + lo
+            yield at, self._expected.keys[at]
 
     def _replay_listing(self, store: LedgerStore, adds: list[int]) -> dict[int, int]:
         datas = store.entries_by_index(self.log.log_id, adds)
@@ -464,49 +530,79 @@ class LogScan:
         return {idx: active_key(*identity) for identity, idx in current.items()}
 
     def _compare_active(
-        self,
-        store: LedgerStore,
-        want_idx: numpy.ndarray[Any, numpy.dtype[numpy.int64]],
-        want_key: numpy.ndarray[Any, numpy.dtype[numpy.int64]],
-        later: set[int],
+        self, store: LedgerStore, skip: numpy.ndarray[Any, numpy.dtype[numpy.int64]]
     ) -> None:
-        have_idx, have_key = store.active_arrays(self.log.log_id)
-        # Rows of entries appended since the scan began are not judged; rows
-        # naming entries that do not exist at all are wrong.
-        keep = (have_idx < self.size) | (have_idx >= self._held)
-        if later:
-            skip = numpy.fromiter(later, dtype=numpy.int64, count=len(later))
-            keep &= ~numpy.isin(have_idx, skip)
-            wanted = ~numpy.isin(want_idx, skip)
-            want_idx, want_key = want_idx[wanted], want_key[wanted]
-        have_idx, have_key = have_idx[keep], have_key[keep]
-        order = numpy.argsort(have_idx, kind="stable")
-        have_idx, have_key = have_idx[order], have_key[order]
-        problems: list[tuple[int, str]] = []
-        twice = have_idx[1:][numpy.diff(have_idx) == 0]
-        problems += [(int(i), "entry listed twice in the active index") for i in twice[:_SHOWN]]
-        missing = numpy.setdiff1d(want_idx, have_idx)
-        problems += [
-            (int(i), "listed hash missing from the active index: it would not match")
-            for i in missing[:_SHOWN]
-        ]
-        extra = numpy.setdiff1d(have_idx, want_idx)
-        problems += [
-            (int(i), "active index names an entry that lists nothing") for i in extra[:_SHOWN]
-        ]
-        _both, at_want, at_have = numpy.intersect1d(
-            want_idx, have_idx, assume_unique=False, return_indices=True
+        """Each ``active`` row against the flags, a chunk of rows at a time.
+
+        ``skip``: sorted entries a retraction appended since the scan began
+        changed (not judged).
+        """
+        keys, flags = self._expected.keys, self._expected.flags
+        size, held = self.size, self._held
+        for lo in range(0, size, _CHUNK):
+            flags[lo : lo + _CHUNK] &= ~numpy.uint8(_SEEN)  # a second call starts afresh
+        twice: list[int] = []
+        extra: list[int] = []
+        wrong: list[int] = []
+        total = 0
+        for have_idx, have_key in store.active_chunks(self.log.log_id, _ROWS):
+            # Rows of entries appended since the scan began are not judged;
+            # rows naming entries that do not exist at all are wrong.
+            inside = (have_idx >= 0) & (have_idx < size)
+            outside = have_idx[~inside & ((have_idx < size) | (have_idx >= held))]
+            judged = inside & ~_member(have_idx, skip)
+            idx, key = have_idx[judged], have_key[judged]
+            before = flags[idx]
+            _unique, first = numpy.unique(idx, return_index=True)
+            new = numpy.zeros(len(idx), dtype=bool)
+            new[first] = True
+            new &= (before & _SEEN) == 0
+            flags[idx] |= _SEEN
+            repeated = idx[~new]
+            idx, key, before = idx[new], key[new], before[new]
+            listed = (before & _LISTED) != 0
+            unlisted = numpy.concatenate([outside, idx[~listed]])
+            bad_key = idx[listed & (key != keys[idx])]
+            total += len(repeated) + len(unlisted) + len(bad_key)
+            twice = _lowest(twice, repeated)
+            extra = _lowest(extra, unlisted)
+            wrong = _lowest(wrong, bad_key)
+        missing: list[int] = []
+        for lo in range(0, size, _CHUNK):
+            f = flags[lo : lo + _CHUNK]
+            lost = numpy.flatnonzero((f & (_LISTED | _SEEN)) == _LISTED) + lo
+            lost = lost[~_member(lost, skip)]
+            total += len(lost)
+            missing = _lowest(missing, lost)
+        problems = (
+            [(i, "entry listed twice in the active index") for i in twice]
+            + [
+                (i, "listed hash missing from the active index: it would not match")
+                for i in missing
+            ]
+            + [(i, "active index names an entry that lists nothing") for i in extra]
+            + [(i, "active index holds the wrong key: the hash would not match") for i in wrong]
         )
-        wrong = want_idx[at_want[want_key[at_want] != have_key[at_have]]]
-        problems += [
-            (int(i), "active index holds the wrong key: the hash would not match")
-            for i in wrong[:_SHOWN]
-        ]
-        total = len(twice) + len(missing) + len(extra) + len(wrong)
-        for idx, detail in sorted(problems)[:_SHOWN]:
-            self._derived("active", idx, detail)
+        for index, detail in sorted(problems)[:_SHOWN]:
+            self._derived("active", index, detail)
         # The rest are counted, not listed.
         self._counts["active"] = self._counts.get("active", 0) + max(0, total - _SHOWN)
+
+    def _compare_pdq(self, skip: numpy.ndarray[Any, numpy.dtype[numpy.int64]]) -> None:
+        """The ``pdq`` rows the scan saw against the listed PDQ adds, a chunk at a time."""
+        flags = self._expected.flags
+        for lo in range(0, self.size, _CHUNK):
+            f = flags[lo : lo + _CHUNK]
+            want = (f & (_PDQ | _LISTED)) == (_PDQ | _LISTED)
+            have = (f & _PDQ_ROW) != 0
+            bad = numpy.flatnonzero((want != have) | (want & ((f & _PDQ_DIFF) != 0)))
+            bad = bad[~_member(bad + lo, skip)]
+            for offset in bad.tolist():
+                self._derived(
+                    "pdq",
+                    lo + offset,
+                    f"listed PDQ hash {'missing from' if want[offset] else 'wrongly in'} the index",
+                )
 
     def _compare_rows(
         self,
@@ -534,23 +630,70 @@ class LogScan:
                 "data is not rebuilt"
             )
         log_id = self.log.log_id
-        listed_idx, listed_key = self.expected_listed(store)
-        listed = set(listed_idx.tolist())
+        if not self._listed_marked:
+            self._mark_listed(store)
+        keys, flags = self._expected.keys, self._expected.flags
         store.fill_derived(
             log_id,
-            active=(listed_key.tolist(), listed_idx.tolist()),
-            pdq=sorted((idx, h) for idx, h in self._expected.pdq.items() if idx in listed),
+            active=([], []),
+            pdq=[],
             opinions=self._expected.opinions,
             retractions=sorted(self._expected.retractions.items()),
             leaf_fixes=self._expected.leaf_fixes,
         )
+        # The active rows go in by key, in chunks, so the inserts walk the
+        # table's B-tree once: 24 bytes a listed hash while they are written
+        # (their entry indexes and the key order), not Python lists of them.
+        listed = numpy.concatenate([at for at, _keys in self.listed_chunks()])
+        order = numpy.argsort(keys[listed], kind="stable")
+        for lo in range(0, len(order), _CHUNK):
+            at = listed[order[lo : lo + _CHUNK]]
+            store.fill_derived(
+                log_id,
+                active=(keys[at].tolist(), at.tolist()),
+                pdq=[],
+                opinions=[],
+                retractions=[],
+                leaf_fixes=[],
+            )
+        del listed, order
         tree = CompactRange.empty()
         for start in range(0, self.size, _BATCH):
             datas = [bytes(d) for _i, d, _h in store.iter_entries(log_id, start, start + _BATCH)]
             runs = tree.extend(hash_leaves(datas), collect=True, min_level=TILE_LEVEL)
             store.append_entries(log_id, start, [], [], runs)
+            # The listed PDQ hashes, read again from their entries here (in
+            # index order, as the pdq table is keyed) instead of held.
+            f = flags[start : start + len(datas)]
+            pdq = numpy.flatnonzero((f & (_PDQ | _LISTED)) == (_PDQ | _LISTED)).tolist()
+            rows = []
+            for offset in pdq:
+                entry = parse_entry(datas[offset])
+                assert isinstance(entry, AddEntry)
+                rows.append((start + offset, bytes.fromhex(entry.value)))
+            store.fill_derived(
+                log_id, active=([], []), pdq=rows, opinions=[], retractions=[], leaf_fixes=[]
+            )
             if progress is not None:
                 progress(start + len(datas))
+
+
+def _member(
+    values: numpy.ndarray[Any, numpy.dtype[numpy.int64]],
+    among: numpy.ndarray[Any, numpy.dtype[numpy.int64]],
+) -> numpy.ndarray[Any, numpy.dtype[numpy.bool_]]:
+    """Which of ``values`` are in the sorted array ``among`` (a mask)."""
+    if not len(among):
+        return numpy.zeros(len(values), dtype=bool)
+    at = numpy.minimum(numpy.searchsorted(among, values), len(among) - 1)
+    return numpy.asarray(among[at] == values)
+
+
+def _lowest(kept: list[int], more: numpy.ndarray[Any, numpy.dtype[numpy.int64]]) -> list[int]:
+    """The :data:`_SHOWN` lowest of ``kept`` and ``more`` (findings listed by index)."""
+    if not len(more):
+        return kept
+    return sorted(kept + numpy.sort(more)[:_SHOWN].tolist())[:_SHOWN]
 
 
 def _checkpoint_sizes(store: LedgerStore, log: LogRecord, scan: LogScan) -> list[tuple[int, bytes]]:

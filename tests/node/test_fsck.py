@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from node.cli import main as hashmesh
-from node.ledger import Ledger
+from node.ledger import Ledger, fsck
 from node.ledger.damage import DamageRegister
 from node.ledger.fsck import LogScan
 from node.ledger.matching import LivePdqIndex, MatchQuery, make_opinion, match
 from node.ledger.provision import init_node
-from protocol.entry import AddEntry
+from protocol.entry import AddEntry, parse_entry
 from protocol.merkle import verify_inclusion
 from tests.adversary.corrupter import flip, flip_random, table_offsets, tamper
 
@@ -357,3 +357,85 @@ def test_a_missing_append_only_trigger_is_named_and_made_again(
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("UPDATE entries SET idx = idx")
     conn.close()
+
+
+# -- the chunked comparison (a 100M-entry log is compared a chunk at a time) ----------
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsck's chunks and its key-space split as small as a test node, so every edge is crossed."""
+    monkeypatch.setattr(fsck, "_CHUNK", 16)
+    monkeypatch.setattr(fsck, "_ROWS", 5)
+    monkeypatch.setattr(fsck, "_SORT_ALL", 10)
+
+
+def build_readds(path: Path) -> list[tuple[str, str]]:
+    """:func:`build_node`, then retracted hashes added again (their keys are shared)."""
+    listed = build_node(path)
+    with Ledger.open(path) as ledger:
+
+        def add(index: int) -> AddEntry:
+            data = ledger.entry(ledger.own_log, index)
+            assert data is not None
+            entry = parse_entry(data)
+            assert isinstance(entry, AddEntry)
+            return entry
+
+        md5, pdq, pdq_again = add(3), add(5), add(17)
+        assert (md5.signal_type, pdq.signal_type) == ("md5", "pdq")
+        ledger.retract(17, "listed by mistake")
+        again = [
+            AddEntry.create(signal_type=e.signal_type, value=e.value, quality=90)
+            if e.signal_type == "pdq"
+            else AddEntry.create(signal_type=e.signal_type, value=e.value, labels=["src:a"])
+            for e in (md5, pdq, pdq_again)
+        ]
+        ledger.append(again)
+    return [*listed, (md5.signal_type, md5.value), (pdq.signal_type, pdq.value)]
+
+
+READD_DAMAGE = {
+    **DERIVED_DAMAGE,
+    # The listing row of a hash added again names its first, retracted add.
+    "active-readd": "UPDATE active SET idx = 3 WHERE idx = 64",
+    "pdq-readd": "INSERT INTO pdq (log_id, idx, hash) SELECT log_id, 5, hash FROM pdq WHERE idx = 65",
+}
+
+
+@pytest.mark.parametrize("case", sorted(READD_DAMAGE))
+def test_the_chunked_comparison_finds_what_the_whole_one_does(
+    tmp_path: Path, tiny_chunks: None, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "node"
+    listed = build_readds(path)
+    assert run(capsys, "--dir", str(path), "fsck")[0] == 0
+    assert harmless(path, listed) is None
+    tamper(path / "ledger.db", READD_DAMAGE[case])
+    status, out, err = run(capsys, "--dir", str(path), "fsck")
+    assert status == 1, out + err
+    table = case.split("-")[0]
+    problems = [line for line in out.splitlines() if line.startswith("PROBLEM:")]
+    assert problems and all(f": {table}" in p for p in problems), out
+    status, out, err = run(capsys, "--dir", str(path), "fsck", "--repair")
+    assert status == 0, out + err
+    assert harmless(path, listed) is None
+    assert run(capsys, "--dir", str(path), "fsck")[0] == 0
+
+
+def test_findings_past_the_shown_ones_are_counted_over_every_chunk(
+    node: tuple[Path, list[tuple[str, str]]], tiny_chunks: None
+) -> None:
+    path, _listed = node
+    tamper(path / "ledger.db", "DELETE FROM active WHERE idx % 2 = 0")
+    with Ledger.open(path, read_only=True) as ledger:
+        scan = fsck.check_log(ledger.store, ledger.own_log)
+        with ledger.store.read_snapshot():
+            held = len(ledger.store.active_arrays(ledger.own_log.log_id)[0])
+    shown = [f for f in scan.findings if f.index is not None]
+    assert [f.index for f in shown] == [0, 2, 4, 6, 8]
+    assert all("missing from the active index" in f.detail for f in shown)
+    # Entries 0..59 are adds, 3 and 5 (odd) retracted: the 30 even ones were listed.
+    (more,) = [f for f in scan.findings if f.index is None]
+    assert more.detail == "25 more rows wrong (first 5 listed)"
+    assert held == 58 - 30
