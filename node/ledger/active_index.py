@@ -514,41 +514,71 @@ def check_active_file(store: LedgerStore, path: Path) -> str | None:
         return str(e)
     try:
         rows = base.rows
-        logs = np.asarray(rows.logs, dtype=np.int64)
         for log_id, size in sorted(base.covered.items()):
-            mine = logs == log_id
-            file_idx = np.asarray(rows.indexes[mine], dtype=np.int64)
-            file_keys = np.asarray(rows.keys[mine])
-            order = np.argsort(file_idx, kind="stable")
-            file_idx, file_keys = file_idx[order], file_keys[order]
-            if len(file_idx) > 1 and bool(np.any(file_idx[1:] == file_idx[:-1])):
-                return f"{path}: holds entry of log {log_id} twice"
-            if len(file_idx) and int(file_idx[-1]) >= size:
-                return f"{path}: holds rows of log {log_id} beyond what it covers"
-            idx, key = store.active_arrays(log_id)
-            below = idx < size
-            idx, key = idx[below], key[below]
-            at = np.minimum(np.searchsorted(file_idx, idx), max(len(file_idx) - 1, 0))
-            present = (file_idx[at] == idx) & (file_keys[at] == key) if len(file_idx) else idx < 0
-            if not bool(np.all(present)):
-                missing = int(idx[~present][0])
-                return f"{path}: lacks the active row of entry {missing} of log {log_id}"
-            gone = np.setdiff1d(file_idx, idx, assume_unique=True)
-            if len(gone):
-                retracted = np.array(
-                    sorted(t for t, _by in store.derived_rows(log_id, "retractions")),
-                    dtype=np.int64,
-                )
-                stray = np.setdiff1d(gone, retracted, assume_unique=True)
-                if len(stray):
-                    return (
-                        f"{path}: holds entry {int(stray[0])} of log {log_id}, "
-                        "which is neither listed nor retracted"
-                    )
+            problem = _check_log_rows(store, path, rows, log_id, size)
+            if problem is not None:
+                return problem
         return None
     finally:
         if base.segment is not None:
             base.segment.close()
+
+
+_IN_FILE = 1  # the file holds a row of the entry
+_IN_TABLE = 2  # so does the active table
+_CHECK_ROWS = 1 << 20  # file rows looked at a time
+
+
+def _check_log_rows(
+    store: LedgerStore, path: Path, rows: _Rows, log_id: int, size: int
+) -> str | None:
+    """One covered log's rows of the file against its ``active`` rows (below ``size``).
+
+    Nine bytes an entry of the log (a flag and the file's key of each
+    entry), the file read where it is mapped and the table a chunk at a
+    time: a 100M-entry log is checked in 0.9 GB, not in copies of both.
+    """
+    flags = np.zeros(size, dtype=np.uint8)
+    file_keys = np.zeros(size, dtype=np.int64)
+    for lo in range(0, len(rows), _CHECK_ROWS):
+        mine = np.asarray(rows.logs[lo : lo + _CHECK_ROWS], dtype=np.int64) == log_id
+        idx = np.asarray(rows.indexes[lo : lo + _CHECK_ROWS], dtype=np.int64)[mine]
+        if len(idx) and (int(idx.max()) >= size or int(idx.min()) < 0):
+            return f"{path}: holds rows of log {log_id} beyond what it covers"
+        ordered = np.sort(idx)
+        if bool(np.any(ordered[1:] == ordered[:-1])) or bool(np.any(flags[idx])):
+            return f"{path}: holds entry of log {log_id} twice"
+        flags[idx] = _IN_FILE
+        file_keys[idx] = np.asarray(rows.keys[lo : lo + _CHECK_ROWS])[mine]
+    lacking: int | None = None
+    for idx, key in store.active_chunks(log_id):
+        below = (idx >= 0) & (idx < size)
+        idx, key = idx[below], key[below]
+        present = ((flags[idx] & _IN_FILE) != 0) & (file_keys[idx] == key)
+        if not bool(np.all(present)):
+            first = int(idx[~present].min())
+            lacking = first if lacking is None else min(lacking, first)
+        flags[idx] |= _IN_TABLE
+    if lacking is not None:
+        return f"{path}: lacks the active row of entry {lacking} of log {log_id}"
+    del file_keys
+    retracted: npt.NDArray[np.int64] | None = None
+    for lo in range(0, size, _CHECK_ROWS):
+        gone = np.flatnonzero(flags[lo : lo + _CHECK_ROWS] == _IN_FILE) + lo
+        if not len(gone):
+            continue
+        if retracted is None:
+            retracted = np.array(
+                sorted(t for t, _by in store.derived_rows(log_id, "retractions")),
+                dtype=np.int64,
+            )
+        stray = np.setdiff1d(gone, retracted, assume_unique=True)
+        if len(stray):
+            return (
+                f"{path}: holds entry {int(stray[0])} of log {log_id}, "
+                "which is neither listed nor retracted"
+            )
+    return None
 
 
 def _main(argv: list[str]) -> int:

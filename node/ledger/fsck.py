@@ -190,6 +190,7 @@ class LogScan:
         # A resumed scan compares no derived table: it keeps nothing per entry.
         self._expected = _Expected.sized(0 if self.partial else self.size)
         self._listed_marked = False
+        self._released = False
         if self.signed_size > self.size:
             self._log_finding(
                 "entries",
@@ -402,7 +403,7 @@ class LogScan:
         since it started: rows of later entries are skipped, and so are the
         entries a later retraction changed.
         """
-        if not self.done or self.log_damaged or self.partial:
+        if not self.done or self.log_damaged or self.partial or self._released:
             return []
         before = len(self.findings)
         log_id = self.log.log_id
@@ -617,6 +618,11 @@ class LogScan:
             if want.get(idx) != got.get(idx):
                 self._derived(table, idx, describe(idx in want))
 
+    def release(self) -> None:
+        """Let go of what the scan learnt of each entry (the findings stay; no rebuild after)."""
+        self._expected = _Expected.sized(0)
+        self._released = True
+
     # -- repair ------------------------------------------------------------
 
     def rebuild(self, store: LedgerStore, progress: Callable[[int], None] | None = None) -> None:
@@ -624,7 +630,7 @@ class LogScan:
 
         ``progress`` is called with the entries whose tree nodes are rewritten so far.
         """
-        if not self.done or self.log_damaged or self.partial:
+        if not self.done or self.log_damaged or self.partial or self._released:
             raise StorageError(
                 f"log {self.log.origin} was not replayed whole and verified; its derived "
                 "data is not rebuilt"
@@ -751,11 +757,15 @@ def check_log(
     *,
     batch: int = _BATCH,
     progress: ScanProgress | None = None,
+    keep: bool = False,
 ) -> LogScan:
     """Scan a whole log and its derived data; the returned scan holds the findings.
 
     ``progress`` is called after each batch with the entries scanned so far
-    (out of ``LogScan.size``).
+    (out of ``LogScan.size``). ``keep``: keep what the scan learnt of each
+    entry (9 bytes an entry) so that :meth:`LogScan.rebuild` can write it;
+    otherwise it is let go once the derived tables are compared, and
+    ``fsck`` holds one log's worth at a time.
     """
     scan = LogScan(store, log)
     with store.read_snapshot():
@@ -767,6 +777,8 @@ def check_log(
             scan.findings.append(
                 Finding(log.origin, "derived", "derived tables", None, f"unreadable: {e}")
             )
+    if not keep:
+        scan.release()
     return scan
 
 
@@ -790,7 +802,10 @@ def repair_derived(store: LedgerStore, progress: RepairProgress | None = None) -
             rebuild fails (rolled back).
     """
     logs = store.list_logs()
-    scans = [check_log(store, log, progress=_part(progress, "check", store, log)) for log in logs]
+    scans = [
+        check_log(store, log, progress=_part(progress, "check", store, log), keep=True)
+        for log in logs
+    ]
     damaged = [s for s in scans if s.log_damaged]
     if damaged:
         first = damaged[0]

@@ -106,10 +106,20 @@ def test_damaged_derived_data_is_named_and_repaired(
     node: tuple[Path, list[tuple[str, str]]], case: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, listed = node
-    tamper(path / "ledger.db", DERIVED_DAMAGE[case])
+    named_and_repaired(capsys, path, listed, DERIVED_DAMAGE[case], case.split("-")[0])
+
+
+def named_and_repaired(
+    capsys: pytest.CaptureFixture[str],
+    path: Path,
+    listed: list[tuple[str, str]],
+    damage: str,
+    table: str,
+) -> None:
+    """After ``damage`` (SQL), fsck names only ``table``; --repair rebuilds it, nothing lost."""
+    tamper(path / "ledger.db", damage)
     status, out, err = run(capsys, "--dir", str(path), "fsck")
     assert status == 1, out + err
-    table = case.split("-")[0]
     problems = [line for line in out.splitlines() if line.startswith("PROBLEM:")]
     assert problems and all(f": {table}" in p for p in problems), out
     assert "DAMAGED" not in out and "fsck --repair` rebuilds" in out
@@ -411,16 +421,7 @@ def test_the_chunked_comparison_finds_what_the_whole_one_does(
     listed = build_readds(path)
     assert run(capsys, "--dir", str(path), "fsck")[0] == 0
     assert harmless(path, listed) is None
-    tamper(path / "ledger.db", READD_DAMAGE[case])
-    status, out, err = run(capsys, "--dir", str(path), "fsck")
-    assert status == 1, out + err
-    table = case.split("-")[0]
-    problems = [line for line in out.splitlines() if line.startswith("PROBLEM:")]
-    assert problems and all(f": {table}" in p for p in problems), out
-    status, out, err = run(capsys, "--dir", str(path), "fsck", "--repair")
-    assert status == 0, out + err
-    assert harmless(path, listed) is None
-    assert run(capsys, "--dir", str(path), "fsck")[0] == 0
+    named_and_repaired(capsys, path, listed, READD_DAMAGE[case], case.split("-")[0])
 
 
 def test_findings_past_the_shown_ones_are_counted_over_every_chunk(

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from node.cli import main as hashmesh
-from node.ledger import Ledger
-from node.ledger.leaf_index import LeafHashIndex, leaves_file
+from node.ledger import Ledger, leaf_index
+from node.ledger.leaf_index import LeafHashIndex, check_leaves_file, leaves_file
 from node.ledger.live_pdq import open_pdq_index, pdq_index_path
 from node.ledger.provision import init_node
 from node.storage.segment_file import open_segment, write_segment
@@ -139,3 +139,43 @@ def test_fsck_finds_an_index_file_that_disagrees_with_the_log(
     assert "differs from the pdq table" in out
     status, out, err = run(capsys, "--dir", str(node), "fsck", "--repair")
     assert status == 0, out + err
+
+
+def _unsorted(prefixes: np.ndarray, indexes: np.ndarray) -> None:
+    prefixes[[10, 11]] = prefixes[[11, 10]]
+    indexes[[10, 11]] = indexes[[11, 10]]
+
+
+def _twice(prefixes: np.ndarray, indexes: np.ndarray) -> None:
+    indexes[20] = indexes[21]
+
+
+def _swapped(prefixes: np.ndarray, indexes: np.ndarray) -> None:
+    indexes[[30, 90]] = indexes[[90, 30]]
+
+
+def _outside(prefixes: np.ndarray, indexes: np.ndarray) -> None:
+    indexes[40] = len(indexes)
+
+
+@pytest.mark.parametrize("damage", [_unsorted, _twice, _swapped, _outside])
+def test_fsck_finds_a_leaf_index_file_that_disagrees_with_the_leaf_hashes(
+    node: Path, damage: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked a few entries at a time, as a 100M-entry log is (by chunks).
+    monkeypatch.setattr(leaf_index, "_CHECK_CHUNK", 7)
+    with Ledger.open(node) as ledger:
+        ledger.build_index_files()
+        log_id = ledger.own_log.log_id
+        directory = ledger.index_directory
+        assert check_leaves_file(ledger.store, log_id, directory) is None
+    path = leaves_file(directory, log_id)
+    segment = open_segment(path, "leaf-index")
+    arrays = {name: np.array(segment.array(name)) for name in segment.names()}
+    assert callable(damage)
+    damage(arrays["prefixes"], arrays["indexes"])
+    write_segment(path, "leaf-index", segment.meta, arrays)
+    segment.close()
+    with Ledger.open(node, read_only=True) as ledger:
+        problem = check_leaves_file(ledger.store, log_id, directory)
+    assert problem == f"{path}: does not match the stored leaf hashes"
