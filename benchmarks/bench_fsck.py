@@ -8,7 +8,9 @@ someone else) and runs :func:`node.ledger.fsck.check_log` over every held
 log, in this process. With ``--against REV`` the ``node/ledger/fsck.py`` of
 that git revision is loaded beside the current one and the two take turns
 (``--rounds`` each), so a loaded machine weighs on both alike: entries/s
-over all logs (``check_log`` timed whole: scan and derived comparison).
+over all logs (``check_log`` timed whole: scan and derived comparison), and
+entries per CPU second of this process (steadier than the wall clock on a
+loaded machine).
 Then each version runs once more in a fresh child process, for its peak
 RSS (``VmHWM``: a process that ran another version first keeps that one's
 freed memory and page cache). ``--cli`` also times the other parts of
@@ -71,14 +73,14 @@ def load_revision(rev: str) -> ModuleType:
     return module
 
 
-def measure(what: Callable[[], Any]) -> tuple[float, float, Any]:
-    """(seconds, MiB of peak RSS above the start, result) of one call."""
+def measure(what: Callable[[], Any]) -> tuple[float, float, float, Any]:
+    """(seconds, CPU seconds, MiB of peak RSS above the start, result) of one call."""
     reset_peak()
     rss, _ = memory_mib()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = what()
-    seconds = time.perf_counter() - started
-    return seconds, memory_mib()[1] - rss, result
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return seconds, cpu, memory_mib()[1] - rss, result
 
 
 def main() -> None:
@@ -110,13 +112,13 @@ def main() -> None:
                 def check(module: ModuleType = module) -> list[Any]:
                     return [module.check_log(store, log) for log in logs]
 
-                seconds, _peak, scans = measure(check)
+                seconds, cpu, _peak, scans = measure(check)
                 findings = [f for scan in scans for f in scan.findings]
                 assert not findings, findings[:5]
                 del scans
                 print(
                     f"round {round_ + 1} {name:>10}: {entries / seconds:,.0f} entries/s "
-                    f"({seconds:.1f} s)",
+                    f"({seconds:.1f} s); {entries / cpu:,.0f} entries per CPU second",
                     flush=True,
                 )
         for name, _module in versions:
@@ -137,7 +139,7 @@ def main() -> None:
                 ("sqlite integrity_check", ledger.integrity_check),
                 ("index files", ledger.check_index_files),
             ):
-                seconds, peak, result = measure(call)
+                seconds, _cpu, peak, result = measure(call)
                 print(
                     f"{part}: {seconds:.1f} s, peak +{peak:,.0f} MiB "
                     f"({peak * 2**20 / entries:.1f} bytes/entry): {result}",

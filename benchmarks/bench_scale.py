@@ -20,6 +20,9 @@ hours to build and ~30 GB, so it is never built in CI. Measured per size:
 * inclusion and consistency proof latency at size N (``bench_ledger.proof_latency``),
   and again over the same indexes (warm: the pages read once already);
 * ``fsck``'s whole-log check of A (``node.ledger.fsck.check_log``): entries/s;
+* the scrub of ``serve`` at full speed (no pacing): entries/s of its slices
+  of ``[scrub] slice`` entries, each in its own read snapshot, from A's
+  first entry for at most 60 s (``scrub_rate``);
 * ``hashmesh serve --no-sync`` of A in a child process, started twice
   (before the sync, so A serving it maps the index files as a running node
   would): start-to-ready, from the spawn until a ``POST /v1/match`` with one
@@ -76,6 +79,7 @@ EXACT_BATCH = 10_000
 PDQ_BATCH = 1_000
 HIT_RATE = 0.1
 SAMPLE = 100_000  # listed hashes of each kind kept for the lookups
+SCRUB_SECONDS = 60.0  # the scrub rate is measured over at most this long
 
 # (key, column heading, unit) in table order; every size's row has each key.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -96,6 +100,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("pdq_p50_ms", "PDQ lookup, 1 query", "ms p50"),
     ("pdq_per_s", "PDQ lookups", "queries/s"),
     ("fsck_per_s", "fsck", "entries/s"),
+    ("scrub_per_s", "scrub, full speed", "entries/s"),
     ("baseline_leaf_per_s", "baseline: raw leaf hashing", "leaves/s"),
 )
 
@@ -363,7 +368,31 @@ def proofs_and_fsck(a: bench_sync.Node, proofs: int, fsck: bool = True) -> dict[
             scan = check_log(ledger.store, ledger.own_log)
             out["fsck_per_s"] = size / (time.perf_counter() - started)
             assert not scan.findings, scan.findings
+            del scan
+            out["scrub_per_s"] = scrub_rate(ledger)
     return out
+
+
+def scrub_rate(ledger: Any, seconds: float = SCRUB_SECONDS) -> float:
+    """Entries/s of the scrub of ``serve`` unpaced: its slices, each in its own read snapshot.
+
+    ``[scrub] slice`` entries (1,000 by default) a slice, as
+    :mod:`node.ledger.scrub` reads them, from the first entry of A's own log
+    for at most ``seconds`` (a pass over 100M entries would take as long as
+    fsck); the derived comparison at the end of a pass is fsck's. At the
+    default pace (``[scrub] entries_per_second``, 200) the scrub takes this
+    rate's share of one core.
+    """
+    from node.config import DEFAULT_SCRUB_SLICE
+    from node.ledger.fsck import LogScan
+
+    store = ledger.store
+    scan = LogScan(store, ledger.own_log)
+    started = time.perf_counter()
+    while not scan.done and time.perf_counter() - started < seconds:
+        with store.read_snapshot():
+            scan.scan(store, DEFAULT_SCRUB_SLICE)
+    return scan.position / (time.perf_counter() - started)
 
 
 def flip(value: str, rng: random.Random, bits: int) -> str:

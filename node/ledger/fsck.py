@@ -76,7 +76,6 @@ are merged into ``active_base`` later (:mod:`node.ledger.active_levels`).
 _BATCH = 20_000  # entries read and hashed at a time
 _SHOWN = 5  # findings of one kind listed before they are counted
 _CHUNK = 1 << 20  # entries compared at a time once the log is scanned
-_ROWS = 1 << 16  # active rows read at a time (as Python tuples first: ~120 bytes a row)
 _SORT_ALL = 1 << 22  # up to this many entries, the keys are sorted all at once
 
 # What the scan learnt of each entry, one byte an entry (``_Expected.flags``).
@@ -546,7 +545,7 @@ class LogScan:
         extra: list[int] = []
         wrong: list[int] = []
         total = 0
-        for have_idx, have_key in store.active_chunks(self.log.log_id, _ROWS):
+        for have_idx, have_key in store.active_chunks(self.log.log_id):
             # Rows of entries appended since the scan began are not judged;
             # rows naming entries that do not exist at all are wrong.
             inside = (have_idx >= 0) & (have_idx < size)
@@ -819,6 +818,7 @@ def repair_derived(store: LedgerStore, progress: RepairProgress | None = None) -
         with store.rebuilding(DERIVED_TABLES):
             for scan in scans:
                 scan.rebuild(store, _part(progress, "rebuild", store, scan.log))
+                scan.release()
     return [
         check_log(store, log, progress=_part(progress, "check again", store, log)) for log in logs
     ]

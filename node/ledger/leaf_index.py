@@ -308,12 +308,27 @@ def build_leaves_file(store: LedgerStore, log_id: int, directory: Path) -> int:
 
     For ``hashmesh fsck --repair`` and ``hashmesh index build`` (offline).
     """
-    leaves = _LogLeaves()
-    leaves.extend(store, log_id, store.entry_count(log_id))
-    if not leaves.covered:
+    covered = store.entry_count(log_id)
+    if not covered:
         leaves_file(directory, log_id).unlink(missing_ok=True)
         return 0
-    prefixes, indexes, covered, last = leaves.snapshot()
+    # The prefixes a chunk of leaf hashes at a time: 16 bytes an entry with
+    # the sort's order, where the whole log's hashes as Python bytes would
+    # be 73 (7 GB at 100M entries).
+    prefixes = numpy.empty(covered, dtype=numpy.uint64)
+    last = b""
+    for lo in range(0, covered, _CHECK_CHUNK):
+        hashes = store.leaf_hashes(log_id, lo, min(covered, lo + _CHECK_CHUNK))
+        if len(hashes) != min(covered, lo + _CHECK_CHUNK) - lo:
+            raise ValueError(f"log {log_id} holds fewer than {covered} entries")
+        prefixes[lo : lo + len(hashes)] = numpy.frombuffer(
+            b"".join(h[:8] for h in hashes), dtype=_PREFIX
+        )
+        last = hashes[-1]
+    order = numpy.argsort(prefixes, kind="stable")
+    prefixes = prefixes[order]
+    indexes = order.astype(numpy.uint32 if covered < 2**32 else numpy.int64)
+    del order
     write_segment(
         leaves_file(directory, log_id),
         _KIND,

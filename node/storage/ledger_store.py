@@ -890,12 +890,14 @@ class LedgerStore:
         )
 
     def active_chunks(
-        self, log_id: int, rows: int = 1 << 20
+        self, log_id: int, rows: int = 1 << 16
     ) -> Iterator[tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any]]]:
-        """One log's ``active`` rows (both levels), ``rows`` at a time, as int64 arrays (index, key).
+        """One log's ``active`` rows (both levels), ``rows`` at a time: int64 arrays (index, key).
 
-        In key order within each level. ``fsck`` compares a 100M-entry log chunk by chunk: the
-        whole table as arrays would be 16 bytes a row more to hold.
+        In key order within each level. ``fsck`` compares a 100M-entry log
+        chunk by chunk: the whole table as arrays would be 16 bytes a row more
+        to hold (and a chunk is Python tuples first, about 120 bytes a row: 8
+        MB at 65,536).
         """
         cursor = self.conn.execute(_BOTH_LEVELS, (log_id,))
         while batch := cursor.fetchmany(rows):

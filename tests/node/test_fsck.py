@@ -21,6 +21,7 @@ from node.ledger.damage import DamageRegister
 from node.ledger.fsck import LogScan
 from node.ledger.matching import LivePdqIndex, MatchQuery, make_opinion, match
 from node.ledger.provision import init_node
+from node.storage.ledger_store import LedgerStore
 from protocol.entry import AddEntry, parse_entry
 from protocol.merkle import verify_inclusion
 from tests.adversary.corrupter import flip, flip_random, table_offsets, tamper
@@ -376,7 +377,10 @@ def test_a_missing_append_only_trigger_is_named_and_made_again(
 def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """fsck's chunks and its key-space split as small as a test node, so every edge is crossed."""
     monkeypatch.setattr(fsck, "_CHUNK", 16)
-    monkeypatch.setattr(fsck, "_ROWS", 5)
+    real = LedgerStore.active_chunks
+    monkeypatch.setattr(
+        LedgerStore, "active_chunks", lambda self, log_id, rows=5: real(self, log_id, rows)
+    )
     monkeypatch.setattr(fsck, "_SORT_ALL", 10)
 
 
