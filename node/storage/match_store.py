@@ -213,14 +213,7 @@ class MatchStore:
         ``rows``: an ``(n, 4)`` integer array of (position, log id, active
         key, entry index), e.g. found in a file that may predate a retraction.
         """
-        if not len(rows):
-            return []
-        return [
-            Candidate(int(position), int(log_id), int(idx), bytes(data))
-            for position, log_id, idx, data in self.conn.execute(
-                _STILL_LISTED, (json.dumps(rows.tolist()),)
-            )
-        ]
+        return self._rows_kept(_STILL_LISTED, rows)
 
     def unretracted(self, rows: numpy.ndarray[Any, Any]) -> list[Candidate]:
         """Which rows of ``active`` as it was (e.g. in a file) are still listed, with their entries.
@@ -228,13 +221,15 @@ class MatchStore:
         ``rows`` as for :meth:`still_listed`; each must have been an
         ``active`` row: only a retraction removes such a row.
         """
+        return self._rows_kept(_UNRETRACTED, rows)
+
+    def _rows_kept(self, sql: str, rows: numpy.ndarray[Any, Any]) -> list[Candidate]:
+        """The rows of an ``(n, 4)`` candidate array that ``sql`` keeps, with their entries."""
         if not len(rows):
             return []
         return [
             Candidate(int(position), int(log_id), int(idx), bytes(data))
-            for position, log_id, idx, data in self.conn.execute(
-                _UNRETRACTED, (json.dumps(rows.tolist()),)
-            )
+            for position, log_id, idx, data in self.conn.execute(sql, (json.dumps(rows.tolist()),))
         ]
 
     def add_identities(
